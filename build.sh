@@ -1,0 +1,75 @@
+#!/bin/sh
+# brume's set-up in one place. On a fresh Debian 12 machine:
+#
+#   ./build.sh run    install what is missing, build, start brume on examples/brume.lua
+#   ./build.sh test   install what is missing, build with ASan+UBSan, run the whole suite
+#   ./build.sh bench  build Release and run the benchmark (tests/bench/run.sh)
+#
+# Packages come from Debian's archive only (apt-get, as root or through sudo).
+set -eu
+cd "$(dirname "$0")"
+
+DEPS="cmake make gcc pkg-config python3 liblua5.4-dev lua-cjson-dev libevent-dev libssl-dev"
+BENCH_DEPS="wrk"
+
+need() {
+    missing=""
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing="$missing $p"
+    done
+    [ -z "$missing" ] && return 0
+    echo "build.sh: installing$missing" >&2
+    if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
+        echo "build.sh: need root (or sudo) to install:$missing" >&2
+        exit 1
+    fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    # shellcheck disable=SC2086
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+}
+
+jobs=$(nproc 2>/dev/null || echo 2)
+
+build() { # build DIR TYPE [cmake options...]
+    dir=$1 type=$2
+    shift 2
+    cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" "$@" >/dev/null
+    cmake --build "$dir" -j "$jobs"
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+run)
+    need $DEPS
+    build build Release
+    if [ -z "${MIST_WEBHOOK_SECRET:-}" ]; then
+        # A secret for trying brume out; set your own (the one in Mist) to use it for real.
+        mkdir -p var
+        [ -s var/quickstart-secret ] ||
+            (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >var/quickstart-secret)
+        MIST_WEBHOOK_SECRET=$(cat var/quickstart-secret)
+        export MIST_WEBHOOK_SECRET
+        echo "build.sh: MIST_WEBHOOK_SECRET is not set; using the one in var/quickstart-secret" >&2
+    fi
+    exec build/brume run -c examples/brume.lua "$@"
+    ;;
+test)
+    need $DEPS
+    # The suite runs under AddressSanitizer and UndefinedBehaviorSanitizer,
+    # in an optimised build so -O2's warnings are errors too.
+    build build-test RelWithDebInfo -DBRUME_SANITIZE=address,undefined
+    ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1} \
+    UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+        ctest --test-dir build-test --output-on-failure -j "$jobs" "$@"
+    ;;
+bench)
+    need $DEPS $BENCH_DEPS
+    exec tests/bench/run.sh "$@"
+    ;;
+*)
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,316 @@
+#include "api.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "log.h"
+#include "verify.h"
+
+struct brm_api {
+    const struct brm_config *cfg;
+    struct brm_scope *scope;
+};
+
+void brm_actions_reset(struct brm_actions *a) {
+    for (size_t i = 0; i < a->n; i++) {
+        struct brm_action *x = &a->v[i];
+        free(x->rule);
+        free(x->target);
+        free(x->topic);
+        free(x->event_id);
+        free(x->body);
+    }
+    free(a->v);
+    a->v = NULL;
+    a->n = a->cap = 0;
+}
+
+void brm_api_set_scope(struct brm_api *api, struct brm_scope *scope) {
+    api->scope = scope;
+}
+
+static struct brm_api *get_api(lua_State *L) {
+    return lua_touserdata(L, lua_upvalueindex(1));
+}
+
+static struct brm_scope *need_scope(lua_State *L, const char *fn) {
+    struct brm_scope *s = get_api(L)->scope;
+    if (!s) luaL_error(L, "%s can only be called while handling an event", fn);
+    return s;
+}
+
+/* ---- actions ------------------------------------------------------------ */
+
+static int api_send(lua_State *L) {
+    struct brm_api *api = get_api(L);
+    struct brm_scope *s = need_scope(L, "brume.send");
+    const char *name = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_pushnil(L);
+        if (lua_next(L, 3))
+            return luaL_argerror(
+                L, 3, lua_pushfstring(L, "unknown option '%s'", luaL_tolstring(L, -2, NULL)));
+    }
+    const struct brm_target *t = brm_config_target(api->cfg, name);
+    if (!t) return luaL_error(L, "brume.send: no target named '%s' in the config", name);
+    if (s->rule_sent >= BRM_MAX_ACTIONS_PER_EVENT)
+        return luaL_error(L, "brume.send: more than %d messages from one rule for one event",
+                          BRM_MAX_ACTIONS_PER_EVENT);
+    struct brm_err err;
+    if (brm_json_encode(L, 2, &err) < 0)
+        return luaL_error(L, "brume.send: the message cannot be encoded as JSON: %s", err.msg);
+    size_t len;
+    const char *json = lua_tolstring(L, -1, &len);
+    if (len > BRM_MAX_MESSAGE)
+        return luaL_error(L, "brume.send: the message is %zu bytes, more than the %u allowed", len,
+                          BRM_MAX_MESSAGE);
+    /* Nothing below raises: the C copies cannot leak on a longjmp. */
+    struct brm_actions *a = s->sink;
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 8;
+        a->v = brm_xrealloc(a->v, a->cap * sizeof(*a->v));
+    }
+    struct brm_action *x = &a->v[a->n++];
+    x->rule = brm_xstrdup(s->rule);
+    x->target = brm_xstrdup(t->name);
+    x->topic = brm_xstrdup(s->topic);
+    x->event_id = brm_xstrdup(s->event_id);
+    x->event = s->index;
+    x->seq = ++s->sent;
+    s->rule_sent++;
+    x->body = brm_xstrndup(json, len);
+    x->len = len;
+    return 0;
+}
+
+static int api_emit(lua_State *L) {
+    struct brm_scope *s = need_scope(L, "brume.emit");
+    size_t tlen;
+    const char *topic = luaL_checklstring(L, 1, &tlen);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    char name[BRM_TOPIC_MAX];
+    if (tlen == 0 || brm_topic_normalize(topic, tlen, name, sizeof(name)) < 0)
+        return luaL_argerror(L, 1, "not a topic name");
+    if (s->depth + 1 > BRM_MAX_EMIT_DEPTH)
+        return luaL_error(L, "brume.emit: events emitted more than %d deep (a loop?)",
+                          BRM_MAX_EMIT_DEPTH);
+    if (*s->emitted >= BRM_MAX_EMITS_PER_EVENT)
+        return luaL_error(L, "brume.emit: more than %d events emitted for one event",
+                          BRM_MAX_EMITS_PER_EVENT);
+    (*s->emitted)++;
+    /* queue[#queue + 1] = { topic, event, depth } */
+    lua_createtable(L, 3, 0);
+    lua_pushstring(L, name);
+    lua_rawseti(L, -2, 1);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, 2);
+    lua_pushinteger(L, s->depth + 1);
+    lua_rawseti(L, -2, 3);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->emit_queue);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    return 0;
+}
+
+/* ---- logging ------------------------------------------------------------ */
+
+#define MAX_LOG_FIELDS 16
+
+/* Logs MSG (argument 1) and the string-keyed FIELDS (argument 2), with the
+ * rule and event of the scope when there is one. */
+static int log_at(lua_State *L, enum brm_log_level level) {
+    struct brm_scope *s = get_api(L)->scope;
+    if (!brm_log_enabled(level)) return 0;
+    const char *msg = luaL_tolstring(L, 1, NULL);
+    const char *kv[2 * (MAX_LOG_FIELDS + 2)];
+    size_t n = 0;
+    if (s) {
+        kv[2 * n] = "rule", kv[2 * n + 1] = s->rule, n++;
+        kv[2 * n] = "event", kv[2 * n + 1] = s->event_id, n++;
+    }
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (n < MAX_LOG_FIELDS + 2 && lua_next(L, 2)) {
+            if (lua_type(L, -2) == LUA_TSTRING) {
+                kv[2 * n] = lua_tostring(L, -2);
+                kv[2 * n + 1] = luaL_tolstring(L, -1, NULL);
+                lua_insert(L, 3); /* keep the strings alive below the iteration */
+                n++;
+            }
+            lua_pop(L, 1);
+        }
+    }
+    brm_log_kv(level, msg, kv, n);
+    return 0;
+}
+
+static int api_log_debug(lua_State *L) {
+    return log_at(L, BRM_LOG_DEBUG);
+}
+static int api_log_info(lua_State *L) {
+    return log_at(L, BRM_LOG_INFO);
+}
+static int api_log_warn(lua_State *L) {
+    return log_at(L, BRM_LOG_WARN);
+}
+static int api_log_error(lua_State *L) {
+    return log_at(L, BRM_LOG_ERROR);
+}
+
+/* print(...) logs its arguments at info, tab-separated, as Lua's would. */
+static int api_print(lua_State *L) {
+    int n = lua_gettop(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int i = 1; i <= n; i++) {
+        if (i > 1) luaL_addchar(&b, '\t');
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    lua_replace(L, 1);
+    lua_settop(L, 1);
+    return log_at(L, BRM_LOG_INFO);
+}
+
+/* ---- data --------------------------------------------------------------- */
+
+static int api_json_encode(lua_State *L) {
+    struct brm_err err;
+    luaL_checkany(L, 1);
+    if (brm_json_encode(L, 1, &err) < 0) {
+        luaL_pushfail(L);
+        lua_pushstring(L, err.msg);
+        return 2;
+    }
+    return 1;
+}
+
+static int api_json_decode(lua_State *L) {
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    struct brm_err err;
+    if (brm_json_decode(L, s, len, &err) < 0) {
+        luaL_pushfail(L);
+        lua_pushstring(L, err.msg);
+        return 2;
+    }
+    return 1;
+}
+
+static int api_now(lua_State *L) {
+    lua_pushnumber(L, brm_time_now());
+    return 1;
+}
+
+/* brume.hmac_sha256(key, data [, "hex"|"base64"|"raw"]), hex by default. */
+static int api_hmac_sha256(lua_State *L) {
+    static const char *const formats[] = { "hex", "base64", "raw", NULL };
+    size_t klen, dlen;
+    const char *key = luaL_checklstring(L, 1, &klen);
+    const char *data = luaL_checklstring(L, 2, &dlen);
+    int fmt = luaL_checkoption(L, 3, "hex", formats);
+    unsigned char mac[BRM_VERIFY_MAX_MAC];
+    char out[2 * BRM_VERIFY_MAX_MAC + 1];
+    size_t n = brm_verify_hmac(BRM_VERIFY_SHA256, key, klen, data, dlen, mac);
+    if (fmt == 0) {
+        brm_hex_encode(mac, n, out);
+        lua_pushstring(L, out);
+    } else if (fmt == 1) {
+        brm_base64_encode(mac, n, out);
+        lua_pushstring(L, out);
+    } else {
+        lua_pushlstring(L, (const char *)mac, n);
+    }
+    return 1;
+}
+
+static int api_base64_encode(lua_State *L) {
+    size_t n;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    luaL_Buffer b;
+    char *out = luaL_buffinitsize(L, &b, brm_base64_encoded_len(n) + 1);
+    brm_base64_encode(s, n, out);
+    luaL_pushresultsize(&b, brm_base64_encoded_len(n));
+    return 1;
+}
+
+static int api_base64_decode(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    luaL_Buffer b;
+    unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, n / 4 * 3 + 3);
+    long len = brm_base64_decode(s, n, out);
+    if (len < 0) {
+        luaL_pushfail(L);
+        lua_pushliteral(L, "invalid base64");
+        return 2;
+    }
+    luaL_pushresultsize(&b, (size_t)len);
+    return 1;
+}
+
+static const luaL_Reg brume_funcs[] = {
+    { "send", api_send }, { "emit", api_emit },
+    { "now", api_now },   { "hmac_sha256", api_hmac_sha256 },
+    { NULL, NULL },
+};
+
+static const luaL_Reg log_funcs[] = {
+    { "debug", api_log_debug }, { "info", api_log_info }, { "warn", api_log_warn },
+    { "error", api_log_error }, { NULL, NULL },
+};
+
+static const luaL_Reg json_funcs[] = {
+    { "encode", api_json_encode },
+    { "decode", api_json_decode },
+    { NULL, NULL },
+};
+
+static const luaL_Reg base64_funcs[] = {
+    { "encode", api_base64_encode },
+    { "decode", api_base64_decode },
+    { NULL, NULL },
+};
+
+/* Adds a sub-table of functions sharing the api upvalue at UPV. */
+static void add_lib(lua_State *L, int upv, const char *name, const luaL_Reg *funcs) {
+    lua_newtable(L);
+    lua_pushvalue(L, upv);
+    luaL_setfuncs(L, funcs, 1);
+    lua_setfield(L, -2, name);
+}
+
+struct brm_api *brm_api_open(struct brm_sandbox *sb, const struct brm_config *cfg) {
+    lua_State *L = brm_sandbox_state(sb);
+    struct brm_api *api = lua_newuserdatauv(L, sizeof(*api), 0);
+    api->cfg = cfg;
+    api->scope = NULL;
+    int upv = lua_gettop(L);
+    /* Anchor the state in the registry: it lives as long as the VM. */
+    lua_pushvalue(L, upv);
+    luaL_ref(L, LUA_REGISTRYINDEX);
+
+    brm_json_open(L);
+    int codec = lua_gettop(L);
+    lua_newtable(L);
+    lua_pushvalue(L, upv);
+    luaL_setfuncs(L, brume_funcs, 1);
+    add_lib(L, upv, "log", log_funcs);
+    add_lib(L, upv, "json", json_funcs);
+    add_lib(L, upv, "base64", base64_funcs);
+    lua_getfield(L, codec, "null");
+    lua_setfield(L, -2, "null");
+    lua_pushliteral(L, BRM_VERSION);
+    lua_setfield(L, -2, "version");
+    brm_sandbox_expose(sb, "brume");
+    lua_pushvalue(L, upv);
+    lua_pushcclosure(L, api_print, 1);
+    brm_sandbox_expose(sb, "print");
+    lua_settop(L, upv - 1);
+    return api;
+}

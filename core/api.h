@@ -1,0 +1,67 @@
+/*
+ * api: the `brume` module rules call (DESIGN.md, Rules). Functions that act
+ * on the event being handled (send, emit) read the scope the engine sets
+ * around each rule call and raise "brume.send can only be called while
+ * handling an event" without one. brume.send checks the target, encodes the
+ * message and appends an action to the scope's list; the caller of the
+ * engine decides what happens to the list (deliver it, or print it for
+ * `brume test`). Depends on sandbox, json, verify, config, log, util.
+ */
+#ifndef BRM_API_H
+#define BRM_API_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "sandbox.h"
+
+/* Most messages one rule may send for one event, and the largest message. */
+#define BRM_MAX_ACTIONS_PER_EVENT 100
+#define BRM_MAX_MESSAGE           (1u << 20)
+/* How deep brume.emit may chain, and how many events one event may emit. */
+#define BRM_MAX_EMIT_DEPTH      8
+#define BRM_MAX_EMITS_PER_EVENT 100
+
+/* One message a rule sent: what the outbox delivers. */
+struct brm_action {
+    char *rule;
+    char *target;
+    char *topic;
+    char *event_id;
+    size_t event; /* position of the event in its batch, from 1 */
+    size_t seq;   /* the n-th message sent for that event, from 1 */
+    char *body;   /* the message as JSON */
+    size_t len;
+};
+
+struct brm_actions {
+    struct brm_action *v;
+    size_t n, cap;
+};
+
+void brm_actions_reset(struct brm_actions *a); /* frees every action, keeps nothing */
+
+/* What the running rule is handling. The engine owns it and sets it around
+ * each call with brm_api_set_scope. */
+struct brm_scope {
+    const char *rule;
+    const char *topic;    /* normalised */
+    const char *event_id; /* ev.id, ev.audit_id, or "topic#index" */
+    size_t index;         /* position of the event in the batch, from 1 */
+    int depth;            /* 0 for a posted event, n for one emitted n deep */
+    struct brm_actions *sink;
+    size_t sent;      /* messages sent for this event so far, by all rules */
+    size_t rule_sent; /* ...and by the rule running now */
+    int emit_queue;   /* registry reference to the queue brume.emit fills */
+    size_t *emitted;  /* events emitted for the posted event so far */
+};
+
+struct brm_api;
+
+/* Opens the brume module in SB's VM and exposes it (and print) to user
+ * code. CFG must outlive the VM. The state lives in the VM. */
+struct brm_api *brm_api_open(struct brm_sandbox *sb, const struct brm_config *cfg);
+/* Sets (or clears, with NULL) the scope of the next calls. */
+void brm_api_set_scope(struct brm_api *api, struct brm_scope *scope);
+
+#endif

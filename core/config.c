@@ -1,0 +1,702 @@
+#include "config.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "sandbox.h"
+
+/* The config file itself runs under these limits. */
+#define CONFIG_INSTRUCTIONS 10000000
+#define CONFIG_MEMORY       (64u << 20)
+#define MAX_CONFIG_FILE     (1u << 20)
+
+/* ---- the declarative table of settings ---------------------------------- */
+
+enum type {
+    T_STRING,   /* char * */
+    T_PATH,     /* char *, resolved from the config's folder */
+    T_ADDR,     /* char *, "host:port" */
+    T_ADDR_OFF, /* char *, "host:port", or false for none */
+    T_ADDRS,    /* char ** + size_t count at offset2: an address or a list */
+    T_INT,      /* long */
+    T_WORKERS,  /* int */
+    T_SIZE,     /* uint64_t: bytes or "8MB" */
+    T_DURATION, /* double: seconds or "90s" */
+    T_BOOL,     /* int */
+    T_LEVEL,    /* int: log level name */
+    T_FORMAT,   /* int: log format name */
+    T_SECRETS,  /* struct brm_source: a string or a list of one or two */
+    T_TABLE,    /* nested settings in the same struct */
+    T_MAP,      /* name -> settings: an array of structs */
+};
+
+struct schema;
+
+struct setting {
+    const char *key;
+    enum type type;
+    size_t off, off2;         /* where the value goes (and its count) */
+    const struct schema *sub; /* T_TABLE, T_MAP */
+    double min, max;          /* T_INT, T_SIZE, T_DURATION bounds */
+};
+
+struct schema {
+    const struct setting *settings;
+    size_t n;
+    size_t elem_size; /* T_MAP: each element starts with `char *name` */
+};
+
+#define S(k, t, field)                                                                             \
+    { k, t, offsetof(struct brm_config, field), 0, NULL, 0, 0 }
+#define SR(k, t, field, lo, hi)                                                                    \
+    { k, t, offsetof(struct brm_config, field), 0, NULL, lo, hi }
+
+static const struct setting limits_settings[] = {
+    SR("instructions", T_INT, instructions, 1000, 1e12),
+    SR("memory", T_SIZE, memory, 1 << 20, 1e12),
+};
+static const struct setting http_settings[] = {
+    SR("header_timeout", T_DURATION, http.header_timeout, 0.05, 3600),
+    SR("body_timeout", T_DURATION, http.body_timeout, 0.05, 3600),
+    SR("idle_timeout", T_DURATION, http.idle_timeout, 0.05, 86400),
+    SR("drain_timeout", T_DURATION, http.drain_timeout, 0, 3600),
+    SR("max_connections", T_INT, http.max_connections, 1, 1000000),
+};
+static const struct setting log_settings[] = {
+    S("level", T_LEVEL, log_level),
+    S("format", T_FORMAT, log_format),
+};
+
+#define SRC(k, t, field, lo, hi)                                                                   \
+    { k, t, offsetof(struct brm_source, field), 0, NULL, lo, hi }
+static const struct setting source_settings[] = {
+    SRC("path", T_STRING, path, 0, 0),
+    { "secret", T_SECRETS, 0, 0, NULL, 0, 0 },
+    SRC("allow_sha1", T_BOOL, allow_sha1, 0, 0),
+    SRC("insecure", T_BOOL, insecure, 0, 0),
+    SRC("max_body", T_SIZE, max_body, 64, 1u << 30),
+};
+
+#define TGT(k, t, field)                                                                           \
+    { k, t, offsetof(struct brm_target, field), 0, NULL, 0, 0 }
+static const struct setting target_settings[] = {
+    TGT("kind", T_STRING, kind),
+    TGT("path", T_PATH, path),
+};
+
+static const struct schema limits_schema = { limits_settings, BRM_ARRAY_LEN(limits_settings), 0 };
+static const struct schema http_schema = { http_settings, BRM_ARRAY_LEN(http_settings), 0 };
+static const struct schema log_schema = { log_settings, BRM_ARRAY_LEN(log_settings), 0 };
+static const struct schema source_schema = { source_settings, BRM_ARRAY_LEN(source_settings),
+                                             sizeof(struct brm_source) };
+static const struct schema target_schema = { target_settings, BRM_ARRAY_LEN(target_settings),
+                                             sizeof(struct brm_target) };
+
+static const struct setting top_settings[] = {
+    { "listen", T_ADDRS, offsetof(struct brm_config, listen), offsetof(struct brm_config, nlisten),
+      NULL, 0, 0 },
+    S("admin", T_ADDR_OFF, admin),
+    SR("workers", T_WORKERS, workers, 0, BRM_MAX_WORKERS),
+    S("data_dir", T_PATH, data_dir),
+    S("rules", T_PATH, rules_dir),
+    S("scripts", T_PATH, scripts_dir),
+    { "limits", T_TABLE, 0, 0, &limits_schema, 0, 0 },
+    { "http", T_TABLE, 0, 0, &http_schema, 0, 0 },
+    { "log", T_TABLE, 0, 0, &log_schema, 0, 0 },
+    { "sources", T_MAP, offsetof(struct brm_config, sources), offsetof(struct brm_config, nsources),
+      &source_schema, 0, 0 },
+    { "targets", T_MAP, offsetof(struct brm_config, targets), offsetof(struct brm_config, ntargets),
+      &target_schema, 0, 0 },
+};
+static const struct schema top_schema = { top_settings, BRM_ARRAY_LEN(top_settings), 0 };
+
+/* ---- loading state ------------------------------------------------------ */
+
+struct loader {
+    lua_State *L;
+    struct brm_errors *errs;
+    size_t errs_at_start;
+    const char *display; /* the config file as shown in errors */
+    const char *dir;
+    struct brm_buf text; /* the file, to find the line of a nested key */
+    int lines;           /* stack index: top-level key -> line it was set on */
+};
+
+/* Returned by env() and file() after they reported a problem: the walk
+ * skips it instead of reporting the same setting again. */
+static const char REPORTED;
+
+static int is_reported(lua_State *L, int idx) {
+    return lua_touserdata(L, idx) == &REPORTED;
+}
+
+/* The line a nested KEY of top-level setting TOP was written on: the first
+ * line holding KEY as a word between the previous top-level assignment and
+ * TOP's own (Lua tables do not remember where their fields came from). */
+static int locate(struct loader *ld, const char *top, const char *key) {
+    lua_State *L = ld->L;
+    if (!L) return 0;
+    lua_getfield(L, ld->lines, top);
+    int end = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (!key || end <= 0) return end;
+    int start = 1;
+    lua_pushnil(L);
+    while (lua_next(L, ld->lines)) {
+        int l = (int)lua_tointeger(L, -1);
+        if (l < end && l + 1 > start) start = l + 1;
+        lua_pop(L, 1);
+    }
+    size_t klen = strlen(key);
+    const char *p = ld->text.data ? ld->text.data : "";
+    for (int line = 1; *p && line <= end; line++) {
+        const char *eol = strchr(p, '\n');
+        size_t len = eol ? (size_t)(eol - p) : strlen(p);
+        if (line >= start) {
+            for (const char *q = p; q + klen <= p + len; q++) {
+                int before =
+                    q == p || !(q[-1] == '_' || (q[-1] >= 'a' && q[-1] <= 'z') ||
+                                (q[-1] >= 'A' && q[-1] <= 'Z') || (q[-1] >= '0' && q[-1] <= '9'));
+                char c = q[klen];
+                int after = !(c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                              (c >= '0' && c <= '9'));
+                if (before && after && memcmp(q, key, klen) == 0) return line;
+            }
+        }
+        if (!eol) break;
+        p = eol + 1;
+    }
+    return end;
+}
+
+static void report(struct loader *ld, const char *top, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void report(struct loader *ld, const char *top, const char *key, const char *fmt, ...) {
+    struct brm_err e;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e.msg, sizeof(e.msg), fmt, ap);
+    va_end(ap);
+    snprintf(e.file, sizeof(e.file), "%s", ld->display);
+    e.line = top ? locate(ld, top, key) : 0;
+    brm_errors_add(ld->errs, &e);
+}
+
+/* Levenshtein distance, to suggest the setting a typo meant. */
+static size_t distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b), prev[64], cur[64];
+    if (la >= 63 || lb >= 63) return 99;
+    for (size_t j = 0; j <= lb; j++) prev[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        cur[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            size_t del = prev[j] + 1, ins = cur[j - 1] + 1;
+            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+        memcpy(prev, cur, (lb + 1) * sizeof(size_t));
+    }
+    return prev[lb];
+}
+
+static void report_unknown(struct loader *ld, const struct schema *sc, const char *top,
+                           const char *where, const char *key) {
+    const char *best = NULL;
+    size_t bestd = 3;
+    for (size_t i = 0; i < sc->n; i++) {
+        size_t d = distance(key, sc->settings[i].key);
+        if (d < bestd) bestd = d, best = sc->settings[i].key;
+    }
+    if (best)
+        report(ld, top, key, "%s%sunknown setting '%s' (did you mean '%s'?)", where,
+               *where ? ": " : "", key, best);
+    else
+        report(ld, top, key, "%s%sunknown setting '%s'", where, *where ? ": " : "", key);
+}
+
+/* ---- env() and file() --------------------------------------------------- */
+
+static void record_error(lua_State *L, const char *fmt, const char *arg) {
+    struct loader *ld = lua_touserdata(L, lua_upvalueindex(1));
+    lua_Debug ar;
+    int line = 0;
+    if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar)) line = ar.currentline;
+    char msg[512];
+    snprintf(msg, sizeof(msg), fmt, arg);
+    brm_errors_addf(ld->errs, ld->display, line, "%s", msg);
+}
+
+static int cfg_env(lua_State *L) {
+    const char *name = luaL_checkstring(L, 1);
+    const char *v = getenv(name);
+    if (v) {
+        lua_pushstring(L, v);
+    } else if (lua_gettop(L) >= 2) {
+        lua_pushvalue(L, 2);
+    } else {
+        record_error(L, "environment variable %s is not set", name);
+        lua_pushlightuserdata(L, (void *)&REPORTED);
+    }
+    return 1;
+}
+
+static int cfg_file(lua_State *L) {
+    struct loader *ld = lua_touserdata(L, lua_upvalueindex(1));
+    const char *rel = luaL_checkstring(L, 1);
+    char *path = brm_path_join(ld->dir, rel);
+    struct brm_buf b;
+    brm_buf_init(&b);
+    if (brm_read_file(path, 1u << 20, &b) < 0) {
+        char what[600];
+        snprintf(what, sizeof(what), "%s: %s", path, strerror(errno));
+        record_error(L, "cannot read %s", what);
+        lua_pushlightuserdata(L, (void *)&REPORTED);
+    } else {
+        size_t n = b.len;
+        if (n && b.data[n - 1] == '\n') n--; /* files written by echo end in a newline */
+        if (n && b.data[n - 1] == '\r') n--;
+        lua_pushlstring(L, b.data ? b.data : "", n);
+    }
+    brm_buf_reset(&b);
+    free(path);
+    return 1;
+}
+
+/* __newindex of the config's environment: store, and remember the line. */
+static int cfg_newindex(lua_State *L) {
+    lua_Debug ar;
+    lua_settop(L, 3);
+    if (lua_type(L, 2) == LUA_TSTRING && lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar)) {
+        lua_pushvalue(L, 2);
+        lua_pushinteger(L, ar.currentline);
+        lua_rawset(L, lua_upvalueindex(1));
+    }
+    lua_rawset(L, 1);
+    return 0;
+}
+
+/* ---- converting values -------------------------------------------------- */
+
+static const char *type_name(enum type t) {
+    switch (t) {
+    case T_STRING:
+    case T_PATH: return "a string";
+    case T_ADDR: return "an address \"host:port\"";
+    case T_ADDR_OFF: return "an address \"host:port\" or false";
+    case T_ADDRS: return "an address \"host:port\" or a list of them";
+    case T_INT:
+    case T_WORKERS: return "an integer";
+    case T_SIZE: return "a size (bytes, or \"8MB\")";
+    case T_DURATION: return "a duration (seconds, or \"90s\", \"15m\", \"24h\")";
+    case T_BOOL: return "true or false";
+    case T_LEVEL: return "one of \"debug\", \"info\", \"warn\", \"error\"";
+    case T_FORMAT: return "\"logfmt\" or \"json\"";
+    case T_SECRETS: return "a string or a list of one or two strings";
+    case T_TABLE:
+    case T_MAP: return "a table";
+    }
+    return "?";
+}
+
+static int valid_addr(const char *s) {
+    char host[256];
+    int port;
+    return brm_split_addr(s, host, sizeof(host), &port) == 0;
+}
+
+static int in_range(const struct setting *st, double v) {
+    return !(st->min || st->max) || (v >= st->min && v <= st->max);
+}
+
+struct walk {
+    struct loader *ld;
+    const char *top; /* top-level setting being walked, for locate() */
+    char where[256]; /* "sources.mist" */
+};
+
+static void walk_table(struct walk *w, const struct schema *sc, int idx, void *obj);
+
+/* Converts the value on top of the stack for ST into OBJ. */
+static void convert(struct walk *w, const struct setting *st, void *obj) {
+    lua_State *L = w->ld->L;
+    char *field = (char *)obj + st->off;
+    int t = lua_type(L, -1);
+    const char *key = st->key;
+    if (is_reported(L, -1)) return;
+    switch (st->type) {
+    case T_STRING:
+    case T_PATH:
+    case T_ADDR:
+        if (t != LUA_TSTRING) goto wrong;
+        if (st->type == T_ADDR && !valid_addr(lua_tostring(L, -1))) goto bad;
+        free(*(char **)field);
+        *(char **)field = st->type == T_PATH ? brm_path_join(w->ld->dir, lua_tostring(L, -1))
+                                             : brm_xstrdup(lua_tostring(L, -1));
+        return;
+    case T_ADDR_OFF:
+        free(*(char **)field);
+        *(char **)field = NULL;
+        if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1)) return;
+        if (t != LUA_TSTRING) goto wrong;
+        if (!valid_addr(lua_tostring(L, -1))) goto bad;
+        *(char **)field = brm_xstrdup(lua_tostring(L, -1));
+        return;
+    case T_ADDRS: {
+        char ***list = (char ***)field;
+        size_t *count = (size_t *)((char *)obj + st->off2), n = 1;
+        if (t == LUA_TTABLE)
+            n = lua_rawlen(L, -1);
+        else if (t != LUA_TSTRING)
+            goto wrong;
+        for (size_t i = 0; i < *count; i++) free((*list)[i]);
+        free(*list);
+        *list = brm_xcalloc(n, sizeof(char *));
+        *count = 0;
+        for (size_t i = 1; i <= n; i++) {
+            if (t == LUA_TTABLE)
+                lua_rawgeti(L, -1, (lua_Integer)i);
+            else
+                lua_pushvalue(L, -1);
+            if (lua_type(L, -1) != LUA_TSTRING || !valid_addr(lua_tostring(L, -1)))
+                report(w->ld, w->top, key, "%s[%zu]: expected %s", key, i, type_name(T_ADDR));
+            else
+                (*list)[(*count)++] = brm_xstrdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        if (n == 0) report(w->ld, w->top, key, "%s: needs at least one address", key);
+        return;
+    }
+    case T_INT:
+    case T_WORKERS: {
+        if (!lua_isinteger(L, -1)) goto wrong;
+        lua_Integer v = lua_tointeger(L, -1);
+        if (!in_range(st, (double)v)) goto range;
+        if (st->type == T_INT)
+            *(long *)field = (long)v;
+        else
+            *(int *)field = (int)v;
+        return;
+    }
+    case T_SIZE: {
+        uint64_t v;
+        if (t == LUA_TNUMBER && lua_tonumber(L, -1) >= 0)
+            v = (uint64_t)lua_tonumber(L, -1);
+        else if (t != LUA_TSTRING || brm_parse_size(lua_tostring(L, -1), &v) < 0)
+            goto wrong;
+        if (!in_range(st, (double)v)) goto range;
+        *(uint64_t *)field = v;
+        return;
+    }
+    case T_DURATION: {
+        double v;
+        if (t == LUA_TNUMBER)
+            v = lua_tonumber(L, -1);
+        else if (t != LUA_TSTRING || brm_parse_duration(lua_tostring(L, -1), &v) < 0)
+            goto wrong;
+        if (!in_range(st, v)) goto range;
+        *(double *)field = v;
+        return;
+    }
+    case T_BOOL:
+        if (t != LUA_TBOOLEAN) goto wrong;
+        *(int *)field = lua_toboolean(L, -1);
+        return;
+    case T_LEVEL: {
+        int lvl = t == LUA_TSTRING ? brm_log_level_parse(lua_tostring(L, -1)) : -1;
+        if (lvl < 0) goto wrong;
+        *(int *)field = lvl;
+        return;
+    }
+    case T_FORMAT: {
+        const char *s = t == LUA_TSTRING ? lua_tostring(L, -1) : "";
+        if (strcmp(s, "logfmt") == 0)
+            *(int *)field = BRM_LOG_LOGFMT;
+        else if (strcmp(s, "json") == 0)
+            *(int *)field = BRM_LOG_JSON;
+        else
+            goto wrong;
+        return;
+    }
+    case T_SECRETS: {
+        struct brm_source *src = obj;
+        size_t n = 1;
+        if (t == LUA_TTABLE)
+            n = lua_rawlen(L, -1);
+        else if (t != LUA_TSTRING)
+            goto wrong;
+        if (n < 1 || n > 2) goto wrong;
+        for (size_t i = 1; i <= n; i++) {
+            if (t == LUA_TTABLE)
+                lua_rawgeti(L, -1, (lua_Integer)i);
+            else
+                lua_pushvalue(L, -1);
+            size_t len;
+            if (is_reported(L, -1)) {
+                /* env() already said what is missing */
+            } else if (lua_type(L, -1) != LUA_TSTRING) {
+                report(w->ld, w->top, key, "%s.%s: expected %s", w->where, key,
+                       type_name(T_SECRETS));
+            } else {
+                const char *s = lua_tolstring(L, -1, &len);
+                if (len == 0) {
+                    report(w->ld, w->top, key, "%s.%s: a secret cannot be empty", w->where, key);
+                } else {
+                    src->secrets[src->nsecrets] = brm_xstrndup(s, len);
+                    src->secret_len[src->nsecrets++] = len;
+                }
+            }
+            lua_pop(L, 1);
+        }
+        return;
+    }
+    case T_TABLE: {
+        if (t != LUA_TTABLE) goto wrong;
+        struct walk sub = *w;
+        snprintf(sub.where, sizeof(sub.where), "%s", key);
+        walk_table(&sub, st->sub, lua_gettop(L), obj);
+        return;
+    }
+    case T_MAP: {
+        if (t != LUA_TTABLE) goto wrong;
+        void **arr = (void **)field;
+        size_t *count = (size_t *)((char *)obj + st->off2);
+        int map = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, map)) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TTABLE) {
+                report(w->ld, w->top, NULL, "%s: each entry must be name = { ... }", key);
+                lua_pop(L, 1);
+                continue;
+            }
+            *arr = brm_xrealloc(*arr, (*count + 1) * st->sub->elem_size);
+            char *elem = (char *)*arr + *count * st->sub->elem_size;
+            memset(elem, 0, st->sub->elem_size);
+            *(char **)elem = brm_xstrdup(lua_tostring(L, -2));
+            (*count)++;
+            struct walk sub = *w;
+            snprintf(sub.where, sizeof(sub.where), "%s.%s", key, lua_tostring(L, -2));
+            walk_table(&sub, st->sub, lua_gettop(L), elem);
+            lua_pop(L, 1);
+        }
+        return;
+    }
+    }
+wrong:
+    if (t == LUA_TSTRING)
+        report(w->ld, w->top, key, "%s%s%s: expected %s, got \"%s\"", w->where,
+               *w->where ? "." : "", key, type_name(st->type), lua_tostring(L, -1));
+    else
+        report(w->ld, w->top, key, "%s%s%s: expected %s, got %s", w->where, *w->where ? "." : "",
+               key, type_name(st->type), luaL_typename(L, -1));
+    return;
+bad:
+    report(w->ld, w->top, key, "%s%s%s: '%s' is not %s", w->where, *w->where ? "." : "", key,
+           lua_tostring(L, -1), type_name(st->type));
+    return;
+range:
+    report(w->ld, w->top, key, "%s%s%s: must be between %g and %g", w->where, *w->where ? "." : "",
+           key, st->min, st->max);
+}
+
+static void walk_table(struct walk *w, const struct schema *sc, int idx, void *obj) {
+    lua_State *L = w->ld->L;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        const struct setting *st = NULL;
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            const char *k = lua_tostring(L, -2);
+            if (sc == &top_schema) w->top = k;
+            for (size_t i = 0; i < sc->n && !st; i++)
+                if (strcmp(sc->settings[i].key, k) == 0) st = &sc->settings[i];
+            if (!st) report_unknown(w->ld, sc, w->top, w->where, k);
+        } else {
+            report(w->ld, w->top, NULL, "%s: keys must be names", w->where);
+        }
+        if (st) convert(w, st, obj);
+        lua_pop(L, 1);
+    }
+}
+
+/* ---- checks across settings --------------------------------------------- */
+
+static void check_config(struct loader *ld, struct brm_config *c) {
+    if (c->nsources == 0)
+        report(ld, NULL, NULL,
+               "no sources: add sources = { mist = { path = \"/mist\", secret = "
+               "env(\"MIST_WEBHOOK_SECRET\") } }");
+    for (size_t i = 0; i < c->nsources; i++) {
+        struct brm_source *s = &c->sources[i];
+        if (!s->path || s->path[0] != '/')
+            report(ld, "sources", s->name, "sources.%s.path: must start with '/'", s->name);
+        for (size_t j = 0; j < i && s->path; j++)
+            if (c->sources[j].path && strcmp(c->sources[j].path, s->path) == 0)
+                report(ld, "sources", s->name, "sources.%s.path: %s is also the path of %s",
+                       s->name, s->path, c->sources[j].name);
+        if (s->nsecrets == 0 && !s->insecure)
+            report(ld, "sources", s->name,
+                   "sources.%s: no secret (set secret, or insecure = true to accept unsigned "
+                   "posts)",
+                   s->name);
+        if (s->nsecrets > 0 && s->insecure)
+            report(ld, "sources", s->name, "sources.%s: insecure = true with a secret set",
+                   s->name);
+    }
+    for (size_t i = 0; i < c->ntargets; i++) {
+        struct brm_target *t = &c->targets[i];
+        if (!t->kind) {
+            report(ld, "targets", t->name, "targets.%s: no kind", t->name);
+        } else if (strcmp(t->kind, "file") != 0) {
+            report(ld, "targets", t->name,
+                   "targets.%s: kind '%s' is not available in this version (only \"file\")",
+                   t->name, t->kind);
+        } else if (!t->path) {
+            report(ld, "targets", t->name, "targets.%s: a file target needs a path", t->name);
+        }
+    }
+}
+
+static void set_defaults(struct brm_config *c) {
+    c->listen = brm_xcalloc(1, sizeof(char *));
+    c->listen[0] = brm_xstrdup("0.0.0.0:8080");
+    c->nlisten = 1;
+    c->admin = brm_xstrdup("127.0.0.1:9090");
+    c->workers = 0;
+    c->data_dir = brm_path_join(c->dir, "var");
+    c->rules_dir = brm_path_join(c->dir, "rules");
+    c->scripts_dir = brm_path_join(c->dir, "scripts");
+    c->instructions = 1000000;
+    c->memory = 64u << 20;
+    c->http.header_timeout = 10;
+    c->http.body_timeout = 30;
+    c->http.idle_timeout = 60;
+    c->http.drain_timeout = 10;
+    c->http.max_connections = 4096;
+    c->log_level = BRM_LOG_INFO;
+    c->log_format = BRM_LOG_LOGFMT;
+}
+
+/* Runs the config file in a sandbox and walks what it set. */
+static void evaluate(struct loader *ld, struct brm_config *c) {
+    struct brm_sandbox_opts o = { .instructions = CONFIG_INSTRUCTIONS, .memory = CONFIG_MEMORY };
+    struct brm_sandbox *sb = brm_sandbox_new(&o);
+    lua_State *L = ld->L = brm_sandbox_state(sb);
+    struct brm_err err;
+    if (brm_read_file(c->file, MAX_CONFIG_FILE, &ld->text) < 0) {
+        brm_errors_addf(ld->errs, ld->display, 0, "cannot read the config: %s", strerror(errno));
+        goto done;
+    }
+    char *chunkname = brm_xasprintf("@%s", ld->display);
+    int rc = brm_sandbox_loadbuffer(sb, ld->text.data ? ld->text.data : "", ld->text.len, chunkname,
+                                    &err);
+    free(chunkname);
+    if (rc < 0) {
+        brm_errors_add(ld->errs, &err);
+        goto done;
+    }
+    lua_newtable(L); /* top-level key -> line */
+    ld->lines = lua_gettop(L);
+    /* The file's environment: env() and file(), the safe library behind. */
+    lua_newtable(L);
+    int env = lua_gettop(L);
+    lua_pushlightuserdata(L, ld);
+    lua_pushcclosure(L, cfg_env, 1);
+    lua_setfield(L, env, "env");
+    lua_pushlightuserdata(L, ld);
+    lua_pushcclosure(L, cfg_file, 1);
+    lua_setfield(L, env, "file");
+    lua_createtable(L, 0, 2);
+    brm_sandbox_push_library(sb);
+    lua_setfield(L, -2, "__index");
+    lua_pushvalue(L, ld->lines);
+    lua_pushcclosure(L, cfg_newindex, 1);
+    lua_setfield(L, -2, "__newindex");
+    lua_setmetatable(L, env);
+    lua_pushvalue(L, env);
+    lua_setupvalue(L, env - 2, 1);
+    lua_pushvalue(L, env - 2);
+    if (brm_sandbox_call(sb, 0, 0, &err) != BRM_CALL_OK) {
+        brm_errors_add(ld->errs, &err);
+        goto done;
+    }
+    lua_pushnil(L); /* env() and file() are not settings */
+    lua_setfield(L, env, "env");
+    lua_pushnil(L);
+    lua_setfield(L, env, "file");
+    struct walk w = { .ld = ld, .top = NULL, .where = "" };
+    walk_table(&w, &top_schema, env, c);
+    for (size_t i = 0; i < c->nsources; i++)
+        if (!c->sources[i].max_body) c->sources[i].max_body = 8u << 20;
+    /* Checks across settings need the line table, so they run in here. */
+    if (ld->errs->n == ld->errs_at_start) check_config(ld, c);
+done:
+    brm_sandbox_free(sb);
+    ld->L = NULL;
+}
+
+struct brm_config *brm_config_load(const char *path, struct brm_errors *errs) {
+    struct brm_config *c = brm_xcalloc(1, sizeof(*c));
+    struct loader ld = { .errs = errs, .errs_at_start = errs->n };
+    c->file = brm_xstrdup(path);
+    c->dir = brm_path_dir(path);
+    char *display = brm_path_display(path);
+    ld.display = display;
+    ld.dir = c->dir;
+    brm_buf_init(&ld.text);
+    set_defaults(c);
+    evaluate(&ld, c);
+    if (c->workers == 0) c->workers = brm_cpu_count();
+    if (c->workers > BRM_MAX_WORKERS) c->workers = BRM_MAX_WORKERS;
+    brm_buf_reset(&ld.text);
+    free(display);
+    if (errs->n > ld.errs_at_start) {
+        brm_config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void brm_config_free(struct brm_config *c) {
+    if (!c) return;
+    free(c->file);
+    free(c->dir);
+    for (size_t i = 0; i < c->nlisten; i++) free(c->listen[i]);
+    free(c->listen);
+    free(c->admin);
+    free(c->data_dir);
+    free(c->rules_dir);
+    free(c->scripts_dir);
+    for (size_t i = 0; i < c->nsources; i++) {
+        struct brm_source *s = &c->sources[i];
+        free(s->name);
+        free(s->path);
+        for (int j = 0; j < s->nsecrets; j++) {
+            /* Secrets do not linger in freed memory. */
+            memset(s->secrets[j], 0, s->secret_len[j]);
+            free(s->secrets[j]);
+        }
+    }
+    free(c->sources);
+    for (size_t i = 0; i < c->ntargets; i++) {
+        free(c->targets[i].name);
+        free(c->targets[i].kind);
+        free(c->targets[i].path);
+    }
+    free(c->targets);
+    free(c);
+}
+
+const struct brm_target *brm_config_target(const struct brm_config *c, const char *name) {
+    for (size_t i = 0; i < c->ntargets; i++)
+        if (strcmp(c->targets[i].name, name) == 0) return &c->targets[i];
+    return NULL;
+}
+
+const struct brm_source *brm_config_source(const struct brm_config *c, const char *name) {
+    for (size_t i = 0; i < c->nsources; i++)
+        if (strcmp(c->sources[i].name, name) == 0) return &c->sources[i];
+    return NULL;
+}

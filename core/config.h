@@ -1,0 +1,70 @@
+/*
+ * config: loads brume.lua, the user's Lua config file. The file runs in a
+ * sandbox (see sandbox.h) that adds env(NAME [, default]) and file(PATH)
+ * for secrets; the globals it sets are then checked against a declarative
+ * table of settings, and every unknown key, wrong type or bad value is
+ * reported as "file:line: setting: problem". Relative paths resolve from
+ * the config file's folder. The result is immutable and shared by every
+ * thread. Depends on sandbox, util.
+ */
+#ifndef BRM_CONFIG_H
+#define BRM_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+#define BRM_MAX_WORKERS 64
+
+/* A webhook source: one path Mist posts to, and how to check it. */
+struct brm_source {
+    char *name;
+    char *path;       /* "/mist" */
+    char *secrets[2]; /* two during a rotation */
+    size_t secret_len[2];
+    int nsecrets;
+    int allow_sha1; /* also accept the legacy X-Mist-Signature */
+    int insecure;   /* accept unsigned posts (no secret) */
+    uint64_t max_body;
+};
+
+/* A named destination for brume.send. */
+struct brm_target {
+    char *name;
+    char *kind; /* "file" */
+    char *path; /* file: the JSON-lines file */
+};
+
+struct brm_config {
+    char *file; /* as given */
+    char *dir;  /* its folder */
+    char **listen;
+    size_t nlisten;
+    char *admin; /* NULL: no admin listener */
+    int workers; /* resolved: at least 1 */
+    char *data_dir, *rules_dir, *scripts_dir;
+    long instructions;
+    uint64_t memory;
+    struct {
+        double header_timeout, body_timeout, idle_timeout, drain_timeout;
+        long max_connections;
+    } http;
+    int log_level, log_format;
+    struct brm_source *sources;
+    size_t nsources;
+    struct brm_target *targets;
+    size_t ntargets;
+};
+
+/*
+ * Loads and checks PATH. Returns the config, or NULL with at least one
+ * error appended to ERRS (all that were found, not only the first).
+ */
+struct brm_config *brm_config_load(const char *path, struct brm_errors *errs);
+void brm_config_free(struct brm_config *c);
+
+const struct brm_target *brm_config_target(const struct brm_config *c, const char *name);
+const struct brm_source *brm_config_source(const struct brm_config *c, const char *name);
+
+#endif

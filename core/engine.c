@@ -1,0 +1,600 @@
+#include "engine.h"
+
+#include <dirent.h>
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "sandbox.h"
+
+#define MAX_EVENT_ID 128
+/* A rule failing on every event would write a line per event: at most this
+ * many lines per rule per window, then one line saying how many were not
+ * written. The metrics count every failure. */
+#define FAILURE_LOGS   10
+#define FAILURE_WINDOW 10000 /* ms */
+
+struct rule {
+    char *name;
+    char *file; /* as shown in errors */
+    int fn;     /* registry reference to on_event */
+    int where;  /* registry reference to the where table, or LUA_NOREF */
+    int all;    /* topics = "*" */
+    char **topics;
+    size_t ntopics;
+    struct brm_counter *runs, *errors, *budget, *memory;
+    struct brm_histogram *seconds;
+    uint64_t log_window; /* start of the current failure-log window, ms */
+    unsigned logged, suppressed;
+};
+
+/* The rules one topic runs, in file-name order. */
+struct topic {
+    char *name;
+    size_t *rules;
+    size_t n;
+};
+
+struct brm_engine {
+    const struct brm_config *cfg;
+    struct brm_sandbox *sb;
+    struct brm_api *api;
+    struct rule *rules;
+    size_t nrules;
+    struct topic *topics;
+    size_t ntopics;
+    struct topic all; /* the "*" rules: what a topic no rule names runs */
+    int queue;        /* registry reference to the brume.emit queue */
+    int exhausted;
+};
+
+static const char *const rule_keys[] = { "name", "topics", "where", "on_event", "description" };
+
+/* ---- loading ------------------------------------------------------------ */
+
+static int by_strcmp(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The *.lua files directly in DIR, sorted by name. -1 when DIR cannot be read. */
+static int list_rules(const char *dir, char ***out, size_t *n) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    struct dirent *de;
+    size_t cap = 0;
+    *out = NULL;
+    *n = 0;
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        if (de->d_name[0] == '.' || len < 5 || strcmp(de->d_name + len - 4, ".lua") != 0) continue;
+        if (de->d_type != DT_REG && de->d_type != DT_LNK && de->d_type != DT_UNKNOWN) continue;
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 16;
+            *out = brm_xrealloc(*out, cap * sizeof(char *));
+        }
+        (*out)[(*n)++] = brm_xstrdup(de->d_name);
+    }
+    closedir(d);
+    if (*n) qsort(*out, *n, sizeof(char *), by_strcmp);
+    return 0;
+}
+
+static int is_scalar(lua_State *L, int idx) {
+    int t = lua_type(L, idx);
+    return t == LUA_TSTRING || t == LUA_TNUMBER || t == LUA_TBOOLEAN;
+}
+
+/* Checks the where table at IDX: field = value, or field = { values }. */
+static int check_where(lua_State *L, int idx, const char *file, struct brm_errors *errs) {
+    int ok = 1;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        int good = k && is_scalar(L, -1);
+        if (k && lua_type(L, -1) == LUA_TTABLE) {
+            size_t n = lua_rawlen(L, -1);
+            good = n > 0;
+            for (size_t i = 1; i <= n && good; i++) {
+                lua_rawgeti(L, -1, (lua_Integer)i);
+                good = is_scalar(L, -1);
+                lua_pop(L, 1);
+            }
+        }
+        if (!good) {
+            brm_errors_addf(errs, file, 0,
+                            "where.%s: expected a string, number or boolean, or a list of them",
+                            k ? k : "?");
+            ok = 0;
+        }
+        lua_pop(L, 1);
+    }
+    return ok;
+}
+
+/* Reads topics (a name, "*", or a list of names) into R. */
+static int read_topics(lua_State *L, int idx, struct rule *r, struct brm_errors *errs) {
+    size_t n = lua_type(L, idx) == LUA_TTABLE ? lua_rawlen(L, idx) : 1;
+    if (lua_type(L, idx) != LUA_TTABLE && lua_type(L, idx) != LUA_TSTRING) n = 0;
+    if (n == 0) {
+        brm_errors_addf(errs, r->file, 0,
+                        "topics: expected a topic name, a list of them, or \"*\" for every topic");
+        return 0;
+    }
+    r->topics = brm_xcalloc(n, sizeof(char *));
+    for (size_t i = 1; i <= n; i++) {
+        if (lua_type(L, idx) == LUA_TTABLE)
+            lua_rawgeti(L, idx, (lua_Integer)i);
+        else
+            lua_pushvalue(L, idx);
+        size_t len;
+        const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        char name[BRM_TOPIC_MAX];
+        if (!s || len == 0 || brm_topic_normalize(s, len, name, sizeof(name)) < 0) {
+            brm_errors_addf(errs, r->file, 0, "topics[%zu]: expected a topic name", i);
+            lua_pop(L, 1);
+            return 0;
+        }
+        if (strcmp(name, "*") == 0)
+            r->all = 1;
+        else {
+            if (!brm_topic_known(name))
+                brm_log_warn("rule names a topic Mist does not document (a typo?)", "rule", r->name,
+                             "file", r->file, "topic", name);
+            r->topics[r->ntopics++] = brm_xstrdup(name);
+        }
+        lua_pop(L, 1);
+    }
+    return 1;
+}
+
+/* Pushes t[KEY] without metamethods: the rule's table is read outside the
+ * sandbox's door, so no user code may run here. [-0, +1] */
+static int rawfield(lua_State *L, int t, const char *key) {
+    lua_pushstring(L, key);
+    return lua_rawget(L, t);
+}
+
+/* Checks the table a rule file returned (on top of the stack) and fills R. */
+static int read_rule(struct brm_engine *e, struct rule *r, struct brm_errors *errs) {
+    lua_State *L = brm_sandbox_state(e->sb);
+    int t = lua_gettop(L), ok = 1;
+    if (lua_type(L, t) != LUA_TTABLE) {
+        brm_errors_addf(errs, r->file, 0,
+                        "a rule must return a table with topics and on_event (it returned %s)",
+                        luaL_typename(L, t));
+        return 0;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        size_t i = 0;
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+        while (i < BRM_ARRAY_LEN(rule_keys) && strcmp(rule_keys[i], k) != 0) i++;
+        if (i == BRM_ARRAY_LEN(rule_keys)) {
+            brm_errors_addf(errs, r->file, 0,
+                            "unknown key '%s' in the rule (expected name, topics, where, "
+                            "on_event, description)",
+                            k);
+            ok = 0;
+        }
+        lua_pop(L, 1);
+    }
+    if (rawfield(L, t, "name") == LUA_TSTRING) {
+        free(r->name);
+        r->name = brm_xstrdup(lua_tostring(L, -1));
+    } else if (!lua_isnil(L, -1)) {
+        brm_errors_addf(errs, r->file, 0, "name: expected a string");
+        ok = 0;
+    }
+    lua_pop(L, 1);
+    rawfield(L, t, "topics");
+    ok &= read_topics(L, lua_gettop(L), r, errs);
+    lua_pop(L, 1);
+    if (rawfield(L, t, "where") == LUA_TTABLE) {
+        if (check_where(L, lua_gettop(L), r->file, errs))
+            r->where = luaL_ref(L, LUA_REGISTRYINDEX);
+        else
+            ok = 0, lua_pop(L, 1);
+    } else {
+        if (!lua_isnil(L, -1)) {
+            brm_errors_addf(errs, r->file, 0, "where: expected a table");
+            ok = 0;
+        }
+        lua_pop(L, 1);
+    }
+    if (rawfield(L, t, "on_event") == LUA_TFUNCTION) {
+        r->fn = luaL_ref(L, LUA_REGISTRYINDEX);
+    } else {
+        brm_errors_addf(errs, r->file, 0, "on_event: expected a function (ev, ctx)");
+        lua_pop(L, 1);
+        ok = 0;
+    }
+    return ok;
+}
+
+static void rule_metrics(struct rule *r) {
+    r->runs = brm_metrics_counter("brume_rule_runs_total", "Rule calls.", "rule", r->name, NULL);
+    r->errors = brm_metrics_counter("brume_rule_errors_total", "Rule calls that failed.", "rule",
+                                    r->name, "reason", "error", NULL);
+    r->budget = brm_metrics_counter("brume_rule_errors_total", "Rule calls that failed.", "rule",
+                                    r->name, "reason", "budget", NULL);
+    r->memory = brm_metrics_counter("brume_rule_errors_total", "Rule calls that failed.", "rule",
+                                    r->name, "reason", "memory", NULL);
+    r->seconds = brm_metrics_histogram("brume_rule_duration_seconds", "Time in one rule call.",
+                                       "rule", r->name, NULL);
+}
+
+static void load_rule(struct brm_engine *e, const char *fname, struct brm_errors *errs) {
+    lua_State *L = brm_sandbox_state(e->sb);
+    char *path = brm_path_join(e->cfg->rules_dir, fname);
+    struct rule r = { .fn = LUA_NOREF, .where = LUA_NOREF };
+    struct brm_err err;
+    r.file = brm_path_display(path);
+    r.name = brm_xstrndup(fname, strlen(fname) - 4);
+    int top = lua_gettop(L);
+    if (brm_sandbox_loadfile(e->sb, path, r.file, &err) < 0 ||
+        brm_sandbox_call(e->sb, 0, 1, &err) != BRM_CALL_OK) {
+        brm_errors_add(errs, &err);
+        goto fail;
+    }
+    if (!read_rule(e, &r, errs)) goto fail;
+    for (size_t i = 0; i < e->nrules; i++) {
+        if (strcmp(e->rules[i].name, r.name) == 0) {
+            brm_errors_addf(errs, r.file, 0, "another rule is named '%s' (%s)", r.name,
+                            e->rules[i].file);
+            goto fail;
+        }
+    }
+    rule_metrics(&r);
+    e->rules = brm_xrealloc(e->rules, (e->nrules + 1) * sizeof(*e->rules));
+    e->rules[e->nrules++] = r;
+    lua_settop(L, top);
+    free(path);
+    return;
+fail:
+    for (size_t i = 0; i < r.ntopics; i++) free(r.topics[i]);
+    free(r.topics);
+    free(r.name);
+    free(r.file);
+    lua_settop(L, top);
+    free(path);
+}
+
+/* Builds the topic -> rules index, keeping file-name order. */
+static void index_topics(struct brm_engine *e) {
+    for (size_t i = 0; i < e->nrules; i++) {
+        struct rule *r = &e->rules[i];
+        if (r->all) {
+            e->all.rules = brm_xrealloc(e->all.rules, (e->all.n + 1) * sizeof(size_t));
+            e->all.rules[e->all.n++] = i;
+        }
+        for (size_t j = 0; j < r->ntopics; j++) {
+            size_t k = 0;
+            while (k < e->ntopics && strcmp(e->topics[k].name, r->topics[j]) != 0) k++;
+            if (k == e->ntopics) {
+                e->topics = brm_xrealloc(e->topics, (e->ntopics + 1) * sizeof(*e->topics));
+                e->topics[k] = (struct topic){ brm_xstrdup(r->topics[j]), NULL, 0 };
+                e->ntopics++;
+            }
+        }
+    }
+    for (size_t k = 0; k < e->ntopics; k++) {
+        struct topic *t = &e->topics[k];
+        for (size_t i = 0; i < e->nrules; i++) {
+            struct rule *r = &e->rules[i];
+            int hit = r->all;
+            for (size_t j = 0; j < r->ntopics && !hit; j++)
+                hit = strcmp(r->topics[j], t->name) == 0;
+            if (!hit) continue;
+            t->rules = brm_xrealloc(t->rules, (t->n + 1) * sizeof(size_t));
+            t->rules[t->n++] = i;
+        }
+    }
+}
+
+struct brm_engine *brm_engine_new(const struct brm_config *cfg, struct brm_errors *errs) {
+    struct brm_engine *e = brm_xcalloc(1, sizeof(*e));
+    size_t errs_before = errs->n;
+    e->cfg = cfg;
+    struct brm_sandbox_opts o = {
+        .instructions = cfg->instructions,
+        .memory = cfg->memory,
+        .scripts_dir = cfg->scripts_dir,
+        .rules_dir = cfg->rules_dir,
+    };
+    e->sb = brm_sandbox_new(&o);
+    e->api = brm_api_open(e->sb, cfg);
+    lua_newtable(brm_sandbox_state(e->sb));
+    e->queue = luaL_ref(brm_sandbox_state(e->sb), LUA_REGISTRYINDEX);
+    char **files = NULL;
+    size_t n = 0;
+    if (list_rules(cfg->rules_dir, &files, &n) < 0) {
+        char *display = brm_path_display(cfg->rules_dir);
+        brm_errors_addf(errs, display, 0, "cannot read the rules folder");
+        free(display);
+    }
+    for (size_t i = 0; i < n; i++) {
+        load_rule(e, files[i], errs);
+        free(files[i]);
+    }
+    free(files);
+    if (errs->n > errs_before) {
+        brm_engine_free(e);
+        return NULL;
+    }
+    index_topics(e);
+    return e;
+}
+
+void brm_engine_free(struct brm_engine *e) {
+    if (!e) return;
+    for (size_t i = 0; i < e->nrules; i++) {
+        struct rule *r = &e->rules[i];
+        for (size_t j = 0; j < r->ntopics; j++) free(r->topics[j]);
+        free(r->topics);
+        free(r->name);
+        free(r->file);
+    }
+    free(e->rules);
+    for (size_t k = 0; k < e->ntopics; k++) {
+        free(e->topics[k].name);
+        free(e->topics[k].rules);
+    }
+    free(e->topics);
+    free(e->all.rules);
+    brm_sandbox_free(e->sb);
+    free(e);
+}
+
+lua_State *brm_engine_state(struct brm_engine *e) {
+    return brm_sandbox_state(e->sb);
+}
+
+size_t brm_engine_rule_count(const struct brm_engine *e) {
+    return e->nrules;
+}
+
+int brm_engine_exhausted(const struct brm_engine *e) {
+    return e->exhausted;
+}
+
+size_t brm_engine_memory(const struct brm_engine *e) {
+    return brm_sandbox_memory(e->sb);
+}
+
+/* ---- dispatch ----------------------------------------------------------- */
+
+static const struct topic *find_topic(const struct brm_engine *e, const char *name) {
+    for (size_t k = 0; k < e->ntopics; k++)
+        if (strcmp(e->topics[k].name, name) == 0) return &e->topics[k];
+    return &e->all;
+}
+
+/* 1 when every field of the where table at W equals (one of) its value(s)
+ * in the event at EV. Plain table reads: no user code runs. */
+static int where_matches(lua_State *L, int w, int ev) {
+    lua_pushnil(L);
+    while (lua_next(L, w)) {
+        lua_pushvalue(L, -2);
+        lua_rawget(L, ev);
+        int hit = 0;
+        if (lua_type(L, -2) == LUA_TTABLE) {
+            size_t n = lua_rawlen(L, -2);
+            for (size_t i = 1; i <= n && !hit; i++) {
+                lua_rawgeti(L, -2, (lua_Integer)i);
+                hit = lua_rawequal(L, -1, -2);
+                lua_pop(L, 1);
+            }
+        } else {
+            hit = lua_rawequal(L, -1, -2);
+        }
+        lua_pop(L, 2);
+        if (!hit) {
+            lua_pop(L, 1);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The id logs and actions name an event by: ev.id, ev.audit_id, or
+ * "topic#index" when it has neither. */
+static void event_id(lua_State *L, int ev, const char *topic, size_t index, char *out) {
+    static const char *const fields[] = { "id", "audit_id" };
+    for (size_t i = 0; i < BRM_ARRAY_LEN(fields); i++) {
+        lua_pushstring(L, fields[i]);
+        if (lua_type(L, ev) == LUA_TTABLE && lua_rawget(L, ev) == LUA_TSTRING) {
+            snprintf(out, MAX_EVENT_ID, "%s", lua_tostring(L, -1));
+            lua_pop(L, 1);
+            return;
+        }
+        lua_pop(L, 1);
+    }
+    snprintf(out, MAX_EVENT_ID, "%s#%zu", topic, index);
+}
+
+static void log_failure(struct rule *r, const struct brm_scope *s, enum brm_call_status st,
+                        const struct brm_err *err) {
+    static const char *const reasons[] = { "ok", "error", "budget", "memory" };
+    uint64_t now = brm_time_mono_ms();
+    if (now - r->log_window >= FAILURE_WINDOW) {
+        if (r->suppressed) {
+            char n[32];
+            snprintf(n, sizeof(n), "%u", r->suppressed);
+            brm_log_error("rule failures not logged in the last window", "rule", r->name,
+                          "suppressed", n);
+        }
+        r->log_window = now;
+        r->logged = r->suppressed = 0;
+    }
+    if (r->logged >= FAILURE_LOGS) {
+        r->suppressed++;
+        return;
+    }
+    r->logged++;
+    struct brm_err where = *err;
+    char msg[1024], file[300] = "";
+    if (!where.file[0]) /* a memory error has no line, but it has a rule */
+        snprintf(where.file, sizeof(where.file), "%s", r->file);
+    brm_err_format(&where, msg, sizeof(msg));
+    if (where.line > 0)
+        snprintf(file, sizeof(file), "%s:%d", where.file, where.line);
+    else
+        snprintf(file, sizeof(file), "%s", where.file);
+    brm_log_error("rule failed", "rule", r->name, "file", file, "event", s->event_id, "topic",
+                  s->topic, "reason", reasons[st], "error", msg);
+}
+
+/* Runs the rules of topic T on the event at EV with the ctx at CTX. */
+static void run_rules(struct brm_engine *e, const struct topic *t, int ev, int ctx,
+                      struct brm_scope *scope, struct brm_dispatch_stats *stats) {
+    lua_State *L = brm_sandbox_state(e->sb);
+    struct brm_err err;
+    stats->events++;
+    for (size_t i = 0; i < t->n; i++) {
+        struct rule *r = &e->rules[t->rules[i]];
+        if (r->where != LUA_NOREF) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, r->where);
+            int hit = where_matches(L, lua_gettop(L), ev);
+            lua_pop(L, 1);
+            if (!hit) continue;
+        }
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->fn);
+        lua_pushvalue(L, ev);
+        lua_pushvalue(L, ctx);
+        scope->rule = r->name;
+        scope->rule_sent = 0;
+        brm_api_set_scope(e->api, scope);
+        uint64_t t0 = brm_time_mono_ns();
+        enum brm_call_status st = brm_sandbox_call(e->sb, 2, 0, &err);
+        brm_histogram_observe(r->seconds, (double)(brm_time_mono_ns() - t0) / 1e9);
+        brm_api_set_scope(e->api, NULL);
+        brm_counter_add(r->runs, 1);
+        stats->runs++;
+        if (st == BRM_CALL_OK) continue;
+        stats->errors++;
+        brm_counter_add(st == BRM_CALL_BUDGET   ? r->budget
+                        : st == BRM_CALL_MEMORY ? r->memory
+                                                : r->errors,
+                        1);
+        log_failure(r, scope, st, &err);
+        if (st == BRM_CALL_MEMORY) {
+            /* Collect what the failed call left; if the VM is still nearly
+             * full, something holds on to it and only a fresh VM helps. */
+            lua_gc(L, LUA_GCCOLLECT);
+            size_t limit = brm_sandbox_memory_limit(e->sb);
+            if (limit && brm_sandbox_memory(e->sb) > limit / 10 * 9) e->exhausted = 1;
+        }
+    }
+}
+
+/* Pushes ctx for event INDEX: the envelope's fields other than topic and
+ * events, then topic, source, received_at, delivery and index. [-0, +1] */
+static void push_ctx(lua_State *L, int envelope, const char *topic, const struct brm_batch *b,
+                     size_t index) {
+    lua_createtable(L, 0, 6);
+    int ctx = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, envelope)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        if (k && strcmp(k, "topic") != 0 && strcmp(k, "events") != 0) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, ctx);
+        } else {
+            lua_pop(L, 1);
+        }
+    }
+    lua_pushstring(L, topic);
+    lua_setfield(L, ctx, "topic");
+    lua_pushstring(L, b->source ? b->source : "");
+    lua_setfield(L, ctx, "source");
+    lua_pushnumber(L, b->received_at);
+    lua_setfield(L, ctx, "received_at");
+    lua_pushinteger(L, (lua_Integer)b->delivery);
+    lua_setfield(L, ctx, "delivery");
+    lua_pushinteger(L, (lua_Integer)index);
+    lua_setfield(L, ctx, "index");
+}
+
+/* Runs what the rules emitted for one posted event, oldest first; what
+ * those rules emit joins the end of the queue. */
+static void run_emitted(struct brm_engine *e, int ctx, struct brm_scope *parent,
+                        struct brm_dispatch_stats *stats) {
+    lua_State *L = brm_sandbox_state(e->sb);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, e->queue);
+    int queue = lua_gettop(L);
+    for (lua_Integer q = 1; q <= (lua_Integer)lua_rawlen(L, queue); q++) {
+        lua_rawgeti(L, queue, q);
+        int item = lua_gettop(L);
+        lua_rawgeti(L, item, 1); /* topic */
+        lua_rawgeti(L, item, 2); /* event */
+        lua_rawgeti(L, item, 3); /* depth */
+        const char *topic = lua_tostring(L, item + 1);
+        char id[MAX_EVENT_ID];
+        event_id(L, item + 2, topic, parent->index, id);
+        /* The emitted event's ctx: the parent's, under its new topic. */
+        lua_createtable(L, 0, 8);
+        lua_pushnil(L);
+        while (lua_next(L, ctx)) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, -4);
+        }
+        lua_pushvalue(L, item + 1);
+        lua_setfield(L, -2, "topic");
+        lua_pushstring(L, parent->topic);
+        lua_setfield(L, -2, "emitted_from");
+        struct brm_scope s = *parent;
+        s.topic = topic;
+        s.event_id = id;
+        s.depth = (int)lua_tointeger(L, item + 3);
+        s.sent = 0;
+        run_rules(e, find_topic(e, topic), item + 2, lua_gettop(L), &s, stats);
+        lua_settop(L, item - 1);
+    }
+    /* Empty the queue for the next posted event. */
+    for (lua_Integer q = (lua_Integer)lua_rawlen(L, queue); q > 0; q--) {
+        lua_pushnil(L);
+        lua_rawseti(L, queue, q);
+    }
+    lua_pop(L, 1);
+}
+
+void brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
+                         const struct brm_batch *batch, struct brm_actions *sink,
+                         struct brm_dispatch_stats *stats) {
+    lua_State *L = brm_sandbox_state(e->sb);
+    int envelope = lua_gettop(L);
+    const struct topic *t = find_topic(e, env->name);
+    memset(stats, 0, sizeof(*stats));
+    if (t->n == 0) {
+        lua_pop(L, 1);
+        return;
+    }
+    luaL_checkstack(L, 16, NULL);
+    lua_getfield(L, envelope, "events");
+    int events = lua_gettop(L);
+    for (size_t i = 1; i <= env->nevents; i++) {
+        char id[MAX_EVENT_ID];
+        size_t emitted = 0;
+        lua_rawgeti(L, events, (lua_Integer)i);
+        int ev = lua_gettop(L);
+        push_ctx(L, envelope, env->name, batch, i);
+        event_id(L, ev, env->name, i, id);
+        struct brm_scope scope = {
+            .topic = env->name,
+            .event_id = id,
+            .index = i,
+            .sink = sink,
+            .emit_queue = e->queue,
+            .emitted = &emitted,
+        };
+        run_rules(e, t, ev, ev + 1, &scope, stats);
+        if (emitted) run_emitted(e, ev + 1, &scope, stats);
+        lua_settop(L, events);
+    }
+    lua_settop(L, envelope - 1);
+}

@@ -1,0 +1,67 @@
+/*
+ * engine: a rule set loaded into one VM, and the dispatch of a decoded
+ * batch to the rules of its topic. Rules are the *.lua files directly in
+ * the rules folder, loaded in file-name order; each returns
+ *
+ *     { name = "...", topics = { "alarms" } or "*", where = { field = value
+ *       or { value, ... } }, on_event = function(ev, ctx) ... end }
+ *
+ * For every event, the rules of its topic run in file-name order, each
+ * through the sandbox's door with its own instruction budget; one rule's
+ * error, loop or memory blow-up is logged (rule, file:line, event id),
+ * counted, and the others still run. Events a rule emits run after the
+ * rules of the event that emitted them. An engine belongs to one thread.
+ * Depends on sandbox, api, json, config, metrics, log.
+ */
+#ifndef BRM_ENGINE_H
+#define BRM_ENGINE_H
+
+#include <lua.h>
+#include <stdint.h>
+
+#include "api.h"
+#include "config.h"
+#include "json.h"
+
+struct brm_engine;
+
+/* Where a batch came from, for ctx. */
+struct brm_batch {
+    const char *source; /* config name of the source */
+    uint64_t delivery;  /* id of this body */
+    double received_at;
+};
+
+struct brm_dispatch_stats {
+    size_t events; /* posted and emitted events handled */
+    size_t runs;   /* rule calls */
+    size_t errors; /* rule calls that failed */
+};
+
+/*
+ * Loads every rule of CFG's rules folder into a fresh VM. Returns the
+ * engine, or NULL with every problem found (not just the first) appended to
+ * ERRS as file:line: message. CFG must outlive the engine.
+ */
+struct brm_engine *brm_engine_new(const struct brm_config *cfg, struct brm_errors *errs);
+void brm_engine_free(struct brm_engine *e);
+
+/* The VM, for decoding a body into it (json.h). */
+lua_State *brm_engine_state(struct brm_engine *e);
+
+/*
+ * Runs the rules for every event of the envelope table on top of the VM's
+ * stack (as brm_json_envelope left it), and pops it. Messages rules send
+ * are appended to SINK. Never fails: rule errors are logged and counted in
+ * STATS. [-1, +0]
+ */
+void brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
+                         const struct brm_batch *batch, struct brm_actions *sink,
+                         struct brm_dispatch_stats *stats);
+
+size_t brm_engine_rule_count(const struct brm_engine *e);
+/* 1 when a rule kept so much memory that the VM should be rebuilt. */
+int brm_engine_exhausted(const struct brm_engine *e);
+size_t brm_engine_memory(const struct brm_engine *e);
+
+#endif

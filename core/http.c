@@ -1,0 +1,923 @@
+#define _GNU_SOURCE
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "metrics.h"
+
+#define INITIAL_BUFFER 8192 /* a 10-event Mist batch and its head fit in one read */
+#define MAX_HEAD       16384
+#define SHRINK_ABOVE   65536
+#define SWEEP_MS       250
+#define ACCEPT_BATCH   64
+
+enum state { C_IDLE, C_HEAD, C_BODY, C_HANDLING, C_WRITING };
+enum chunk_state { CH_SIZE, CH_DATA, CH_DATA_END, CH_TRAILER };
+
+struct conn {
+    struct brm_http *h;
+    struct conn *prev, *next;
+    int fd;
+    struct event rev, wev;
+    int reading; /* rev is added */
+    enum state state;
+    char *buf;
+    size_t len, cap;
+    size_t scan;     /* head: bytes already searched for its end */
+    size_t head_len; /* request line and headers */
+    uint64_t content_length;
+    int chunked, has_length, expect_continue;
+    enum chunk_state chunk_state;
+    uint64_t chunk_left;
+    size_t body_end; /* chunked: end of the decoded body */
+    size_t wire;     /* chunked: where decoding resumes */
+    size_t consumed; /* bytes the finished request took from buf */
+    int keepalive, http10, close_after, peer_closed, in_process, dead;
+    uint64_t deadline; /* monotonic ms; 0: none */
+    /* Where the path and headers sit in buf, as offsets: buf moves when it
+     * grows, so pointers are made from these only when it is final. */
+    size_t path_off;
+    struct {
+        uint32_t name, name_len, value, value_len;
+    } hdr[BRM_HTTP_MAX_HEADERS];
+    char *out; /* what a partial write left */
+    size_t out_len, out_off;
+    struct brm_http_req req;
+    char peer[64];
+};
+
+/* Statuses counted apart; the rest count as "other". */
+static const int counted_statuses[] = { 200, 202, 204, 400, 401, 403, 404, 405, 408,
+                                        411, 413, 417, 431, 500, 501, 503, 505 };
+#define NSTATUS (BRM_ARRAY_LEN(counted_statuses) + 1)
+
+struct route_rt {
+    struct brm_http_route r;
+    struct brm_counter *by_status[NSTATUS];
+};
+
+struct listener {
+    struct brm_http *h;
+    int fd;
+    struct event *ev;
+};
+
+struct brm_http {
+    struct event_base *base;
+    struct brm_http_opts opts;
+    _Atomic long own_connections;
+    struct route_rt *routes;
+    size_t nroutes;
+    struct route_rt none; /* requests no route took: 404, 400 ... */
+    struct listener *listeners;
+    size_t nlisteners;
+    struct event *sweep, *resume;
+    struct conn *conns;
+    size_t nconns;
+    int draining;
+    char date[64]; /* "Date: ...\r\n", refreshed by the sweep */
+    time_t date_sec;
+};
+
+static void process(struct conn *c);
+static void conn_close(struct conn *c);
+
+static const struct {
+    int status;
+    const char *reason;
+} reasons[] = {
+    { 100, "Continue" },
+    { 200, "OK" },
+    { 202, "Accepted" },
+    { 204, "No Content" },
+    { 400, "Bad Request" },
+    { 401, "Unauthorized" },
+    { 403, "Forbidden" },
+    { 404, "Not Found" },
+    { 405, "Method Not Allowed" },
+    { 408, "Request Timeout" },
+    { 411, "Length Required" },
+    { 413, "Content Too Large" },
+    { 417, "Expectation Failed" },
+    { 431, "Request Header Fields Too Large" },
+    { 500, "Internal Server Error" },
+    { 501, "Not Implemented" },
+    { 503, "Service Unavailable" },
+    { 505, "HTTP Version Not Supported" },
+};
+
+const char *brm_http_reason(int status) {
+    for (size_t i = 0; i < BRM_ARRAY_LEN(reasons); i++)
+        if (reasons[i].status == status) return reasons[i].reason;
+    return "Unknown";
+}
+
+static uint64_t now_ms(void) {
+    return brm_time_mono_ms();
+}
+
+static uint64_t after(double seconds) {
+    return now_ms() + (uint64_t)(seconds * 1000);
+}
+
+static void count(struct route_rt *rt, int status) {
+    size_t i = 0;
+    while (i < BRM_ARRAY_LEN(counted_statuses) && counted_statuses[i] != status) i++;
+    if (!rt->by_status[i]) {
+        char s[16];
+        snprintf(s, sizeof(s), "%d", status);
+        rt->by_status[i] = brm_metrics_counter(
+            "brume_http_requests_total", "HTTP requests answered, by route and status.", "route",
+            rt->r.label, "status", i < NSTATUS - 1 ? s : "other", NULL);
+    }
+    brm_counter_add(rt->by_status[i], 1);
+}
+
+static void refresh_date(struct brm_http *h) {
+    time_t t = time(NULL);
+    if (t == h->date_sec) return;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(h->date, sizeof(h->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+    h->date_sec = t;
+}
+
+const char *brm_http_header(const struct brm_http_req *req, const char *name, size_t *len) {
+    size_t n = strlen(name);
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const struct brm_http_header *hd = &req->headers[i];
+        if (hd->name_len == n && strncasecmp(hd->name, name, n) == 0) {
+            if (len) *len = hd->value_len;
+            return hd->value;
+        }
+    }
+    return NULL;
+}
+
+/* ---- connections -------------------------------------------------------- */
+
+static void reading(struct conn *c, int on) {
+    if (on == c->reading || c->fd < 0) return;
+    if (on)
+        event_add(&c->rev, NULL);
+    else
+        event_del(&c->rev);
+    c->reading = on;
+}
+
+static void conn_free(struct conn *c) {
+    free(c->buf);
+    free(c->out);
+    free(c);
+}
+
+static void conn_close(struct conn *c) {
+    struct brm_http *h = c->h;
+    if (c->fd >= 0) {
+        event_del(&c->rev);
+        event_del(&c->wev);
+        close(c->fd);
+        c->fd = -1;
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            h->conns = c->next;
+        if (c->next) c->next->prev = c->prev;
+        h->nconns--;
+        atomic_fetch_sub(h->opts.connections, 1);
+    }
+    if (c->state == C_HANDLING) {
+        /* The handler still holds the request: free when it answers. */
+        c->peer_closed = 1;
+        return;
+    }
+    if (c->in_process)
+        c->dead = 1; /* process() frees it on its way out */
+    else
+        conn_free(c);
+}
+
+/* Makes room for N more bytes, up to a buffer of LIMIT. 0 when full. */
+static int grow(struct conn *c, size_t n, size_t limit) {
+    if (c->len + n <= c->cap) return 1;
+    size_t cap = c->cap ? c->cap : INITIAL_BUFFER;
+    while (cap < c->len + n) cap *= 2;
+    if (cap > limit) cap = limit;
+    if (cap <= c->cap) return 0;
+    c->buf = brm_xrealloc(c->buf, cap);
+    c->cap = cap;
+    return 1;
+}
+
+static void reset_request(struct conn *c) {
+    c->scan = c->head_len = c->consumed = 0;
+    c->content_length = 0;
+    c->chunked = c->has_length = c->expect_continue = 0;
+    c->body_end = c->wire = 0;
+    c->chunk_left = 0;
+    c->chunk_state = CH_SIZE;
+    memset(&c->req, 0, sizeof(c->req));
+    c->req.conn = c;
+    c->req.peer = c->peer;
+}
+
+/* The request is answered and written: keep the connection for the next
+ * one (moving any pipelined bytes to the front), or close it. Returns 0
+ * when the connection is gone. */
+static int request_done(struct conn *c) {
+    if (c->close_after || c->h->draining) {
+        conn_close(c);
+        return 0;
+    }
+    size_t left = c->len - c->consumed;
+    if (left) memmove(c->buf, c->buf + c->consumed, left);
+    c->len = left;
+    if (!left && c->cap > SHRINK_ABOVE) {
+        free(c->buf);
+        c->buf = NULL;
+        c->cap = 0;
+    }
+    reset_request(c);
+    c->state = C_IDLE;
+    c->deadline = after(c->h->opts.idle_timeout);
+    reading(c, 1);
+    return 1;
+}
+
+static void on_write(evutil_socket_t fd, short what, void *arg) {
+    struct conn *c = arg;
+    (void)what;
+    while (c->out_off < c->out_len) {
+        ssize_t w = write(fd, c->out + c->out_off, c->out_len - c->out_off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) return;
+        if (w <= 0) {
+            conn_close(c);
+            return;
+        }
+        c->out_off += (size_t)w;
+    }
+    event_del(&c->wev);
+    free(c->out);
+    c->out = NULL;
+    c->out_len = c->out_off = 0;
+    if (request_done(c)) process(c);
+}
+
+void brm_http_respond(struct brm_http_req *req, int status, const char *content_type,
+                      const char *body, size_t len, const char *extra_headers) {
+    struct conn *c = req->conn;
+    struct brm_http *h = c->h;
+    struct route_rt *rt = req->route ? (struct route_rt *)req->route : &h->none;
+    count(rt, status);
+    if (c->peer_closed) { /* closed while the handler had it */
+        if (c->in_process)
+            c->dead = 1;
+        else
+            conn_free(c);
+        return;
+    }
+    c->state = C_WRITING;
+    int closing = c->close_after || !c->keepalive || h->draining;
+    char head[1024];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\n%sContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+                     status, brm_http_reason(status), h->date,
+                     content_type ? content_type : "text/plain; charset=utf-8", len,
+                     closing     ? "Connection: close\r\n"
+                     : c->http10 ? "Connection: keep-alive\r\n"
+                                 : "",
+                     extra_headers ? extra_headers : "");
+    if (n < 0 || (size_t)n >= sizeof(head)) n = (int)strlen(head);
+    if (req->method == BRM_HTTP_HEAD) len = 0;
+    struct iovec iov[2] = { { head, (size_t)n }, { (void *)body, len } };
+    size_t total = (size_t)n + len;
+    ssize_t w;
+    do w = writev(c->fd, iov, len ? 2 : 1);
+    while (w < 0 && errno == EINTR);
+    c->close_after = closing;
+    if (w < 0 && errno != EAGAIN) {
+        conn_close(c);
+        return;
+    }
+    if (w < 0) w = 0;
+    if ((size_t)w == total) {
+        if (request_done(c) && !c->in_process) process(c);
+    } else {
+        /* The socket is full: keep the rest and wait until it drains. */
+        c->out_len = total - (size_t)w;
+        c->out = brm_xmalloc(c->out_len);
+        size_t off = (size_t)w;
+        if (off < (size_t)n) {
+            memcpy(c->out, head + off, (size_t)n - off);
+            memcpy(c->out + (size_t)n - off, body, len);
+        } else {
+            memcpy(c->out, body + (off - (size_t)n), total - off);
+        }
+        c->out_off = 0;
+        c->deadline = after(h->opts.body_timeout);
+        event_add(&c->wev, NULL);
+    }
+}
+
+/* Answers from the head alone (an error before the body). The connection
+ * survives only when the whole body is already here to be skipped. */
+static void reply_early(struct conn *c, int status, const char *msg, const char *extra) {
+    if (!c->chunked && c->head_len && c->len - c->head_len >= c->content_length)
+        c->consumed = c->head_len + (size_t)c->content_length;
+    else
+        c->close_after = 1;
+    c->state = C_HANDLING;
+    char body[256];
+    int n = snprintf(body, sizeof(body), "%s\n", msg);
+    brm_http_respond(&c->req, status, NULL, body, (size_t)n, extra);
+}
+
+/* ---- parsing ------------------------------------------------------------ */
+
+static int is_tchar(unsigned char ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+/* Offset just past the empty line that ends the head, or 0 for "not yet". */
+static size_t find_head_end(struct conn *c) {
+    for (size_t i = c->scan; i < c->len; i++) {
+        if (c->buf[i] != '\n') continue;
+        if (i >= 1 && c->buf[i - 1] == '\n') return i + 1;
+        if (i >= 2 && c->buf[i - 1] == '\r' && c->buf[i - 2] == '\n') return i + 1;
+    }
+    c->scan = c->len;
+    return 0;
+}
+
+static int token_eq(const char *s, size_t n, const char *lit) {
+    return strlen(lit) == n && strncasecmp(s, lit, n) == 0;
+}
+
+/* Does the comma-separated list S hold TOKEN? */
+static int list_has(const char *s, size_t n, const char *token) {
+    size_t i = 0;
+    while (i < n) {
+        while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == ',')) i++;
+        size_t start = i;
+        while (i < n && s[i] != ',') i++;
+        size_t end = i;
+        while (end > start && (s[end - 1] == ' ' || s[end - 1] == '\t')) end--;
+        if (token_eq(s + start, end - start, token)) return 1;
+    }
+    return 0;
+}
+
+static int parse_request_line(struct conn *c, const char *p, size_t n) {
+    const char *sp1 = memchr(p, ' ', n);
+    if (!sp1 || sp1 == p) return 400;
+    for (const char *q = p; q < sp1; q++)
+        if (!is_tchar((unsigned char)*q)) return 400;
+    size_t mlen = (size_t)(sp1 - p); /* methods are case-sensitive */
+    c->req.method = mlen == 3 && memcmp(p, "GET", 3) == 0    ? BRM_HTTP_GET
+                    : mlen == 4 && memcmp(p, "POST", 4) == 0 ? BRM_HTTP_POST
+                    : mlen == 4 && memcmp(p, "HEAD", 4) == 0 ? BRM_HTTP_HEAD
+                                                             : BRM_HTTP_OTHER;
+    const char *target = sp1 + 1, *end = p + n;
+    const char *sp2 = memchr(target, ' ', (size_t)(end - target));
+    if (!sp2 || sp2 == target) return 400;
+    const char *version = sp2 + 1;
+    size_t vlen = (size_t)(end - version);
+    if (vlen == 8 && memcmp(version, "HTTP/1.1", 8) == 0)
+        c->http10 = 0;
+    else if (vlen == 8 && memcmp(version, "HTTP/1.0", 8) == 0)
+        c->http10 = 1;
+    else if (vlen >= 5 && memcmp(version, "HTTP/", 5) == 0)
+        return 505;
+    else
+        return 400;
+    const char *q = memchr(target, '?', (size_t)(sp2 - target));
+    c->path_off = (size_t)(target - c->buf);
+    c->req.path_len = (size_t)((q ? q : sp2) - target);
+    c->keepalive = !c->http10;
+    return 0;
+}
+
+static int parse_header(struct conn *c, const char *p, size_t n) {
+    if (p[0] == ' ' || p[0] == '\t') return 400; /* obsolete line folding */
+    const char *colon = memchr(p, ':', n);
+    if (!colon || colon == p) return 400;
+    for (const char *q = p; q < colon; q++)
+        if (!is_tchar((unsigned char)*q)) return 400;
+    const char *v = colon + 1, *end = p + n;
+    while (v < end && (*v == ' ' || *v == '\t')) v++;
+    while (end > v && (end[-1] == ' ' || end[-1] == '\t')) end--;
+    if (c->req.nheaders == BRM_HTTP_MAX_HEADERS) return 431;
+    size_t name_len = (size_t)(colon - p), value_len = (size_t)(end - v);
+    c->hdr[c->req.nheaders].name = (uint32_t)(p - c->buf);
+    c->hdr[c->req.nheaders].name_len = (uint32_t)name_len;
+    c->hdr[c->req.nheaders].value = (uint32_t)(v - c->buf);
+    c->hdr[c->req.nheaders].value_len = (uint32_t)value_len;
+    c->req.nheaders++;
+    if (token_eq(p, name_len, "content-length")) {
+        uint64_t len = 0;
+        if (value_len == 0 || value_len > 18) return 400;
+        for (size_t i = 0; i < value_len; i++) {
+            if (v[i] < '0' || v[i] > '9') return 400;
+            len = len * 10 + (uint64_t)(v[i] - '0');
+        }
+        if (c->has_length && c->content_length != len) return 400;
+        c->content_length = len;
+        c->has_length = 1;
+    } else if (token_eq(p, name_len, "transfer-encoding")) {
+        if (!token_eq(v, value_len, "chunked")) return 501;
+        c->chunked = 1;
+    } else if (token_eq(p, name_len, "connection")) {
+        if (list_has(v, value_len, "close"))
+            c->keepalive = 0;
+        else if (list_has(v, value_len, "keep-alive"))
+            c->keepalive = 1;
+    } else if (token_eq(p, name_len, "expect")) {
+        if (!token_eq(v, value_len, "100-continue")) return 417;
+        c->expect_continue = 1;
+    }
+    return 0;
+}
+
+/* Parses the head (buf[0, head_len)). 0, or the status to refuse it with. */
+static int parse_head(struct conn *c) {
+    size_t pos = 0;
+    int first = 1;
+    while (pos < c->head_len) {
+        const char *p = c->buf + pos;
+        const char *nl = memchr(p, '\n', c->head_len - pos);
+        size_t n = (size_t)(nl - p);
+        pos += n + 1;
+        if (n && p[n - 1] == '\r') n--;
+        if (n == 0) break; /* the empty line */
+        int rc = first ? parse_request_line(c, p, n) : parse_header(c, p, n);
+        if (rc) return rc;
+        first = 0;
+    }
+    if (c->chunked && c->has_length) return 400; /* RFC 9112 6.3: a smuggling sign */
+    if (c->chunked && c->http10) return 400;
+    return 0;
+}
+
+/* Points the request's path and headers into buf as it is now. */
+static void materialize(struct conn *c) {
+    c->req.path = c->buf + c->path_off;
+    for (size_t i = 0; i < c->req.nheaders; i++) {
+        struct brm_http_header *hd = &c->req.headers[i];
+        hd->name = c->buf + c->hdr[i].name;
+        hd->name_len = c->hdr[i].name_len;
+        hd->value = c->buf + c->hdr[i].value;
+        hd->value_len = c->hdr[i].value_len;
+    }
+}
+
+static const struct route_rt *find_route(const struct brm_http *h, const struct brm_http_req *r) {
+    for (size_t i = 0; i < h->nroutes; i++) {
+        const char *p = h->routes[i].r.path;
+        if (strlen(p) == r->path_len && memcmp(p, r->path, r->path_len) == 0) return &h->routes[i];
+    }
+    return NULL;
+}
+
+static void allow_header(unsigned methods, char *out, size_t size) {
+    snprintf(out, size, "Allow: %s%s%s\r\n", methods & BRM_HTTP_GET ? "GET" : "",
+             (methods & BRM_HTTP_GET) && (methods & BRM_HTTP_POST) ? ", " : "",
+             methods & BRM_HTTP_POST ? "POST" : "");
+}
+
+/* The head is complete: route it, check it, and get ready for the body. */
+static void start_request(struct conn *c) {
+    struct brm_http *h = c->h;
+    int status = parse_head(c);
+    if (status) {
+        c->close_after = 1;
+        reply_early(c, status, status == 431 ? "too many header fields" : "malformed request",
+                    NULL);
+        return;
+    }
+    materialize(c);
+    const struct route_rt *rt = find_route(h, &c->req);
+    if (!rt) {
+        reply_early(c, 404, "no such path", NULL);
+        return;
+    }
+    c->req.route = &rt->r;
+    if (!(rt->r.methods & c->req.method)) {
+        char allow[64];
+        allow_header(rt->r.methods, allow, sizeof(allow));
+        reply_early(c, 405, "method not allowed", allow);
+        return;
+    }
+    if (!c->chunked && c->content_length > rt->r.max_body) {
+        c->close_after = 1; /* not reading a body that large, not even to skip it */
+        char msg[96];
+        snprintf(msg, sizeof(msg), "body larger than %llu bytes",
+                 (unsigned long long)rt->r.max_body);
+        reply_early(c, 413, msg, NULL);
+        return;
+    }
+    if (rt->r.check_head && (status = rt->r.check_head(rt->r.arg, &c->req)) != 0) {
+        reply_early(c, status, status == 401 ? "missing signature" : brm_http_reason(status), NULL);
+        return;
+    }
+    /* The buffer grows as the body arrives, not to Content-Length at once:
+     * an unauthenticated client must send bytes to make us hold bytes. */
+    if (c->chunked) c->body_end = c->wire = c->head_len;
+    if (c->expect_continue && (c->chunked || c->len - c->head_len < c->content_length)) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (write(c->fd, cont, sizeof(cont) - 1) < 0) { /* the body's read will tell */
+        }
+    }
+    c->state = C_BODY;
+    c->deadline = after(h->opts.body_timeout);
+}
+
+/* Decodes chunked framing in place. 1: complete; 0: need more; -1: refused. */
+static int decode_chunks(struct conn *c) {
+    uint64_t max = c->req.route->max_body;
+    for (;;) {
+        char *p = c->buf + c->wire;
+        size_t avail = c->len - c->wire;
+        if (c->chunk_state == CH_DATA) {
+            size_t n = avail < c->chunk_left ? avail : (size_t)c->chunk_left;
+            if (n == 0) return 0;
+            memmove(c->buf + c->body_end, p, n);
+            c->body_end += n;
+            c->wire += n;
+            c->chunk_left -= n;
+            if (c->chunk_left == 0) c->chunk_state = CH_DATA_END;
+            continue;
+        }
+        char *nl = memchr(p, '\n', avail);
+        if (!nl) return avail > 1024 ? (reply_early(c, 400, "bad chunk framing", NULL), -1) : 0;
+        size_t n = (size_t)(nl - p);
+        c->wire += n + 1;
+        if (n && p[n - 1] == '\r') n--;
+        if (c->chunk_state == CH_DATA_END) {
+            if (n != 0) goto bad;
+            c->chunk_state = CH_SIZE;
+        } else if (c->chunk_state == CH_SIZE) {
+            uint64_t size = 0;
+            size_t i = 0;
+            for (; i < n && i < 16; i++) {
+                int d = p[i] >= '0' && p[i] <= '9'   ? p[i] - '0'
+                        : p[i] >= 'a' && p[i] <= 'f' ? p[i] - 'a' + 10
+                        : p[i] >= 'A' && p[i] <= 'F' ? p[i] - 'A' + 10
+                                                     : -1;
+                if (d < 0) break;
+                size = size * 16 + (uint64_t)d;
+            }
+            if (i == 0 || (i < n && p[i] != ';' && p[i] != ' ' && p[i] != '\t')) goto bad;
+            if (size > max - (c->body_end - c->head_len)) {
+                c->close_after = 1;
+                reply_early(c, 413, "body too large", NULL);
+                return -1;
+            }
+            c->chunk_left = size;
+            c->chunk_state = size ? CH_DATA : CH_TRAILER;
+        } else if (n == 0) { /* CH_TRAILER: the empty line ends the body */
+            c->consumed = c->wire;
+            return 1;
+        }
+    }
+bad:
+    c->close_after = 1;
+    reply_early(c, 400, "bad chunk framing", NULL);
+    return -1;
+}
+
+/* 1: the body is complete (req.body set); 0: need more; -1: refused. */
+static int body_ready(struct conn *c) {
+    if (!c->chunked) {
+        if (c->len - c->head_len < c->content_length) return 0;
+        c->req.body = c->buf + c->head_len;
+        c->req.body_len = (size_t)c->content_length;
+        c->consumed = c->head_len + (size_t)c->content_length;
+        return 1;
+    }
+    int rc = decode_chunks(c);
+    if (rc == 1) {
+        c->req.body = c->buf + c->head_len;
+        c->req.body_len = c->body_end - c->head_len;
+    } else if (rc == 0 && c->wire > c->body_end) {
+        /* Drop the framing already decoded, so the buffer holds body only. */
+        memmove(c->buf + c->body_end, c->buf + c->wire, c->len - c->wire);
+        c->len -= c->wire - c->body_end;
+        c->wire = c->body_end;
+    }
+    return rc;
+}
+
+/* How large the buffer may grow in the connection's state. */
+static size_t buffer_limit(const struct conn *c) {
+    switch (c->state) {
+    case C_IDLE:
+    case C_HEAD: return c->cap > MAX_HEAD ? c->cap : MAX_HEAD;
+    case C_BODY:
+        if (c->chunked) return c->head_len + (size_t)c->req.route->max_body + 65536;
+        return c->head_len + (size_t)c->content_length;
+    default: return c->cap; /* the handler has the buffer: no growing under it */
+    }
+}
+
+/* Moves the connection along as far as the bytes in its buffer allow. */
+static void process(struct conn *c) {
+    struct brm_http *h = c->h;
+    c->in_process = 1;
+    while (!c->dead && c->fd >= 0) {
+        if (c->state == C_IDLE) {
+            size_t skip = 0; /* CRLFs between requests are ignored (RFC 9112 2.2) */
+            while (skip < c->len && (c->buf[skip] == '\r' || c->buf[skip] == '\n')) skip++;
+            if (skip) {
+                memmove(c->buf, c->buf + skip, c->len - skip);
+                c->len -= skip;
+            }
+            if (c->len == 0) break;
+            c->state = C_HEAD;
+            c->deadline = after(h->opts.header_timeout);
+            c->req.received_at = brm_time_now();
+        }
+        if (c->state == C_HEAD) {
+            c->head_len = find_head_end(c);
+            if (c->head_len == 0) {
+                if (c->len >= MAX_HEAD) {
+                    c->close_after = 1;
+                    reply_early(c, 431, "request head too large", NULL);
+                    continue;
+                }
+                break;
+            }
+            start_request(c);
+            continue;
+        }
+        if (c->state == C_BODY) {
+            int rc = body_ready(c);
+            if (rc < 0) continue;
+            if (rc == 0) {
+                if (c->len >= buffer_limit(c)) { /* chunked framing past the cap */
+                    c->close_after = 1;
+                    reply_early(c, 413, "body too large", NULL);
+                    continue;
+                }
+                break;
+            }
+            c->state = C_HANDLING;
+            c->deadline = 0;
+            materialize(c); /* the buffer may have moved while the body came */
+            c->req.route->handle(c->req.route->arg, &c->req);
+            continue;
+        }
+        break; /* C_HANDLING, C_WRITING: waiting for the handler or the socket */
+    }
+    c->in_process = 0;
+    if (c->dead) conn_free(c);
+}
+
+static void on_read(evutil_socket_t fd, short what, void *arg) {
+    struct conn *c = arg;
+    (void)what;
+    if (c->len == c->cap && !grow(c, 4096, buffer_limit(c))) {
+        reading(c, 0); /* a pipelining client waits until we catch up */
+        return;
+    }
+    ssize_t r = read(fd, c->buf + c->len, c->cap - c->len);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (r <= 0) {
+        if (c->state == C_HANDLING || c->state == C_WRITING) {
+            reading(c, 0); /* answer what was asked; it goes nowhere, then close */
+            c->close_after = 1;
+            return;
+        }
+        conn_close(c);
+        return;
+    }
+    c->len += (size_t)r;
+    process(c);
+}
+
+static void new_conn(struct brm_http *h, int fd, const struct sockaddr_storage *ss) {
+    struct conn *c = brm_xcalloc(1, sizeof(*c));
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->h = h;
+    c->fd = fd;
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        port = ntohs(a->sin_port);
+        snprintf(c->peer, sizeof(c->peer), "%s:%d", host, port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        port = ntohs(a->sin6_port);
+        snprintf(c->peer, sizeof(c->peer), "[%s]:%d", host, port);
+    } else {
+        snprintf(c->peer, sizeof(c->peer), "unix");
+    }
+    reset_request(c);
+    c->state = C_IDLE;
+    c->deadline = after(h->opts.idle_timeout);
+    event_assign(&c->rev, h->base, fd, EV_READ | EV_PERSIST, on_read, c);
+    event_assign(&c->wev, h->base, fd, EV_WRITE | EV_PERSIST, on_write, c);
+    c->next = h->conns;
+    if (h->conns) h->conns->prev = c;
+    h->conns = c;
+    h->nconns++;
+    reading(c, 1);
+}
+
+/* ---- listeners and timers ----------------------------------------------- */
+
+static void pause_accepting(struct brm_http *h) {
+    for (size_t i = 0; i < h->nlisteners; i++) event_del(h->listeners[i].ev);
+    struct timeval one = { 1, 0 };
+    event_add(h->resume, &one);
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg) {
+    struct brm_http *h = arg;
+    (void)fd, (void)what;
+    if (h->draining) return;
+    for (size_t i = 0; i < h->nlisteners; i++) event_add(h->listeners[i].ev, NULL);
+}
+
+static void on_accept(evutil_socket_t fd, short what, void *arg) {
+    struct listener *l = arg;
+    struct brm_http *h = l->h;
+    (void)what;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int cfd = accept4(fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: stop a second, or the readable
+                 * listener would spin this loop. */
+                brm_log_warn("cannot accept connections for a second", "error", strerror(errno));
+                pause_accepting(h);
+            }
+            return;
+        }
+        if (atomic_fetch_add(h->opts.connections, 1) >= h->opts.max_connections) {
+            atomic_fetch_sub(h->opts.connections, 1);
+            static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                                       "Connection: close\r\nContent-Length: 21\r\n\r\n"
+                                       "too many connections\n";
+            if (write(cfd, busy, sizeof(busy) - 1) < 0) { /* best effort */
+            }
+            close(cfd);
+            count(&h->none, 503);
+            continue;
+        }
+        new_conn(h, cfd, &ss);
+    }
+}
+
+/* Enforces deadlines: idle connections close, slow requests get a 408. */
+static void on_sweep(evutil_socket_t fd, short what, void *arg) {
+    struct brm_http *h = arg;
+    (void)fd, (void)what;
+    uint64_t now = now_ms();
+    refresh_date(h);
+    struct conn *c = h->conns, *next;
+    for (; c; c = next) {
+        next = c->next;
+        if (!c->deadline || now < c->deadline) continue;
+        if (c->state == C_HEAD || c->state == C_BODY) {
+            static const char slow[] = "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                                       "Content-Type: text/plain\r\nContent-Length: 16\r\n\r\n"
+                                       "request timeout\n";
+            if (write(c->fd, slow, sizeof(slow) - 1) < 0) { /* best effort */
+            }
+            count(c->req.route ? (struct route_rt *)c->req.route : &h->none, 408);
+        }
+        conn_close(c);
+    }
+}
+
+struct brm_http *brm_http_new(struct event_base *base, const struct brm_http_opts *opts,
+                              const struct brm_http_route *routes, size_t nroutes) {
+    struct brm_http *h = brm_xcalloc(1, sizeof(*h));
+    h->base = base;
+    h->opts = *opts;
+    if (!h->opts.connections) h->opts.connections = &h->own_connections;
+    h->routes = brm_xcalloc(nroutes, sizeof(*h->routes));
+    for (size_t i = 0; i < nroutes; i++) h->routes[i].r = routes[i];
+    h->nroutes = nroutes;
+    h->none.r.label = "";
+    h->sweep = event_new(base, -1, EV_PERSIST, on_sweep, h);
+    h->resume = event_new(base, -1, 0, on_resume, h);
+    struct timeval tv = { 0, SWEEP_MS * 1000 };
+    event_add(h->sweep, &tv);
+    refresh_date(h);
+    return h;
+}
+
+void brm_http_add_listener(struct brm_http *h, int fd) {
+    h->listeners = brm_xrealloc(h->listeners, (h->nlisteners + 1) * sizeof(*h->listeners));
+    struct listener *l = &h->listeners[h->nlisteners++];
+    l->h = h;
+    l->fd = fd;
+    l->ev = NULL;
+    /* The array may have moved: point every event at its current slot. */
+    for (size_t i = 0; i < h->nlisteners; i++) {
+        struct listener *x = &h->listeners[i];
+        if (x->ev) event_free(x->ev);
+        x->ev = event_new(h->base, x->fd, EV_READ | EV_PERSIST, on_accept, x);
+        if (!h->draining) event_add(x->ev, NULL);
+    }
+}
+
+static void close_listeners(struct brm_http *h) {
+    for (size_t i = 0; i < h->nlisteners; i++) {
+        event_free(h->listeners[i].ev);
+        close(h->listeners[i].fd);
+    }
+    free(h->listeners);
+    h->listeners = NULL;
+    h->nlisteners = 0;
+}
+
+void brm_http_drain(struct brm_http *h) {
+    h->draining = 1;
+    close_listeners(h);
+    struct conn *c = h->conns, *next;
+    for (; c; c = next) {
+        next = c->next;
+        if (c->state == C_IDLE && c->len == 0) conn_close(c);
+    }
+}
+
+size_t brm_http_connections(const struct brm_http *h) {
+    return h->nconns;
+}
+
+void brm_http_free(struct brm_http *h) {
+    if (!h) return;
+    close_listeners(h);
+    while (h->conns) {
+        struct conn *c = h->conns;
+        c->state = C_IDLE; /* the server is going: no handler will answer */
+        conn_close(c);
+    }
+    event_free(h->sweep);
+    event_free(h->resume);
+    free(h->routes);
+    free(h);
+}
+
+int brm_http_listen(const char *addr, int reuseport, int *port, struct brm_err *err) {
+    char host[256], service[16];
+    int p, fd = -1, one = 1;
+    struct addrinfo hints = { 0 }, *ai = NULL;
+    if (brm_split_addr(addr, host, sizeof(host), &p) < 0) {
+        brm_err_set(err, "%s: not an address (host:port)", addr);
+        return -1;
+    }
+    snprintf(service, sizeof(service), "%d", p);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    int rc = getaddrinfo(host[0] && strcmp(host, "*") != 0 ? host : NULL, service, &hints, &ai);
+    if (rc != 0) {
+        brm_err_set(err, "%s: %s", addr, gai_strerror(rc));
+        return -1;
+    }
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) goto fail;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) goto fail;
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0) goto fail;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+        *port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                               : ((struct sockaddr_in *)&ss)->sin_port);
+    freeaddrinfo(ai);
+    return fd;
+fail:;
+    int saved = errno;
+    brm_err_set(err, "cannot listen on %s: %s", addr, strerror(saved));
+    if (fd >= 0) close(fd);
+    freeaddrinfo(ai);
+    return -1;
+}

@@ -1,0 +1,200 @@
+#include "intake.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "verify.h"
+
+#define MAX_TOPIC_SERIES 64 /* events_total series; later topics count as "other" */
+
+/* The prepared keys of one source: a secret (or two, during a rotation)
+ * for each signature the source accepts. */
+struct source_keys {
+    struct brm_verify_key *v2[2], *v1[2];
+};
+
+struct brm_intake {
+    const struct brm_config *cfg;
+    struct brm_engine *engine;
+    struct brm_outbox *outbox;
+    struct source_keys *keys; /* parallel to cfg->sources */
+    struct brm_counter *unknown, *other_topic;
+    struct {
+        char name[BRM_TOPIC_MAX];
+        struct brm_counter *c;
+    } topics[MAX_TOPIC_SERIES];
+    size_t ntopics;
+};
+
+/* Delivery ids: unique across restarts as long as the clock moves on. */
+static _Atomic uint64_t next_delivery;
+
+static uint64_t new_delivery_id(void) {
+    uint64_t zero = 0, seed = (uint64_t)(brm_time_now() * 1000) << 12;
+    atomic_compare_exchange_strong(&next_delivery, &zero, seed);
+    return atomic_fetch_add(&next_delivery, 1);
+}
+
+struct brm_intake *brm_intake_new(const struct brm_config *cfg, struct brm_engine *engine,
+                                  struct brm_outbox *ob) {
+    struct brm_intake *in = brm_xcalloc(1, sizeof(*in));
+    in->cfg = cfg;
+    in->engine = engine;
+    in->outbox = ob;
+    in->keys = brm_xcalloc(cfg->nsources, sizeof(*in->keys));
+    for (size_t i = 0; i < cfg->nsources; i++) {
+        const struct brm_source *s = &cfg->sources[i];
+        for (int j = 0; j < s->nsecrets; j++) {
+            in->keys[i].v2[j] =
+                brm_verify_key_new(BRM_VERIFY_SHA256, s->secrets[j], s->secret_len[j]);
+            if (s->allow_sha1)
+                in->keys[i].v1[j] =
+                    brm_verify_key_new(BRM_VERIFY_SHA1, s->secrets[j], s->secret_len[j]);
+        }
+    }
+    in->unknown = brm_metrics_counter("brume_unknown_topic_bodies_total",
+                                      "Accepted bodies whose topic Mist does not document.", NULL);
+    in->other_topic = brm_metrics_counter("brume_events_total", "Events received, by topic.",
+                                          "topic", "other", NULL);
+    return in;
+}
+
+void brm_intake_free(struct brm_intake *in) {
+    if (!in) return;
+    for (size_t i = 0; i < in->cfg->nsources; i++) {
+        for (int j = 0; j < 2; j++) {
+            brm_verify_key_free(in->keys[i].v2[j]);
+            brm_verify_key_free(in->keys[i].v1[j]);
+        }
+    }
+    free(in->keys);
+    brm_engine_free(in->engine);
+    free(in);
+}
+
+struct brm_engine *brm_intake_swap(struct brm_intake *in, struct brm_engine *engine) {
+    struct brm_engine *old = in->engine;
+    in->engine = engine;
+    return old;
+}
+
+struct brm_engine *brm_intake_engine(struct brm_intake *in) {
+    return in->engine;
+}
+
+int brm_intake_has_signature(const struct brm_source *src, int has_v2, int has_v1) {
+    return src->insecure || has_v2 || (has_v1 && src->allow_sha1);
+}
+
+/* 1 when the request carries a valid signature (or needs none). Every
+ * secret is tried, so the time taken does not tell which one matched. */
+static int signature_ok(struct brm_intake *in, const struct brm_intake_req *r) {
+    const struct brm_source *s = r->source;
+    struct source_keys *k = &in->keys[s - in->cfg->sources];
+    int ok = 0;
+    if (s->insecure) return 1;
+    if (r->sig) { /* v2 decides when present, even if a v1 header came too */
+        for (int j = 0; j < s->nsecrets; j++)
+            ok |= brm_verify_signature(k->v2[j], r->sig, r->sig_len, r->body, r->len);
+    } else if (r->sig1 && s->allow_sha1) {
+        for (int j = 0; j < s->nsecrets; j++)
+            ok |= brm_verify_signature(k->v1[j], r->sig1, r->sig1_len, r->body, r->len);
+    }
+    return ok;
+}
+
+/* Topics Mist does not document are logged the first time they arrive. */
+static void note_unknown_topic(const struct brm_envelope *env, const char *source) {
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static char seen[MAX_TOPIC_SERIES][BRM_TOPIC_MAX];
+    static size_t nseen;
+    int first = 1;
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < nseen && first; i++) first = strcmp(seen[i], env->name) != 0;
+    if (first && nseen < MAX_TOPIC_SERIES) strcpy(seen[nseen++], env->name);
+    pthread_mutex_unlock(&lock);
+    if (first)
+        brm_log_warn("accepted a topic Mist does not document (logged once per topic)", "topic",
+                     env->topic, "source", source);
+}
+
+static void count_events(struct brm_intake *in, const struct brm_envelope *env) {
+    if (!env->known) {
+        brm_counter_add(in->unknown, 1);
+        brm_counter_add(in->other_topic, env->nevents);
+        return;
+    }
+    size_t i = 0;
+    while (i < in->ntopics && strcmp(in->topics[i].name, env->name) != 0) i++;
+    if (i == in->ntopics) {
+        if (i == MAX_TOPIC_SERIES) {
+            brm_counter_add(in->other_topic, env->nevents);
+            return;
+        }
+        snprintf(in->topics[i].name, BRM_TOPIC_MAX, "%s", env->name);
+        in->topics[i].c = brm_metrics_counter("brume_events_total", "Events received, by topic.",
+                                              "topic", env->name, NULL);
+        in->ntopics++;
+    }
+    brm_counter_add(in->topics[i].c, env->nevents);
+}
+
+enum brm_status brm_intake_run(struct brm_engine *e, const char *body, size_t len,
+                               const struct brm_batch *batch, struct brm_actions *sink,
+                               struct brm_envelope *env, struct brm_dispatch_stats *stats,
+                               struct brm_err *err) {
+    struct brm_envelope env_local;
+    struct brm_dispatch_stats stats_local;
+    if (!env) env = &env_local;
+    if (!stats) stats = &stats_local;
+    if (brm_json_envelope(brm_engine_state(e), body, len, env, err) < 0) return BRM_BAD_REQUEST;
+    brm_engine_dispatch(e, env, batch, sink, stats);
+    return BRM_OK;
+}
+
+void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
+                       brm_intake_done_fn *done, void *arg) {
+    struct brm_err err;
+    struct brm_envelope env;
+    struct brm_dispatch_stats stats;
+    struct brm_actions actions = { 0 };
+    const char *source = r->source->name;
+    if (!signature_ok(in, r)) {
+        brm_log_warn("refused a post: signature missing or wrong", "source", source, "peer",
+                     r->peer);
+        done(arg, BRM_UNAUTHORIZED, "signature missing or wrong");
+        return;
+    }
+    struct brm_batch batch = { source, new_delivery_id(), r->received_at };
+    if (brm_intake_run(in->engine, r->body, r->len, &batch, &actions, &env, &stats, &err) !=
+        BRM_OK) {
+        brm_log_warn("refused a post: not a Mist webhook body", "source", source, "peer", r->peer,
+                     "reason", err.msg);
+        done(arg, BRM_BAD_REQUEST, err.msg);
+        return;
+    }
+    count_events(in, &env);
+    if (!env.known) note_unknown_topic(&env, source);
+    if (brm_log_enabled(BRM_LOG_DEBUG)) {
+        char id[32], n[32], sent[32];
+        snprintf(id, sizeof(id), "%llu", (unsigned long long)batch.delivery);
+        snprintf(n, sizeof(n), "%zu", env.nevents);
+        snprintf(sent, sizeof(sent), "%zu", actions.n);
+        brm_log_debug("accepted", "source", source, "delivery", id, "topic", env.topic, "events", n,
+                      "messages", sent);
+    }
+    if (actions.n && brm_outbox_deliver(in->outbox, &actions, &err) < 0) {
+        brm_log_error("could not deliver the messages of a body", "source", source, "error",
+                      err.msg);
+        brm_actions_reset(&actions);
+        done(arg, BRM_UNAVAILABLE, "cannot deliver now; try again");
+        return;
+    }
+    brm_actions_reset(&actions);
+    done(arg, BRM_OK, "ok");
+}

@@ -1,0 +1,63 @@
+/*
+ * intake: what happens to one webhook body, with no HTTP in sight: check
+ * its signature against the source's secrets, decode it, run the rules,
+ * hand the messages they sent to the outbox, and say how it went. One per
+ * worker: it owns that worker's prepared signature keys and its engine.
+ * Depends on verify, json, engine, outbox, metrics, log.
+ */
+#ifndef BRM_INTAKE_H
+#define BRM_INTAKE_H
+
+#include "config.h"
+#include "engine.h"
+#include "outbox.h"
+
+struct brm_intake_req {
+    const struct brm_source *source;
+    const char *sig; /* X-Mist-Signature-v2, or NULL */
+    size_t sig_len;
+    const char *sig1; /* X-Mist-Signature (HMAC-SHA1), or NULL */
+    size_t sig1_len;
+    const char *body;
+    size_t len;
+    double received_at;
+    const char *peer; /* for logs */
+};
+
+/* How a body fared: BRM_OK (accepted), BRM_UNAUTHORIZED, BRM_BAD_REQUEST
+ * or BRM_UNAVAILABLE, with a one-line reason for the client. */
+typedef void brm_intake_done_fn(void *arg, enum brm_status status, const char *reason);
+
+struct brm_intake;
+
+/* An intake for the sources of CFG running ENGINE's rules (it takes
+ * ownership of ENGINE) and delivering through OB (borrowed). */
+struct brm_intake *brm_intake_new(const struct brm_config *cfg, struct brm_engine *engine,
+                                  struct brm_outbox *ob);
+void brm_intake_free(struct brm_intake *in);
+
+/* Puts ENGINE in place for the next body and returns the one it replaces
+ * (the caller frees it). Bodies are handled whole: none straddles a swap. */
+struct brm_engine *brm_intake_swap(struct brm_intake *in, struct brm_engine *engine);
+struct brm_engine *brm_intake_engine(struct brm_intake *in);
+
+/* 1 when a request to SRC carrying these headers can be checked at all: a
+ * signature header the source accepts, or an insecure source. */
+int brm_intake_has_signature(const struct brm_source *src, int has_v2, int has_v1);
+
+/* Handles one body and calls DONE (now, in this version). */
+void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *req,
+                       brm_intake_done_fn *done, void *arg);
+
+/*
+ * Decodes BODY into E's VM and runs the rules on its events, appending what
+ * they send to SINK: the path every body takes once trusted (live after its
+ * signature, `brume test` from a file). Returns BRM_OK, or BRM_BAD_REQUEST
+ * with the one-line reason in ERR. ENV and STATS may be NULL.
+ */
+enum brm_status brm_intake_run(struct brm_engine *e, const char *body, size_t len,
+                               const struct brm_batch *batch, struct brm_actions *sink,
+                               struct brm_envelope *env, struct brm_dispatch_stats *stats,
+                               struct brm_err *err);
+
+#endif

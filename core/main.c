@@ -1,0 +1,326 @@
+/*
+ * main: the brume command line. Parses arguments, loads the config and
+ * hands over to the server (run) or does a one-shot job: check the config
+ * and rules, run payload files through the rules (test), sign a body.
+ * Exit codes: 0 success, 1 a user error (bad config, bad rule, bad payload),
+ * 2 a usage error. Depends on config, engine, intake, server, verify.
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <lua.h>
+#include <openssl/opensslv.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "engine.h"
+#include "intake.h"
+#include "log.h"
+#include "outbox.h"
+#include "server.h"
+#include "verify.h"
+
+#define EXIT_USER   1
+#define EXIT_USAGE  2
+#define MAX_PAYLOAD (64u << 20)
+
+static const char usage_main[] =
+    "usage: brume <command> [options]\n"
+    "\n"
+    "  run     [-c brume.lua]             start the daemon (logs to stderr)\n"
+    "  check   [-c brume.lua]             load the config and rules, report every error\n"
+    "  test    [-c brume.lua] PAYLOAD...  run payload files through the rules offline and\n"
+    "                                     print the messages they would send, as JSON lines\n"
+    "  sign    --secret S [FILE]          print the X-Mist-Signature-v2 value of a body\n"
+    "  version                            print the version\n"
+    "\n"
+    "Each command takes --help. Exit codes: 0 success, 1 bad config, rule or payload,\n"
+    "2 usage.\n";
+
+static const char usage_run[] =
+    "usage: brume run [-c brume.lua]\n"
+    "\n"
+    "Starts the daemon on the config (default ./brume.lua): listens for Mist's\n"
+    "webhooks, runs the rules, delivers what they send. Logs go to stderr.\n"
+    "SIGHUP reloads the rules; SIGTERM or SIGINT stop after requests in flight.\n";
+
+static const char usage_check[] =
+    "usage: brume check [-c brume.lua]\n"
+    "\n"
+    "Loads the config and every rule as `brume run` would and reports every\n"
+    "problem found, as file:line: message. Exits 1 when there is any.\n";
+
+static const char usage_test[] =
+    "usage: brume test [-c brume.lua] PAYLOAD...\n"
+    "\n"
+    "Runs each payload file (a whole webhook body, or - for stdin) through the\n"
+    "rules, offline: nothing is written and nothing is sent. Prints one JSON\n"
+    "line per message a rule sends:\n"
+    "  {\"rule\":..., \"target\":..., \"topic\":..., \"event\":..., \"message\":{...}}\n"
+    "Rule logs and errors go to stderr. Exits 1 when a payload is not a Mist\n"
+    "body or a rule fails.\n";
+
+static const char usage_sign[] =
+    "usage: brume sign --secret S [--sha1] [FILE]\n"
+    "       brume sign -c brume.lua [--source NAME] [--sha1] [FILE]\n"
+    "\n"
+    "Prints the X-Mist-Signature-v2 header value of FILE's bytes (stdin without\n"
+    "FILE): the lowercase hex HMAC-SHA256 under the secret, given directly or\n"
+    "taken from a source of the config. --sha1 gives the legacy\n"
+    "X-Mist-Signature (HMAC-SHA1) instead.\n";
+
+static const char usage_version[] = "usage: brume version\n";
+
+struct args {
+    const char *config;
+    const char *secret;
+    const char *source;
+    int sha1;
+    const char **rest;
+    int nrest;
+};
+
+/* Parses the options COMMAND accepts (a string of: c config, s secret and
+ * source, 1 sha1). Returns 0, 1 for --help, or -1 after a usage error. */
+static int parse_args(int argc, char **argv, const char *accepts, struct args *a) {
+    a->config = "brume.lua";
+    a->rest = brm_xcalloc((size_t)argc + 1, sizeof(char *));
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        const char **target = NULL;
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) return 1;
+        if (strchr(accepts, 'c') && (strcmp(arg, "-c") == 0 || strcmp(arg, "--config") == 0))
+            target = &a->config;
+        else if (strchr(accepts, 's') && strcmp(arg, "--secret") == 0)
+            target = &a->secret;
+        else if (strchr(accepts, 's') && strcmp(arg, "--source") == 0)
+            target = &a->source;
+        else if (strchr(accepts, '1') && strcmp(arg, "--sha1") == 0) {
+            a->sha1 = 1;
+            continue;
+        } else if (strcmp(arg, "--") == 0) {
+            while (++i < argc) a->rest[a->nrest++] = argv[i];
+            break;
+        } else if (arg[0] == '-' && arg[1] != '\0') {
+            fprintf(stderr, "brume: unknown option %s\n", arg);
+            return -1;
+        } else {
+            a->rest[a->nrest++] = arg;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "brume: %s needs a value\n", arg);
+            return -1;
+        }
+        *target = argv[++i];
+    }
+    return 0;
+}
+
+static void print_errors(const struct brm_errors *errs) {
+    for (size_t i = 0; i < errs->n; i++) {
+        char msg[1024];
+        brm_err_format(&errs->v[i], msg, sizeof(msg));
+        fprintf(stderr, "%s\n", msg);
+    }
+}
+
+static struct brm_config *load_config(const char *path) {
+    struct brm_errors errs = { 0 };
+    struct brm_config *c = brm_config_load(path, &errs);
+    print_errors(&errs);
+    brm_errors_reset(&errs);
+    return c;
+}
+
+static int cmd_run(struct args *a) {
+    struct brm_config *cfg = load_config(a->config);
+    if (!cfg) return EXIT_USER;
+    brm_log_setup(cfg->log_level, cfg->log_format);
+    int rc = brm_server_run(cfg);
+    brm_config_free(cfg);
+    return rc;
+}
+
+static int cmd_check(struct args *a) {
+    struct brm_config *cfg = load_config(a->config);
+    if (!cfg) return EXIT_USER;
+    struct brm_errors errs = { 0 };
+    struct brm_engine *e = brm_engine_new(cfg, &errs);
+    print_errors(&errs);
+    brm_errors_reset(&errs);
+    int rc = EXIT_USER;
+    if (e) {
+        printf("ok: %s: %zu source%s, %zu target%s, %zu rule%s\n", a->config, cfg->nsources,
+               cfg->nsources == 1 ? "" : "s", cfg->ntargets, cfg->ntargets == 1 ? "" : "s",
+               brm_engine_rule_count(e), brm_engine_rule_count(e) == 1 ? "" : "s");
+        rc = 0;
+    }
+    brm_engine_free(e);
+    brm_config_free(cfg);
+    return rc;
+}
+
+static int read_input(const char *path, struct brm_buf *out) {
+    if (strcmp(path, "-") == 0) path = "/dev/stdin";
+    if (brm_read_file(path, MAX_PAYLOAD, out) < 0) {
+        fprintf(stderr, "brume: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int cmd_test(struct args *a) {
+    if (a->nrest == 0) {
+        fputs(usage_test, stderr);
+        return EXIT_USAGE;
+    }
+    struct brm_config *cfg = load_config(a->config);
+    if (!cfg) return EXIT_USER;
+    brm_log_setup(cfg->log_level, cfg->log_format);
+    struct brm_errors errs = { 0 };
+    struct brm_engine *e = brm_engine_new(cfg, &errs);
+    print_errors(&errs);
+    brm_errors_reset(&errs);
+    int rc = e ? 0 : EXIT_USER;
+    for (int i = 0; e && i < a->nrest; i++) {
+        struct brm_buf body, line;
+        struct brm_actions actions = { 0 };
+        struct brm_dispatch_stats stats = { 0 };
+        struct brm_err err;
+        brm_buf_init(&body);
+        brm_buf_init(&line);
+        struct brm_batch batch = { "test", (uint64_t)i + 1, brm_time_now() };
+        if (read_input(a->rest[i], &body) < 0) {
+            rc = EXIT_USER;
+        } else if (brm_intake_run(e, body.data ? body.data : "", body.len, &batch, &actions, NULL,
+                                  &stats, &err) != BRM_OK) {
+            fprintf(stderr, "%s: not a Mist webhook body: %s\n", a->rest[i], err.msg);
+            rc = EXIT_USER;
+        } else {
+            for (size_t k = 0; k < actions.n; k++) {
+                line.len = 0;
+                brm_action_json(&actions.v[k], 0, &line);
+                printf("%s\n", line.data);
+            }
+            if (stats.errors) rc = EXIT_USER;
+        }
+        fflush(stdout);
+        brm_actions_reset(&actions);
+        brm_buf_reset(&body);
+        brm_buf_reset(&line);
+    }
+    brm_engine_free(e);
+    brm_config_free(cfg);
+    return rc;
+}
+
+static int cmd_sign(struct args *a, int config_given) {
+    struct brm_config *cfg = NULL;
+    const char *secret = a->secret;
+    size_t secret_len = secret ? strlen(secret) : 0;
+    int rc = EXIT_USER;
+    if (!secret && !config_given) {
+        fputs(usage_sign, stderr);
+        return EXIT_USAGE;
+    }
+    if (a->nrest > 1) {
+        fputs(usage_sign, stderr);
+        return EXIT_USAGE;
+    }
+    if (!secret) {
+        if (!(cfg = load_config(a->config))) return EXIT_USER;
+        const struct brm_source *src = NULL;
+        if (a->source)
+            src = brm_config_source(cfg, a->source);
+        else if (cfg->nsources == 1)
+            src = &cfg->sources[0];
+        if (!src) {
+            fprintf(stderr, "brume: %s\n",
+                    a->source ? "no such source in the config"
+                              : "the config has several sources: "
+                                "name one with --source");
+            goto done;
+        }
+        if (src->nsecrets == 0) {
+            fprintf(stderr, "brume: source %s has no secret\n", src->name);
+            goto done;
+        }
+        secret = src->secrets[0];
+        secret_len = src->secret_len[0];
+    }
+    struct brm_buf body;
+    brm_buf_init(&body);
+    if (read_input(a->nrest ? a->rest[0] : "-", &body) == 0) {
+        unsigned char mac[BRM_VERIFY_MAX_MAC];
+        char hex[2 * BRM_VERIFY_MAX_MAC + 1];
+        size_t n = brm_verify_hmac(a->sha1 ? BRM_VERIFY_SHA1 : BRM_VERIFY_SHA256, secret,
+                                   secret_len, body.data ? body.data : "", body.len, mac);
+        brm_hex_encode(mac, n, hex);
+        printf("%s\n", hex);
+        rc = 0;
+    }
+    brm_buf_reset(&body);
+done:
+    brm_config_free(cfg);
+    return rc;
+}
+
+static void print_version(void) {
+    printf("brume %s (%s, lua-cjson 2.1, libevent %s, %s)\n", BRM_VERSION, LUA_RELEASE,
+           event_get_version(), OPENSSL_VERSION_TEXT);
+}
+
+int main(int argc, char **argv) {
+    static const struct {
+        const char *name, *accepts, *usage;
+    } commands[] = {
+        { "run", "c", usage_run },        { "check", "c", usage_check },
+        { "test", "c", usage_test },      { "sign", "cs1", usage_sign },
+        { "version", "", usage_version },
+    };
+    signal(SIGPIPE, SIG_IGN);
+    if (argc < 2) {
+        fputs(usage_main, stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+        fputs(usage_main, stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0) cmd = "version";
+    for (size_t i = 0; i < BRM_ARRAY_LEN(commands); i++) {
+        if (strcmp(cmd, commands[i].name) != 0) continue;
+        struct args a = { 0 };
+        int p = parse_args(argc - 2, argv + 2, commands[i].accepts, &a);
+        int rc;
+        int config_given = 0;
+        for (int k = 2; k < argc; k++)
+            config_given |= strcmp(argv[k], "-c") == 0 || strcmp(argv[k], "--config") == 0;
+        if (p == 1) {
+            fputs(commands[i].usage, stdout);
+            rc = 0;
+        } else if (p < 0) {
+            fputs(commands[i].usage, stderr);
+            rc = EXIT_USAGE;
+        } else if (strcmp(cmd, "run") == 0 || strcmp(cmd, "check") == 0) {
+            rc = a.nrest         ? (fputs(commands[i].usage, stderr), EXIT_USAGE)
+                 : cmd[0] == 'r' ? cmd_run(&a)
+                                 : cmd_check(&a);
+        } else if (strcmp(cmd, "test") == 0) {
+            rc = cmd_test(&a);
+        } else if (strcmp(cmd, "sign") == 0) {
+            rc = cmd_sign(&a, config_given);
+        } else {
+            print_version();
+            rc = 0;
+        }
+        free(a.rest);
+        return rc;
+    }
+    fprintf(stderr, "brume: unknown command '%s'\n\n%s", cmd, usage_main);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,95 @@
+/*
+ * sandbox: the only code that runs user Lua (rules, the modules they
+ * require, the config file). It owns a lua_State and three guards:
+ *
+ *   - memory: an accounting allocator that refuses to grow the VM past its
+ *     cap while user code runs (HAProxy's hlua_alloc); the rule then fails
+ *     with a memory error and the VM carries on;
+ *   - time: an instruction budget per call, counted by a hook that raises
+ *     when it runs out and then fires on every instruction, so a pcall in the
+ *     rule cannot swallow it (Redis's luaMaskCountHook, HAProxy's hlua_hook);
+ *   - reach: each chunk gets its own _ENV whose misses fall through to a
+ *     shared library of safe functions; the library tables (string, table,
+ *     math, utf8, os, brume, required modules) are read-only proxies and the
+ *     string metatable is locked, so no rule can change what another sees.
+ *     No io, no os.execute, no debug, no package.loadlib, no binary chunks;
+ *     `require` finds modules in the user's scripts and rules folders and in
+ *     the scripts built into the binary.
+ *
+ * Every entry into user code goes through brm_sandbox_call: a message
+ * handler that places the error at file:line, lua_pcall, guards on, guards
+ * off. Depends on Lua 5.4, util and the generated table of built-in scripts.
+ */
+#ifndef BRM_SANDBOX_H
+#define BRM_SANDBOX_H
+
+#include <lua.h>
+#include <stddef.h>
+
+#include "util.h"
+
+struct brm_sandbox_opts {
+    long instructions;       /* budget per call; 0: none */
+    size_t memory;           /* VM cap in bytes; 0: none */
+    const char *scripts_dir; /* user modules, searched first; may be NULL */
+    const char *rules_dir;   /* then these; may be NULL */
+};
+
+enum brm_call_status {
+    BRM_CALL_OK,
+    BRM_CALL_ERROR,  /* the code raised an error */
+    BRM_CALL_BUDGET, /* it ran out of instructions */
+    BRM_CALL_MEMORY, /* it hit the memory cap */
+};
+
+struct brm_sandbox;
+
+/* A new VM with the safe library in place. Aborts when out of memory. */
+struct brm_sandbox *brm_sandbox_new(const struct brm_sandbox_opts *opts);
+void brm_sandbox_free(struct brm_sandbox *sb);
+
+lua_State *brm_sandbox_state(struct brm_sandbox *sb);
+/* The sandbox a state belongs to (found through its allocator). */
+struct brm_sandbox *brm_sandbox_of(lua_State *L);
+
+/* Pops the value on top of the stack and makes it a global of every chunk.
+ * A table is exposed through a read-only proxy and is also what
+ * require(NAME) returns. [-1, +0] */
+void brm_sandbox_expose(struct brm_sandbox *sb, const char *name);
+
+/* Pushes the shared library table that chunk environments fall back to.
+ * Callers must not hand it to user code. [-0, +1] */
+void brm_sandbox_push_library(struct brm_sandbox *sb);
+
+/*
+ * Compiles the Lua text file PATH (binary chunks are refused) and pushes it
+ * as a function whose _ENV is a fresh table falling back to the library.
+ * Errors read "DISPLAY:LINE: msg". Returns 0, or -1 with ERR set and nothing
+ * pushed. [-0, +(0|1)]
+ */
+int brm_sandbox_loadfile(struct brm_sandbox *sb, const char *path, const char *display,
+                         struct brm_err *err);
+/* The same for text in memory, named CHUNKNAME ("@file" or "=name"). */
+int brm_sandbox_loadbuffer(struct brm_sandbox *sb, const char *src, size_t len,
+                           const char *chunkname, struct brm_err *err);
+
+/*
+ * Calls the function below the NARGS arguments on top of the stack with the
+ * guards on: the instruction budget starts afresh (unless this call is
+ * nested in another, which it then shares) and the memory cap is enforced.
+ * On BRM_CALL_OK the function and arguments are replaced by NRESULTS
+ * results; otherwise they are popped and ERR holds the message and, when
+ * known, the file:line it came from. [-(nargs+1), +(nresults|0)]
+ */
+enum brm_call_status brm_sandbox_call(struct brm_sandbox *sb, int nargs, int nresults,
+                                      struct brm_err *err);
+
+/* Bytes the VM holds now, and its cap (0: none). */
+size_t brm_sandbox_memory(const struct brm_sandbox *sb);
+size_t brm_sandbox_memory_limit(const struct brm_sandbox *sb);
+
+/* Wraps the table at IDX in a read-only proxy (tables inside it are wrapped
+ * as they are reached); NAME appears in the error a write raises. [-0, +1] */
+void brm_sandbox_push_readonly(lua_State *L, int idx, const char *name);
+
+#endif

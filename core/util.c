@@ -1,0 +1,434 @@
+#define _GNU_SOURCE
+#include "util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+void brm_err_clear(struct brm_err *e) {
+    e->msg[0] = '\0';
+    e->file[0] = '\0';
+    e->line = 0;
+}
+
+static void err_vset(struct brm_err *e, const char *file, int line, const char *fmt, va_list ap) {
+    vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+    snprintf(e->file, sizeof(e->file), "%s", file ? file : "");
+    e->line = line;
+}
+
+void brm_err_set(struct brm_err *e, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    err_vset(e, NULL, 0, fmt, ap);
+    va_end(ap);
+}
+
+void brm_err_at(struct brm_err *e, const char *file, int line, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    err_vset(e, file, line, fmt, ap);
+    va_end(ap);
+}
+
+void brm_err_format(const struct brm_err *e, char *buf, size_t size) {
+    if (e->file[0] && e->line > 0)
+        snprintf(buf, size, "%s:%d: %s", e->file, e->line, e->msg);
+    else if (e->file[0])
+        snprintf(buf, size, "%s: %s", e->file, e->msg);
+    else
+        snprintf(buf, size, "%s", e->msg);
+}
+
+void brm_errors_add(struct brm_errors *l, const struct brm_err *e) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 8;
+        l->v = brm_xrealloc(l->v, l->cap * sizeof(*l->v));
+    }
+    l->v[l->n++] = *e;
+}
+
+void brm_errors_addf(struct brm_errors *l, const char *file, int line, const char *fmt, ...) {
+    struct brm_err e;
+    va_list ap;
+    va_start(ap, fmt);
+    err_vset(&e, file, line, fmt, ap);
+    va_end(ap);
+    brm_errors_add(l, &e);
+}
+
+void brm_errors_reset(struct brm_errors *l) {
+    free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
+}
+
+static void oom(size_t n) {
+    fprintf(stderr, "brume: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *brm_xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) oom(n);
+    return p;
+}
+
+void *brm_xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) oom(n * size);
+    return p;
+}
+
+void *brm_xrealloc(void *p, size_t n) {
+    p = realloc(p, n ? n : 1);
+    if (!p) oom(n);
+    return p;
+}
+
+char *brm_xstrdup(const char *s) {
+    return brm_xstrndup(s, strlen(s));
+}
+
+char *brm_xstrndup(const char *s, size_t n) {
+    char *d = brm_xmalloc(n + 1);
+    memcpy(d, s, n);
+    d[n] = '\0';
+    return d;
+}
+
+char *brm_xasprintf(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *s = brm_xmalloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(s, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+void brm_buf_init(struct brm_buf *b) {
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+void brm_buf_reset(struct brm_buf *b) {
+    free(b->data);
+    brm_buf_init(b);
+}
+
+void brm_buf_reserve(struct brm_buf *b, size_t extra) {
+    if (b->len + extra + 1 <= b->cap) return;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->len + extra + 1) cap *= 2;
+    b->data = brm_xrealloc(b->data, cap);
+    b->cap = cap;
+}
+
+void brm_buf_append(struct brm_buf *b, const void *p, size_t n) {
+    brm_buf_reserve(b, n);
+    if (n) memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+void brm_buf_puts(struct brm_buf *b, const char *s) {
+    brm_buf_append(b, s, strlen(s));
+}
+
+void brm_buf_printf(struct brm_buf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    brm_buf_reserve(b, (size_t)n);
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+void brm_buf_json_string(struct brm_buf *b, const char *s, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    brm_buf_reserve(b, n + 2);
+    b->data[b->len++] = '"';
+    size_t run = 0; /* start of the pending run of bytes that need no escape */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) continue;
+        brm_buf_append(b, s + run, i - run);
+        run = i + 1;
+        if (c == '"' || c == '\\') {
+            char esc[2] = { '\\', (char)c };
+            brm_buf_append(b, esc, 2);
+        } else if (c == '\n') {
+            brm_buf_append(b, "\\n", 2);
+        } else if (c == '\t') {
+            brm_buf_append(b, "\\t", 2);
+        } else if (c == '\r') {
+            brm_buf_append(b, "\\r", 2);
+        } else {
+            char esc[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+            brm_buf_append(b, esc, 6);
+        }
+    }
+    brm_buf_append(b, s + run, n - run);
+    brm_buf_append(b, "\"", 1);
+}
+
+/* Splits "12.5ms" into its number and unit; -1 unless it is of that form. */
+static int split_quantity(const char *s, double *num, const char **unit) {
+    const char *p = s;
+    if (!isdigit((unsigned char)*p)) return -1;
+    while (isdigit((unsigned char)*p)) p++;
+    if (*p == '.') {
+        p++;
+        if (!isdigit((unsigned char)*p)) return -1;
+        while (isdigit((unsigned char)*p)) p++;
+    }
+    char *end;
+    errno = 0;
+    *num = strtod(s, &end);
+    if (errno || end != p) return -1;
+    while (*p == ' ') p++;
+    *unit = p;
+    return 0;
+}
+
+int brm_parse_size(const char *s, uint64_t *out) {
+    static const struct {
+        const char *unit;
+        uint64_t mult;
+    } units[] = {
+        { "", 1 },
+        { "b", 1 },
+        { "k", 1024 },
+        { "kb", 1024 },
+        { "kib", 1024 },
+        { "m", 1024 * 1024 },
+        { "mb", 1024 * 1024 },
+        { "mib", 1024 * 1024 },
+        { "g", 1024ull * 1024 * 1024 },
+        { "gb", 1024ull * 1024 * 1024 },
+        { "gib", 1024ull * 1024 * 1024 },
+    };
+    double num;
+    const char *unit;
+    if (split_quantity(s, &num, &unit) < 0) return -1;
+    for (size_t i = 0; i < BRM_ARRAY_LEN(units); i++) {
+        if (strcasecmp(unit, units[i].unit) == 0) {
+            double v = num * (double)units[i].mult;
+            if (v >= 18446744073709551615.0) return -1;
+            *out = (uint64_t)v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int brm_parse_duration(const char *s, double *out) {
+    static const struct {
+        const char *unit;
+        double mult;
+    } units[] = {
+        { "", 1 }, { "ms", 0.001 }, { "s", 1 }, { "m", 60 }, { "h", 3600 }, { "d", 86400 },
+    };
+    double num;
+    const char *unit;
+    if (split_quantity(s, &num, &unit) < 0) return -1;
+    for (size_t i = 0; i < BRM_ARRAY_LEN(units); i++) {
+        if (strcmp(unit, units[i].unit) == 0) {
+            *out = num * units[i].mult;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+void brm_hex_encode(const unsigned char *in, size_t n, char *out) {
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[in[i] >> 4];
+        out[2 * i + 1] = hex[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+static int hexval(unsigned char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+int brm_hex_decode(const char *in, size_t n, unsigned char *out) {
+    for (size_t i = 0; i < n; i++) {
+        int hi = hexval((unsigned char)in[2 * i]), lo = hexval((unsigned char)in[2 * i + 1]);
+        if (hi < 0 || lo < 0) return -1;
+        out[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+size_t brm_base64_encoded_len(size_t n) {
+    return (n + 2) / 3 * 4;
+}
+
+void brm_base64_encode(const unsigned char *in, size_t n, char *out) {
+    size_t i = 0;
+    for (; i + 2 < n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        *out++ = b64[v >> 18];
+        *out++ = b64[v >> 12 & 63];
+        *out++ = b64[v >> 6 & 63];
+        *out++ = b64[v & 63];
+    }
+    if (i < n) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
+        *out++ = b64[v >> 18];
+        *out++ = b64[v >> 12 & 63];
+        *out++ = i + 1 < n ? b64[v >> 6 & 63] : '=';
+        *out++ = '=';
+    }
+    *out = '\0';
+}
+
+long brm_base64_decode(const char *in, size_t n, unsigned char *out) {
+    while (n > 0 && in[n - 1] == '=') n--;
+    if (n % 4 == 1) return -1;
+    uint32_t acc = 0;
+    int bits = 0;
+    long len = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *p = memchr(b64, in[i], 64);
+        if (!p || in[i] == '\0') return -1;
+        acc = acc << 6 | (uint32_t)(p - b64);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[len++] = (unsigned char)(acc >> bits);
+        }
+    }
+    return len;
+}
+
+double brm_time_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+uint64_t brm_time_mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t brm_time_mono_ms(void) {
+    return brm_time_mono_ns() / 1000000u;
+}
+
+void brm_time_iso8601(double t, char *buf, size_t size) {
+    time_t secs = (time_t)t;
+    int ms = (int)((t - (double)secs) * 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+}
+
+char *brm_path_join(const char *dir, const char *rel) {
+    if (!dir || rel[0] == '/' || strcmp(dir, ".") == 0) return brm_xstrdup(rel);
+    size_t n = strlen(dir);
+    return brm_xasprintf("%s%s%s", dir, n && dir[n - 1] == '/' ? "" : "/", rel);
+}
+
+char *brm_path_dir(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) return brm_xstrdup(".");
+    if (slash == path) return brm_xstrdup("/");
+    return brm_xstrndup(path, (size_t)(slash - path));
+}
+
+char *brm_path_display(const char *path) {
+    char cwd[PATH_MAX], real[PATH_MAX];
+    if (!getcwd(cwd, sizeof(cwd)) || !realpath(path, real)) return brm_xstrdup(path);
+    size_t n = strlen(cwd);
+    if (strncmp(real, cwd, n) == 0 && real[n] == '/') return brm_xstrdup(real + n + 1);
+    return brm_xstrdup(real);
+}
+
+int brm_read_file(const char *path, size_t max, struct brm_buf *out) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) < 0) goto fail;
+    if (S_ISDIR(st.st_mode)) {
+        errno = EISDIR;
+        goto fail;
+    }
+    for (;;) {
+        brm_buf_reserve(out, 4096);
+        ssize_t r = read(fd, out->data + out->len, out->cap - out->len - 1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) goto fail;
+        if (r == 0) break;
+        out->len += (size_t)r;
+        if (out->len > max) {
+            errno = EFBIG;
+            goto fail;
+        }
+    }
+    out->data[out->len] = '\0';
+    close(fd);
+    return 0;
+fail:;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+}
+
+int brm_split_addr(const char *addr, char *host, size_t hostlen, int *port) {
+    const char *colon;
+    size_t hl;
+    if (addr[0] == '[') {
+        const char *close = strchr(addr, ']');
+        if (!close || close[1] != ':') return -1;
+        hl = (size_t)(close - addr - 1);
+        addr++;
+        colon = close + 1;
+    } else {
+        colon = strrchr(addr, ':');
+        if (!colon) return -1;
+        hl = (size_t)(colon - addr);
+    }
+    if (hl >= hostlen) return -1;
+    memcpy(host, addr, hl);
+    host[hl] = '\0';
+    char *end;
+    errno = 0;
+    long p = strtol(colon + 1, &end, 10);
+    if (colon[1] == '\0' || *end || errno || p < 0 || p > 65535) return -1;
+    *port = (int)p;
+    return 0;
+}
+
+int brm_cpu_count(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}

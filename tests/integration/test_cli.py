@@ -1,0 +1,158 @@
+"""The command line: exit codes (0, 1 user error, 2 usage), help, check,
+sign, test and run's start-up failures."""
+import os
+import shutil
+import socket
+import tempfile
+import unittest
+
+import harness
+from harness import Brume, SRC, run_cli
+
+EXAMPLE = os.path.join(SRC, "examples", "brume.lua")
+PING = os.path.join(harness.FIXTURES, "ping--webhook-event-delivery-test-delivery-log.json")
+ENV = {"MIST_WEBHOOK_SECRET": "cli-secret"}
+
+
+class Cli(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="brume-cli-")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def write(self, name, text):
+        path = os.path.join(self.tmp, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_usage_and_help(self):
+        r = run_cli()
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("usage: brume <command>", r.stderr)
+        self.assertEqual(run_cli("--help").returncode, 0)
+        self.assertEqual(run_cli("nonsense").returncode, 2)
+        for cmd in ("run", "check", "test", "sign", "version"):
+            r = run_cli(cmd, "--help")
+            self.assertEqual((cmd, r.returncode), (cmd, 0))
+            self.assertIn("usage: brume " + cmd, r.stdout)
+        self.assertEqual(run_cli("run", "--bogus").returncode, 2)
+        self.assertEqual(run_cli("check", "extra-argument").returncode, 2)
+        self.assertEqual(run_cli("test").returncode, 2)
+        self.assertEqual(run_cli("sign").returncode, 2)
+        self.assertEqual(run_cli("run", "-c").returncode, 2)
+        r = run_cli("version")
+        self.assertEqual(r.returncode, 0)
+        self.assertRegex(r.stdout, r"^brume \d+\.\d+\.\d+ \(Lua 5\.4")
+
+    def test_check(self):
+        r = run_cli("check", "-c", EXAMPLE, env=ENV)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("ok: ", r.stdout)
+        self.assertIn("1 source, 1 target, 1 rule", r.stdout)
+        env = dict(os.environ)
+        env.pop("MIST_WEBHOOK_SECRET", None)
+        r = run_cli("check", "-c", EXAMPLE, env={"MIST_WEBHOOK_SECRET": ""})
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("sources.mist.secret: a secret cannot be empty", r.stderr)
+        r = harness.subprocess.run([harness.BRUME, "check", "-c", EXAMPLE], capture_output=True,
+                                   text=True, env=env)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("examples/brume.lua:20: environment variable MIST_WEBHOOK_SECRET is not set",
+                      r.stderr)
+        # Every problem, config and rules alike.
+        self.write("rules/a.lua", "return {\n  topics = 'alarms',\n  on_event = function( end\n}")
+        self.write("rules/b.lua", "return { topic = 'alarms', on_event = print }")
+        cfg = self.write("brume.lua", "sources = { mist = { path = '/m', secret = 's' } }\n")
+        r = run_cli("check", "-c", cfg)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("rules/a.lua:3:", r.stderr)
+        self.assertIn("rules/b.lua: unknown key 'topic'", r.stderr)
+        self.assertIn("rules/b.lua: topics: expected", r.stderr)
+        r = run_cli("check", "-c", os.path.join(self.tmp, "missing.lua"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("cannot read the config", r.stderr)
+
+    def test_sign(self):
+        compact = harness.json.dumps(harness.json.loads(harness.read(PING)), separators=(",", ":"))
+        path = self.write("ping.json", compact)
+        r = run_cli("sign", "--secret", "secret", path)
+        self.assertEqual((r.returncode, r.stdout),
+                         (0, "729193ef29300de1b3064b996a763a91d56bfbd05af0ca54a80e9401feaa266d\n"))
+        r = run_cli("sign", "--secret", "secret", stdin=compact)
+        self.assertEqual(r.stdout.strip(),
+                         "729193ef29300de1b3064b996a763a91d56bfbd05af0ca54a80e9401feaa266d")
+        r = run_cli("sign", "--secret", "secret", "--sha1", path)
+        self.assertEqual(r.stdout.strip(), harness.sign(compact, "secret", harness.hashlib.sha1))
+        # The secret can come from the config's source.
+        r = run_cli("sign", "-c", EXAMPLE, path, env=ENV)
+        self.assertEqual(r.stdout.strip(), harness.sign(compact, "cli-secret"))
+        cfg = self.write("two.lua", "sources = { a = { path = '/a', secret = 'sa' },"
+                                    " b = { path = '/b', secret = 'sb' } }\n")
+        r = run_cli("sign", "-c", cfg, path)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("name one with --source", r.stderr)
+        r = run_cli("sign", "-c", cfg, "--source", "b", path)
+        self.assertEqual(r.stdout.strip(), harness.sign(compact, "sb"))
+        r = run_cli("sign", "--secret", "s", os.path.join(self.tmp, "nope.json"))
+        self.assertEqual(r.returncode, 1)
+
+    def test_test_command(self):
+        rogue = os.path.join(harness.FIXTURES, "alarms--rogue-ap-const-alarm-defs.json")
+        r = run_cli("test", "-c", EXAMPLE, rogue, PING, env=ENV)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = [harness.json.loads(line) for line in r.stdout.splitlines()]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["rule"], "rogue_ap")
+        self.assertEqual(lines[0]["target"], "secops")
+        self.assertEqual(lines[0]["message"]["title"], "Rogue AP detected")
+        # Nothing was written: the example's target file is not touched.
+        self.assertFalse(os.path.exists(os.path.join(SRC, "var", "alerts.jsonl.test-marker")))
+        bad = self.write("bad.json", '{"topic": "alarms", "events": [')
+        r = run_cli("test", "-c", EXAMPLE, bad, rogue, env=ENV)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("bad.json: not a Mist webhook body: invalid JSON", r.stderr)
+        self.assertEqual(len(r.stdout.splitlines()), 1)  # the good payload still ran
+        r = run_cli("test", "-c", EXAMPLE, "-", stdin=harness.read(rogue).decode(), env=ENV)
+        self.assertEqual(len(r.stdout.splitlines()), 1)
+
+    def test_test_writes_nothing(self):
+        self.write("rules/r.lua", "return { topics = '*', on_event = function(ev)"
+                                  " brume.send('f', { x = 1 }) end }")
+        cfg = self.write("brume.lua", "sources = { m = { path = '/m', insecure = true } }\n"
+                                      "targets = { f = { kind = 'file', path = 'out/f.jsonl' } }\n")
+        r = run_cli("test", "-c", cfg, PING)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(r.stdout.splitlines()), 1)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "out")))
+
+    def test_run_refuses_to_start(self):
+        cfg = self.write("bad.lua", "sources = {}\n")
+        r = run_cli("run", "-c", cfg, timeout=30)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no sources", r.stderr)
+        # A port another process holds.
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        try:
+            cfg = self.write("port.lua", "listen = '127.0.0.1:%d'\nadmin = false\n"
+                                         "sources = { m = { path = '/m', secret = 's' } }\n" % port)
+            self.write("rules/.keep", "")
+            r = run_cli("run", "-c", cfg, timeout=30)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("cannot listen", r.stderr)
+        finally:
+            s.close()
+        # A second brume on the same data folder.
+        with Brume('sources = { m = { path = "/m", secret = "s" } }') as b:
+            r = run_cli("run", "-c", b.config_path, timeout=30)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("another brume runs on this data folder", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

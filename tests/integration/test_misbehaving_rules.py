@@ -1,0 +1,118 @@
+"""Rules that error, loop forever, eat memory or hoard it cannot hurt the
+daemon: every post still gets its 200, the other rules still run on every
+event, and each failure is logged (rule, file:line, event id) and counted."""
+import json
+import re
+import time
+import unittest
+
+import harness
+from harness import Brume
+
+BATCH = json.dumps({"topic": "alarms", "events": [
+    {"id": "ev-%d" % i, "type": "switch_down", "site_id": "s1"} for i in range(3)]})
+
+
+class MisbehavingRules(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.b = Brume("""
+sources = { mist = { path = "/mist", secret = "%s" } }
+targets = { out = { kind = "file", path = "var/out.jsonl" } }
+limits = { instructions = 200000, memory = "16MB" }
+""" % harness.SECRET, rules={
+            "10-errors.lua": """
+return { topics = "alarms", on_event = function(ev)
+  local name = ev.site.name
+end }""",
+            "20-loops.lua": """
+return { topics = "alarms", on_event = function(ev)
+  while true do end
+end }""",
+            "30-eats.lua": """
+return { topics = "alarms", on_event = function(ev)
+  local t = {}
+  for i = 1, 1e9 do t[i] = ("x"):rep(4096) .. i end
+end }""",
+            "40-catches.lua": """
+return { topics = "alarms", on_event = function(ev)
+  while true do pcall(function() while true do end end) end
+end }""",
+            "50-good.lua": """
+return { topics = "alarms", on_event = function(ev, ctx)
+  brume.send("out", { id = ev.id, index = ctx.index })
+end }""",
+        }, workers=2).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.b.cleanup()
+
+    def test_the_daemon_serves_and_the_good_rule_runs(self):
+        lines, m0 = len(self.b.lines("out.jsonl")), self.b.metrics()
+        for _ in range(10):
+            r = self.b.post(BATCH)
+            self.assertEqual(r.status, 200)
+        out = self.b.lines("out.jsonl")[lines:]
+        self.assertEqual(len(out), 30)
+        self.assertEqual(sorted({o["message"]["id"] for o in out}), ["ev-0", "ev-1", "ev-2"])
+        m = self.b.metrics()
+        for key in ('brume_rule_runs_total{rule="50-good"}',
+                    'brume_rule_errors_total{rule="10-errors",reason="error"}',
+                    'brume_rule_errors_total{rule="20-loops",reason="budget"}',
+                    'brume_rule_errors_total{rule="30-eats",reason="memory"}',
+                    'brume_rule_errors_total{rule="40-catches",reason="budget"}'):
+            self.assertEqual(m[key] - m0.get(key, 0), 30, key)
+        self.assertEqual(self.b.request("GET", "/healthz", admin=True).status, 200)
+
+    def test_failures_are_logged_with_rule_position_and_event(self):
+        self.b.post(BATCH)
+        log = self.b.log()
+        self.assertRegex(log, r'msg="rule failed" rule=10-errors file=rules/10-errors.lua:3 '
+                              r'event=ev-\d topic=alarms reason=error error="rules/10-errors.lua:3: '
+                              r"attempt to index a nil value \(field 'site'\)\"")
+        self.assertRegex(log, r'rule=20-loops file=rules/20-loops.lua:3 event=ev-\d .*'
+                              r'reason=budget error="rules/20-loops.lua:3: instruction budget '
+                              r'exceeded \(200000 instructions\)"')
+        self.assertRegex(log, r'rule=30-eats file=rules/30-eats.lua event=ev-\d .*reason=memory '
+                              r'error="rules/30-eats.lua: memory limit of 16384 KB reached"')
+
+    def test_failure_logs_are_rate_limited(self):
+        for _ in range(5):
+            self.b.post(BATCH)
+        log = self.b.log()
+        # Ten lines per rule per ten seconds; the metrics count the rest.
+        self.assertLessEqual(len(re.findall(r"rule=10-errors file=", log)), 10 * 2)
+
+
+class HoardingRule(unittest.TestCase):
+    """A rule that keeps what it allocates fills its VM; brume gives the
+    worker a fresh one and goes on."""
+
+    def test_vm_is_rebuilt(self):
+        with Brume("""
+sources = { mist = { path = "/mist", secret = "%s" } }
+targets = { out = { kind = "file", path = "var/out.jsonl" } }
+limits = { memory = "8MB" }
+""" % harness.SECRET, rules={
+            "hoard.lua": """
+local kept = {}
+return { topics = "alarms", on_event = function(ev)
+  for i = 1, 500 do kept[#kept + 1] = ("x"):rep(1024) .. #kept end
+end }""",
+            "good.lua": """
+return { topics = "alarms", on_event = function(ev) brume.send("out", { id = ev.id }) end }""",
+        }, workers=1) as b:
+            for i in range(40):
+                self.assertEqual(b.post(BATCH).status, 200)
+                if "rebuilding this worker's VM" in b.log():
+                    break
+            b.wait_log("rebuilding this worker's VM", 10)
+            time.sleep(0.2)
+            for _ in range(3):
+                self.assertEqual(b.post(BATCH).status, 200)
+            self.assertGreaterEqual(len(b.lines("out.jsonl")), 9)
+
+
+if __name__ == "__main__":
+    unittest.main()

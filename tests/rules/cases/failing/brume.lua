@@ -1,0 +1,3 @@
+sources = { mist = { path = "/mist", insecure = true } }
+targets = { out = { kind = "file", path = "/dev/null" } }
+limits = { instructions = 100000, memory = "8MB" }

@@ -1,0 +1,343 @@
+/* engine: rules load in file-name order and run on the events of their
+ * topic; a failing rule is contained; the brume module works in a rule. */
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "intake.h"
+#include "log.h"
+#include "test.h"
+
+static char dir[64];
+static struct brm_config *cfg;
+
+static void write_file(const char *rel, const char *text) {
+    char *path = brm_xasprintf("%s/%s", dir, rel);
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+    free(path);
+}
+
+static void clear_rules(void) {
+    char *cmd = brm_xasprintf("rm -rf %s/rules && mkdir -p %s/rules", dir, dir);
+    CHECK_INT(system(cmd), 0);
+    free(cmd);
+}
+
+/* Loads the engine; errors are formatted into ERRS_OUT (may be NULL). */
+static struct brm_engine *engine(struct brm_buf *errs_out) {
+    struct brm_errors errs = { 0 };
+    struct brm_engine *e = brm_engine_new(cfg, &errs);
+    for (size_t i = 0; i < errs.n && errs_out; i++) {
+        char line[1024];
+        brm_err_format(&errs.v[i], line, sizeof(line));
+        const char *base = strstr(line, "rules/");
+        brm_buf_printf(errs_out, "%s\n", base ? base : line);
+    }
+    if (!e && !errs_out)
+        for (size_t i = 0; i < errs.n; i++) fprintf(stderr, "  %s\n", errs.v[i].msg);
+    brm_errors_reset(&errs);
+    return e;
+}
+
+/* Runs BODY; the messages sent are joined, one "rule>target>json" a line. */
+static struct brm_dispatch_stats run(struct brm_engine *e, const char *body, struct brm_buf *out) {
+    struct brm_actions a = { 0 };
+    struct brm_dispatch_stats st = { 0 };
+    struct brm_err err;
+    struct brm_batch b = { "mist", 42, 1700000000.5 };
+    out->len = 0;
+    brm_buf_puts(out, "");
+    int rc = brm_intake_run(e, body, strlen(body), &b, &a, NULL, &st, &err);
+    CHECK_INT(rc, BRM_OK);
+    for (size_t i = 0; i < a.n; i++)
+        brm_buf_printf(out, "%s>%s>%s\n", a.v[i].rule, a.v[i].target, a.v[i].body);
+    brm_actions_reset(&a);
+    CHECK_INT(lua_gettop(brm_engine_state(e)), 0);
+    return st;
+}
+
+#define ALARM(type) "{\"topic\":\"alarms\",\"events\":[{\"id\":\"a1\",\"type\":\"" type "\"}]}"
+
+static void check_order_and_topics(void) {
+    struct brm_buf out;
+    brm_buf_init(&out);
+    clear_rules();
+    write_file("rules/20-second.lua", "return { topics = 'alarms', on_event = function(ev) "
+                                      "brume.send('t', { n = 2 }) end }");
+    write_file("rules/10-first.lua", "return { topics = { 'alarms' }, on_event = function(ev) "
+                                     "brume.send('t', { n = 1 }) end }");
+    write_file("rules/30-devices.lua",
+               "return { name = 'devices', topics = { 'device_events' }, "
+               "on_event = function(ev, ctx) brume.send('t', { topic = ctx.topic }) end }");
+    write_file("rules/40-all.lua", "return { topics = '*', on_event = function(ev, ctx) "
+                                   "brume.send('t', { all = ctx.topic }) end }");
+    write_file("rules/README.md", "not a rule");
+    write_file("rules/.hidden.lua", "syntax error here");
+    struct brm_engine *e = engine(NULL);
+    CHECK(e != NULL);
+    if (!e) return;
+    CHECK_INT(brm_engine_rule_count(e), 4);
+    struct brm_dispatch_stats st = run(e, ALARM("x"), &out);
+    CHECK_STR(out.data,
+              "10-first>t>{\"n\":1}\n20-second>t>{\"n\":2}\n40-all>t>{\"all\":\"alarms\"}\n");
+    CHECK_INT(st.events, 1);
+    CHECK_INT(st.runs, 3);
+    /* '_' and '-' are the same in topic names, on either side. */
+    run(e, "{\"topic\":\"device-events\",\"events\":[{}]}", &out);
+    CHECK_STR(out.data, "devices>t>{\"topic\":\"device-events\"}\n"
+                        "40-all>t>{\"all\":\"device-events\"}\n");
+    run(e, "{\"topic\":\"device_events\",\"events\":[{}]}", &out);
+    CHECK_HAS(out.data, "devices>t>");
+    /* A topic no rule names reaches the "*" rules only. */
+    run(e, "{\"topic\":\"brand-new\",\"events\":[{},{}]}", &out);
+    CHECK_STR(out.data, "40-all>t>{\"all\":\"brand-new\"}\n40-all>t>{\"all\":\"brand-new\"}\n");
+    run(e, "{\"topic\":\"alarms\",\"events\":[]}", &out);
+    CHECK_STR(out.data, "");
+    brm_engine_free(e);
+    brm_buf_reset(&out);
+}
+
+static void check_where_and_ctx(void) {
+    struct brm_buf out;
+    brm_buf_init(&out);
+    clear_rules();
+    write_file("rules/rogue.lua",
+               "return { topics = 'alarms', where = { type = { 'rogue_ap', 'rogue-ap-detected' } },"
+               " on_event = function(ev) brume.send('t', { type = ev.type }) end }");
+    write_file("rules/count.lua",
+               "return { topics = 'alarms', where = { count = 16, update = true },"
+               " on_event = function(ev) brume.send('t', { count = ev.count }) end }");
+    write_file("rules/ctx.lua",
+               "return { topics = 'ping', on_event = function(ev, ctx) brume.send('t', {"
+               " topic = ctx.topic, source = ctx.source, delivery = ctx.delivery,"
+               " index = ctx.index, org = ctx.org_id, at = ctx.received_at,"
+               " events = ctx.events }) end }");
+    struct brm_engine *e = engine(NULL);
+    CHECK(e != NULL);
+    if (!e) return;
+    run(e, ALARM("rogue_ap"), &out);
+    CHECK_STR(out.data, "rogue>t>{\"type\":\"rogue_ap\"}\n");
+    run(e, ALARM("rogue-ap-detected"), &out);
+    CHECK_STR(out.data, "rogue>t>{\"type\":\"rogue-ap-detected\"}\n");
+    run(e, ALARM("rogue_client"), &out);
+    CHECK_STR(out.data, "");
+    run(e,
+        "{\"topic\":\"alarms\",\"events\":[{\"count\":16,\"update\":true},"
+        "{\"count\":16},{\"count\":16.0,\"update\":true}]}",
+        &out);
+    CHECK_STR(out.data, "count>t>{\"count\":16}\ncount>t>{\"count\":16}\n");
+    run(e, "{\"topic\":\"ping\",\"org_id\":\"o1\",\"events\":[{},{}]}", &out);
+    /* JSON objects come out in hash order: look for each field. */
+    CHECK_HAS(out.data, "\"index\":1");
+    CHECK_HAS(out.data, "\"index\":2");
+    CHECK_HAS(out.data, "\"org\":\"o1\"");
+    CHECK_HAS(out.data, "\"topic\":\"ping\"");
+    CHECK_HAS(out.data, "\"source\":\"mist\"");
+    CHECK_HAS(out.data, "\"at\":1700000000.5");
+    CHECK_HAS(out.data, "\"delivery\":42");
+    CHECK(strstr(out.data, "\"events\"") == NULL);
+    brm_engine_free(e);
+    brm_buf_reset(&out);
+}
+
+static void check_failures(void) {
+    struct brm_buf out;
+    brm_buf_init(&out);
+    clear_rules();
+    write_file("rules/1-errors.lua",
+               "return { topics = 'alarms', on_event = function(ev) error('boom') end }");
+    write_file("rules/2-loops.lua",
+               "return { topics = 'alarms', on_event = function(ev) while true do end end }");
+    write_file("rules/3-eats.lua",
+               "return { topics = 'alarms', on_event = function(ev) local t = {}"
+               " for i = 1, 1e9 do t[i] = ('x'):rep(4096) .. i end end }");
+    write_file("rules/4-nil.lua",
+               "return { topics = 'alarms', on_event = function(ev) return ev.nope.deeper end }");
+    write_file("rules/5-sends.lua",
+               "return { topics = 'alarms', on_event = function(ev) brume.send('t', { id = ev.id })"
+               " end }");
+    write_file(
+        "rules/6-bad-send.lua",
+        "return { topics = 'alarms', on_event = function(ev) brume.send('nowhere', {}) end }");
+    write_file("rules/7-too-many.lua", "return { topics = 'alarms', on_event = function(ev)"
+                                       " for i = 1, 200 do brume.send('t', { i = i }) end end }");
+    write_file("rules/8-bad-message.lua",
+               "return { topics = 'alarms', on_event = function(ev) brume.send('t', { f = print })"
+               " end }");
+    struct brm_engine *e = engine(NULL);
+    CHECK(e != NULL);
+    if (!e) return;
+    /* Every event still reaches the rule that works, and the VM goes on. */
+    for (int i = 0; i < 3; i++) {
+        struct brm_dispatch_stats st =
+            run(e, "{\"topic\":\"alarms\",\"events\":[{\"id\":\"e1\"},{\"id\":\"e2\"}]}", &out);
+        CHECK_INT(st.runs, 16);
+        CHECK_INT(st.errors, 14);
+        CHECK_HAS(out.data, "5-sends>t>{\"id\":\"e1\"}\n");
+        CHECK_HAS(out.data, "5-sends>t>{\"id\":\"e2\"}\n");
+        /* brume.send stopped at 100 messages for the event. */
+        size_t n = 0;
+        for (const char *p = out.data; (p = strstr(p, "7-too-many>")); p++) n++;
+        CHECK_INT(n, 2 * BRM_MAX_ACTIONS_PER_EVENT); /* per rule, not shared */
+    }
+    CHECK(brm_engine_memory(e) < cfg->memory);
+    brm_engine_free(e);
+    brm_buf_reset(&out);
+}
+
+static void check_api(void) {
+    struct brm_buf out;
+    brm_buf_init(&out);
+    clear_rules();
+    write_file("rules/api.lua", "local mist = require 'brume.mist'\n"
+                                "return { topics = 'audits', on_event = function(ev, ctx)\n"
+                                "  local after = brume.json.decode(ev.after)\n"
+                                "  local bad, msg = brume.json.decode('{')\n"
+                                "  brume.send('t', {\n"
+                                "    power = after.radio_config.band_24.power,\n"
+                                "    null = after.radio_config.band_24.power_min == brume.null,\n"
+                                "    bad = bad == nil and msg ~= nil,\n"
+                                "    hmac = brume.hmac_sha256('secret', '') ,\n"
+                                "    b64 = brume.base64.encode('foobar'),\n"
+                                "    back = brume.base64.decode('Zm9vYmFy'),\n"
+                                "    now = brume.now() > 1700000000,\n"
+                                "    json = brume.json.encode({ a = 1 }),\n"
+                                "    changes = #mist.audit_diff(ev),\n"
+                                "  })\n"
+                                "  brume.log.info('audit seen', { admin = ev.admin_name })\n"
+                                "  print('printed', 1, nil)\n"
+                                "end }\n");
+    write_file("rules/emit.lua",
+               "return { topics = 'alarms', on_event = function(ev, ctx)\n"
+               "  brume.emit('derived_things', { id = 'd-' .. ev.id, from = ctx.topic })\n"
+               "end }\n");
+    write_file("rules/derived.lua",
+               "return { topics = 'derived-things', on_event = function(ev, ctx)\n"
+               "  brume.send('t', { id = ev.id, from = ev.from, topic = ctx.topic,"
+               " emitted_from = ctx.emitted_from })\n"
+               "end }\n");
+    write_file("rules/loop.lua", "return { topics = 'loop', on_event = function(ev, ctx)\n"
+                                 "  brume.send('t', { depth = ev.depth })\n"
+                                 "  brume.emit('loop', { depth = ev.depth + 1 })\n"
+                                 "end }\n");
+    struct brm_engine *e = engine(NULL);
+    CHECK(e != NULL);
+    if (!e) return;
+    char path[512];
+    snprintf(path, sizeof(path), "%s/mist/audits--update-site-settings-delivery-log.json",
+             FIXTURES);
+    struct brm_buf body;
+    brm_buf_init(&body);
+    brm_read_file(path, 1 << 20, &body);
+    struct brm_dispatch_stats st = run(e, body.data, &out);
+    CHECK_INT(st.errors, 0);
+    CHECK_HAS(out.data, "\"power\":10");
+    CHECK_HAS(out.data, "\"null\":true");
+    CHECK_HAS(out.data, "\"bad\":true");
+    CHECK_HAS(out.data,
+              "\"hmac\":\"f9e66e179b6747ae54108f82f8ade8b3c25d76fd30afde6c395822c530196169\"");
+    CHECK_HAS(out.data, "\"b64\":\"Zm9vYmFy\"");
+    CHECK_HAS(out.data, "\"back\":\"foobar\"");
+    CHECK_HAS(out.data, "\"now\":true");
+    CHECK_HAS(out.data, "\"json\":\"{\\\"a\\\":1}\"");
+    CHECK_HAS(out.data, "\"changes\":4"); /* power_min, power_max, power, preamble */
+    brm_buf_reset(&body);
+
+    st = run(e, ALARM("x"), &out);
+    CHECK_HAS(out.data, "derived>t>{");
+    CHECK_HAS(out.data, "\"from\":\"alarms\"");
+    CHECK_HAS(out.data, "\"id\":\"d-a1\"");
+    CHECK_HAS(out.data, "\"topic\":\"derived-things\"");
+    CHECK_HAS(out.data, "\"emitted_from\":\"alarms\"");
+    CHECK_INT(st.events, 2);
+    /* A rule that emits into its own topic stops at the depth limit. */
+    st = run(e, "{\"topic\":\"loop\",\"events\":[{\"depth\":0}]}", &out);
+    size_t n = 0;
+    for (const char *p = out.data; (p = strstr(p, "loop>")); p++) n++;
+    CHECK_INT(n, BRM_MAX_EMIT_DEPTH + 1);
+    CHECK_INT(st.errors, 1);
+    brm_engine_free(e);
+    brm_buf_reset(&out);
+}
+
+static void check_bad_rules(void) {
+    struct brm_buf errs;
+    brm_buf_init(&errs);
+    clear_rules();
+    write_file("rules/a-syntax.lua", "return {\n  topics = 'alarms',\n  on_event = function(ev)\n"
+                                     "    if then\n  end,\n}\n");
+    write_file("rules/b-number.lua", "return 42");
+    write_file("rules/c-typo.lua", "return { topic = 'alarms', on_event = function() end }");
+    write_file("rules/d-no-fn.lua", "return { topics = 'alarms' }");
+    write_file("rules/e-empty-topics.lua", "return { topics = {}, on_event = function() end }");
+    write_file("rules/f-where.lua",
+               "return { topics = 'x', where = { type = {} }, on_event = function() end }");
+    write_file("rules/g-send-at-load.lua", "brume.send('t', {})\nreturn {}");
+    write_file("rules/h-loop-at-load.lua", "while true do end");
+    write_file("rules/i-dup.lua", "return { name = 'dup', topics = 'x', on_event = print }");
+    write_file("rules/j-dup.lua", "return { name = 'dup', topics = 'x', on_event = print }");
+    write_file("rules/k-requires.lua", "require 'missing.module'\nreturn {}");
+    struct brm_engine *e = engine(&errs);
+    CHECK(e == NULL);
+    CHECK_HAS(errs.data, "rules/a-syntax.lua:4: unexpected symbol near 'then'\n");
+    CHECK_HAS(errs.data, "rules/b-number.lua: a rule must return a table with topics and "
+                         "on_event (it returned number)\n");
+    CHECK_HAS(errs.data, "rules/c-typo.lua: unknown key 'topic' in the rule");
+    CHECK_HAS(errs.data, "rules/c-typo.lua: topics: expected a topic name");
+    CHECK_HAS(errs.data, "rules/d-no-fn.lua: on_event: expected a function");
+    CHECK_HAS(errs.data, "rules/e-empty-topics.lua: topics: expected");
+    CHECK_HAS(errs.data, "rules/f-where.lua: where.type: expected");
+    CHECK_HAS(errs.data, "rules/g-send-at-load.lua:1: brume.send can only be called while "
+                         "handling an event\n");
+    CHECK_HAS(errs.data, "rules/h-loop-at-load.lua:1: instruction budget exceeded");
+    CHECK_HAS(errs.data, "rules/j-dup.lua: another rule is named 'dup'");
+    CHECK_HAS(errs.data, "rules/k-requires.lua:1: module 'missing.module' not found");
+    brm_buf_reset(&errs);
+}
+
+static void check_kept_memory(void) {
+    /* A rule that keeps what it allocates fills the VM; the engine says so,
+     * so the worker can swap in a fresh VM. */
+    struct brm_buf out;
+    brm_buf_init(&out);
+    clear_rules();
+    write_file("rules/hoard.lua", "local kept = {}\nreturn { topics = 'alarms', on_event = "
+                                  "function(ev) for i = 1, 2000 do kept[#kept + 1] = "
+                                  "('x'):rep(1024) .. #kept end end }");
+    struct brm_engine *e = engine(NULL);
+    CHECK(e != NULL);
+    if (!e) return;
+    for (int i = 0; i < 40 && !brm_engine_exhausted(e); i++) run(e, ALARM("x"), &out);
+    CHECK(brm_engine_exhausted(e));
+    brm_engine_free(e);
+    brm_buf_reset(&out);
+}
+
+int main(void) {
+    snprintf(dir, sizeof(dir), "/tmp/brume-engine-XXXXXX");
+    CHECK(mkdtemp(dir) != NULL);
+    brm_log_setup(BRM_LOG_ERROR, BRM_LOG_LOGFMT);
+    write_file("brume.lua", "sources = { mist = { path = '/mist', secret = 's' } }\n"
+                            "targets = { t = { kind = 'file', path = 'out.jsonl' } }\n"
+                            "limits = { instructions = 100000, memory = '8MB' }\n");
+    char *path = brm_xasprintf("%s/brume.lua", dir);
+    struct brm_errors errs = { 0 };
+    cfg = brm_config_load(path, &errs);
+    free(path);
+    CHECK(cfg != NULL);
+    if (!cfg) return test_done();
+    check_order_and_topics();
+    check_where_and_ctx();
+    check_failures();
+    check_api();
+    check_bad_rules();
+    check_kept_memory();
+    brm_config_free(cfg);
+    char *cmd = brm_xasprintf("rm -rf %s", dir);
+    CHECK_INT(system(cmd), 0);
+    free(cmd);
+    return test_done();
+}

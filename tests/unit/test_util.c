@@ -1,0 +1,140 @@
+/* util: sizes, durations, hex, base64, addresses, paths, JSON strings. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "test.h"
+#include "util.h"
+
+static double duration(const char *s) {
+    double v = -1;
+    return brm_parse_duration(s, &v) == 0 ? v : -1;
+}
+
+static long long size(const char *s) {
+    uint64_t v = 0;
+    return brm_parse_size(s, &v) == 0 ? (long long)v : -1;
+}
+
+static void check_base64(const char *plain, const char *encoded) {
+    char out[256];
+    unsigned char back[256];
+    brm_base64_encode((const unsigned char *)plain, strlen(plain), out);
+    CHECK_STR(out, encoded);
+    CHECK_INT(brm_base64_encoded_len(strlen(plain)), strlen(encoded));
+    long n = brm_base64_decode(encoded, strlen(encoded), back);
+    CHECK_INT(n, strlen(plain));
+    CHECK(n >= 0 && memcmp(back, plain, (size_t)n) == 0);
+}
+
+static const char *json(const char *s, size_t n) {
+    static struct brm_buf b;
+    brm_buf_reset(&b);
+    brm_buf_json_string(&b, s, n);
+    return b.data;
+}
+
+int main(void) {
+    CHECK(duration("90s") == 90);
+    CHECK(duration("15m") == 900);
+    CHECK(duration("24h") == 86400);
+    CHECK(duration("2d") == 172800);
+    CHECK(fabs(duration("250ms") - 0.25) < 1e-9);
+    CHECK(duration("10") == 10);
+    CHECK(duration("1.5s") == 1.5);
+    CHECK(duration("") == -1);
+    CHECK(duration("s") == -1);
+    CHECK(duration("10x") == -1);
+    CHECK(duration("-1s") == -1);
+    CHECK(duration("1.s") == -1);
+
+    CHECK_INT(size("8MB"), 8 << 20);
+    CHECK_INT(size("64kb"), 64 << 10);
+    CHECK_INT(size("1G"), 1 << 30);
+    CHECK_INT(size("512"), 512);
+    CHECK_INT(size("512 B"), 512);
+    CHECK_INT(size("1.5KB"), 1536);
+    CHECK_INT(size("MB"), -1);
+    CHECK_INT(size("8 parsecs"), -1);
+    CHECK_INT(size("99999999999999999999GB"), -1);
+
+    char hex[9];
+    unsigned char bytes[4] = { 0xde, 0xad, 0x00, 0x0f }, back[4];
+    brm_hex_encode(bytes, 4, hex);
+    CHECK_STR(hex, "dead000f");
+    CHECK_INT(brm_hex_decode("DEAD000F", 4, back), 0);
+    CHECK(memcmp(back, bytes, 4) == 0);
+    CHECK_INT(brm_hex_decode("dead00xf", 4, back), -1);
+
+    /* RFC 4648 section 10. */
+    check_base64("", "");
+    check_base64("f", "Zg==");
+    check_base64("fo", "Zm8=");
+    check_base64("foo", "Zm9v");
+    check_base64("foob", "Zm9vYg==");
+    check_base64("fooba", "Zm9vYmE=");
+    check_base64("foobar", "Zm9vYmFy");
+    unsigned char out[16];
+    CHECK_INT(brm_base64_decode("Zm9vYg", 6, out), 4); /* padding is optional */
+    CHECK_INT(brm_base64_decode("Zm9v!g==", 8, out), -1);
+    CHECK_INT(brm_base64_decode("Z", 1, out), -1);
+
+    char host[64];
+    int port = -1;
+    CHECK_INT(brm_split_addr("127.0.0.1:8080", host, sizeof(host), &port), 0);
+    CHECK_STR(host, "127.0.0.1");
+    CHECK_INT(port, 8080);
+    CHECK_INT(brm_split_addr("[::1]:443", host, sizeof(host), &port), 0);
+    CHECK_STR(host, "::1");
+    CHECK_INT(port, 443);
+    CHECK_INT(brm_split_addr(":0", host, sizeof(host), &port), 0);
+    CHECK_STR(host, "");
+    CHECK_INT(port, 0);
+    CHECK_INT(brm_split_addr("localhost", host, sizeof(host), &port), -1);
+    CHECK_INT(brm_split_addr("h:70000", host, sizeof(host), &port), -1);
+    CHECK_INT(brm_split_addr("h:", host, sizeof(host), &port), -1);
+    CHECK_INT(brm_split_addr("h:80x", host, sizeof(host), &port), -1);
+    CHECK_INT(brm_split_addr("[::1:80", host, sizeof(host), &port), -1);
+
+    char *p = brm_path_join("examples", "../var");
+    CHECK_STR(p, "examples/../var");
+    free(p);
+    p = brm_path_join("examples/", "/abs");
+    CHECK_STR(p, "/abs");
+    free(p);
+    p = brm_path_join(".", "rules");
+    CHECK_STR(p, "rules");
+    free(p);
+    p = brm_path_dir("examples/brume.lua");
+    CHECK_STR(p, "examples");
+    free(p);
+    p = brm_path_dir("brume.lua");
+    CHECK_STR(p, ".");
+    free(p);
+    p = brm_path_dir("/brume.lua");
+    CHECK_STR(p, "/");
+    free(p);
+
+    CHECK_STR(json("plain", 5), "\"plain\"");
+    CHECK_STR(json("a\"b\\c", 5), "\"a\\\"b\\\\c\"");
+    CHECK_STR(json("l1\nl2\t\r", 7), "\"l1\\nl2\\t\\r\"");
+    CHECK_STR(json("\x01\x7f", 2), "\"\\u0001\\u007f\"");
+    CHECK_STR(json("nul\0x", 5), "\"nul\\u0000x\"");
+    CHECK_STR(json("caf\xc3\xa9", 5), "\"caf\xc3\xa9\"");
+
+    char ts[40];
+    brm_time_iso8601(1685985159.0102212, ts, sizeof(ts));
+    CHECK_STR(ts, "2023-06-05T17:12:39.010Z");
+
+    struct brm_err e;
+    char msg[128];
+    brm_err_at(&e, "rules/x.lua", 12, "boom %d", 1);
+    brm_err_format(&e, msg, sizeof(msg));
+    CHECK_STR(msg, "rules/x.lua:12: boom 1");
+    brm_err_at(&e, "rules/x.lua", 0, "no line");
+    brm_err_format(&e, msg, sizeof(msg));
+    CHECK_STR(msg, "rules/x.lua: no line");
+    brm_err_set(&e, "plain");
+    brm_err_format(&e, msg, sizeof(msg));
+    CHECK_STR(msg, "plain");
+    return test_done();
+}
