@@ -11,16 +11,24 @@
 struct brm_api {
     const struct brm_config *cfg;
     struct brm_scope *scope;
+    struct brm_sandbox *sb;
+    int dry_run;
+    int targets; /* registry reference: name -> { options, adapter, secrets } */
+    int mask;    /* registry reference to brume.target.mask */
 };
 
 void brm_actions_reset(struct brm_actions *a) {
     for (size_t i = 0; i < a->n; i++) {
         struct brm_action *x = &a->v[i];
+        free(x->key);
         free(x->rule);
         free(x->target);
         free(x->topic);
         free(x->event_id);
-        free(x->body);
+        free(x->message);
+        free(x->request);
+        free(x->display);
+        free(x->ticket);
     }
     free(a->v);
     a->v = NULL;
@@ -29,6 +37,10 @@ void brm_actions_reset(struct brm_actions *a) {
 
 void brm_api_set_scope(struct brm_api *api, struct brm_scope *scope) {
     api->scope = scope;
+}
+
+void brm_api_set_dry_run(struct brm_api *api, int on) {
+    api->dry_run = on;
 }
 
 static struct brm_api *get_api(lua_State *L) {
@@ -43,6 +55,128 @@ static struct brm_scope *need_scope(lua_State *L, const char *fn) {
 
 /* ---- actions ------------------------------------------------------------ */
 
+/* Checks what an adapter returned (on top of the stack): a request
+ * { method, url, headers, body }, or for a ticket kind a plan { ticket,
+ * lookup, create, update } of such requests. Raises when it is neither. */
+static void check_request(lua_State *L, int idx, const char *kind, int ticket) {
+    idx = lua_absindex(L, idx);
+    if (lua_type(L, idx) != LUA_TTABLE)
+        luaL_error(L, "brume.send: the %s adapter returned %s, not a request", kind,
+                   luaL_typename(L, idx));
+    if (ticket) {
+        if (lua_getfield(L, idx, "ticket") != LUA_TSTRING)
+            luaL_error(L, "brume.send: the %s adapter's plan has no ticket key", kind);
+        lua_pop(L, 1);
+        int steps = 0;
+        static const char *const names[] = { "lookup", "create", "update" };
+        for (size_t i = 0; i < BRM_ARRAY_LEN(names); i++) {
+            if (lua_getfield(L, idx, names[i]) == LUA_TTABLE) {
+                check_request(L, -1, kind, 0);
+                steps++;
+            }
+            lua_pop(L, 1);
+        }
+        if (!steps) luaL_error(L, "brume.send: the %s adapter's plan has no request", kind);
+        return;
+    }
+    if (lua_getfield(L, idx, "method") != LUA_TSTRING || lua_getfield(L, idx, "url") != LUA_TSTRING)
+        luaL_error(L, "brume.send: the %s adapter's request needs a method and a url", kind);
+    lua_pop(L, 2);
+    int t = lua_getfield(L, idx, "body");
+    if (t != LUA_TNIL && t != LUA_TSTRING)
+        luaL_error(L, "brume.send: the %s adapter's request body must be a string", kind);
+    lua_pop(L, 1);
+    if (lua_getfield(L, idx, "headers") == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+                luaL_error(L, "brume.send: the %s adapter's headers must be strings", kind);
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
+/* Encodes the value at IDX as a malloc'ed JSON string; raises on failure. */
+static char *encode(lua_State *L, int idx, const char *what) {
+    struct brm_err err;
+    if (brm_json_encode(L, idx, &err) < 0)
+        luaL_error(L, "%s cannot be encoded as JSON: %s", what, err.msg);
+    size_t len;
+    const char *json = lua_tolstring(L, -1, &len);
+    if (len > BRM_MAX_MESSAGE)
+        luaL_error(L, "%s is %d bytes, more than the %d allowed", what, (int)len,
+                   (int)BRM_MAX_MESSAGE);
+    char *copy = brm_xstrndup(json, len);
+    lua_pop(L, 1);
+    return copy;
+}
+
+/*
+ * Appends an action for the request at REQ (and the message at MSG, 0 for
+ * none) to TARGET. The strings are made before the action is: a raise
+ * midway cannot leave a half-filled action, and what was allocated is freed
+ * by the to-be-closed guard below.
+ */
+static void add_action(lua_State *L, struct brm_api *api, const struct brm_target *target, int msg,
+                       int req, const char *ticket, const char *key) {
+    struct brm_scope *s = api->scope;
+    struct brm_action x = { 0 };
+    x.request = encode(L, req, "brume.send: the request");
+    /* From here on a raise would leak: do what can fail first. */
+    char *message = NULL, *display = NULL;
+    if (msg) {
+        struct brm_err err;
+        if (brm_json_encode(L, msg, &err) == 0) {
+            message = brm_xstrdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    if (api->dry_run && api->mask != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, api->mask);
+        lua_pushvalue(L, req);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, api->targets);
+        lua_getfield(L, -1, target->name);
+        lua_getfield(L, -1, "secrets");
+        lua_replace(L, -3);
+        lua_pop(L, 1);
+        if (lua_pcall(L, 2, 1, 0) == LUA_OK) {
+            struct brm_err err;
+            if (brm_json_encode(L, -1, &err) == 0) {
+                display = brm_xstrdup(lua_tostring(L, -1));
+                lua_pop(L, 1);
+            }
+        }
+        lua_pop(L, 1);
+    }
+    struct brm_actions *a = s->sink;
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 8;
+        a->v = brm_xrealloc(a->v, a->cap * sizeof(*a->v));
+    }
+    x.key = brm_xstrdup(key);
+    x.rule = brm_xstrdup(s->rule);
+    x.target = brm_xstrdup(target->name);
+    x.topic = brm_xstrdup(s->topic);
+    x.event_id = brm_xstrdup(s->event_id);
+    x.event = s->index;
+    x.seq = s->sent;
+    x.message = message ? message : brm_xstrdup("null");
+    x.display = display;
+    x.ticket = ticket ? brm_xstrdup(ticket) : NULL;
+    a->v[a->n++] = x;
+}
+
+/* Counts one more message for the scope and writes its key into KEY. */
+static void next_key(lua_State *L, struct brm_scope *s, char *key, size_t size) {
+    if (s->rule_sent >= BRM_MAX_ACTIONS_PER_EVENT)
+        luaL_error(L, "brume.send: more than %d messages from one rule for one event",
+                   BRM_MAX_ACTIONS_PER_EVENT);
+    s->sent++;
+    s->rule_sent++;
+    snprintf(key, size, "%llu:%zu:%zu", (unsigned long long)s->delivery, s->index, s->sent);
+}
+
 static int api_send(lua_State *L) {
     struct brm_api *api = get_api(L);
     struct brm_scope *s = need_scope(L, "brume.send");
@@ -55,35 +189,95 @@ static int api_send(lua_State *L) {
             return luaL_argerror(
                 L, 3, lua_pushfstring(L, "unknown option '%s'", luaL_tolstring(L, -2, NULL)));
     }
+    lua_settop(L, 2);
     const struct brm_target *t = brm_config_target(api->cfg, name);
     if (!t) return luaL_error(L, "brume.send: no target named '%s' in the config", name);
-    if (s->rule_sent >= BRM_MAX_ACTIONS_PER_EVENT)
-        return luaL_error(L, "brume.send: more than %d messages from one rule for one event",
-                          BRM_MAX_ACTIONS_PER_EVENT);
-    struct brm_err err;
-    if (brm_json_encode(L, 2, &err) < 0)
-        return luaL_error(L, "brume.send: the message cannot be encoded as JSON: %s", err.msg);
-    size_t len;
-    const char *json = lua_tolstring(L, -1, &len);
-    if (len > BRM_MAX_MESSAGE)
-        return luaL_error(L, "brume.send: the message is %zu bytes, more than the %u allowed", len,
-                          BRM_MAX_MESSAGE);
-    /* Nothing below raises: the C copies cannot leak on a longjmp. */
-    struct brm_actions *a = s->sink;
-    if (a->n == a->cap) {
-        a->cap = a->cap ? a->cap * 2 : 8;
-        a->v = brm_xrealloc(a->v, a->cap * sizeof(*a->v));
+    if (strcmp(t->kind, BRM_HTTP_TARGET) == 0)
+        return luaL_error(L, "brume.send: '%s' is brume.http's target", name);
+    char key[96];
+    next_key(L, s, key, sizeof(key));
+    /* request = adapter.request(options, message, ctx) */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, api->targets);
+    lua_getfield(L, -1, name); /* 4: { options, adapter, secrets } */
+    lua_getfield(L, 4, "adapter");
+    lua_getfield(L, -1, "request");
+    lua_getfield(L, 4, "options");
+    lua_pushvalue(L, 2);
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, key);
+    lua_setfield(L, -2, "key");
+    lua_pushstring(L, s->rule);
+    lua_setfield(L, -2, "rule");
+    lua_pushstring(L, s->topic);
+    lua_setfield(L, -2, "topic");
+    lua_pushstring(L, s->event_id);
+    lua_setfield(L, -2, "event");
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "target");
+    lua_call(L, 3, 1); /* still inside the rule's protected call */
+    int req = lua_gettop(L);
+    check_request(L, req, t->kind, t->ticket);
+    const char *ticket = NULL;
+    if (t->ticket) {
+        lua_getfield(L, req, "ticket");
+        ticket = lua_tostring(L, -1);
     }
-    struct brm_action *x = &a->v[a->n++];
-    x->rule = brm_xstrdup(s->rule);
-    x->target = brm_xstrdup(t->name);
-    x->topic = brm_xstrdup(s->topic);
-    x->event_id = brm_xstrdup(s->event_id);
-    x->event = s->index;
-    x->seq = ++s->sent;
-    s->rule_sent++;
-    x->body = brm_xstrndup(json, len);
-    x->len = len;
+    add_action(L, api, t, 2, req, ticket, key);
+    return 0;
+}
+
+/* brume.http{ url =, method = "POST", headers = {}, body = string or table }. */
+static int api_http(lua_State *L) {
+    struct brm_api *api = get_api(L);
+    struct brm_scope *s = need_scope(L, "brume.http");
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    lua_createtable(L, 0, 4); /* 2: the request */
+    if (lua_getfield(L, 1, "url") != LUA_TSTRING ||
+        (strncmp(lua_tostring(L, -1), "http://", 7) != 0 &&
+         strncmp(lua_tostring(L, -1), "https://", 8) != 0))
+        return luaL_argerror(L, 1, "url must be an http:// or https:// URL");
+    lua_setfield(L, 2, "url");
+    if (lua_getfield(L, 1, "method") == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushliteral(L, "POST");
+    } else if (lua_type(L, -1) != LUA_TSTRING) {
+        return luaL_argerror(L, 1, "method must be a string");
+    }
+    lua_setfield(L, 2, "method");
+    lua_createtable(L, 0, 2); /* 3: headers */
+    if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+                return luaL_argerror(L, 1, "headers must be strings");
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, 3);
+        }
+    }
+    lua_pop(L, 1);
+    int bt = lua_getfield(L, 1, "body");
+    if (bt == LUA_TTABLE) {
+        struct brm_err err;
+        if (brm_json_encode(L, -1, &err) < 0)
+            return luaL_error(L, "brume.http: the body cannot be encoded as JSON: %s", err.msg);
+        lua_replace(L, -2);
+        lua_getfield(L, 3, "Content-Type");
+        if (lua_isnil(L, -1)) {
+            lua_pushliteral(L, "application/json");
+            lua_setfield(L, 3, "Content-Type");
+        }
+        lua_pop(L, 1);
+    } else if (bt != LUA_TNIL && bt != LUA_TSTRING) {
+        return luaL_argerror(L, 1, "body must be a string or a table");
+    }
+    lua_setfield(L, 2, "body");
+    lua_pushvalue(L, 3);
+    lua_setfield(L, 2, "headers");
+    char key[96];
+    next_key(L, s, key, sizeof(key));
+    add_action(L, api, brm_config_target(api->cfg, BRM_HTTP_TARGET), 0, 2, NULL, key);
     return 0;
 }
 
@@ -255,8 +449,11 @@ static int api_base64_decode(lua_State *L) {
 }
 
 static const luaL_Reg brume_funcs[] = {
-    { "send", api_send }, { "emit", api_emit },
-    { "now", api_now },   { "hmac_sha256", api_hmac_sha256 },
+    { "send", api_send },
+    { "http", api_http },
+    { "emit", api_emit },
+    { "now", api_now },
+    { "hmac_sha256", api_hmac_sha256 },
     { NULL, NULL },
 };
 
@@ -290,6 +487,9 @@ struct brm_api *brm_api_open(struct brm_sandbox *sb, const struct brm_config *cf
     struct brm_api *api = lua_newuserdatauv(L, sizeof(*api), 0);
     api->cfg = cfg;
     api->scope = NULL;
+    api->sb = sb;
+    api->dry_run = 0;
+    api->targets = api->mask = LUA_NOREF;
     int upv = lua_gettop(L);
     /* Anchor the state in the registry: it lives as long as the VM. */
     lua_pushvalue(L, upv);
@@ -313,4 +513,49 @@ struct brm_api *brm_api_open(struct brm_sandbox *sb, const struct brm_config *cf
     brm_sandbox_expose(sb, "print");
     lua_settop(L, upv - 1);
     return api;
+}
+
+int brm_api_load_targets(struct brm_api *api, struct brm_err *err) {
+    static const char loader[] =
+        "local t = require 'brume.target'\n"
+        "local name, kind = ...\n"
+        "if not name then return t.mask end\n"
+        "local adapter, why = t.adapter(kind)\n"
+        "if not adapter then error(('target %s: %s'):format(name, why), 0) end\n"
+        "return adapter\n";
+    lua_State *L = brm_sandbox_state(api->sb);
+    const struct brm_config *cfg = api->cfg;
+    int top = lua_gettop(L);
+    /* The masking function first: brume.http's requests are shown too. */
+    if (brm_sandbox_loadbuffer(api->sb, loader, sizeof(loader) - 1, "=targets", err) < 0 ||
+        brm_sandbox_call(api->sb, 0, 1, err) != BRM_CALL_OK)
+        goto fail;
+    api->mask = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    for (size_t i = 0; i < cfg->ntargets; i++) {
+        const struct brm_target *t = &cfg->targets[i];
+        lua_createtable(L, 0, 3);
+        lua_createtable(L, (int)t->nsecrets, 0);
+        for (size_t k = 0; k < t->nsecrets; k++) {
+            lua_pushstring(L, t->secrets[k]);
+            lua_rawseti(L, -2, (lua_Integer)k + 1);
+        }
+        lua_setfield(L, -2, "secrets");
+        if (t->options) { /* brume.http's own target has no adapter */
+            if (brm_sandbox_loadbuffer(api->sb, loader, sizeof(loader) - 1, "=targets", err) < 0)
+                goto fail;
+            lua_pushstring(L, t->name);
+            lua_pushstring(L, t->kind);
+            if (brm_sandbox_call(api->sb, 2, 1, err) != BRM_CALL_OK) goto fail;
+            lua_setfield(L, -2, "adapter");
+            if (brm_json_decode(L, t->options, strlen(t->options), err) < 0) goto fail;
+            lua_setfield(L, -2, "options");
+        }
+        lua_setfield(L, top + 1, t->name);
+    }
+    api->targets = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+fail:
+    lua_settop(L, top);
+    return -1;
 }

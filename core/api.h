@@ -11,6 +11,7 @@
 #define BRM_API_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 #include "sandbox.h"
@@ -24,16 +25,19 @@
 
 /* One message a rule sent: what the outbox delivers. */
 struct brm_action {
+    char *key; /* idempotency key "<delivery>:<event>:<n>", stable across re-runs */
     char *rule;
     char *target;
     char *topic;
     char *event_id;
-    size_t event; /* position of the event in its batch, from 1 */
-    size_t seq;   /* the n-th message sent for that event, from 1 */
-    char *body;   /* the message as JSON */
-    size_t len;
+    size_t event;  /* position of the event in its batch, from 1 */
+    size_t seq;    /* the n-th message sent for that event, from 1 */
+    char *message; /* the message as JSON */
+    char *request; /* what the adapter made of it: JSON {method, url, headers, body} or a
+                      ticket plan */
+    char *display; /* the request with secrets masked (dry runs only), or NULL */
+    char *ticket;  /* the ticket plan's dedup key, or NULL */
 };
-
 struct brm_actions {
     struct brm_action *v;
     size_t n, cap;
@@ -44,6 +48,7 @@ void brm_actions_reset(struct brm_actions *a); /* frees every action, keeps noth
 /* What the running rule is handling. The engine owns it and sets it around
  * each call with brm_api_set_scope. */
 struct brm_scope {
+    uint64_t delivery; /* id of the body being handled */
     const char *rule;
     const char *topic;    /* normalised */
     const char *event_id; /* ev.id, ev.audit_id, or "topic#index" */
@@ -61,6 +66,12 @@ struct brm_api;
 /* Opens the brume module in SB's VM and exposes it (and print) to user
  * code. CFG must outlive the VM. The state lives in the VM. */
 struct brm_api *brm_api_open(struct brm_sandbox *sb, const struct brm_config *cfg);
+/* Loads the adapter of every target of the config into the VM, for
+ * brume.send. Returns 0, or -1 with ERR set. */
+int brm_api_load_targets(struct brm_api *api, struct brm_err *err);
+/* In a dry run (brume test) each action also carries its request with the
+ * target's secrets masked. */
+void brm_api_set_dry_run(struct brm_api *api, int on);
 /* Sets (or clears, with NULL) the scope of the next calls. */
 void brm_api_set_scope(struct brm_api *api, struct brm_scope *scope);
 

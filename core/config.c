@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api.h"
+#include "json.h"
 #include "log.h"
 #include "sandbox.h"
 
@@ -31,6 +33,7 @@ enum type {
     T_SECRETS,  /* struct brm_source: a string or a list of one or two */
     T_TABLE,    /* nested settings in the same struct */
     T_MAP,      /* name -> settings: an array of structs */
+    T_TARGETS,  /* name -> options, checked by each kind's adapter */
 };
 
 struct schema;
@@ -80,21 +83,11 @@ static const struct setting source_settings[] = {
     SRC("max_body", T_SIZE, max_body, 64, 1u << 30),
 };
 
-#define TGT(k, t, field)                                                                           \
-    { k, t, offsetof(struct brm_target, field), 0, NULL, 0, 0 }
-static const struct setting target_settings[] = {
-    TGT("kind", T_STRING, kind),
-    TGT("path", T_PATH, path),
-};
-
 static const struct schema limits_schema = { limits_settings, BRM_ARRAY_LEN(limits_settings), 0 };
 static const struct schema http_schema = { http_settings, BRM_ARRAY_LEN(http_settings), 0 };
 static const struct schema log_schema = { log_settings, BRM_ARRAY_LEN(log_settings), 0 };
 static const struct schema source_schema = { source_settings, BRM_ARRAY_LEN(source_settings),
                                              sizeof(struct brm_source) };
-static const struct schema target_schema = { target_settings, BRM_ARRAY_LEN(target_settings),
-                                             sizeof(struct brm_target) };
-
 static const struct setting top_settings[] = {
     { "listen", T_ADDRS, offsetof(struct brm_config, listen), offsetof(struct brm_config, nlisten),
       NULL, 0, 0 },
@@ -108,8 +101,7 @@ static const struct setting top_settings[] = {
     { "log", T_TABLE, 0, 0, &log_schema, 0, 0 },
     { "sources", T_MAP, offsetof(struct brm_config, sources), offsetof(struct brm_config, nsources),
       &source_schema, 0, 0 },
-    { "targets", T_MAP, offsetof(struct brm_config, targets), offsetof(struct brm_config, ntargets),
-      &target_schema, 0, 0 },
+    { "targets", T_TARGETS, 0, 0, NULL, 0, 0 },
 };
 static const struct schema top_schema = { top_settings, BRM_ARRAY_LEN(top_settings), 0 };
 
@@ -133,16 +125,41 @@ static int is_reported(lua_State *L, int idx) {
     return lua_touserdata(L, idx) == &REPORTED;
 }
 
-/* The line a nested KEY of top-level setting TOP was written on: the first
- * line holding KEY as a word between the previous top-level assignment and
- * TOP's own (Lua tables do not remember where their fields came from). */
-static int locate(struct loader *ld, const char *top, const char *key) {
+static int is_word_char(char c) {
+    return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+/* The first line in [FROM, TO] of the config's text holding WORD as a word
+ * (WORD is LEN bytes), or 0. */
+static int find_word(struct loader *ld, const char *word, size_t len, int from, int to) {
+    const char *p = ld->text.data ? ld->text.data : "";
+    for (int line = 1; *p && line <= to; line++) {
+        const char *eol = strchr(p, '\n');
+        size_t n = eol ? (size_t)(eol - p) : strlen(p);
+        for (const char *q = p; line >= from && q + len <= p + n; q++)
+            if ((q == p || !is_word_char(q[-1])) && !is_word_char(q[len]) &&
+                memcmp(q, word, len) == 0)
+                return line;
+        if (!eol) break;
+        p = eol + 1;
+    }
+    return 0;
+}
+
+/*
+ * The line a nested setting was written on. Lua tables do not remember
+ * where their fields came from, so: TOP's own assignment gives the end of
+ * a range (the line of the previous top-level assignment its start), and
+ * the parts of PATH ("mist.max_body") are looked for as words, in order,
+ * within it. Falls back to TOP's line.
+ */
+static int locate(struct loader *ld, const char *top, const char *path) {
     lua_State *L = ld->L;
     if (!L) return 0;
     lua_getfield(L, ld->lines, top);
     int end = (int)lua_tointeger(L, -1);
     lua_pop(L, 1);
-    if (!key || end <= 0) return end;
+    if (!path || end <= 0) return end;
     int start = 1;
     lua_pushnil(L);
     while (lua_next(L, ld->lines)) {
@@ -150,26 +167,14 @@ static int locate(struct loader *ld, const char *top, const char *key) {
         if (l < end && l + 1 > start) start = l + 1;
         lua_pop(L, 1);
     }
-    size_t klen = strlen(key);
-    const char *p = ld->text.data ? ld->text.data : "";
-    for (int line = 1; *p && line <= end; line++) {
-        const char *eol = strchr(p, '\n');
-        size_t len = eol ? (size_t)(eol - p) : strlen(p);
-        if (line >= start) {
-            for (const char *q = p; q + klen <= p + len; q++) {
-                int before =
-                    q == p || !(q[-1] == '_' || (q[-1] >= 'a' && q[-1] <= 'z') ||
-                                (q[-1] >= 'A' && q[-1] <= 'Z') || (q[-1] >= '0' && q[-1] <= '9'));
-                char c = q[klen];
-                int after = !(c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                              (c >= '0' && c <= '9'));
-                if (before && after && memcmp(q, key, klen) == 0) return line;
-            }
-        }
-        if (!eol) break;
-        p = eol + 1;
+    int line = start;
+    for (const char *part = path; *part;) {
+        size_t len = strcspn(part, ".");
+        int found = find_word(ld, part, len, line, end);
+        if (found) line = found;
+        part += len + (part[len] == '.');
     }
-    return end;
+    return line > start || find_word(ld, path, strcspn(path, "."), start, end) ? line : end;
 }
 
 static void report(struct loader *ld, const char *top, const char *key, const char *fmt, ...)
@@ -204,7 +209,7 @@ static size_t distance(const char *a, const char *b) {
 }
 
 static void report_unknown(struct loader *ld, const struct schema *sc, const char *top,
-                           const char *where, const char *key) {
+                           const char *where, const char *key, const char *path) {
     const char *best = NULL;
     size_t bestd = 3;
     for (size_t i = 0; i < sc->n; i++) {
@@ -212,10 +217,10 @@ static void report_unknown(struct loader *ld, const struct schema *sc, const cha
         if (d < bestd) bestd = d, best = sc->settings[i].key;
     }
     if (best)
-        report(ld, top, key, "%s%sunknown setting '%s' (did you mean '%s'?)", where,
+        report(ld, top, path, "%s%sunknown setting '%s' (did you mean '%s'?)", where,
                *where ? ": " : "", key, best);
     else
-        report(ld, top, key, "%s%sunknown setting '%s'", where, *where ? ": " : "", key);
+        report(ld, top, path, "%s%sunknown setting '%s'", where, *where ? ": " : "", key);
 }
 
 /* ---- env() and file() --------------------------------------------------- */
@@ -297,7 +302,8 @@ static const char *type_name(enum type t) {
     case T_FORMAT: return "\"logfmt\" or \"json\"";
     case T_SECRETS: return "a string or a list of one or two strings";
     case T_TABLE:
-    case T_MAP: return "a table";
+    case T_MAP:
+    case T_TARGETS: return "a table";
     }
     return "?";
 }
@@ -320,12 +326,56 @@ struct walk {
 
 static void walk_table(struct walk *w, const struct schema *sc, int idx, void *obj);
 
+/* KEY's path below the top-level setting, for locate(): "mist.max_body"
+ * while walking sources.mist. */
+static const char *subpath(const struct walk *w, const char *key, char *buf, size_t size) {
+    const char *dot = strchr(w->where, '.');
+    if (!dot) return key;
+    snprintf(buf, size, "%s.%s", dot + 1, key);
+    return buf;
+}
+
+/* Takes each target's name, kind and options (as JSON, for the adapter to
+ * check once the walk is done: the adapters live in the scripts folder,
+ * which is itself a setting). */
+static void read_targets(struct walk *w, int map, struct brm_config *c) {
+    lua_State *L = w->ld->L;
+    lua_pushnil(L);
+    while (lua_next(L, map)) {
+        struct brm_err err;
+        const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        if (!name || lua_type(L, -1) != LUA_TTABLE) {
+            report(w->ld, "targets", NULL,
+                   "targets: each entry must be name = { kind = ..., ... }");
+        } else if (strcmp(name, BRM_HTTP_TARGET) == 0) {
+            report(w->ld, "targets", name, "targets.%s: the name is brume.http's own target", name);
+        } else {
+            c->targets = brm_xrealloc(c->targets, (c->ntargets + 1) * sizeof(*c->targets));
+            struct brm_target *tg = memset(&c->targets[c->ntargets++], 0, sizeof(*tg));
+            tg->name = brm_xstrdup(name);
+            lua_getfield(L, -1, "kind");
+            if (lua_type(L, -1) == LUA_TSTRING) tg->kind = brm_xstrdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+            if (brm_json_encode(L, -1, &err) < 0) {
+                report(w->ld, "targets", name, "targets.%s: options must be plain values (%s)",
+                       name, err.msg);
+            } else {
+                tg->options = brm_xstrdup(lua_tostring(L, -1));
+                lua_pop(L, 1);
+            }
+        }
+        lua_pop(L, 1);
+    }
+}
+
 /* Converts the value on top of the stack for ST into OBJ. */
 static void convert(struct walk *w, const struct setting *st, void *obj) {
     lua_State *L = w->ld->L;
     char *field = (char *)obj + st->off;
     int t = lua_type(L, -1);
     const char *key = st->key;
+    char pbuf[300];
+    const char *path = subpath(w, key, pbuf, sizeof(pbuf));
     if (is_reported(L, -1)) return;
     switch (st->type) {
     case T_STRING:
@@ -362,12 +412,12 @@ static void convert(struct walk *w, const struct setting *st, void *obj) {
             else
                 lua_pushvalue(L, -1);
             if (lua_type(L, -1) != LUA_TSTRING || !valid_addr(lua_tostring(L, -1)))
-                report(w->ld, w->top, key, "%s[%zu]: expected %s", key, i, type_name(T_ADDR));
+                report(w->ld, w->top, path, "%s[%zu]: expected %s", key, i, type_name(T_ADDR));
             else
                 (*list)[(*count)++] = brm_xstrdup(lua_tostring(L, -1));
             lua_pop(L, 1);
         }
-        if (n == 0) report(w->ld, w->top, key, "%s: needs at least one address", key);
+        if (n == 0) report(w->ld, w->top, path, "%s: needs at least one address", key);
         return;
     }
     case T_INT:
@@ -438,12 +488,12 @@ static void convert(struct walk *w, const struct setting *st, void *obj) {
             if (is_reported(L, -1)) {
                 /* env() already said what is missing */
             } else if (lua_type(L, -1) != LUA_TSTRING) {
-                report(w->ld, w->top, key, "%s.%s: expected %s", w->where, key,
+                report(w->ld, w->top, path, "%s.%s: expected %s", w->where, key,
                        type_name(T_SECRETS));
             } else {
                 const char *s = lua_tolstring(L, -1, &len);
                 if (len == 0) {
-                    report(w->ld, w->top, key, "%s.%s: a secret cannot be empty", w->where, key);
+                    report(w->ld, w->top, path, "%s.%s: a secret cannot be empty", w->where, key);
                 } else {
                     src->secrets[src->nsecrets] = brm_xstrndup(s, len);
                     src->secret_len[src->nsecrets++] = len;
@@ -484,21 +534,25 @@ static void convert(struct walk *w, const struct setting *st, void *obj) {
         }
         return;
     }
+    case T_TARGETS:
+        if (t != LUA_TTABLE) goto wrong;
+        read_targets(w, lua_gettop(L), obj);
+        return;
     }
 wrong:
     if (t == LUA_TSTRING)
-        report(w->ld, w->top, key, "%s%s%s: expected %s, got \"%s\"", w->where,
+        report(w->ld, w->top, path, "%s%s%s: expected %s, got \"%s\"", w->where,
                *w->where ? "." : "", key, type_name(st->type), lua_tostring(L, -1));
     else
-        report(w->ld, w->top, key, "%s%s%s: expected %s, got %s", w->where, *w->where ? "." : "",
+        report(w->ld, w->top, path, "%s%s%s: expected %s, got %s", w->where, *w->where ? "." : "",
                key, type_name(st->type), luaL_typename(L, -1));
     return;
 bad:
-    report(w->ld, w->top, key, "%s%s%s: '%s' is not %s", w->where, *w->where ? "." : "", key,
+    report(w->ld, w->top, path, "%s%s%s: '%s' is not %s", w->where, *w->where ? "." : "", key,
            lua_tostring(L, -1), type_name(st->type));
     return;
 range:
-    report(w->ld, w->top, key, "%s%s%s: must be between %g and %g", w->where, *w->where ? "." : "",
+    report(w->ld, w->top, path, "%s%s%s: must be between %g and %g", w->where, *w->where ? "." : "",
            key, st->min, st->max);
 }
 
@@ -512,7 +566,9 @@ static void walk_table(struct walk *w, const struct schema *sc, int idx, void *o
             if (sc == &top_schema) w->top = k;
             for (size_t i = 0; i < sc->n && !st; i++)
                 if (strcmp(sc->settings[i].key, k) == 0) st = &sc->settings[i];
-            if (!st) report_unknown(w->ld, sc, w->top, w->where, k);
+            char pbuf[300];
+            if (!st)
+                report_unknown(w->ld, sc, w->top, w->where, k, subpath(w, k, pbuf, sizeof(pbuf)));
         } else {
             report(w->ld, w->top, NULL, "%s: keys must be names", w->where);
         }
@@ -545,18 +601,118 @@ static void check_config(struct loader *ld, struct brm_config *c) {
             report(ld, "sources", s->name, "sources.%s: insecure = true with a secret set",
                    s->name);
     }
-    for (size_t i = 0; i < c->ntargets; i++) {
-        struct brm_target *t = &c->targets[i];
-        if (!t->kind) {
-            report(ld, "targets", t->name, "targets.%s: no kind", t->name);
-        } else if (strcmp(t->kind, "file") != 0) {
-            report(ld, "targets", t->name,
-                   "targets.%s: kind '%s' is not available in this version (only \"file\")",
-                   t->name, t->kind);
-        } else if (!t->path) {
-            report(ld, "targets", t->name, "targets.%s: a file target needs a path", t->name);
-        }
+}
+
+static double number_field(lua_State *L, int t, const char *k) {
+    lua_getfield(L, t, k);
+    double v = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static char *string_field(lua_State *L, int t, const char *k) {
+    lua_getfield(L, t, k);
+    char *v = lua_type(L, -1) == LUA_TSTRING ? brm_xstrdup(lua_tostring(L, -1)) : NULL;
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Fills what the C side needs from the META table at IDX. */
+static void read_meta(lua_State *L, int idx, struct brm_config *c, struct brm_target *tg) {
+    tg->timeout = number_field(L, idx, "timeout");
+    tg->max_age = number_field(L, idx, "max_age");
+    tg->backoff = number_field(L, idx, "backoff");
+    tg->rate = number_field(L, idx, "rate");
+    tg->concurrency = (long)number_field(L, idx, "concurrency");
+    tg->proxy = string_field(L, idx, "proxy");
+    tg->signing_secret = string_field(L, idx, "signing_secret");
+    char *path = string_field(L, idx, "path");
+    if (path) tg->path = brm_path_join(c->dir, path);
+    free(path);
+    lua_getfield(L, idx, "ticket");
+    tg->ticket = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "secrets");
+    size_t n = lua_rawlen(L, -1);
+    tg->secrets = brm_xcalloc(n, sizeof(char *));
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        if (lua_type(L, -1) == LUA_TSTRING)
+            tg->secrets[tg->nsecrets++] = brm_xstrdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
     }
+    lua_pop(L, 1);
+}
+
+/*
+ * Has each target's adapter check its options: brume.target.check(kind,
+ * options) in a sandbox that finds the user's scripts first, as the
+ * workers' VMs will. Problems come back as { key, message } and are
+ * reported at the key's line.
+ */
+static void check_targets(struct loader *ld, struct brm_config *c) {
+    static const char checker[] = "return require('brume.target').check(...)";
+    if (!c->ntargets) return;
+    struct brm_sandbox_opts o = { .instructions = CONFIG_INSTRUCTIONS,
+                                  .memory = CONFIG_MEMORY,
+                                  .scripts_dir = c->scripts_dir };
+    struct brm_sandbox *sb = brm_sandbox_new(&o);
+    lua_State *L = brm_sandbox_state(sb);
+    struct brm_err err;
+    brm_api_open(sb, c);
+    for (size_t i = 0; i < c->ntargets; i++) {
+        struct brm_target *tg = &c->targets[i];
+        if (!tg->kind) {
+            report(ld, "targets", tg->name,
+                   "targets.%s: no kind (one of discord, file, gchat, "
+                   "jira, mattermost, opsgenie, pagerduty, servicenow, slack, teams, webex, "
+                   "webhook, zendesk)",
+                   tg->name);
+            continue;
+        }
+        if (!tg->options) continue;
+        int top = lua_gettop(L);
+        if (brm_sandbox_loadbuffer(sb, checker, sizeof(checker) - 1, "=targets", &err) < 0) break;
+        lua_pushstring(L, tg->kind);
+        brm_json_decode(L, tg->options, strlen(tg->options), &err);
+        if (brm_sandbox_call(sb, 2, 3, &err) != BRM_CALL_OK) {
+            char msg[1024];
+            brm_err_format(&err, msg, sizeof(msg));
+            report(ld, "targets", tg->name, "targets.%s: %s", tg->name, msg);
+            continue;
+        }
+        size_t nproblems = lua_rawlen(L, top + 3);
+        for (size_t k = 1; k <= nproblems; k++) {
+            char path[300];
+            lua_rawgeti(L, top + 3, (lua_Integer)k);
+            lua_rawgeti(L, -1, 1);
+            lua_rawgeti(L, -2, 2);
+            snprintf(path, sizeof(path), "%s.%s", tg->name, lua_tostring(L, -2));
+            report(ld, "targets", path, "targets.%s.%s: %s", tg->name, lua_tostring(L, -2),
+                   lua_tostring(L, -1));
+            lua_pop(L, 3);
+        }
+        if (nproblems == 0 && brm_json_encode(L, top + 1, &err) == 0) {
+            free(tg->options);
+            tg->options = brm_xstrdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+            read_meta(L, top + 2, c, tg);
+        }
+        lua_settop(L, top);
+    }
+    brm_sandbox_free(sb);
+}
+
+/* brume.http's own target: plain requests, no adapter. */
+static void add_http_target(struct brm_config *c) {
+    c->targets = brm_xrealloc(c->targets, (c->ntargets + 1) * sizeof(*c->targets));
+    struct brm_target *tg = memset(&c->targets[c->ntargets++], 0, sizeof(*tg));
+    tg->name = brm_xstrdup(BRM_HTTP_TARGET);
+    tg->kind = brm_xstrdup(BRM_HTTP_TARGET);
+    tg->timeout = 10;
+    tg->max_age = 86400;
+    tg->backoff = 2;
+    tg->concurrency = 4;
 }
 
 static void set_defaults(struct brm_config *c) {
@@ -597,6 +753,8 @@ static void evaluate(struct loader *ld, struct brm_config *c) {
         brm_errors_add(ld->errs, &err);
         goto done;
     }
+    brm_json_open(L); /* to carry targets' options to their adapters */
+    lua_pop(L, 1);
     lua_newtable(L); /* top-level key -> line */
     ld->lines = lua_gettop(L);
     /* The file's environment: env() and file(), the safe library behind. */
@@ -632,6 +790,7 @@ static void evaluate(struct loader *ld, struct brm_config *c) {
         if (!c->sources[i].max_body) c->sources[i].max_body = 8u << 20;
     /* Checks across settings need the line table, so they run in here. */
     if (ld->errs->n == ld->errs_at_start) check_config(ld, c);
+    if (ld->errs->n == ld->errs_at_start) check_targets(ld, c);
 done:
     brm_sandbox_free(sb);
     ld->L = NULL;
@@ -648,6 +807,7 @@ struct brm_config *brm_config_load(const char *path, struct brm_errors *errs) {
     brm_buf_init(&ld.text);
     set_defaults(c);
     evaluate(&ld, c);
+    add_http_target(c);
     if (c->workers == 0) c->workers = brm_cpu_count();
     if (c->workers > BRM_MAX_WORKERS) c->workers = BRM_MAX_WORKERS;
     brm_buf_reset(&ld.text);
@@ -681,9 +841,15 @@ void brm_config_free(struct brm_config *c) {
     }
     free(c->sources);
     for (size_t i = 0; i < c->ntargets; i++) {
-        free(c->targets[i].name);
-        free(c->targets[i].kind);
-        free(c->targets[i].path);
+        struct brm_target *t = &c->targets[i];
+        free(t->name);
+        free(t->kind);
+        free(t->options);
+        free(t->proxy);
+        free(t->path);
+        free(t->signing_secret);
+        for (size_t j = 0; j < t->nsecrets; j++) free(t->secrets[j]);
+        free(t->secrets);
     }
     free(c->targets);
     free(c);

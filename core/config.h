@@ -29,12 +29,26 @@ struct brm_source {
     uint64_t max_body;
 };
 
-/* A named destination for brume.send. */
+/* A named destination for brume.send: a kind (its adapter is
+ * scripts/brume/targets/<kind>.lua) and the options the adapter checked. */
 struct brm_target {
     char *name;
-    char *kind; /* "file" */
-    char *path; /* file: the JSON-lines file */
+    char *kind;    /* "slack", "file", ...; "http" for brume.http's own target */
+    char *options; /* JSON: the checked options, defaults filled in */
+    double timeout, max_age;
+    double backoff; /* wait before the first retry, doubled after each */
+    double rate;    /* messages per second; 0: no limit */
+    long concurrency;
+    char *proxy;          /* or NULL: the usual environment variables */
+    char *path;           /* kind file: the file, resolved */
+    char *signing_secret; /* Standard Webhooks secret (kind webhook), or NULL */
+    char **secrets;       /* option values never shown */
+    size_t nsecrets;
+    int ticket; /* the adapter makes ticket plans */
 };
+
+/* The name of the target brume.http sends through. */
+#define BRM_HTTP_TARGET "http"
 
 struct brm_config {
     char *file; /* as given */

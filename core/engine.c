@@ -306,6 +306,8 @@ struct brm_engine *brm_engine_new(const struct brm_config *cfg, struct brm_error
     };
     e->sb = brm_sandbox_new(&o);
     e->api = brm_api_open(e->sb, cfg);
+    struct brm_err err;
+    if (brm_api_load_targets(e->api, &err) < 0) brm_errors_add(errs, &err);
     lua_newtable(brm_sandbox_state(e->sb));
     e->queue = luaL_ref(brm_sandbox_state(e->sb), LUA_REGISTRYINDEX);
     char **files = NULL;
@@ -354,6 +356,10 @@ lua_State *brm_engine_state(struct brm_engine *e) {
 
 size_t brm_engine_rule_count(const struct brm_engine *e) {
     return e->nrules;
+}
+
+void brm_engine_set_dry_run(struct brm_engine *e, int on) {
+    brm_api_set_dry_run(e->api, on);
 }
 
 int brm_engine_exhausted(const struct brm_engine *e) {
@@ -585,6 +591,7 @@ void brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
         push_ctx(L, envelope, env->name, batch, i);
         event_id(L, ev, env->name, i, id);
         struct brm_scope scope = {
+            .delivery = batch->delivery,
             .topic = env->name,
             .event_id = id,
             .index = i,

@@ -60,6 +60,9 @@ void brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
                          struct brm_dispatch_stats *stats);
 
 size_t brm_engine_rule_count(const struct brm_engine *e);
+/* In a dry run (brume test) actions also carry their requests with
+ * secrets masked, for showing. */
+void brm_engine_set_dry_run(struct brm_engine *e, int on);
 /* 1 when a rule kept so much memory that the VM should be rebuilt. */
 int brm_engine_exhausted(const struct brm_engine *e);
 size_t brm_engine_memory(const struct brm_engine *e);

@@ -1,5 +1,6 @@
 #include "intake.h"
 
+#include <event2/event.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -18,10 +19,21 @@ struct source_keys {
     struct brm_verify_key *v2[2], *v1[2];
 };
 
+/* A body whose messages wait for the group's commit. */
+struct held {
+    brm_intake_done_fn *done;
+    void *arg;
+    struct brm_actions actions;
+};
+
 struct brm_intake {
     const struct brm_config *cfg;
     struct brm_engine *engine;
     struct brm_outbox *outbox;
+    struct brm_store *store; /* this worker's connection */
+    struct event *commit;    /* runs after this turn's requests */
+    struct held *held;
+    size_t nheld, capheld;
     struct source_keys *keys; /* parallel to cfg->sources */
     struct brm_counter *unknown, *other_topic;
     struct {
@@ -40,12 +52,17 @@ static uint64_t new_delivery_id(void) {
     return atomic_fetch_add(&next_delivery, 1);
 }
 
+static void on_commit(evutil_socket_t fd, short what, void *arg);
+
 struct brm_intake *brm_intake_new(const struct brm_config *cfg, struct brm_engine *engine,
-                                  struct brm_outbox *ob) {
+                                  struct brm_outbox *ob, struct brm_store *store,
+                                  struct event_base *base) {
     struct brm_intake *in = brm_xcalloc(1, sizeof(*in));
     in->cfg = cfg;
     in->engine = engine;
     in->outbox = ob;
+    in->store = store;
+    in->commit = event_new(base, -1, 0, on_commit, in);
     in->keys = brm_xcalloc(cfg->nsources, sizeof(*in->keys));
     for (size_t i = 0; i < cfg->nsources; i++) {
         const struct brm_source *s = &cfg->sources[i];
@@ -74,6 +91,11 @@ void brm_intake_free(struct brm_intake *in) {
     }
     free(in->keys);
     brm_engine_free(in->engine);
+    /* Bodies still held were never answered, so never acknowledged: the
+     * server that would answer is gone, and they are dropped. */
+    for (size_t i = 0; i < in->nheld; i++) brm_actions_reset(&in->held[i].actions);
+    free(in->held);
+    event_free(in->commit);
     free(in);
 }
 
@@ -188,13 +210,46 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
         brm_log_debug("accepted", "source", source, "delivery", id, "topic", env.topic, "events", n,
                       "messages", sent);
     }
-    if (actions.n && brm_outbox_deliver(in->outbox, &actions, &err) < 0) {
-        brm_log_error("could not deliver the messages of a body", "source", source, "error",
-                      err.msg);
-        brm_actions_reset(&actions);
-        done(arg, BRM_UNAVAILABLE, "cannot deliver now; try again");
+    if (actions.n == 0) {
+        done(arg, BRM_OK, "ok");
         return;
     }
-    brm_actions_reset(&actions);
-    done(arg, BRM_OK, "ok");
+    /* Held until the group's commit. The commit event was made active by
+     * the first body of this turn, so it runs after every request the loop
+     * read in this turn: one transaction, one fsync, then the answers. */
+    if (in->nheld == in->capheld) {
+        in->capheld = in->capheld ? in->capheld * 2 : 16;
+        in->held = brm_xrealloc(in->held, in->capheld * sizeof(*in->held));
+    }
+    in->held[in->nheld++] = (struct held){ done, arg, actions };
+    if (in->nheld == 1) event_active(in->commit, 0, 0);
+}
+
+static void on_commit(evutil_socket_t fd, short what, void *arg) {
+    struct brm_intake *in = arg;
+    struct brm_err err;
+    (void)fd, (void)what;
+    size_t n = in->nheld;
+    struct brm_actions **lists = brm_xmalloc(n * sizeof(*lists));
+    for (size_t i = 0; i < n; i++) lists[i] = &in->held[i].actions;
+    int rc = brm_outbox_enqueue(in->outbox, in->store, lists, n, &err);
+    free(lists);
+    if (rc < 0) {
+        char count[32];
+        snprintf(count, sizeof(count), "%zu", n);
+        brm_log_error("could not store the messages of a group of bodies", "bodies", count, "error",
+                      err.msg);
+    }
+    /* Answering may free requests and start others: take the group first. */
+    struct held *held = in->held;
+    in->held = NULL;
+    in->nheld = in->capheld = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (rc == 0)
+            held[i].done(held[i].arg, BRM_OK, "ok");
+        else
+            held[i].done(held[i].arg, BRM_UNAVAILABLE, "cannot store the messages now; try again");
+        brm_actions_reset(&held[i].actions);
+    }
+    free(held);
 }

@@ -12,6 +12,8 @@
 #include "engine.h"
 #include "outbox.h"
 
+struct event_base;
+
 struct brm_intake_req {
     const struct brm_source *source;
     const char *sig; /* X-Mist-Signature-v2, or NULL */
@@ -31,9 +33,11 @@ typedef void brm_intake_done_fn(void *arg, enum brm_status status, const char *r
 struct brm_intake;
 
 /* An intake for the sources of CFG running ENGINE's rules (it takes
- * ownership of ENGINE) and delivering through OB (borrowed). */
+ * ownership of ENGINE), storing what they send through OB with this
+ * worker's store connection STORE (both borrowed), on the worker's BASE. */
 struct brm_intake *brm_intake_new(const struct brm_config *cfg, struct brm_engine *engine,
-                                  struct brm_outbox *ob);
+                                  struct brm_outbox *ob, struct brm_store *store,
+                                  struct event_base *base);
 void brm_intake_free(struct brm_intake *in);
 
 /* Puts ENGINE in place for the next body and returns the one it replaces
@@ -45,7 +49,12 @@ struct brm_engine *brm_intake_engine(struct brm_intake *in);
  * signature header the source accepts, or an insecure source. */
 int brm_intake_has_signature(const struct brm_source *src, int has_v2, int has_v1);
 
-/* Handles one body and calls DONE (now, in this version). */
+/*
+ * Handles one body and calls DONE with the outcome: at once when it is
+ * refused or sent nothing, else once its messages are stored. Bodies that
+ * come in the same turn of the event loop are stored in one transaction -
+ * one fsync for the group - and answered after it (group commit).
+ */
 void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *req,
                        brm_intake_done_fn *done, void *arg);
 

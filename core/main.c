@@ -20,6 +20,7 @@
 #include "log.h"
 #include "outbox.h"
 #include "server.h"
+#include "store.h"
 #include "verify.h"
 
 #define EXIT_USER   1
@@ -34,6 +35,7 @@ static const char usage_main[] =
     "  test    [-c brume.lua] PAYLOAD...  run payload files through the rules offline and\n"
     "                                     print the messages they would send, as JSON lines\n"
     "  sign    --secret S [FILE]          print the X-Mist-Signature-v2 value of a body\n"
+    "  outbox  [-c brume.lua] [list|retry ID|drop ID]   inspect and steer deliveries\n"
     "  version                            print the version\n"
     "\n"
     "Each command takes --help. Exit codes: 0 success, 1 bad config, rule or payload,\n"
@@ -71,13 +73,22 @@ static const char usage_sign[] =
     "taken from a source of the config. --sha1 gives the legacy\n"
     "X-Mist-Signature (HMAC-SHA1) instead.\n";
 
+static const char usage_outbox[] =
+    "usage: brume outbox [-c brume.lua] [list [--all] | retry ID | drop ID]\n"
+    "\n"
+    "list (the default) shows pending and dead deliveries, newest first: id,\n"
+    "state, target, attempts, last status, when the next attempt is due, the\n"
+    "rule and event that sent it, and the last error (secrets masked); --all\n"
+    "adds the done ones. retry ID makes a dead (or pending) delivery due now,\n"
+    "with a fresh max_age; drop ID deletes it. Works while brume runs.\n";
+
 static const char usage_version[] = "usage: brume version\n";
 
 struct args {
     const char *config;
     const char *secret;
     const char *source;
-    int sha1;
+    int sha1, all;
     const char **rest;
     int nrest;
 };
@@ -99,6 +110,9 @@ static int parse_args(int argc, char **argv, const char *accepts, struct args *a
             target = &a->source;
         else if (strchr(accepts, '1') && strcmp(arg, "--sha1") == 0) {
             a->sha1 = 1;
+            continue;
+        } else if (strchr(accepts, 'a') && strcmp(arg, "--all") == 0) {
+            a->all = 1;
             continue;
         } else if (strcmp(arg, "--") == 0) {
             while (++i < argc) a->rest[a->nrest++] = argv[i];
@@ -153,8 +167,9 @@ static int cmd_check(struct args *a) {
     brm_errors_reset(&errs);
     int rc = EXIT_USER;
     if (e) {
+        size_t ntargets = cfg->ntargets - 1; /* not brume.http's own */
         printf("ok: %s: %zu source%s, %zu target%s, %zu rule%s\n", a->config, cfg->nsources,
-               cfg->nsources == 1 ? "" : "s", cfg->ntargets, cfg->ntargets == 1 ? "" : "s",
+               cfg->nsources == 1 ? "" : "s", ntargets, ntargets == 1 ? "" : "s",
                brm_engine_rule_count(e), brm_engine_rule_count(e) == 1 ? "" : "s");
         rc = 0;
     }
@@ -185,6 +200,7 @@ static int cmd_test(struct args *a) {
     print_errors(&errs);
     brm_errors_reset(&errs);
     int rc = e ? 0 : EXIT_USER;
+    if (e) brm_engine_set_dry_run(e, 1);
     for (int i = 0; e && i < a->nrest; i++) {
         struct brm_buf body, line;
         struct brm_actions actions = { 0 };
@@ -202,7 +218,7 @@ static int cmd_test(struct args *a) {
         } else {
             for (size_t k = 0; k < actions.n; k++) {
                 line.len = 0;
-                brm_action_json(&actions.v[k], 0, &line);
+                brm_action_json(&actions.v[k], &line);
                 printf("%s\n", line.data);
             }
             if (stats.errors) rc = EXIT_USER;
@@ -268,6 +284,86 @@ done:
     return rc;
 }
 
+struct lister {
+    const struct brm_config *cfg;
+    double now;
+    int rows;
+    struct brm_buf masked;
+};
+
+static int print_delivery(void *arg, struct brm_delivery *d) {
+    static const char *const states[] = { "pending", "done", "dead" };
+    struct lister *l = arg;
+    char next[32] = "-";
+    if (d->state == BRM_DELIVERY_PENDING) {
+        double in = d->next_at - l->now;
+        if (in <= 0)
+            snprintf(next, sizeof(next), "now");
+        else
+            snprintf(next, sizeof(next), "in %.0fs", in);
+    }
+    brm_outbox_mask(brm_config_target(l->cfg, d->target), d->last_error ? d->last_error : "",
+                    &l->masked);
+    if (l->rows++ == 0)
+        printf("%-8s %-7s %-14s %8s %6s %-9s %-20s %s\n", "ID", "STATE", "TARGET", "ATTEMPTS",
+               "STATUS", "NEXT", "RULE/EVENT", "ERROR");
+    printf("%-8lld %-7s %-14s %8d %6d %-9s %s/%s %s\n", (long long)d->id, states[d->state],
+           d->target, d->attempts, d->last_status, next, d->rule, d->event, l->masked.data);
+    return 0;
+}
+
+static int cmd_outbox(struct args *a) {
+    const char *verb = a->nrest ? a->rest[0] : "list";
+    int is_list = strcmp(verb, "list") == 0;
+    if ((is_list && a->nrest > 1) || (!is_list && a->nrest != 2) ||
+        (!is_list && strcmp(verb, "retry") != 0 && strcmp(verb, "drop") != 0)) {
+        fputs(usage_outbox, stderr);
+        return EXIT_USAGE;
+    }
+    char *end = NULL;
+    long long id = is_list ? 0 : strtoll(a->rest[1], &end, 10);
+    if (!is_list && (*end || id <= 0)) {
+        fprintf(stderr, "brume: %s is not a delivery id\n", a->rest[1]);
+        return EXIT_USAGE;
+    }
+    struct brm_config *cfg = load_config(a->config);
+    if (!cfg) return EXIT_USER;
+    struct brm_err err;
+    char *path = brm_outbox_store_path(cfg);
+    struct brm_store *st = brm_store_open(path, &err);
+    free(path);
+    int rc = EXIT_USER;
+    if (!st) {
+        fprintf(stderr, "brume: %s\n", err.msg);
+    } else if (is_list) {
+        struct lister l = { cfg, brm_time_now(), 0, { 0 } };
+        if (brm_store_list(st, a->all, 1000, print_delivery, &l, &err) == 0) {
+            if (!l.rows) printf("no deliveries%s\n", a->all ? "" : " pending or dead");
+            rc = 0;
+        } else {
+            fprintf(stderr, "brume: %s\n", err.msg);
+        }
+        brm_buf_reset(&l.masked);
+    } else {
+        int found;
+        if (verb[0] == 'r') {
+            found = brm_store_retry(st, id, brm_time_now() + 86400, &err);
+        } else {
+            found = brm_store_drop(st, id, &err);
+        }
+        if (found < 0)
+            fprintf(stderr, "brume: %s\n", err.msg);
+        else if (!found)
+            fprintf(stderr, "brume: no delivery %lld to %s\n", id, verb);
+        else
+            printf("%s delivery %lld\n", verb[0] == 'r' ? "queued again:" : "dropped:", id);
+        rc = found > 0 ? 0 : EXIT_USER;
+    }
+    brm_store_close(st);
+    brm_config_free(cfg);
+    return rc;
+}
+
 static void print_version(void) {
     printf("brume %s (%s, lua-cjson 2.1, libevent %s, %s)\n", BRM_VERSION, LUA_RELEASE,
            event_get_version(), OPENSSL_VERSION_TEXT);
@@ -279,7 +375,7 @@ int main(int argc, char **argv) {
     } commands[] = {
         { "run", "c", usage_run },        { "check", "c", usage_check },
         { "test", "c", usage_test },      { "sign", "cs1", usage_sign },
-        { "version", "", usage_version },
+        { "outbox", "ca", usage_outbox }, { "version", "", usage_version },
     };
     signal(SIGPIPE, SIG_IGN);
     if (argc < 2) {
@@ -314,6 +410,8 @@ int main(int argc, char **argv) {
             rc = cmd_test(&a);
         } else if (strcmp(cmd, "sign") == 0) {
             rc = cmd_sign(&a, config_given);
+        } else if (strcmp(cmd, "outbox") == 0) {
+            rc = cmd_outbox(&a);
         } else {
             print_version();
             rc = 0;

@@ -1,30 +1,65 @@
 /*
- * outbox: delivers the messages rules send to their targets. In this
- * version every target is of kind "file": each message becomes one JSON
- * line ({"at", "rule", "target", "topic", "event", "message"}); the lines
- * of one body go to each file in a single write(2) on a file opened
- * O_APPEND, so lines from several workers never interleave. Depends on config, api (the action
- * list), util.
+ * outbox: delivers what rules send, durably and with retries.
+ *
+ * brm_outbox_enqueue (from any worker) stores each action as a delivery, in
+ * one transaction per body, before anything is attempted. The outbox thread
+ * - its own event_base driving libcurl's multi interface: no blocking call,
+ * no thread per request - takes due deliveries from the store and makes
+ * their requests: HTTP(S) with certificate verification, through a target's
+ * proxy or the usual environment variables; appends for kind file; and for
+ * ticket kinds the adapter's plan (find the ticket, create it once, update
+ * it after), remembering each ticket in the store.
+ *
+ * Network errors, timeouts, 408, 425, 429 and 5xx are retried with
+ * exponential backoff and full jitter, Retry-After being a floor, until the
+ * target's max_age has passed; anything else, and a give-up, is a dead
+ * letter with the last status and a short reason. Each target has its own
+ * rate and concurrency, so a slow or dead target never holds up another.
+ * The thread runs no user Lua: a private VM only decodes JSON.
+ *
+ * Depends on store, config, api (the action list), json, verify, metrics,
+ * log, util; libcurl and libevent.
  */
 #ifndef BRM_OUTBOX_H
 #define BRM_OUTBOX_H
 
 #include "api.h"
 #include "config.h"
+#include "store.h"
 
 struct brm_outbox;
 
-/* Opens every target of CFG (creating missing folders). NULL with ERR set
- * when one cannot be opened. CFG must outlive the outbox. */
+/* The outbox of CFG (which must outlive it), not yet running. NULL with
+ * ERR set when the store or a target file cannot be opened. */
 struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_err *err);
+/* Starts the outbox thread. */
+int brm_outbox_start(struct brm_outbox *ob, struct brm_err *err);
+/* Stops the thread: no new attempt starts; attempts in flight get up to
+ * WAIT seconds, then are abandoned (their deliveries stay pending). */
+void brm_outbox_stop(struct brm_outbox *ob, double wait);
 void brm_outbox_free(struct brm_outbox *ob);
 
-/* Delivers every action of A. Returns 0, or -1 with ERR set when a target
- * could not take its message (the caller answers 503). Thread-safe. */
-int brm_outbox_deliver(struct brm_outbox *ob, const struct brm_actions *a, struct brm_err *err);
+/*
+ * Stores the actions of the N lists as deliveries through ST (the calling
+ * thread's own connection), all in one transaction - one fsync for a whole
+ * group of bodies - and wakes the outbox thread. An action whose key is
+ * already stored is not stored again. Returns 0, or -1 with ERR set
+ * (nothing stored: the caller answers 503).
+ */
+int brm_outbox_enqueue(struct brm_outbox *ob, struct brm_store *st,
+                       struct brm_actions *const *lists, size_t n, struct brm_err *err);
 
-/* Appends ACTION as one JSON object: {"rule", "target", "topic", "event",
- * "message"}, with "at" first when AT > 0. */
-void brm_action_json(const struct brm_action *action, double at, struct brm_buf *out);
+/* Pending deliveries and the age of the oldest, as last counted. */
+long brm_outbox_pending(const struct brm_outbox *ob, double *oldest);
+
+/* The store's path for CFG: data_dir/brume.db. */
+char *brm_outbox_store_path(const struct brm_config *cfg);
+
+/* Appends ACTION as one JSON object for `brume test`: rule, target, topic,
+ * event, message, and the request with secrets masked. */
+void brm_action_json(const struct brm_action *action, struct brm_buf *out);
+
+/* S with every secret of target T replaced by ****. */
+void brm_outbox_mask(const struct brm_target *t, const char *s, struct brm_buf *out);
 
 #endif

@@ -40,6 +40,7 @@ struct worker {
     struct event_base *base;
     struct brm_http *http;
     struct brm_intake *intake;
+    struct brm_store *store; /* this worker's connection to the store */
     struct source_route *routes;
     int mailfd; /* eventfd: main -> worker */
     struct event *mail, *drain_timer;
@@ -192,7 +193,15 @@ static int setup_worker(struct server *s, struct worker *w, int id, struct brm_e
     if (w->mailfd < 0) return -1;
     w->mail = event_new(w->base, w->mailfd, EV_READ | EV_PERSIST, on_worker_mail, w);
     event_add(w->mail, NULL);
-    w->intake = brm_intake_new(cfg, e, s->outbox);
+    char *path = brm_outbox_store_path(cfg);
+    struct brm_err err;
+    w->store = brm_store_open(path, &err);
+    free(path);
+    if (!w->store) {
+        brm_log_error("cannot open the store", "error", err.msg);
+        return -1;
+    }
+    w->intake = brm_intake_new(cfg, e, s->outbox, w->store, w->base);
     w->routes = brm_xcalloc(cfg->nsources, sizeof(*w->routes));
     struct brm_http_route *routes = brm_xcalloc(cfg->nsources, sizeof(*routes));
     for (size_t i = 0; i < cfg->nsources; i++) {
@@ -223,6 +232,7 @@ static void free_worker(struct worker *w) {
     if (!w->base) return;
     brm_http_free(w->http);
     brm_intake_free(w->intake);
+    brm_store_close(w->store);
     brm_engine_free(w->next_engine);
     free(w->routes);
     if (w->drain_timer) event_free(w->drain_timer);
@@ -452,7 +462,7 @@ int brm_server_run(const struct brm_config *cfg) {
                          cfg->sources[i].name, "path", cfg->sources[i].path);
     if (lock_data_dir(&s) < 0) goto done;
     if (!(s.outbox = brm_outbox_new(cfg, &err))) {
-        brm_log_error("cannot open the targets", "error", err.msg);
+        brm_log_error("cannot open the outbox", "error", err.msg);
         goto done;
     }
     if (!(engines = build_engines(&s))) goto done;
@@ -464,6 +474,10 @@ int brm_server_run(const struct brm_config *cfg) {
         engines[i] = NULL; /* the intake owns it */
     }
     if (open_listeners(&s) < 0 || open_admin(&s) < 0) goto done;
+    if (brm_outbox_start(s.outbox, &err) < 0) {
+        brm_log_error("cannot start the outbox", "error", err.msg);
+        goto done;
+    }
     s.mailfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     s.mail = event_new(s.base, s.mailfd, EV_READ | EV_PERSIST, on_main_mail, &s);
     event_add(s.mail, NULL);
@@ -504,6 +518,9 @@ int brm_server_run(const struct brm_config *cfg) {
         }
         pthread_join(s.workers[i].thread, NULL);
     }
+    /* Workers are done storing: attempts in flight get a moment, the rest
+     * stays pending in the store for the next start. */
+    brm_outbox_stop(s.outbox, cfg->http.drain_timeout < 5 ? cfg->http.drain_timeout : 5);
     brm_log_info("brume stopped");
 done:
     if (engines)

@@ -135,6 +135,17 @@ def main():
         ratio = rps / results[("responder", n)][0]
         print("| %s | %d event%s (%d B) | %.0f | %.0f | %.2f | %.2f | %.1f MB | %.2f |" % (
             name, n, "" if n == 1 else "s", size, rps, rps * n, p50, p99, rss / 1024, ratio))
+    body10 = os.path.join(tmp, "body10.json")
+    with open(posts[10][0]) as f:
+        body = json.loads(re.search(r"wrk.body = (.*)", f.read()).group(1))
+    with open(body10, "w") as f:
+        f.write(body)
+    print("\nstages, per 10-event body, one core, no network (bench_stages):")
+    out = subprocess.run(["taskset", "-c", "0", os.path.join(SRC, BUILD, "tests", "bench_stages"),
+                          body10] + [os.path.join(SRC, d) for d in
+                                     ("tests/bench/rules-noop", "tests/bench/rules-send", "rules")],
+                         capture_output=True, text=True, check=True, cwd=SRC).stdout
+    print("    " + out.strip().replace("\n", "\n    "))
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -125,6 +125,8 @@ class Brume:
             return None
 
     def cleanup(self):
+        if os.environ.get("BRUME_KEEP_LOG"):
+            shutil.copy(self.log_path, "/tmp/brume-last.log")
         """Stops the daemon as an operator would (SIGTERM) and insists on a
         clean exit: under the sanitizers a leak or a bad free shows here."""
         running = self.proc is not None and self.proc.poll() is None
@@ -156,6 +158,19 @@ class Brume:
                                      (self.proc.returncode, pattern, self.log()))
             time.sleep(0.05)
         raise AssertionError("no %r in the log within %ss:\n%s" % (pattern, timeout, self.log()))
+
+    def wait_lines(self, name, count, timeout=20):
+        """Waits until file target NAME holds COUNT lines (the outbox writes
+        them from its own thread), then returns them all."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            got = self.lines(name)
+            if len(got) >= count:
+                time.sleep(0.1)  # more than COUNT would show now
+                return self.lines(name)
+            time.sleep(0.05)
+        raise AssertionError("%s: %d lines, want %d, after %ss" % (name, len(self.lines(name)),
+                                                                    count, timeout))
 
     def lines(self, name):
         """The JSON lines a file target wrote to NAME in the data folder."""

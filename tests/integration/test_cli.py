@@ -75,6 +75,14 @@ class Cli(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("cannot read the config", r.stderr)
 
+    def test_example_configs_check(self):
+        env = dict(ENV, SLACK_WEBHOOK_URL="https://hooks.slack.com/services/T0/B0/X",
+                   TEAMS_WORKFLOW_URL="https://prod.westus.logic.azure.com/workflows/x",
+                   PAGERDUTY_ROUTING_KEY="R0", SERVICENOW_PASSWORD="p")
+        r = run_cli("check", "-c", os.path.join(SRC, "examples", "targets.lua"), env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("1 source, 5 targets, 1 rule", r.stdout)
+
     def test_sign(self):
         compact = harness.json.dumps(harness.json.loads(harness.read(PING)), separators=(",", ":"))
         path = self.write("ping.json", compact)

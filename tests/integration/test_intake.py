@@ -3,6 +3,7 @@ rules of its topic; the shipped rogue-AP rule writes its alerts."""
 import json
 import os
 import shutil
+import time
 import unittest
 
 import harness
@@ -42,6 +43,9 @@ end }""",
             body = read(path)
             r = cls.b.post(body)
             cls.sent[os.path.basename(path)] = (r, json.loads(body))
+        # The outbox writes the targets' lines from its own thread.
+        cls.b.wait_lines("all.jsonl", sum(len(b["events"]) for _, b in cls.sent.values()))
+        cls.b.wait_lines("alerts.jsonl", 2)
 
     @classmethod
     def tearDownClass(cls):
@@ -68,6 +72,15 @@ end }""",
                       if topic_of(b["topic"]) == "device-events")
         self.assertEqual(len(self.b.lines("devices.jsonl")), devices)
         self.assertGreaterEqual(devices, 18)
+
+    def test_each_message_is_written_once(self):
+        # Wait past the first retry a failed write would have had.
+        time.sleep(2.5)
+        lines = self.b.lines("all.jsonl")
+        self.assertEqual(len(lines), sum(len(b["events"]) for _, b in self.sent.values()))
+        self.assertNotIn("delivery failed", self.b.log())
+        self.assertEqual(self.b.metrics().get('brume_deliveries_total{target="all",outcome="retry"}'),
+                         0)
 
     def test_shipped_rogue_ap_rule(self):
         alerts = self.b.lines("alerts.jsonl")

@@ -202,14 +202,55 @@ static void check_errors(void) {
              &e);
     CHECK_HAS(e.data, "/m is also the path of");
 
-    c = load(GOOD "targets = {\n  chat = { kind = 'slack', url = 'https://x' },\n}\n", &e);
-    CHECK_HAS(e.data, "brume.lua:3: targets.chat: unknown setting 'url'");
-
+    /* Targets are checked by their kind's adapter, at the option's line. */
+    c = load(GOOD "targets = {\n  chat = {\n    kind = 'slack',\n    url = 'hooks.example/x',\n"
+                  "    chanel = '#x',\n  },\n}\n",
+             &e);
+    CHECK_HAS(e.data, "brume.lua:5: targets.chat.url: expected an http(s) URL\n");
+    CHECK_HAS(e.data, "brume.lua:6: targets.chat.chanel: unknown setting for kind slack\n");
+    CHECK(strstr(e.data, "required") == NULL); /* a bad url is not also a missing one */
     c = load(GOOD "targets = {\n  chat = { kind = 'slack' },\n}\n", &e);
-    CHECK_HAS(e.data, "brume.lua:3: targets.chat: kind 'slack' is not available");
-
+    CHECK_STR(e.data, "brume.lua:3: targets.chat.url: required for kind slack\n");
     c = load(GOOD "targets = { f = { kind = 'file' } }\n", &e);
-    CHECK_HAS(e.data, "targets.f: a file target needs a path");
+    CHECK_STR(e.data, "brume.lua:2: targets.f.path: required for kind file\n");
+    c = load(GOOD "targets = {\n  x = { kind = 'carrier-pigeon' },\n}\n", &e);
+    CHECK_HAS(e.data, "brume.lua:3: targets.x.kind: unknown kind 'carrier-pigeon' (kinds: ");
+    c = load(GOOD "targets = { x = { url = 'https://a' } }\n", &e);
+    CHECK_HAS(e.data, "targets.x: no kind (one of discord, file,");
+    c = load(GOOD "targets = {\n  pd = { kind = 'pagerduty', routing_key = 'k', rate = 'lots' },\n"
+                  "  sn = { kind = 'servicenow', url = 'https://x.service-now.com' },\n}\n",
+             &e);
+    CHECK_HAS(e.data, "brume.lua:3: targets.pd.rate: expected a rate");
+    CHECK_HAS(e.data, "brume.lua:4: targets.sn.kind: servicenow needs token, or user and password");
+    c = load(GOOD "targets = { http = { kind = 'webhook', url = 'https://x' } }\n", &e);
+    CHECK_HAS(e.data, "targets.http: the name is brume.http's own target");
+    c = load(GOOD "targets = { f = { kind = 'file', path = function() end } }\n", &e);
+    CHECK_HAS(e.data, "targets.f: options must be plain values");
+
+    /* A good one: defaults filled in, what the outbox needs read out. */
+    c = load(GOOD
+             "targets = {\n"
+             "  pd = { kind = 'pagerduty', routing_key = 'R0UT1NGKEY', rate = '20/m',"
+             " timeout = '5s', concurrency = 2 },\n"
+             "  hook = { kind = 'webhook', url = 'https://h.example/in', secret = 'whsec_abc=' },\n"
+             "  f = { kind = 'file', path = 'out/f.jsonl' },\n}\n",
+             &e);
+    CHECK_STR(e.data, "");
+    if (c) {
+        const struct brm_target *t = brm_config_target(c, "pd");
+        CHECK(t && t->rate > 0.33 && t->rate < 0.34 && t->timeout == 5 && t->concurrency == 2);
+        CHECK(t && t->max_age == 86400 && !t->ticket && t->nsecrets == 1);
+        if (t && t->nsecrets) CHECK_STR(t->secrets[0], "R0UT1NGKEY");
+        CHECK(t && strstr(t->options, "\"source\":\"brume\"")); /* a default */
+        t = brm_config_target(c, "hook");
+        CHECK(t && t->signing_secret && strcmp(t->signing_secret, "whsec_abc=") == 0);
+        t = brm_config_target(c, "f");
+        char *want = brm_xasprintf("%s/out/f.jsonl", dir);
+        CHECK(t && t->path && strcmp(t->path, want) == 0);
+        free(want);
+        CHECK(brm_config_target(c, BRM_HTTP_TARGET) != NULL);
+    }
+    brm_config_free(c);
 
     c = load(GOOD "x = = 1\n", &e);
     CHECK_HAS(e.data, "brume.lua:2: unexpected symbol near '='");

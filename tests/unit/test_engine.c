@@ -53,7 +53,7 @@ static struct brm_dispatch_stats run(struct brm_engine *e, const char *body, str
     int rc = brm_intake_run(e, body, strlen(body), &b, &a, NULL, &st, &err);
     CHECK_INT(rc, BRM_OK);
     for (size_t i = 0; i < a.n; i++)
-        brm_buf_printf(out, "%s>%s>%s\n", a.v[i].rule, a.v[i].target, a.v[i].body);
+        brm_buf_printf(out, "%s>%s>%s\n", a.v[i].rule, a.v[i].target, a.v[i].message);
     brm_actions_reset(&a);
     CHECK_INT(lua_gettop(brm_engine_state(e)), 0);
     return st;

@@ -1,0 +1,408 @@
+#include "store.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+/* Each entry moves the schema one version forward; never edit one that has
+ * shipped, add the next. */
+static const char *const migrations[] = {
+    /* 1: deliveries and tickets */
+    "CREATE TABLE deliveries ("
+    "  id INTEGER PRIMARY KEY,"
+    "  key TEXT NOT NULL UNIQUE,"
+    "  target TEXT NOT NULL,"
+    "  rule TEXT NOT NULL,"
+    "  topic TEXT NOT NULL,"
+    "  event TEXT NOT NULL,"
+    "  request TEXT NOT NULL,"
+    "  ticket TEXT,"
+    "  state INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  created REAL NOT NULL,"
+    "  next_at REAL NOT NULL,"
+    "  expires REAL NOT NULL,"
+    "  last_status INTEGER NOT NULL DEFAULT 0,"
+    "  last_error TEXT,"
+    "  finished REAL);"
+    /* Partial indexes: a delivery leaves them when it is done, so they
+     * hold only what is pending and finishing one costs little. */
+    "CREATE INDEX deliveries_due ON deliveries(next_at) WHERE state = 0;"
+    "CREATE INDEX deliveries_target ON deliveries(target, next_at) WHERE state = 0;"
+    "CREATE INDEX deliveries_ticket ON deliveries(target, ticket, id)"
+    "  WHERE state = 0 AND ticket IS NOT NULL;"
+    "CREATE TABLE tickets ("
+    "  target TEXT NOT NULL,"
+    "  key TEXT NOT NULL,"
+    "  ref TEXT NOT NULL,"
+    "  created REAL NOT NULL,"
+    "  PRIMARY KEY (target, key));",
+};
+
+enum stmt {
+    S_BEGIN,
+    S_COMMIT,
+    S_ROLLBACK,
+    S_ADD,
+    S_DUE,
+    S_DUE_TARGET,
+    S_NEXT_DUE,
+    S_FINISH,
+    S_LIST,
+    S_LIST_ALL,
+    S_RETRY,
+    S_DROP,
+    S_PENDING,
+    S_PRUNE,
+    S_TICKET,
+    S_SET_TICKET,
+    NSTMT
+};
+
+#define DELIVERY_COLUMNS                                                                           \
+    "id, key, target, rule, topic, event, request, ticket, state, attempts, created, next_at, "    \
+    "expires, last_status, last_error"
+
+static const char *const sql[NSTMT] = {
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+    [S_ADD] = "INSERT INTO deliveries (key, target, rule, topic, event, request, ticket, state,"
+              " created, next_at, expires) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
+              " ON CONFLICT (key) DO NOTHING",
+    [S_DUE] = "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE state = 0 AND next_at <= ?"
+              " ORDER BY next_at, id LIMIT ?",
+    /* A ticket's deliveries go one at a time, oldest first: an update must
+     * not overtake the create, nor a resolve the incident it resolves. */
+    [S_DUE_TARGET] = "SELECT " DELIVERY_COLUMNS " FROM deliveries d WHERE state = 0"
+                     " AND target = ? AND next_at <= ? AND (ticket IS NULL OR NOT EXISTS"
+                     " (SELECT 1 FROM deliveries e WHERE e.target = d.target"
+                     " AND e.ticket = d.ticket AND e.state = 0 AND e.id < d.id))"
+                     " ORDER BY next_at, id LIMIT ?",
+    [S_NEXT_DUE] = "SELECT min(next_at) FROM deliveries WHERE state = 0",
+    [S_FINISH] = "UPDATE deliveries SET state = ?, next_at = ?, attempts = attempts + 1,"
+                 " last_status = ?, last_error = ?, finished = CASE WHEN ? = 0 THEN NULL"
+                 " ELSE ? END WHERE id = ?",
+    [S_LIST] = "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE state <> 1"
+               " ORDER BY id DESC LIMIT ?",
+    [S_LIST_ALL] = "SELECT " DELIVERY_COLUMNS " FROM deliveries ORDER BY id DESC LIMIT ?",
+    [S_RETRY] = "UPDATE deliveries SET state = 0, next_at = ?, expires = ?, finished = NULL"
+                " WHERE id = ? AND state <> 1",
+    [S_DROP] = "DELETE FROM deliveries WHERE id = ?",
+    [S_PENDING] = "SELECT count(*), min(created) FROM deliveries WHERE state = 0",
+    [S_PRUNE] = "DELETE FROM deliveries WHERE state = 1 AND finished < ?",
+    [S_TICKET] = "SELECT ref FROM tickets WHERE target = ? AND key = ?",
+    [S_SET_TICKET] = "INSERT INTO tickets (target, key, ref, created) VALUES (?, ?, ?, ?)"
+                     " ON CONFLICT (target, key) DO UPDATE SET ref = excluded.ref",
+};
+
+struct brm_store {
+    sqlite3 *db;
+    sqlite3_stmt *stmt[NSTMT];
+};
+
+void brm_delivery_reset(struct brm_delivery *d) {
+    free(d->key);
+    free(d->target);
+    free(d->rule);
+    free(d->topic);
+    free(d->event);
+    free(d->request);
+    free(d->ticket);
+    free(d->last_error);
+    memset(d, 0, sizeof(*d));
+}
+
+static int fail(struct brm_store *s, struct brm_err *err, const char *what) {
+    if (err) brm_err_set(err, "store: %s: %s", what, sqlite3_errmsg(s->db));
+    return -1;
+}
+
+static int exec(struct brm_store *s, const char *text, struct brm_err *err) {
+    char *msg = NULL;
+    if (sqlite3_exec(s->db, text, NULL, NULL, &msg) != SQLITE_OK) {
+        if (err) brm_err_set(err, "store: %s", msg ? msg : sqlite3_errmsg(s->db));
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int migrate(struct brm_store *s, struct brm_err *err) {
+    sqlite3_stmt *st;
+    int version = 0;
+    if (sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
+        return fail(s, err, "reading the schema version");
+    if (sqlite3_step(st) == SQLITE_ROW) version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (version > (int)BRM_ARRAY_LEN(migrations)) {
+        brm_err_set(err, "store: the database is from a newer brume (schema %d, this one knows %d)",
+                    version, (int)BRM_ARRAY_LEN(migrations));
+        return -1;
+    }
+    for (; version < (int)BRM_ARRAY_LEN(migrations); version++) {
+        char pragma[64];
+        snprintf(pragma, sizeof(pragma), "PRAGMA user_version = %d", version + 1);
+        if (exec(s, "BEGIN IMMEDIATE", err) < 0) return -1;
+        if (exec(s, migrations[version], err) < 0 || exec(s, pragma, err) < 0) {
+            exec(s, "ROLLBACK", NULL);
+            return -1;
+        }
+        if (exec(s, "COMMIT", err) < 0) return -1;
+    }
+    return 0;
+}
+
+/*
+ * Waits for another connection's write lock in steps of 50µs growing to
+ * 2ms, for up to 10s. SQLite's own handler sleeps 1, 2, 5, 10... ms: with
+ * workers and the outbox taking turns many times a second, those sleeps
+ * were most of a request's latency.
+ */
+static int busy(void *arg, int n) {
+    (void)arg;
+    static const long total_us = 10000000;
+    long step = n < 6 ? 50L << n : 2000;
+    long waited = n < 6 ? 50L * ((1L << n) - 1) : 50L * 63 + (long)(n - 6) * 2000;
+    if (waited >= total_us) return 0;
+    struct timespec ts = { 0, step * 1000 };
+    nanosleep(&ts, NULL);
+    return 1;
+}
+
+struct brm_store *brm_store_open(const char *path, struct brm_err *err) {
+    struct brm_store *s = brm_xcalloc(1, sizeof(*s));
+    /* Stored requests carry targets' credentials: the file is the owner's. */
+    mode_t old = umask(077);
+    int rc = sqlite3_open_v2(
+        path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    umask(old);
+    if (rc != SQLITE_OK) {
+        brm_err_set(err, "store: cannot open %s: %s", path,
+                    s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        goto fail;
+    }
+    sqlite3_busy_handler(s->db, busy, NULL);
+    /* WAL: readers never wait for the writer. synchronous=FULL: a commit
+     * is on disk when it returns, which is what a 200 promises. */
+    if (exec(s, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;", err) < 0) goto fail;
+    if (migrate(s, err) < 0) goto fail;
+    for (int i = 0; i < NSTMT; i++) {
+        if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL) !=
+            SQLITE_OK) {
+            fail(s, err, "preparing a statement");
+            goto fail;
+        }
+    }
+    return s;
+fail:
+    brm_store_close(s);
+    return NULL;
+}
+
+int brm_store_relax(struct brm_store *s, struct brm_err *err) {
+    return exec(s, "PRAGMA synchronous = NORMAL", err);
+}
+
+void brm_store_close(struct brm_store *s) {
+    if (!s) return;
+    for (int i = 0; i < NSTMT; i++) sqlite3_finalize(s->stmt[i]);
+    sqlite3_close(s->db);
+    free(s);
+}
+
+/* Runs a statement that returns no rows; resets it. */
+static int run(struct brm_store *s, enum stmt i, struct brm_err *err, const char *what) {
+    int rc = sqlite3_step(s->stmt[i]);
+    sqlite3_reset(s->stmt[i]);
+    sqlite3_clear_bindings(s->stmt[i]);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) return fail(s, err, what);
+    return 0;
+}
+
+int brm_store_begin(struct brm_store *s, struct brm_err *err) {
+    return run(s, S_BEGIN, err, "begin");
+}
+
+int brm_store_commit(struct brm_store *s, struct brm_err *err) {
+    if (run(s, S_COMMIT, err, "commit") == 0) return 0;
+    brm_store_rollback(s);
+    return -1;
+}
+
+void brm_store_rollback(struct brm_store *s) {
+    if (!sqlite3_get_autocommit(s->db)) run(s, S_ROLLBACK, NULL, "rollback");
+}
+
+static void bind_text(sqlite3_stmt *st, int i, const char *v) {
+    if (v)
+        sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+int brm_store_add_delivery(struct brm_store *s, const struct brm_delivery *d, struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_ADD];
+    bind_text(st, 1, d->key);
+    bind_text(st, 2, d->target);
+    bind_text(st, 3, d->rule);
+    bind_text(st, 4, d->topic);
+    bind_text(st, 5, d->event);
+    bind_text(st, 6, d->request);
+    bind_text(st, 7, d->ticket);
+    sqlite3_bind_double(st, 8, d->created);
+    sqlite3_bind_double(st, 9, d->next_at);
+    sqlite3_bind_double(st, 10, d->expires);
+    if (run(s, S_ADD, err, "adding a delivery") < 0) return -1;
+    return sqlite3_changes(s->db) > 0;
+}
+
+static char *column_text(sqlite3_stmt *st, int i) {
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? brm_xstrdup((const char *)t) : NULL;
+}
+
+static void read_delivery(sqlite3_stmt *st, struct brm_delivery *d) {
+    d->id = sqlite3_column_int64(st, 0);
+    d->key = column_text(st, 1);
+    d->target = column_text(st, 2);
+    d->rule = column_text(st, 3);
+    d->topic = column_text(st, 4);
+    d->event = column_text(st, 5);
+    d->request = column_text(st, 6);
+    d->ticket = column_text(st, 7);
+    d->state = (enum brm_delivery_state)sqlite3_column_int(st, 8);
+    d->attempts = sqlite3_column_int(st, 9);
+    d->created = sqlite3_column_double(st, 10);
+    d->next_at = sqlite3_column_double(st, 11);
+    d->expires = sqlite3_column_double(st, 12);
+    d->last_status = sqlite3_column_int(st, 13);
+    d->last_error = column_text(st, 14);
+}
+
+/* Steps a query of deliveries, handing each to FN. */
+static int each(struct brm_store *s, enum stmt i, int (*fn)(void *, struct brm_delivery *),
+                void *arg, struct brm_err *err, const char *what) {
+    sqlite3_stmt *st = s->stmt[i];
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct brm_delivery d = { 0 };
+        read_delivery(st, &d);
+        int stop = fn(arg, &d);
+        brm_delivery_reset(&d);
+        if (stop) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? 0 : fail(s, err, what);
+}
+
+int brm_store_due(struct brm_store *s, double now, int limit,
+                  int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err) {
+    sqlite3_bind_double(s->stmt[S_DUE], 1, now);
+    sqlite3_bind_int(s->stmt[S_DUE], 2, limit);
+    return each(s, S_DUE, fn, arg, err, "reading due deliveries");
+}
+
+int brm_store_due_for(struct brm_store *s, const char *target, double now, int limit,
+                      int (*fn)(void *arg, struct brm_delivery *d), void *arg,
+                      struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_DUE_TARGET];
+    bind_text(st, 1, target);
+    sqlite3_bind_double(st, 2, now);
+    sqlite3_bind_int(st, 3, limit);
+    return each(s, S_DUE_TARGET, fn, arg, err, "reading due deliveries");
+}
+
+double brm_store_next_due(struct brm_store *s) {
+    sqlite3_stmt *st = s->stmt[S_NEXT_DUE];
+    double t = 0;
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+        t = sqlite3_column_double(st, 0);
+    sqlite3_reset(st);
+    return t;
+}
+
+int brm_store_finish(struct brm_store *s, int64_t id, enum brm_delivery_state state, double next_at,
+                     int status, const char *error, struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_FINISH];
+    sqlite3_bind_int(st, 1, (int)state);
+    sqlite3_bind_double(st, 2, next_at);
+    sqlite3_bind_int(st, 3, status);
+    bind_text(st, 4, error);
+    sqlite3_bind_int(st, 5, (int)state);
+    sqlite3_bind_double(st, 6, brm_time_now());
+    sqlite3_bind_int64(st, 7, id);
+    return run(s, S_FINISH, err, "recording an attempt");
+}
+
+int brm_store_list(struct brm_store *s, int all, int limit,
+                   int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err) {
+    enum stmt i = all ? S_LIST_ALL : S_LIST;
+    sqlite3_bind_int(s->stmt[i], 1, limit);
+    return each(s, i, fn, arg, err, "listing deliveries");
+}
+
+int brm_store_retry(struct brm_store *s, int64_t id, double expires, struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_RETRY];
+    sqlite3_bind_double(st, 1, brm_time_now());
+    sqlite3_bind_double(st, 2, expires);
+    sqlite3_bind_int64(st, 3, id);
+    if (run(s, S_RETRY, err, "retrying a delivery") < 0) return -1;
+    return sqlite3_changes(s->db) > 0;
+}
+
+int brm_store_drop(struct brm_store *s, int64_t id, struct brm_err *err) {
+    sqlite3_bind_int64(s->stmt[S_DROP], 1, id);
+    if (run(s, S_DROP, err, "dropping a delivery") < 0) return -1;
+    return sqlite3_changes(s->db) > 0;
+}
+
+int brm_store_pending(struct brm_store *s, double now, long *count, double *oldest) {
+    sqlite3_stmt *st = s->stmt[S_PENDING];
+    int rc = sqlite3_step(st);
+    *count = 0;
+    *oldest = 0;
+    if (rc == SQLITE_ROW) {
+        *count = sqlite3_column_int64(st, 0);
+        if (sqlite3_column_type(st, 1) != SQLITE_NULL) *oldest = now - sqlite3_column_double(st, 1);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : -1;
+}
+
+int brm_store_prune(struct brm_store *s, double before, struct brm_err *err) {
+    sqlite3_bind_double(s->stmt[S_PRUNE], 1, before);
+    return run(s, S_PRUNE, err, "pruning deliveries");
+}
+
+int brm_store_ticket(struct brm_store *s, const char *target, const char *key, char *ref,
+                     size_t size) {
+    sqlite3_stmt *st = s->stmt[S_TICKET];
+    bind_text(st, 1, target);
+    bind_text(st, 2, key);
+    int rc = sqlite3_step(st), found = 0;
+    if (rc == SQLITE_ROW) {
+        snprintf(ref, size, "%s", (const char *)sqlite3_column_text(st, 0));
+        found = 1;
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? found : -1;
+}
+
+int brm_store_set_ticket(struct brm_store *s, const char *target, const char *key, const char *ref,
+                         struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_SET_TICKET];
+    bind_text(st, 1, target);
+    bind_text(st, 2, key);
+    bind_text(st, 3, ref);
+    sqlite3_bind_double(st, 4, brm_time_now());
+    return run(s, S_SET_TICKET, err, "recording a ticket");
+}

@@ -1,0 +1,95 @@
+/*
+ * store: brume's durable state in one SQLite database (data_dir/brume.db,
+ * WAL mode, synchronous=FULL, file mode 0600 since stored requests carry
+ * targets' credentials). The only file that includes sqlite3.h. Each thread
+ * opens its own connection; writers from several threads queue on SQLite's
+ * lock. The schema is versioned (PRAGMA user_version) and migrated forward
+ * on open.
+ *
+ * What it holds: deliveries (every message a rule sent, from before its
+ * first attempt until it is done or dead) and tickets (the ticket a target
+ * opened for a dedup key, so later messages update it). Depends on util.
+ */
+#ifndef BRM_STORE_H
+#define BRM_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+enum brm_delivery_state { BRM_DELIVERY_PENDING = 0, BRM_DELIVERY_DONE = 1, BRM_DELIVERY_DEAD = 2 };
+
+/* A delivery as stored. Strings are owned by the struct (see
+ * brm_delivery_reset); REQUEST is the JSON the adapter produced. */
+struct brm_delivery {
+    int64_t id;
+    char *key; /* idempotency key: "<body>:<event>:<n>" */
+    char *target, *rule, *topic, *event;
+    char *request;
+    char *ticket; /* dedup key of a ticket target, or NULL */
+    enum brm_delivery_state state;
+    int attempts;
+    double created, next_at, expires;
+    int last_status; /* HTTP status of the last attempt; 0: none or a network error */
+    char *last_error;
+};
+
+void brm_delivery_reset(struct brm_delivery *d);
+
+struct brm_store;
+
+/* Opens (creating and migrating) the database at PATH. NULL with ERR set
+ * when it cannot. */
+struct brm_store *brm_store_open(const char *path, struct brm_err *err);
+void brm_store_close(struct brm_store *s);
+/* Commits on this connection stop waiting for fsync (WAL stays consistent;
+ * the last commits may be lost in a power cut). For writes whose loss only
+ * repeats work, such as the outcome of an attempt. */
+int brm_store_relax(struct brm_store *s, struct brm_err *err);
+
+int brm_store_begin(struct brm_store *s, struct brm_err *err);
+int brm_store_commit(struct brm_store *s, struct brm_err *err);
+void brm_store_rollback(struct brm_store *s);
+
+/* Inserts D (id, state, attempts are set by the store) unless a delivery
+ * with its key exists. Returns 1 inserted, 0 already there, -1 on error. */
+int brm_store_add_delivery(struct brm_store *s, const struct brm_delivery *d, struct brm_err *err);
+
+/* Calls FN for each pending delivery due by NOW, oldest first, at most
+ * LIMIT; stops early when FN returns nonzero. Returns 0 or -1. */
+int brm_store_due(struct brm_store *s, double now, int limit,
+                  int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err);
+/* The same for one target; a ticket's deliveries come only when no older
+ * one of the same ticket is pending. */
+int brm_store_due_for(struct brm_store *s, const char *target, double now, int limit,
+                      int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err);
+/* The earliest next_at among pending deliveries, or 0 when none. */
+double brm_store_next_due(struct brm_store *s);
+
+/* Records an attempt's outcome: done, pending again at NEXT_AT, or dead. */
+int brm_store_finish(struct brm_store *s, int64_t id, enum brm_delivery_state state, double next_at,
+                     int status, const char *error, struct brm_err *err);
+
+/* Deliveries for `brume outbox list`: pending and dead (DONE too when
+ * ALL), newest first, at most LIMIT. */
+int brm_store_list(struct brm_store *s, int all, int limit,
+                   int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err);
+/* Makes delivery ID pending again, due now, with a fresh EXPIRES.
+ * Returns 1, 0 when there is no such pending or dead delivery, -1. */
+int brm_store_retry(struct brm_store *s, int64_t id, double expires, struct brm_err *err);
+/* Deletes delivery ID. Returns 1, 0 when there is none, -1. */
+int brm_store_drop(struct brm_store *s, int64_t id, struct brm_err *err);
+/* Counts pending deliveries; the age in seconds of the oldest in *OLDEST. */
+int brm_store_pending(struct brm_store *s, double now, long *count, double *oldest);
+/* Deletes done deliveries finished before BEFORE. */
+int brm_store_prune(struct brm_store *s, double before, struct brm_err *err);
+
+/* The ticket target TARGET opened for KEY: a copy of its reference in REF
+ * (SIZE bytes). Returns 1, 0 when there is none, -1. */
+int brm_store_ticket(struct brm_store *s, const char *target, const char *key, char *ref,
+                     size_t size);
+int brm_store_set_ticket(struct brm_store *s, const char *target, const char *key, const char *ref,
+                         struct brm_err *err);
+
+#endif

@@ -1,0 +1,31 @@
+-- A generic JSON webhook: POSTs the message itself (or message.raw as is).
+-- With `secret` set, requests are signed as Standard Webhooks do: the
+-- webhook-id header stays the same across retries (it is the delivery's
+-- key), webhook-timestamp and webhook-signature are made at each attempt.
+local t = require "brume.target"
+
+local M = {
+  max_age = "24h",
+  signs = true,
+  options = {
+    url = { "url", required = true },
+    secret = { "string", secret = true }, -- "whsec_<base64>" or raw bytes
+    headers = { "table", secret = true },
+    method = { "string", default = "POST" },
+  },
+}
+
+function M.request(target, msg, ctx)
+  local body = msg.raw and t.raw(msg) or t.json(msg)
+  local headers = { ["Content-Type"] = "application/json" }
+  for k, v in pairs(target.headers or {}) do headers[k] = v end
+  return {
+    method = target.method,
+    url = target.url,
+    headers = headers,
+    body = body,
+    sign = target.secret and "standard-webhooks" or nil,
+  }
+end
+
+return M

@@ -1,0 +1,296 @@
+"""The outbox against a mock target on 127.0.0.1: messages reach their
+target in its format; 429, 500, timeouts and dropped connections are
+retried (Retry-After is a floor); a 400 is a dead letter that `brume outbox`
+lists and can re-queue; max_age gives up; rate and concurrency pace each
+target without holding up the others; tickets open once per dedup key and
+are updated after; Standard Webhooks signatures; secrets never shown."""
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import time
+import unittest
+import uuid
+
+import harness
+from harness import Brume, SRC, run_cli
+from mock_target import MockTarget
+
+RULE = """
+-- Sends each event's message to the target the event names.
+return { topics = "alarms", on_event = function(ev, ctx)
+  if ev.raw_url then
+    brume.http({ url = ev.raw_url, body = { hello = ev.id }, headers = { ["X-From"] = "brume" } })
+    return
+  end
+  if not ev.target then return end
+  brume.send(ev.target, { title = ev.title or ("event " .. ev.id), text = ev.text,
+                          severity = ev.severity, dedup_key = ev.key, action = ev.action,
+                          fields = ev.fields })
+end }
+"""
+
+
+class Outbox(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.m = MockTarget().__enter__()
+        m = cls.m
+        cls.b = Brume("""
+sources = { mist = { path = "/mist", secret = "%s" } }
+targets = {
+  secops = { kind = "slack", url = "%s" },
+  retry = { kind = "webhook", url = "%s", backoff = "0.2s" },
+  dead = { kind = "webhook", url = "%s" },
+  down = { kind = "webhook", url = "%s", backoff = "0.2s", max_age = "1.5s" },
+  paced = { kind = "webhook", url = "%s", rate = "5/s" },
+  slow = { kind = "webhook", url = "%s", concurrency = 1, timeout = "10s" },
+  fast = { kind = "webhook", url = "%s" },
+  flaky = { kind = "webhook", url = "%s", timeout = "0.5s", backoff = "0.2s" },
+  dropper = { kind = "webhook", url = "%s", backoff = "0.2s" },
+  snow = { kind = "servicenow", url = "%s", user = "svc", password = "SNOW-PASSWORD-77",
+           backoff = "0.2s" },
+  jira = { kind = "jira", url = "%s", project = "OPS", flavor = "cloud", email = "a@b.c",
+           token = "JIRA-TOKEN-88", resolve_transition = "31" },
+  signed = { kind = "webhook", url = "%s", secret = "whsec_%s", backoff = "0.2s" },
+  pd = { kind = "pagerduty", url = "%s", routing_key = "PD-ROUTING-KEY-99" },
+  proxied = { kind = "webhook", url = "http://upstream.invalid/hook", proxy = "%s" },
+}
+""" % (harness.SECRET, m.url("/secops"), m.url("/retry"), m.url("/dead"), m.url("/down"),
+       m.url("/paced"), m.url("/slow"), m.url("/fast"), m.url("/flaky"), m.url("/dropper"),
+       m.url(""), m.url(""), m.url("/signed"), base64.b64encode(b"sign-me").decode(),
+       m.url("/pd"), m.url("")),
+            rules={"route.lua": RULE}, workers=2)
+        shutil.copy(os.path.join(SRC, "rules", "rogue_ap.lua"), cls.b.path("rules"))
+        cls.b.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.b.cleanup()
+        cls.m.__exit__()
+
+    def post(self, **event):
+        event.setdefault("id", str(uuid.uuid4()))
+        event.setdefault("type", "test")
+        r = self.b.post(json.dumps({"topic": "alarms", "events": [event]}))
+        self.assertEqual(r.status, 200)
+        return event["id"]
+
+    def outbox(self, *args):
+        r = run_cli("outbox", "-c", self.b.config_path, *args)
+        return r
+
+    def test_rogue_ap_reaches_slack_in_block_kit(self):
+        body = harness.read(os.path.join(harness.FIXTURES, "alarms--rogue-ap-const-alarm-defs.json"))
+        self.assertEqual(self.b.post(body).status, 200)
+        req = self.m.wait_for(lambda r: len(r) >= 1, path="/secops")[0]
+        self.assertEqual(req.method, "POST")
+        self.assertEqual(req.headers["content-type"], "application/json")
+        msg = req.json()
+        self.assertEqual(msg["blocks"][0], {"type": "header", "text": {
+            "type": "plain_text", "text": "Rogue AP detected", "emoji": True}})
+        self.assertIn("2 rogue BSSIDs", msg["text"])
+        self.assertTrue(any(b["type"] == "section" and "fields" in b for b in msg["blocks"]))
+
+    def test_429_and_500_are_retried_and_retry_after_is_a_floor(self):
+        self.m.script("/retry", [{"status": 429, "headers": {"Retry-After": "1"}},
+                                 {"status": 500, "body": "oops"}, {"status": 200}])
+        self.post(target="retry")
+        reqs = self.m.wait_for(lambda r: len(r) >= 3, path="/retry")
+        self.assertGreaterEqual(reqs[1].time - reqs[0].time, 0.95)  # Retry-After: 1
+        self.assertGreaterEqual(reqs[2].time - reqs[1].time, 0.15)  # backoff 0.2s, jittered
+        self.assertEqual(reqs[0].body, reqs[2].body)
+        time.sleep(0.5)
+        self.assertEqual(len(self.m.received("/retry")), 3)  # done after the 200
+        self.assertIn('msg="delivery failed; will retry" target=retry', self.b.log())
+
+    def test_400_is_a_dead_letter_that_can_be_retried(self):
+        self.m.script("/dead", [{"status": 400, "body": "invalid_payload"}, {"status": 200}])
+        self.post(target="dead")
+        self.m.wait_for(lambda r: len(r) >= 1, path="/dead")
+        self.b.wait_log("msg=\"delivery dead\" target=dead")
+        listing = self.outbox("list").stdout
+        row = [line for line in listing.splitlines() if " dead " in line and "invalid_payload" in line]
+        self.assertEqual(len(row), 1, listing)
+        self.assertRegex(row[0], r"^\d+ +dead +dead +1 +400 ")
+        delivery = row[0].split()[0]
+        r = self.outbox("retry", delivery)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.m.wait_for(lambda r: len(r) >= 2, path="/dead")
+        deadline = time.time() + 10
+        while delivery in [l.split()[0] for l in self.outbox("list").stdout.splitlines()[1:]]:
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.1)
+        self.assertEqual(self.outbox("retry", "999999").returncode, 1)
+        self.assertEqual(self.outbox("retry", "x").returncode, 2)
+
+    def test_gives_up_after_max_age(self):
+        self.m.script("/down", [{"status": 503}])
+        self.post(target="down")
+        self.b.wait_log("msg=\"delivery dead\" target=down", timeout=15)
+        self.assertRegex(self.b.log(), r'target=down .*error="gave up after \ds: request: HTTP 503')
+        self.assertGreaterEqual(len(self.m.received("/down")), 2)
+
+    def test_rate_paces_a_target(self):
+        for _ in range(6):
+            self.post(target="paced")
+        reqs = self.m.wait_for(lambda r: len(r) >= 6, path="/paced")
+        span = reqs[-1].time - reqs[0].time
+        self.assertGreaterEqual(span, 0.9)  # 5 gaps at 5/s
+        self.assertLess(span, 4)
+
+    def test_a_slow_target_does_not_delay_the_others(self):
+        self.m.script("/slow", [{"status": 200, "delay": 3}])
+        for _ in range(3):
+            self.post(target="slow")
+        time.sleep(0.2)
+        t0 = time.time()
+        for _ in range(3):
+            self.post(target="fast")
+        self.m.wait_for(lambda r: len(r) >= 3, path="/fast", timeout=5)
+        self.assertLess(time.time() - t0, 2)
+        self.assertLessEqual(len(self.m.received("/slow")), 1)  # concurrency 1
+
+    def test_timeouts_and_dropped_connections_are_retried(self):
+        self.m.script("/flaky", [{"status": 200, "delay": 2}, {"status": 200}])
+        self.m.script("/dropper", [{"close": True}, {"status": 200}])
+        self.post(target="flaky")
+        self.post(target="dropper")
+        self.m.wait_for(lambda r: len(r) >= 2, path="/flaky")
+        self.m.wait_for(lambda r: len(r) >= 2, path="/dropper")
+        self.b.wait_log(r"target=flaky .*error=\"request: Operation timed out")
+
+    def test_servicenow_incident_is_opened_once_then_updated_then_resolved(self):
+        base = "/api/now/table/incident"
+        self.m.script(base, [lambda r: {"status": 200, "body": {"result": []}} if r.method == "GET"
+                             else {"status": 201, "body": {"result": {"sys_id": "SYS1"}}}])
+        self.m.script(base + "/SYS1", [{"status": 200, "body": {"result": {}}}])
+        self.post(target="snow", key="KEY-1", title="Core switch down", severity="critical")
+        self.m.wait_for(lambda r: any(x.method == "POST" for x in r), path=base)
+        self.post(target="snow", key="KEY-1", title="still down")
+        self.post(target="snow", key="KEY-1", title="back up", action="resolve")
+        patches = self.m.wait_for(lambda r: len(r) >= 2, path=base + "/SYS1")
+        posts = [x for x in self.m.received(base) if x.method == "POST"]
+        self.assertEqual(len(posts), 1)
+        created = posts[0].json()
+        self.assertEqual(created["correlation_id"], "KEY-1")
+        self.assertEqual(created["short_description"], "Core switch down")
+        self.assertEqual((created["urgency"], created["impact"]), ("1", "1"))
+        self.assertEqual(posts[0].headers["authorization"],
+                         "Basic " + base64.b64encode(b"svc:SNOW-PASSWORD-77").decode())
+        self.assertEqual([p.method for p in patches], ["PATCH", "PATCH"])
+        self.assertIn("still down", patches[0].json()["work_notes"])
+        self.assertEqual(patches[1].json()["state"], "6")
+        self.assertIn("back up", patches[1].json()["close_notes"])
+        lookups = [x for x in self.m.received(base) if x.method == "GET"]
+        self.assertEqual(len(lookups), 1)  # afterwards the stored sys_id is used
+        self.assertIn("sysparm_query=correlation_id%3DKEY-1", lookups[0].query)
+
+    def test_servicenow_lost_answer_does_not_open_a_second_incident(self):
+        base = "/api/now/table/incident"
+        state = {"created": False}
+
+        def answer(r):
+            if r.method == "GET":
+                found = [{"sys_id": "SYS2"}] if state["created"] else []
+                return {"status": 200, "body": {"result": found}}
+            if "KEY-2" in r.body:
+                state["created"] = True  # it was made, but the answer is lost
+                return {"status": 502, "body": "bad gateway"}
+            return {"status": 201, "body": {"result": {"sys_id": "OTHER"}}}
+
+        self.m.script(base, [answer])
+        self.m.script(base + "/SYS2", [{"status": 200, "body": {"result": {}}}])
+        self.post(target="snow", key="KEY-2", title="lost")
+        self.m.wait_for(lambda r: len(r) >= 1, path=base + "/SYS2")
+        posts = [x for x in self.m.received(base) if x.method == "POST" and "KEY-2" in x.body]
+        self.assertEqual(len(posts), 1)
+
+    def test_jira_issue_then_comment_then_transition(self):
+        self.m.script("/rest/api/3/search/jql", [{"status": 200, "body": {"issues": []}}])
+        self.m.script("/rest/api/3/issue", [{"status": 201, "body": {"id": "1", "key": "OPS-7"}}])
+        self.m.script("/rest/api/3/issue/OPS-7/comment", [{"status": 201, "body": {}}])
+        self.m.script("/rest/api/3/issue/OPS-7/transitions", [{"status": 204}])
+        self.post(target="jira", key="J-1", title="Rogue AP", text="line one\nline two")
+        self.m.wait_for(lambda r: len(r) >= 1, path="/rest/api/3/issue")
+        self.post(target="jira", key="J-1", title="again")
+        self.post(target="jira", key="J-1", title="fixed", action="resolve")
+        self.m.wait_for(lambda r: len(r) >= 1, path="/rest/api/3/issue/OPS-7/transitions")
+        issue = self.m.received("/rest/api/3/issue")
+        self.assertEqual(len(issue), 1)
+        fields = issue[0].json()["fields"]
+        self.assertEqual(fields["project"], {"key": "OPS"})
+        self.assertEqual(fields["summary"], "Rogue AP")
+        self.assertEqual(fields["description"]["type"], "doc")
+        self.assertEqual(len(fields["description"]["content"]), 2)
+        self.assertTrue(any(l.startswith("brume-") for l in fields["labels"]))
+        comment = self.m.received("/rest/api/3/issue/OPS-7/comment")[0].json()
+        self.assertEqual(comment["body"]["type"], "doc")
+        tr = self.m.received("/rest/api/3/issue/OPS-7/transitions")[0].json()
+        self.assertEqual(tr["transition"], {"id": "31"})
+
+    def test_standard_webhooks_signature(self):
+        self.m.script("/signed", [{"status": 500}, {"status": 200}])
+        self.post(target="signed", title="signed")
+        reqs = self.m.wait_for(lambda r: len(r) >= 2, path="/signed")
+        key = b"sign-me"
+        for r in reqs:
+            mid, ts = r.headers["webhook-id"], r.headers["webhook-timestamp"]
+            want = base64.b64encode(hmac.new(key, ("%s.%s.%s" % (mid, ts, r.body)).encode(),
+                                             hashlib.sha256).digest()).decode()
+            self.assertEqual(r.headers["webhook-signature"], "v1," + want)
+            self.assertLess(abs(int(ts) - time.time()), 30)
+        self.assertEqual(reqs[0].headers["webhook-id"], reqs[1].headers["webhook-id"])
+
+    def test_secrets_are_never_shown(self):
+        self.m.script("/pd", [lambda r: {"status": 400, "body": "bad request: " + r.body}])
+        self.post(target="pd", title="page")
+        self.b.wait_log('msg="delivery dead" target=pd')
+        listing = self.outbox("list").stdout
+        self.assertIn("****", listing)
+        for secret in ("PD-ROUTING-KEY-99", "SNOW-PASSWORD-77", "JIRA-TOKEN-88"):
+            self.assertNotIn(secret, listing)
+            self.assertNotIn(secret, self.b.log())
+
+    def test_brume_http_and_proxies(self):
+        self.post(raw_url=self.m.url("/raw"))
+        r = self.m.wait_for(lambda r: len(r) >= 1, path="/raw")[0]
+        self.assertEqual(r.json()["hello"][:0], "")
+        self.assertEqual(r.headers["content-type"], "application/json")
+        self.assertEqual(r.headers["x-from"], "brume")
+        self.post(target="proxied", title="via proxy")
+        r = self.m.wait_for(lambda r: len(r) >= 1, path="/hook")[0]
+        self.assertEqual(r.headers["host"], "upstream.invalid")
+
+
+class Restart(unittest.TestCase):
+    def test_pending_deliveries_survive_a_restart(self):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()  # nothing listens there: connections are refused
+        b = Brume("""
+sources = { mist = { path = "/mist", secret = "%s" } }
+targets = { later = { kind = "webhook", url = "http://127.0.0.1:%d/later", backoff = "0.2s" } }
+""" % (harness.SECRET, port), rules={"route.lua": RULE}, workers=1).start()
+        try:
+            body = json.dumps({"topic": "alarms", "events": [{"id": "r1", "target": "later"}]})
+            self.assertEqual(b.post(body).status, 200)
+            b.wait_log(r'target=later .*error="request: (Couldn.t connect|Failed to connect)')
+            self.assertEqual(b.stop(), 0)
+            self.assertIn(" pending ", run_cli("outbox", "-c", b.config_path).stdout)
+            with MockTarget(port) as m:
+                b.start()
+                r = m.wait_for(lambda r: len(r) >= 1, path="/later")[0]
+                self.assertEqual(r.json()["title"], "event r1")
+        finally:
+            b.cleanup()
+
+
+if __name__ == "__main__":
+    unittest.main()

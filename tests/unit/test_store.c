@@ -1,0 +1,138 @@
+/* store: schema, idempotent inserts, due order (and a ticket's deliveries
+ * one at a time, oldest first), outcomes, list/retry/drop, prune, tickets. */
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store.h"
+#include "test.h"
+
+static char dir[64];
+
+static int64_t ids[16];
+static int nids;
+
+static int collect(void *arg, struct brm_delivery *d) {
+    (void)arg;
+    ids[nids++] = d->id;
+    return 0;
+}
+
+static void due_for(struct brm_store *s, const char *target, double now) {
+    struct brm_err err;
+    nids = 0;
+    CHECK_INT(brm_store_due_for(s, target, now, 16, collect, NULL, &err), 0);
+}
+
+static int add(struct brm_store *s, const char *key, const char *target, const char *ticket,
+               double next_at) {
+    struct brm_err err;
+    char rule[] = "r", topic[] = "alarms", event[] = "e1", request[] = "{\"method\":\"POST\"}";
+    struct brm_delivery d = { .key = (char *)key,
+                              .target = (char *)target,
+                              .rule = rule,
+                              .topic = topic,
+                              .event = event,
+                              .request = request,
+                              .ticket = (char *)ticket,
+                              .created = 100,
+                              .next_at = next_at,
+                              .expires = 1000 };
+    return brm_store_add_delivery(s, &d, &err);
+}
+
+int main(void) {
+    struct brm_err err;
+    snprintf(dir, sizeof(dir), "/tmp/brume-store-XXXXXX");
+    CHECK(mkdtemp(dir) != NULL);
+    char *path = brm_xasprintf("%s/brume.db", dir);
+    struct brm_store *s = brm_store_open(path, &err);
+    CHECK(s != NULL);
+    if (!s) return test_done();
+    struct stat st;
+    CHECK_INT(stat(path, &st), 0);
+    CHECK_INT(st.st_mode & 077, 0); /* stored requests carry credentials */
+
+    CHECK_INT(add(s, "1:1:1", "slack", NULL, 100), 1);
+    CHECK_INT(add(s, "1:1:1", "slack", NULL, 100), 0); /* the same key: not twice */
+    CHECK_INT(add(s, "1:1:2", "slack", NULL, 50), 1);
+    CHECK_INT(add(s, "1:2:1", "slack", NULL, 500), 1);
+    CHECK_INT(add(s, "2:1:1", "snow", "K", 100), 1);
+    CHECK_INT(add(s, "2:1:2", "snow", "K", 90), 1); /* same ticket, due earlier */
+    CHECK_INT(add(s, "2:1:3", "snow", "OTHER", 100), 1);
+
+    due_for(s, "slack", 200); /* by next_at; the one due at 500 is not yet */
+    CHECK_INT(nids, 2);
+    CHECK(nids == 2 && ids[0] == 2 && ids[1] == 1);
+    due_for(s, "snow", 200); /* a ticket's oldest goes first, whatever its next_at */
+    CHECK_INT(nids, 2);
+    CHECK(nids == 2 && ids[0] == 4 && ids[1] == 6);
+    CHECK(brm_store_next_due(s) == 50);
+
+    /* Outcomes: done, pending again later, dead. */
+    CHECK_INT(brm_store_begin(s, &err), 0);
+    CHECK_INT(brm_store_finish(s, 4, BRM_DELIVERY_DONE, 200, 201, NULL, &err), 0);
+    CHECK_INT(brm_store_finish(s, 2, BRM_DELIVERY_PENDING, 300, 429, "slow down", &err), 0);
+    CHECK_INT(brm_store_finish(s, 1, BRM_DELIVERY_DEAD, 200, 400, "bad", &err), 0);
+    CHECK_INT(brm_store_commit(s, &err), 0);
+    due_for(s, "snow", 200);
+    CHECK(nids == 2 && ids[0] == 5 && ids[1] == 6); /* the next of ticket K may go now */
+    due_for(s, "slack", 200);
+    CHECK_INT(nids, 0);
+    long count;
+    double oldest;
+    CHECK_INT(brm_store_pending(s, 200, &count, &oldest), 0);
+    CHECK_INT(count, 4);
+    CHECK(oldest == 100);
+
+    nids = 0;
+    CHECK_INT(brm_store_list(s, 0, 10, collect, NULL, &err), 0);
+    CHECK_INT(nids, 5); /* pending and dead, not done */
+    CHECK(ids[0] == 6); /* newest first */
+    nids = 0;
+    CHECK_INT(brm_store_list(s, 1, 10, collect, NULL, &err), 0);
+    CHECK_INT(nids, 6);
+
+    CHECK_INT(brm_store_retry(s, 1, 5000, &err), 1); /* dead -> pending, due now */
+    CHECK_INT(brm_store_retry(s, 4, 5000, &err), 0); /* done stays done */
+    CHECK_INT(brm_store_retry(s, 99, 5000, &err), 0);
+    due_for(s, "slack", brm_time_now());
+    CHECK_INT(nids, 3);
+    CHECK_INT(brm_store_drop(s, 3, &err), 1);
+    CHECK_INT(brm_store_drop(s, 3, &err), 0);
+    CHECK_INT(brm_store_prune(s, 1e12, &err), 0); /* done ones go, with their keys */
+    CHECK_INT(add(s, "2:1:1", "snow", "K", 100), 1);
+
+    char ref[64];
+    CHECK_INT(brm_store_ticket(s, "snow", "K", ref, sizeof(ref)), 0);
+    CHECK_INT(brm_store_set_ticket(s, "snow", "K", "SYS1", &err), 0);
+    CHECK_INT(brm_store_ticket(s, "snow", "K", ref, sizeof(ref)), 1);
+    CHECK_STR(ref, "SYS1");
+    CHECK_INT(brm_store_ticket(s, "jira", "K", ref, sizeof(ref)), 0);
+    CHECK_INT(brm_store_set_ticket(s, "snow", "K", "SYS2", &err), 0);
+    brm_store_ticket(s, "snow", "K", ref, sizeof(ref));
+    CHECK_STR(ref, "SYS2");
+    brm_store_close(s);
+
+    /* Reopening keeps everything, and does not migrate twice. */
+    s = brm_store_open(path, &err);
+    CHECK(s != NULL);
+    if (s) {
+        CHECK_INT(brm_store_ticket(s, "snow", "K", ref, sizeof(ref)), 1);
+        CHECK_INT(add(s, "1:1:2", "slack", NULL, 50), 0);
+        brm_store_close(s);
+    }
+    /* A database from a newer brume is refused, not damaged. */
+    char *cmd = brm_xasprintf("sqlite3 %s 'PRAGMA user_version = 99'", path);
+    if (system(cmd) == 0) {
+        s = brm_store_open(path, &err);
+        CHECK(s == NULL);
+        CHECK_HAS(err.msg, "from a newer brume");
+    }
+    free(cmd);
+    free(path);
+    cmd = brm_xasprintf("rm -rf %s", dir);
+    CHECK_INT(system(cmd), 0);
+    free(cmd);
+    return test_done();
+}
