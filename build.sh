@@ -12,6 +12,7 @@ cd "$(dirname "$0")"
 DEPS="cmake make gcc pkg-config python3 liblua5.4-dev lua-cjson-dev libevent-dev libssl-dev
       libsqlite3-dev libcurl4-openssl-dev"
 BENCH_DEPS="wrk"
+RUN_DEPS="curl" # the README's quick start posts with it
 
 need() {
     missing=""
@@ -43,7 +44,7 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
 run)
-    need $DEPS
+    need $DEPS $RUN_DEPS
     build build Release
     if [ -z "${MIST_WEBHOOK_SECRET:-}" ]; then
         # A secret for trying brume out; set your own (the one in Mist) to use it for real.

@@ -15,6 +15,7 @@ struct brm_api {
     int dry_run;
     int targets; /* registry reference: name -> { options, adapter, secrets } */
     int mask;    /* registry reference to brume.target.mask */
+    struct brm_state *state;
 };
 
 void brm_actions_reset(struct brm_actions *a) {
@@ -33,6 +34,7 @@ void brm_actions_reset(struct brm_actions *a) {
     free(a->v);
     a->v = NULL;
     a->n = a->cap = 0;
+    brm_state_log_reset(&a->state);
 }
 
 void brm_api_set_scope(struct brm_api *api, struct brm_scope *scope) {
@@ -41,6 +43,10 @@ void brm_api_set_scope(struct brm_api *api, struct brm_scope *scope) {
 
 void brm_api_set_dry_run(struct brm_api *api, int on) {
     api->dry_run = on;
+}
+
+void brm_api_set_state(struct brm_api *api, struct brm_state *state) {
+    api->state = state;
 }
 
 static struct brm_api *get_api(lua_State *L) {
@@ -310,6 +316,126 @@ static int api_emit(lua_State *L) {
     return 0;
 }
 
+/* ---- state --------------------------------------------------------------- */
+
+/* A duration argument: seconds, or "90s", "15m", "24h". */
+static double check_duration(lua_State *L, int arg) {
+    double d;
+    if (lua_type(L, arg) == LUA_TNUMBER) {
+        d = lua_tonumber(L, arg);
+    } else {
+        const char *s = luaL_checkstring(L, arg);
+        if (brm_parse_duration(s, &d) < 0)
+            return luaL_argerror(L, arg,
+                                 "expected a duration (seconds, \"90s\", \"15m\", \"24h\")");
+    }
+    if (!(d > 0)) return luaL_argerror(L, arg, "a duration must be positive");
+    return d;
+}
+
+static const char *check_key(lua_State *L, int arg) {
+    size_t len;
+    const char *k = luaL_checklstring(L, arg, &len);
+    if (len == 0 || len > BRM_STATE_MAX_KEY) luaL_argerror(L, arg, "a key is 1 to 1024 bytes");
+    if (memchr(k, '\0', len) || memchr(k, '\x1f', len))
+        luaL_argerror(L, arg, "a key cannot hold NUL or \\x1f");
+    return k;
+}
+
+static struct brm_state *need_state(lua_State *L, struct brm_api *api, const char *fn) {
+    need_scope(L, fn);
+    if (!api->state) luaL_error(L, "%s: no state in this run", fn);
+    return api->state;
+}
+
+static int full(lua_State *L, const char *fn) {
+    return luaL_error(L, "%s: the state holds %d keys already", fn, BRM_STATE_MAX_ENTRIES);
+}
+
+/* brume.once(key, ttl): true the first time key is seen within ttl. */
+static int api_once(lua_State *L) {
+    struct brm_api *api = get_api(L);
+    struct brm_state *st = need_state(L, api, "brume.once");
+    const char *key = check_key(L, 1);
+    double ttl = check_duration(L, 2);
+    int rc = brm_state_once(st, key, ttl, brm_time_now(), &api->scope->sink->state);
+    if (rc < 0) return full(L, "brume.once");
+    lua_pushboolean(L, rc);
+    return 1;
+}
+
+/* brume.throttle(key, limit, window): true while under limit per window. */
+static int api_throttle(lua_State *L) {
+    struct brm_api *api = get_api(L);
+    struct brm_state *st = need_state(L, api, "brume.throttle");
+    const char *key = check_key(L, 1);
+    lua_Integer limit = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, limit > 0, 2, "the limit must be positive");
+    double window = check_duration(L, 3);
+    int rc =
+        brm_state_throttle(st, key, (long)limit, window, brm_time_now(), &api->scope->sink->state);
+    if (rc < 0) return full(L, "brume.throttle");
+    lua_pushboolean(L, rc);
+    return 1;
+}
+
+static int api_state_get(lua_State *L) {
+    struct brm_api *api = get_api(L);
+    struct brm_state *st = need_state(L, api, "brume.state.get");
+    char *json = brm_state_get(st, check_key(L, 1), brm_time_now());
+    struct brm_err err;
+    if (!json) {
+        lua_pushnil(L);
+        return 1;
+    }
+    int rc = brm_json_decode(L, json, strlen(json), &err);
+    free(json);
+    if (rc < 0) lua_pushnil(L);
+    return 1;
+}
+
+/* brume.state.set(key, value [, ttl]): nil deletes. */
+static int api_state_set(lua_State *L) {
+    struct brm_api *api = get_api(L);
+    struct brm_state *st = need_state(L, api, "brume.state.set");
+    const char *key = check_key(L, 1);
+    luaL_checkany(L, 2);
+    double ttl = lua_isnoneornil(L, 3) ? 0 : check_duration(L, 3);
+    const char *json = NULL;
+    if (!lua_isnil(L, 2)) {
+        struct brm_err err;
+        size_t len;
+        if (brm_json_encode(L, 2, &err) < 0)
+            return luaL_error(L, "brume.state.set: the value cannot be encoded as JSON: %s",
+                              err.msg);
+        json = lua_tolstring(L, -1, &len);
+        if (len > BRM_STATE_MAX_VALUE)
+            return luaL_error(L, "brume.state.set: the value is %d bytes, more than %d", (int)len,
+                              BRM_STATE_MAX_VALUE);
+    }
+    if (brm_state_set(st, key, json, ttl, brm_time_now(), &api->scope->sink->state) < 0)
+        return full(L, "brume.state.set");
+    return 0;
+}
+
+/* brume.state.incr(key [, n [, ttl]]): the new number. */
+static int api_state_incr(lua_State *L) {
+    struct brm_api *api = get_api(L);
+    struct brm_state *st = need_state(L, api, "brume.state.incr");
+    const char *key = check_key(L, 1);
+    double n = luaL_optnumber(L, 2, 1);
+    double ttl = lua_isnoneornil(L, 3) ? 0 : check_duration(L, 3);
+    double v;
+    int rc = brm_state_incr(st, key, n, ttl, brm_time_now(), &api->scope->sink->state, &v);
+    if (rc == -1) return full(L, "brume.state.incr");
+    if (rc == -2) return luaL_error(L, "brume.state.incr: '%s' does not hold a number", key);
+    if (v == (lua_Number)(lua_Integer)v)
+        lua_pushinteger(L, (lua_Integer)v);
+    else
+        lua_pushnumber(L, v);
+    return 1;
+}
+
 /* ---- logging ------------------------------------------------------------ */
 
 #define MAX_LOG_FIELDS 16
@@ -451,6 +577,8 @@ static int api_base64_decode(lua_State *L) {
 static const luaL_Reg brume_funcs[] = {
     { "send", api_send },
     { "http", api_http },
+    { "once", api_once },
+    { "throttle", api_throttle },
     { "emit", api_emit },
     { "now", api_now },
     { "hmac_sha256", api_hmac_sha256 },
@@ -465,6 +593,13 @@ static const luaL_Reg log_funcs[] = {
 static const luaL_Reg json_funcs[] = {
     { "encode", api_json_encode },
     { "decode", api_json_decode },
+    { NULL, NULL },
+};
+
+static const luaL_Reg state_funcs[] = {
+    { "get", api_state_get },
+    { "set", api_state_set },
+    { "incr", api_state_incr },
     { NULL, NULL },
 };
 
@@ -490,6 +625,7 @@ struct brm_api *brm_api_open(struct brm_sandbox *sb, const struct brm_config *cf
     api->sb = sb;
     api->dry_run = 0;
     api->targets = api->mask = LUA_NOREF;
+    api->state = NULL;
     int upv = lua_gettop(L);
     /* Anchor the state in the registry: it lives as long as the VM. */
     lua_pushvalue(L, upv);
@@ -503,6 +639,7 @@ struct brm_api *brm_api_open(struct brm_sandbox *sb, const struct brm_config *cf
     add_lib(L, upv, "log", log_funcs);
     add_lib(L, upv, "json", json_funcs);
     add_lib(L, upv, "base64", base64_funcs);
+    add_lib(L, upv, "state", state_funcs);
     lua_getfield(L, codec, "null");
     lua_setfield(L, -2, "null");
     lua_pushliteral(L, BRM_VERSION);

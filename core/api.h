@@ -2,10 +2,12 @@
  * api: the `brume` module rules call (DESIGN.md, Rules). Functions that act
  * on the event being handled (send, emit) read the scope the engine sets
  * around each rule call and raise "brume.send can only be called while
- * handling an event" without one. brume.send checks the target, encodes the
- * message and appends an action to the scope's list; the caller of the
- * engine decides what happens to the list (deliver it, or print it for
- * `brume test`). Depends on sandbox, json, verify, config, log, util.
+ * handling an event" without one. brume.send runs the target's adapter and
+ * appends the request it makes to the scope's list; brume.once, throttle
+ * and state work on the shared state and note what they change in the same
+ * list. The caller of the engine decides what happens to the list (store
+ * it, or print it for `brume test`). Depends on sandbox, json, verify,
+ * config, state, log, util.
  */
 #ifndef BRM_API_H
 #define BRM_API_H
@@ -15,6 +17,7 @@
 
 #include "config.h"
 #include "sandbox.h"
+#include "state.h"
 
 /* Most messages one rule may send for one event, and the largest message. */
 #define BRM_MAX_ACTIONS_PER_EVENT 100
@@ -38,12 +41,15 @@ struct brm_action {
     char *display; /* the request with secrets masked (dry runs only), or NULL */
     char *ticket;  /* the ticket plan's dedup key, or NULL */
 };
+/* What a body's rules did: the messages they sent, and the state keys they
+ * changed (saved with the body). */
 struct brm_actions {
     struct brm_action *v;
     size_t n, cap;
+    struct brm_state_log state;
 };
 
-void brm_actions_reset(struct brm_actions *a); /* frees every action, keeps nothing */
+void brm_actions_reset(struct brm_actions *a); /* frees everything, keeps nothing */
 
 /* What the running rule is handling. The engine owns it and sets it around
  * each call with brm_api_set_scope. */
@@ -72,6 +78,8 @@ int brm_api_load_targets(struct brm_api *api, struct brm_err *err);
 /* In a dry run (brume test) each action also carries its request with the
  * target's secrets masked. */
 void brm_api_set_dry_run(struct brm_api *api, int on);
+/* The state brume.once, brume.throttle and brume.state use (borrowed). */
+void brm_api_set_state(struct brm_api *api, struct brm_state *state);
 /* Sets (or clears, with NULL) the scope of the next calls. */
 void brm_api_set_scope(struct brm_api *api, struct brm_scope *scope);
 

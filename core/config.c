@@ -18,22 +18,23 @@
 /* ---- the declarative table of settings ---------------------------------- */
 
 enum type {
-    T_STRING,   /* char * */
-    T_PATH,     /* char *, resolved from the config's folder */
-    T_ADDR,     /* char *, "host:port" */
-    T_ADDR_OFF, /* char *, "host:port", or false for none */
-    T_ADDRS,    /* char ** + size_t count at offset2: an address or a list */
-    T_INT,      /* long */
-    T_WORKERS,  /* int */
-    T_SIZE,     /* uint64_t: bytes or "8MB" */
-    T_DURATION, /* double: seconds or "90s" */
-    T_BOOL,     /* int */
-    T_LEVEL,    /* int: log level name */
-    T_FORMAT,   /* int: log format name */
-    T_SECRETS,  /* struct brm_source: a string or a list of one or two */
-    T_TABLE,    /* nested settings in the same struct */
-    T_MAP,      /* name -> settings: an array of structs */
-    T_TARGETS,  /* name -> options, checked by each kind's adapter */
+    T_STRING,     /* char * */
+    T_PATH,       /* char *, resolved from the config's folder */
+    T_ADDR,       /* char *, "host:port" */
+    T_ADDR_OFF,   /* char *, "host:port", or false for none */
+    T_ADDRS,      /* char ** + size_t count at offset2: an address or a list */
+    T_INT,        /* long */
+    T_WORKERS,    /* int */
+    T_SIZE,       /* uint64_t: bytes or "8MB" */
+    T_DURATION,   /* double: seconds or "90s" */
+    T_BOOL,       /* int */
+    T_LEVEL,      /* int: log level name */
+    T_FORMAT,     /* int: log format name */
+    T_DURABILITY, /* int: "full" 1, "none" 0 */
+    T_SECRETS,    /* struct brm_source: a string or a list of one or two */
+    T_TABLE,      /* nested settings in the same struct */
+    T_MAP,        /* name -> settings: an array of structs */
+    T_TARGETS,    /* name -> options, checked by each kind's adapter */
 };
 
 struct schema;
@@ -49,7 +50,8 @@ struct setting {
 struct schema {
     const struct setting *settings;
     size_t n;
-    size_t elem_size; /* T_MAP: each element starts with `char *name` */
+    size_t elem_size;         /* T_MAP: each element starts with `char *name` */
+    void (*init)(void *elem); /* T_MAP: an element's defaults */
 };
 
 #define S(k, t, field)                                                                             \
@@ -68,6 +70,13 @@ static const struct setting http_settings[] = {
     SR("drain_timeout", T_DURATION, http.drain_timeout, 0, 3600),
     SR("max_connections", T_INT, http.max_connections, 1, 1000000),
 };
+static const struct setting journal_settings[] = {
+    SR("retention", T_DURATION, journal.retention, 60, 10 * 365 * 86400.0),
+    SR("max_size", T_SIZE, journal.max_size, 0, 1e15),
+};
+static const struct setting store_settings[] = {
+    SR("max_size", T_SIZE, store_max, 0, 1e15),
+};
 static const struct setting log_settings[] = {
     S("level", T_LEVEL, log_level),
     S("format", T_FORMAT, log_format),
@@ -81,13 +90,26 @@ static const struct setting source_settings[] = {
     SRC("allow_sha1", T_BOOL, allow_sha1, 0, 0),
     SRC("insecure", T_BOOL, insecure, 0, 0),
     SRC("max_body", T_SIZE, max_body, 64, 1u << 30),
+    SRC("dedupe", T_DURATION, dedupe, 0, 30 * 86400.0),
+    SRC("durability", T_DURABILITY, durable, 0, 0),
 };
 
-static const struct schema limits_schema = { limits_settings, BRM_ARRAY_LEN(limits_settings), 0 };
-static const struct schema http_schema = { http_settings, BRM_ARRAY_LEN(http_settings), 0 };
-static const struct schema log_schema = { log_settings, BRM_ARRAY_LEN(log_settings), 0 };
+static const struct schema limits_schema = { limits_settings, BRM_ARRAY_LEN(limits_settings), 0,
+                                             NULL };
+static const struct schema http_schema = { http_settings, BRM_ARRAY_LEN(http_settings), 0, NULL };
+static const struct schema log_schema = { log_settings, BRM_ARRAY_LEN(log_settings), 0, NULL };
+static const struct schema journal_schema = { journal_settings, BRM_ARRAY_LEN(journal_settings), 0,
+                                              NULL };
+static const struct schema store_schema = { store_settings, BRM_ARRAY_LEN(store_settings), 0,
+                                            NULL };
+static void source_defaults(void *elem) {
+    struct brm_source *s = elem;
+    s->max_body = 8u << 20;
+    s->durable = 1;
+}
+
 static const struct schema source_schema = { source_settings, BRM_ARRAY_LEN(source_settings),
-                                             sizeof(struct brm_source) };
+                                             sizeof(struct brm_source), source_defaults };
 static const struct setting top_settings[] = {
     { "listen", T_ADDRS, offsetof(struct brm_config, listen), offsetof(struct brm_config, nlisten),
       NULL, 0, 0 },
@@ -99,11 +121,13 @@ static const struct setting top_settings[] = {
     { "limits", T_TABLE, 0, 0, &limits_schema, 0, 0 },
     { "http", T_TABLE, 0, 0, &http_schema, 0, 0 },
     { "log", T_TABLE, 0, 0, &log_schema, 0, 0 },
+    { "journal", T_TABLE, 0, 0, &journal_schema, 0, 0 },
+    { "store", T_TABLE, 0, 0, &store_schema, 0, 0 },
     { "sources", T_MAP, offsetof(struct brm_config, sources), offsetof(struct brm_config, nsources),
       &source_schema, 0, 0 },
     { "targets", T_TARGETS, 0, 0, NULL, 0, 0 },
 };
-static const struct schema top_schema = { top_settings, BRM_ARRAY_LEN(top_settings), 0 };
+static const struct schema top_schema = { top_settings, BRM_ARRAY_LEN(top_settings), 0, NULL };
 
 /* ---- loading state ------------------------------------------------------ */
 
@@ -300,6 +324,7 @@ static const char *type_name(enum type t) {
     case T_BOOL: return "true or false";
     case T_LEVEL: return "one of \"debug\", \"info\", \"warn\", \"error\"";
     case T_FORMAT: return "\"logfmt\" or \"json\"";
+    case T_DURABILITY: return "\"full\" or \"none\"";
     case T_SECRETS: return "a string or a list of one or two strings";
     case T_TABLE:
     case T_MAP:
@@ -461,6 +486,16 @@ static void convert(struct walk *w, const struct setting *st, void *obj) {
         *(int *)field = lvl;
         return;
     }
+    case T_DURABILITY: {
+        const char *s = t == LUA_TSTRING ? lua_tostring(L, -1) : "";
+        if (strcmp(s, "full") == 0)
+            *(int *)field = 1;
+        else if (strcmp(s, "none") == 0)
+            *(int *)field = 0;
+        else
+            goto wrong;
+        return;
+    }
     case T_FORMAT: {
         const char *s = t == LUA_TSTRING ? lua_tostring(L, -1) : "";
         if (strcmp(s, "logfmt") == 0)
@@ -525,6 +560,7 @@ static void convert(struct walk *w, const struct setting *st, void *obj) {
             *arr = brm_xrealloc(*arr, (*count + 1) * st->sub->elem_size);
             char *elem = (char *)*arr + *count * st->sub->elem_size;
             memset(elem, 0, st->sub->elem_size);
+            if (st->sub->init) st->sub->init(elem);
             *(char **)elem = brm_xstrdup(lua_tostring(L, -2));
             (*count)++;
             struct walk sub = *w;
@@ -732,6 +768,8 @@ static void set_defaults(struct brm_config *c) {
     c->http.drain_timeout = 10;
     c->http.max_connections = 4096;
     c->log_level = BRM_LOG_INFO;
+    c->journal.retention = 7 * 86400;
+    c->journal.max_size = 1024ull << 20;
     c->log_format = BRM_LOG_LOGFMT;
 }
 
@@ -786,8 +824,6 @@ static void evaluate(struct loader *ld, struct brm_config *c) {
     lua_setfield(L, env, "file");
     struct walk w = { .ld = ld, .top = NULL, .where = "" };
     walk_table(&w, &top_schema, env, c);
-    for (size_t i = 0; i < c->nsources; i++)
-        if (!c->sources[i].max_body) c->sources[i].max_body = 8u << 20;
     /* Checks across settings need the line table, so they run in here. */
     if (ld->errs->n == ld->errs_at_start) check_config(ld, c);
     if (ld->errs->n == ld->errs_at_start) check_targets(ld, c);

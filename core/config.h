@@ -27,6 +27,8 @@ struct brm_source {
     int allow_sha1; /* also accept the legacy X-Mist-Signature */
     int insecure;   /* accept unsigned posts (no secret) */
     uint64_t max_body;
+    double dedupe; /* seconds an event id stays seen on its topic; 0: off */
+    int durable;   /* 0 (durability = "none"): answered before the commit */
 };
 
 /* A named destination for brume.send: a kind (its adapter is
@@ -65,6 +67,11 @@ struct brm_config {
         long max_connections;
     } http;
     int log_level, log_format;
+    struct {
+        double retention;  /* seconds bodies are kept */
+        uint64_t max_size; /* bytes of bodies kept at most; 0: no limit */
+    } journal;
+    uint64_t store_max; /* the database file's cap; 0: none */
     struct brm_source *sources;
     size_t nsources;
     struct brm_target *targets;

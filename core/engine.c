@@ -49,6 +49,7 @@ struct brm_engine {
     struct topic all; /* the "*" rules: what a topic no rule names runs */
     int queue;        /* registry reference to the brume.emit queue */
     int exhausted;
+    struct brm_state *state;
 };
 
 static const char *const rule_keys[] = { "name", "topics", "where", "on_event", "description" };
@@ -362,6 +363,11 @@ void brm_engine_set_dry_run(struct brm_engine *e, int on) {
     brm_api_set_dry_run(e->api, on);
 }
 
+void brm_engine_set_state(struct brm_engine *e, struct brm_state *state) {
+    e->state = state;
+    brm_api_set_state(e->api, state);
+}
+
 int brm_engine_exhausted(const struct brm_engine *e) {
     return e->exhausted;
 }
@@ -406,19 +412,21 @@ static int where_matches(lua_State *L, int w, int ev) {
 }
 
 /* The id logs and actions name an event by: ev.id, ev.audit_id, or
- * "topic#index" when it has neither. */
-static void event_id(lua_State *L, int ev, const char *topic, size_t index, char *out) {
+ * "topic#index" when it has neither. Returns 1 when the event has an id of
+ * its own (what dedupe goes by). */
+static int event_id(lua_State *L, int ev, const char *topic, size_t index, char *out) {
     static const char *const fields[] = { "id", "audit_id" };
     for (size_t i = 0; i < BRM_ARRAY_LEN(fields); i++) {
         lua_pushstring(L, fields[i]);
         if (lua_type(L, ev) == LUA_TTABLE && lua_rawget(L, ev) == LUA_TSTRING) {
             snprintf(out, MAX_EVENT_ID, "%s", lua_tostring(L, -1));
             lua_pop(L, 1);
-            return;
+            return 1;
         }
         lua_pop(L, 1);
     }
     snprintf(out, MAX_EVENT_ID, "%s#%zu", topic, index);
+    return 0;
 }
 
 static void log_failure(struct rule *r, const struct brm_scope *s, enum brm_call_status st,
@@ -576,7 +584,7 @@ void brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
     int envelope = lua_gettop(L);
     const struct topic *t = find_topic(e, env->name);
     memset(stats, 0, sizeof(*stats));
-    if (t->n == 0) {
+    if (t->n == 0 && batch->dedupe <= 0) {
         lua_pop(L, 1);
         return;
     }
@@ -588,8 +596,17 @@ void brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
         size_t emitted = 0;
         lua_rawgeti(L, events, (lua_Integer)i);
         int ev = lua_gettop(L);
+        int own_id = event_id(L, ev, env->name, i, id);
+        /* Mist sends a topic twice when it is set at org and at site level:
+         * an id already seen on the topic within the window is not run again. */
+        if (own_id && batch->dedupe > 0 && e->state &&
+            brm_state_seen(e->state, env->name, id, batch->dedupe, batch->received_at,
+                           &sink->state) == 1) {
+            stats->duplicates++;
+            lua_settop(L, events);
+            continue;
+        }
         push_ctx(L, envelope, env->name, batch, i);
-        event_id(L, ev, env->name, i, id);
         struct brm_scope scope = {
             .delivery = batch->delivery,
             .topic = env->name,

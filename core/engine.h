@@ -28,14 +28,16 @@ struct brm_engine;
 /* Where a batch came from, for ctx. */
 struct brm_batch {
     const char *source; /* config name of the source */
-    uint64_t delivery;  /* id of this body */
+    uint64_t delivery;  /* id of this body (its journal id) */
     double received_at;
+    double dedupe; /* seconds an event id stays seen on its topic; 0: no dedupe */
 };
 
 struct brm_dispatch_stats {
-    size_t events; /* posted and emitted events handled */
-    size_t runs;   /* rule calls */
-    size_t errors; /* rule calls that failed */
+    size_t events;     /* posted and emitted events handled */
+    size_t runs;       /* rule calls */
+    size_t errors;     /* rule calls that failed */
+    size_t duplicates; /* posted events not handed to rules: seen already */
 };
 
 /*
@@ -51,9 +53,9 @@ lua_State *brm_engine_state(struct brm_engine *e);
 
 /*
  * Runs the rules for every event of the envelope table on top of the VM's
- * stack (as brm_json_envelope left it), and pops it. Messages rules send
- * are appended to SINK. Never fails: rule errors are logged and counted in
- * STATS. [-1, +0]
+ * stack (as brm_json_envelope left it), and pops it. Messages rules send,
+ * and the state keys they (and dedupe) change, are appended to SINK. Never
+ * fails: rule errors are logged and counted in STATS. [-1, +0]
  */
 void brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
                          const struct brm_batch *batch, struct brm_actions *sink,
@@ -63,6 +65,8 @@ size_t brm_engine_rule_count(const struct brm_engine *e);
 /* In a dry run (brume test) actions also carry their requests with
  * secrets masked, for showing. */
 void brm_engine_set_dry_run(struct brm_engine *e, int on);
+/* The state the rules and dedupe use (borrowed; shared by engines). */
+void brm_engine_set_state(struct brm_engine *e, struct brm_state *state);
 /* 1 when a rule kept so much memory that the VM should be rebuilt. */
 int brm_engine_exhausted(const struct brm_engine *e);
 size_t brm_engine_memory(const struct brm_engine *e);

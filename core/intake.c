@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "journal.h"
 #include "log.h"
 #include "metrics.h"
 #include "verify.h"
@@ -19,10 +20,18 @@ struct source_keys {
     struct brm_verify_key *v2[2], *v1[2];
 };
 
-/* A body whose messages wait for the group's commit. */
+/* An accepted body waiting for its group's commit. */
 struct held {
-    brm_intake_done_fn *done;
+    brm_intake_done_fn *done; /* NULL: answered already (durability = "none") */
     void *arg;
+    int64_t id;
+    const struct brm_source *source;
+    char topic[BRM_TOPIC_MAX];
+    double received;
+    size_t events;
+    const char *body; /* the request's, until it is answered */
+    size_t len;
+    char *copy; /* or a copy, when it was answered first */
     struct brm_actions actions;
 };
 
@@ -31,11 +40,12 @@ struct brm_intake {
     struct brm_engine *engine;
     struct brm_outbox *outbox;
     struct brm_store *store; /* this worker's connection */
+    struct brm_state *state; /* shared by the workers */
     struct event *commit;    /* runs after this turn's requests */
     struct held *held;
     size_t nheld, capheld;
     struct source_keys *keys; /* parallel to cfg->sources */
-    struct brm_counter *unknown, *other_topic;
+    struct brm_counter *unknown, *other_topic, *duplicates;
     struct {
         char name[BRM_TOPIC_MAX];
         struct brm_counter *c;
@@ -43,25 +53,18 @@ struct brm_intake {
     size_t ntopics;
 };
 
-/* Delivery ids: unique across restarts as long as the clock moves on. */
-static _Atomic uint64_t next_delivery;
-
-static uint64_t new_delivery_id(void) {
-    uint64_t zero = 0, seed = (uint64_t)(brm_time_now() * 1000) << 12;
-    atomic_compare_exchange_strong(&next_delivery, &zero, seed);
-    return atomic_fetch_add(&next_delivery, 1);
-}
-
 static void on_commit(evutil_socket_t fd, short what, void *arg);
 
 struct brm_intake *brm_intake_new(const struct brm_config *cfg, struct brm_engine *engine,
                                   struct brm_outbox *ob, struct brm_store *store,
-                                  struct event_base *base) {
+                                  struct brm_state *state, struct event_base *base) {
     struct brm_intake *in = brm_xcalloc(1, sizeof(*in));
     in->cfg = cfg;
     in->engine = engine;
     in->outbox = ob;
     in->store = store;
+    in->state = state;
+    brm_engine_set_state(engine, state);
     in->commit = event_new(base, -1, 0, on_commit, in);
     in->keys = brm_xcalloc(cfg->nsources, sizeof(*in->keys));
     for (size_t i = 0; i < cfg->nsources; i++) {
@@ -78,6 +81,8 @@ struct brm_intake *brm_intake_new(const struct brm_config *cfg, struct brm_engin
                                       "Accepted bodies whose topic Mist does not document.", NULL);
     in->other_topic = brm_metrics_counter("brume_events_total", "Events received, by topic.",
                                           "topic", "other", NULL);
+    in->duplicates = brm_metrics_counter("brume_duplicate_events_total",
+                                         "Events not run again: their id was seen (dedupe).", NULL);
     return in;
 }
 
@@ -93,7 +98,10 @@ void brm_intake_free(struct brm_intake *in) {
     brm_engine_free(in->engine);
     /* Bodies still held were never answered, so never acknowledged: the
      * server that would answer is gone, and they are dropped. */
-    for (size_t i = 0; i < in->nheld; i++) brm_actions_reset(&in->held[i].actions);
+    for (size_t i = 0; i < in->nheld; i++) {
+        brm_actions_reset(&in->held[i].actions);
+        free(in->held[i].copy);
+    }
     free(in->held);
     event_free(in->commit);
     free(in);
@@ -102,6 +110,7 @@ void brm_intake_free(struct brm_intake *in) {
 struct brm_engine *brm_intake_swap(struct brm_intake *in, struct brm_engine *engine) {
     struct brm_engine *old = in->engine;
     in->engine = engine;
+    brm_engine_set_state(engine, in->state);
     return old;
 }
 
@@ -185,34 +194,33 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
     struct brm_envelope env;
     struct brm_dispatch_stats stats;
     struct brm_actions actions = { 0 };
-    const char *source = r->source->name;
+    const struct brm_source *src = r->source;
     if (!signature_ok(in, r)) {
-        brm_log_warn("refused a post: signature missing or wrong", "source", source, "peer",
+        brm_log_warn("refused a post: signature missing or wrong", "source", src->name, "peer",
                      r->peer);
         done(arg, BRM_UNAUTHORIZED, "signature missing or wrong");
         return;
     }
-    struct brm_batch batch = { source, new_delivery_id(), r->received_at };
+    int64_t id = brm_journal_next_id();
+    struct brm_batch batch = { src->name, (uint64_t)id, r->received_at, src->dedupe };
     if (brm_intake_run(in->engine, r->body, r->len, &batch, &actions, &env, &stats, &err) !=
         BRM_OK) {
-        brm_log_warn("refused a post: not a Mist webhook body", "source", source, "peer", r->peer,
-                     "reason", err.msg);
+        brm_log_warn("refused a post: not a Mist webhook body", "source", src->name, "peer",
+                     r->peer, "reason", err.msg);
+        brm_actions_reset(&actions);
         done(arg, BRM_BAD_REQUEST, err.msg);
         return;
     }
     count_events(in, &env);
-    if (!env.known) note_unknown_topic(&env, source);
+    if (stats.duplicates) brm_counter_add(in->duplicates, stats.duplicates);
+    if (!env.known) note_unknown_topic(&env, src->name);
     if (brm_log_enabled(BRM_LOG_DEBUG)) {
-        char id[32], n[32], sent[32];
-        snprintf(id, sizeof(id), "%llu", (unsigned long long)batch.delivery);
+        char ids[32], n[32], sent[32];
+        snprintf(ids, sizeof(ids), "%lld", (long long)id);
         snprintf(n, sizeof(n), "%zu", env.nevents);
         snprintf(sent, sizeof(sent), "%zu", actions.n);
-        brm_log_debug("accepted", "source", source, "delivery", id, "topic", env.topic, "events", n,
-                      "messages", sent);
-    }
-    if (actions.n == 0) {
-        done(arg, BRM_OK, "ok");
-        return;
+        brm_log_debug("accepted", "source", src->name, "delivery", ids, "topic", env.topic,
+                      "events", n, "messages", sent);
     }
     /* Held until the group's commit. The commit event was made active by
      * the first body of this turn, so it runs after every request the loop
@@ -221,7 +229,17 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
         in->capheld = in->capheld ? in->capheld * 2 : 16;
         in->held = brm_xrealloc(in->held, in->capheld * sizeof(*in->held));
     }
-    in->held[in->nheld++] = (struct held){ done, arg, actions };
+    struct held *h = &in->held[in->nheld++];
+    *h = (struct held){ done,        arg,     id,     src,  "",     r->received_at,
+                        env.nevents, r->body, r->len, NULL, actions };
+    snprintf(h->topic, sizeof(h->topic), "%s", env.name);
+    if (!src->durable) {
+        /* Answered now: the request's buffer moves on, so keep a copy. */
+        h->copy = brm_xstrndup(r->body, r->len);
+        h->body = h->copy;
+        h->done = NULL;
+        done(arg, BRM_OK, "ok");
+    }
     if (in->nheld == 1) event_active(in->commit, 0, 0);
 }
 
@@ -229,27 +247,37 @@ static void on_commit(evutil_socket_t fd, short what, void *arg) {
     struct brm_intake *in = arg;
     struct brm_err err;
     (void)fd, (void)what;
-    size_t n = in->nheld;
-    struct brm_actions **lists = brm_xmalloc(n * sizeof(*lists));
-    for (size_t i = 0; i < n; i++) lists[i] = &in->held[i].actions;
-    int rc = brm_outbox_enqueue(in->outbox, in->store, lists, n, &err);
-    free(lists);
-    if (rc < 0) {
-        char count[32];
-        snprintf(count, sizeof(count), "%zu", n);
-        brm_log_error("could not store the messages of a group of bodies", "bodies", count, "error",
-                      err.msg);
+    size_t n = in->nheld, messages = 0, lost = 0;
+    struct brm_journal_entry *entries = brm_xmalloc(n * sizeof(*entries));
+    for (size_t i = 0; i < n; i++) {
+        struct held *h = &in->held[i];
+        entries[i] =
+            (struct brm_journal_entry){ h->id,     h->source->name, h->topic, h->received,
+                                        h->events, h->body,         h->len,   &h->actions };
+        messages += h->actions.n;
     }
+    int rc = brm_journal_commit(in->store, in->cfg, in->state, entries, n, &err);
+    free(entries);
+    if (rc == 0 && messages) brm_outbox_wake(in->outbox);
     /* Answering may free requests and start others: take the group first. */
     struct held *held = in->held;
     in->held = NULL;
     in->nheld = in->capheld = 0;
     for (size_t i = 0; i < n; i++) {
-        if (rc == 0)
-            held[i].done(held[i].arg, BRM_OK, "ok");
-        else
-            held[i].done(held[i].arg, BRM_UNAVAILABLE, "cannot store the messages now; try again");
+        if (held[i].done)
+            held[i].done(held[i].arg, rc == 0 ? BRM_OK : BRM_UNAVAILABLE,
+                         rc == 0 ? "ok" : "cannot store the body now; try again");
+        else if (rc < 0)
+            lost++;
         brm_actions_reset(&held[i].actions);
+        free(held[i].copy);
     }
     free(held);
+    if (rc < 0) {
+        char count[32], dropped[32];
+        snprintf(count, sizeof(count), "%zu", n);
+        snprintf(dropped, sizeof(dropped), "%zu", lost);
+        brm_log_error("could not store a group of bodies: answered 503", "bodies", count,
+                      "lost_not_durable", dropped, "error", err.msg);
+    }
 }

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "engine.h"
 #include "outbox.h"
+#include "state.h"
 
 struct event_base;
 
@@ -33,11 +34,12 @@ typedef void brm_intake_done_fn(void *arg, enum brm_status status, const char *r
 struct brm_intake;
 
 /* An intake for the sources of CFG running ENGINE's rules (it takes
- * ownership of ENGINE), storing what they send through OB with this
- * worker's store connection STORE (both borrowed), on the worker's BASE. */
+ * ownership of ENGINE), journaling through this worker's store connection
+ * STORE, waking OB, with the shared STATE (all borrowed), on the worker's
+ * BASE. */
 struct brm_intake *brm_intake_new(const struct brm_config *cfg, struct brm_engine *engine,
                                   struct brm_outbox *ob, struct brm_store *store,
-                                  struct event_base *base);
+                                  struct brm_state *state, struct event_base *base);
 void brm_intake_free(struct brm_intake *in);
 
 /* Puts ENGINE in place for the next body and returns the one it replaces
@@ -51,9 +53,10 @@ int brm_intake_has_signature(const struct brm_source *src, int has_v2, int has_v
 
 /*
  * Handles one body and calls DONE with the outcome: at once when it is
- * refused or sent nothing, else once its messages are stored. Bodies that
- * come in the same turn of the event loop are stored in one transaction -
- * one fsync for the group - and answered after it (group commit).
+ * refused (or its source has durability = "none"), else once it is in the
+ * journal with what its rules did. Bodies that come in the same turn of
+ * the event loop are journaled in one transaction - one fsync for the
+ * group - and answered after it (group commit).
  */
 void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *req,
                        brm_intake_done_fn *done, void *arg);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
 #include "engine.h"
@@ -20,6 +21,7 @@
 #include "log.h"
 #include "outbox.h"
 #include "server.h"
+#include "state.h"
 #include "store.h"
 #include "verify.h"
 
@@ -35,6 +37,8 @@ static const char usage_main[] =
     "  test    [-c brume.lua] PAYLOAD...  run payload files through the rules offline and\n"
     "                                     print the messages they would send, as JSON lines\n"
     "  sign    --secret S [FILE]          print the X-Mist-Signature-v2 value of a body\n"
+    "  replay  [-c brume.lua] [--since T] [--until T] [--topic X] [--send]\n"
+    "                                     re-run journaled bodies through the current rules\n"
     "  outbox  [-c brume.lua] [list|retry ID|drop ID]   inspect and steer deliveries\n"
     "  version                            print the version\n"
     "\n"
@@ -82,13 +86,27 @@ static const char usage_outbox[] =
     "adds the done ones. retry ID makes a dead (or pending) delivery due now,\n"
     "with a fresh max_age; drop ID deletes it. Works while brume runs.\n";
 
+static const char usage_replay[] =
+    "usage: brume replay [-c brume.lua] [--since T] [--until T] [--topic X] [--send]\n"
+    "\n"
+    "Runs the bodies kept in the journal (received in [since, until)) through\n"
+    "the current rules, oldest first. By default a dry run, like `brume test`:\n"
+    "it prints the messages the rules would send, one JSON line each with its\n"
+    "body's \"delivery\" id, and sends nothing. --send queues them in the\n"
+    "outbox (a running brume delivers them; otherwise the next start does);\n"
+    "messages the original run already queued have the same keys and are not\n"
+    "queued twice. T is \"24h\" (ago), an ISO 8601 date or time in UTC\n"
+    "(\"2026-11-21\", \"2026-11-21T10:00Z\"), or seconds since the epoch. Rule\n"
+    "state (brume.once and the like) starts empty.\n";
+
 static const char usage_version[] = "usage: brume version\n";
 
 struct args {
     const char *config;
     const char *secret;
     const char *source;
-    int sha1, all;
+    const char *since, *until, *topic;
+    int sha1, all, send;
     const char **rest;
     int nrest;
 };
@@ -114,6 +132,15 @@ static int parse_args(int argc, char **argv, const char *accepts, struct args *a
         } else if (strchr(accepts, 'a') && strcmp(arg, "--all") == 0) {
             a->all = 1;
             continue;
+        } else if (strchr(accepts, 'r') && strcmp(arg, "--send") == 0) {
+            a->send = 1;
+            continue;
+        } else if (strchr(accepts, 'r') && strcmp(arg, "--since") == 0) {
+            target = &a->since;
+        } else if (strchr(accepts, 'r') && strcmp(arg, "--until") == 0) {
+            target = &a->until;
+        } else if (strchr(accepts, 'r') && strcmp(arg, "--topic") == 0) {
+            target = &a->topic;
         } else if (strcmp(arg, "--") == 0) {
             while (++i < argc) a->rest[a->nrest++] = argv[i];
             break;
@@ -200,7 +227,11 @@ static int cmd_test(struct args *a) {
     print_errors(&errs);
     brm_errors_reset(&errs);
     int rc = e ? 0 : EXIT_USER;
-    if (e) brm_engine_set_dry_run(e, 1);
+    struct brm_state *state = brm_state_new(); /* brume.once and co., for this run only */
+    if (e) {
+        brm_engine_set_dry_run(e, 1);
+        brm_engine_set_state(e, state);
+    }
     for (int i = 0; e && i < a->nrest; i++) {
         struct brm_buf body, line;
         struct brm_actions actions = { 0 };
@@ -208,7 +239,7 @@ static int cmd_test(struct args *a) {
         struct brm_err err;
         brm_buf_init(&body);
         brm_buf_init(&line);
-        struct brm_batch batch = { "test", (uint64_t)i + 1, brm_time_now() };
+        struct brm_batch batch = { "test", (uint64_t)i + 1, brm_time_now(), 0 };
         if (read_input(a->rest[i], &body) < 0) {
             rc = EXIT_USER;
         } else if (brm_intake_run(e, body.data ? body.data : "", body.len, &batch, &actions, NULL,
@@ -229,8 +260,152 @@ static int cmd_test(struct args *a) {
         brm_buf_reset(&line);
     }
     brm_engine_free(e);
+    brm_state_free(state);
     brm_config_free(cfg);
     return rc;
+}
+
+/* A point in time: "24h" (ago), seconds since the epoch, or an ISO 8601
+ * date or time in UTC ("2026-11-21", "2026-11-21T10:00", ...:00Z). */
+static int parse_when(const char *s, double *out) {
+    double d;
+    int y, mo, da, h = 0, mi = 0, se = 0, n = 0;
+    if (brm_parse_duration(s, &d) == 0 && strspn(s, "0123456789.") != strlen(s)) {
+        *out = brm_time_now() - d;
+        return 0;
+    }
+    char *end;
+    d = strtod(s, &end);
+    if (*s && !*end && d > 1e8) {
+        *out = d;
+        return 0;
+    }
+    if (sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &da, &n) != 3) return -1;
+    const char *rest = s + n;
+    if (*rest == 'T' || *rest == ' ') {
+        int m = 0;
+        if (sscanf(rest + 1, "%2d:%2d%n", &h, &mi, &m) != 2) return -1;
+        rest += 1 + m;
+        if (*rest == ':') {
+            if (sscanf(rest + 1, "%2d%n", &se, &m) != 1) return -1;
+            rest += 1 + m;
+        }
+    }
+    if (*rest == 'Z') rest++;
+    if (*rest) return -1;
+    struct tm tm = { .tm_year = y - 1900,
+                     .tm_mon = mo - 1,
+                     .tm_mday = da,
+                     .tm_hour = h,
+                     .tm_min = mi,
+                     .tm_sec = se };
+    *out = (double)timegm(&tm);
+    return 0;
+}
+
+struct replay {
+    const struct brm_config *cfg;
+    struct brm_engine *engine;
+    struct brm_store *store;
+    const char *topic; /* normalised, or NULL */
+    int send;
+    long bodies, events, messages, stored, failed_bodies;
+    int rc;
+    struct brm_buf line;
+};
+
+static int replay_body(void *arg, const struct brm_body *b) {
+    struct replay *r = arg;
+    struct brm_actions actions = { 0 };
+    struct brm_dispatch_stats stats = { 0 };
+    struct brm_err err;
+    if (r->topic && strcmp(b->topic, r->topic) != 0) return 0;
+    const struct brm_source *src = brm_config_source(r->cfg, b->source);
+    struct brm_batch batch = { b->source, (uint64_t)b->id, b->received, src ? src->dedupe : 0 };
+    if (brm_intake_run(r->engine, b->body, b->len, &batch, &actions, NULL, &stats, &err) !=
+        BRM_OK) {
+        fprintf(stderr, "brume: body %lld no longer decodes: %s\n", (long long)b->id, err.msg);
+        r->failed_bodies++;
+        return 0;
+    }
+    r->bodies++;
+    r->events += (long)stats.events;
+    r->messages += (long)actions.n;
+    if (stats.errors) r->rc = EXIT_USER;
+    if (!r->send) {
+        for (size_t k = 0; k < actions.n; k++) {
+            r->line.len = 0;
+            brm_action_json(&actions.v[k], &r->line);
+            printf("{\"delivery\":%lld,%s\n", (long long)b->id, r->line.data + 1);
+        }
+    } else if (actions.n) {
+        int added = -1;
+        if (brm_store_begin(r->store, &err) == 0) {
+            added = brm_outbox_add(r->cfg, r->store, &actions, brm_time_now(), &err);
+            if (added < 0 || brm_store_commit(r->store, &err) < 0) {
+                brm_store_rollback(r->store);
+                added = -1;
+            }
+        }
+        if (added < 0) {
+            fprintf(stderr, "brume: %s\n", err.msg);
+            r->rc = EXIT_USER;
+            brm_actions_reset(&actions);
+            return 1;
+        }
+        r->stored += added;
+    }
+    brm_actions_reset(&actions);
+    return 0;
+}
+
+static int cmd_replay(struct args *a) {
+    double since = 0, until = 1e18;
+    if ((a->since && parse_when(a->since, &since) < 0) ||
+        (a->until && parse_when(a->until, &until) < 0) || a->nrest) {
+        fputs(usage_replay, stderr);
+        return EXIT_USAGE;
+    }
+    struct brm_config *cfg = load_config(a->config);
+    if (!cfg) return EXIT_USER;
+    struct brm_errors errs = { 0 };
+    struct brm_engine *e = brm_engine_new(cfg, &errs);
+    print_errors(&errs);
+    brm_errors_reset(&errs);
+    struct brm_err err;
+    char *path = brm_outbox_store_path(cfg);
+    struct brm_store *st = e ? brm_store_open(path, &err) : NULL;
+    free(path);
+    struct brm_state *state = brm_state_new(); /* as if the rules had started afresh */
+    char topic[BRM_TOPIC_MAX];
+    if (a->topic) brm_topic_normalize(a->topic, strlen(a->topic), topic, sizeof(topic));
+    struct replay r = {
+        .cfg = cfg, .engine = e, .store = st, .topic = a->topic ? topic : NULL, .send = a->send
+    };
+    if (!e) {
+        r.rc = EXIT_USER;
+    } else if (!st) {
+        fprintf(stderr, "brume: %s\n", err.msg);
+        r.rc = EXIT_USER;
+    } else {
+        brm_engine_set_state(e, state);
+        brm_engine_set_dry_run(e, !a->send);
+        if (brm_store_bodies(st, since, until, replay_body, &r, &err) < 0) {
+            fprintf(stderr, "brume: %s\n", err.msg);
+            r.rc = EXIT_USER;
+        }
+        fprintf(stderr, "replayed %ld bod%s (%ld events): %ld message%s", r.bodies,
+                r.bodies == 1 ? "y" : "ies", r.events, r.messages, r.messages == 1 ? "" : "s");
+        if (a->send)
+            fprintf(stderr, ", %ld queued (%ld sent before)", r.stored, r.messages - r.stored);
+        fprintf(stderr, "%s\n", a->send ? "" : "; nothing sent (--send to queue them)");
+    }
+    brm_buf_reset(&r.line);
+    brm_state_free(state);
+    brm_store_close(st);
+    brm_engine_free(e);
+    brm_config_free(cfg);
+    return r.rc;
 }
 
 static int cmd_sign(struct args *a, int config_given) {
@@ -375,7 +550,8 @@ int main(int argc, char **argv) {
     } commands[] = {
         { "run", "c", usage_run },        { "check", "c", usage_check },
         { "test", "c", usage_test },      { "sign", "cs1", usage_sign },
-        { "outbox", "ca", usage_outbox }, { "version", "", usage_version },
+        { "outbox", "ca", usage_outbox }, { "replay", "cr", usage_replay },
+        { "version", "", usage_version },
     };
     signal(SIGPIPE, SIG_IGN);
     if (argc < 2) {
@@ -412,6 +588,8 @@ int main(int argc, char **argv) {
             rc = cmd_sign(&a, config_given);
         } else if (strcmp(cmd, "outbox") == 0) {
             rc = cmd_outbox(&a);
+        } else if (strcmp(cmd, "replay") == 0) {
+            rc = cmd_replay(&a);
         } else {
             print_version();
             rc = 0;

@@ -90,6 +90,7 @@ struct brm_outbox {
     size_t nresults, cap_results;
     _Atomic int stopping;
     double stop_wait;
+    double paused_until; /* the store refused the last outcomes */
     double last_prune, last_count, last_orphans;
     _Atomic long pending;
     _Atomic long long oldest_ms;
@@ -115,43 +116,37 @@ void brm_outbox_mask(const struct brm_target *t, const char *s, struct brm_buf *
     }
 }
 
-/* ---- enqueue (worker threads) ------------------------------------------- */
+/* ---- adding (worker threads) -------------------------------------------- */
 
-static const struct brm_target *find_target(const struct brm_config *cfg, const char *name) {
-    return brm_config_target(cfg, name);
+int brm_outbox_add(const struct brm_config *cfg, struct brm_store *st, const struct brm_actions *a,
+                   double now, struct brm_err *err) {
+    int added = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        const struct brm_action *x = &a->v[i];
+        const struct brm_target *t = brm_config_target(cfg, x->target);
+        struct brm_delivery d = {
+            .key = x->key,
+            .target = x->target,
+            .rule = x->rule,
+            .topic = x->topic,
+            .event = x->event_id,
+            .request = x->request,
+            .ticket = x->ticket,
+            .created = now,
+            .next_at = now,
+            .expires = now + (t ? t->max_age : 86400),
+        };
+        int rc = brm_store_add_delivery(st, &d, err);
+        if (rc < 0) return -1;
+        added += rc;
+    }
+    return added;
 }
 
-int brm_outbox_enqueue(struct brm_outbox *ob, struct brm_store *st,
-                       struct brm_actions *const *lists, size_t n, struct brm_err *err) {
-    double now = brm_time_now();
-    if (brm_store_begin(st, err) < 0) return -1;
-    for (size_t l = 0; l < n; l++) {
-        for (size_t i = 0; i < lists[l]->n; i++) {
-            const struct brm_action *x = &lists[l]->v[i];
-            const struct brm_target *t = find_target(ob->cfg, x->target);
-            struct brm_delivery d = {
-                .key = x->key,
-                .target = x->target,
-                .rule = x->rule,
-                .topic = x->topic,
-                .event = x->event_id,
-                .request = x->request,
-                .ticket = x->ticket,
-                .created = now,
-                .next_at = now,
-                .expires = now + (t ? t->max_age : 86400),
-            };
-            if (brm_store_add_delivery(st, &d, err) < 0) {
-                brm_store_rollback(st);
-                return -1;
-            }
-        }
-    }
-    if (brm_store_commit(st, err) < 0) return -1;
+void brm_outbox_wake(struct brm_outbox *ob) {
     uint64_t one = 1;
-    if (write(ob->mailfd, &one, sizeof(one)) < 0) { /* the poll finds them anyway */
+    if (write(ob->mailfd, &one, sizeof(one)) < 0) { /* the poll finds the work anyway */
     }
-    return 0;
 }
 
 long brm_outbox_pending(const struct brm_outbox *ob, double *oldest) {
@@ -303,10 +298,15 @@ static void add_result(struct brm_outbox *ob, int64_t id, enum brm_delivery_stat
     event_active(ob->work, 0, 0);
 }
 
-/* Writes the outcomes gathered so far, in one transaction. */
-static void flush_results(struct brm_outbox *ob) {
+/*
+ * Writes the outcomes gathered so far, in one transaction. Returns 0, or
+ * -1 when the store refused them (a full disk): they are kept to be written
+ * later, and no attempt starts meanwhile - else a done delivery, still
+ * pending in the store, would be sent again and again.
+ */
+static int flush_results(struct brm_outbox *ob) {
     struct brm_err err;
-    if (!ob->nresults) return;
+    if (!ob->nresults) return 0;
     if (brm_store_begin(ob->store, &err) == 0) {
         int ok = 1;
         for (size_t i = 0; i < ob->nresults && ok; i++) {
@@ -314,14 +314,17 @@ static void flush_results(struct brm_outbox *ob) {
             ok = brm_store_finish(ob->store, r->id, r->state, r->next_at, r->status, r->error,
                                   &err) == 0;
         }
-        if (ok && brm_store_commit(ob->store, &err) == 0) goto done;
+        if (ok && brm_store_commit(ob->store, &err) == 0) {
+            for (size_t i = 0; i < ob->nresults; i++) free(ob->results[i].error);
+            ob->nresults = 0;
+            return 0;
+        }
         brm_store_rollback(ob->store);
     }
-    /* The deliveries stay pending and will be attempted again: at least once. */
-    brm_log_error("outbox: cannot record delivery outcomes", "error", err.msg);
-done:
-    for (size_t i = 0; i < ob->nresults; i++) free(ob->results[i].error);
-    ob->nresults = 0;
+    if (brm_time_now() >= ob->paused_until) /* once per pause, not per pass */
+        brm_log_error("outbox: cannot record delivery outcomes; pausing", "error", err.msg);
+    ob->paused_until = brm_time_now() + POLL_INTERVAL;
+    return -1;
 }
 
 static const char *step_name(enum step s) {
@@ -808,9 +811,14 @@ static void housekeeping(struct brm_outbox *ob, double now) {
 static void schedule(struct brm_outbox *ob) {
     struct brm_err err;
     double now = brm_time_now(), wake = now + POLL_INTERVAL;
-    flush_results(ob);
+    int flushed = flush_results(ob) == 0;
     if (atomic_load(&ob->stopping)) {
         if (!ob->jobs) event_base_loopbreak(ob->base);
+        return;
+    }
+    if (!flushed) {
+        struct timeval tv = { (time_t)POLL_INTERVAL, 0 };
+        evtimer_add(ob->timer, &tv);
         return;
     }
     housekeeping(ob, now);
@@ -892,7 +900,8 @@ struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_err *
     if (!(ob->store = brm_store_open(ob->path, err))) goto fail;
     /* Losing an attempt's outcome in a power cut means one more attempt,
      * never a lost message: no fsync for outcomes. */
-    if (brm_store_relax(ob->store, err) < 0) goto fail;
+    if (brm_store_relax(ob->store, err) < 0 || brm_store_limit(ob->store, cfg->store_max, err) < 0)
+        goto fail;
     ob->targets = brm_xcalloc(cfg->ntargets, sizeof(*ob->targets));
     for (size_t i = 0; i < cfg->ntargets; i++) {
         struct target_rt *tr = &ob->targets[ob->ntargets++];

@@ -1,8 +1,8 @@
 /*
  * outbox: delivers what rules send, durably and with retries.
  *
- * brm_outbox_enqueue (from any worker) stores each action as a delivery, in
- * one transaction per body, before anything is attempted. The outbox thread
+ * brm_outbox_add (from any worker) stores each action as a delivery, in the
+ * journal's transaction, before anything is attempted. The outbox thread
  * - its own event_base driving libcurl's multi interface: no blocking call,
  * no thread per request - takes due deliveries from the store and makes
  * their requests: HTTP(S) with certificate verification, through a target's
@@ -40,14 +40,16 @@ void brm_outbox_stop(struct brm_outbox *ob, double wait);
 void brm_outbox_free(struct brm_outbox *ob);
 
 /*
- * Stores the actions of the N lists as deliveries through ST (the calling
- * thread's own connection), all in one transaction - one fsync for a whole
- * group of bodies - and wakes the outbox thread. An action whose key is
- * already stored is not stored again. Returns 0, or -1 with ERR set
- * (nothing stored: the caller answers 503).
+ * Stores the actions of A as deliveries through ST (the calling thread's
+ * own connection), inside the caller's transaction: the journal stores a
+ * body, its deliveries and its state in one. An action whose key is
+ * already stored is not stored again. Returns how many were stored, or -1
+ * with ERR set.
  */
-int brm_outbox_enqueue(struct brm_outbox *ob, struct brm_store *st,
-                       struct brm_actions *const *lists, size_t n, struct brm_err *err);
+int brm_outbox_add(const struct brm_config *cfg, struct brm_store *st, const struct brm_actions *a,
+                   double now, struct brm_err *err);
+/* Tells the outbox thread there is new work (any thread). */
+void brm_outbox_wake(struct brm_outbox *ob);
 
 /* Pending deliveries and the age of the oldest, as last counted. */
 long brm_outbox_pending(const struct brm_outbox *ob, double *oldest);

@@ -18,11 +18,13 @@
 #include "engine.h"
 #include "http.h"
 #include "intake.h"
+#include "journal.h"
 #include "log.h"
 #include "metrics.h"
 #include "outbox.h"
 
 #define DRAIN_POLL_MS 50
+#define HOUSEKEEPING  60 /* seconds between two rounds of pruning */
 
 struct server;
 
@@ -64,6 +66,9 @@ struct server {
     _Atomic long rules;
     int lockfd;
     struct brm_counter *reloads, *reload_failures;
+    struct brm_store *store; /* the main thread's: start-up and housekeeping */
+    struct brm_state *state;
+    struct event *housekeeping;
 };
 
 static void post(int fd) {
@@ -197,11 +202,11 @@ static int setup_worker(struct server *s, struct worker *w, int id, struct brm_e
     struct brm_err err;
     w->store = brm_store_open(path, &err);
     free(path);
-    if (!w->store) {
+    if (!w->store || brm_store_limit(w->store, cfg->store_max, &err) < 0) {
         brm_log_error("cannot open the store", "error", err.msg);
         return -1;
     }
-    w->intake = brm_intake_new(cfg, e, s->outbox, w->store, w->base);
+    w->intake = brm_intake_new(cfg, e, s->outbox, w->store, s->state, w->base);
     w->routes = brm_xcalloc(cfg->nsources, sizeof(*w->routes));
     struct brm_http_route *routes = brm_xcalloc(cfg->nsources, sizeof(*routes));
     for (size_t i = 0; i < cfg->nsources; i++) {
@@ -355,6 +360,40 @@ static void on_stop(evutil_socket_t sig, short what, void *arg) {
     event_base_loopbreak(s->base);
 }
 
+/* Journal retention, expired state: once a minute, on the main thread. */
+static void on_housekeeping(evutil_socket_t fd, short what, void *arg) {
+    struct server *s = arg;
+    struct brm_err err;
+    double now = brm_time_now();
+    (void)fd, (void)what;
+    long gone = brm_journal_prune(s->store, s->cfg, now, &err);
+    if (gone < 0) brm_log_warn("cannot prune the journal", "error", err.msg);
+    if (gone > 0) {
+        char n[32];
+        snprintf(n, sizeof(n), "%ld", gone);
+        brm_log_info("journal pruned", "bodies", n);
+    }
+    if (brm_store_prune_state(s->store, now, &err) < 0)
+        brm_log_warn("cannot prune state", "error", err.msg);
+    brm_state_sweep(s->state, now);
+}
+
+/* Opens the main thread's store connection, continues the journal's ids
+ * and loads the rules' state. */
+static int open_store(struct server *s) {
+    struct brm_err err;
+    char *path = brm_outbox_store_path(s->cfg);
+    s->store = brm_store_open(path, &err);
+    free(path);
+    if (!s->store || brm_store_limit(s->store, s->cfg->store_max, &err) < 0 ||
+        brm_state_load(s->state, s->store, brm_time_now(), &err) < 0) {
+        brm_log_error("cannot open the store", "error", err.msg);
+        return -1;
+    }
+    brm_journal_start(brm_store_last_body(s->store));
+    return 0;
+}
+
 static void on_hup(evutil_socket_t sig, short what, void *arg) {
     (void)sig, (void)what;
     reload(arg, "SIGHUP");
@@ -461,6 +500,8 @@ int brm_server_run(const struct brm_config *cfg) {
             brm_log_warn("source accepts unsigned posts (insecure = true)", "source",
                          cfg->sources[i].name, "path", cfg->sources[i].path);
     if (lock_data_dir(&s) < 0) goto done;
+    s.state = brm_state_new();
+    if (open_store(&s) < 0) goto done;
     if (!(s.outbox = brm_outbox_new(cfg, &err))) {
         brm_log_error("cannot open the outbox", "error", err.msg);
         goto done;
@@ -487,6 +528,10 @@ int brm_server_run(const struct brm_config *cfg) {
     event_add(s.sigterm, NULL);
     event_add(s.sigint, NULL);
     event_add(s.sighup, NULL);
+    s.housekeeping = event_new(s.base, -1, EV_PERSIST, on_housekeeping, &s);
+    struct timeval minute = { HOUSEKEEPING, 0 };
+    event_add(s.housekeeping, &minute);
+    on_housekeeping(-1, 0, &s);
 
     /* Workers leave the signals to this thread. */
     sigemptyset(&block);
@@ -533,9 +578,12 @@ done:
     if (s.sigterm) event_free(s.sigterm);
     if (s.sigint) event_free(s.sigint);
     if (s.sighup) event_free(s.sighup);
+    if (s.housekeeping) event_free(s.housekeeping);
     if (s.mailfd >= 0) close(s.mailfd);
     if (s.base) event_base_free(s.base);
     brm_outbox_free(s.outbox);
+    brm_store_close(s.store);
+    brm_state_free(s.state);
     if (s.lockfd >= 0) close(s.lockfd);
     return rc;
 }

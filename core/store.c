@@ -40,6 +40,21 @@ static const char *const migrations[] = {
     "  ref TEXT NOT NULL,"
     "  created REAL NOT NULL,"
     "  PRIMARY KEY (target, key));",
+    /* 2: the journal of accepted bodies; rule state and dedupe marks. A body
+     * row is committed with its deliveries and state in one transaction:
+     * its being there means its rules ran and their outcome is stored. */
+    "CREATE TABLE bodies ("
+    "  id INTEGER PRIMARY KEY,"
+    "  source TEXT NOT NULL,"
+    "  topic TEXT NOT NULL,"
+    "  received REAL NOT NULL,"
+    "  events INTEGER NOT NULL,"
+    "  body BLOB NOT NULL);"
+    "CREATE INDEX bodies_received ON bodies(received);"
+    "CREATE TABLE state ("
+    "  key TEXT PRIMARY KEY,"
+    "  value TEXT NOT NULL,"
+    "  expires REAL NOT NULL);", /* 0: never */
 };
 
 enum stmt {
@@ -59,6 +74,16 @@ enum stmt {
     S_PRUNE,
     S_TICKET,
     S_SET_TICKET,
+    S_ADD_BODY,
+    S_MAX_BODY,
+    S_BODIES,
+    S_PRUNE_BODIES,
+    S_JOURNAL_SIZE,
+    S_OLDEST_BODY,
+    S_PUT_STATE,
+    S_DEL_STATE,
+    S_STATE,
+    S_PRUNE_STATE,
     NSTMT
 };
 
@@ -97,6 +122,20 @@ static const char *const sql[NSTMT] = {
     [S_TICKET] = "SELECT ref FROM tickets WHERE target = ? AND key = ?",
     [S_SET_TICKET] = "INSERT INTO tickets (target, key, ref, created) VALUES (?, ?, ?, ?)"
                      " ON CONFLICT (target, key) DO UPDATE SET ref = excluded.ref",
+    [S_ADD_BODY] = "INSERT INTO bodies (id, source, topic, received, events, body)"
+                   " VALUES (?, ?, ?, ?, ?, ?)",
+    [S_MAX_BODY] = "SELECT max(id) FROM bodies",
+    [S_BODIES] = "SELECT id, source, topic, received, events, body FROM bodies"
+                 " WHERE received >= ? AND received < ? ORDER BY id",
+    [S_PRUNE_BODIES] = "DELETE FROM bodies WHERE id <= ?",
+    [S_JOURNAL_SIZE] = "SELECT count(*), coalesce(sum(length(body)), 0) FROM bodies",
+    [S_OLDEST_BODY] = "SELECT id, length(body), received FROM bodies ORDER BY id LIMIT 1000",
+    [S_PUT_STATE] = "INSERT INTO state (key, value, expires) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                    " expires = excluded.expires",
+    [S_DEL_STATE] = "DELETE FROM state WHERE key = ?",
+    [S_STATE] = "SELECT key, value, expires FROM state WHERE expires = 0 OR expires > ?",
+    [S_PRUNE_STATE] = "DELETE FROM state WHERE expires <> 0 AND expires <= ?",
 };
 
 struct brm_store {
@@ -188,7 +227,9 @@ struct brm_store *brm_store_open(const char *path, struct brm_err *err) {
     sqlite3_busy_handler(s->db, busy, NULL);
     /* WAL: readers never wait for the writer. synchronous=FULL: a commit
      * is on disk when it returns, which is what a 200 promises. */
-    if (exec(s, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;", err) < 0) goto fail;
+    if (exec(s, "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;",
+             err) < 0)
+        goto fail;
     if (migrate(s, err) < 0) goto fail;
     for (int i = 0; i < NSTMT; i++) {
         if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL) !=
@@ -405,4 +446,123 @@ int brm_store_set_ticket(struct brm_store *s, const char *target, const char *ke
     bind_text(st, 3, ref);
     sqlite3_bind_double(st, 4, brm_time_now());
     return run(s, S_SET_TICKET, err, "recording a ticket");
+}
+
+/* ---- the journal -------------------------------------------------------- */
+
+int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_ADD_BODY];
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)b->id);
+    bind_text(st, 2, b->source);
+    bind_text(st, 3, b->topic);
+    sqlite3_bind_double(st, 4, b->received);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)b->events);
+    sqlite3_bind_blob(st, 6, b->body ? b->body : "", (int)b->len, SQLITE_STATIC);
+    return run(s, S_ADD_BODY, err, "journaling a body");
+}
+
+int64_t brm_store_last_body(struct brm_store *s) {
+    sqlite3_stmt *st = s->stmt[S_MAX_BODY];
+    int64_t id = 0;
+    if (sqlite3_step(st) == SQLITE_ROW) id = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return id;
+}
+
+int brm_store_bodies(struct brm_store *s, double since, double until,
+                     int (*fn)(void *arg, const struct brm_body *b), void *arg,
+                     struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_BODIES];
+    int rc;
+    sqlite3_bind_double(st, 1, since);
+    sqlite3_bind_double(st, 2, until);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct brm_body b = {
+            .id = sqlite3_column_int64(st, 0),
+            .source = (const char *)sqlite3_column_text(st, 1),
+            .topic = (const char *)sqlite3_column_text(st, 2),
+            .received = sqlite3_column_double(st, 3),
+            .events = (size_t)sqlite3_column_int64(st, 4),
+            .body = sqlite3_column_blob(st, 5),
+            .len = (size_t)sqlite3_column_bytes(st, 5),
+        };
+        if (fn(arg, &b)) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : fail(s, err, "reading the journal");
+}
+
+int brm_store_prune_journal(struct brm_store *s, double before, uint64_t max_bytes, long *removed,
+                            struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_JOURNAL_SIZE];
+    int64_t count = 0, bytes = 0, upto = 0;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        count = sqlite3_column_int64(st, 0);
+        bytes = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    /* The oldest bodies go while they are older than BEFORE or the journal
+     * is over MAX_BYTES; a thousand at a time keeps each pass short. */
+    st = s->stmt[S_OLDEST_BODY];
+    int64_t gone = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        int64_t id = sqlite3_column_int64(st, 0), len = sqlite3_column_int64(st, 1);
+        double received = sqlite3_column_double(st, 2);
+        if (received >= before && (max_bytes == 0 || (uint64_t)bytes <= max_bytes)) break;
+        upto = id;
+        bytes -= len;
+        gone++;
+    }
+    sqlite3_reset(st);
+    *removed = (long)gone;
+    (void)count;
+    if (!upto) return 0;
+    sqlite3_bind_int64(s->stmt[S_PRUNE_BODIES], 1, upto);
+    return run(s, S_PRUNE_BODIES, err, "pruning the journal");
+}
+
+/* ---- rule state and dedupe marks ---------------------------------------- */
+
+int brm_store_put_state(struct brm_store *s, const char *key, const char *value, double expires,
+                        struct brm_err *err) {
+    if (!value) {
+        bind_text(s->stmt[S_DEL_STATE], 1, key);
+        return run(s, S_DEL_STATE, err, "deleting state");
+    }
+    sqlite3_stmt *st = s->stmt[S_PUT_STATE];
+    bind_text(st, 1, key);
+    bind_text(st, 2, value);
+    sqlite3_bind_double(st, 3, expires);
+    return run(s, S_PUT_STATE, err, "saving state");
+}
+
+int brm_store_load_state(struct brm_store *s, double now,
+                         void (*fn)(void *arg, const char *key, const char *value, double expires),
+                         void *arg, struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_STATE];
+    int rc;
+    sqlite3_bind_double(st, 1, now);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        fn(arg, (const char *)sqlite3_column_text(st, 0), (const char *)sqlite3_column_text(st, 1),
+           sqlite3_column_double(st, 2));
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : fail(s, err, "loading state");
+}
+
+int brm_store_prune_state(struct brm_store *s, double now, struct brm_err *err) {
+    sqlite3_bind_double(s->stmt[S_PRUNE_STATE], 1, now);
+    return run(s, S_PRUNE_STATE, err, "pruning state");
+}
+
+int brm_store_limit(struct brm_store *s, uint64_t max_bytes, struct brm_err *err) {
+    char sqltext[96];
+    if (!max_bytes) return 0;
+    /* A hard cap on the database file: past it writes fail with
+     * SQLITE_FULL, as on a full disk, and brume answers 503. */
+    snprintf(sqltext, sizeof(sqltext), "PRAGMA max_page_count = %llu",
+             (unsigned long long)(max_bytes / 4096 ? max_bytes / 4096 : 1));
+    return exec(s, sqltext, err);
 }

@@ -6,9 +6,11 @@
  * lock. The schema is versioned (PRAGMA user_version) and migrated forward
  * on open.
  *
- * What it holds: deliveries (every message a rule sent, from before its
- * first attempt until it is done or dead) and tickets (the ticket a target
- * opened for a dedup key, so later messages update it). Depends on util.
+ * What it holds: the journal (every accepted body, with its topic, source
+ * and time), deliveries (every message a rule sent, from before its first
+ * attempt until it is done or dead), tickets (the ticket a target opened
+ * for a dedup key, so later messages update it), rule state (brume.once,
+ * throttle, state) and dedupe marks. Depends on util.
  */
 #ifndef BRM_STORE_H
 #define BRM_STORE_H
@@ -91,5 +93,44 @@ int brm_store_ticket(struct brm_store *s, const char *target, const char *key, c
                      size_t size);
 int brm_store_set_ticket(struct brm_store *s, const char *target, const char *key, const char *ref,
                          struct brm_err *err);
+
+/* A journaled body. Strings and BODY are borrowed (from the caller, or
+ * from the store until the callback returns). */
+struct brm_body {
+    int64_t id;
+    const char *source, *topic; /* topic as normalised */
+    double received;
+    size_t events;
+    const void *body;
+    size_t len;
+};
+
+int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm_err *err);
+/* The highest body id in the journal (0 when empty). */
+int64_t brm_store_last_body(struct brm_store *s);
+/* Calls FN for each body received in [SINCE, UNTIL), oldest first; stops
+ * when FN returns nonzero. */
+int brm_store_bodies(struct brm_store *s, double since, double until,
+                     int (*fn)(void *arg, const struct brm_body *b), void *arg,
+                     struct brm_err *err);
+/* Deletes the oldest bodies while they were received before BEFORE or the
+ * journal holds more than MAX_BYTES of bodies (0: no size limit); at most a
+ * thousand per call. *REMOVED tells how many went. */
+int brm_store_prune_journal(struct brm_store *s, double before, uint64_t max_bytes, long *removed,
+                            struct brm_err *err);
+
+/* Saves state KEY (VALUE NULL deletes it); EXPIRES 0 is never. */
+int brm_store_put_state(struct brm_store *s, const char *key, const char *value, double expires,
+                        struct brm_err *err);
+/* Hands every live state entry to FN. */
+int brm_store_load_state(struct brm_store *s, double now,
+                         void (*fn)(void *arg, const char *key, const char *value, double expires),
+                         void *arg, struct brm_err *err);
+/* Deletes expired state. */
+int brm_store_prune_state(struct brm_store *s, double now, struct brm_err *err);
+
+/* Caps the database file at MAX_BYTES (0: no cap): past it writes fail as
+ * on a full disk. */
+int brm_store_limit(struct brm_store *s, uint64_t max_bytes, struct brm_err *err);
 
 #endif

@@ -4,7 +4,9 @@ The server runs on CPU 0 and wrk on CPU 1 (taskset), brume with one worker,
 32 connections, signed Mist alarm bodies of 1 and 10 events (the shipped
 rogue-AP rule sends one message per event to a file target on /dev/null).
 Prints req/s, events/s, p50 and p99 latency, peak RSS, and brume's
-throughput as a ratio of the responder's.
+throughput as a ratio of the responder's; brume runs twice, its source
+durable (the default: answered after the group's fsync) and with
+durability = "none" (answered at once, committed after).
 """
 import hashlib
 import hmac
@@ -97,15 +99,18 @@ def main():
         raise SystemExit("wrk is needed: apt-get install wrk")
     tmp = tempfile.mkdtemp(prefix="brume-bench-")
     posts = bodies(tmp)
-    with open(os.path.join(tmp, "brume.lua"), "w") as f:
-        f.write('listen = "127.0.0.1:%d"\nadmin = false\nworkers = 1\ndata_dir = "var"\n'
-                'rules = "%s/rules"\nlog = { level = "warn" }\n'
-                'sources = { mist = { path = "/mist", secret = "%s" } }\n'
-                'targets = { secops = { kind = "file", path = "/dev/null" } }\n'
-                % (PORT, SRC, SECRET))
+    for name, durability in (("brume", "full"), ("brume-nodurable", "none")):
+        with open(os.path.join(tmp, name + ".lua"), "w") as f:
+            f.write('listen = "127.0.0.1:%d"\nadmin = false\nworkers = 1\ndata_dir = "%s"\n'
+                    'rules = "%s/rules"\nlog = { level = "warn" }\n'
+                    'sources = { mist = { path = "/mist", secret = "%s", durability = "%s" } }\n'
+                    'targets = { secops = { kind = "file", path = "/dev/null" } }\n'
+                    % (PORT, "var-" + name, SRC, SECRET, durability))
     servers = [
         ("responder", [os.path.join(SRC, BUILD, "tests", "bench_responder"), str(PORT)]),
         ("brume", [os.path.join(SRC, BUILD, "brume"), "run", "-c", "brume.lua"]),
+        ("brume, durability none", [os.path.join(SRC, BUILD, "brume"), "run", "-c",
+                                    "brume-nodurable.lua"]),
     ]
     results = {}
     for name, cmd in servers:

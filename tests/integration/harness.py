@@ -85,6 +85,11 @@ class Brume:
     # ---- life -------------------------------------------------------------
 
     def start(self, expect_ready=True):
+        """Starts (or starts again) the daemon; waits until it is ready and
+        reads its ports from what it logged since."""
+        self._since = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        if getattr(self, "_log", None) and not self._log.closed:
+            self._log.close()  # after a kill -9 that stop() did not see
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([BRUME, "run", "-c", self.config_path], cwd=self.dir,
                                      stdin=subprocess.DEVNULL, stdout=self._log,
@@ -93,9 +98,9 @@ class Brume:
         if not expect_ready:
             return self
         self.wait_log(r"msg=\"brume ready\"", START_TIMEOUT)
-        m = re.search(r'msg=listening addr=[^\s]*:(\d+)', self.log())
+        m = re.search(r'msg=listening addr=[^\s]*:(\d+)', self.log()[self._since:])
         self.port = int(m.group(1))
-        m = re.search(r'msg="admin listening" addr=[^\s]*:(\d+)', self.log())
+        m = re.search(r'msg="admin listening" addr=[^\s]*:(\d+)', self.log()[self._since:])
         self.admin_port = int(m.group(1)) if m else None
         return self
 
@@ -149,9 +154,10 @@ class Brume:
             return f.read()
 
     def wait_log(self, pattern, timeout=10):
+        """Waits for PATTERN in what the daemon logged since it (last) started."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if re.search(pattern, self.log()):
+            if re.search(pattern, self.log()[getattr(self, "_since", 0):]):
                 return
             if self.proc.poll() is not None:
                 raise AssertionError("brume exited (%s) before %r:\n%s" %

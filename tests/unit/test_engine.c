@@ -47,7 +47,7 @@ static struct brm_dispatch_stats run(struct brm_engine *e, const char *body, str
     struct brm_actions a = { 0 };
     struct brm_dispatch_stats st = { 0 };
     struct brm_err err;
-    struct brm_batch b = { "mist", 42, 1700000000.5 };
+    struct brm_batch b = { "mist", 42, 1700000000.5, 0 };
     out->len = 0;
     brm_buf_puts(out, "");
     int rc = brm_intake_run(e, body, strlen(body), &b, &a, NULL, &st, &err);

@@ -18,6 +18,12 @@ static int collect(void *arg, struct brm_delivery *d) {
     return 0;
 }
 
+static int collect_body(void *arg, const struct brm_body *b) {
+    (void)arg;
+    ids[nids++] = b->id;
+    return 0;
+}
+
 static void due_for(struct brm_store *s, const char *target, double now) {
     struct brm_err err;
     nids = 0;
@@ -112,6 +118,50 @@ int main(void) {
     CHECK_INT(brm_store_set_ticket(s, "snow", "K", "SYS2", &err), 0);
     brm_store_ticket(s, "snow", "K", ref, sizeof(ref));
     CHECK_STR(ref, "SYS2");
+    /* The journal: bodies by time, the last id, pruning by age and size. */
+    CHECK_INT(brm_store_last_body(s), 0);
+    char blob[1000];
+    memset(blob, 'x', sizeof(blob));
+    for (int i = 1; i <= 10; i++) {
+        struct brm_body b = { .id = i * 10,
+                              .source = "mist",
+                              .topic = "alarms",
+                              .received = 1000 + i,
+                              .events = 1,
+                              .body = blob,
+                              .len = 1000 };
+        CHECK_INT(brm_store_add_body(s, &b, &err), 0);
+    }
+    CHECK_INT(brm_store_last_body(s), 100);
+    nids = 0;
+    CHECK_INT(brm_store_bodies(s, 1003, 1006, collect_body, NULL, &err), 0);
+    CHECK_INT(nids, 3); /* received 1003, 1004, 1005 */
+    CHECK(nids == 3 && ids[0] == 30 && ids[2] == 50);
+    long removed;
+    CHECK_INT(brm_store_prune_journal(s, 1003, 0, &removed, &err), 0);
+    CHECK_INT(removed, 2); /* received before 1003 */
+    CHECK_INT(brm_store_prune_journal(s, 0, 5000, &removed, &err), 0);
+    CHECK_INT(removed, 3); /* 8 000 bytes of bodies down to 5 000 */
+    nids = 0;
+    brm_store_bodies(s, 0, 1e12, collect_body, NULL, &err);
+    CHECK_INT(nids, 5);
+    CHECK(nids && ids[0] == 60);
+
+    /* A cap on the file: writes past it fail as on a full disk. */
+    CHECK_INT(brm_store_limit(s, 64 * 4096, &err), 0);
+    int full = 0;
+    for (int i = 0; i < 500 && !full; i++) {
+        struct brm_body b = { .id = 1000 + i,
+                              .source = "mist",
+                              .topic = "alarms",
+                              .received = 2000,
+                              .events = 1,
+                              .body = blob,
+                              .len = 1000 };
+        if (brm_store_add_body(s, &b, &err) < 0) full = 1;
+    }
+    CHECK(full);
+    CHECK_HAS(err.msg, "full");
     brm_store_close(s);
 
     /* Reopening keeps everything, and does not migrate twice. */
