@@ -561,12 +561,14 @@ static void run_emitted(struct brm_engine *e, int ctx, struct brm_scope *parent,
         lua_setfield(L, -2, "topic");
         lua_pushstring(L, parent->topic);
         lua_setfield(L, -2, "emitted_from");
+        /* Messages count on with the posted event's: they share its index,
+         * so their keys ("<delivery>:<index>:<n>") must not repeat its. */
         struct brm_scope s = *parent;
         s.topic = topic;
         s.event_id = id;
         s.depth = (int)lua_tointeger(L, item + 3);
-        s.sent = 0;
         run_rules(e, find_topic(e, topic), item + 2, lua_gettop(L), &s, stats);
+        parent->sent = s.sent;
         lua_settop(L, item - 1);
     }
     /* Empty the queue for the next posted event. */

@@ -486,7 +486,7 @@ int brm_server_run(const struct brm_config *cfg) {
     int rc = 1;
     sigset_t block, old;
 
-    brm_metrics_init(cfg->workers + 1);
+    brm_metrics_init(cfg->workers + 2); /* main, workers, outbox */
     brm_metrics_set_slot(0);
     s.reloads =
         brm_metrics_counter("brume_reloads_total", "Rule set reloads.", "result", "ok", NULL);

@@ -246,6 +246,30 @@ static void check_api(void) {
     CHECK_HAS(out.data, "\"changes\":4"); /* power_min, power_max, power, preamble */
     brm_buf_reset(&body);
 
+    /* A posted event's messages and its emitted events' have distinct keys. */
+    {
+        struct brm_actions a = { 0 };
+        struct brm_err err;
+        struct brm_batch b = { "mist", 7, 1.0, 0 };
+        const char *alarm = ALARM("x");
+        write_file("rules/also.lua", "return { topics = 'alarms', on_event = function(ev)"
+                                     " brume.send('t', { parent = true }) end }");
+        struct brm_engine *e2 = engine(NULL);
+        CHECK(e2 != NULL);
+        if (e2) {
+            CHECK_INT(brm_intake_run(e2, alarm, strlen(alarm), &b, &a, NULL, NULL, &err), BRM_OK);
+            CHECK_INT(a.n, 2);
+            if (a.n == 2) {
+                CHECK_STR(a.v[0].key, "7:1:1");
+                CHECK_STR(a.v[1].key, "7:1:2");
+            }
+            brm_actions_reset(&a);
+            brm_engine_free(e2);
+        }
+        char *also = brm_xasprintf("%s/rules/also.lua", dir);
+        unlink(also);
+        free(also);
+    }
     st = run(e, ALARM("x"), &out);
     CHECK_HAS(out.data, "derived>t>{");
     CHECK_HAS(out.data, "\"from\":\"alarms\"");
