@@ -103,41 +103,38 @@ static void check_request(lua_State *L, int idx, const char *kind, int ticket) {
     lua_pop(L, 1);
 }
 
-/* Encodes the value at IDX as a malloc'ed JSON string; raises on failure. */
-static char *encode(lua_State *L, int idx, const char *what) {
+/* Pushes the value at IDX as JSON text; raises on failure. [-0, +1] */
+static void push_json(lua_State *L, int idx, const char *what) {
     struct brm_err err;
+    size_t len;
     if (brm_json_encode(L, idx, &err) < 0)
         luaL_error(L, "%s cannot be encoded as JSON: %s", what, err.msg);
-    size_t len;
-    const char *json = lua_tolstring(L, -1, &len);
+    lua_tolstring(L, -1, &len);
     if (len > BRM_MAX_MESSAGE)
         luaL_error(L, "%s is %d bytes, more than the %d allowed", what, (int)len,
                    (int)BRM_MAX_MESSAGE);
-    char *copy = brm_xstrndup(json, len);
-    lua_pop(L, 1);
-    return copy;
 }
 
 /*
  * Appends an action for the request at REQ (and the message at MSG, 0 for
- * none) to TARGET. The strings are made before the action is: a raise
- * midway cannot leave a half-filled action, and what was allocated is freed
- * by the to-be-closed guard below.
+ * none) to TARGET. Everything that can raise (encoding, masking, growing
+ * the stack) happens first and leaves Lua strings on the stack; only then
+ * is C memory taken, by steps that cannot raise: a longjmp cannot leak it.
  */
 static void add_action(lua_State *L, struct brm_api *api, const struct brm_target *target, int msg,
                        int req, const char *ticket, const char *key) {
     struct brm_scope *s = api->scope;
-    struct brm_action x = { 0 };
-    x.request = encode(L, req, "brume.send: the request");
-    /* From here on a raise would leak: do what can fail first. */
-    char *message = NULL, *display = NULL;
+    luaL_checkstack(L, 8, NULL);
+    push_json(L, req, "brume.send: the request");
+    int request = lua_gettop(L);
     if (msg) {
         struct brm_err err;
-        if (brm_json_encode(L, msg, &err) == 0) {
-            message = brm_xstrdup(lua_tostring(L, -1));
-            lua_pop(L, 1);
-        }
+        if (brm_json_encode(L, msg, &err) < 0) lua_pushliteral(L, "null");
+    } else {
+        lua_pushliteral(L, "null");
     }
+    int message = lua_gettop(L);
+    int display = 0;
     if (api->dry_run && api->mask != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, api->mask);
         lua_pushvalue(L, req);
@@ -146,31 +143,29 @@ static void add_action(lua_State *L, struct brm_api *api, const struct brm_targe
         lua_getfield(L, -1, "secrets");
         lua_replace(L, -3);
         lua_pop(L, 1);
-        if (lua_pcall(L, 2, 1, 0) == LUA_OK) {
-            struct brm_err err;
-            if (brm_json_encode(L, -1, &err) == 0) {
-                display = brm_xstrdup(lua_tostring(L, -1));
-                lua_pop(L, 1);
-            }
-        }
-        lua_pop(L, 1);
+        struct brm_err err;
+        if (lua_pcall(L, 2, 1, 0) == LUA_OK && brm_json_encode(L, -1, &err) == 0)
+            display = lua_gettop(L);
     }
     struct brm_actions *a = s->sink;
     if (a->n == a->cap) {
         a->cap = a->cap ? a->cap * 2 : 8;
         a->v = brm_xrealloc(a->v, a->cap * sizeof(*a->v));
     }
-    x.key = brm_xstrdup(key);
-    x.rule = brm_xstrdup(s->rule);
-    x.target = brm_xstrdup(target->name);
-    x.topic = brm_xstrdup(s->topic);
-    x.event_id = brm_xstrdup(s->event_id);
-    x.event = s->index;
-    x.seq = s->sent;
-    x.message = message ? message : brm_xstrdup("null");
-    x.display = display;
-    x.ticket = ticket ? brm_xstrdup(ticket) : NULL;
-    a->v[a->n++] = x;
+    a->v[a->n++] = (struct brm_action){
+        .key = brm_xstrdup(key),
+        .rule = brm_xstrdup(s->rule),
+        .target = brm_xstrdup(target->name),
+        .topic = brm_xstrdup(s->topic),
+        .event_id = brm_xstrdup(s->event_id),
+        .event = s->index,
+        .seq = s->sent,
+        .message = brm_xstrdup(lua_tostring(L, message)),
+        .request = brm_xstrdup(lua_tostring(L, request)),
+        .display = display ? brm_xstrdup(lua_tostring(L, display)) : NULL,
+        .ticket = ticket ? brm_xstrdup(ticket) : NULL,
+    };
+    lua_settop(L, request - 1);
 }
 
 /* Counts one more message for the scope and writes its key into KEY. */
@@ -445,6 +440,7 @@ static int api_state_incr(lua_State *L) {
 static int log_at(lua_State *L, enum brm_log_level level) {
     struct brm_scope *s = get_api(L)->scope;
     if (!brm_log_enabled(level)) return 0;
+    luaL_checkstack(L, 2 * MAX_LOG_FIELDS + 8, NULL);
     const char *msg = luaL_tolstring(L, 1, NULL);
     const char *kv[2 * (MAX_LOG_FIELDS + 2)];
     size_t n = 0;
@@ -456,9 +452,13 @@ static int log_at(lua_State *L, enum brm_log_level level) {
         lua_pushnil(L);
         while (n < MAX_LOG_FIELDS + 2 && lua_next(L, 2)) {
             if (lua_type(L, -2) == LUA_TSTRING) {
-                kv[2 * n] = lua_tostring(L, -2);
+                /* Both strings are anchored on the stack: a __tostring may
+                 * empty the table and collect garbage before we log. */
+                lua_pushvalue(L, -2);
+                lua_insert(L, 3);
+                kv[2 * n] = lua_tostring(L, 3);
                 kv[2 * n + 1] = luaL_tolstring(L, -1, NULL);
-                lua_insert(L, 3); /* keep the strings alive below the iteration */
+                lua_insert(L, 3);
                 n++;
             }
             lua_pop(L, 1);

@@ -109,7 +109,17 @@ static int holds_tables(lua_State *L, int idx) {
     return 0;
 }
 
+static void push_proxy(lua_State *L, int idx, const char *name, int shallow);
+
 void brm_sandbox_push_readonly(lua_State *L, int idx, const char *name) {
+    push_proxy(L, idx, name, 0);
+}
+
+/* A proxy of the table at IDX. SHALLOW (the standard libraries, whose
+ * fields are functions and stay so) looks fields up in the table itself;
+ * otherwise every lookup goes through ro_index, which wraps any table it
+ * hands out, including one added to the module later. */
+static void push_proxy(lua_State *L, int idx, const char *name, int shallow) {
     idx = lua_absindex(L, idx);
     luaL_checkstack(L, 8, NULL);
     /* One proxy per table, so proxies compare equal when their tables do. */
@@ -124,7 +134,7 @@ void brm_sandbox_push_readonly(lua_State *L, int idx, const char *name) {
     lua_createtable(L, 0, 7);
     lua_pushstring(L, name);
     int nameidx = lua_gettop(L);
-    if (holds_tables(L, idx)) {
+    if (!shallow || holds_tables(L, idx)) {
         lua_pushvalue(L, idx);
         lua_pushvalue(L, nameidx);
         lua_pushcclosure(L, ro_index, 2);
@@ -295,7 +305,7 @@ static void add_stdlib(lua_State *L, int lib, const char *name, lua_CFunction op
         lua_pushnil(L);
         lua_setfield(L, t, *drop);
     }
-    brm_sandbox_push_readonly(L, t, name);
+    push_proxy(L, t, name, 1);
     lua_setfield(L, lib, name);
     lua_pop(L, 1);
 }
@@ -532,6 +542,16 @@ fail:;
     luaL_error(L, "error loading module '%s': %s", name, msg);
 }
 
+/* Finds module NAME (argument 2) and runs its chunk. [-0, +1] */
+static int load_module(lua_State *L) {
+    struct brm_sandbox *sb = lua_touserdata(L, 1);
+    const char *name = lua_tostring(L, 2);
+    find_module(L, sb, name);
+    lua_pushvalue(L, 2);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
 static int api_require(lua_State *L) {
     struct brm_sandbox *sb = lua_touserdata(L, lua_upvalueindex(1));
     const char *name = luaL_checkstring(L, 1);
@@ -544,11 +564,17 @@ static int api_require(lua_State *L) {
     if (!valid_module_name(name)) return luaL_argerror(L, 1, "not a valid module name");
     lua_pushlightuserdata(L, (void *)&LOADING);
     lua_setfield(L, 2, name);
-    find_module(L, sb, name);
-    /* Still inside the protected call that brought us here: errors go up
-     * to that caller with their file:line. */
+    /* Found and run protected: a module that fails (or runs out of budget
+     * or memory) is forgotten, so the next require tries again instead of
+     * reporting a circular require. */
+    lua_pushcfunction(L, load_module);
+    lua_pushlightuserdata(L, sb);
     lua_pushstring(L, name);
-    lua_call(L, 1, 1);
+    if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+        lua_pushnil(L);
+        lua_setfield(L, 2, name);
+        return lua_error(L);
+    }
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         lua_pushboolean(L, 1);

@@ -192,24 +192,36 @@ static void check_api(void) {
     struct brm_buf out;
     brm_buf_init(&out);
     clear_rules();
-    write_file("rules/api.lua", "local mist = require 'brume.mist'\n"
-                                "return { topics = 'audits', on_event = function(ev, ctx)\n"
-                                "  local after = brume.json.decode(ev.after)\n"
-                                "  local bad, msg = brume.json.decode('{')\n"
-                                "  brume.send('t', {\n"
-                                "    power = after.radio_config.band_24.power,\n"
-                                "    null = after.radio_config.band_24.power_min == brume.null,\n"
-                                "    bad = bad == nil and msg ~= nil,\n"
-                                "    hmac = brume.hmac_sha256('secret', '') ,\n"
-                                "    b64 = brume.base64.encode('foobar'),\n"
-                                "    back = brume.base64.decode('Zm9vYmFy'),\n"
-                                "    now = brume.now() > 1700000000,\n"
-                                "    json = brume.json.encode({ a = 1 }),\n"
-                                "    changes = #mist.audit_diff(ev),\n"
-                                "  })\n"
-                                "  brume.log.info('audit seen', { admin = ev.admin_name })\n"
-                                "  print('printed', 1, nil)\n"
-                                "end }\n");
+    write_file(
+        "rules/api.lua",
+        "local mist = require 'brume.mist'\n"
+        "return { topics = 'audits', on_event = function(ev, ctx)\n"
+        "  local after = brume.json.decode(ev.after)\n"
+        "  local bad, msg = brume.json.decode('{')\n"
+        "  brume.send('t', {\n"
+        "    power = after.radio_config.band_24.power,\n"
+        "    null = after.radio_config.band_24.power_min == brume.null,\n"
+        "    bad = bad == nil and msg ~= nil,\n"
+        "    hmac = brume.hmac_sha256('secret', '') ,\n"
+        "    b64 = brume.base64.encode('foobar'),\n"
+        "    back = brume.base64.decode('Zm9vYmFy'),\n"
+        "    now = brume.now() > 1700000000,\n"
+        "    json = brume.json.encode({ a = 1 }),\n"
+        "    changes = #mist.audit_diff(ev),\n"
+        "  })\n"
+        "  brume.log.info('audit seen', { admin = ev.admin_name })\n"
+        /* A __tostring that empties the fields and collects garbage
+         * while brume.log holds their keys (found in review; ASan
+         * saw the use after free). */
+        "  local f = {}\n"
+        "  for i = 1, 12 do f[('key%d_'):format(i) .. ('x'):rep(60)] = 'v' .. i end\n"
+        "  f.zzz = setmetatable({}, { __tostring = function()\n"
+        "    for k in pairs(f) do if k ~= 'zzz' then f[k] = nil end end\n"
+        "    local j = {} for i = 1, 4000 do j[i % 100 + 1] = { i, tostring(i) .. 'g' } end\n"
+        "    return 'boom' end })\n"
+        "  brume.log.debug('fields', f)\n"
+        "  print('printed', 1, nil)\n"
+        "end }\n");
     write_file("rules/emit.lua",
                "return { topics = 'alarms', on_event = function(ev, ctx)\n"
                "  brume.emit('derived_things', { id = 'd-' .. ev.id, from = ctx.topic })\n"
@@ -343,7 +355,7 @@ static void check_kept_memory(void) {
 int main(void) {
     snprintf(dir, sizeof(dir), "/tmp/brume-engine-XXXXXX");
     CHECK(mkdtemp(dir) != NULL);
-    brm_log_setup(BRM_LOG_ERROR, BRM_LOG_LOGFMT);
+    brm_log_setup(BRM_LOG_DEBUG, BRM_LOG_LOGFMT);
     write_file("brume.lua", "sources = { mist = { path = '/mist', secret = 's' } }\n"
                             "targets = { t = { kind = 'file', path = 'out.jsonl' } }\n"
                             "limits = { instructions = 100000, memory = '8MB' }\n");

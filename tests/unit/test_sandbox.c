@@ -96,6 +96,16 @@ static void check_exposed(void) {
     brm_sandbox_expose(sb, "lib");
     CHECK_INT(lua_gettop(L), 0);
     TRUE("return lib.f() == 1 and lib.sub.v == 2 and #lib.arr == 3 and lib.arr[3] == 3");
+    /* A table that appears in a module after its proxy was made is
+     * read-only too. */
+    luaL_dostring(L, "return { n = 1 }");
+    int flat = lua_gettop(L);
+    lua_pushvalue(L, flat);
+    brm_sandbox_expose(sb, "flat");
+    lua_newtable(L);
+    lua_setfield(L, flat, "late");
+    lua_pop(L, 1);
+    FAILS("flat.late.x = 1", BRM_CALL_ERROR, "read-only table 'flat.late'");
     TRUE("return require('lib') == lib and lib.sub == lib.sub");
     FAILS("lib.f = nil", BRM_CALL_ERROR, "read-only table 'lib'");
     FAILS("lib.sub.v = 3", BRM_CALL_ERROR, "read-only table 'lib.sub'");
@@ -196,6 +206,12 @@ static void check_require(void) {
     FAILS("require('bad')", BRM_CALL_ERROR, "error loading module 'bad'");
     FAILS("require('boom')", BRM_CALL_ERROR, "module failed");
     FAILS("require('loop_a')", BRM_CALL_ERROR, "circular require");
+    /* A module that failed once is tried again, not taken for a cycle. */
+    write_file("flaky.lua", "error('not yet')");
+    FAILS("require('flaky')", BRM_CALL_ERROR, "not yet");
+    write_file("flaky.lua", "return { ok = true }");
+    TRUE("return require('flaky').ok");
+    FAILS("require('budget_eater')", BRM_CALL_ERROR, "not found");
     /* The built-in scripts... */
     TRUE("return type(require('brume.mist').is) == 'function'");
 }
