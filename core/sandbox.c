@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "embedded.h"
+#include "pattern.h"
 
 /* How many instructions pass between two looks at the budget. */
 #define HOOK_STEP 1000
@@ -311,6 +312,7 @@ static void add_stdlib(lua_State *L, int lib, const char *name, lua_CFunction op
 }
 
 static int api_require(lua_State *L);
+static void charge_pattern(lua_State *L, long steps);
 
 static void open_library(struct brm_sandbox *sb) {
     lua_State *L = sb->L;
@@ -352,9 +354,13 @@ static void open_library(struct brm_sandbox *sb) {
     add_stdlib(L, lib, "os", luaopen_os, NULL, os_keep);
 
     /* Lock the string metatable: getmetatable("") must not hand out the
-     * table every string method is looked up in. */
+     * table every string method is looked up in. Its __index is the string
+     * library itself, whose matchers become budgeted ones (pattern.h). */
     lua_pushliteral(L, "");
     lua_getmetatable(L, -1);
+    lua_getfield(L, -1, "__index");
+    brm_pattern_open(L, -1, charge_pattern);
+    lua_pop(L, 1);
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 2);
@@ -604,6 +610,21 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
         luaL_error(L, "%s:%d: instruction budget exceeded (%d instructions)", ar->short_src,
                    ar->currentline, (int)sb->budget);
     luaL_error(L, "instruction budget exceeded (%d instructions)", (int)sb->budget);
+}
+
+/* The pattern matcher's steps count as instructions: a backtracking
+ * pattern runs in C, where the count hook never fires. */
+static void charge_pattern(lua_State *L, long steps) {
+    struct brm_sandbox *sb = brm_sandbox_of(L);
+    if (sb->budget <= 0 || sb->enforce == 0) return;
+    sb->left -= steps;
+    if (sb->left > 0) return;
+    if (!sb->exhausted) {
+        sb->exhausted = 1;
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+    }
+    luaL_error(L, "instruction budget exceeded in a string pattern (%d instructions)",
+               (int)sb->budget);
 }
 
 static int has_position(const char *msg) {

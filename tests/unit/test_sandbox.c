@@ -137,6 +137,16 @@ static void check_budget(void) {
     FAILS("local s = string.rep('a', 10) local t = {} for i = 1, 1e7 do t[#t % 10 + 1] = s:upper() "
           "end",
           BRM_CALL_BUDGET, "budget");
+    /* Pattern matching runs in C, where the hook never fires: its steps are
+     * charged to the same budget, and a pcall cannot get past it either. */
+    FAILS("return ('a'):rep(5000):find('.-.-.-b')", BRM_CALL_BUDGET, "budget exceeded in a string");
+    CHECK_INT(run("local s = ('a'):rep(5000)\nreturn s:match('(.*)(.*)(.*)b')", &e),
+              BRM_CALL_BUDGET);
+    CHECK_STR(e.file, "test.lua");
+    CHECK_INT(e.line, 2);
+    FAILS("local s = ('a'):rep(5000) for i = 1, 100 do pcall(s.gsub, s, 'a*a*a*b', '') end",
+          BRM_CALL_BUDGET, "budget");
+    TRUE("return ('k1=v1, k2=v2'):gsub('(%w+)=(%w+)', '%2=%1') == 'v1=k1, v2=k2'");
     /* Each call has its budget afresh. */
     TRUE("local n = 0 for i = 1, 10000 do n = n + i end return n == 50005000");
 }
