@@ -55,6 +55,8 @@ struct job {
     double created, expires;
     struct request req[NSTEPS];
     enum step step;
+    int closes;  /* a ticket plan that resolves its ticket */
+    long status; /* of the last request */
     char ref[256];
     CURL *easy;
     struct brm_buf response;
@@ -219,6 +221,9 @@ static int decode_job(struct brm_outbox *ob, struct job *job, const char *json) 
         [STEP_LOOKUP] = "lookup", [STEP_CREATE] = "create", [STEP_UPDATE] = "update"
     };
     if (job->ticket) {
+        lua_getfield(L, -1, "closes");
+        job->closes = lua_toboolean(L, -1);
+        lua_pop(L, 1);
         for (int s = STEP_LOOKUP; s < NSTEPS; s++) {
             if (lua_getfield(L, -1, steps[s]) == LUA_TTABLE)
                 read_request(L, lua_gettop(L), &job->req[s]);
@@ -231,8 +236,43 @@ static int decode_job(struct brm_outbox *ob, struct job *job, const char *json) 
     return 0;
 }
 
+/* 1 when the string field FIELD of the table on top of the stack is one of
+ * the '|'-separated VALUES. */
+static int field_in(lua_State *L, const char *field, const char *values) {
+    size_t n, vlen = strlen(values);
+    lua_getfield(L, -1, field);
+    const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+    int in = 0;
+    for (const char *p = values; v && p <= values + vlen && !in; p += strcspn(p, "|") + 1)
+        in = strcspn(p, "|") == n && memcmp(p, v, n) == 0;
+    lua_pop(L, 1);
+    return in;
+}
+
+/* Replaces the array on top of the stack by its first element that passes
+ * the test "field=a|b" or "field!=a|b" (nil when none does). */
+static void pick_element(lua_State *L, const char *test) {
+    char field[64];
+    size_t n = strcspn(test, "!=");
+    int negate = test[n] == '!';
+    const char *values = test + n + (negate ? 2 : 1);
+    snprintf(field, sizeof(field), "%.*s", (int)n, test);
+    size_t len = lua_rawlen(L, -1);
+    for (size_t i = 1; i <= len; i++) {
+        if (lua_rawgeti(L, -1, (lua_Integer)i) == LUA_TTABLE &&
+            field_in(L, field, values) != negate) {
+            lua_remove(L, -2);
+            return;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+}
+
 /* The string at dotted PATH ("result.0.sys_id") of the JSON answer BODY;
- * array positions count from 0. */
+ * array positions count from 0, and "?field!=a|b" picks the first element
+ * whose field is not a or b ("?field=a|b": is). */
 static int extract_ref(struct brm_outbox *ob, const char *body, size_t len, const char *path,
                        char *out, size_t size) {
     lua_State *L = ob->L;
@@ -246,11 +286,15 @@ static int extract_ref(struct brm_outbox *ob, const char *body, size_t len, cons
         snprintf(part, sizeof(part), "%.*s", (int)n, p);
         char *end;
         long idx = strtol(part, &end, 10);
-        if (*part && !*end)
-            lua_rawgeti(L, -1, idx + 1);
-        else
-            lua_getfield(L, -1, part);
-        lua_remove(L, -2);
+        if (part[0] == '?') {
+            pick_element(L, part + 1);
+        } else {
+            if (*part && !*end)
+                lua_rawgeti(L, -1, idx + 1);
+            else
+                lua_getfield(L, -1, part);
+            lua_remove(L, -2);
+        }
         p += n + (p[n] == '.');
     }
     if (!*p && (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)) {
@@ -414,14 +458,13 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg) {
  * attempt), webhook-timestamp and webhook-signature, made now. */
 static struct curl_slist *sign_headers(struct job *job, struct request *r, struct curl_slist *h) {
     const char *secret = job->tr->t->signing_secret;
-    unsigned char key[512], mac[BRM_VERIFY_MAX_MAC];
-    size_t keylen;
-    if (strncmp(secret, "whsec_", 6) == 0) {
-        long n = brm_base64_decode(secret + 6, strlen(secret + 6), key);
-        keylen = n > 0 && (size_t)n <= sizeof(key) ? (size_t)n : 0;
+    size_t len = strlen(secret), keylen = len;
+    unsigned char *key = brm_xmalloc(len + 4), mac[BRM_VERIFY_MAX_MAC];
+    if (strncmp(secret, "whsec_", 6) == 0) { /* the adapter's check made sure it decodes */
+        long n = brm_base64_decode(secret + 6, len - 6, key);
+        keylen = n > 0 ? (size_t)n : 0;
     } else {
-        keylen = strlen(secret) < sizeof(key) ? strlen(secret) : sizeof(key);
-        memcpy(key, secret, keylen);
+        memcpy(key, secret, len);
     }
     long ts = (long)brm_time_now();
     char *content =
@@ -436,6 +479,8 @@ static struct curl_slist *sign_headers(struct job *job, struct request *r, struc
     snprintf(line, sizeof(line), "webhook-signature: v1,%s", sig);
     h = curl_slist_append(h, line);
     free(content);
+    memset(key, 0, keylen);
+    free(key);
     return h;
 }
 
@@ -535,6 +580,7 @@ static void append_line(struct job *job) {
 /* Moves a ticket plan to its next step, or finishes it. */
 static void next_step(struct job *job) {
     struct request *rq = job->req;
+    struct brm_err err;
     switch (job->step) {
     case STEP_PLAIN: break;
     case STEP_LOOKUP:
@@ -544,16 +590,22 @@ static void next_step(struct job *job) {
             job->step = STEP_CREATE;
         } else {
             /* Found with nothing to add, or nothing to resolve. */
-            job_finish(job, 1, 0, 200, NULL);
+            job_finish(job, 1, 0, (int)job->status, NULL);
             return;
         }
         perform(job);
         return;
-    case STEP_CREATE:
     case STEP_UPDATE:
+        /* Resolved: the next message for this key is a new alert, with a
+         * ticket of its own (the lookups find open tickets only). */
+        if (job->closes &&
+            brm_store_forget_ticket(job->ob->store, job->tr->t->name, job->ticket, &err) < 0)
+            brm_log_error("outbox: cannot record a resolved ticket", "error", err.msg);
+        break;
+    case STEP_CREATE:
     case NSTEPS: break;
     }
-    job_finish(job, 1, 0, 200, NULL);
+    job_finish(job, 1, 0, (int)job->status, NULL);
 }
 
 static void start_job(struct brm_outbox *ob, struct target_rt *tr, struct brm_delivery *d) {
@@ -618,6 +670,7 @@ static int retryable(CURLcode rc, long status) {
 static void transfer_done(struct job *job, CURLcode rc) {
     long status = 0;
     curl_easy_getinfo(job->easy, CURLINFO_RESPONSE_CODE, &status);
+    job->status = status;
     curl_multi_remove_handle(job->ob->multi, job->easy);
     curl_easy_cleanup(job->easy);
     job->easy = NULL;
@@ -835,8 +888,8 @@ static void schedule(struct brm_outbox *ob) {
             wake = fmin(wake, now + (1.0 - tr->tokens) / tr->t->rate);
     }
     flush_results(ob); /* what failed at once (file targets, bad requests) */
-    double due = brm_store_next_due(ob->store);
-    if (due > 0) wake = fmin(wake, fmax(due, now + 0.001));
+    double due = brm_store_next_due(ob->store, now);
+    if (due > 0) wake = fmin(wake, due);
     struct timeval tv = { (time_t)(wake - now), (suseconds_t)(fmod(wake - now, 1.0) * 1e6) };
     evtimer_add(ob->timer, &tv);
 }

@@ -74,6 +74,7 @@ enum stmt {
     S_PRUNE,
     S_TICKET,
     S_SET_TICKET,
+    S_FORGET_TICKET,
     S_ADD_BODY,
     S_MAX_BODY,
     S_BODIES,
@@ -107,7 +108,7 @@ static const char *const sql[NSTMT] = {
                      " (SELECT 1 FROM deliveries e WHERE e.target = d.target"
                      " AND e.ticket = d.ticket AND e.state = 0 AND e.id < d.id))"
                      " ORDER BY next_at, id LIMIT ?",
-    [S_NEXT_DUE] = "SELECT min(next_at) FROM deliveries WHERE state = 0",
+    [S_NEXT_DUE] = "SELECT min(next_at) FROM deliveries WHERE state = 0 AND next_at > ?",
     [S_FINISH] = "UPDATE deliveries SET state = ?, next_at = ?, attempts = attempts + 1,"
                  " last_status = ?, last_error = ?, finished = CASE WHEN ? = 0 THEN NULL"
                  " ELSE ? END WHERE id = ?",
@@ -122,6 +123,7 @@ static const char *const sql[NSTMT] = {
     [S_TICKET] = "SELECT ref FROM tickets WHERE target = ? AND key = ?",
     [S_SET_TICKET] = "INSERT INTO tickets (target, key, ref, created) VALUES (?, ?, ?, ?)"
                      " ON CONFLICT (target, key) DO UPDATE SET ref = excluded.ref",
+    [S_FORGET_TICKET] = "DELETE FROM tickets WHERE target = ? AND key = ?",
     [S_ADD_BODY] = "INSERT INTO bodies (id, source, topic, received, events, body)"
                    " VALUES (?, ?, ?, ?, ?, ?)",
     [S_MAX_BODY] = "SELECT max(id) FROM bodies",
@@ -361,9 +363,10 @@ int brm_store_due_for(struct brm_store *s, const char *target, double now, int l
     return each(s, S_DUE_TARGET, fn, arg, err, "reading due deliveries");
 }
 
-double brm_store_next_due(struct brm_store *s) {
+double brm_store_next_due(struct brm_store *s, double after) {
     sqlite3_stmt *st = s->stmt[S_NEXT_DUE];
     double t = 0;
+    sqlite3_bind_double(st, 1, after);
     if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
         t = sqlite3_column_double(st, 0);
     sqlite3_reset(st);
@@ -446,6 +449,14 @@ int brm_store_set_ticket(struct brm_store *s, const char *target, const char *ke
     bind_text(st, 3, ref);
     sqlite3_bind_double(st, 4, brm_time_now());
     return run(s, S_SET_TICKET, err, "recording a ticket");
+}
+
+int brm_store_forget_ticket(struct brm_store *s, const char *target, const char *key,
+                            struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_FORGET_TICKET];
+    bind_text(st, 1, target);
+    bind_text(st, 2, key);
+    return run(s, S_FORGET_TICKET, err, "forgetting a ticket");
 }
 
 /* ---- the journal -------------------------------------------------------- */

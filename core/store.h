@@ -66,8 +66,10 @@ int brm_store_due(struct brm_store *s, double now, int limit,
  * one of the same ticket is pending. */
 int brm_store_due_for(struct brm_store *s, const char *target, double now, int limit,
                       int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err);
-/* The earliest next_at among pending deliveries, or 0 when none. */
-double brm_store_next_due(struct brm_store *s);
+/* The earliest next_at after AFTER among pending deliveries, or 0 when
+ * none. (Those due already wait for something that reschedules anyway: an
+ * attempt to end, a rate token, an older message of the same ticket.) */
+double brm_store_next_due(struct brm_store *s, double after);
 
 /* Records an attempt's outcome: done, pending again at NEXT_AT, or dead. */
 int brm_store_finish(struct brm_store *s, int64_t id, enum brm_delivery_state state, double next_at,
@@ -93,6 +95,9 @@ int brm_store_ticket(struct brm_store *s, const char *target, const char *key, c
                      size_t size);
 int brm_store_set_ticket(struct brm_store *s, const char *target, const char *key, const char *ref,
                          struct brm_err *err);
+/* The ticket of KEY was resolved: a later message for KEY opens another. */
+int brm_store_forget_ticket(struct brm_store *s, const char *target, const char *key,
+                            struct brm_err *err);
 
 /* A journaled body. Strings and BODY are borrowed (from the caller, or
  * from the store until the callback returns). */

@@ -13,9 +13,13 @@
 -- request() turns a neutral message (title, text, severity, fields, link,
 -- dedup_key, action, raw) into { method, url, headers, body } - or, for a
 -- ticket kind, a plan { ticket = key, lookup = req, create = req,
--- update = req } whose `ref` fields say where the ticket's id is in the
--- answer ("result.sys_id"; array positions count from 0) and whose update
--- URL holds "{ref}". ctx is { key, rule, topic, event, target }.
+-- update = req, closes = true|nil } whose `ref` fields say where the
+-- ticket's id is in the answer ("result.sys_id"; array positions count from
+-- 0; "tickets.?status!=solved|closed.id" takes the first element of the
+-- array whose field is not one of those values, "?field=a|b" one that is)
+-- and whose update URL holds "{ref}". `closes` marks a plan that resolves
+-- the ticket: brume then forgets it, and the key's next message makes a new
+-- one. ctx is { key, rule, topic, event, target }.
 --
 -- Option types: string, url, integer, number, boolean, duration ("90s",
 -- "15m" or seconds), rate ("1/s", "20/m", "100/h"), list (of strings),
@@ -260,6 +264,13 @@ function M.markdown(msg, bold)
   for _, f in ipairs(M.fields(msg)) do lines[#lines + 1] = bold .. f[1] .. ":" .. bold .. " " .. f[2] end
   if msg.link then lines[#lines + 1] = tostring(msg.link) end
   return table.concat(lines, "\n")
+end
+
+-- S with a word joiner (U+2060) after each "<", so that text from an event
+-- (an SSID is anyone's to choose) cannot make a mention such as Google
+-- Chat's <users/all> or Webex's <@all>; it reads the same.
+function M.no_mentions(s)
+  return (tostring(s):gsub("<", "<\u{2060}"))
 end
 
 -- msg.raw passed through: a string as is, a table as JSON.

@@ -342,7 +342,10 @@ def check_servicenow(tc, line, full):
     look = req["lookup"]
     tc.assertEqual(look["method"], "GET")
     tc.assertTrue(look["url"].startswith(base + "?"), look["url"])
-    tc.assertEqual(query(look["url"])["sysparm_query"], ["correlation_id=" + key])
+    # Open incidents only, so that a resolved one is not updated again.
+    tc.assertEqual(query(look["url"])["sysparm_query"],
+                   ["correlation_id=" + key + "^active=true^state!=6"])
+    tc.assertNotIn("^", key)  # the encoded query's separator
     tc.assertEqual(look["ref"], "result.0.sys_id")
     upd = req["update"]
     tc.assertEqual(upd["method"], "PATCH")
@@ -354,6 +357,7 @@ def check_servicenow(tc, line, full):
         tc.assertTrue(ub["state"].isdigit())
         tc.assertTrue(ub["close_code"])
         tc.assertTrue(ub["close_notes"])
+        tc.assertIs(req.get("closes"), True)
         if full:
             tc.assertEqual(ub["state"], "6")  # Resolved
         return
@@ -411,12 +415,14 @@ def check_jira(tc, line, full, cloud=True):
     q = query(look["url"])
     tc.assertIn('project = "OPS"', q["jql"][0])
     tc.assertIn("labels = ", q["jql"][0])
+    tc.assertIn("statusCategory != Done", q["jql"][0])  # open issues only
     tc.assertEqual(look["ref"], "issues.0.key")
     upd = req["update"]
     tc.assertEqual(upd["method"], "POST")
     ub = body(upd)
     if is_resolve(line):
         tc.assertNotIn("create", req)
+        tc.assertIs(req.get("closes"), True)
         if cloud:  # this target has resolve_transition = "31"
             tc.assertEqual(upd["url"], api + "/issue/{ref}/transitions")
             tc.assertEqual(ub["transition"], {"id": "31"})
@@ -461,7 +467,7 @@ def check_zendesk(tc, line, full):
     tc.assertEqual(look["method"], "GET")
     tc.assertEqual(look["url"].split("?")[0], api + "/tickets.json")
     tc.assertEqual(query(look["url"])["external_id"], [key])
-    tc.assertEqual(look["ref"], "tickets.0.id")
+    tc.assertEqual(look["ref"], "tickets.?status!=solved|closed.id")  # open tickets only
     upd = req["update"]
     tc.assertEqual(upd["method"], "PUT")
     tc.assertEqual(upd["url"], api + "/tickets/{ref}.json")
@@ -471,6 +477,7 @@ def check_zendesk(tc, line, full):
     if is_resolve(line):
         tc.assertNotIn("create", req)
         tc.assertEqual(ut["status"], "solved")
+        tc.assertIs(req.get("closes"), True)
         return
     tc.assertNotIn("status", ut)
     cr = req["create"]
@@ -674,6 +681,63 @@ def _stress_test(kind):
 
 for _kind in sorted(KINDS):
     setattr(Stress, "test_" + _kind, _stress_test(_kind))
+
+
+# Text from an event is anyone's to choose (an SSID, a device name): it must
+# not turn into markup that pings a channel, hides a link, or widens a query.
+HOSTILE_RULE = r'''
+return {
+  topics = "alarms",
+  on_event = function(ev)
+    local m = { title = "SSID <!channel>", text = "<!here> & <https://evil.example|click me>",
+                fields = { ssid = "<@all> <users/all>" }, dedup_key = "k^ORactive=false" }
+    for _, name in ipairs({ "slack", "gchat", "webex", "servicenow" }) do brume.send(name, m) end
+  end,
+}
+'''
+
+
+class Hostile(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="brume-adapters-")
+        shutil.copy(CONFIG, os.path.join(cls.dir, "brume.lua"))
+        os.makedirs(os.path.join(cls.dir, "rules"))
+        with open(os.path.join(cls.dir, "rules", "hostile.lua"), "w") as f:
+            f.write(HOSTILE_RULE)
+        cls.proc, lines = run_brume(os.path.join(cls.dir, "brume.lua"))
+        cls.by = {line["target"]: line["request"] for line in lines}
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def test_slack_escapes_mrkdwn(self):
+        b = body(self.by["slack"])
+        texts = [b["text"]] + [blk["text"]["text"] for blk in b["blocks"]
+                               if blk["type"] == "section" and "text" in blk]
+        texts += [f["text"] for blk in b["blocks"] for f in blk.get("fields", [])]
+        for t in texts:
+            self.assertNotIn("<", t)
+            self.assertNotIn(">", t)
+        self.assertIn("&lt;!here&gt; &amp; &lt;https://evil.example|click me&gt;", texts[1])
+        # The header is plain text: Slack shows it as it is.
+        self.assertEqual(b["blocks"][0]["text"]["text"], "SSID <!channel>")
+
+    def test_chat_mentions_are_defused(self):
+        joiner = "\u2060"
+        text = body(self.by["gchat"])["text"]
+        self.assertNotIn("<users/all>", text)
+        self.assertIn("<" + joiner + "users/all>", text)
+        md = body(self.by["webex"])["markdown"]
+        self.assertNotIn("<@all>", md)
+        self.assertIn("<" + joiner + "@all>", md)
+
+    def test_servicenow_key_cannot_extend_the_query(self):
+        plan = self.by["servicenow"]
+        self.assertEqual(plan["ticket"], "k_ORactive=false")
+        self.assertEqual(query(plan["lookup"]["url"])["sysparm_query"],
+                         ["correlation_id=k_ORactive=false^active=true^state!=6"])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ lists and can re-queue; max_age gives up; rate and concurrency pace each
 target without holding up the others; tickets open once per dedup key and
 are updated after; Standard Webhooks signatures; secrets never shown."""
 import base64
+import email.utils
 import hashlib
 import hmac
 import json
@@ -41,6 +42,12 @@ class Outbox(unittest.TestCase):
     def setUpClass(cls):
         cls.m = MockTarget().__enter__()
         m = cls.m
+        # A target that never answers: connections complete in the listen
+        # backlog, requests go out, and nothing ever comes back.
+        cls.hang = socket.socket()
+        cls.hang.bind(("127.0.0.1", 0))
+        cls.hang.listen(64)
+        cls.big_key = bytes(range(256)) * 24  # a 6 KB signing key
         cls.b = Brume("""
 sources = { mist = { path = "/mist", secret = "%s" } }
 targets = {
@@ -60,11 +67,19 @@ targets = {
   signed = { kind = "webhook", url = "%s", secret = "whsec_%s", backoff = "0.2s" },
   pd = { kind = "pagerduty", url = "%s", routing_key = "PD-ROUTING-KEY-99" },
   proxied = { kind = "webhook", url = "http://upstream.invalid/hook", proxy = "%s" },
+  zd = { kind = "zendesk", url = "%s", email = "a@b.c", token = "ZD-TOKEN-66", backoff = "0.2s" },
+  dated = { kind = "webhook", url = "%s", backoff = "0.2s" },
+  backoff = { kind = "webhook", url = "%s", backoff = "0.3s" },
+  hang = { kind = "webhook", url = "http://127.0.0.1:%d/hang", timeout = "60s" },
+  quick = { kind = "webhook", url = "%s" },
+  bigsig = { kind = "webhook", url = "%s", secret = "whsec_%s" },
 }
 """ % (harness.SECRET, m.url("/secops"), m.url("/retry"), m.url("/dead"), m.url("/down"),
        m.url("/paced"), m.url("/slow"), m.url("/fast"), m.url("/flaky"), m.url("/dropper"),
        m.url(""), m.url(""), m.url("/signed"), base64.b64encode(b"sign-me").decode(),
-       m.url("/pd"), m.url("")),
+       m.url("/pd"), m.url(""), m.url(""), m.url("/dated"), m.url("/backoff"),
+       cls.hang.getsockname()[1], m.url("/quick"), m.url("/bigsig"),
+       base64.b64encode(cls.big_key).decode()),
             rules={"route.lua": RULE}, workers=2)
         shutil.copy(os.path.join(SRC, "rules", "rogue_ap.lua"), cls.b.path("rules"))
         cls.b.start()
@@ -73,6 +88,7 @@ targets = {
     def tearDownClass(cls):
         cls.b.cleanup()
         cls.m.__exit__()
+        cls.hang.close()
 
     def post(self, **event):
         event.setdefault("id", str(uuid.uuid4()))
@@ -156,6 +172,43 @@ targets = {
         self.assertLess(time.time() - t0, 2)
         self.assertLessEqual(len(self.m.received("/slow")), 1)  # concurrency 1
 
+    def test_retry_after_as_an_http_date_is_a_floor(self):
+        when = email.utils.formatdate(time.time() + 3, usegmt=True)
+        self.m.script("/dated", [{"status": 503, "headers": {"Retry-After": when}},
+                                 {"status": 200}])
+        self.post(target="dated")
+        reqs = self.m.wait_for(lambda r: len(r) >= 2, path="/dated")
+        self.assertGreaterEqual(reqs[1].time - reqs[0].time, 2)  # the date has whole seconds
+
+    def test_backoff_grows_exponentially_with_full_jitter(self):
+        self.m.script("/backoff", [{"status": 500}] * 4 + [{"status": 200}])
+        self.post(target="backoff")
+        reqs = self.m.wait_for(lambda r: len(r) >= 5, path="/backoff", timeout=20)
+        gaps = [b.time - a.time for a, b in zip(reqs, reqs[1:])]
+        for i, gap in enumerate(gaps):
+            # Anywhere from the first wait up to 0.3s * 2^i, plus the loop's slack.
+            self.assertGreaterEqual(gap, 0.28, gaps)
+            self.assertLessEqual(gap, 0.3 * 2 ** i + 0.5, gaps)
+        time.sleep(0.5)
+        self.assertEqual(len(self.m.received("/backoff")), 5)
+
+    def test_a_target_that_never_answers_does_not_delay_the_others(self):
+        for _ in range(4):
+            self.post(target="hang")
+        time.sleep(0.3)  # the four requests are out, waiting
+        t0 = time.time()
+        for _ in range(3):
+            self.post(target="quick")
+        self.m.wait_for(lambda r: len(r) >= 3, path="/quick", timeout=5)
+        self.assertLess(time.time() - t0, 2)
+
+    def test_a_long_signing_key(self):
+        self.post(target="bigsig", title="big key")
+        r = self.m.wait_for(lambda r: len(r) >= 1, path="/bigsig")[0]
+        content = "%s.%s.%s" % (r.headers["webhook-id"], r.headers["webhook-timestamp"], r.body)
+        want = hmac.new(self.big_key, content.encode(), hashlib.sha256).digest()
+        self.assertEqual(r.headers["webhook-signature"], "v1," + base64.b64encode(want).decode())
+
     def test_timeouts_and_dropped_connections_are_retried(self):
         self.m.script("/flaky", [{"status": 200, "delay": 2}, {"status": 200}])
         self.m.script("/dropper", [{"close": True}, {"status": 200}])
@@ -175,7 +228,7 @@ targets = {
         self.post(target="snow", key="KEY-1", title="still down")
         self.post(target="snow", key="KEY-1", title="back up", action="resolve")
         patches = self.m.wait_for(lambda r: len(r) >= 2, path=base + "/SYS1")
-        posts = [x for x in self.m.received(base) if x.method == "POST"]
+        posts = [x for x in self.m.received(base) if x.method == "POST" and "KEY-1" in x.body]
         self.assertEqual(len(posts), 1)
         created = posts[0].json()
         self.assertEqual(created["correlation_id"], "KEY-1")
@@ -187,9 +240,65 @@ targets = {
         self.assertIn("still down", patches[0].json()["work_notes"])
         self.assertEqual(patches[1].json()["state"], "6")
         self.assertIn("back up", patches[1].json()["close_notes"])
-        lookups = [x for x in self.m.received(base) if x.method == "GET"]
+        lookups = [x for x in self.m.received(base) if x.method == "GET" and "KEY-1" in x.query]
         self.assertEqual(len(lookups), 1)  # afterwards the stored sys_id is used
         self.assertIn("sysparm_query=correlation_id%3DKEY-1", lookups[0].query)
+
+    def test_servicenow_a_resolved_incident_is_not_updated_again(self):
+        base = "/api/now/table/incident"
+        made = []
+
+        def answer(r):
+            if r.method == "GET":  # the lookup asks for open incidents: there are none
+                self.assertIn("active%3Dtrue", r.query)
+                return {"status": 200, "body": {"result": []}}
+            if "KEY-3" not in r.body:
+                return {"status": 201, "body": {"result": {"sys_id": "OTHER"}}}
+            made.append("SYS3-%d" % len(made))
+            return {"status": 201, "body": {"result": {"sys_id": made[-1]}}}
+
+        self.m.script(base, [answer])
+        self.m.script(base + "/SYS3-0", [{"status": 200, "body": {"result": {}}}])
+        self.post(target="snow", key="KEY-3", title="down")
+        self.post(target="snow", key="KEY-3", title="up", action="resolve")
+        self.m.wait_for(lambda r: len(r) >= 1, path=base + "/SYS3-0")
+        self.post(target="snow", key="KEY-3", title="down again")  # a new alert
+        self.m.wait_for(lambda r: len(made) >= 2, path=base)
+        self.assertEqual(made, ["SYS3-0", "SYS3-1"])
+        self.assertEqual(self.m.received(base + "/SYS3-0")[0].json()["state"], "6")
+
+    def test_zendesk_ticket_life(self):
+        api = "/api/v2/tickets"
+        tickets = [{"id": 5, "status": "solved", "external_id": "Z-1"}]
+
+        def listing(r):
+            if r.method == "GET":
+                return {"status": 200, "body": {"tickets": tickets}}
+            tickets.append({"id": 10 + len(tickets), "status": "open", "external_id": "Z-1"})
+            return {"status": 201, "body": {"ticket": tickets[-1]}}
+
+        def update(r):
+            t = [t for t in tickets if r.path == "%s/%d.json" % (api, t["id"])][0]
+            t["status"] = r.json()["ticket"].get("status", t["status"])
+            return {"status": 200, "body": {"ticket": t}}
+
+        self.m.script(api + ".json", [listing])
+        for n in (11, 12):
+            self.m.script("%s/%d.json" % (api, n), [update])
+        # The old solved ticket 5 is not reused: a new one opens, takes a
+        # comment, is solved; the next alert opens another.
+        self.post(target="zd", key="Z-1", title="rogue AP")
+        self.post(target="zd", key="Z-1", title="still there")
+        self.post(target="zd", key="Z-1", title="gone", action="resolve")
+        self.m.wait_for(lambda r: len(r) >= 2, path=api + "/11.json")
+        self.post(target="zd", key="Z-1", title="back")
+        self.m.wait_for(lambda r: len(tickets) >= 3, path=api + ".json")
+        self.assertEqual([t["id"] for t in tickets], [5, 11, 12])
+        self.assertEqual([t["status"] for t in tickets], ["solved", "solved", "open"])
+        comments = [r.json()["ticket"]["comment"]["body"] for r in self.m.received(api + "/11.json")]
+        self.assertIn("still there", comments[0])
+        self.assertIn("gone", comments[1])
+        self.assertEqual(self.m.received("/api/v2/tickets/5.json"), [])
 
     def test_servicenow_lost_answer_does_not_open_a_second_incident(self):
         base = "/api/now/table/incident"

@@ -73,7 +73,9 @@ int main(void) {
     due_for(s, "snow", 200); /* a ticket's oldest goes first, whatever its next_at */
     CHECK_INT(nids, 2);
     CHECK(nids == 2 && ids[0] == 4 && ids[1] == 6);
-    CHECK(brm_store_next_due(s) == 50);
+    CHECK(brm_store_next_due(s, 0) == 50);
+    CHECK(brm_store_next_due(s, 200) == 500); /* what is due already does not count */
+    CHECK(brm_store_next_due(s, 500) == 0);
 
     /* Outcomes: done, pending again later, dead. */
     CHECK_INT(brm_store_begin(s, &err), 0);

@@ -35,6 +35,7 @@ function M.request(target, msg)
     url = msg.link and tostring(msg.link) or nil,
   }
   if #fields > 0 then embed.fields = fields end
+  -- Mentions in an embed notify no one: event text cannot ping.
   return t.post(target.url, { username = target.username, embeds = { embed } })
 end
 

@@ -8,7 +8,7 @@ local M = {
 }
 
 function M.request(target, msg)
-  local body = msg.raw and t.raw(msg) or { text = t.cut(t.markdown(msg, "*"), 4000) }
+  local body = msg.raw and t.raw(msg) or { text = t.cut(t.no_mentions(t.markdown(msg, "*")), 4000) }
   return t.post(target.url, body, { ["Content-Type"] = "application/json; charset=UTF-8" })
 end
 

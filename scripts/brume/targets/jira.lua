@@ -66,7 +66,9 @@ function M.request(target, msg, ctx)
   local function doc(text) return cloud and adf(text) or text end
   local key = t.dedup_key(msg, ctx)
   local label = "brume-" .. brume.hmac_sha256("brume", key):sub(1, 16)
-  local jql = ('project = "%s" AND labels = "%s"'):format(target.project, label)
+  -- Open issues only: once resolved, the key's next alert is a new issue.
+  local jql = ('project = "%s" AND labels = "%s" AND statusCategory != Done'):format(
+    target.project, label)
   local plan = {
     ticket = key,
     lookup = req("GET", api .. (cloud and "/search/jql" or "/search") .. "?jql=" ..
@@ -83,6 +85,7 @@ function M.request(target, msg, ctx)
     else
       plan.update = req("POST", api .. "/issue/{ref}/comment", { body = doc("Resolved: " .. note) })
     end
+    plan.closes = true
     return plan
   end
   local labels = { label }

@@ -1,6 +1,7 @@
 -- ServiceNow Table API: one incident per dedup key. The first message
 -- creates it (correlation_id = the dedup key), later ones add a work note,
--- and action = "resolve" resolves it. ServiceNow has no idempotency key, so
+-- and action = "resolve" resolves it (a later message for the key opens a
+-- new one). ServiceNow has no idempotency key, so
 -- before creating, brume looks for an incident with that correlation_id:
 -- a retry after a lost answer does not open a second one.
 local t = require "brume.target"
@@ -33,7 +34,9 @@ local levels = { critical = { "1", "1" }, error = { "2", "2" }, warning = { "2",
                  info = { "3", "3" } }
 
 function M.request(target, msg, ctx)
-  local key = t.cut(t.dedup_key(msg, ctx), 100)
+  -- '^' separates the terms of an encoded query: a key holding one would
+  -- match other incidents, so it (and control characters) becomes '_'.
+  local key = (t.cut(t.dedup_key(msg, ctx), 100):gsub("[%^%c]", "_"))
   local base = t.join(target.url, "/api/now/table/" .. target.table)
   local headers = {
     Accept = "application/json",
@@ -46,7 +49,10 @@ function M.request(target, msg, ctx)
   end
   local plan = {
     ticket = key,
-    lookup = req("GET", base .. "?sysparm_query=" .. t.urlencode("correlation_id=" .. key) ..
+    -- Open incidents only: once resolved, the key's next alert is a new incident.
+    lookup = req("GET", base .. "?sysparm_query=" ..
+                        t.urlencode("correlation_id=" .. key .. "^active=true^state!=" ..
+                                    target.resolve_state) ..
                         "&sysparm_fields=sys_id&sysparm_limit=1"),
   }
   plan.lookup.ref = "result.0.sys_id"
@@ -56,6 +62,7 @@ function M.request(target, msg, ctx)
     plan.update = req("PATCH", base .. "/{ref}", {
       state = target.resolve_state, close_code = target.close_code, close_notes = note,
     })
+    plan.closes = true
     return plan
   end
   local level = levels[t.severity(msg)]

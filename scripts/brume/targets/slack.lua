@@ -17,6 +17,11 @@ local M = {
 local dots = { critical = ":red_circle:", error = ":large_orange_circle:",
                warning = ":large_yellow_circle:", info = ":large_blue_circle:" }
 
+-- Slack reads &, < and > as markup in mrkdwn ("<!channel>", "<url|text>"):
+-- escaped, so that text from an event cannot ping a channel or hide a link.
+local entities = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;" }
+local function esc(s) return (tostring(s):gsub("[&<>]", entities)) end
+
 function M.request(target, msg)
   if msg.raw then return t.post(target.url, t.raw(msg)) end
   local severity = t.severity(msg)
@@ -24,12 +29,12 @@ function M.request(target, msg)
     { type = "header", text = { type = "plain_text", text = t.cut(t.title(msg), 150), emoji = true } },
   }
   if t.text(msg) ~= "" then
-    blocks[#blocks + 1] = { type = "section", text = { type = "mrkdwn", text = t.cut(t.text(msg), 3000) } }
+    blocks[#blocks + 1] = { type = "section", text = { type = "mrkdwn", text = t.cut(esc(t.text(msg)), 3000) } }
   end
   local fields = {}
   for i, f in ipairs(t.fields(msg)) do
     if i > 10 then break end -- Slack's limit per section
-    fields[#fields + 1] = { type = "mrkdwn", text = t.cut("*" .. f[1] .. "*\n" .. f[2], 2000) }
+    fields[#fields + 1] = { type = "mrkdwn", text = t.cut("*" .. esc(f[1]) .. "*\n" .. esc(f[2]), 2000) }
   end
   if #fields > 0 then blocks[#blocks + 1] = { type = "section", fields = fields } end
   blocks[#blocks + 1] = { type = "context", elements = {
@@ -41,7 +46,7 @@ function M.request(target, msg)
     } }
   end
   return t.post(target.url, {
-    text = t.cut(t.plain(msg), 3000), -- notifications and clients without blocks
+    text = t.cut(esc(t.plain(msg)), 3000), -- notifications and clients without blocks
     blocks = blocks,
     channel = target.channel,
     username = target.username,

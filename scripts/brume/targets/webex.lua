@@ -13,14 +13,16 @@ local M = {
 }
 
 function M.check(o)
-  if not o.room_id and not o.to_person_email then return "webex needs room_id or to_person_email" end
+  if not o.room_id == not o.to_person_email then
+    return "webex needs one of room_id and to_person_email"
+  end
 end
 
 function M.request(target, msg)
   local body = msg.raw and t.raw(msg) or {
     roomId = target.room_id,
     toPersonEmail = target.to_person_email,
-    markdown = t.cut(t.markdown(msg), 7000),
+    markdown = t.cut(t.no_mentions(t.markdown(msg)), 7000),
     text = t.cut(t.plain(msg), 7000),
   }
   return t.post(target.url, body, { Authorization = "Bearer " .. target.token })

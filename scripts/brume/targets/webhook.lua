@@ -15,6 +15,15 @@ local M = {
   },
 }
 
+function M.check(o)
+  if o.secret and o.secret:sub(1, 6) == "whsec_" then
+    local key = brume.base64.decode(o.secret:sub(7))
+    if not key or #key == 0 then
+      return "secret: after whsec_ comes the base64 of the key (Standard Webhooks)"
+    end
+  end
+end
+
 function M.request(target, msg, ctx)
   local body = msg.raw and t.raw(msg) or t.json(msg)
   local headers = { ["Content-Type"] = "application/json" }

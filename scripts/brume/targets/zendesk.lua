@@ -28,11 +28,15 @@ function M.request(target, msg, ctx)
     ticket = key,
     lookup = req("GET", t.join(target.url, "/api/v2/tickets.json?external_id=" .. t.urlencode(key))),
   }
-  plan.lookup.ref = "tickets.0.id"
+  -- The first ticket not solved or closed: once resolved, the key's next
+  -- alert is a new ticket (Zendesk closes solved tickets, and a closed one
+  -- takes no comment).
+  plan.lookup.ref = "tickets.?status!=solved|closed.id"
   local comment = { body = t.plain(msg), public = false }
   if t.action(msg) == "resolve" then
     plan.update = req("PUT", t.join(target.url, "/api/v2/tickets/{ref}.json"),
                       { ticket = { status = "solved", comment = comment } })
+    plan.closes = true
     return plan
   end
   plan.create = req("POST", t.join(target.url, "/api/v2/tickets.json"), { ticket = {
