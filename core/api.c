@@ -143,8 +143,9 @@ static void add_action(lua_State *L, struct brm_api *api, const struct brm_targe
         lua_getfield(L, -1, "secrets");
         lua_replace(L, -3);
         lua_pop(L, 1);
+        lua_pushstring(L, key);
         struct brm_err err;
-        if (lua_pcall(L, 2, 1, 0) == LUA_OK && brm_json_encode(L, -1, &err) == 0)
+        if (lua_pcall(L, 3, 1, 0) == LUA_OK && brm_json_encode(L, -1, &err) == 0)
             display = lua_gettop(L);
     }
     struct brm_actions *a = s->sink;
@@ -175,7 +176,8 @@ static void next_key(lua_State *L, struct brm_scope *s, char *key, size_t size) 
                    BRM_MAX_ACTIONS_PER_EVENT);
     s->sent++;
     s->rule_sent++;
-    snprintf(key, size, "%llu:%zu:%zu", (unsigned long long)s->delivery, s->index, s->sent);
+    snprintf(key, size, "%llu:%zu:%s:%zu", (unsigned long long)s->delivery, s->index, s->rule_key,
+             s->rule_sent);
 }
 
 static int api_send(lua_State *L) {
@@ -195,7 +197,7 @@ static int api_send(lua_State *L) {
     if (!t) return luaL_error(L, "brume.send: no target named '%s' in the config", name);
     if (strcmp(t->kind, BRM_HTTP_TARGET) == 0)
         return luaL_error(L, "brume.send: '%s' is brume.http's target", name);
-    char key[96];
+    char key[400];
     next_key(L, s, key, sizeof(key));
     /* request = adapter.request(options, message, ctx) */
     lua_rawgeti(L, LUA_REGISTRYINDEX, api->targets);
@@ -276,7 +278,7 @@ static int api_http(lua_State *L) {
     lua_setfield(L, 2, "body");
     lua_pushvalue(L, 3);
     lua_setfield(L, 2, "headers");
-    char key[96];
+    char key[400];
     next_key(L, s, key, sizeof(key));
     add_action(L, api, brm_config_target(api->cfg, BRM_HTTP_TARGET), 0, 2, NULL, key);
     return 0;

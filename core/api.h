@@ -28,7 +28,8 @@
 
 /* One message a rule sent: what the outbox delivers. */
 struct brm_action {
-    char *key; /* idempotency key "<delivery>:<event>:<n>", stable across re-runs */
+    char *key; /* idempotency key "<delivery>:<event>:<rule>:<n>": the n-th message of that
+                  rule for that event, stable across re-runs even when other rules change */
     char *rule;
     char *target;
     char *topic;
@@ -56,13 +57,14 @@ void brm_actions_reset(struct brm_actions *a); /* frees everything, keeps nothin
 struct brm_scope {
     uint64_t delivery; /* id of the body being handled */
     const char *rule;
+    const char *rule_key; /* the rule's name as it goes into keys (%-encoded) */
     const char *topic;    /* normalised */
     const char *event_id; /* ev.id, ev.audit_id, or "topic#index" */
     size_t index;         /* position of the event in the batch, from 1 */
     int depth;            /* 0 for a posted event, n for one emitted n deep */
     struct brm_actions *sink;
     size_t sent;      /* messages sent for this event so far, by all rules */
-    size_t rule_sent; /* ...and by the rule running now */
+    size_t rule_sent; /* ...and by the rule running now (events it emitted included) */
     int emit_queue;   /* registry reference to the queue brume.emit fills */
     size_t *emitted;  /* events emitted for the posted event so far */
 };

@@ -11,6 +11,7 @@
 #include "sandbox.h"
 
 #define MAX_EVENT_ID 128
+#define MAX_RULE_NAME 100 /* %-encoded in delivery keys, it must fit theirs */
 /* A rule failing on every event would write a line per event: at most this
  * many lines per rule per window, then one line saying how many were not
  * written. The metrics count every failure. */
@@ -19,7 +20,8 @@
 
 struct rule {
     char *name;
-    char *file; /* as shown in errors */
+    char *key_name; /* NAME %-encoded, as it goes into delivery keys */
+    char *file;     /* as shown in errors */
     int fn;     /* registry reference to on_event */
     int where;  /* registry reference to the where table, or LUA_NOREF */
     int all;    /* topics = "*" */
@@ -29,6 +31,8 @@ struct rule {
     struct brm_histogram *seconds;
     uint64_t log_window; /* start of the current failure-log window, ms */
     unsigned logged, suppressed;
+    uint64_t event;  /* the posted event SENT counts for */
+    size_t sent;     /* messages this rule sent for it, emitted events included */
 };
 
 /* The rules one topic runs, in file-name order. */
@@ -47,6 +51,7 @@ struct brm_engine {
     struct topic *topics;
     size_t ntopics;
     struct topic all; /* the "*" rules: what a topic no rule names runs */
+    uint64_t event;   /* posted events dispatched so far */
     int queue;        /* registry reference to the brume.emit queue */
     int exhausted;
     struct brm_state *state;
@@ -189,6 +194,10 @@ static int read_rule(struct brm_engine *e, struct rule *r, struct brm_errors *er
         brm_errors_addf(errs, r->file, 0, "name: expected a string");
         ok = 0;
     }
+    if (strlen(r->name) == 0 || strlen(r->name) > MAX_RULE_NAME) {
+        brm_errors_addf(errs, r->file, 0, "name: 1 to %d characters", MAX_RULE_NAME);
+        ok = 0;
+    }
     lua_pop(L, 1);
     rawfield(L, t, "topics");
     ok &= read_topics(L, lua_gettop(L), r, errs);
@@ -213,6 +222,21 @@ static int read_rule(struct brm_engine *e, struct rule *r, struct brm_errors *er
         ok = 0;
     }
     return ok;
+}
+
+/* NAME with every byte but letters, digits, '.', '_' and '-' as %XX: keys
+ * stay header-safe, and two names never give the same key. */
+static char *key_name(const char *name) {
+    struct brm_buf b;
+    brm_buf_init(&b);
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            *p == '.' || *p == '_' || *p == '-')
+            brm_buf_append(&b, p, 1);
+        else
+            brm_buf_printf(&b, "%%%02X", *p);
+    }
+    return b.data;
 }
 
 static void rule_metrics(struct rule *r) {
@@ -249,6 +273,7 @@ static void load_rule(struct brm_engine *e, const char *fname, struct brm_errors
         }
     }
     rule_metrics(&r);
+    r.key_name = key_name(r.name);
     e->rules = brm_xrealloc(e->rules, (e->nrules + 1) * sizeof(*e->rules));
     e->rules[e->nrules++] = r;
     lua_settop(L, top);
@@ -338,6 +363,7 @@ void brm_engine_free(struct brm_engine *e) {
         for (size_t j = 0; j < r->ntopics; j++) free(r->topics[j]);
         free(r->topics);
         free(r->name);
+        free(r->key_name);
         free(r->file);
     }
     free(e->rules);
@@ -478,13 +504,19 @@ static void run_rules(struct brm_engine *e, const struct topic *t, int ev, int c
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->fn);
         lua_pushvalue(L, ev);
         lua_pushvalue(L, ctx);
+        if (r->event != e->event) { /* its first call for this posted event */
+            r->event = e->event;
+            r->sent = 0;
+        }
         scope->rule = r->name;
-        scope->rule_sent = 0;
+        scope->rule_key = r->key_name;
+        scope->rule_sent = r->sent;
         brm_api_set_scope(e->api, scope);
         uint64_t t0 = brm_time_mono_ns();
         enum brm_call_status st = brm_sandbox_call(e->sb, 2, 0, &err);
         brm_histogram_observe(r->seconds, (double)(brm_time_mono_ns() - t0) / 1e9);
         brm_api_set_scope(e->api, NULL);
+        r->sent = scope->rule_sent;
         brm_counter_add(r->runs, 1);
         stats->runs++;
         if (st == BRM_CALL_OK) continue;
@@ -608,6 +640,7 @@ void brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
             lua_settop(L, events);
             continue;
         }
+        e->event++; /* each rule's messages count afresh for it (keys) */
         push_ctx(L, envelope, env->name, batch, i);
         struct brm_scope scope = {
             .delivery = batch->delivery,

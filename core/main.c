@@ -522,7 +522,7 @@ static int cmd_outbox(struct args *a) {
     } else {
         int found;
         if (verb[0] == 'r') {
-            found = brm_store_retry(st, id, brm_time_now() + 86400, &err);
+            found = brm_store_retry(st, id, &err);
         } else {
             found = brm_store_drop(st, id, &err);
         }

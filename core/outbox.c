@@ -841,7 +841,10 @@ static void housekeeping(struct brm_outbox *ob, double now) {
     struct brm_err err;
     if (now - ob->last_prune >= PRUNE_INTERVAL) {
         ob->last_prune = now;
-        if (brm_store_prune(ob->store, now - KEEP_DONE, &err) < 0)
+        /* Their keys are what keeps a replay from queueing them again: kept
+         * as long as the bodies a replay could run. */
+        double keep = fmax(KEEP_DONE, ob->cfg->journal.retention);
+        if (brm_store_prune(ob->store, now - keep, &err) < 0)
             brm_log_warn("outbox: cannot prune done deliveries", "error", err.msg);
     }
     if (now - ob->last_orphans >= 60) {

@@ -115,8 +115,9 @@ static const char *const sql[NSTMT] = {
     [S_LIST] = "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE state <> 1"
                " ORDER BY id DESC LIMIT ?",
     [S_LIST_ALL] = "SELECT " DELIVERY_COLUMNS " FROM deliveries ORDER BY id DESC LIMIT ?",
-    [S_RETRY] = "UPDATE deliveries SET state = 0, next_at = ?, expires = ?, finished = NULL"
-                " WHERE id = ? AND state <> 1",
+    /* Due now, with its max_age afresh and its backoff from the start. */
+    [S_RETRY] = "UPDATE deliveries SET state = 0, next_at = ?1, expires = ?1 + expires - created,"
+                " attempts = 0, finished = NULL WHERE id = ?2 AND state <> 1",
     [S_DROP] = "DELETE FROM deliveries WHERE id = ?",
     [S_PENDING] = "SELECT count(*), min(created) FROM deliveries WHERE state = 0",
     [S_PRUNE] = "DELETE FROM deliveries WHERE state = 1 AND finished < ?",
@@ -393,11 +394,10 @@ int brm_store_list(struct brm_store *s, int all, int limit,
     return each(s, i, fn, arg, err, "listing deliveries");
 }
 
-int brm_store_retry(struct brm_store *s, int64_t id, double expires, struct brm_err *err) {
+int brm_store_retry(struct brm_store *s, int64_t id, struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_RETRY];
     sqlite3_bind_double(st, 1, brm_time_now());
-    sqlite3_bind_double(st, 2, expires);
-    sqlite3_bind_int64(st, 3, id);
+    sqlite3_bind_int64(st, 2, id);
     if (run(s, S_RETRY, err, "retrying a delivery") < 0) return -1;
     return sqlite3_changes(s->db) > 0;
 }

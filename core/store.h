@@ -79,9 +79,10 @@ int brm_store_finish(struct brm_store *s, int64_t id, enum brm_delivery_state st
  * ALL), newest first, at most LIMIT. */
 int brm_store_list(struct brm_store *s, int all, int limit,
                    int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err);
-/* Makes delivery ID pending again, due now, with a fresh EXPIRES.
- * Returns 1, 0 when there is no such pending or dead delivery, -1. */
-int brm_store_retry(struct brm_store *s, int64_t id, double expires, struct brm_err *err);
+/* Makes delivery ID pending again: due now, with its max_age counted from
+ * now and its attempts (so its backoff) from zero. Returns 1, 0 when there
+ * is no such pending or dead delivery, -1. */
+int brm_store_retry(struct brm_store *s, int64_t id, struct brm_err *err);
 /* Deletes delivery ID. Returns 1, 0 when there is none, -1. */
 int brm_store_drop(struct brm_store *s, int64_t id, struct brm_err *err);
 /* Counts pending deliveries; the age in seconds of the oldest in *OLDEST. */

@@ -33,7 +33,7 @@ M.common = {
   timeout = { "duration", default = 10 },
   rate = { "rate" },
   concurrency = { "integer", default = 4, min = 1, max = 1000 },
-  proxy = { "string" },
+  proxy = { "string", secret = true }, -- may hold user:password
   max_age = { "duration" },
   backoff = { "duration", default = 2 }, -- the first retry's wait; doubles, up to 10 minutes
 }
@@ -342,9 +342,18 @@ local function mask_string(s, secrets)
 end
 
 -- A copy of request R fit to show: header values that carry credentials and
--- every secret of the target replaced by ****.
-function M.mask(r, secrets)
+-- every secret of the target replaced by ****. A signed request (KEY is its
+-- delivery's key) shows the Standard Webhooks headers each attempt adds.
+function M.mask(r, secrets, key)
   if type(r) ~= "table" then return r end
+  if r.sign == "standard-webhooks" and key and type(r.headers) == "table" then
+    local h = {}
+    for name, value in pairs(r.headers) do h[name] = value end
+    h["webhook-id"] = key
+    h["webhook-timestamp"] = "(the time of each attempt)"
+    h["webhook-signature"] = "v1,(made at each attempt)"
+    r = { method = r.method, url = r.url, headers = h, body = r.body, sign = r.sign }
+  end
   local out = {}
   for k, v in pairs(r) do
     if k == "headers" and type(v) == "table" then

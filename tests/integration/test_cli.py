@@ -75,6 +75,20 @@ class Cli(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("cannot read the config", r.stderr)
 
+    def test_check_targets(self):
+        cfg = self.write("brume.lua", """sources = { mist = { path = '/m', secret = 's' } }
+targets = {
+  hook = { kind = "webhook", url = "https://h.example.com/x", secret = "whsec_***not base64***" },
+  room = { kind = "webex", token = "T", room_id = "R", to_person_email = "a@b.c" },
+}
+""")
+        os.makedirs(os.path.join(self.tmp, "rules"))
+        r = run_cli("check", "-c", cfg)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("targets.hook.kind: secret: after whsec_ comes the base64", r.stderr)
+        self.assertIn("targets.room.kind: webex needs one of room_id and to_person_email",
+                      r.stderr)
+
     def test_example_configs_check(self):
         env = dict(ENV, SLACK_WEBHOOK_URL="https://hooks.slack.com/services/T0/B0/X",
                    TEAMS_WORKFLOW_URL="https://prod.westus.logic.azure.com/workflows/x",

@@ -12,9 +12,20 @@ static char dir[64];
 static int64_t ids[16];
 static int nids;
 
+static struct {
+    int64_t id;
+    int attempts;
+    double expires;
+} last_retried;
+
 static int collect(void *arg, struct brm_delivery *d) {
     (void)arg;
     ids[nids++] = d->id;
+    if (d->id == 1) {
+        last_retried.id = d->id;
+        last_retried.attempts = d->attempts;
+        last_retried.expires = d->expires;
+    }
     return 0;
 }
 
@@ -101,11 +112,16 @@ int main(void) {
     CHECK_INT(brm_store_list(s, 1, 10, collect, NULL, &err), 0);
     CHECK_INT(nids, 6);
 
-    CHECK_INT(brm_store_retry(s, 1, 5000, &err), 1); /* dead -> pending, due now */
-    CHECK_INT(brm_store_retry(s, 4, 5000, &err), 0); /* done stays done */
-    CHECK_INT(brm_store_retry(s, 99, 5000, &err), 0);
+    CHECK_INT(brm_store_retry(s, 1, &err), 1); /* dead -> pending, due now */
+    CHECK_INT(brm_store_retry(s, 4, &err), 0); /* done stays done */
+    CHECK_INT(brm_store_retry(s, 99, &err), 0);
     due_for(s, "slack", brm_time_now());
     CHECK_INT(nids, 3);
+    /* ...with its max_age (expires - created: 900s) from now, attempts from 0. */
+    nids = 0;
+    CHECK_INT(brm_store_list(s, 0, 10, collect, NULL, &err), 0);
+    CHECK(last_retried.id == 1 && last_retried.attempts == 0);
+    CHECK(last_retried.expires - brm_time_now() > 890 && last_retried.expires - brm_time_now() < 901);
     CHECK_INT(brm_store_drop(s, 3, &err), 1);
     CHECK_INT(brm_store_drop(s, 3, &err), 0);
     CHECK_INT(brm_store_prune(s, 1e12, &err), 0); /* done ones go, with their keys */

@@ -8,7 +8,7 @@ local M = {
   max_age = "24h",
   signs = true,
   options = {
-    url = { "url", required = true },
+    url = { "url", required = true, secret = true }, -- URLs often carry a token
     secret = { "string", secret = true }, -- "whsec_<base64>" or raw bytes
     headers = { "table", secret = true },
     method = { "string", default = "POST" },
