@@ -10,7 +10,7 @@
 #include "metrics.h"
 #include "sandbox.h"
 
-#define MAX_EVENT_ID 128
+#define MAX_EVENT_ID  128
 #define MAX_RULE_NAME 100 /* %-encoded in delivery keys, it must fit theirs */
 /* A rule failing on every event would write a line per event: at most this
  * many lines per rule per window, then one line saying how many were not
@@ -22,17 +22,17 @@ struct rule {
     char *name;
     char *key_name; /* NAME %-encoded, as it goes into delivery keys */
     char *file;     /* as shown in errors */
-    int fn;     /* registry reference to on_event */
-    int where;  /* registry reference to the where table, or LUA_NOREF */
-    int all;    /* topics = "*" */
+    int fn;         /* registry reference to on_event */
+    int where;      /* registry reference to the where table, or LUA_NOREF */
+    int all;        /* topics = "*" */
     char **topics;
     size_t ntopics;
     struct brm_counter *runs, *errors, *budget, *memory;
     struct brm_histogram *seconds;
     uint64_t log_window; /* start of the current failure-log window, ms */
     unsigned logged, suppressed;
-    uint64_t event;  /* the posted event SENT counts for */
-    size_t sent;     /* messages this rule sent for it, emitted events included */
+    uint64_t event; /* the posted event SENT counts for */
+    size_t sent;    /* messages this rule sent for it, emitted events included */
 };
 
 /* The rules one topic runs, in file-name order. */

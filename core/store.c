@@ -55,6 +55,11 @@ static const char *const migrations[] = {
     "  key TEXT PRIMARY KEY,"
     "  value TEXT NOT NULL,"
     "  expires REAL NOT NULL);", /* 0: never */
+    /* 3: the highest body id ever journaled. Retention may empty the
+     * journal; ids must still not start again, or new deliveries would take
+     * the keys of old ones (and be dropped as already queued). */
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+    "INSERT INTO meta VALUES ('last_body', coalesce((SELECT max(id) FROM bodies), 0));",
 };
 
 enum stmt {
@@ -76,6 +81,7 @@ enum stmt {
     S_SET_TICKET,
     S_FORGET_TICKET,
     S_ADD_BODY,
+    S_NOTE_BODY,
     S_MAX_BODY,
     S_BODIES,
     S_PRUNE_BODIES,
@@ -127,7 +133,9 @@ static const char *const sql[NSTMT] = {
     [S_FORGET_TICKET] = "DELETE FROM tickets WHERE target = ? AND key = ?",
     [S_ADD_BODY] = "INSERT INTO bodies (id, source, topic, received, events, body)"
                    " VALUES (?, ?, ?, ?, ?, ?)",
-    [S_MAX_BODY] = "SELECT max(id) FROM bodies",
+    [S_NOTE_BODY] = "UPDATE meta SET value = max(value, ?) WHERE key = 'last_body'",
+    [S_MAX_BODY] = "SELECT max(coalesce((SELECT max(id) FROM bodies), 0),"
+                   " (SELECT value FROM meta WHERE key = 'last_body'))",
     [S_BODIES] = "SELECT id, source, topic, received, events, body FROM bodies"
                  " WHERE received >= ? AND received < ? ORDER BY id",
     [S_PRUNE_BODIES] = "DELETE FROM bodies WHERE id <= ?",
@@ -469,7 +477,9 @@ int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm
     sqlite3_bind_double(st, 4, b->received);
     sqlite3_bind_int64(st, 5, (sqlite3_int64)b->events);
     sqlite3_bind_blob(st, 6, b->body ? b->body : "", (int)b->len, SQLITE_STATIC);
-    return run(s, S_ADD_BODY, err, "journaling a body");
+    if (run(s, S_ADD_BODY, err, "journaling a body") < 0) return -1;
+    sqlite3_bind_int64(s->stmt[S_NOTE_BODY], 1, (sqlite3_int64)b->id);
+    return run(s, S_NOTE_BODY, err, "journaling a body");
 }
 
 int64_t brm_store_last_body(struct brm_store *s) {

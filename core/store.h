@@ -112,7 +112,8 @@ struct brm_body {
 };
 
 int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm_err *err);
-/* The highest body id in the journal (0 when empty). */
+/* The highest body id ever journaled, even if retention removed it since
+ * (0 for a new store). */
 int64_t brm_store_last_body(struct brm_store *s);
 /* Calls FN for each body received in [SINCE, UNTIL), oldest first; stops
  * when FN returns nonzero. */

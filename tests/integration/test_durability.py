@@ -247,6 +247,19 @@ end }""")
             self.assertEqual(b.stop(), 0)
             r = run_cli("replay", "-c", b.config_path)
             self.assertIn("replayed 1 body", r.stderr)
+
+            # Retention emptied the journal: ids go on all the same, so the
+            # next body's message does not take an old one's key (and vanish).
+            with open(b.config_path, "a") as f:
+                f.write('journal = { max_size = "1" }\n')
+            b.start()
+            b.wait_log('msg="journal pruned" bodies=1')
+            self.assertEqual(b.stop(), 0)
+            b.start()  # on an empty journal
+            after = json.dumps({"topic": "audits", "events": [{"id": "after"}]})
+            self.assertEqual(b.post(after).status, 200)
+            lines = b.wait_lines("out.jsonl", 5)
+            self.assertEqual(lines[-1]["message"]["id"], "after")
         finally:
             b.cleanup()
 
