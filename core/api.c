@@ -536,6 +536,8 @@ static int api_hmac_sha256(lua_State *L) {
     const char *key = luaL_checklstring(L, 1, &klen);
     const char *data = luaL_checklstring(L, 2, &dlen);
     int fmt = luaL_checkoption(L, 3, "hex", formats);
+    /* Hashing allocates nothing for the allocator to charge. */
+    brm_sandbox_charge(L, 1 + (long)((klen + dlen) / BRM_SANDBOX_BYTES_PER_UNIT));
     unsigned char mac[BRM_VERIFY_MAX_MAC];
     char out[2 * BRM_VERIFY_MAX_MAC + 1];
     size_t n = brm_verify_hmac(BRM_VERIFY_SHA256, key, klen, data, dlen, mac);

@@ -12,6 +12,7 @@
 
 /* The config file itself runs under these limits. */
 #define CONFIG_INSTRUCTIONS 10000000
+#define CONFIG_TIME         5.0
 #define CONFIG_MEMORY       (64u << 20)
 #define MAX_CONFIG_FILE     (1u << 20)
 
@@ -61,6 +62,7 @@ struct schema {
 
 static const struct setting limits_settings[] = {
     SR("instructions", T_INT, instructions, 1000, 1e12),
+    SR("time", T_DURATION, time_limit, 0.001, 3600),
     SR("memory", T_SIZE, memory, 1 << 20, 1e12),
 };
 static const struct setting http_settings[] = {
@@ -690,6 +692,7 @@ static void check_targets(struct loader *ld, struct brm_config *c) {
     static const char checker[] = "return require('brume.target').check(...)";
     if (!c->ntargets) return;
     struct brm_sandbox_opts o = { .instructions = CONFIG_INSTRUCTIONS,
+                                  .time_limit = CONFIG_TIME,
                                   .memory = CONFIG_MEMORY,
                                   .scripts_dir = c->scripts_dir };
     struct brm_sandbox *sb = brm_sandbox_new(&o);
@@ -761,6 +764,7 @@ static void set_defaults(struct brm_config *c) {
     c->rules_dir = brm_path_join(c->dir, "rules");
     c->scripts_dir = brm_path_join(c->dir, "scripts");
     c->instructions = 1000000;
+    c->time_limit = 1;
     c->memory = 64u << 20;
     c->http.header_timeout = 10;
     c->http.body_timeout = 30;
@@ -775,7 +779,9 @@ static void set_defaults(struct brm_config *c) {
 
 /* Runs the config file in a sandbox and walks what it set. */
 static void evaluate(struct loader *ld, struct brm_config *c) {
-    struct brm_sandbox_opts o = { .instructions = CONFIG_INSTRUCTIONS, .memory = CONFIG_MEMORY };
+    struct brm_sandbox_opts o = { .instructions = CONFIG_INSTRUCTIONS,
+                                  .time_limit = CONFIG_TIME,
+                                  .memory = CONFIG_MEMORY };
     struct brm_sandbox *sb = brm_sandbox_new(&o);
     lua_State *L = ld->L = brm_sandbox_state(sb);
     struct brm_err err;

@@ -326,6 +326,7 @@ struct brm_engine *brm_engine_new(const struct brm_config *cfg, struct brm_error
     e->cfg = cfg;
     struct brm_sandbox_opts o = {
         .instructions = cfg->instructions,
+        .time_limit = cfg->time_limit,
         .memory = cfg->memory,
         .scripts_dir = cfg->scripts_dir,
         .rules_dir = cfg->rules_dir,

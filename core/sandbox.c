@@ -3,14 +3,17 @@
 #include <errno.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "embedded.h"
 #include "pattern.h"
 
-/* How many instructions pass between two looks at the budget. */
-#define HOOK_STEP 1000
+/* How many instructions pass between two looks at the budget, and how many
+ * looks between two looks at the clock. */
+#define HOOK_STEP  1000
+#define CLOCK_STEP 8
 /* Largest Lua source file read from disk. */
 #define MAX_SOURCE (4u << 20)
 
@@ -22,6 +25,11 @@ struct brm_sandbox {
     long budget;   /* instructions per outermost call */
     long left;     /* of the current call */
     int exhausted;
+    const char *why;               /* what ran out: "instruction budget", "time limit" */
+    uint64_t time_limit, deadline; /* ns per outermost call, and when it ends */
+    unsigned hooks;
+    char mem_file[256]; /* where the memory cap was first hit in this call */
+    int mem_line;
     char *scripts_dir, *rules_dir;
 };
 
@@ -29,6 +37,38 @@ struct brm_sandbox {
 static const char LIBRARY_KEY, ENV_MT_KEY, LOADED_KEY, PROXIES_KEY, PROXY_OF_KEY;
 /* Marks a module that is being loaded, to catch circular requires. */
 static const char LOADING;
+
+/* Notes where user code runs now, for a memory error: no message handler
+ * runs for those. Only reads the call stack (no allocation), which is safe
+ * from inside the allocator. */
+static void note_position(struct brm_sandbox *sb) {
+    lua_Debug ar;
+    sb->mem_file[0] = '\0';
+    sb->mem_line = 0;
+    for (int level = 0; sb->L && lua_getstack(sb->L, level, &ar); level++) {
+        if (!lua_getinfo(sb->L, "Sl", &ar) || ar.currentline <= 0) continue;
+        snprintf(sb->mem_file, sizeof(sb->mem_file), "%s", ar.short_src);
+        sb->mem_line = ar.currentline;
+        return;
+    }
+}
+
+static void exhaust(struct brm_sandbox *sb, const char *why);
+static int out_of_time(const struct brm_sandbox *sb);
+
+/* Allocating is charged to the budget as the work of filling what was
+ * allocated: the count hook sees one instruction in a ".." of two long
+ * strings, or in a string.rep, whatever they copy. A call that runs out
+ * does not fail here (only the cap does that) but at its next instruction:
+ * lua_sethook may be called from anywhere. */
+static void charge_allocation(struct brm_sandbox *sb, size_t bytes) {
+    sb->left -= (long)(bytes / BRM_SANDBOX_BYTES_PER_UNIT);
+    if (sb->exhausted) return;
+    if (sb->budget > 0 && sb->left <= 0)
+        exhaust(sb, "instruction budget");
+    else if (bytes >= (64u << 10) && out_of_time(sb))
+        exhaust(sb, "time limit");
+}
 
 static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     struct brm_sandbox *sb = ud;
@@ -38,9 +78,13 @@ static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
         sb->used -= osize;
         return NULL;
     }
-    if (nsize > osize && sb->enforce > 0 && sb->limit && sb->used + (nsize - osize) > sb->limit) {
-        sb->limit_hit = 1;
-        return NULL; /* Lua collects garbage, retries, then raises LUA_ERRMEM */
+    if (nsize > osize && sb->enforce > 0) {
+        if (sb->limit && sb->used + (nsize - osize) > sb->limit) {
+            if (!sb->limit_hit) note_position(sb);
+            sb->limit_hit = 1;
+            return NULL; /* Lua collects garbage, retries, then raises LUA_ERRMEM */
+        }
+        charge_allocation(sb, nsize - osize);
     }
     void *p = realloc(ptr, nsize);
     if (!p) return NULL;
@@ -179,6 +223,126 @@ static int is_proxy(lua_State *L, int idx) {
     return yes;
 }
 
+/* ---- charging library functions for their work in C --------------------- */
+
+/* How a library function's C work is measured. */
+enum cost {
+    COST_STRING,  /* the bytes of argument 1 */
+    COST_STRINGS, /* the bytes of every string argument */
+    COST_LENGTH,  /* the length of the table at argument 1 (insert, remove) */
+    COST_SORT,    /* n log n comparisons for the table at argument 1 */
+    COST_RANGE,   /* the elements from integer argument I to argument I + 1 */
+    COST_SOURCE,  /* compiling the string at argument 1 */
+};
+
+static long string_units(lua_State *L, int i) {
+    return lua_type(L, i) == LUA_TSTRING ? (long)(lua_rawlen(L, i) / BRM_SANDBOX_BYTES_PER_UNIT)
+                                         : 0;
+}
+
+/* The units a call with these arguments costs. Argument 1 is checked here,
+ * so that its error names the function the rule called. */
+static long cost_of(lua_State *L, enum cost kind, int arg) {
+    int n = lua_gettop(L);
+    long units = 1;
+    if (kind == COST_LENGTH || kind == COST_SORT || kind == COST_RANGE)
+        luaL_checktype(L, 1, LUA_TTABLE);
+    switch (kind) {
+    case COST_STRING:
+        luaL_checklstring(L, 1, NULL);
+        units += string_units(L, 1);
+        break;
+    case COST_STRINGS:
+        for (int i = 1; i <= n; i++) units += string_units(L, i);
+        break;
+    case COST_LENGTH:
+        if (lua_type(L, 1) == LUA_TTABLE) units += (long)lua_rawlen(L, 1);
+        break;
+    case COST_SORT:
+        if (lua_type(L, 1) == LUA_TTABLE) {
+            double len = (double)lua_rawlen(L, 1);
+            units += (long)(len * log2(len + 1));
+        }
+        break;
+    case COST_RANGE: {
+        int ok_from, ok_to; /* 3e8 counts: Lua takes floats with integer values */
+        double from = (double)lua_tointegerx(L, arg, &ok_from);
+        double to = (double)lua_tointegerx(L, arg + 1, &ok_to);
+        if (ok_from && ok_to && to >= from) units += (long)fmin(to - from + 1, 1e15);
+        break;
+    }
+    case COST_SOURCE: units += string_units(L, 1); break; /* scanning; the code is allocated */
+    }
+    return units;
+}
+
+/* The charged stand-in of a library function: upvalue 1 the function, 2
+ * the cost kind, 3 the argument COST_RANGE starts at. Charged before the
+ * call: table.move walks its range whether or not anything is there. */
+static int charged(lua_State *L) {
+    brm_sandbox_charge(L, cost_of(L, (enum cost)lua_tointeger(L, lua_upvalueindex(2)),
+                                  (int)lua_tointeger(L, lua_upvalueindex(3))));
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* string.rep: Lua's loops N times even when the result is empty, which no
+ * allocation pays for; here that is "" at once. (What it copies otherwise
+ * is charged as it is allocated.) */
+static int api_rep(lua_State *L) {
+    size_t ls, lsep = 0;
+    luaL_checklstring(L, 1, &ls);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_optlstring(L, 3, "", &lsep);
+    if (n <= 0 || (ls == 0 && lsep == 0)) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* The functions whose C work is not paid for by what they allocate (which
+ * the allocator charges): they scan, shift or walk. */
+static const struct charge_spec {
+    const char *lib, *name;
+    enum cost kind;
+    int arg; /* COST_RANGE: the first index argument */
+} charges[] = {
+    { "string", "byte", COST_STRING, 0 },  { "string", "unpack", COST_STRINGS, 0 },
+    { "table", "insert", COST_LENGTH, 0 }, { "table", "remove", COST_LENGTH, 0 },
+    { "table", "sort", COST_SORT, 0 },     { "table", "move", COST_RANGE, 2 },
+    { "table", "unpack", COST_RANGE, 2 },  { "utf8", "len", COST_STRING, 0 },
+    { "utf8", "offset", COST_STRING, 0 },  { "utf8", "codepoint", COST_STRING, 0 },
+    { "_G", "tonumber", COST_STRINGS, 0 },
+};
+
+/* Replaces the functions of CHARGES found in the table at IDX (library
+ * NAME) with charged ones; string.rep with api_rep. */
+static void charge_library(lua_State *L, int idx, const char *name) {
+    idx = lua_absindex(L, idx);
+    for (size_t i = 0; i < BRM_ARRAY_LEN(charges); i++) {
+        if (strcmp(charges[i].lib, name) != 0) continue;
+        if (lua_getfield(L, idx, charges[i].name) != LUA_TFUNCTION) {
+            lua_pop(L, 1);
+            continue;
+        }
+        lua_pushinteger(L, charges[i].kind);
+        lua_pushinteger(L, charges[i].arg);
+        lua_pushcclosure(L, charged, 3);
+        lua_setfield(L, idx, charges[i].name);
+    }
+    if (strcmp(name, "string") == 0) {
+        lua_getfield(L, idx, "rep");
+        lua_pushcclosure(L, api_rep, 1);
+        lua_setfield(L, idx, "rep");
+    }
+}
+
 /* ---- the safe library --------------------------------------------------- */
 
 static int api_setmetatable(lua_State *L) {
@@ -261,6 +425,7 @@ static int api_load(lua_State *L) {
     const char *mode = luaL_optstring(L, 3, "t");
     if (!strchr(mode, 't')) return luaL_error(L, "load: only text chunks are allowed");
     int has_env = !lua_isnone(L, 4);
+    brm_sandbox_charge(L, cost_of(L, COST_SOURCE, 0));
     if (luaL_loadbufferx(L, s, len, name, "t") != LUA_OK) {
         luaL_pushfail(L);
         lua_insert(L, -2);
@@ -306,13 +471,13 @@ static void add_stdlib(lua_State *L, int lib, const char *name, lua_CFunction op
         lua_pushnil(L);
         lua_setfield(L, t, *drop);
     }
+    charge_library(L, t, name);
     push_proxy(L, t, name, 1);
     lua_setfield(L, lib, name);
     lua_pop(L, 1);
 }
 
 static int api_require(lua_State *L);
-static void charge_pattern(lua_State *L, long steps);
 
 static void open_library(struct brm_sandbox *sb) {
     lua_State *L = sb->L;
@@ -343,6 +508,7 @@ static void open_library(struct brm_sandbox *sb) {
         lua_setfield(L, lib, base_names[i]);
     }
     luaL_setfuncs(L, wrapped, 0);
+    charge_library(L, lib, "_G");
     lua_pushlightuserdata(L, sb);
     lua_pushcclosure(L, api_require, 1);
     lua_setfield(L, lib, "require");
@@ -359,7 +525,7 @@ static void open_library(struct brm_sandbox *sb) {
     lua_pushliteral(L, "");
     lua_getmetatable(L, -1);
     lua_getfield(L, -1, "__index");
-    brm_pattern_open(L, -1, charge_pattern);
+    brm_pattern_open(L, -1, brm_sandbox_charge);
     lua_pop(L, 1);
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
@@ -380,6 +546,7 @@ struct brm_sandbox *brm_sandbox_new(const struct brm_sandbox_opts *opts) {
     struct brm_sandbox *sb = brm_xcalloc(1, sizeof(*sb));
     sb->limit = opts->memory;
     sb->budget = opts->instructions;
+    sb->time_limit = (uint64_t)(opts->time_limit * 1e9);
     sb->scripts_dir = opts->scripts_dir ? brm_xstrdup(opts->scripts_dir) : NULL;
     sb->rules_dir = opts->rules_dir ? brm_xstrdup(opts->rules_dir) : NULL;
     sb->L = lua_newstate(sandbox_alloc, sb);
@@ -595,36 +762,60 @@ static int api_require(lua_State *L) {
 
 /* ---- calling ------------------------------------------------------------ */
 
-static void count_hook(lua_State *L, lua_Debug *ar) {
-    struct brm_sandbox *sb = brm_sandbox_of(L);
-    sb->left -= sb->exhausted ? 1 : HOOK_STEP;
-    if (sb->left > 0) return;
-    if (!sb->exhausted) {
-        sb->exhausted = 1;
-        /* From now on every instruction raises: a pcall in the rule can
-         * catch one error but not get another instruction done. */
-        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
-    }
-    lua_getinfo(L, "Sl", ar);
-    if (ar->currentline > 0)
-        luaL_error(L, "%s:%d: instruction budget exceeded (%d instructions)", ar->short_src,
-                   ar->currentline, (int)sb->budget);
-    luaL_error(L, "instruction budget exceeded (%d instructions)", (int)sb->budget);
+static void count_hook(lua_State *L, lua_Debug *ar);
+
+/* From now on every instruction raises: a pcall in the rule can catch one
+ * error but not get another instruction done. */
+static void exhaust(struct brm_sandbox *sb, const char *why) {
+    if (sb->exhausted) return;
+    sb->exhausted = 1;
+    sb->why = why;
+    lua_sethook(sb->L, count_hook, LUA_MASKCOUNT, 1);
 }
 
-/* The pattern matcher's steps count as instructions: a backtracking
- * pattern runs in C, where the count hook never fires. */
-static void charge_pattern(lua_State *L, long steps) {
+static int out_of_time(const struct brm_sandbox *sb) {
+    return sb->time_limit && brm_time_mono_ns() > sb->deadline;
+}
+
+/* Pushes what ran out, e.g. "instruction budget exceeded (1000000
+ * instructions)". [-0, +1] */
+static const char *push_exhausted(lua_State *L, const struct brm_sandbox *sb) {
+    if (strcmp(sb->why, "time limit") == 0)
+        return lua_pushfstring(L, "time limit exceeded (%f s)", (double)sb->time_limit / 1e9);
+    return lua_pushfstring(L, "instruction budget exceeded (%d instructions)", (int)sb->budget);
+}
+
+static void count_hook(lua_State *L, lua_Debug *ar) {
     struct brm_sandbox *sb = brm_sandbox_of(L);
-    if (sb->budget <= 0 || sb->enforce == 0) return;
-    sb->left -= steps;
-    if (sb->left > 0) return;
     if (!sb->exhausted) {
-        sb->exhausted = 1;
-        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+        sb->left -= HOOK_STEP;
+        if (sb->budget > 0 && sb->left <= 0)
+            exhaust(sb, "instruction budget");
+        else if (++sb->hooks % CLOCK_STEP == 0 && out_of_time(sb))
+            exhaust(sb, "time limit"); /* a long string op per instruction ("..") */
+        else
+            return;
     }
-    luaL_error(L, "instruction budget exceeded in a string pattern (%d instructions)",
-               (int)sb->budget);
+    lua_getinfo(L, "Sl", ar);
+    const char *what = push_exhausted(L, sb);
+    if (ar->currentline > 0) lua_pushfstring(L, "%s:%d: %s", ar->short_src, ar->currentline, what);
+    lua_error(L);
+}
+
+void brm_sandbox_charge(lua_State *L, long units) {
+    struct brm_sandbox *sb = brm_sandbox_of(L);
+    if (sb->enforce == 0) return;
+    if (!sb->exhausted) {
+        sb->left -= units;
+        if (sb->budget > 0 && sb->left <= 0)
+            exhaust(sb, "instruction budget");
+        else if (out_of_time(sb))
+            exhaust(sb, "time limit");
+        else
+            return;
+    }
+    push_exhausted(L, sb); /* the message handler places it at the rule's line */
+    lua_error(L);
 }
 
 static int has_position(const char *msg) {
@@ -672,7 +863,8 @@ enum brm_call_status brm_sandbox_call(struct brm_sandbox *sb, int nargs, int nre
         sb->limit_hit = 0;
         sb->exhausted = 0;
         sb->left = sb->budget;
-        if (sb->budget > 0) lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_STEP);
+        sb->deadline = sb->time_limit ? brm_time_mono_ns() + sb->time_limit : 0;
+        if (sb->budget > 0 || sb->time_limit) lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_STEP);
     }
     sb->enforce++;
     int st = lua_pcall(L, nargs, nresults, base);
@@ -685,10 +877,12 @@ enum brm_call_status brm_sandbox_call(struct brm_sandbox *sb, int nargs, int nre
     brm_err_clear(err);
     if (st == LUA_ERRMEM) {
         rc = BRM_CALL_MEMORY;
-        if (sb->limit_hit)
-            brm_err_set(err, "memory limit of %zu KB reached", sb->limit / 1024);
-        else
+        if (sb->limit_hit) {
+            brm_err_at(err, sb->mem_line ? sb->mem_file : "", sb->mem_line,
+                       "memory limit of %zu KB reached", sb->limit / 1024);
+        } else {
             brm_err_set(err, "out of memory");
+        }
     } else {
         const char *msg = lua_tostring(L, -1);
         split_position(err, msg ? msg : "(error in the error handler)");

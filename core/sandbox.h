@@ -30,6 +30,7 @@
 
 struct brm_sandbox_opts {
     long instructions;       /* budget per call; 0: none */
+    double time_limit;       /* seconds per call; 0: none (a backstop to the budget) */
     size_t memory;           /* VM cap in bytes; 0: none */
     const char *scripts_dir; /* user modules, searched first; may be NULL */
     const char *rules_dir;   /* then these; may be NULL */
@@ -83,6 +84,15 @@ int brm_sandbox_loadbuffer(struct brm_sandbox *sb, const char *src, size_t len,
  */
 enum brm_call_status brm_sandbox_call(struct brm_sandbox *sb, int nargs, int nresults,
                                       struct brm_err *err);
+
+/*
+ * Charges UNITS of the running call's budget for work done in C, where the
+ * count hook never fires (library functions over long strings or tables,
+ * the pattern matcher, JSON). Raises the budget's error when it is spent,
+ * or when the call's time limit has passed. Does nothing outside user code.
+ */
+void brm_sandbox_charge(lua_State *L, long units);
+#define BRM_SANDBOX_BYTES_PER_UNIT 256 /* bytes of C work one unit stands for */
 
 /* Bytes the VM holds now, and its cap (0: none). */
 size_t brm_sandbox_memory(const struct brm_sandbox *sb);

@@ -13,6 +13,7 @@
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engine.h"
@@ -553,6 +554,12 @@ int brm_server_run(const struct brm_config *cfg) {
     brm_log_info("brume ready", "rules", n);
     event_base_dispatch(s.base);
     rc = 0;
+    /* Workers stop within the drain timeout; one that does not is stuck in
+     * something no budget stops. What it holds was never answered, so
+     * leaving it loses nothing acknowledged. */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)cfg->http.drain_timeout + 5;
     for (int i = 0; i < s.nworkers; i++) {
         if (!s.workers[i].started) continue;
         if (!s.workers[i].drain) { /* the loop ended without a signal */
@@ -561,7 +568,10 @@ int brm_server_run(const struct brm_config *cfg) {
             pthread_mutex_unlock(&s.workers[i].lock);
             post(s.workers[i].mailfd);
         }
-        pthread_join(s.workers[i].thread, NULL);
+        if (pthread_timedjoin_np(s.workers[i].thread, NULL, &until) != 0) {
+            brm_log_error("a worker did not stop in time: exiting without it");
+            _exit(1);
+        }
     }
     /* Workers are done storing: attempts in flight get a moment, the rest
      * stays pending in the store for the next start. */

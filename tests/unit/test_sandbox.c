@@ -139,7 +139,7 @@ static void check_budget(void) {
           BRM_CALL_BUDGET, "budget");
     /* Pattern matching runs in C, where the hook never fires: its steps are
      * charged to the same budget, and a pcall cannot get past it either. */
-    FAILS("return ('a'):rep(5000):find('.-.-.-b')", BRM_CALL_BUDGET, "budget exceeded in a string");
+    FAILS("return ('a'):rep(5000):find('.-.-.-b')", BRM_CALL_BUDGET, "instruction budget exceeded");
     CHECK_INT(run("local s = ('a'):rep(5000)\nreturn s:match('(.*)(.*)(.*)b')", &e),
               BRM_CALL_BUDGET);
     CHECK_STR(e.file, "test.lua");
@@ -226,6 +226,55 @@ static void check_require(void) {
     TRUE("return type(require('brume.mist').is) == 'function'");
 }
 
+/* What library functions do in C is charged too: what they allocate, and
+ * the bytes or elements they scan or walk without allocating. */
+static void check_charges(void) {
+    struct brm_sandbox_opts o = { .instructions = 100000, .memory = 64 << 20 };
+    struct brm_sandbox *other = brm_sandbox_new(&o), *saved = sb;
+    sb = other;
+    L = brm_sandbox_state(sb);
+    TRUE(
+        "return (''):rep(3e9) == '' and ('x'):rep(0, 'y') == '' and ('ab'):rep(2, ',') == 'ab,ab'");
+    FAILS("table.move({}, 1, 3e8, 1)", BRM_CALL_BUDGET, "instruction budget exceeded");
+    FAILS("local s = ('x'):rep(1 << 20) for i = 1, 1000 do s:upper() end", BRM_CALL_BUDGET,
+          "instruction budget exceeded");
+    FAILS("local s = ('x'):rep(1 << 20) while true do local t = s .. 'y' end", BRM_CALL_BUDGET,
+          "instruction budget exceeded");
+    FAILS("local t = {} for i = 1, 5000 do table.insert(t, 1, i) end", BRM_CALL_BUDGET,
+          "instruction budget exceeded");
+    FAILS("local s = ('x'):rep(1 << 20) for i = 1, 1000 do utf8.len(s) end", BRM_CALL_BUDGET,
+          "instruction budget exceeded");
+    FAILS("local s = ('x'):rep(1 << 20) for i = 1, 1000 do load('return 1 --' .. s) end",
+          BRM_CALL_BUDGET, "instruction budget exceeded");
+    TRUE("local t = {} for i = 1, 100 do table.insert(t, 1, i) end return t[1] == 100");
+    /* Argument errors still name the function. */
+    FAILS("string.upper(nil)", BRM_CALL_ERROR, "bad argument #1 to 'upper'");
+    FAILS("table.insert(nil, 1)", BRM_CALL_ERROR, "bad argument #1 to 'insert'");
+    brm_sandbox_free(other);
+    sb = saved;
+    L = brm_sandbox_state(sb);
+}
+
+/* A time limit backs the budget up: an instruction that does much in C
+ * (".." on long strings) is one instruction to the count hook. */
+static void check_time_limit(void) {
+    struct brm_sandbox_opts o = { .instructions = 0, .time_limit = 0.2, .memory = 64 << 20 };
+    struct brm_sandbox *other = brm_sandbox_new(&o), *saved = sb;
+    sb = other;
+    L = brm_sandbox_state(sb);
+    uint64_t t0 = brm_time_mono_ms();
+    FAILS("while true do end", BRM_CALL_BUDGET, "time limit exceeded");
+    FAILS("local s = ('x'):rep(1 << 20) while true do local u = s .. 'y' end", BRM_CALL_BUDGET,
+          "time limit exceeded");
+    FAILS("while true do pcall(function() while true do end end) end", BRM_CALL_BUDGET,
+          "time limit exceeded");
+    CHECK(brm_time_mono_ms() - t0 < 20000); /* stopped, not finished (generous: sanitizers) */
+    TRUE("return 1 + 1 == 2");              /* each call has its time afresh */
+    brm_sandbox_free(other);
+    sb = saved;
+    L = brm_sandbox_state(sb);
+}
+
 static void check_override(void) {
     /* ...come after the user's scripts folder. */
     struct brm_sandbox_opts o = { .instructions = 100000, .memory = 8 << 20, .scripts_dir = dir };
@@ -256,6 +305,8 @@ int main(void) {
     check_require();
     CHECK_INT(lua_gettop(L), 0);
     check_override();
+    check_charges();
+    check_time_limit();
     brm_sandbox_free(sb);
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
