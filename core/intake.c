@@ -107,6 +107,14 @@ void brm_intake_free(struct brm_intake *in) {
     free(in);
 }
 
+void brm_intake_flush(struct brm_intake *in) {
+    if (in->nheld) {
+        event_del(in->commit);
+        on_commit(-1, 0, in);
+    }
+    brm_state_end(in->state, 0); /* nothing of it was stored */
+}
+
 struct brm_engine *brm_intake_swap(struct brm_intake *in, struct brm_engine *engine) {
     struct brm_engine *old = in->engine;
     in->engine = engine;
@@ -258,6 +266,9 @@ static void on_commit(evutil_socket_t fd, short what, void *arg) {
     }
     int rc = brm_journal_commit(in->store, in->cfg, in->state, entries, n, &err);
     free(entries);
+    /* Stored: other workers may now see what these bodies' rules changed;
+     * refused: it is undone, as if they never came. */
+    brm_state_end(in->state, rc == 0);
     if (rc == 0 && messages) brm_outbox_wake(in->outbox);
     /* Answering may free requests and start others: take the group first. */
     struct held *held = in->held;

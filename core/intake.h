@@ -42,6 +42,11 @@ struct brm_intake *brm_intake_new(const struct brm_config *cfg, struct brm_engin
                                   struct brm_state *state, struct event_base *base);
 void brm_intake_free(struct brm_intake *in);
 
+/* Commits the bodies held for this turn's group now (the worker's loop is
+ * ending): what was answered 200 is stored, the rest is answered after.
+ * Call it from the worker's thread. */
+void brm_intake_flush(struct brm_intake *in);
+
 /* Puts ENGINE in place for the next body and returns the one it replaces
  * (the caller frees it). Bodies are handled whole: none straddles a swap. */
 struct brm_engine *brm_intake_swap(struct brm_intake *in, struct brm_engine *engine);

@@ -254,6 +254,7 @@ static int cmd_test(struct args *a) {
             }
             if (stats.errors) rc = EXIT_USER;
         }
+        brm_state_end(state, 1); /* the next payload sees this one's state */
         fflush(stdout);
         brm_actions_reset(&actions);
         brm_buf_reset(&body);
@@ -307,6 +308,7 @@ struct replay {
     const struct brm_config *cfg;
     struct brm_engine *engine;
     struct brm_store *store;
+    struct brm_state *state;
     const char *topic; /* normalised, or NULL */
     int send;
     long bodies, events, messages, stored, failed_bodies;
@@ -328,6 +330,7 @@ static int replay_body(void *arg, const struct brm_body *b) {
         r->failed_bodies++;
         return 0;
     }
+    brm_state_end(r->state, 1);
     r->bodies++;
     r->events += (long)stats.events;
     r->messages += (long)actions.n;
@@ -380,7 +383,12 @@ static int cmd_replay(struct args *a) {
     char topic[BRM_TOPIC_MAX];
     if (a->topic) brm_topic_normalize(a->topic, strlen(a->topic), topic, sizeof(topic));
     struct replay r = {
-        .cfg = cfg, .engine = e, .store = st, .topic = a->topic ? topic : NULL, .send = a->send
+        .cfg = cfg,
+        .engine = e,
+        .store = st,
+        .state = state,
+        .topic = a->topic ? topic : NULL,
+        .send = a->send,
     };
     if (!e) {
         r.rc = EXIT_USER;

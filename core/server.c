@@ -164,6 +164,7 @@ static void *worker_main(void *arg) {
     struct worker *w = arg;
     brm_metrics_set_slot(w->id + 1);
     event_base_dispatch(w->base);
+    brm_intake_flush(w->intake); /* the drain may end the loop before a commit */
     return NULL;
 }
 

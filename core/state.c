@@ -18,10 +18,24 @@ struct entry {
     double expires; /* 0: never */
 };
 
+/* What a key held before the open transaction first changed it. */
+struct undo {
+    char *key;
+    char *value; /* NULL: it held nothing */
+    double expires;
+};
+
 struct brm_state {
-    pthread_mutex_t lock;
+    pthread_mutex_t lock; /* guards everything below */
     struct entry **buckets;
     size_t nbuckets, count;
+    /* The open transaction: one thread at a time reads and changes the
+     * state between its first call and brm_state_end; the others wait. */
+    pthread_cond_t released;
+    int held;
+    pthread_t holder;
+    struct undo *undo;
+    size_t nundo, capundo;
 };
 
 static uint64_t hash(const char *s) {
@@ -51,6 +65,7 @@ static void note(struct brm_state_log *log, const char *key) {
 struct brm_state *brm_state_new(void) {
     struct brm_state *s = brm_xcalloc(1, sizeof(*s));
     pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->released, NULL);
     s->nbuckets = 1024;
     s->buckets = brm_xcalloc(s->nbuckets, sizeof(*s->buckets));
     return s;
@@ -71,8 +86,29 @@ void brm_state_free(struct brm_state *s) {
         }
     }
     free(s->buckets);
+    for (size_t i = 0; i < s->nundo; i++) {
+        free(s->undo[i].key);
+        free(s->undo[i].value);
+    }
+    free(s->undo);
+    pthread_cond_destroy(&s->released);
     pthread_mutex_destroy(&s->lock);
     free(s);
+}
+
+/* Takes the lock, and the transaction unless this thread has it: what
+ * another thread changed is not read or changed before it is stored (or
+ * undone). */
+static void enter(struct brm_state *s) {
+    pthread_mutex_lock(&s->lock);
+    while (s->held && !pthread_equal(s->holder, pthread_self()))
+        pthread_cond_wait(&s->released, &s->lock);
+    s->held = 1;
+    s->holder = pthread_self();
+}
+
+static void leave(struct brm_state *s) {
+    pthread_mutex_unlock(&s->lock);
 }
 
 static int live(const struct entry *e, double now) {
@@ -117,6 +153,21 @@ static struct entry *upsert(struct brm_state *s, const char *key) {
     return e;
 }
 
+/* Notes what KEY holds (E may be NULL) before the transaction's first
+ * change to it; caller holds the lock. */
+static void remember(struct brm_state *s, const char *key, const struct entry *e) {
+    for (size_t i = 0; i < s->nundo; i++)
+        if (strcmp(s->undo[i].key, key) == 0) return;
+    if (s->nundo == s->capundo) {
+        s->capundo = s->capundo ? s->capundo * 2 : 16;
+        s->undo = brm_xrealloc(s->undo, s->capundo * sizeof(*s->undo));
+    }
+    struct undo *u = &s->undo[s->nundo++];
+    u->key = brm_xstrdup(key);
+    u->value = e && e->value ? brm_xstrdup(e->value) : NULL;
+    u->expires = e ? e->expires : 0;
+}
+
 static void set_value(struct entry *e, const char *value, double expires) {
     free(e->value);
     e->value = brm_xstrdup(value);
@@ -130,16 +181,17 @@ static char *nskey(const char *ns, const char *key) {
 int brm_state_once(struct brm_state *s, const char *key, double ttl, double now,
                    struct brm_state_log *log) {
     char *k = nskey(ONCE, key);
-    pthread_mutex_lock(&s->lock);
+    enter(s);
     struct entry *e = upsert(s, k);
     int rc = -1;
     if (e && e->value && live(e, now)) {
         rc = 0;
     } else if (e) {
+        remember(s, k, e);
         set_value(e, "true", now + ttl);
         rc = 1;
     }
-    pthread_mutex_unlock(&s->lock);
+    leave(s);
     if (rc == 1) note(log, k);
     free(k);
     return rc;
@@ -148,7 +200,7 @@ int brm_state_once(struct brm_state *s, const char *key, double ttl, double now,
 int brm_state_throttle(struct brm_state *s, const char *key, long limit, double window, double now,
                        struct brm_state_log *log) {
     char *k = nskey(THROTTLE, key);
-    pthread_mutex_lock(&s->lock);
+    enter(s);
     struct entry *e = upsert(s, k);
     int rc = -1;
     if (e) {
@@ -160,10 +212,11 @@ int brm_state_throttle(struct brm_state *s, const char *key, long limit, double 
         if (rc) {
             char v[64];
             snprintf(v, sizeof(v), "%ld %.6f", count + 1, start);
+            remember(s, k, e);
             set_value(e, v, start + window);
         }
     }
-    pthread_mutex_unlock(&s->lock);
+    leave(s);
     if (rc == 1) note(log, k);
     free(k);
     return rc;
@@ -171,10 +224,10 @@ int brm_state_throttle(struct brm_state *s, const char *key, long limit, double 
 
 char *brm_state_get(struct brm_state *s, const char *key, double now) {
     char *k = nskey(STATE, key), *v = NULL;
-    pthread_mutex_lock(&s->lock);
+    enter(s);
     struct entry *e = find(s, k);
     if (e && e->value && live(e, now)) v = brm_xstrdup(e->value);
-    pthread_mutex_unlock(&s->lock);
+    leave(s);
     free(k);
     return v;
 }
@@ -183,22 +236,25 @@ int brm_state_set(struct brm_state *s, const char *key, const char *json, double
                   struct brm_state_log *log) {
     char *k = nskey(STATE, key);
     int rc = 0;
-    pthread_mutex_lock(&s->lock);
+    enter(s);
     if (!json) {
         struct entry *e = find(s, k);
         if (e) {
+            remember(s, k, e);
             free(e->value);
             e->value = NULL; /* the sweep unlinks it; the log deletes it from the store */
             e->expires = now;
         }
     } else {
         struct entry *e = upsert(s, k);
-        if (e)
+        if (e) {
+            remember(s, k, e);
             set_value(e, json, ttl > 0 ? now + ttl : 0);
-        else
+        } else {
             rc = -1;
+        }
     }
-    pthread_mutex_unlock(&s->lock);
+    leave(s);
     if (rc == 0) note(log, k);
     free(k);
     return rc;
@@ -208,7 +264,7 @@ int brm_state_incr(struct brm_state *s, const char *key, double n, double ttl, d
                    struct brm_state_log *log, double *out) {
     char *k = nskey(STATE, key);
     int rc = -1;
-    pthread_mutex_lock(&s->lock);
+    enter(s);
     struct entry *e = upsert(s, k);
     if (e) {
         double v = 0, expires = ttl > 0 ? now + ttl : 0;
@@ -225,12 +281,13 @@ int brm_state_incr(struct brm_state *s, const char *key, double n, double ttl, d
                 snprintf(text, sizeof(text), "%lld", (long long)v);
             else
                 snprintf(text, sizeof(text), "%.17g", v);
+            remember(s, k, e);
             set_value(e, text, expires);
             *out = v;
             rc = 0;
         }
     }
-    pthread_mutex_unlock(&s->lock);
+    leave(s);
     if (rc == 0) note(log, k);
     free(k);
     return rc;
@@ -239,16 +296,17 @@ int brm_state_incr(struct brm_state *s, const char *key, double n, double ttl, d
 int brm_state_seen(struct brm_state *s, const char *topic, const char *id, double window,
                    double now, struct brm_state_log *log) {
     char *k = brm_xasprintf("%s%s\x1f%s", DEDUPE, topic, id);
-    pthread_mutex_lock(&s->lock);
+    enter(s);
     struct entry *e = upsert(s, k);
     int rc = -1;
     if (e && e->value && live(e, now)) {
         rc = 1;
     } else if (e) {
+        remember(s, k, e);
         set_value(e, "true", now + window);
         rc = 0;
     }
-    pthread_mutex_unlock(&s->lock);
+    leave(s);
     if (rc == 0) note(log, k);
     free(k);
     return rc;
@@ -271,6 +329,32 @@ int brm_state_save(struct brm_state *s, struct brm_store *st, const struct brm_s
         if (rc < 0) return -1;
     }
     return 0;
+}
+
+void brm_state_end(struct brm_state *s, int keep) {
+    pthread_mutex_lock(&s->lock);
+    if (!s->held || !pthread_equal(s->holder, pthread_self())) {
+        pthread_mutex_unlock(&s->lock);
+        return;
+    }
+    for (size_t i = s->nundo; i-- > 0;) {
+        struct undo *u = &s->undo[i];
+        if (!keep) {
+            struct entry *e = u->value ? upsert(s, u->key) : find(s, u->key);
+            if (e && u->value) {
+                set_value(e, u->value, u->expires);
+            } else if (e) { /* it held nothing: the sweep unlinks it */
+                free(e->value);
+                e->value = NULL;
+            }
+        }
+        free(u->key);
+        free(u->value);
+    }
+    s->nundo = 0;
+    s->held = 0;
+    pthread_cond_broadcast(&s->released);
+    pthread_mutex_unlock(&s->lock);
 }
 
 static void load_one(void *arg, const char *key, const char *value, double expires) {

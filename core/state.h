@@ -2,6 +2,14 @@
  * state: what rules keep between events (brume.once, brume.throttle,
  * brume.state) and the sources' dedupe marks, shared by every worker: one
  * hash table in memory under one lock, so "once" is once across workers.
+ *
+ * Changes are transactional. A thread's first call opens a transaction
+ * that lasts until it calls brm_state_end, after storing (or failing to
+ * store) the bodies whose rules made the changes; meanwhile other threads
+ * wait at their first call. So no worker acts on another's change before
+ * it is in the store: a dedupe mark or brume.once of a body that is then
+ * refused (503) or lost in a crash never hides another body's event, and a
+ * refused body's changes are undone.
  * Every change is noted in the caller's log; the journal saves the noted
  * keys with the bodies that changed them (brm_state_save), and
  * brm_state_load reads the store back at start. Values are JSON texts, as
@@ -56,6 +64,10 @@ int brm_state_incr(struct brm_state *s, const char *key, double n, double ttl, d
  * (and it is marked seen). */
 int brm_state_seen(struct brm_state *s, const char *topic, const char *id, double window,
                    double now, struct brm_state_log *log);
+
+/* Ends this thread's open transaction (if it has one): KEEP keeps its
+ * changes, 0 undoes them; then other threads may go on. */
+void brm_state_end(struct brm_state *s, int keep);
 
 /* Writes the current value of every key of LOG to the store, in the
  * caller's transaction. */

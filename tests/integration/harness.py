@@ -27,7 +27,18 @@ SECRET = "it-secret"
 START_TIMEOUT = 30
 REQUEST_TIMEOUT = 20
 
+FAULT_LIB = os.environ.get("BRUME_FAULT_LIB",
+                           os.path.join(os.path.dirname(BRUME), "tests", "libbrume_fault.so"))
+
 _running = []
+
+
+def fault_env(flag):
+    """Environment in which brume's store fails (EROFS) while file FLAG
+    exists (tests/integration/fault.c)."""
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    return {"LD_PRELOAD": FAULT_LIB, "BRUME_FAULT_FLAG": flag,
+            "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
 
 
 def sign(body, secret=SECRET, algo=hashlib.sha256):

@@ -21,8 +21,62 @@ static void *race(void *arg) {
             winners++;
             pthread_mutex_unlock(&winners_lock);
         }
+        brm_state_end(shared, 1); /* as a worker does after each group's commit */
     }
     return NULL;
+}
+
+/* A second thread's first call waits for the first thread's transaction. */
+static _Atomic int second_done, second_got;
+
+static void *second(void *arg) {
+    (void)arg;
+    second_got = brm_state_once(shared, "iso", 3600, 1000, NULL);
+    brm_state_end(shared, 1);
+    second_done = 1;
+    return NULL;
+}
+
+static void check_transactions(void) {
+    struct brm_state *s = brm_state_new();
+    double v;
+    /* Undone: as if the changes never came. */
+    brm_state_set(s, "keep", "1", 0, 100, NULL);
+    brm_state_end(s, 1);
+    CHECK_INT(brm_state_once(s, "u", 10, 100, NULL), 1);
+    CHECK_INT(brm_state_seen(s, "alarms", "e1", 600, 100, NULL), 0);
+    CHECK_INT(brm_state_incr(s, "n", 5, 0, 100, NULL, &v), 0);
+    CHECK_INT(brm_state_set(s, "keep", "2", 0, 100, NULL), 0);
+    CHECK_INT(brm_state_set(s, "keep", NULL, 0, 100, NULL), 0);
+    CHECK_INT(brm_state_throttle(s, "t", 1, 60, 100, NULL), 1);
+    brm_state_end(s, 0);
+    CHECK_INT(brm_state_once(s, "u", 10, 100, NULL), 1);
+    CHECK_INT(brm_state_seen(s, "alarms", "e1", 600, 100, NULL), 0);
+    CHECK_INT(brm_state_incr(s, "n", 5, 0, 100, NULL, &v), 0);
+    CHECK(v == 5);
+    char *got = brm_state_get(s, "keep", 100);
+    CHECK_STR(got, "1");
+    free(got);
+    CHECK_INT(brm_state_throttle(s, "t", 1, 60, 100, NULL), 1);
+    brm_state_end(s, 1); /* kept */
+    CHECK_INT(brm_state_once(s, "u", 10, 100, NULL), 0);
+    CHECK_INT(brm_state_throttle(s, "t", 1, 60, 100, NULL), 0);
+    brm_state_end(s, 1);
+    brm_state_free(s);
+
+    /* Isolated: another thread neither sees nor changes this one's
+     * changes before they end; undone, they never were. */
+    shared = brm_state_new();
+    CHECK_INT(brm_state_once(shared, "iso", 3600, 1000, NULL), 1);
+    pthread_t t;
+    pthread_create(&t, NULL, second, NULL);
+    usleep(200 * 1000);
+    CHECK_INT(second_done, 0); /* waiting */
+    brm_state_end(shared, 0);
+    pthread_join(t, NULL);
+    CHECK_INT(second_done, 1);
+    CHECK_INT(second_got, 1); /* the first one's mark was undone */
+    brm_state_free(shared);
 }
 
 int main(void) {
@@ -118,6 +172,8 @@ int main(void) {
     char *cmd = brm_xasprintf("rm -rf %s", dir);
     CHECK_INT(system(cmd), 0);
     free(cmd);
+
+    check_transactions();
 
     /* Four threads race for a thousand keys: each is won exactly once. */
     shared = brm_state_new();
