@@ -42,6 +42,7 @@ struct brm_intake {
     struct brm_store *store; /* this worker's connection */
     struct brm_state *state; /* shared by the workers */
     struct event *commit;    /* runs after this turn's requests */
+    int synced;              /* the store connection waits for fsync (the default) */
     struct held *held;
     size_t nheld, capheld;
     struct source_keys *keys; /* parallel to cfg->sources */
@@ -66,6 +67,7 @@ struct brm_intake *brm_intake_new(const struct brm_config *cfg, struct brm_engin
     in->state = state;
     brm_engine_set_state(engine, state);
     in->commit = event_new(base, -1, 0, on_commit, in);
+    in->synced = 1;
     in->keys = brm_xcalloc(cfg->nsources, sizeof(*in->keys));
     for (size_t i = 0; i < cfg->nsources; i++) {
         const struct brm_source *s = &cfg->sources[i];
@@ -256,15 +258,26 @@ static void on_commit(evutil_socket_t fd, short what, void *arg) {
     struct brm_err err;
     (void)fd, (void)what;
     size_t n = in->nheld, messages = 0, lost = 0;
+    int waiting = 0; /* bodies whose 200 waits for this commit */
     struct brm_journal_entry *entries = brm_xmalloc(n * sizeof(*entries));
     for (size_t i = 0; i < n; i++) {
         struct held *h = &in->held[i];
+        waiting |= h->done != NULL;
         entries[i] =
             (struct brm_journal_entry){ h->id,     h->source->name, h->topic, h->received,
                                         h->events, h->body,         h->len,   &h->actions };
         messages += h->actions.n;
     }
-    int rc = brm_journal_commit(in->store, in->cfg, in->state, entries, n, &err);
+    /* A group of durability = "none" bodies alone, answered already, need
+     * not wait for the disk: that is what the source chose. */
+    int rc = 0;
+    if (waiting != in->synced) {
+        if (brm_store_relax(in->store, !waiting, &err) == 0)
+            in->synced = waiting;
+        else if (waiting)
+            rc = -1; /* cannot promise the disk: refuse */
+    }
+    if (rc == 0) rc = brm_journal_commit(in->store, in->cfg, in->state, entries, n, &err);
     free(entries);
     /* Stored: other workers may now see what these bodies' rules changed;
      * refused: it is undone, as if they never came. */

@@ -304,6 +304,18 @@ static int parse_when(const char *s, double *out) {
     return 0;
 }
 
+/* The store of CFG, with its size cap, or NULL with ERR set. */
+static struct brm_store *open_store(const struct brm_config *cfg, struct brm_err *err) {
+    char *path = brm_outbox_store_path(cfg);
+    struct brm_store *st = brm_store_open(path, err);
+    free(path);
+    if (st && brm_store_limit(st, cfg->store_max, err) < 0) {
+        brm_store_close(st);
+        st = NULL;
+    }
+    return st;
+}
+
 struct replay {
     const struct brm_config *cfg;
     struct brm_engine *engine;
@@ -376,9 +388,7 @@ static int cmd_replay(struct args *a) {
     print_errors(&errs);
     brm_errors_reset(&errs);
     struct brm_err err;
-    char *path = brm_outbox_store_path(cfg);
-    struct brm_store *st = e ? brm_store_open(path, &err) : NULL;
-    free(path);
+    struct brm_store *st = e ? open_store(cfg, &err) : NULL;
     struct brm_state *state = brm_state_new(); /* as if the rules had started afresh */
     char topic[BRM_TOPIC_MAX];
     if (a->topic) brm_topic_normalize(a->topic, strlen(a->topic), topic, sizeof(topic));
@@ -407,6 +417,9 @@ static int cmd_replay(struct args *a) {
         if (a->send)
             fprintf(stderr, ", %ld queued (%ld sent before)", r.stored, r.messages - r.stored);
         fprintf(stderr, "%s\n", a->send ? "" : "; nothing sent (--send to queue them)");
+        if (a->send && r.stored && since > 0)
+            fprintf(stderr, "note: rule state (brume.once, throttle, dedupe) started empty at the "
+                            "first body replayed: what it held back then may have been queued now\n");
     }
     brm_buf_reset(&r.line);
     brm_state_free(state);
@@ -512,9 +525,7 @@ static int cmd_outbox(struct args *a) {
     struct brm_config *cfg = load_config(a->config);
     if (!cfg) return EXIT_USER;
     struct brm_err err;
-    char *path = brm_outbox_store_path(cfg);
-    struct brm_store *st = brm_store_open(path, &err);
-    free(path);
+    struct brm_store *st = open_store(cfg, &err);
     int rc = EXIT_USER;
     if (!st) {
         fprintf(stderr, "brume: %s\n", err.msg);

@@ -255,8 +255,8 @@ fail:
     return NULL;
 }
 
-int brm_store_relax(struct brm_store *s, struct brm_err *err) {
-    return exec(s, "PRAGMA synchronous = NORMAL", err);
+int brm_store_relax(struct brm_store *s, int relaxed, struct brm_err *err) {
+    return exec(s, relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL", err);
 }
 
 void brm_store_close(struct brm_store *s) {

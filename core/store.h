@@ -45,10 +45,11 @@ struct brm_store;
  * when it cannot. */
 struct brm_store *brm_store_open(const char *path, struct brm_err *err);
 void brm_store_close(struct brm_store *s);
-/* Commits on this connection stop waiting for fsync (WAL stays consistent;
- * the last commits may be lost in a power cut). For writes whose loss only
- * repeats work, such as the outcome of an attempt. */
-int brm_store_relax(struct brm_store *s, struct brm_err *err);
+/* With RELAXED, commits on this connection stop waiting for fsync (WAL
+ * stays consistent; the last commits may be lost in a power cut); 0 goes
+ * back to synchronous = FULL. For writes whose loss only repeats work (the
+ * outcome of an attempt) or that nothing acknowledged waits for. */
+int brm_store_relax(struct brm_store *s, int relaxed, struct brm_err *err);
 
 int brm_store_begin(struct brm_store *s, struct brm_err *err);
 int brm_store_commit(struct brm_store *s, struct brm_err *err);
