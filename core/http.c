@@ -25,8 +25,13 @@
 #define SHRINK_ABOVE   65536
 #define SWEEP_MS       250
 #define ACCEPT_BATCH   64
+#define LINGER_MS      2000 /* how long unread input is drained before a close */
 
-enum state { C_IDLE, C_HEAD, C_BODY, C_HANDLING, C_WRITING };
+/* C_LINGER: answered and closing; what the client still sends is read and
+ * dropped, so that its unread bytes do not turn the close into a reset
+ * that destroys the answer before the client reads it (nginx's
+ * lingering_close). */
+enum state { C_IDLE, C_HEAD, C_BODY, C_HANDLING, C_WRITING, C_LINGER };
 enum chunk_state { CH_SIZE, CH_DATA, CH_DATA_END, CH_TRAILER };
 
 struct conn {
@@ -48,6 +53,7 @@ struct conn {
     size_t wire;     /* chunked: where decoding resumes */
     size_t consumed; /* bytes the finished request took from buf */
     int keepalive, http10, close_after, peer_closed, in_process, dead;
+    int linger; /* the answer came before all of the request was read */
     uint64_t deadline; /* monotonic ms; 0: none */
     /* Where the path and headers sit in buf, as offsets: buf moves when it
      * grows, so pointers are made from these only when it is final. */
@@ -241,6 +247,14 @@ static void reset_request(struct conn *c) {
  * when the connection is gone. */
 static int request_done(struct conn *c) {
     if (c->close_after || c->h->draining) {
+        if (c->linger && !c->h->draining) {
+            shutdown(c->fd, SHUT_WR); /* the answer is out: FIN after it */
+            c->state = C_LINGER;
+            c->len = 0;
+            c->deadline = now_ms() + LINGER_MS;
+            reading(c, 1);
+            return 0;
+        }
         conn_close(c);
         return 0;
     }
@@ -342,6 +356,7 @@ static void reply_early(struct conn *c, int status, const char *msg, const char 
         c->consumed = c->head_len + (size_t)c->content_length;
     else
         c->close_after = 1;
+    c->linger = c->close_after;
     c->state = C_HANDLING;
     char body[256];
     int n = snprintf(body, sizeof(body), "%s\n", msg);
@@ -692,6 +707,12 @@ static void process(struct conn *c) {
 static void on_read(evutil_socket_t fd, short what, void *arg) {
     struct conn *c = arg;
     (void)what;
+    if (c->state == C_LINGER) {
+        char sink[16384];
+        ssize_t r = read(fd, sink, sizeof(sink));
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) conn_close(c);
+        return;
+    }
     if (c->len == c->cap && !grow(c, 4096, buffer_limit(c))) {
         reading(c, 0); /* a pipelining client waits until we catch up */
         return;
@@ -863,7 +884,7 @@ void brm_http_drain(struct brm_http *h) {
     struct conn *c = h->conns, *next;
     for (; c; c = next) {
         next = c->next;
-        if (c->state == C_IDLE && c->len == 0) conn_close(c);
+        if ((c->state == C_IDLE && c->len == 0) || c->state == C_LINGER) conn_close(c);
     }
 }
 

@@ -107,6 +107,33 @@ end }"""}, workers=1).start()
         chunked += b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
         self.assertTrue(self.b.raw(chunked).startswith(b"HTTP/1.1 200 OK"))
 
+    def test_refusals_reach_clients_that_send_everything_first(self):
+        """A client that writes a whole oversized request before it reads
+        gets the answer, not a reset: brume reads and drops the rest before
+        it closes."""
+        # 8 MB: more than the sockets' buffers hold, so the client is still
+        # sending when the answer comes.
+        huge = b'{"topic":"alarms","events":[' + b'{"a":1},' * 1000000 + b'{}]}'
+        small = b"x" * 4000
+        cases = [  # (head, body sent after it, the answer)
+            (("POST /mist HTTP/1.1\r\nX-Mist-Signature-v2: %s\r\nContent-Length: %d\r\n\r\n"
+              % (sign(huge), len(huge))).encode() + huge, b"", b"413"),
+            (("POST /mist HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(small)).encode(),
+             small, b"401"),  # answered from the head, before the body comes
+            (b"POST /mist HTTP/1.1\r\nX-Junk: " + b"j" * 100000 + b"\r\n\r\n", b"", b"431"),
+        ]
+        for head, rest, status in cases:
+            s = socket.create_connection(("127.0.0.1", self.b.port), timeout=10)
+            try:
+                s.sendall(head)
+                if rest:
+                    time.sleep(0.1)
+                    s.sendall(rest)  # all of it, before reading anything
+                out = harness.recv_all(s, 5)
+            finally:
+                s.close()
+            self.assertTrue(out.startswith(b"HTTP/1.1 " + status), (status, out[:80]))
+
     def test_bad_bodies(self):
         cases = [
             (b"", "empty body"),
