@@ -141,6 +141,7 @@ struct loader {
     const char *dir;
     struct brm_buf text; /* the file, to find the line of a nested key */
     int lines;           /* stack index: top-level key -> line it was set on */
+    int fatal;           /* the file could not be read or run: nothing was set */
 };
 
 /* Returned by env() and file() after they reported a problem: the walk
@@ -701,6 +702,7 @@ static void check_targets(struct loader *ld, struct brm_config *c) {
     brm_api_open(sb, c);
     for (size_t i = 0; i < c->ntargets; i++) {
         struct brm_target *tg = &c->targets[i];
+        tg->bad = 1; /* until its adapter took its options */
         if (!tg->kind) {
             report(ld, "targets", tg->name,
                    "targets.%s: no kind (one of discord, file, gchat, "
@@ -736,6 +738,7 @@ static void check_targets(struct loader *ld, struct brm_config *c) {
             tg->options = brm_xstrdup(lua_tostring(L, -1));
             lua_pop(L, 1);
             read_meta(L, top + 2, c, tg);
+            tg->bad = 0;
         }
         lua_settop(L, top);
     }
@@ -785,6 +788,7 @@ static void evaluate(struct loader *ld, struct brm_config *c) {
     struct brm_sandbox *sb = brm_sandbox_new(&o);
     lua_State *L = ld->L = brm_sandbox_state(sb);
     struct brm_err err;
+    ld->fatal = 1; /* until the file ran */
     if (brm_read_file(c->file, MAX_CONFIG_FILE, &ld->text) < 0) {
         brm_errors_addf(ld->errs, ld->display, 0, "cannot read the config: %s", strerror(errno));
         goto done;
@@ -824,21 +828,48 @@ static void evaluate(struct loader *ld, struct brm_config *c) {
         brm_errors_add(ld->errs, &err);
         goto done;
     }
+    ld->fatal = 0;
     lua_pushnil(L); /* env() and file() are not settings */
     lua_setfield(L, env, "env");
     lua_pushnil(L);
     lua_setfield(L, env, "file");
     struct walk w = { .ld = ld, .top = NULL, .where = "" };
     walk_table(&w, &top_schema, env, c);
-    /* Checks across settings need the line table, so they run in here. */
+    /* Checks across settings need the line table, so they run in here.
+     * Each target is checked whatever else is wrong: brume check reports
+     * every problem. */
     if (ld->errs->n == ld->errs_at_start) check_config(ld, c);
-    if (ld->errs->n == ld->errs_at_start) check_targets(ld, c);
+    check_targets(ld, c);
 done:
     brm_sandbox_free(sb);
     ld->L = NULL;
 }
 
-struct brm_config *brm_config_load(const char *path, struct brm_errors *errs) {
+static void free_target(struct brm_target *t) {
+    free(t->name);
+    free(t->kind);
+    free(t->options);
+    free(t->proxy);
+    free(t->path);
+    free(t->signing_secret);
+    for (size_t j = 0; j < t->nsecrets; j++) free(t->secrets[j]);
+    free(t->secrets);
+}
+
+/* Drops the targets whose options were refused (brume check goes on to the
+ * rules without them). */
+static void drop_bad_targets(struct brm_config *c) {
+    size_t kept = 0;
+    for (size_t i = 0; i < c->ntargets; i++) {
+        if (c->targets[i].bad)
+            free_target(&c->targets[i]);
+        else
+            c->targets[kept++] = c->targets[i];
+    }
+    c->ntargets = kept;
+}
+
+static struct brm_config *load(const char *path, struct brm_errors *errs, int lenient) {
     struct brm_config *c = brm_xcalloc(1, sizeof(*c));
     struct loader ld = { .errs = errs, .errs_at_start = errs->n };
     c->file = brm_xstrdup(path);
@@ -855,10 +886,22 @@ struct brm_config *brm_config_load(const char *path, struct brm_errors *errs) {
     brm_buf_reset(&ld.text);
     free(display);
     if (errs->n > ld.errs_at_start) {
+        if (lenient && !ld.fatal) {
+            drop_bad_targets(c);
+            return c;
+        }
         brm_config_free(c);
         return NULL;
     }
     return c;
+}
+
+struct brm_config *brm_config_load(const char *path, struct brm_errors *errs) {
+    return load(path, errs, 0);
+}
+
+struct brm_config *brm_config_check(const char *path, struct brm_errors *errs) {
+    return load(path, errs, 1);
 }
 
 void brm_config_free(struct brm_config *c) {
@@ -882,17 +925,7 @@ void brm_config_free(struct brm_config *c) {
         }
     }
     free(c->sources);
-    for (size_t i = 0; i < c->ntargets; i++) {
-        struct brm_target *t = &c->targets[i];
-        free(t->name);
-        free(t->kind);
-        free(t->options);
-        free(t->proxy);
-        free(t->path);
-        free(t->signing_secret);
-        for (size_t j = 0; j < t->nsecrets; j++) free(t->secrets[j]);
-        free(t->secrets);
-    }
+    for (size_t i = 0; i < c->ntargets; i++) free_target(&c->targets[i]);
     free(c->targets);
     free(c);
 }

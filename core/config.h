@@ -47,6 +47,7 @@ struct brm_target {
     char **secrets;       /* option values never shown */
     size_t nsecrets;
     int ticket; /* the adapter makes ticket plans */
+    int bad;    /* its options were refused (only in a config from brm_config_check) */
 };
 
 /* The name of the target brume.http sends through. */
@@ -84,6 +85,11 @@ struct brm_config {
  * error appended to ERRS (all that were found, not only the first).
  */
 struct brm_config *brm_config_load(const char *path, struct brm_errors *errs);
+/* The same for `brume check`, which goes on to the rules whatever else is
+ * wrong: returns the config as far as it could be read (targets that were
+ * refused left out) even with errors appended, NULL only when the file
+ * could not be read or run. */
+struct brm_config *brm_config_check(const char *path, struct brm_errors *errs);
 void brm_config_free(struct brm_config *c);
 
 const struct brm_target *brm_config_target(const struct brm_config *c, const char *name);

@@ -1,6 +1,7 @@
 #include "engine.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,6 +121,24 @@ static int check_where(lua_State *L, int idx, const char *file, struct brm_error
     return ok;
 }
 
+/* 1 the first time this process warns about TOPIC in FILE: every worker
+ * loads the same rules, and once is enough. */
+static int first_warning(const char *file, const char *topic) {
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static uint64_t seen[256];
+    static size_t nseen;
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = file; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    h = (h ^ 0x1f) * 1099511628211ull;
+    for (const char *p = topic; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    int first = 1;
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < nseen && first; i++) first = seen[i] != h;
+    if (first && nseen < BRM_ARRAY_LEN(seen)) seen[nseen++] = h;
+    pthread_mutex_unlock(&lock);
+    return first;
+}
+
 /* Reads topics (a name, "*", or a list of names) into R. */
 static int read_topics(lua_State *L, int idx, struct rule *r, struct brm_errors *errs) {
     size_t n = lua_type(L, idx) == LUA_TTABLE ? lua_rawlen(L, idx) : 1;
@@ -146,7 +165,7 @@ static int read_topics(lua_State *L, int idx, struct rule *r, struct brm_errors 
         if (strcmp(name, "*") == 0)
             r->all = 1;
         else {
-            if (!brm_topic_known(name))
+            if (!brm_topic_known(name) && first_warning(r->file, name))
                 brm_log_warn("rule names a topic Mist does not document (a typo?)", "rule", r->name,
                              "file", r->file, "topic", name);
             r->topics[r->ntopics++] = brm_xstrdup(name);

@@ -53,7 +53,7 @@ struct conn {
     size_t wire;     /* chunked: where decoding resumes */
     size_t consumed; /* bytes the finished request took from buf */
     int keepalive, http10, close_after, peer_closed, in_process, dead;
-    int linger; /* the answer came before all of the request was read */
+    int linger;        /* the answer came before all of the request was read */
     uint64_t deadline; /* monotonic ms; 0: none */
     /* Where the path and headers sit in buf, as offsets: buf moves when it
      * grows, so pointers are made from these only when it is final. */

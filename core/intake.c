@@ -39,10 +39,12 @@ struct brm_intake {
     const struct brm_config *cfg;
     struct brm_engine *engine;
     struct brm_outbox *outbox;
-    struct brm_store *store; /* this worker's connection */
-    struct brm_state *state; /* shared by the workers */
-    struct event *commit;    /* runs after this turn's requests */
-    int synced;              /* the store connection waits for fsync (the default) */
+    struct brm_store *store;           /* this worker's connection */
+    struct brm_state *state;           /* shared by the workers */
+    struct event *commit;              /* runs after this turn's requests */
+    int synced;                        /* the store connection waits for fsync (the default) */
+    uint64_t failure_logged;           /* when the last store failure was logged (ms) */
+    size_t failed_bodies, failed_lost; /* refused since */
     struct held *held;
     size_t nheld, capheld;
     struct source_keys *keys; /* parallel to cfg->sources */
@@ -298,10 +300,18 @@ static void on_commit(evutil_socket_t fd, short what, void *arg) {
     }
     free(held);
     if (rc < 0) {
-        char count[32], dropped[32];
-        snprintf(count, sizeof(count), "%zu", n);
-        snprintf(dropped, sizeof(dropped), "%zu", lost);
-        brm_log_error("could not store a group of bodies: answered 503", "bodies", count,
-                      "lost_not_durable", dropped, "error", err.msg);
+        /* A full disk fails every group: a line a second, with the count. */
+        in->failed_bodies += n;
+        in->failed_lost += lost;
+        uint64_t now = brm_time_mono_ms();
+        if (now - in->failure_logged >= 1000) {
+            char count[32], dropped[32];
+            snprintf(count, sizeof(count), "%zu", in->failed_bodies);
+            snprintf(dropped, sizeof(dropped), "%zu", in->failed_lost);
+            brm_log_error("could not store a group of bodies: answered 503", "bodies", count,
+                          "lost_not_durable", dropped, "error", err.msg);
+            in->failure_logged = now;
+            in->failed_bodies = in->failed_lost = 0;
+        }
     }
 }

@@ -195,7 +195,9 @@ static int check_envelope(lua_State *L, int idx, struct brm_envelope *env, struc
         }
     }
     for (size_t i = 1; i <= env->nevents; i++) {
-        if (lua_rawgeti(L, events, (lua_Integer)i) != LUA_TTABLE) {
+        /* An array decodes to a table too: one with a length. ([] and {}
+         * decode alike, and pass as an object without fields.) */
+        if (lua_rawgeti(L, events, (lua_Integer)i) != LUA_TTABLE || lua_rawlen(L, -1) > 0) {
             brm_err_set(err, "events[%zu] is not an object", i);
             lua_pop(L, 1);
             goto fail;

@@ -186,20 +186,19 @@ static int cmd_run(struct args *a) {
 }
 
 static int cmd_check(struct args *a) {
-    struct brm_config *cfg = load_config(a->config);
-    if (!cfg) return EXIT_USER;
     struct brm_errors errs = { 0 };
-    struct brm_engine *e = brm_engine_new(cfg, &errs);
-    print_errors(&errs);
-    brm_errors_reset(&errs);
+    struct brm_config *cfg = brm_config_check(a->config, &errs);
+    struct brm_engine *e = cfg ? brm_engine_new(cfg, &errs) : NULL;
     int rc = EXIT_USER;
-    if (e) {
+    print_errors(&errs);
+    if (e && errs.n == 0) {
         size_t ntargets = cfg->ntargets - 1; /* not brume.http's own */
         printf("ok: %s: %zu source%s, %zu target%s, %zu rule%s\n", a->config, cfg->nsources,
                cfg->nsources == 1 ? "" : "s", ntargets, ntargets == 1 ? "" : "s",
                brm_engine_rule_count(e), brm_engine_rule_count(e) == 1 ? "" : "s");
         rc = 0;
     }
+    brm_errors_reset(&errs);
     brm_engine_free(e);
     brm_config_free(cfg);
     return rc;
@@ -418,8 +417,9 @@ static int cmd_replay(struct args *a) {
             fprintf(stderr, ", %ld queued (%ld sent before)", r.stored, r.messages - r.stored);
         fprintf(stderr, "%s\n", a->send ? "" : "; nothing sent (--send to queue them)");
         if (a->send && r.stored && since > 0)
-            fprintf(stderr, "note: rule state (brume.once, throttle, dedupe) started empty at the "
-                            "first body replayed: what it held back then may have been queued now\n");
+            fprintf(stderr,
+                    "note: rule state (brume.once, throttle, dedupe) started empty at the "
+                    "first body replayed: what it held back then may have been queued now\n");
     }
     brm_buf_reset(&r.line);
     brm_state_free(state);
@@ -609,6 +609,9 @@ int main(int argc, char **argv) {
             rc = cmd_outbox(&a);
         } else if (strcmp(cmd, "replay") == 0) {
             rc = cmd_replay(&a);
+        } else if (a.nrest) {
+            fputs(commands[i].usage, stderr);
+            rc = EXIT_USAGE;
         } else {
             print_version();
             rc = 0;

@@ -956,7 +956,8 @@ struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_err *
     if (!(ob->store = brm_store_open(ob->path, err))) goto fail;
     /* Losing an attempt's outcome in a power cut means one more attempt,
      * never a lost message: no fsync for outcomes. */
-    if (brm_store_relax(ob->store, 1, err) < 0 || brm_store_limit(ob->store, cfg->store_max, err) < 0)
+    if (brm_store_relax(ob->store, 1, err) < 0 ||
+        brm_store_limit(ob->store, cfg->store_max, err) < 0)
         goto fail;
     ob->targets = brm_xcalloc(cfg->ntargets, sizeof(*ob->targets));
     for (size_t i = 0; i < cfg->ntargets; i++) {

@@ -43,6 +43,7 @@ class Cli(unittest.TestCase):
         self.assertEqual(run_cli("test").returncode, 2)
         self.assertEqual(run_cli("sign").returncode, 2)
         self.assertEqual(run_cli("run", "-c").returncode, 2)
+        self.assertEqual(run_cli("version", "extra").returncode, 2)
         r = run_cli("version")
         self.assertEqual(r.returncode, 0)
         self.assertRegex(r.stdout, r"^brume \d+\.\d+\.\d+ \(Lua 5\.4")
@@ -71,6 +72,21 @@ class Cli(unittest.TestCase):
         self.assertIn("rules/a.lua:3:", r.stderr)
         self.assertIn("rules/b.lua: unknown key 'topic'", r.stderr)
         self.assertIn("rules/b.lua: topics: expected", r.stderr)
+        # Config problems do not hide the rules', nor one another.
+        cfg = self.write("brume.lua", """sources = { mist = { path = '/m' } }
+targets = {
+  a = { kind = "no-such-kind" },
+  f = { kind = "file" },
+  s = { kind = "slack", url = "https://hooks.slack.com/x", nonsense = 1 },
+}
+""")
+        r = run_cli("check", "-c", cfg)
+        self.assertEqual(r.returncode, 1)
+        for want in ("sources.mist: no secret", "targets.a.kind: unknown kind 'no-such-kind'",
+                     "targets.f.path: required for kind file",
+                     "targets.s.nonsense: unknown setting for kind slack",
+                     "rules/a.lua:3:", "rules/b.lua: unknown key 'topic'"):
+            self.assertIn(want, r.stderr)
         r = run_cli("check", "-c", os.path.join(self.tmp, "missing.lua"))
         self.assertEqual(r.returncode, 1)
         self.assertIn("cannot read the config", r.stderr)

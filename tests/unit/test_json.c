@@ -125,6 +125,7 @@ static void check_refusals(void) {
     refused("{\"topic\":\"alarms\",\"events\":{\"a\":{}}}", "\"events\" is not an array");
     refused("{\"topic\":\"alarms\",\"events\":[{},3]}", "events[2] is not an object");
     refused("{\"topic\":\"alarms\",\"events\":[null]}", "events[1] is not an object");
+    refused("{\"topic\":\"alarms\",\"events\":[[1,2]]}", "events[1] is not an object");
     /* Invalid UTF-8 outside a string is not JSON. */
     refused("{\"topic\":\"alarms\",\"events\":[\xff]}", "invalid JSON");
 
