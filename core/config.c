@@ -872,6 +872,7 @@ static void drop_bad_targets(struct brm_config *c) {
 static struct brm_config *load(const char *path, struct brm_errors *errs, int lenient) {
     struct brm_config *c = brm_xcalloc(1, sizeof(*c));
     struct loader ld = { .errs = errs, .errs_at_start = errs->n };
+    c->refs = 1;
     c->file = brm_xstrdup(path);
     c->dir = brm_path_dir(path);
     char *display = brm_path_display(path);
@@ -904,8 +905,14 @@ struct brm_config *brm_config_check(const char *path, struct brm_errors *errs) {
     return load(path, errs, 1);
 }
 
-void brm_config_free(struct brm_config *c) {
-    if (!c) return;
+const struct brm_config *brm_config_ref(const struct brm_config *c) {
+    atomic_fetch_add(&((struct brm_config *)c)->refs, 1);
+    return c;
+}
+
+void brm_config_free(const struct brm_config *cc) {
+    struct brm_config *c = (struct brm_config *)cc; /* the last holder owns it */
+    if (!c || atomic_fetch_sub(&c->refs, 1) > 1) return;
     free(c->file);
     free(c->dir);
     for (size_t i = 0; i < c->nlisten; i++) free(c->listen[i]);

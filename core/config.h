@@ -10,6 +10,7 @@
 #ifndef BRM_CONFIG_H
 #define BRM_CONFIG_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -54,8 +55,9 @@ struct brm_target {
 #define BRM_HTTP_TARGET "http"
 
 struct brm_config {
-    char *file; /* as given */
-    char *dir;  /* its folder */
+    _Atomic int refs; /* see brm_config_ref */
+    char *file;       /* as given */
+    char *dir;        /* its folder */
     char **listen;
     size_t nlisten;
     char *admin; /* NULL: no admin listener */
@@ -90,7 +92,13 @@ struct brm_config *brm_config_load(const char *path, struct brm_errors *errs);
  * refused left out) even with errors appended, NULL only when the file
  * could not be read or run. */
 struct brm_config *brm_config_check(const char *path, struct brm_errors *errs);
-void brm_config_free(struct brm_config *c);
+/* A config is shared, read-only, by whoever runs on it (engines, the
+ * outbox, the server): each holder takes a reference and drops it with
+ * brm_config_free, which frees the config with the last one. A reload
+ * makes a new config; the old one lives until the last event, delivery or
+ * request that began on it is done. */
+const struct brm_config *brm_config_ref(const struct brm_config *c);
+void brm_config_free(const struct brm_config *c);
 
 const struct brm_target *brm_config_target(const struct brm_config *c, const char *name);
 const struct brm_source *brm_config_source(const struct brm_config *c, const char *name);

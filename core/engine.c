@@ -342,7 +342,7 @@ static void index_topics(struct brm_engine *e) {
 struct brm_engine *brm_engine_new(const struct brm_config *cfg, struct brm_errors *errs) {
     struct brm_engine *e = brm_xcalloc(1, sizeof(*e));
     size_t errs_before = errs->n;
-    e->cfg = cfg;
+    e->cfg = brm_config_ref(cfg);
     struct brm_sandbox_opts o = {
         .instructions = cfg->instructions,
         .time_limit = cfg->time_limit,
@@ -394,7 +394,12 @@ void brm_engine_free(struct brm_engine *e) {
     free(e->topics);
     free(e->all.rules);
     brm_sandbox_free(e->sb);
+    brm_config_free(e->cfg);
     free(e);
+}
+
+const struct brm_config *brm_engine_config(const struct brm_engine *e) {
+    return e->cfg;
 }
 
 lua_State *brm_engine_state(struct brm_engine *e) {

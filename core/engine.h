@@ -43,10 +43,12 @@ struct brm_dispatch_stats {
 /*
  * Loads every rule of CFG's rules folder into a fresh VM. Returns the
  * engine, or NULL with every problem found (not just the first) appended to
- * ERRS as file:line: message. CFG must outlive the engine.
+ * ERRS as file:line: message. The engine holds a reference to CFG.
  */
 struct brm_engine *brm_engine_new(const struct brm_config *cfg, struct brm_errors *errs);
 void brm_engine_free(struct brm_engine *e);
+/* The config the engine runs on (borrowed for as long as the engine). */
+const struct brm_config *brm_engine_config(const struct brm_engine *e);
 
 /* The VM, for decoding a body into it (json.h). */
 lua_State *brm_engine_state(struct brm_engine *e);

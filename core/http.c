@@ -61,7 +61,8 @@ struct conn {
     struct {
         uint32_t name, name_len, value, value_len;
     } hdr[BRM_HTTP_MAX_HEADERS];
-    char *out; /* what a partial write left */
+    struct routes *routes; /* the table req.route is in, while there is one */
+    char *out;             /* what a partial write left */
     size_t out_len, out_off;
     struct brm_http_req req;
     char peer[64];
@@ -73,8 +74,16 @@ static const int counted_statuses[] = { 200, 202, 204, 400, 401, 403, 404, 405, 
 #define NSTATUS (BRM_ARRAY_LEN(counted_statuses) + 1)
 
 struct route_rt {
-    struct brm_http_route r;
+    struct brm_http_route r; /* its path and label are the table's own copies */
     struct brm_counter *by_status[NSTATUS];
+};
+
+/* A route table. A reload puts in another; a request keeps the table it
+ * was routed by until it is answered. */
+struct routes {
+    int refs;
+    size_t n;
+    struct route_rt v[];
 };
 
 struct listener {
@@ -87,8 +96,7 @@ struct brm_http {
     struct event_base *base;
     struct brm_http_opts opts;
     _Atomic long own_connections;
-    struct route_rt *routes;
-    size_t nroutes;
+    struct routes *routes;
     struct route_rt none; /* requests no route took: 404, 400 ... */
     struct listener *listeners;
     size_t nlisteners;
@@ -186,7 +194,29 @@ static void reading(struct conn *c, int on) {
     c->reading = on;
 }
 
+static struct routes *new_routes(const struct brm_http_route *routes, size_t n) {
+    struct routes *t = brm_xcalloc(1, sizeof(*t) + n * sizeof(t->v[0]));
+    t->refs = 1;
+    t->n = n;
+    for (size_t i = 0; i < n; i++) {
+        t->v[i].r = routes[i];
+        t->v[i].r.path = brm_xstrdup(routes[i].path);
+        t->v[i].r.label = brm_xstrdup(routes[i].label);
+    }
+    return t;
+}
+
+static void release_routes(struct routes *t) {
+    if (!t || --t->refs > 0) return;
+    for (size_t i = 0; i < t->n; i++) {
+        free((char *)t->v[i].r.path);
+        free((char *)t->v[i].r.label);
+    }
+    free(t);
+}
+
 static void conn_free(struct conn *c) {
+    release_routes(c->routes);
     free(c->buf);
     free(c->out);
     free(c);
@@ -231,6 +261,8 @@ static int grow(struct conn *c, size_t n, size_t limit) {
 }
 
 static void reset_request(struct conn *c) {
+    release_routes(c->routes);
+    c->routes = NULL;
     c->scan = c->head_len = c->consumed = 0;
     c->content_length = 0;
     c->chunked = c->has_length = c->expect_continue = 0;
@@ -503,9 +535,10 @@ static void materialize(struct conn *c) {
 }
 
 static const struct route_rt *find_route(const struct brm_http *h, const struct brm_http_req *r) {
-    for (size_t i = 0; i < h->nroutes; i++) {
-        const char *p = h->routes[i].r.path;
-        if (strlen(p) == r->path_len && memcmp(p, r->path, r->path_len) == 0) return &h->routes[i];
+    for (size_t i = 0; i < h->routes->n; i++) {
+        const char *p = h->routes->v[i].r.path;
+        if (strlen(p) == r->path_len && memcmp(p, r->path, r->path_len) == 0)
+            return &h->routes->v[i];
     }
     return NULL;
 }
@@ -533,6 +566,8 @@ static void start_request(struct conn *c) {
         return;
     }
     c->req.route = &rt->r;
+    c->routes = h->routes;
+    c->routes->refs++;
     if (!(rt->r.methods & c->req.method)) {
         char allow[64];
         allow_header(rt->r.methods, allow, sizeof(allow));
@@ -841,9 +876,7 @@ struct brm_http *brm_http_new(struct event_base *base, const struct brm_http_opt
     h->base = base;
     h->opts = *opts;
     if (!h->opts.connections) h->opts.connections = &h->own_connections;
-    h->routes = brm_xcalloc(nroutes, sizeof(*h->routes));
-    for (size_t i = 0; i < nroutes; i++) h->routes[i].r = routes[i];
-    h->nroutes = nroutes;
+    h->routes = new_routes(routes, nroutes);
     h->none.r.label = "";
     h->sweep = event_new(base, -1, EV_PERSIST, on_sweep, h);
     h->resume = event_new(base, -1, 0, on_resume, h);
@@ -878,6 +911,18 @@ static void close_listeners(struct brm_http *h) {
     h->nlisteners = 0;
 }
 
+void brm_http_set_routes(struct brm_http *h, const struct brm_http_route *routes, size_t n) {
+    struct routes *old = h->routes;
+    h->routes = new_routes(routes, n);
+    release_routes(old);
+}
+
+void brm_http_set_opts(struct brm_http *h, const struct brm_http_opts *opts) {
+    _Atomic long *shared = h->opts.connections;
+    h->opts = *opts;
+    h->opts.connections = shared;
+}
+
 void brm_http_drain(struct brm_http *h) {
     h->draining = 1;
     close_listeners(h);
@@ -902,7 +947,7 @@ void brm_http_free(struct brm_http *h) {
     }
     event_free(h->sweep);
     event_free(h->resume);
-    free(h->routes);
+    release_routes(h->routes);
     free(h);
 }
 

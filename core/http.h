@@ -92,11 +92,17 @@ struct brm_http_opts {
 
 struct brm_http;
 
-/* A server on BASE with a copy of ROUTES (their strings must outlive it). */
+/* A server on BASE with a copy of ROUTES (their strings copied too). */
 struct brm_http *brm_http_new(struct event_base *base, const struct brm_http_opts *opts,
                               const struct brm_http_route *routes, size_t nroutes);
 /* Closes every connection and listener. */
 void brm_http_free(struct brm_http *h);
+/* Routes the next requests by ROUTES instead (copied); requests already
+ * routed keep the table they were routed by until they are answered. */
+void brm_http_set_routes(struct brm_http *h, const struct brm_http_route *routes, size_t n);
+/* New timeouts and connection cap, for what comes next (the shared counter
+ * stays the one the server was made with). */
+void brm_http_set_opts(struct brm_http *h, const struct brm_http_opts *opts);
 
 /* Accepts on FD, a listening socket; the server owns it from now on. */
 void brm_http_add_listener(struct brm_http *h, int fd);

@@ -36,8 +36,9 @@ struct held {
 };
 
 struct brm_intake {
-    const struct brm_config *cfg;
+    const struct brm_config *cfg; /* the engine's */
     struct brm_engine *engine;
+    struct brm_engine *next; /* to put in place after the held group's commit */
     struct brm_outbox *outbox;
     struct brm_store *store;           /* this worker's connection */
     struct brm_state *state;           /* shared by the workers */
@@ -58,21 +59,11 @@ struct brm_intake {
 
 static void on_commit(evutil_socket_t fd, short what, void *arg);
 
-struct brm_intake *brm_intake_new(const struct brm_config *cfg, struct brm_engine *engine,
-                                  struct brm_outbox *ob, struct brm_store *store,
-                                  struct brm_state *state, struct event_base *base) {
-    struct brm_intake *in = brm_xcalloc(1, sizeof(*in));
-    in->cfg = cfg;
-    in->engine = engine;
-    in->outbox = ob;
-    in->store = store;
-    in->state = state;
-    brm_engine_set_state(engine, state);
-    in->commit = event_new(base, -1, 0, on_commit, in);
-    in->synced = 1;
-    in->keys = brm_xcalloc(cfg->nsources, sizeof(*in->keys));
-    for (size_t i = 0; i < cfg->nsources; i++) {
-        const struct brm_source *s = &cfg->sources[i];
+/* Prepares the signature keys of every source of IN's config. */
+static void make_keys(struct brm_intake *in) {
+    in->keys = brm_xcalloc(in->cfg->nsources, sizeof(*in->keys));
+    for (size_t i = 0; i < in->cfg->nsources; i++) {
+        const struct brm_source *s = &in->cfg->sources[i];
         for (int j = 0; j < s->nsecrets; j++) {
             in->keys[i].v2[j] =
                 brm_verify_key_new(BRM_VERIFY_SHA256, s->secrets[j], s->secret_len[j]);
@@ -81,6 +72,41 @@ struct brm_intake *brm_intake_new(const struct brm_config *cfg, struct brm_engin
                     brm_verify_key_new(BRM_VERIFY_SHA1, s->secrets[j], s->secret_len[j]);
         }
     }
+}
+
+static void free_keys(struct brm_intake *in) {
+    for (size_t i = 0; in->keys && i < in->cfg->nsources; i++) {
+        for (int j = 0; j < 2; j++) {
+            brm_verify_key_free(in->keys[i].v2[j]);
+            brm_verify_key_free(in->keys[i].v1[j]);
+        }
+    }
+    free(in->keys);
+    in->keys = NULL;
+}
+
+/* Puts ENGINE (and its config: sources, secrets, targets) in place. */
+static void install(struct brm_intake *in, struct brm_engine *engine) {
+    if (in->engine) {
+        free_keys(in);
+        brm_engine_free(in->engine);
+    }
+    in->engine = engine;
+    in->cfg = brm_engine_config(engine);
+    brm_engine_set_state(engine, in->state);
+    make_keys(in);
+}
+
+struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *ob,
+                                  struct brm_store *store, struct brm_state *state,
+                                  struct event_base *base) {
+    struct brm_intake *in = brm_xcalloc(1, sizeof(*in));
+    in->outbox = ob;
+    in->store = store;
+    in->state = state;
+    in->commit = event_new(base, -1, 0, on_commit, in);
+    in->synced = 1;
+    install(in, engine);
     in->unknown = brm_metrics_counter("brume_unknown_topic_bodies_total",
                                       "Accepted bodies whose topic Mist does not document.", NULL);
     in->other_topic = brm_metrics_counter("brume_events_total", "Events received, by topic.",
@@ -92,14 +118,9 @@ struct brm_intake *brm_intake_new(const struct brm_config *cfg, struct brm_engin
 
 void brm_intake_free(struct brm_intake *in) {
     if (!in) return;
-    for (size_t i = 0; i < in->cfg->nsources; i++) {
-        for (int j = 0; j < 2; j++) {
-            brm_verify_key_free(in->keys[i].v2[j]);
-            brm_verify_key_free(in->keys[i].v1[j]);
-        }
-    }
-    free(in->keys);
+    free_keys(in);
     brm_engine_free(in->engine);
+    brm_engine_free(in->next);
     /* Bodies still held were never answered, so never acknowledged: the
      * server that would answer is gone, and they are dropped. */
     for (size_t i = 0; i < in->nheld; i++) {
@@ -119,15 +140,21 @@ void brm_intake_flush(struct brm_intake *in) {
     brm_state_end(in->state, 0); /* nothing of it was stored */
 }
 
-struct brm_engine *brm_intake_swap(struct brm_intake *in, struct brm_engine *engine) {
-    struct brm_engine *old = in->engine;
-    in->engine = engine;
-    brm_engine_set_state(engine, in->state);
-    return old;
+void brm_intake_swap(struct brm_intake *in, struct brm_engine *engine) {
+    if (in->nheld) { /* after this group's commit: its bodies ran on the old set */
+        brm_engine_free(in->next);
+        in->next = engine;
+        return;
+    }
+    install(in, engine);
 }
 
 struct brm_engine *brm_intake_engine(struct brm_intake *in) {
     return in->engine;
+}
+
+const struct brm_source *brm_intake_source(const struct brm_intake *in, const char *name) {
+    return brm_config_source(in->cfg, name);
 }
 
 int brm_intake_has_signature(const struct brm_source *src, int has_v2, int has_v1) {
@@ -299,6 +326,11 @@ static void on_commit(evutil_socket_t fd, short what, void *arg) {
         free(held[i].copy);
     }
     free(held);
+    if (in->next && !in->nheld) {
+        struct brm_engine *e = in->next;
+        in->next = NULL;
+        install(in, e);
+    }
     if (rc < 0) {
         /* A full disk fails every group: a line a second, with the count. */
         in->failed_bodies += n;

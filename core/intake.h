@@ -33,13 +33,13 @@ typedef void brm_intake_done_fn(void *arg, enum brm_status status, const char *r
 
 struct brm_intake;
 
-/* An intake for the sources of CFG running ENGINE's rules (it takes
- * ownership of ENGINE), journaling through this worker's store connection
- * STORE, waking OB, with the shared STATE (all borrowed), on the worker's
- * BASE. */
-struct brm_intake *brm_intake_new(const struct brm_config *cfg, struct brm_engine *engine,
-                                  struct brm_outbox *ob, struct brm_store *store,
-                                  struct brm_state *state, struct event_base *base);
+/* An intake running ENGINE's rules on the sources of ENGINE's config (it
+ * takes ownership of ENGINE), journaling through this worker's store
+ * connection STORE, waking OB, with the shared STATE (all borrowed), on the
+ * worker's BASE. */
+struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *ob,
+                                  struct brm_store *store, struct brm_state *state,
+                                  struct event_base *base);
 void brm_intake_free(struct brm_intake *in);
 
 /* Commits the bodies held for this turn's group now (the worker's loop is
@@ -47,10 +47,15 @@ void brm_intake_free(struct brm_intake *in);
  * Call it from the worker's thread. */
 void brm_intake_flush(struct brm_intake *in);
 
-/* Puts ENGINE in place for the next body and returns the one it replaces
- * (the caller frees it). Bodies are handled whole: none straddles a swap. */
-struct brm_engine *brm_intake_swap(struct brm_intake *in, struct brm_engine *engine);
+/* Puts ENGINE, and the config it runs on (sources, secrets, targets), in
+ * place for the next body, taking ownership of it; the one it replaces is
+ * freed. Bodies are handled whole: when a group waits for its commit, the
+ * swap comes after it, so no body runs on one set and is stored with the
+ * other's config. */
+void brm_intake_swap(struct brm_intake *in, struct brm_engine *engine);
 struct brm_engine *brm_intake_engine(struct brm_intake *in);
+/* The source NAME of the config in place, or NULL (a reload removed it). */
+const struct brm_source *brm_intake_source(const struct brm_intake *in, const char *name);
 
 /* 1 when a request to SRC carrying these headers can be checked at all: a
  * signature header the source accepts, or an insecure source. */

@@ -39,6 +39,8 @@ struct request {
 
 struct target_rt {
     const struct brm_target *t;
+    const struct brm_config *cfg; /* T's (a reference) */
+    int retired;                  /* a reload removed it: freed when its last attempt ends */
     int inflight;
     double tokens, refilled; /* rate: a token bucket of one */
     int fd;                  /* kind file */
@@ -75,11 +77,13 @@ struct result {
 };
 
 struct brm_outbox {
-    const struct brm_config *cfg;
+    const struct brm_config *cfg; /* a reference */
     char *path;
     struct brm_store *store; /* the outbox thread's own connection */
-    struct target_rt *targets;
+    struct target_rt **targets;
     size_t ntargets;
+    pthread_mutex_t lock;              /* guards next_cfg */
+    const struct brm_config *next_cfg; /* a reload's, for the thread to take */
     pthread_t thread;
     int running;
     struct event_base *base;
@@ -97,6 +101,8 @@ struct brm_outbox {
     _Atomic long pending;
     _Atomic long long oldest_ms;
 };
+
+static void take_config(struct brm_outbox *ob, const struct brm_config *cfg);
 
 /* ---- masking ------------------------------------------------------------ */
 
@@ -324,11 +330,21 @@ static void job_free(struct job *job) {
     free(job);
 }
 
+static void target_free(struct target_rt *tr) {
+    if (!tr) return;
+    if (tr->fd >= 0) close(tr->fd);
+    brm_config_free(tr->cfg);
+    free(tr);
+}
+
 static void unlink_job(struct job *job) {
     struct job **p = &job->ob->jobs;
     while (*p && *p != job) p = &(*p)->next;
     if (*p) *p = job->next;
-    job->tr->inflight--;
+    if (--job->tr->inflight == 0 && job->tr->retired) {
+        target_free(job->tr);
+        job->tr = NULL;
+    }
 }
 
 static void add_result(struct brm_outbox *ob, int64_t id, enum brm_delivery_state state,
@@ -421,7 +437,7 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
         }
     }
     brm_buf_reset(&masked);
-    unlink_job(job);
+    unlink_job(job); /* may free TR */
     job_free(job);
 }
 
@@ -823,7 +839,7 @@ static int start_due(void *arg, struct brm_delivery *d) {
 
 static struct target_rt *target_rt(struct brm_outbox *ob, const char *name) {
     for (size_t i = 0; i < ob->ntargets; i++)
-        if (strcmp(ob->targets[i].t->name, name) == 0) return &ob->targets[i];
+        if (ob->targets[i] && strcmp(ob->targets[i]->t->name, name) == 0) return ob->targets[i];
     return NULL;
 }
 
@@ -879,7 +895,7 @@ static void schedule(struct brm_outbox *ob) {
     }
     housekeeping(ob, now);
     for (size_t i = 0; i < ob->ntargets; i++) {
-        struct target_rt *tr = &ob->targets[i];
+        struct target_rt *tr = ob->targets[i];
         struct pass p = { ob, tr, now, (int)tr->t->concurrency - tr->inflight };
         if (p.room <= 0) continue;
         if (brm_store_due_for(ob->store, tr->t->name, now, p.room + tr->inflight, start_due, &p,
@@ -907,6 +923,14 @@ static void on_mail(evutil_socket_t fd, short what, void *arg) {
     uint64_t v;
     (void)what;
     if (read(fd, &v, sizeof(v)) < 0) { /* EAGAIN: already drained */
+    }
+    pthread_mutex_lock(&ob->lock);
+    const struct brm_config *cfg = ob->next_cfg;
+    ob->next_cfg = NULL;
+    pthread_mutex_unlock(&ob->lock);
+    if (cfg) {
+        take_config(ob, cfg);
+        brm_config_free(cfg);
     }
     if (atomic_load(&ob->stopping)) {
         /* Let attempts in flight finish for a while, then leave. */
@@ -936,6 +960,101 @@ static void *outbox_main(void *arg) {
     return NULL;
 }
 
+/* ---- targets ------------------------------------------------------------ */
+
+/* Opens the file of a kind-file target for appending, making its folder. */
+static int open_target_file(const struct brm_target *t, struct brm_err *err) {
+    char *dir = brm_path_dir(t->path);
+    brm_mkdirs(dir, 0750);
+    free(dir);
+    int fd = open(t->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0)
+        brm_err_set(err, "target %s: cannot open %s: %s", t->name, t->path, strerror(errno));
+    return fd;
+}
+
+/* The outbox's side of target T of CFG (of which it takes a reference). */
+static struct target_rt *target_new(const struct brm_config *cfg, const struct brm_target *t,
+                                    struct brm_err *err) {
+    struct target_rt *tr = brm_xcalloc(1, sizeof(*tr));
+    tr->t = t;
+    tr->cfg = brm_config_ref(cfg);
+    tr->tokens = 1;
+    tr->fd = t->path ? open_target_file(t, err) : -1;
+    tr->done = brm_metrics_counter("brume_deliveries_total", "Delivery attempts by outcome.",
+                                   "target", t->name, "outcome", "done", NULL);
+    tr->retried = brm_metrics_counter("brume_deliveries_total", "Delivery attempts by outcome.",
+                                      "target", t->name, "outcome", "retry", NULL);
+    tr->dead = brm_metrics_counter("brume_deliveries_total", "Delivery attempts by outcome.",
+                                   "target", t->name, "outcome", "dead", NULL);
+    if (t->path && tr->fd < 0) {
+        target_free(tr);
+        return NULL;
+    }
+    return tr;
+}
+
+/* Moves the outbox onto CFG (a reload): a target of the same name keeps
+ * its attempts in flight, its rate tokens and its counters, and takes the
+ * new settings; a new target starts; one that is gone stays until its
+ * last attempt ends. On the outbox thread. */
+static void take_config(struct brm_outbox *ob, const struct brm_config *cfg) {
+    struct brm_err err;
+    struct target_rt **v = brm_xcalloc(cfg->ntargets, sizeof(*v));
+    size_t n = 0;
+    for (size_t i = 0; i < cfg->ntargets; i++) {
+        const struct brm_target *t = &cfg->targets[i];
+        struct target_rt *tr = target_rt(ob, t->name);
+        if (!tr) {
+            if (!(tr = target_new(cfg, t, &err))) {
+                brm_log_error("outbox: target not started", "target", t->name, "error", err.msg);
+                continue;
+            }
+        } else {
+            for (size_t k = 0; k < ob->ntargets; k++)
+                if (ob->targets[k] == tr) ob->targets[k] = NULL; /* moved */
+            if (t->path && (!tr->t->path || strcmp(t->path, tr->t->path) != 0)) {
+                int fd = open_target_file(t, &err);
+                if (fd < 0) {
+                    brm_log_error("outbox: target not moved", "target", t->name, "error", err.msg);
+                    v[n++] = tr; /* goes on as it was */
+                    continue;
+                }
+                if (tr->fd >= 0) close(tr->fd);
+                tr->fd = fd;
+            }
+            const struct brm_config *old = tr->cfg;
+            tr->t = t;
+            tr->cfg = brm_config_ref(cfg);
+            brm_config_free(old);
+        }
+        v[n++] = tr;
+    }
+    for (size_t k = 0; k < ob->ntargets; k++) {
+        struct target_rt *tr = ob->targets[k];
+        if (!tr) continue;
+        if (tr->inflight)
+            tr->retired = 1;
+        else
+            target_free(tr);
+    }
+    free(ob->targets);
+    ob->targets = v;
+    ob->ntargets = n;
+    const struct brm_config *old = ob->cfg;
+    ob->cfg = brm_config_ref(cfg);
+    brm_config_free(old);
+}
+
+void brm_outbox_configure(struct brm_outbox *ob, const struct brm_config *cfg) {
+    pthread_mutex_lock(&ob->lock);
+    const struct brm_config *stale = ob->next_cfg; /* never taken: superseded */
+    ob->next_cfg = brm_config_ref(cfg);
+    pthread_mutex_unlock(&ob->lock);
+    brm_config_free(stale);
+    brm_outbox_wake(ob);
+}
+
 /* ---- life --------------------------------------------------------------- */
 
 static double gauge_pending(void *arg) {
@@ -950,8 +1069,9 @@ static double gauge_oldest(void *arg) {
 
 struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_err *err) {
     struct brm_outbox *ob = brm_xcalloc(1, sizeof(*ob));
-    ob->cfg = cfg;
+    ob->cfg = brm_config_ref(cfg);
     ob->mailfd = -1;
+    pthread_mutex_init(&ob->lock, NULL);
     ob->path = brm_outbox_store_path(cfg);
     if (!(ob->store = brm_store_open(ob->path, err))) goto fail;
     /* Losing an attempt's outcome in a power cut means one more attempt,
@@ -961,35 +1081,8 @@ struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_err *
         goto fail;
     ob->targets = brm_xcalloc(cfg->ntargets, sizeof(*ob->targets));
     for (size_t i = 0; i < cfg->ntargets; i++) {
-        struct target_rt *tr = &ob->targets[ob->ntargets++];
-        const struct brm_target *t = &cfg->targets[i];
-        tr->t = t;
-        tr->tokens = 1;
-        tr->fd = -1;
-        tr->done = brm_metrics_counter("brume_deliveries_total", "Delivery attempts by outcome.",
-                                       "target", t->name, "outcome", "done", NULL);
-        tr->retried = brm_metrics_counter("brume_deliveries_total", "Delivery attempts by outcome.",
-                                          "target", t->name, "outcome", "retry", NULL);
-        tr->dead = brm_metrics_counter("brume_deliveries_total", "Delivery attempts by outcome.",
-                                       "target", t->name, "outcome", "dead", NULL);
-        if (t->path) {
-            char *dir = brm_path_dir(t->path);
-            char *cmd = dir; /* mkdir -p */
-            for (char *p = cmd + 1; *p; p++) {
-                if (*p != '/') continue;
-                *p = '\0';
-                mkdir(cmd, 0750);
-                *p = '/';
-            }
-            mkdir(cmd, 0750);
-            free(dir);
-            tr->fd = open(t->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-            if (tr->fd < 0) {
-                brm_err_set(err, "target %s: cannot open %s: %s", t->name, t->path,
-                            strerror(errno));
-                goto fail;
-            }
-        }
+        if (!(ob->targets[i] = target_new(cfg, &cfg->targets[i], err))) goto fail;
+        ob->ntargets++;
     }
     ob->L = luaL_newstate();
     if (!ob->L) {
@@ -1053,8 +1146,7 @@ void brm_outbox_free(struct brm_outbox *ob) {
     brm_outbox_stop(ob, 0);
     while (ob->jobs) {
         struct job *j = ob->jobs;
-        ob->jobs = j->next;
-        j->tr->inflight--;
+        unlink_job(j);
         job_free(j);
     }
     for (size_t i = 0; i < ob->nresults; i++) free(ob->results[i].error);
@@ -1068,9 +1160,11 @@ void brm_outbox_free(struct brm_outbox *ob) {
     if (ob->base) event_base_free(ob->base);
     if (ob->mailfd >= 0) close(ob->mailfd);
     if (ob->L) lua_close(ob->L);
-    for (size_t i = 0; i < ob->ntargets; i++)
-        if (ob->targets[i].fd >= 0) close(ob->targets[i].fd);
+    for (size_t i = 0; i < ob->ntargets; i++) target_free(ob->targets[i]);
     free(ob->targets);
+    brm_config_free(ob->next_cfg);
+    brm_config_free(ob->cfg);
+    pthread_mutex_destroy(&ob->lock);
     brm_store_close(ob->store);
     free(ob->path);
     free(ob);

@@ -29,9 +29,12 @@
 
 struct brm_outbox;
 
-/* The outbox of CFG (which must outlive it), not yet running. NULL with
- * ERR set when the store or a target file cannot be opened. */
+/* The outbox of CFG (it takes a reference), not yet running. NULL with ERR
+ * set when the store or a target file cannot be opened. */
 struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_err *err);
+/* Moves the outbox onto CFG, a reloaded config (any thread; the outbox
+ * thread takes it at its next turn). */
+void brm_outbox_configure(struct brm_outbox *ob, const struct brm_config *cfg);
 /* Starts the outbox thread. */
 int brm_outbox_start(struct brm_outbox *ob, struct brm_err *err);
 /* Stops the thread: no new attempt starts; attempts in flight get up to

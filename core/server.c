@@ -150,7 +150,7 @@ static void on_worker_mail(evutil_socket_t fd, short what, void *arg) {
     w->next_engine = NULL;
     pthread_mutex_unlock(&w->lock);
     /* Between two requests: the next body runs on the new set. */
-    if (e) brm_engine_free(brm_intake_swap(w->intake, e));
+    if (e) brm_intake_swap(w->intake, e);
     if (drain && !w->drain_timer) {
         brm_http_drain(w->http);
         w->drain_timer = event_new(w->base, -1, EV_PERSIST, on_drain_poll, w);
@@ -208,7 +208,7 @@ static int setup_worker(struct server *s, struct worker *w, int id, struct brm_e
         brm_log_error("cannot open the store", "error", err.msg);
         return -1;
     }
-    w->intake = brm_intake_new(cfg, e, s->outbox, w->store, s->state, w->base);
+    w->intake = brm_intake_new(e, s->outbox, w->store, s->state, w->base);
     w->routes = brm_xcalloc(cfg->nsources, sizeof(*w->routes));
     struct brm_http_route *routes = brm_xcalloc(cfg->nsources, sizeof(*routes));
     for (size_t i = 0; i < cfg->nsources; i++) {
@@ -454,15 +454,7 @@ static int open_admin(struct server *s) {
  * the same data would share its ports (SO_REUSEPORT) and its store. */
 static int lock_data_dir(struct server *s) {
     const char *dir = s->cfg->data_dir;
-    char *copy = brm_xstrdup(dir);
-    for (char *p = copy + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        mkdir(copy, 0750);
-        *p = '/';
-    }
-    mkdir(copy, 0750);
-    free(copy);
+    brm_mkdirs(dir, 0750);
     char *path = brm_path_join(dir, "brume.lock");
     s->lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
     if (s->lockfd < 0 || flock(s->lockfd, LOCK_EX | LOCK_NB) < 0) {

@@ -432,3 +432,15 @@ int brm_cpu_count(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
 }
+
+void brm_mkdirs(const char *path, int mode) {
+    char *copy = brm_xstrdup(path);
+    for (char *p = copy + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        mkdir(copy, (mode_t)mode);
+        *p = '/';
+    }
+    mkdir(copy, (mode_t)mode);
+    free(copy);
+}

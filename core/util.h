@@ -102,6 +102,10 @@ char *brm_path_dir(const char *path);
 /* PATH shown relative to the working folder when it lies below it. */
 char *brm_path_display(const char *path);
 
+/* mkdir -p PATH with MODE; what exists already is fine, failures show at
+ * the first use of the folder. */
+void brm_mkdirs(const char *path, int mode);
+
 /* Reads a whole file (at most MAX bytes) into OUT. Returns 0, or -1 with
  * errno set (EFBIG when larger than MAX). */
 int brm_read_file(const char *path, size_t max, struct brm_buf *out);
