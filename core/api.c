@@ -444,15 +444,18 @@ static int log_at(lua_State *L, enum brm_log_level level) {
     if (!brm_log_enabled(level)) return 0;
     luaL_checkstack(L, 2 * MAX_LOG_FIELDS + 8, NULL);
     const char *msg = luaL_tolstring(L, 1, NULL);
-    const char *kv[2 * (MAX_LOG_FIELDS + 2)];
+    const char *kv[2 * (MAX_LOG_FIELDS + 3)];
+    char request[32];
     size_t n = 0;
     if (s) {
+        snprintf(request, sizeof(request), "%llu", (unsigned long long)s->delivery);
         kv[2 * n] = "rule", kv[2 * n + 1] = s->rule, n++;
+        kv[2 * n] = "request", kv[2 * n + 1] = request, n++;
         kv[2 * n] = "event", kv[2 * n + 1] = s->event_id, n++;
     }
     if (lua_type(L, 2) == LUA_TTABLE) {
         lua_pushnil(L);
-        while (n < MAX_LOG_FIELDS + 2 && lua_next(L, 2)) {
+        while (n < MAX_LOG_FIELDS + 3 && lua_next(L, 2)) {
             if (lua_type(L, -2) == LUA_TSTRING) {
                 /* Both strings are anchored on the stack: a __tostring may
                  * empty the table and collect garbage before we log. */

@@ -21,9 +21,8 @@
 enum type {
     T_STRING,     /* char * */
     T_PATH,       /* char *, resolved from the config's folder */
-    T_ADDR,       /* char *, "host:port" */
-    T_ADDR_OFF,   /* char *, "host:port", or false for none */
-    T_ADDRS,      /* char ** + size_t count at offset2: an address or a list */
+    T_ADMIN,      /* admin, admin_token: "host:port", { addr =, token = }, or false */
+    T_LISTEN,     /* struct brm_listen * + count at offset2: an address or a list of them */
     T_INT,        /* long */
     T_WORKERS,    /* int */
     T_SIZE,       /* uint64_t: bytes or "8MB" */
@@ -113,9 +112,10 @@ static void source_defaults(void *elem) {
 static const struct schema source_schema = { source_settings, BRM_ARRAY_LEN(source_settings),
                                              sizeof(struct brm_source), source_defaults };
 static const struct setting top_settings[] = {
-    { "listen", T_ADDRS, offsetof(struct brm_config, listen), offsetof(struct brm_config, nlisten),
+    { "listen", T_LISTEN, offsetof(struct brm_config, listen), offsetof(struct brm_config, nlisten),
       NULL, 0, 0 },
-    S("admin", T_ADDR_OFF, admin),
+    S("admin", T_ADMIN, admin),
+    S("watch", T_BOOL, watch),
     SR("workers", T_WORKERS, workers, 0, BRM_MAX_WORKERS),
     S("data_dir", T_PATH, data_dir),
     S("rules", T_PATH, rules_dir),
@@ -317,9 +317,10 @@ static const char *type_name(enum type t) {
     switch (t) {
     case T_STRING:
     case T_PATH: return "a string";
-    case T_ADDR: return "an address \"host:port\"";
-    case T_ADDR_OFF: return "an address \"host:port\" or false";
-    case T_ADDRS: return "an address \"host:port\" or a list of them";
+    case T_ADMIN: return "an address \"host:port\", { addr = ..., token = ... }, or false";
+    case T_LISTEN:
+        return "an address \"host:port\", { addr = ..., tls = { cert = ..., key = ... } }, "
+               "or a list of them";
     case T_INT:
     case T_WORKERS: return "an integer";
     case T_SIZE: return "a size (bytes, or \"8MB\")";
@@ -396,6 +397,91 @@ static void read_targets(struct walk *w, int map, struct brm_config *c) {
     }
 }
 
+static void free_listen(struct brm_listen *v, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].addr);
+        free(v[i].cert);
+        free(v[i].key);
+    }
+    free(v);
+}
+
+/* Reports the keys of the table on top of the stack that are not in KEYS. */
+static void only_keys(struct walk *w, const char *what, const char *const *keys) {
+    lua_State *L = w->ld->L;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+        int known = 0;
+        for (const char *const *p = keys; *p && !known; p++) known = strcmp(*p, k) == 0;
+        if (!known) report(w->ld, w->top, w->top, "%s: unknown setting '%s'", what, k);
+        lua_pop(L, 1);
+    }
+}
+
+/* A string field of the table on top of the stack, or NULL; a wrong type
+ * is reported as WHAT.KEY. PATH: resolved from the config's folder. */
+static char *string_setting(struct walk *w, const char *what, const char *key, int path) {
+    lua_State *L = w->ld->L;
+    char *v = NULL;
+    int t = lua_getfield(L, -1, key);
+    if (t == LUA_TSTRING)
+        v = path ? brm_path_join(w->ld->dir, lua_tostring(L, -1))
+                 : brm_xstrdup(lua_tostring(L, -1));
+    else if (t != LUA_TNIL && !is_reported(L, -1))
+        report(w->ld, w->top, w->top, "%s.%s: expected a string", what, key);
+    lua_pop(L, 1);
+    return v;
+}
+
+/* One listen entry on top of the stack: "host:port" or { addr =, tls = {
+ * cert =, key = } }. 0 when it is neither. */
+static int read_listen(struct walk *w, struct brm_listen *l, size_t i) {
+    static const char *const keys[] = { "addr", "tls", NULL }, *const tls_keys[] = { "cert", "key",
+                                                                                     NULL };
+    lua_State *L = w->ld->L;
+    char what[64];
+    snprintf(what, sizeof(what), "listen[%zu]", i);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        if (!valid_addr(lua_tostring(L, -1))) return 0;
+        l->addr = brm_xstrdup(lua_tostring(L, -1));
+        return 1;
+    }
+    if (lua_type(L, -1) != LUA_TTABLE) return 0;
+    only_keys(w, what, keys);
+    l->addr = string_setting(w, what, "addr", 0);
+    if (!l->addr || !valid_addr(l->addr)) {
+        free(l->addr);
+        l->addr = NULL;
+        return 0;
+    }
+    int t = lua_getfield(L, -1, "tls");
+    if (t == LUA_TTABLE) {
+        char sub[80];
+        snprintf(sub, sizeof(sub), "%s.tls", what);
+        only_keys(w, sub, tls_keys);
+        l->cert = string_setting(w, sub, "cert", 1);
+        l->key = string_setting(w, sub, "key", 1);
+        if (!l->cert || !l->key) report(w->ld, w->top, w->top, "%s: needs cert and key", sub);
+    } else if (t != LUA_TNIL) {
+        report(w->ld, w->top, w->top, "%s.tls: expected { cert = ..., key = ... }", what);
+    }
+    lua_pop(L, 1);
+    return 1;
+}
+
+/* admin = { addr = "host:port", token = ... } on top of the stack. */
+static void read_admin(struct walk *w, struct brm_config *c) {
+    static const char *const keys[] = { "addr", "token", NULL };
+    only_keys(w, "admin", keys);
+    c->admin = string_setting(w, "admin", "addr", 0);
+    c->admin_token = string_setting(w, "admin", "token", 0);
+    if (!c->admin || !valid_addr(c->admin))
+        report(w->ld, w->top, w->top, "admin.addr: expected an address \"host:port\"");
+    if (c->admin_token && strlen(c->admin_token) < 16)
+        report(w->ld, w->top, w->top, "admin.token: at least 16 characters");
+}
+
 /* Converts the value on top of the stack for ST into OBJ. */
 static void convert(struct walk *w, const struct setting *st, void *obj) {
     lua_State *L = w->ld->L;
@@ -408,41 +494,48 @@ static void convert(struct walk *w, const struct setting *st, void *obj) {
     switch (st->type) {
     case T_STRING:
     case T_PATH:
-    case T_ADDR:
         if (t != LUA_TSTRING) goto wrong;
-        if (st->type == T_ADDR && !valid_addr(lua_tostring(L, -1))) goto bad;
         free(*(char **)field);
         *(char **)field = st->type == T_PATH ? brm_path_join(w->ld->dir, lua_tostring(L, -1))
                                              : brm_xstrdup(lua_tostring(L, -1));
         return;
-    case T_ADDR_OFF:
-        free(*(char **)field);
-        *(char **)field = NULL;
+    case T_ADMIN: {
+        struct brm_config *c = obj;
+        free(c->admin);
+        free(c->admin_token);
+        c->admin = c->admin_token = NULL;
         if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1)) return;
+        if (t == LUA_TTABLE) {
+            read_admin(w, c);
+            return;
+        }
         if (t != LUA_TSTRING) goto wrong;
         if (!valid_addr(lua_tostring(L, -1))) goto bad;
-        *(char **)field = brm_xstrdup(lua_tostring(L, -1));
+        c->admin = brm_xstrdup(lua_tostring(L, -1));
         return;
-    case T_ADDRS: {
-        char ***list = (char ***)field;
+    }
+    case T_LISTEN: {
+        struct brm_listen **list = (struct brm_listen **)field;
         size_t *count = (size_t *)((char *)obj + st->off2), n = 1;
-        if (t == LUA_TTABLE)
+        /* One address (a string or a table with addr), or a list of them. */
+        int one = t == LUA_TSTRING || (t == LUA_TTABLE && lua_getfield(L, -1, "addr") != LUA_TNIL);
+        if (t == LUA_TTABLE) lua_pop(L, 1);
+        if (t == LUA_TTABLE && !one)
             n = lua_rawlen(L, -1);
-        else if (t != LUA_TSTRING)
+        else if (!one)
             goto wrong;
-        for (size_t i = 0; i < *count; i++) free((*list)[i]);
-        free(*list);
-        *list = brm_xcalloc(n, sizeof(char *));
+        free_listen(*list, *count);
+        *list = brm_xcalloc(n, sizeof(**list));
         *count = 0;
         for (size_t i = 1; i <= n; i++) {
-            if (t == LUA_TTABLE)
-                lua_rawgeti(L, -1, (lua_Integer)i);
-            else
+            if (one)
                 lua_pushvalue(L, -1);
-            if (lua_type(L, -1) != LUA_TSTRING || !valid_addr(lua_tostring(L, -1)))
-                report(w->ld, w->top, path, "%s[%zu]: expected %s", key, i, type_name(T_ADDR));
             else
-                (*list)[(*count)++] = brm_xstrdup(lua_tostring(L, -1));
+                lua_rawgeti(L, -1, (lua_Integer)i);
+            if (read_listen(w, &(*list)[*count], i))
+                (*count)++;
+            else
+                report(w->ld, w->top, path, "%s[%zu]: expected %s", key, i, type_name(T_LISTEN));
             lua_pop(L, 1);
         }
         if (n == 0) report(w->ld, w->top, path, "%s: needs at least one address", key);
@@ -618,7 +711,23 @@ static void walk_table(struct walk *w, const struct schema *sc, int idx, void *o
 
 /* ---- checks across settings --------------------------------------------- */
 
+/* 1 when ADDR binds to a loopback address only. */
+static int is_loopback(const char *addr) {
+    char host[256];
+    int port;
+    if (brm_split_addr(addr, host, sizeof(host), &port) < 0) return 0;
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 ||
+           strcmp(host, "localhost") == 0;
+}
+
 static void check_config(struct loader *ld, struct brm_config *c) {
+    /* /reload and /metrics are for the operator: reachable from elsewhere
+     * only behind a token. */
+    if (c->admin && !c->admin_token && !is_loopback(c->admin))
+        report(ld, "admin", NULL,
+               "admin: %s is reachable from other hosts: set admin = { addr = \"%s\", token = "
+               "env(\"BRUME_ADMIN_TOKEN\") }, or listen on 127.0.0.1",
+               c->admin, c->admin);
     if (c->nsources == 0)
         report(ld, NULL, NULL,
                "no sources: add sources = { mist = { path = \"/mist\", secret = "
@@ -758,10 +867,11 @@ static void add_http_target(struct brm_config *c) {
 }
 
 static void set_defaults(struct brm_config *c) {
-    c->listen = brm_xcalloc(1, sizeof(char *));
-    c->listen[0] = brm_xstrdup("0.0.0.0:8080");
+    c->listen = brm_xcalloc(1, sizeof(*c->listen));
+    c->listen[0].addr = brm_xstrdup("0.0.0.0:8080");
     c->nlisten = 1;
     c->admin = brm_xstrdup("127.0.0.1:9090");
+    c->watch = 1;
     c->workers = 0;
     c->data_dir = brm_path_join(c->dir, "var");
     c->rules_dir = brm_path_join(c->dir, "rules");
@@ -915,9 +1025,9 @@ void brm_config_free(const struct brm_config *cc) {
     if (!c || atomic_fetch_sub(&c->refs, 1) > 1) return;
     free(c->file);
     free(c->dir);
-    for (size_t i = 0; i < c->nlisten; i++) free(c->listen[i]);
-    free(c->listen);
+    free_listen(c->listen, c->nlisten);
     free(c->admin);
+    free(c->admin_token);
     free(c->data_dir);
     free(c->rules_dir);
     free(c->scripts_dir);

@@ -51,6 +51,12 @@ struct brm_target {
     int bad;    /* its options were refused (only in a config from brm_config_check) */
 };
 
+/* A listening address, with TLS when CERT and KEY are set. */
+struct brm_listen {
+    char *addr;       /* "host:port" */
+    char *cert, *key; /* PEM files, resolved; NULL: plain HTTP */
+};
+
 /* The name of the target brume.http sends through. */
 #define BRM_HTTP_TARGET "http"
 
@@ -58,10 +64,12 @@ struct brm_config {
     _Atomic int refs; /* see brm_config_ref */
     char *file;       /* as given */
     char *dir;        /* its folder */
-    char **listen;
+    struct brm_listen *listen;
     size_t nlisten;
-    char *admin; /* NULL: no admin listener */
-    int workers; /* resolved: at least 1 */
+    char *admin;       /* NULL: no admin listener */
+    char *admin_token; /* NULL: none (then the admin listener is loopback only) */
+    int watch;         /* reload when the config, rules or scripts change */
+    int workers;       /* resolved: at least 1 */
     char *data_dir, *rules_dir, *scripts_dir;
     long instructions;
     double time_limit; /* seconds one rule call may take, whatever its budget */

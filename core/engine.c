@@ -508,8 +508,10 @@ static void log_failure(struct rule *r, const struct brm_scope *s, enum brm_call
         snprintf(file, sizeof(file), "%s:%d", where.file, where.line);
     else
         snprintf(file, sizeof(file), "%s", where.file);
-    brm_log_error("rule failed", "rule", r->name, "file", file, "event", s->event_id, "topic",
-                  s->topic, "reason", reasons[st], "error", msg);
+    char request[32];
+    snprintf(request, sizeof(request), "%llu", (unsigned long long)s->delivery);
+    brm_log_error("rule failed", "rule", r->name, "file", file, "request", request, "event",
+                  s->event_id, "topic", s->topic, "reason", reasons[st], "error", msg);
 }
 
 /* Runs the rules of topic T on the event at EV with the ctx at CTX. */

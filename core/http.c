@@ -19,6 +19,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "tls.h"
 
 #define INITIAL_BUFFER 8192 /* a 10-event Mist batch and its head fit in one read */
 #define MAX_HEAD       16384
@@ -62,8 +63,12 @@ struct conn {
         uint32_t name, name_len, value, value_len;
     } hdr[BRM_HTTP_MAX_HEADERS];
     struct routes *routes; /* the table req.route is in, while there is one */
-    char *out;             /* what a partial write left */
-    size_t out_len, out_off;
+    struct brm_buf out;    /* what is still to be written, from out_off */
+    size_t out_off;
+    struct brm_tls_conn *tls; /* NULL: plain HTTP */
+    int handshaking;
+    int read_wants_write; /* a TLS read waits for the socket to be writable */
+    int write_wants_read; /* ...a TLS write for it to be readable */
     struct brm_http_req req;
     char peer[64];
 };
@@ -90,6 +95,7 @@ struct listener {
     struct brm_http *h;
     int fd;
     struct event *ev;
+    struct brm_tls *tls; /* a reference, or NULL: plain HTTP */
 };
 
 struct brm_http {
@@ -108,7 +114,7 @@ struct brm_http {
     time_t date_sec;
 };
 
-static void process(struct conn *c);
+static int process(struct conn *c);
 static void conn_close(struct conn *c);
 
 static const struct {
@@ -192,6 +198,8 @@ static void reading(struct conn *c, int on) {
     else
         event_del(&c->rev);
     c->reading = on;
+    /* Bytes OpenSSL decrypted already raise no readable event. */
+    if (on && c->tls && brm_tls_pending(c->tls)) event_active(&c->rev, EV_READ, 0);
 }
 
 static struct routes *new_routes(const struct brm_http_route *routes, size_t n) {
@@ -218,7 +226,7 @@ static void release_routes(struct routes *t) {
 static void conn_free(struct conn *c) {
     release_routes(c->routes);
     free(c->buf);
-    free(c->out);
+    brm_buf_reset(&c->out);
     free(c);
 }
 
@@ -227,6 +235,8 @@ static void conn_close(struct conn *c) {
     if (c->fd >= 0) {
         event_del(&c->rev);
         event_del(&c->wev);
+        brm_tls_conn_free(c->tls);
+        c->tls = NULL;
         close(c->fd);
         c->fd = -1;
         if (c->prev)
@@ -305,24 +315,90 @@ static int request_done(struct conn *c) {
     return 1;
 }
 
+/* Writes what c->out holds. 1: all of it; 0: the rest waits for the socket
+ * (the write event is on, or for TLS maybe the read event); -1: the
+ * connection failed (the caller closes it). */
+static int flush_out(struct conn *c) {
+    while (c->out_off < c->out.len) {
+        const char *p = c->out.data + c->out_off;
+        size_t n = c->out.len - c->out_off, w;
+        if (c->tls) {
+            enum brm_tls_io io;
+            w = brm_tls_write(c->tls, p, n, &io);
+            if (io == BRM_TLS_WANT_READ) { /* a key update, read first */
+                c->write_wants_read = 1;
+                event_del(&c->wev);
+                return 0;
+            }
+            if (io == BRM_TLS_WANT_WRITE) break;
+            if (io != BRM_TLS_OK) return -1;
+        } else {
+            ssize_t r = write(c->fd, p, n);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0 && errno == EAGAIN) break;
+            if (r <= 0) return -1;
+            w = (size_t)r;
+        }
+        c->out_off += w;
+    }
+    if (c->out_off < c->out.len) {
+        event_add(&c->wev, NULL);
+        return 0;
+    }
+    event_del(&c->wev);
+    c->out.len = c->out_off = 0;
+    if (c->out.cap > SHRINK_ABOVE) brm_buf_reset(&c->out);
+    return 1;
+}
+
+/* Moves a TLS handshake on. 1: done; 0: waiting; -1: failed and closed. */
+static int handshake(struct conn *c) {
+    switch (brm_tls_handshake(c->tls)) {
+    case BRM_TLS_OK:
+        c->handshaking = 0;
+        event_del(&c->wev);
+        c->deadline = after(c->h->opts.idle_timeout);
+        return 1;
+    case BRM_TLS_WANT_READ: event_del(&c->wev); return 0;
+    case BRM_TLS_WANT_WRITE: event_add(&c->wev, NULL); return 0;
+    default:
+        if (brm_log_enabled(BRM_LOG_DEBUG)) {
+            char why[256];
+            brm_log_debug("TLS handshake failed", "peer", c->peer, "error",
+                          brm_tls_error(why, sizeof(why)));
+        }
+        conn_close(c);
+        return -1;
+    }
+}
+
+static void on_read(evutil_socket_t fd, short what, void *arg);
+
 static void on_write(evutil_socket_t fd, short what, void *arg) {
     struct conn *c = arg;
     (void)what;
-    while (c->out_off < c->out_len) {
-        ssize_t w = write(fd, c->out + c->out_off, c->out_len - c->out_off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0 && errno == EAGAIN) return;
-        if (w <= 0) {
-            conn_close(c);
-            return;
-        }
-        c->out_off += (size_t)w;
+    if (c->handshaking) {
+        if (handshake(c) == 1) on_read(fd, EV_READ, c); /* what came with it */
+        return;
     }
-    event_del(&c->wev);
-    free(c->out);
-    c->out = NULL;
-    c->out_len = c->out_off = 0;
-    if (request_done(c)) process(c);
+    if (c->read_wants_write) {
+        c->read_wants_write = 0;
+        if (c->out_off == c->out.len) event_del(&c->wev);
+        on_read(fd, EV_READ, c);
+        return;
+    }
+    int rc = flush_out(c);
+    if (rc < 0) {
+        conn_close(c);
+        return;
+    }
+    /* An interim "100 Continue" may have been what was waiting. */
+    if (rc == 1 && c->state == C_WRITING && request_done(c)) process(c);
+}
+
+/* Queues N bytes of P for writing (TLS writes go through c->out only). */
+static void queue_out(struct conn *c, const void *p, size_t n) {
+    brm_buf_append(&c->out, p, n);
 }
 
 void brm_http_respond(struct brm_http_req *req, int status, const char *content_type,
@@ -351,33 +427,31 @@ void brm_http_respond(struct brm_http_req *req, int status, const char *content_
                      extra_headers ? extra_headers : "");
     if (n < 0 || (size_t)n >= sizeof(head)) n = (int)strlen(head);
     if (req->method == BRM_HTTP_HEAD) len = 0;
-    struct iovec iov[2] = { { head, (size_t)n }, { (void *)body, len } };
-    size_t total = (size_t)n + len;
-    ssize_t w;
-    do w = writev(c->fd, iov, len ? 2 : 1);
-    while (w < 0 && errno == EINTR);
     c->close_after = closing;
-    if (w < 0 && errno != EAGAIN) {
-        conn_close(c);
-        return;
+    size_t done = 0;
+    if (!c->tls && c->out.len == 0) { /* the usual case: head and body in one writev */
+        struct iovec iov[2] = { { head, (size_t)n }, { (void *)body, len } };
+        ssize_t w;
+        do w = writev(c->fd, iov, len ? 2 : 1);
+        while (w < 0 && errno == EINTR);
+        if (w < 0 && errno != EAGAIN) {
+            conn_close(c);
+            return;
+        }
+        done = w < 0 ? 0 : (size_t)w;
     }
-    if (w < 0) w = 0;
-    if ((size_t)w == total) {
+    /* What the socket did not take waits in c->out until it drains. */
+    if (done < (size_t)n) queue_out(c, head + done, (size_t)n - done);
+    if (len)
+        queue_out(c, body + (done > (size_t)n ? done - (size_t)n : 0),
+                  len - (done > (size_t)n ? done - (size_t)n : 0));
+    int rc = c->out.len ? flush_out(c) : 1;
+    if (rc < 0) {
+        conn_close(c);
+    } else if (rc == 1) {
         if (request_done(c) && !c->in_process) process(c);
     } else {
-        /* The socket is full: keep the rest and wait until it drains. */
-        c->out_len = total - (size_t)w;
-        c->out = brm_xmalloc(c->out_len);
-        size_t off = (size_t)w;
-        if (off < (size_t)n) {
-            memcpy(c->out, head + off, (size_t)n - off);
-            memcpy(c->out + (size_t)n - off, body, len);
-        } else {
-            memcpy(c->out, body + (off - (size_t)n), total - off);
-        }
-        c->out_off = 0;
         c->deadline = after(h->opts.body_timeout);
-        event_add(&c->wev, NULL);
     }
 }
 
@@ -591,7 +665,13 @@ static void start_request(struct conn *c) {
     if (c->chunked) c->body_end = c->wire = c->head_len;
     if (c->expect_continue && (c->chunked || c->len - c->head_len < c->content_length)) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        if (write(c->fd, cont, sizeof(cont) - 1) < 0) { /* the body's read will tell */
+        if (c->tls) {
+            queue_out(c, cont, sizeof(cont) - 1);
+            if (flush_out(c) < 0) {
+                conn_close(c);
+                return;
+            }
+        } else if (write(c->fd, cont, sizeof(cont) - 1) < 0) { /* the body's read will tell */
         }
     }
     c->state = C_BODY;
@@ -687,7 +767,7 @@ static size_t buffer_limit(const struct conn *c) {
 }
 
 /* Moves the connection along as far as the bytes in its buffer allow. */
-static void process(struct conn *c) {
+static int process(struct conn *c) {
     struct brm_http *h = c->h;
     c->in_process = 1;
     while (!c->dead && c->fd >= 0) {
@@ -736,38 +816,72 @@ static void process(struct conn *c) {
         break; /* C_HANDLING, C_WRITING: waiting for the handler or the socket */
     }
     c->in_process = 0;
-    if (c->dead) conn_free(c);
+    if (!c->dead) return 1;
+    conn_free(c);
+    return 0;
+}
+
+/* Reads what the socket (or OpenSSL) has into the buffer: > 0 bytes, 0 at
+ * the end of the stream, -1 when it would block (or failed: *FAILED). */
+static ssize_t conn_read(struct conn *c, int *failed) {
+    *failed = 0;
+    if (!c->tls) {
+        ssize_t r = read(c->fd, c->buf + c->len, c->cap - c->len);
+        if (r < 0 && errno != EAGAIN && errno != EINTR) *failed = 1;
+        return r < 0 ? -1 : r;
+    }
+    enum brm_tls_io io;
+    size_t n = brm_tls_read(c->tls, c->buf + c->len, c->cap - c->len, &io);
+    if (n) return (ssize_t)n;
+    switch (io) {
+    case BRM_TLS_WANT_WRITE: /* a handshake message to send first */
+        c->read_wants_write = 1;
+        event_add(&c->wev, NULL);
+        return -1;
+    case BRM_TLS_WANT_READ: return -1;
+    case BRM_TLS_CLOSED: return 0;
+    default: *failed = 1; return -1;
+    }
 }
 
 static void on_read(evutil_socket_t fd, short what, void *arg) {
     struct conn *c = arg;
     (void)what;
     if (c->state == C_LINGER) {
-        char sink[16384];
+        char sink[16384]; /* closing: TLS or not, the bytes go unread */
         ssize_t r = read(fd, sink, sizeof(sink));
         if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) conn_close(c);
         return;
     }
-    if (c->len == c->cap && !grow(c, 4096, buffer_limit(c))) {
-        reading(c, 0); /* a pipelining client waits until we catch up */
+    if (c->handshaking && handshake(c) != 1) return;
+    if (c->write_wants_read) {
+        c->write_wants_read = 0;
+        on_write(fd, EV_WRITE, c);
         return;
     }
-    ssize_t r = read(fd, c->buf + c->len, c->cap - c->len);
-    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
-    if (r <= 0) {
-        if (c->state == C_HANDLING || c->state == C_WRITING) {
-            reading(c, 0); /* answer what was asked; it goes nowhere, then close */
-            c->close_after = 1;
+    do {
+        if (c->len == c->cap && !grow(c, 4096, buffer_limit(c))) {
+            reading(c, 0); /* a pipelining client waits until we catch up */
             return;
         }
-        conn_close(c);
-        return;
-    }
-    c->len += (size_t)r;
-    process(c);
+        int failed;
+        ssize_t r = conn_read(c, &failed);
+        if (r < 0 && !failed) return;
+        if (r <= 0) {
+            if (c->state == C_HANDLING || c->state == C_WRITING) {
+                reading(c, 0); /* answer what was asked; it goes nowhere, then close */
+                c->close_after = 1;
+                return;
+            }
+            conn_close(c);
+            return;
+        }
+        c->len += (size_t)r;
+        /* OpenSSL may hold more decrypted bytes than one read took. */
+    } while (process(c) && c->fd >= 0 && c->tls && c->reading && brm_tls_pending(c->tls));
 }
-
-static void new_conn(struct brm_http *h, int fd, const struct sockaddr_storage *ss) {
+static void new_conn(struct brm_http *h, int fd, const struct sockaddr_storage *ss,
+                     struct brm_tls *tls) {
     struct conn *c = brm_xcalloc(1, sizeof(*c));
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -791,6 +905,16 @@ static void new_conn(struct brm_http *h, int fd, const struct sockaddr_storage *
     reset_request(c);
     c->state = C_IDLE;
     c->deadline = after(h->opts.idle_timeout);
+    if (tls) {
+        if (!(c->tls = brm_tls_accept(tls, fd))) {
+            close(fd);
+            atomic_fetch_sub(h->opts.connections, 1);
+            free(c);
+            return;
+        }
+        c->handshaking = 1;
+        c->deadline = after(h->opts.header_timeout); /* a slow handshake is a slow head */
+    }
     event_assign(&c->rev, h->base, fd, EV_READ | EV_PERSIST, on_read, c);
     event_assign(&c->wev, h->base, fd, EV_WRITE | EV_PERSIST, on_write, c);
     c->next = h->conns;
@@ -838,13 +962,14 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
             static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
                                        "Connection: close\r\nContent-Length: 21\r\n\r\n"
                                        "too many connections\n";
-            if (write(cfd, busy, sizeof(busy) - 1) < 0) { /* best effort */
+            /* Over TLS there is no answering before a handshake: just close. */
+            if (!l->tls && write(cfd, busy, sizeof(busy) - 1) < 0) { /* best effort */
             }
             close(cfd);
             count(&h->none, 503);
             continue;
         }
-        new_conn(h, cfd, &ss);
+        new_conn(h, cfd, &ss, l->tls);
     }
 }
 
@@ -862,7 +987,10 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
             static const char slow[] = "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                                        "Content-Type: text/plain\r\nContent-Length: 16\r\n\r\n"
                                        "request timeout\n";
-            if (write(c->fd, slow, sizeof(slow) - 1) < 0) { /* best effort */
+            if (c->tls) { /* best effort: whatever the socket takes now */
+                enum brm_tls_io io;
+                brm_tls_write(c->tls, slow, sizeof(slow) - 1, &io);
+            } else if (write(c->fd, slow, sizeof(slow) - 1) < 0) { /* best effort */
             }
             count(c->req.route ? (struct route_rt *)c->req.route : &h->none, 408);
         }
@@ -886,12 +1014,13 @@ struct brm_http *brm_http_new(struct event_base *base, const struct brm_http_opt
     return h;
 }
 
-void brm_http_add_listener(struct brm_http *h, int fd) {
+void brm_http_add_listener(struct brm_http *h, int fd, struct brm_tls *tls) {
     h->listeners = brm_xrealloc(h->listeners, (h->nlisteners + 1) * sizeof(*h->listeners));
     struct listener *l = &h->listeners[h->nlisteners++];
     l->h = h;
     l->fd = fd;
     l->ev = NULL;
+    l->tls = tls ? brm_tls_ref(tls) : NULL;
     /* The array may have moved: point every event at its current slot. */
     for (size_t i = 0; i < h->nlisteners; i++) {
         struct listener *x = &h->listeners[i];
@@ -901,10 +1030,17 @@ void brm_http_add_listener(struct brm_http *h, int fd) {
     }
 }
 
+void brm_http_set_tls(struct brm_http *h, size_t i, struct brm_tls *tls) {
+    if (i >= h->nlisteners || !h->listeners[i].tls) return;
+    brm_tls_free(h->listeners[i].tls); /* its connections hold their own */
+    h->listeners[i].tls = brm_tls_ref(tls);
+}
+
 static void close_listeners(struct brm_http *h) {
     for (size_t i = 0; i < h->nlisteners; i++) {
         event_free(h->listeners[i].ev);
         close(h->listeners[i].fd);
+        brm_tls_free(h->listeners[i].tls);
     }
     free(h->listeners);
     h->listeners = NULL;

@@ -27,6 +27,7 @@
 #include "util.h"
 
 struct event_base;
+struct brm_tls;
 
 enum brm_http_method {
     BRM_HTTP_GET = 1 << 0,
@@ -104,8 +105,12 @@ void brm_http_set_routes(struct brm_http *h, const struct brm_http_route *routes
  * stays the one the server was made with). */
 void brm_http_set_opts(struct brm_http *h, const struct brm_http_opts *opts);
 
-/* Accepts on FD, a listening socket; the server owns it from now on. */
-void brm_http_add_listener(struct brm_http *h, int fd);
+/* Accepts on FD, a listening socket; the server owns it from now on. With
+ * TLS (the server takes a reference), connections speak HTTPS. */
+void brm_http_add_listener(struct brm_http *h, int fd, struct brm_tls *tls);
+/* Accepts the next connections of TLS listener I (in the order they were
+ * added) with TLS instead: a reload's certificate. Open ones keep theirs. */
+void brm_http_set_tls(struct brm_http *h, size_t i, struct brm_tls *tls);
 /* Stops accepting and closes idle connections; requests in progress are
  * answered with Connection: close. */
 void brm_http_drain(struct brm_http *h);

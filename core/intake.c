@@ -50,6 +50,8 @@ struct brm_intake {
     size_t nheld, capheld;
     struct source_keys *keys; /* parallel to cfg->sources */
     struct brm_counter *unknown, *other_topic, *duplicates;
+    struct brm_histogram *lag;
+    _Atomic int store_ok; /* the last commit worked */
     struct {
         char name[BRM_TOPIC_MAX];
         struct brm_counter *c;
@@ -106,7 +108,10 @@ struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *
     in->state = state;
     in->commit = event_new(base, -1, 0, on_commit, in);
     in->synced = 1;
+    in->store_ok = 1;
     install(in, engine);
+    in->lag = brm_metrics_histogram("brume_journal_lag_seconds",
+                                    "From a body's arrival to its commit with its outcome.", NULL);
     in->unknown = brm_metrics_counter("brume_unknown_topic_bodies_total",
                                       "Accepted bodies whose topic Mist does not document.", NULL);
     in->other_topic = brm_metrics_counter("brume_events_total", "Events received, by topic.",
@@ -151,6 +156,10 @@ void brm_intake_swap(struct brm_intake *in, struct brm_engine *engine) {
 
 struct brm_engine *brm_intake_engine(struct brm_intake *in) {
     return in->engine;
+}
+
+int brm_intake_store_ok(const struct brm_intake *in) {
+    return atomic_load(&in->store_ok);
 }
 
 const struct brm_source *brm_intake_source(const struct brm_intake *in, const char *name) {
@@ -234,18 +243,21 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
     struct brm_dispatch_stats stats;
     struct brm_actions actions = { 0 };
     const struct brm_source *src = r->source;
+    /* The body's id is its request's in every log line about it. */
+    int64_t id = brm_journal_next_id();
+    char rid[32];
+    snprintf(rid, sizeof(rid), "%lld", (long long)id);
     if (!signature_ok(in, r)) {
-        brm_log_warn("refused a post: signature missing or wrong", "source", src->name, "peer",
-                     r->peer);
+        brm_log_warn("refused a post: signature missing or wrong", "request", rid, "source",
+                     src->name, "peer", r->peer);
         done(arg, BRM_UNAUTHORIZED, "signature missing or wrong");
         return;
     }
-    int64_t id = brm_journal_next_id();
     struct brm_batch batch = { src->name, (uint64_t)id, r->received_at, src->dedupe };
     if (brm_intake_run(in->engine, r->body, r->len, &batch, &actions, &env, &stats, &err) !=
         BRM_OK) {
-        brm_log_warn("refused a post: not a Mist webhook body", "source", src->name, "peer",
-                     r->peer, "reason", err.msg);
+        brm_log_warn("refused a post: not a Mist webhook body", "request", rid, "source", src->name,
+                     "peer", r->peer, "reason", err.msg);
         brm_actions_reset(&actions);
         done(arg, BRM_BAD_REQUEST, err.msg);
         return;
@@ -254,12 +266,11 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
     if (stats.duplicates) brm_counter_add(in->duplicates, stats.duplicates);
     if (!env.known) note_unknown_topic(&env, src->name);
     if (brm_log_enabled(BRM_LOG_DEBUG)) {
-        char ids[32], n[32], sent[32];
-        snprintf(ids, sizeof(ids), "%lld", (long long)id);
+        char n[32], sent[32];
         snprintf(n, sizeof(n), "%zu", env.nevents);
         snprintf(sent, sizeof(sent), "%zu", actions.n);
-        brm_log_debug("accepted", "source", src->name, "delivery", ids, "topic", env.topic,
-                      "events", n, "messages", sent);
+        brm_log_debug("accepted", "request", rid, "source", src->name, "topic", env.topic, "events",
+                      n, "messages", sent);
     }
     /* Held until the group's commit. The commit event was made active by
      * the first body of this turn, so it runs after every request the loop
@@ -308,6 +319,11 @@ static void on_commit(evutil_socket_t fd, short what, void *arg) {
     }
     if (rc == 0) rc = brm_journal_commit(in->store, in->cfg, in->state, entries, n, &err);
     free(entries);
+    atomic_store(&in->store_ok, rc == 0);
+    if (rc == 0) {
+        double now = brm_time_now();
+        for (size_t i = 0; i < n; i++) brm_histogram_observe(in->lag, now - in->held[i].received);
+    }
     /* Stored: other workers may now see what these bodies' rules changed;
      * refused: it is undone, as if they never came. */
     brm_state_end(in->state, rc == 0);

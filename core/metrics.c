@@ -123,8 +123,12 @@ struct brm_histogram *brm_metrics_histogram(const char *name, const char *help, 
     return (struct brm_histogram *)get_series(HISTOGRAM, name, help, labels);
 }
 
-void brm_metrics_gauge(const char *name, const char *help, double (*fn)(void *), void *arg) {
-    struct series *s = get_series(GAUGE, name, help, brm_xstrdup(""));
+void brm_metrics_gauge(const char *name, const char *help, double (*fn)(void *), void *arg, ...) {
+    va_list ap;
+    va_start(ap, arg);
+    char *labels = format_labels(ap);
+    va_end(ap);
+    struct series *s = get_series(GAUGE, name, help, labels);
     pthread_mutex_lock(&lock);
     s->fn = fn;
     s->arg = arg;
@@ -209,7 +213,8 @@ void brm_metrics_render(struct brm_buf *out) {
             brm_buf_printf(out, "%s%s%s%s %llu\n", s->name, open, s->labels, close,
                            (unsigned long long)brm_counter_value((struct brm_counter *)s));
         else if (s->kind == GAUGE)
-            brm_buf_printf(out, "%s %.17g\n", s->name, s->fn ? s->fn(s->arg) : 0.0);
+            brm_buf_printf(out, "%s%s%s%s %.17g\n", s->name, open, s->labels, close,
+                           s->fn ? s->fn(s->arg) : 0.0);
         else
             render_histogram(out, s);
     }

@@ -33,8 +33,10 @@ struct brm_histogram *brm_metrics_histogram(const char *name, const char *help, 
     __attribute__((sentinel));
 void brm_histogram_observe(struct brm_histogram *h, double seconds);
 
-/* A gauge whose value FN computes at scrape time. */
-void brm_metrics_gauge(const char *name, const char *help, double (*fn)(void *), void *arg);
+/* A gauge whose value FN(ARG) computes at scrape time; label pairs follow,
+ * ending with NULL. */
+void brm_metrics_gauge(const char *name, const char *help, double (*fn)(void *), void *arg, ...)
+    __attribute__((sentinel));
 
 /* Appends every series in the text exposition format. */
 void brm_metrics_render(struct brm_buf *out);

@@ -397,8 +397,10 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
     struct brm_outbox *ob = job->ob;
     struct target_rt *tr = job->tr;
     double now = brm_time_now();
-    char id[32], attempt[16], st[16];
+    char id[32], attempt[16], st[16], request[32];
     snprintf(id, sizeof(id), "%lld", (long long)job->id);
+    /* The key starts with the id of the body that sent it: its request. */
+    snprintf(request, sizeof(request), "%.*s", (int)strcspn(job->key, ":"), job->key);
     snprintf(attempt, sizeof(attempt), "%d", job->attempts + 1);
     snprintf(st, sizeof(st), "%d", status);
     struct brm_buf masked;
@@ -407,7 +409,8 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
     if (done) {
         add_result(ob, job->id, BRM_DELIVERY_DONE, now, status, NULL);
         brm_counter_add(tr->done, 1);
-        brm_log_debug("delivered", "target", tr->t->name, "delivery", id, "status", st);
+        brm_log_debug("delivered", "target", tr->t->name, "delivery", id, "request", request,
+                      "event", job->event, "status", st);
     } else {
         /* Full jitter: anywhere up to the exponential ceiling (but not at
          * once: at least the backoff, or a second), and never before the
@@ -422,7 +425,8 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
             char in[32];
             snprintf(in, sizeof(in), "%.0fs", delay);
             brm_log_warn("delivery failed; will retry", "target", tr->t->name, "delivery", id,
-                         "attempt", attempt, "status", st, "error", masked.data, "retry_in", in);
+                         "request", request, "event", job->event, "attempt", attempt, "status", st,
+                         "error", masked.data, "retry_in", in);
         } else {
             char why[600];
             if (retry)
@@ -432,8 +436,9 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
                 snprintf(why, sizeof(why), "%s", masked.data);
             add_result(ob, job->id, BRM_DELIVERY_DEAD, now, status, why);
             brm_counter_add(tr->dead, 1);
-            brm_log_error("delivery dead", "target", tr->t->name, "delivery", id, "rule", job->rule,
-                          "event", job->event, "attempts", attempt, "status", st, "error", why);
+            brm_log_error("delivery dead", "target", tr->t->name, "delivery", id, "request",
+                          request, "rule", job->rule, "event", job->event, "attempts", attempt,
+                          "status", st, "error", why);
         }
     }
     brm_buf_reset(&masked);
@@ -1111,10 +1116,10 @@ struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_err *
     curl_multi_setopt(ob->multi, CURLMOPT_SOCKETDATA, ob);
     curl_multi_setopt(ob->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
     curl_multi_setopt(ob->multi, CURLMOPT_TIMERDATA, ob);
-    brm_metrics_gauge("brume_outbox_pending", "Deliveries not yet done or dead.", gauge_pending,
-                      ob);
+    brm_metrics_gauge("brume_outbox_pending", "Deliveries not yet done or dead.", gauge_pending, ob,
+                      NULL);
     brm_metrics_gauge("brume_outbox_oldest_seconds", "Age of the oldest pending delivery.",
-                      gauge_oldest, ob);
+                      gauge_oldest, ob, NULL);
     return ob;
 fail:
     brm_outbox_free(ob);

@@ -4,6 +4,9 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <lua.h>
+#include <openssl/crypto.h>
+#include <openssl/opensslv.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -23,17 +26,15 @@
 #include "log.h"
 #include "metrics.h"
 #include "outbox.h"
+#include "tls.h"
+#include "watch.h"
 
 #define DRAIN_POLL_MS 50
-#define HOUSEKEEPING  60 /* seconds between two rounds of pruning */
+#define HOUSEKEEPING  60  /* seconds between two rounds of pruning */
+#define DEBOUNCE      0.3 /* seconds of quiet after a file change before reloading */
+#define MAX_REPORT    (64u << 10)
 
 struct server;
-
-/* What one route of a worker serves: a source. */
-struct source_route {
-    struct worker *w;
-    const struct brm_source *source;
-};
 
 struct worker {
     struct server *srv;
@@ -44,32 +45,41 @@ struct worker {
     struct brm_http *http;
     struct brm_intake *intake;
     struct brm_store *store; /* this worker's connection to the store */
-    struct source_route *routes;
-    int mailfd; /* eventfd: main -> worker */
+    int mailfd;              /* eventfd: main -> worker */
     struct event *mail, *drain_timer;
     pthread_mutex_t lock; /* guards the mailbox fields below */
     struct brm_engine *next_engine;
+    struct brm_tls **next_tls; /* per listen entry (NULL: plain, or no change) */
     int drain;
     uint64_t drain_deadline;
     _Atomic int wants_engine; /* its VM is full of kept memory: build another */
 };
 
+/* What a config needs built before it can run: one engine per worker and
+ * the TLS contexts of the listeners. */
+struct rule_set {
+    const struct brm_config *cfg; /* a reference */
+    struct brm_engine **engines;
+    struct brm_tls **tls; /* per listen entry of the running listeners */
+};
+
 struct server {
-    const struct brm_config *cfg;
+    const struct brm_config *cfg;     /* the running config (a reference) */
+    const struct brm_config *started; /* the one listeners, workers and data came from */
     struct event_base *base;
     struct brm_http *admin;
     struct worker *workers;
     int nworkers;
     struct brm_outbox *outbox;
     int mailfd; /* eventfd: workers -> main */
-    struct event *mail, *sigterm, *sigint, *sighup;
+    struct event *mail, *sigterm, *sigint, *sighup, *housekeeping;
+    struct brm_watch *watch;
     _Atomic long connections;
-    _Atomic long rules;
+    _Atomic long rules, generation; /* rules in the running set, and its version */
     int lockfd;
     struct brm_counter *reloads, *reload_failures;
     struct brm_store *store; /* the main thread's: start-up and housekeeping */
     struct brm_state *state;
-    struct event *housekeeping;
 };
 
 static void post(int fd) {
@@ -82,6 +92,11 @@ static void drain_mail(int fd) {
     uint64_t v;
     if (read(fd, &v, sizeof(v)) < 0) { /* EAGAIN: nothing pending */
     }
+}
+
+static void free_tls(struct brm_tls **v, size_t n) {
+    for (size_t i = 0; v && i < n; i++) brm_tls_free(v[i]);
+    free(v);
 }
 
 /* ---- intake routes (worker threads) ------------------------------------- */
@@ -98,19 +113,31 @@ static void intake_done(void *arg, enum brm_status st, const char *reason) {
     brm_http_respond(req, code, NULL, body, (size_t)n, code == 503 ? "Retry-After: 5\r\n" : NULL);
 }
 
+/* A route's label is its source's name; the source itself is looked up in
+ * the config in place now, which a reload may have changed. */
+static const struct brm_source *route_source(struct worker *w, const struct brm_http_req *req) {
+    return brm_intake_source(w->intake, req->route->label);
+}
+
 /* An unsigned post to a source that wants a signature is refused before
  * its body is read. */
 static int source_check_head(void *arg, const struct brm_http_req *req) {
-    struct source_route *r = arg;
+    const struct brm_source *src = route_source(arg, req);
     int v2 = brm_http_header(req, "x-mist-signature-v2", NULL) != NULL;
     int v1 = brm_http_header(req, "x-mist-signature", NULL) != NULL;
-    return brm_intake_has_signature(r->source, v2, v1) ? 0 : 401;
+    if (!src) return 404;
+    return brm_intake_has_signature(src, v2, v1) ? 0 : 401;
 }
 
 static void source_handle(void *arg, struct brm_http_req *req) {
-    struct source_route *r = arg;
+    struct worker *w = arg;
+    const struct brm_source *src = route_source(w, req);
+    if (!src) { /* removed by a reload while the body came */
+        brm_http_respond(req, 404, NULL, "no such path\n", 13, NULL);
+        return;
+    }
     struct brm_intake_req ir = {
-        .source = r->source,
+        .source = src,
         .body = req->body,
         .len = req->body_len,
         .received_at = req->received_at,
@@ -118,10 +145,37 @@ static void source_handle(void *arg, struct brm_http_req *req) {
     };
     ir.sig = brm_http_header(req, "x-mist-signature-v2", &ir.sig_len);
     ir.sig1 = brm_http_header(req, "x-mist-signature", &ir.sig1_len);
-    brm_intake_submit(r->w->intake, &ir, intake_done, req);
-    struct worker *w = r->w;
+    brm_intake_submit(w->intake, &ir, intake_done, req);
     if (brm_engine_exhausted(brm_intake_engine(w->intake)) && !atomic_exchange(&w->wants_engine, 1))
         post(w->srv->mailfd);
+}
+
+/* Points W's server at the sources and limits of CFG. */
+static void route_sources(struct worker *w, const struct brm_config *cfg) {
+    struct brm_http_route *routes = brm_xcalloc(cfg->nsources, sizeof(*routes));
+    for (size_t i = 0; i < cfg->nsources; i++) {
+        routes[i] = (struct brm_http_route){
+            .path = cfg->sources[i].path,
+            .label = cfg->sources[i].name,
+            .methods = BRM_HTTP_POST,
+            .max_body = cfg->sources[i].max_body,
+            .check_head = source_check_head,
+            .handle = source_handle,
+            .arg = w,
+        };
+    }
+    brm_http_set_routes(w->http, routes, cfg->nsources);
+    free(routes);
+}
+
+static struct brm_http_opts http_opts(const struct server *s, const struct brm_config *cfg) {
+    return (struct brm_http_opts){
+        .header_timeout = cfg->http.header_timeout,
+        .body_timeout = cfg->http.body_timeout,
+        .idle_timeout = cfg->http.idle_timeout,
+        .max_connections = cfg->http.max_connections,
+        .connections = (_Atomic long *)&s->connections,
+    };
 }
 
 /* ---- workers ------------------------------------------------------------ */
@@ -146,11 +200,23 @@ static void on_worker_mail(evutil_socket_t fd, short what, void *arg) {
     drain_mail(fd);
     pthread_mutex_lock(&w->lock);
     struct brm_engine *e = w->next_engine;
+    struct brm_tls **tls = w->next_tls;
     int drain = w->drain;
     w->next_engine = NULL;
+    w->next_tls = NULL;
     pthread_mutex_unlock(&w->lock);
     /* Between two requests: the next body runs on the new set. */
-    if (e) brm_intake_swap(w->intake, e);
+    if (e) {
+        const struct brm_config *cfg = brm_engine_config(e);
+        route_sources(w, cfg);
+        struct brm_http_opts o = http_opts(w->srv, cfg);
+        brm_http_set_opts(w->http, &o);
+        brm_intake_swap(w->intake, e);
+    }
+    size_t nlisten = w->srv->started->nlisten;
+    for (size_t i = 0; tls && i < nlisten; i++)
+        if (tls[i]) brm_http_set_tls(w->http, i, tls[i]);
+    free_tls(tls, nlisten);
     if (drain && !w->drain_timer) {
         brm_http_drain(w->http);
         w->drain_timer = event_new(w->base, -1, EV_PERSIST, on_drain_poll, w);
@@ -181,17 +247,28 @@ static struct event_base *new_base(void) {
     return b;
 }
 
-static void hand_engine(struct worker *w, struct brm_engine *e) {
+/* Mails W an engine (and TLS contexts, NULL for none), taking ownership. */
+static void hand(struct worker *w, struct brm_engine *e, struct brm_tls **tls) {
+    size_t nlisten = w->srv->started->nlisten;
     pthread_mutex_lock(&w->lock);
-    struct brm_engine *stale = w->next_engine; /* never picked up: superseded */
-    w->next_engine = e;
+    struct brm_engine *stale = NULL; /* never picked up: superseded */
+    struct brm_tls **stale_tls = NULL;
+    if (e) {
+        stale = w->next_engine;
+        w->next_engine = e;
+    }
+    if (tls) {
+        stale_tls = w->next_tls;
+        w->next_tls = tls;
+    }
     pthread_mutex_unlock(&w->lock);
     brm_engine_free(stale);
+    free_tls(stale_tls, nlisten);
     post(w->mailfd);
 }
 
 static int setup_worker(struct server *s, struct worker *w, int id, struct brm_engine *e) {
-    const struct brm_config *cfg = s->cfg;
+    struct brm_err err;
     w->srv = s;
     w->id = id;
     w->base = new_base();
@@ -200,38 +277,17 @@ static int setup_worker(struct server *s, struct worker *w, int id, struct brm_e
     if (w->mailfd < 0) return -1;
     w->mail = event_new(w->base, w->mailfd, EV_READ | EV_PERSIST, on_worker_mail, w);
     event_add(w->mail, NULL);
-    char *path = brm_outbox_store_path(cfg);
-    struct brm_err err;
+    char *path = brm_outbox_store_path(s->cfg);
     w->store = brm_store_open(path, &err);
     free(path);
-    if (!w->store || brm_store_limit(w->store, cfg->store_max, &err) < 0) {
+    if (!w->store || brm_store_limit(w->store, s->cfg->store_max, &err) < 0) {
         brm_log_error("cannot open the store", "error", err.msg);
         return -1;
     }
     w->intake = brm_intake_new(e, s->outbox, w->store, s->state, w->base);
-    w->routes = brm_xcalloc(cfg->nsources, sizeof(*w->routes));
-    struct brm_http_route *routes = brm_xcalloc(cfg->nsources, sizeof(*routes));
-    for (size_t i = 0; i < cfg->nsources; i++) {
-        w->routes[i] = (struct source_route){ w, &cfg->sources[i] };
-        routes[i] = (struct brm_http_route){
-            .path = cfg->sources[i].path,
-            .label = cfg->sources[i].name,
-            .methods = BRM_HTTP_POST,
-            .max_body = cfg->sources[i].max_body,
-            .check_head = source_check_head,
-            .handle = source_handle,
-            .arg = &w->routes[i],
-        };
-    }
-    struct brm_http_opts o = {
-        .header_timeout = cfg->http.header_timeout,
-        .body_timeout = cfg->http.body_timeout,
-        .idle_timeout = cfg->http.idle_timeout,
-        .max_connections = cfg->http.max_connections,
-        .connections = &s->connections,
-    };
-    w->http = brm_http_new(w->base, &o, routes, cfg->nsources);
-    free(routes);
+    struct brm_http_opts o = http_opts(s, s->cfg);
+    w->http = brm_http_new(w->base, &o, NULL, 0);
+    route_sources(w, s->cfg);
     return 0;
 }
 
@@ -241,7 +297,7 @@ static void free_worker(struct worker *w) {
     brm_intake_free(w->intake);
     brm_store_close(w->store);
     brm_engine_free(w->next_engine);
-    free(w->routes);
+    free_tls(w->next_tls, w->srv->started->nlisten);
     if (w->drain_timer) event_free(w->drain_timer);
     if (w->mail) event_free(w->mail);
     if (w->mailfd >= 0) close(w->mailfd);
@@ -262,12 +318,12 @@ static void format_addr(const char *addr, int port, char *out, size_t size) {
 
 /* Binds every listen address once per worker: port 0 is resolved by the
  * first socket so all workers share the port it got. */
-static int open_listeners(struct server *s) {
-    const struct brm_config *cfg = s->cfg;
+static int open_listeners(struct server *s, struct brm_tls **tls) {
+    const struct brm_config *cfg = s->started;
     struct brm_err err;
     for (size_t i = 0; i < cfg->nlisten; i++) {
         char addr[300];
-        snprintf(addr, sizeof(addr), "%s", cfg->listen[i]);
+        snprintf(addr, sizeof(addr), "%s", cfg->listen[i].addr);
         for (int k = 0; k < s->nworkers; k++) {
             int bound;
             int fd = brm_http_listen(addr, 1, &bound, &err);
@@ -275,54 +331,185 @@ static int open_listeners(struct server *s) {
                 brm_log_error("cannot listen", "error", err.msg);
                 return -1;
             }
-            brm_http_add_listener(s->workers[k].http, fd);
-            if (k == 0) format_addr(cfg->listen[i], bound, addr, sizeof(addr));
+            brm_http_add_listener(s->workers[k].http, fd, tls[i]);
+            if (k == 0) format_addr(cfg->listen[i].addr, bound, addr, sizeof(addr));
         }
-        brm_log_info("listening", "addr", addr);
+        brm_log_info("listening", "addr", addr, "tls", tls[i] ? "on" : NULL);
     }
     return 0;
 }
 
-/* ---- rule sets ---------------------------------------------------------- */
+/* ---- rule sets and reloads (main thread) -------------------------------- */
 
-/* Builds one engine per worker; all or none. */
-static struct brm_engine **build_engines(struct server *s) {
-    struct brm_engine **v = brm_xcalloc((size_t)s->nworkers, sizeof(*v));
-    struct brm_errors errs = { 0 };
-    for (int i = 0; i < s->nworkers; i++) {
-        v[i] = brm_engine_new(s->cfg, &errs);
-        if (!v[i]) break;
+static void rule_set_reset(struct rule_set *rs, int nworkers, size_t nlisten) {
+    for (int i = 0; rs->engines && i < nworkers; i++) brm_engine_free(rs->engines[i]);
+    free(rs->engines);
+    free_tls(rs->tls, nlisten);
+    brm_config_free(rs->cfg);
+    memset(rs, 0, sizeof(*rs));
+}
+
+/* 1 when listen lists A and B have the same addresses, each with TLS or
+ * without it alike (certificate files may differ). */
+static int same_listeners(const struct brm_config *a, const struct brm_config *b) {
+    if (a->nlisten != b->nlisten) return 0;
+    for (size_t i = 0; i < a->nlisten; i++)
+        if (strcmp(a->listen[i].addr, b->listen[i].addr) != 0 ||
+            !a->listen[i].cert != !b->listen[i].cert)
+            return 0;
+    return 1;
+}
+
+static int same_string(const char *a, const char *b) {
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* Notes, in WARNINGS, the settings of NEW that a running brume cannot take
+ * from OLD (they wait for the next start). */
+static void restart_only(const struct brm_config *old, const struct brm_config *new,
+                         struct brm_errors *warnings) {
+    if (!same_listeners(old, new)) brm_errors_addf(warnings, NULL, 0, "listen");
+    if (!same_string(old->admin, new->admin)) brm_errors_addf(warnings, NULL, 0, "admin");
+    if (old->workers != new->workers) brm_errors_addf(warnings, NULL, 0, "workers");
+    if (strcmp(old->data_dir, new->data_dir) != 0) brm_errors_addf(warnings, NULL, 0, "data_dir");
+    if (old->store_max != new->store_max) brm_errors_addf(warnings, NULL, 0, "store.max_size");
+}
+
+/* Builds everything CFG needs to run, all or nothing: an engine per worker,
+ * the listeners' TLS contexts (from CFG's files when its listeners are the
+ * running ones, else from the running config's), and a look at every file
+ * target. Returns 0, or -1 with every problem in ERRS. */
+static int prepare(struct server *s, const struct brm_config *cfg, struct rule_set *rs,
+                   struct brm_errors *errs) {
+    const struct brm_config *files = same_listeners(s->started, cfg) ? cfg : s->started;
+    size_t nlisten = s->started->nlisten, before = errs->n;
+    struct brm_err err;
+    rs->cfg = brm_config_ref(cfg);
+    rs->tls = brm_xcalloc(nlisten, sizeof(*rs->tls));
+    for (size_t i = 0; i < nlisten; i++) {
+        const struct brm_listen *l = &files->listen[i];
+        if (l->cert && !(rs->tls[i] = brm_tls_new(l->cert, l->key, &err)))
+            brm_errors_add(errs, &err);
     }
-    if (errs.n) {
+    for (size_t i = 0; i < cfg->ntargets; i++) { /* the outbox appends to these */
+        const struct brm_target *t = &cfg->targets[i];
+        int fd = t->path ? open(t->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640) : -2;
+        if (fd == -1)
+            brm_errors_addf(errs, NULL, 0, "targets.%s: cannot open %s: %s", t->name, t->path,
+                            strerror(errno));
+        if (fd >= 0) close(fd);
+    }
+    /* The rules are loaded whatever else failed, to report their problems
+     * too; once per worker only when all went well. */
+    rs->engines = brm_xcalloc((size_t)s->nworkers, sizeof(*rs->engines));
+    rs->engines[0] = brm_engine_new(cfg, errs);
+    for (int i = 1; i < s->nworkers && errs->n == before; i++)
+        rs->engines[i] = brm_engine_new(cfg, errs);
+    if (errs->n == before) return 0;
+    rule_set_reset(rs, s->nworkers, nlisten);
+    return -1;
+}
+
+/* Puts RS in place (taking what it holds): every worker swaps between two
+ * requests, the outbox moves onto its targets. */
+static void apply(struct server *s, struct rule_set *rs) {
+    const struct brm_config *cfg = rs->cfg, *old = s->cfg;
+    size_t nlisten = s->started->nlisten;
+    for (int i = 0; i < s->nworkers; i++) {
+        struct brm_tls **tls = brm_xcalloc(nlisten, sizeof(*tls));
+        for (size_t k = 0; k < nlisten; k++)
+            if (rs->tls[k]) tls[k] = brm_tls_ref(rs->tls[k]);
+        hand(&s->workers[i], rs->engines[i], tls);
+        rs->engines[i] = NULL;
+    }
+    brm_outbox_configure(s->outbox, cfg);
+    brm_log_setup(cfg->log_level, cfg->log_format);
+    s->cfg = brm_config_ref(cfg);
+    brm_config_free(old);
+    rule_set_reset(rs, s->nworkers, nlisten);
+}
+
+static void watch_files(struct server *s);
+
+/*
+ * Loads the config file again and everything it names, and puts it in
+ * place, or keeps what runs if anything fails. Appends to REPORT (when
+ * given) a JSON object: {"ok": true, "rule_set": n, "rules": n, "warnings":
+ * [...]} or {"ok": false, "errors": ["file:line: ...", ...]}. Returns 0 or -1.
+ */
+static int reload(struct server *s, const char *trigger, struct brm_buf *report) {
+    struct brm_errors errs = { 0 }, warnings = { 0 };
+    struct rule_set rs = { 0 };
+    brm_log_info("reloading", "trigger", trigger);
+    struct brm_config *cfg = brm_config_load(s->cfg->file, &errs);
+    int rc = -1;
+    if (cfg && prepare(s, cfg, &rs, &errs) == 0) {
+        restart_only(s->started, cfg, &warnings);
+        size_t rules = brm_engine_rule_count(rs.engines[0]);
+        apply(s, &rs);
+        atomic_store(&s->rules, (long)rules);
+        long version = atomic_fetch_add(&s->generation, 1) + 1;
+        brm_counter_add(s->reloads, 1);
+        for (size_t i = 0; i < warnings.n; i++)
+            brm_log_warn("setting changed: it takes effect at the next start", "setting",
+                         warnings.v[i].msg);
+        char n[32], v[32];
+        snprintf(n, sizeof(n), "%zu", rules);
+        snprintf(v, sizeof(v), "%ld", version);
+        brm_log_info("reloaded", "trigger", trigger, "rules", n, "rule_set", v);
+        if (report)
+            brm_buf_printf(report, "{\"ok\":true,\"rule_set\":%ld,\"rules\":%zu,\"warnings\":[",
+                           version, rules);
+        rc = 0;
+    } else {
+        brm_counter_add(s->reload_failures, 1);
         for (size_t i = 0; i < errs.n; i++) {
             char msg[1024];
             brm_err_format(&errs.v[i], msg, sizeof(msg));
-            brm_log_error("rule set not loaded", "error", msg);
+            brm_log_error("reload refused", "error", msg);
         }
-        for (int i = 0; i < s->nworkers; i++) brm_engine_free(v[i]);
-        free(v);
-        v = NULL;
-    } else {
-        atomic_store(&s->rules, (long)brm_engine_rule_count(v[0]));
+        brm_log_error("reload failed: the running rule set stays", "trigger", trigger);
+        if (report) brm_buf_puts(report, "{\"ok\":false,\"errors\":[");
     }
+    const struct brm_errors *list = rc == 0 ? &warnings : &errs;
+    for (size_t i = 0; report && i < list->n && report->len < MAX_REPORT; i++) {
+        char msg[1024];
+        if (rc == 0)
+            snprintf(msg, sizeof(msg), "%s: changed; it takes effect at the next start",
+                     list->v[i].msg);
+        else
+            brm_err_format(&list->v[i], msg, sizeof(msg));
+        if (i) brm_buf_puts(report, ",");
+        brm_buf_json_string(report, msg, strlen(msg));
+    }
+    if (report) brm_buf_puts(report, "]}\n");
+    brm_config_free(cfg);
     brm_errors_reset(&errs);
-    return v;
+    brm_errors_reset(&warnings);
+    watch_files(s); /* folders may have been replaced, or the config names others */
+    return rc;
 }
 
-static void reload(struct server *s, const char *why) {
-    brm_log_info("reloading rules", "trigger", why);
-    struct brm_engine **v = build_engines(s);
-    if (!v) {
-        brm_counter_add(s->reload_failures, 1);
-        brm_log_error("reload failed: the running rule set stays", "trigger", why);
+static void on_changed(void *arg) {
+    reload(arg, "watch", NULL);
+}
+
+/* Watches the config file, the rules and the scripts, when the config
+ * wants it. */
+static void watch_files(struct server *s) {
+    struct brm_err err;
+    if (!s->cfg->watch) {
+        brm_watch_free(s->watch);
+        s->watch = NULL;
         return;
     }
-    for (int i = 0; i < s->nworkers; i++) hand_engine(&s->workers[i], v[i]);
-    free(v);
-    brm_counter_add(s->reloads, 1);
-    char n[32];
-    snprintf(n, sizeof(n), "%ld", atomic_load(&s->rules));
-    brm_log_info("rules reloaded", "rules", n);
+    if (!s->watch && !(s->watch = brm_watch_new(s->base, DEBOUNCE, on_changed, s, &err))) {
+        brm_log_warn("cannot watch the rules: reload with SIGHUP or POST /reload", "error",
+                     err.msg);
+        return;
+    }
+    const char *paths[] = { s->cfg->file, s->cfg->rules_dir, s->cfg->scripts_dir };
+    brm_watch_set(s->watch, paths, BRM_ARRAY_LEN(paths));
 }
 
 /* ---- main thread -------------------------------------------------------- */
@@ -341,7 +528,7 @@ static void on_main_mail(evutil_socket_t fd, short what, void *arg) {
         struct brm_errors errs = { 0 };
         struct brm_engine *e = brm_engine_new(s->cfg, &errs);
         brm_errors_reset(&errs);
-        if (e) hand_engine(w, e);
+        if (e) hand(w, e, NULL);
         atomic_store(&w->wants_engine, 0);
     }
 }
@@ -360,6 +547,11 @@ static void on_stop(evutil_socket_t sig, short what, void *arg) {
         post(w->mailfd);
     }
     event_base_loopbreak(s->base);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg) {
+    (void)sig, (void)what;
+    reload(arg, "SIGHUP", NULL);
 }
 
 /* Journal retention, expired state: once a minute, on the main thread. */
@@ -396,13 +588,30 @@ static int open_store(struct server *s) {
     return 0;
 }
 
-static void on_hup(evutil_socket_t sig, short what, void *arg) {
-    (void)sig, (void)what;
-    reload(arg, "SIGHUP");
+/* ---- admin endpoints ---------------------------------------------------- */
+
+/* 1 when REQ may use /metrics and /reload: the config has no admin token,
+ * or REQ carries it ("Authorization: Bearer TOKEN"), compared in constant
+ * time. */
+static int authorized(const struct server *s, const struct brm_http_req *req) {
+    const char *token = s->cfg->admin_token;
+    if (!token) return 1;
+    size_t n, want = strlen(token);
+    const char *h = brm_http_header(req, "authorization", &n);
+    if (!h || n != want + 7 || strncmp(h, "Bearer ", 7) != 0) return 0;
+    return CRYPTO_memcmp(h + 7, token, want) == 0;
+}
+
+static void refuse(struct brm_http_req *req) {
+    brm_http_respond(req, 401, NULL, "admin token missing or wrong\n", 29,
+                     "WWW-Authenticate: Bearer realm=\"brume\"\r\n");
 }
 
 static void admin_metrics(void *arg, struct brm_http_req *req) {
-    (void)arg;
+    if (!authorized(arg, req)) {
+        refuse(req);
+        return;
+    }
     struct brm_buf b;
     brm_buf_init(&b);
     brm_metrics_render(&b);
@@ -410,26 +619,73 @@ static void admin_metrics(void *arg, struct brm_http_req *req) {
     brm_buf_reset(&b);
 }
 
+/* Up (200) while the store takes bodies; 503 when the last commit of any
+ * worker failed, so that a load balancer sends Mist elsewhere. */
 static void admin_healthz(void *arg, struct brm_http_req *req) {
     struct server *s = arg;
-    char body[256];
-    int n =
-        snprintf(body, sizeof(body),
-                 "{\"status\":\"ok\",\"version\":\"%s\",\"workers\":%d,\"rules\":%ld,"
-                 "\"connections\":%ld}\n",
-                 BRM_VERSION, s->nworkers, atomic_load(&s->rules), atomic_load(&s->connections));
-    brm_http_respond(req, 200, "application/json", body, (size_t)n, NULL);
+    int store_ok = 1;
+    for (int i = 0; i < s->nworkers; i++) store_ok &= brm_intake_store_ok(s->workers[i].intake);
+    double oldest;
+    long pending = brm_outbox_pending(s->outbox, &oldest);
+    char body[512];
+    int n = snprintf(body, sizeof(body),
+                     "{\"status\":\"%s\",\"version\":\"%s\",\"workers\":%d,\"rules\":%ld,"
+                     "\"rule_set\":%ld,\"store\":\"%s\",\"outbox\":{\"pending\":%ld,"
+                     "\"oldest_seconds\":%.0f},\"connections\":%ld}\n",
+                     store_ok ? "ok" : "degraded", BRM_VERSION, s->nworkers, atomic_load(&s->rules),
+                     atomic_load(&s->generation), store_ok ? "ok" : "failing", pending, oldest,
+                     atomic_load(&s->connections));
+    brm_http_respond(req, store_ok ? 200 : 503, "application/json", body, (size_t)n, NULL);
+}
+
+static void admin_reload(void *arg, struct brm_http_req *req) {
+    if (!authorized(arg, req)) {
+        refuse(req);
+        return;
+    }
+    struct brm_buf b;
+    brm_buf_init(&b);
+    int rc = reload(arg, "admin", &b);
+    brm_http_respond(req, rc == 0 ? 200 : 422, "application/json", b.data, b.len, NULL);
+    brm_buf_reset(&b);
+}
+
+static double gauge_generation(void *arg) {
+    return (double)atomic_load(&((struct server *)arg)->generation);
+}
+
+static double gauge_rules(void *arg) {
+    return (double)atomic_load(&((struct server *)arg)->rules);
+}
+
+static double gauge_one(void *arg) {
+    (void)arg;
+    return 1;
+}
+
+static void server_metrics(struct server *s) {
+    s->reloads =
+        brm_metrics_counter("brume_reloads_total", "Reloads, by result.", "result", "ok", NULL);
+    s->reload_failures =
+        brm_metrics_counter("brume_reloads_total", "Reloads, by result.", "result", "failed", NULL);
+    brm_metrics_gauge("brume_rule_set", "Version of the running rule set (1 at start).",
+                      gauge_generation, s, NULL);
+    brm_metrics_gauge("brume_rules", "Rules in the running set.", gauge_rules, s, NULL);
+    brm_metrics_gauge("brume_build_info", "What brume was built from.", gauge_one, NULL, "version",
+                      BRM_VERSION, "lua", LUA_RELEASE, "libevent", event_get_version(), "openssl",
+                      OPENSSL_VERSION_STR, NULL);
 }
 
 static int open_admin(struct server *s) {
     static const struct brm_http_route proto[] = {
         { "/metrics", "admin", BRM_HTTP_GET, 0, NULL, admin_metrics, NULL },
         { "/healthz", "admin", BRM_HTTP_GET, 0, NULL, admin_healthz, NULL },
+        { "/reload", "admin", BRM_HTTP_POST, 1024, NULL, admin_reload, NULL },
     };
     struct brm_http_route routes[BRM_ARRAY_LEN(proto)];
     struct brm_err err;
     int port;
-    if (!s->cfg->admin) return 0;
+    if (!s->started->admin) return 0;
     for (size_t i = 0; i < BRM_ARRAY_LEN(proto); i++) {
         routes[i] = proto[i];
         routes[i].arg = s;
@@ -438,17 +694,19 @@ static int open_admin(struct server *s) {
         .header_timeout = 5, .body_timeout = 5, .idle_timeout = 30, .max_connections = 64
     };
     s->admin = brm_http_new(s->base, &o, routes, BRM_ARRAY_LEN(routes));
-    int fd = brm_http_listen(s->cfg->admin, 0, &port, &err);
+    int fd = brm_http_listen(s->started->admin, 0, &port, &err);
     if (fd < 0) {
         brm_log_error("cannot open the admin listener", "error", err.msg);
         return -1;
     }
-    brm_http_add_listener(s->admin, fd);
+    brm_http_add_listener(s->admin, fd, NULL);
     char addr[300];
-    format_addr(s->cfg->admin, port, addr, sizeof(addr));
+    format_addr(s->started->admin, port, addr, sizeof(addr));
     brm_log_info("admin listening", "addr", addr);
     return 0;
 }
+
+/* ---- life --------------------------------------------------------------- */
 
 /* mkdir -p DIR, then an exclusive lock on DIR/brume.lock: a second brume on
  * the same data would share its ports (SO_REUSEPORT) and its store. */
@@ -473,19 +731,97 @@ static int lock_data_dir(struct server *s) {
     return 0;
 }
 
-int brm_server_run(const struct brm_config *cfg) {
-    struct server s = { .cfg = cfg, .nworkers = cfg->workers, .mailfd = -1, .lockfd = -1 };
-    struct brm_err err;
-    struct brm_engine **engines = NULL;
-    int rc = 1;
+/* Starts the worker threads, with the signals left to this one. */
+static void start_workers(struct server *s) {
     sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    for (int i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            brm_log_error("cannot start a worker thread", "error", strerror(errno));
+            break;
+        }
+        w->started = 1;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* Workers stop within the drain timeout; one that does not is stuck in
+ * something no budget stops. What it holds was never answered, so leaving
+ * it loses nothing acknowledged. */
+static void stop_workers(struct server *s) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)s->cfg->http.drain_timeout + 5;
+    for (int i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        if (!w->started) continue;
+        pthread_mutex_lock(&w->lock);
+        w->drain = 1; /* when the loop ended without a signal */
+        pthread_mutex_unlock(&w->lock);
+        post(w->mailfd);
+        if (pthread_timedjoin_np(w->thread, NULL, &until) != 0) {
+            brm_log_error("a worker did not stop in time: exiting without it");
+            _exit(1);
+        }
+    }
+}
+
+static void add_events(struct server *s) {
+    s->mailfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    s->mail = event_new(s->base, s->mailfd, EV_READ | EV_PERSIST, on_main_mail, s);
+    event_add(s->mail, NULL);
+    s->sigterm = evsignal_new(s->base, SIGTERM, on_stop, s);
+    s->sigint = evsignal_new(s->base, SIGINT, on_stop, s);
+    s->sighup = evsignal_new(s->base, SIGHUP, on_hup, s);
+    event_add(s->sigterm, NULL);
+    event_add(s->sigint, NULL);
+    event_add(s->sighup, NULL);
+    s->housekeeping = event_new(s->base, -1, EV_PERSIST, on_housekeeping, s);
+    struct timeval minute = { HOUSEKEEPING, 0 };
+    event_add(s->housekeeping, &minute);
+}
+
+static void free_server(struct server *s, struct rule_set *rs) {
+    rule_set_reset(rs, s->nworkers, s->started->nlisten);
+    for (int i = 0; s->workers && i < s->nworkers; i++) free_worker(&s->workers[i]);
+    free(s->workers);
+    brm_http_free(s->admin);
+    brm_watch_free(s->watch);
+    if (s->mail) event_free(s->mail);
+    if (s->sigterm) event_free(s->sigterm);
+    if (s->sigint) event_free(s->sigint);
+    if (s->sighup) event_free(s->sighup);
+    if (s->housekeeping) event_free(s->housekeeping);
+    if (s->mailfd >= 0) close(s->mailfd);
+    if (s->base) event_base_free(s->base);
+    brm_outbox_free(s->outbox);
+    brm_store_close(s->store);
+    brm_state_free(s->state);
+    if (s->lockfd >= 0) close(s->lockfd);
+    brm_config_free(s->cfg);
+    brm_config_free(s->started);
+}
+
+int brm_server_run(const struct brm_config *cfg) {
+    struct server s = { .cfg = brm_config_ref(cfg),
+                        .started = brm_config_ref(cfg),
+                        .nworkers = cfg->workers,
+                        .mailfd = -1,
+                        .lockfd = -1,
+                        .generation = 1 };
+    struct rule_set rs = { 0 };
+    struct brm_errors errs = { 0 };
+    struct brm_err err;
+    int rc = 1;
 
     brm_metrics_init(cfg->workers + 2); /* main, workers, outbox */
     brm_metrics_set_slot(0);
-    s.reloads =
-        brm_metrics_counter("brume_reloads_total", "Rule set reloads.", "result", "ok", NULL);
-    s.reload_failures =
-        brm_metrics_counter("brume_reloads_total", "Rule set reloads.", "result", "failed", NULL);
+    server_metrics(&s);
     char workers[16];
     snprintf(workers, sizeof(workers), "%d", cfg->workers);
     brm_log_info("brume starting", "version", BRM_VERSION, "config", cfg->file, "workers", workers);
@@ -500,93 +836,43 @@ int brm_server_run(const struct brm_config *cfg) {
         brm_log_error("cannot open the outbox", "error", err.msg);
         goto done;
     }
-    if (!(engines = build_engines(&s))) goto done;
+    if (prepare(&s, cfg, &rs, &errs) < 0) {
+        for (size_t i = 0; i < errs.n; i++) {
+            char msg[1024];
+            brm_err_format(&errs.v[i], msg, sizeof(msg));
+            brm_log_error("cannot start", "error", msg);
+        }
+        goto done;
+    }
+    atomic_store(&s.rules, (long)brm_engine_rule_count(rs.engines[0]));
     s.base = new_base();
     s.workers = brm_xcalloc((size_t)s.nworkers, sizeof(*s.workers));
     for (int i = 0; i < s.nworkers; i++) {
         s.workers[i].mailfd = -1;
-        if (setup_worker(&s, &s.workers[i], i, engines[i]) < 0) goto done;
-        engines[i] = NULL; /* the intake owns it */
+        if (setup_worker(&s, &s.workers[i], i, rs.engines[i]) < 0) goto done;
+        rs.engines[i] = NULL; /* the intake owns it */
     }
-    if (open_listeners(&s) < 0 || open_admin(&s) < 0) goto done;
+    if (open_listeners(&s, rs.tls) < 0 || open_admin(&s) < 0) goto done;
     if (brm_outbox_start(s.outbox, &err) < 0) {
         brm_log_error("cannot start the outbox", "error", err.msg);
         goto done;
     }
-    s.mailfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    s.mail = event_new(s.base, s.mailfd, EV_READ | EV_PERSIST, on_main_mail, &s);
-    event_add(s.mail, NULL);
-    s.sigterm = evsignal_new(s.base, SIGTERM, on_stop, &s);
-    s.sigint = evsignal_new(s.base, SIGINT, on_stop, &s);
-    s.sighup = evsignal_new(s.base, SIGHUP, on_hup, &s);
-    event_add(s.sigterm, NULL);
-    event_add(s.sigint, NULL);
-    event_add(s.sighup, NULL);
-    s.housekeeping = event_new(s.base, -1, EV_PERSIST, on_housekeeping, &s);
-    struct timeval minute = { HOUSEKEEPING, 0 };
-    event_add(s.housekeeping, &minute);
+    add_events(&s);
     on_housekeeping(-1, 0, &s);
-
-    /* Workers leave the signals to this thread. */
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigaddset(&block, SIGINT);
-    sigaddset(&block, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
-    for (int i = 0; i < s.nworkers; i++) {
-        struct worker *w = &s.workers[i];
-        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-            brm_log_error("cannot start a worker thread", "error", strerror(errno));
-            break;
-        }
-        w->started = 1;
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    watch_files(&s);
+    start_workers(&s);
     char n[32];
     snprintf(n, sizeof(n), "%ld", atomic_load(&s.rules));
     brm_log_info("brume ready", "rules", n);
     event_base_dispatch(s.base);
     rc = 0;
-    /* Workers stop within the drain timeout; one that does not is stuck in
-     * something no budget stops. What it holds was never answered, so
-     * leaving it loses nothing acknowledged. */
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += (time_t)cfg->http.drain_timeout + 5;
-    for (int i = 0; i < s.nworkers; i++) {
-        if (!s.workers[i].started) continue;
-        if (!s.workers[i].drain) { /* the loop ended without a signal */
-            pthread_mutex_lock(&s.workers[i].lock);
-            s.workers[i].drain = 1;
-            pthread_mutex_unlock(&s.workers[i].lock);
-            post(s.workers[i].mailfd);
-        }
-        if (pthread_timedjoin_np(s.workers[i].thread, NULL, &until) != 0) {
-            brm_log_error("a worker did not stop in time: exiting without it");
-            _exit(1);
-        }
-    }
+    stop_workers(&s);
     /* Workers are done storing: attempts in flight get a moment, the rest
      * stays pending in the store for the next start. */
-    brm_outbox_stop(s.outbox, cfg->http.drain_timeout < 5 ? cfg->http.drain_timeout : 5);
+    brm_outbox_stop(s.outbox, s.cfg->http.drain_timeout < 5 ? s.cfg->http.drain_timeout : 5);
     brm_log_info("brume stopped");
 done:
-    if (engines)
-        for (int i = 0; i < s.nworkers; i++) brm_engine_free(engines[i]);
-    free(engines);
-    for (int i = 0; s.workers && i < s.nworkers; i++) free_worker(&s.workers[i]);
-    free(s.workers);
-    brm_http_free(s.admin);
-    if (s.mail) event_free(s.mail);
-    if (s.sigterm) event_free(s.sigterm);
-    if (s.sigint) event_free(s.sigint);
-    if (s.sighup) event_free(s.sighup);
-    if (s.housekeeping) event_free(s.housekeeping);
-    if (s.mailfd >= 0) close(s.mailfd);
-    if (s.base) event_base_free(s.base);
-    brm_outbox_free(s.outbox);
-    brm_store_close(s.store);
-    brm_state_free(s.state);
-    if (s.lockfd >= 0) close(s.lockfd);
+    brm_errors_reset(&errs);
+    free_server(&s, &rs);
     return rc;
 }

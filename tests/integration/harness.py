@@ -80,7 +80,7 @@ class Brume:
         self.config_path = os.path.join(self.dir, "brume.lua")
         with open(self.config_path, "w") as f:
             f.write('listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nworkers = %d\n'
-                    'data_dir = "var"\nrules = "rules"\n%s\n' % (workers, config))
+                    'data_dir = "var"\nrules = "rules"\nwatch = false\n%s\n' % (workers, config))
         self.env = dict(os.environ, **(env or {}))
         self.proc = None
         self.port = self.admin_port = None

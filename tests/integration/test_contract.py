@@ -80,7 +80,7 @@ end }"""}, workers=1).start()
         self.assertEqual(self.b.post(ALARM, path="/lab", secret=None).status, 200)
         self.assertIn('msg="source accepts unsigned posts (insecure = true)" source=lab',
                       self.b.log())
-        self.assertIn('msg="refused a post: signature missing or wrong" source=mist',
+        self.assertIn('msg="refused a post: signature missing or wrong" request=',
                       self.b.log())
 
     def test_oversized_bodies(self):

@@ -112,8 +112,10 @@ class FullStore(unittest.TestCase):
                 self.assertEqual(refused.headers.get("Retry-After"), "5")
                 self.assertGreater(len(acked), 0)
                 b.wait_log("could not store a group of bodies: answered 503")
-                # The daemon keeps serving what needs no storing.
-                self.assertEqual(b.request("GET", "/healthz", admin=True).status, 200)
+                # Health says so, for a load balancer to send Mist elsewhere.
+                h = b.request("GET", "/healthz", admin=True)
+                self.assertEqual(h.status, 503)
+                self.assertEqual(json.loads(h.body)["store"], "failing")
                 self.assertEqual(b.stop(), 0)
                 # Room again: everything acknowledged before goes out.
                 with open(b.config_path) as f:

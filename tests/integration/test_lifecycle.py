@@ -92,7 +92,7 @@ class Reload(unittest.TestCase):
         self.assertEqual(self.versions(10), {1})
         self.b.write_rule("r.lua", RULE % 2)
         self.b.send_signal(signal.SIGHUP)
-        self.b.wait_log('msg="rules reloaded"')
+        self.b.wait_log('msg=reloaded')
         time.sleep(0.2)
         self.assertEqual(self.versions(20), {2})
         # A broken rule set is refused whole; version 2 goes on.
@@ -109,7 +109,7 @@ class Reload(unittest.TestCase):
         # Fixed: both new rules run.
         self.b.write_rule("r.lua", RULE % 3)
         self.b.send_signal(signal.SIGHUP)
-        self.b.wait_log('msg="rules reloaded" rules=2')
+        self.b.wait_log('msg=reloaded trigger=SIGHUP rules=2')
         time.sleep(0.2)
         self.assertEqual(self.versions(10), {3, 4})
 

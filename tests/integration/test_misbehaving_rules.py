@@ -79,14 +79,14 @@ end }""",
         self.b.post(BATCH)
         log = self.b.log()
         self.assertRegex(log, r'msg="rule failed" rule=10-errors file=rules/10-errors.lua:3 '
-                              r'event=ev-\d topic=alarms reason=error error="rules/10-errors.lua:3: '
+                              r'request=\d+ event=ev-\d topic=alarms reason=error error="rules/10-errors.lua:3: '
                               r"attempt to index a nil value \(field 'site'\)\"")
-        self.assertRegex(log, r'rule=20-loops file=rules/20-loops.lua:3 event=ev-\d .*'
+        self.assertRegex(log, r'rule=20-loops file=rules/20-loops.lua:3 request=\d+ event=ev-\d .*'
                               r'reason=budget error="rules/20-loops.lua:3: instruction budget '
                               r'exceeded \(200000 instructions\)"')
         # A memory error runs no message handler: its line is where the cap was hit.
-        self.assertRegex(log, r'rule=30-eats file=rules/30-eats.lua:4 event=ev-\d .*reason=memory '
-                              r'error="rules/30-eats.lua:4: memory limit of 16384 KB reached"')
+        self.assertRegex(log, r'rule=30-eats file=rules/30-eats.lua:4 request=\d+ event=ev-\d .*'
+                              r'reason=memory error="rules/30-eats.lua:4: memory limit of 16384 KB reached"')
 
     def test_failure_logs_are_rate_limited(self):
         for _ in range(5):

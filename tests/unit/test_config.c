@@ -48,8 +48,10 @@ static void check_good(void) {
     free(secret_path);
     struct brm_config *c =
         load("-- a full config\n"
-             "listen = { '127.0.0.1:8080', '[::1]:8081' }\n"
+             "listen = { '127.0.0.1:8080', '[::1]:8081',\n"
+             "  { addr = ':8443', tls = { cert = 'tls/cert.pem', key = '/etc/k.pem' } } }\n"
              "admin = false\n"
+             "watch = false\n"
              "workers = 3\n"
              "data_dir = 'state'\n"
              "rules = '/etc/brume/rules'\n"
@@ -68,9 +70,16 @@ static void check_good(void) {
     CHECK_STR(e.data, "");
     CHECK(c != NULL);
     if (c) {
-        CHECK_INT(c->nlisten, 2);
-        CHECK_STR(c->listen[1], "[::1]:8081");
+        CHECK_INT(c->nlisten, 3);
+        CHECK_STR(c->listen[1].addr, "[::1]:8081");
+        CHECK(c->listen[1].cert == NULL);
+        CHECK_STR(c->listen[2].addr, ":8443");
+        char *cert = brm_xasprintf("%s/tls/cert.pem", dir);
+        CHECK_STR(c->listen[2].cert, cert); /* from the config's folder */
+        free(cert);
+        CHECK_STR(c->listen[2].key, "/etc/k.pem");
         CHECK(c->admin == NULL);
+        CHECK(!c->watch);
         CHECK_INT(c->workers, 3);
         char *want = brm_xasprintf("%s/state", dir);
         CHECK_STR(c->data_dir, want);
@@ -109,8 +118,9 @@ static void check_good(void) {
     c = load(GOOD, &e);
     CHECK(c != NULL);
     if (c) { /* the defaults */
-        CHECK_STR(c->listen[0], "0.0.0.0:8080");
+        CHECK_STR(c->listen[0].addr, "0.0.0.0:8080");
         CHECK_STR(c->admin, "127.0.0.1:9090");
+        CHECK(c->admin_token == NULL && c->watch);
         CHECK(c->workers >= 1);
         CHECK_INT(c->instructions, 1000000);
         CHECK_INT(c->memory, 64 << 20);
@@ -167,15 +177,27 @@ static void check_errors(void) {
              "http = { header_timeout = '5 fortnights' }\n",
              &e);
     CHECK(c == NULL);
-    CHECK_HAS(e.data, "brume.lua:1: listen: expected an address \"host:port\" or a list of them, "
-                      "got number\n");
+    CHECK_HAS(e.data, "brume.lua:1: listen: expected an address \"host:port\", { addr = ..., "
+                      "tls = { cert = ..., key = ... } }, or a list of them, got number\n");
     CHECK_HAS(e.data, "brume.lua:2: limits.memory: expected a size");
     CHECK_HAS(e.data, "brume.lua:2: limits.instructions: must be between 1000 and");
     CHECK_HAS(e.data, "brume.lua:3: log.level: expected one of");
     CHECK_HAS(e.data, "brume.lua:5: http.header_timeout: expected a duration");
 
     c = load("listen = { '127.0.0.1:80', 'nonsense' }\n" GOOD, &e);
-    CHECK_STR(e.data, "brume.lua:1: listen[2]: expected an address \"host:port\"\n");
+    CHECK_HAS(e.data, "brume.lua:1: listen[2]: expected an address \"host:port\"");
+    c = load("listen = { addr = ':443', tls = { cert = 'c.pem' } }\n" GOOD, &e);
+    CHECK_STR(e.data, "brume.lua:1: listen[1].tls: needs cert and key\n");
+    c = load("listen = { addr = ':443', tls = { cert = 'c', key = 'k', ca = 'x' } }\n" GOOD, &e);
+    CHECK_STR(e.data, "brume.lua:1: listen[1].tls: unknown setting 'ca'\n");
+    /* The admin endpoints leave the loopback only behind a token. */
+    c = load("admin = '0.0.0.0:9090'\n" GOOD, &e);
+    CHECK_HAS(e.data, "brume.lua:1: admin: 0.0.0.0:9090 is reachable from other hosts");
+    c = load("admin = { addr = '0.0.0.0:9090', token = 'short' }\n" GOOD, &e);
+    CHECK_STR(e.data, "brume.lua:1: admin.token: at least 16 characters\n");
+    c = load("admin = { addr = '0.0.0.0:9090', token = 'a-long-enough-token' }\n" GOOD, &e);
+    CHECK(c != NULL && strcmp(c->admin_token, "a-long-enough-token") == 0);
+    brm_config_free(c);
 
     c = load("sources = {}\n", &e);
     CHECK_HAS(e.data, "brume.lua: no sources");

@@ -51,7 +51,7 @@ static int client(void) {
     int sv[2];
     CHECK_INT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
     struct sockaddr_storage ss = { .ss_family = AF_UNIX };
-    new_conn(h, sv[0], &ss);
+    new_conn(h, sv[0], &ss, NULL);
     atomic_fetch_add(h->opts.connections, 1);
     return sv[1];
 }
@@ -345,7 +345,7 @@ static void check_listener(void) {
     int port = 0;
     int lfd = brm_http_listen("127.0.0.1:0", 0, &port, &err);
     CHECK(lfd >= 0 && port > 0);
-    brm_http_add_listener(h, lfd);
+    brm_http_add_listener(h, lfd, NULL);
     long before = atomic_load(h->opts.connections);
     /* The cap is before + 1: the first connection gets in, the second is told 503. */
     h->opts.max_connections = before + 1;
