@@ -50,7 +50,9 @@ static const char usage_run[] =
     "\n"
     "Starts the daemon on the config (default ./brume.lua): listens for Mist's\n"
     "webhooks, runs the rules, delivers what they send. Logs go to stderr.\n"
-    "SIGHUP reloads the rules; SIGTERM or SIGINT stop after requests in flight.\n";
+    "SIGHUP (or POST /reload on the admin listener, or a change to the config,\n"
+    "a rule or a script) reloads the config and rules, all or nothing; SIGTERM\n"
+    "or SIGINT stop after the requests in flight.\n";
 
 static const char usage_check[] =
     "usage: brume check [-c brume.lua]\n"

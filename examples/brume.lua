@@ -2,8 +2,11 @@
 -- Relative paths are relative to this file's folder.
 -- Start it with:   brume run -c examples/brume.lua
 
-listen   = { "0.0.0.0:8080" }      -- where Mist posts (put TLS or a proxy in front)
-admin    = "127.0.0.1:9090"        -- GET /healthz, GET /metrics
+listen   = { "0.0.0.0:8080" }      -- where Mist posts; for HTTPS add an entry like
+--         { addr = "0.0.0.0:8443", tls = { cert = "/etc/brume/fullchain.pem",
+--                                          key = "/etc/brume/privkey.pem" } }
+admin    = "127.0.0.1:9090"        -- GET /healthz, GET /metrics, POST /reload
+watch    = true                    -- reload when this file, a rule or a script changes
 workers  = 0                       -- 0: one per core
 data_dir = "../var"
 rules    = "../rules"              -- every *.lua there is a rule, run in file-name order
@@ -11,6 +14,7 @@ scripts  = "../scripts"            -- require "x" looks here first, then in the 
 
 limits = {
   instructions = 1000000,          -- per rule call on one event
+  time         = "1s",             -- per rule call, whatever is left of the budget
   memory       = "64MB",           -- per worker's Lua VM
 }
 

@@ -61,7 +61,7 @@ class Cli(unittest.TestCase):
         r = harness.subprocess.run([harness.BRUME, "check", "-c", EXAMPLE], capture_output=True,
                                    text=True, env=env)
         self.assertEqual(r.returncode, 1)
-        self.assertIn("examples/brume.lua:20: environment variable MIST_WEBHOOK_SECRET is not set",
+        self.assertIn("examples/brume.lua:24: environment variable MIST_WEBHOOK_SECRET is not set",
                       r.stderr)
         # Every problem, config and rules alike.
         self.write("rules/a.lua", "return {\n  topics = 'alarms',\n  on_event = function( end\n}")
