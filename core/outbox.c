@@ -25,6 +25,7 @@
 #define POLL_INTERVAL  5.0         /* look at the store at least this often */
 #define KEEP_DONE      (7 * 86400) /* done deliveries are kept this long (for their keys) */
 #define PRUNE_INTERVAL 3600.0
+#define FILE_BATCH     256 /* kind-file deliveries one pass may make */
 
 enum step { STEP_PLAIN, STEP_LOOKUP, STEP_CREATE, STEP_UPDATE, NSTEPS };
 
@@ -901,7 +902,10 @@ static void schedule(struct brm_outbox *ob) {
     housekeeping(ob, now);
     for (size_t i = 0; i < ob->ntargets; i++) {
         struct target_rt *tr = ob->targets[i];
-        struct pass p = { ob, tr, now, (int)tr->t->concurrency - tr->inflight };
+        /* A file append ends before the next starts: concurrency means
+         * nothing there, and a pass takes a good batch. */
+        int room = tr->fd >= 0 ? FILE_BATCH : (int)tr->t->concurrency - tr->inflight;
+        struct pass p = { ob, tr, now, room };
         if (p.room <= 0) continue;
         if (brm_store_due_for(ob->store, tr->t->name, now, p.room + tr->inflight, start_due, &p,
                               &err) < 0) {

@@ -115,9 +115,11 @@ static const char *const sql[NSTMT] = {
                      " AND e.ticket = d.ticket AND e.state = 0 AND e.id < d.id))"
                      " ORDER BY next_at, id LIMIT ?",
     [S_NEXT_DUE] = "SELECT min(next_at) FROM deliveries WHERE state = 0 AND next_at > ?",
-    [S_FINISH] = "UPDATE deliveries SET state = ?, next_at = ?, attempts = attempts + 1,"
-                 " last_status = ?, last_error = ?, finished = CASE WHEN ? = 0 THEN NULL"
-                 " ELSE ? END WHERE id = ?",
+    /* A done delivery keeps its key (a re-run must not queue it again), not
+     * its request: the store stays small. */
+    [S_FINISH] = "UPDATE deliveries SET state = ?1, next_at = ?2, attempts = attempts + 1,"
+                 " last_status = ?3, last_error = ?4, finished = CASE WHEN ?5 = 0 THEN NULL"
+                 " ELSE ?6 END, request = CASE WHEN ?1 = 1 THEN '' ELSE request END WHERE id = ?7",
     [S_LIST] = "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE state <> 1"
                " ORDER BY id DESC LIMIT ?",
     [S_LIST_ALL] = "SELECT " DELIVERY_COLUMNS " FROM deliveries ORDER BY id DESC LIMIT ?",
