@@ -73,6 +73,18 @@ def run_brume(config, payload=PAYLOAD):
     return r, lines
 
 
+def run_with_rule(rule):
+    """brume test on the case's targets with RULE as the only rule; returns
+    (the case's folder, to remove, the process, its lines)."""
+    folder = tempfile.mkdtemp(prefix="brume-adapters-")
+    shutil.copy(CONFIG, os.path.join(folder, "brume.lua"))
+    os.makedirs(os.path.join(folder, "rules"))
+    with open(os.path.join(folder, "rules", "rule.lua"), "w") as f:
+        f.write(rule)
+    proc, lines = run_brume(os.path.join(folder, "brume.lua"))
+    return folder, proc, lines
+
+
 def body(req):
     return json.loads(req["body"])
 
@@ -653,12 +665,7 @@ class Stress(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp(prefix="brume-adapters-")
-        shutil.copy(CONFIG, os.path.join(cls.dir, "brume.lua"))
-        os.makedirs(os.path.join(cls.dir, "rules"))
-        with open(os.path.join(cls.dir, "rules", "stress.lua"), "w") as f:
-            f.write(STRESS_RULE)
-        cls.proc, cls.lines = run_brume(os.path.join(cls.dir, "brume.lua"))
+        cls.dir, cls.proc, cls.lines = run_with_rule(STRESS_RULE)
 
     @classmethod
     def tearDownClass(cls):
@@ -703,12 +710,7 @@ return {
 class Hostile(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp(prefix="brume-adapters-")
-        shutil.copy(CONFIG, os.path.join(cls.dir, "brume.lua"))
-        os.makedirs(os.path.join(cls.dir, "rules"))
-        with open(os.path.join(cls.dir, "rules", "hostile.lua"), "w") as f:
-            f.write(HOSTILE_RULE)
-        cls.proc, lines = run_brume(os.path.join(cls.dir, "brume.lua"))
+        cls.dir, cls.proc, lines = run_with_rule(HOSTILE_RULE)
         cls.by = {line["target"]: line["request"] for line in lines}
 
     @classmethod
