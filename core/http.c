@@ -75,7 +75,7 @@ struct conn {
 
 /* Statuses counted apart; the rest count as "other". */
 static const int counted_statuses[] = { 200, 202, 204, 400, 401, 403, 404, 405, 408,
-                                        411, 413, 417, 431, 500, 501, 503, 505 };
+                                        411, 413, 417, 422, 431, 500, 501, 503, 505 };
 #define NSTATUS (BRM_ARRAY_LEN(counted_statuses) + 1)
 
 struct route_rt {
@@ -134,6 +134,7 @@ static const struct {
     { 411, "Length Required" },
     { 413, "Content Too Large" },
     { 417, "Expectation Failed" },
+    { 422, "Unprocessable Content" },
     { 431, "Request Header Fields Too Large" },
     { 500, "Internal Server Error" },
     { 501, "Not Implemented" },
