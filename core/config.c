@@ -711,19 +711,10 @@ static void walk_table(struct walk *w, const struct schema *sc, int idx, void *o
 
 /* ---- checks across settings --------------------------------------------- */
 
-/* 1 when ADDR binds to a loopback address only. */
-static int is_loopback(const char *addr) {
-    char host[256];
-    int port;
-    if (brm_split_addr(addr, host, sizeof(host), &port) < 0) return 0;
-    return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 ||
-           strcmp(host, "localhost") == 0;
-}
-
 static void check_config(struct loader *ld, struct brm_config *c) {
     /* /reload and /metrics are for the operator: reachable from elsewhere
      * only behind a token. */
-    if (c->admin && !c->admin_token && !is_loopback(c->admin))
+    if (c->admin && !c->admin_token && !brm_addr_loopback(c->admin))
         report(ld, "admin", NULL,
                "admin: %s is reachable from other hosts: set admin = { addr = \"%s\", token = "
                "env(\"BRUME_ADMIN_TOKEN\") }, or listen on 127.0.0.1",

@@ -72,7 +72,7 @@ struct brm_config {
     int workers;       /* resolved: at least 1 */
     char *data_dir, *rules_dir, *scripts_dir;
     long instructions;
-    double time_limit; /* seconds one rule call may take, whatever its budget */
+    double time_limit; /* CPU seconds one rule call may take, whatever its budget */
     uint64_t memory;
     struct {
         double header_timeout, body_timeout, idle_timeout, drain_timeout;

@@ -10,6 +10,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "sandbox.h"
+#include "snapshot.h"
 
 #define MAX_EVENT_ID  128
 #define MAX_RULE_NAME 100 /* %-encoded in delivery keys, it must fit theirs */
@@ -67,24 +68,24 @@ static int by_strcmp(const void *a, const void *b) {
 }
 
 /* The *.lua files directly in DIR, sorted by name. -1 when DIR cannot be read. */
-static int list_rules(const char *dir, char ***out, size_t *n) {
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    struct dirent *de;
+static int list_rules(struct brm_snapshot *files, const char *dir, char ***out, size_t *n) {
+    struct brm_buf names;
+    brm_buf_init(&names);
     size_t cap = 0;
     *out = NULL;
     *n = 0;
-    while ((de = readdir(d)) != NULL) {
-        size_t len = strlen(de->d_name);
-        if (de->d_name[0] == '.' || len < 5 || strcmp(de->d_name + len - 4, ".lua") != 0) continue;
-        if (de->d_type != DT_REG && de->d_type != DT_LNK && de->d_type != DT_UNKNOWN) continue;
+    if (brm_snapshot_list(files, dir, &names) < 0) return -1;
+    for (char *p = names.data, *nl; p && (nl = strchr(p, '\n')); p = nl + 1) {
+        *nl = '\0';
+        size_t len = strlen(p);
+        if (p[0] == '.' || len < 5 || strcmp(p + len - 4, ".lua") != 0) continue;
         if (*n == cap) {
             cap = cap ? cap * 2 : 16;
             *out = brm_xrealloc(*out, cap * sizeof(char *));
         }
-        (*out)[(*n)++] = brm_xstrdup(de->d_name);
+        (*out)[(*n)++] = brm_xstrdup(p);
     }
-    closedir(d);
+    brm_buf_reset(&names);
     if (*n) qsort(*out, *n, sizeof(char *), by_strcmp);
     return 0;
 }
@@ -340,6 +341,11 @@ static void index_topics(struct brm_engine *e) {
 }
 
 struct brm_engine *brm_engine_new(const struct brm_config *cfg, struct brm_errors *errs) {
+    return brm_engine_build(cfg, NULL, errs);
+}
+
+struct brm_engine *brm_engine_build(const struct brm_config *cfg, struct brm_snapshot *files,
+                                    struct brm_errors *errs) {
     struct brm_engine *e = brm_xcalloc(1, sizeof(*e));
     size_t errs_before = errs->n;
     e->cfg = brm_config_ref(cfg);
@@ -349,6 +355,7 @@ struct brm_engine *brm_engine_new(const struct brm_config *cfg, struct brm_error
         .memory = cfg->memory,
         .scripts_dir = cfg->scripts_dir,
         .rules_dir = cfg->rules_dir,
+        .files = files,
     };
     e->sb = brm_sandbox_new(&o);
     e->api = brm_api_open(e->sb, cfg);
@@ -356,18 +363,18 @@ struct brm_engine *brm_engine_new(const struct brm_config *cfg, struct brm_error
     if (brm_api_load_targets(e->api, &err) < 0) brm_errors_add(errs, &err);
     lua_newtable(brm_sandbox_state(e->sb));
     e->queue = luaL_ref(brm_sandbox_state(e->sb), LUA_REGISTRYINDEX);
-    char **files = NULL;
+    char **names = NULL;
     size_t n = 0;
-    if (list_rules(cfg->rules_dir, &files, &n) < 0) {
+    if (list_rules(brm_sandbox_files(e->sb), cfg->rules_dir, &names, &n) < 0) {
         char *display = brm_path_display(cfg->rules_dir);
         brm_errors_addf(errs, display, 0, "cannot read the rules folder");
         free(display);
     }
     for (size_t i = 0; i < n; i++) {
-        load_rule(e, files[i], errs);
-        free(files[i]);
+        load_rule(e, names[i], errs);
+        free(names[i]);
     }
-    free(files);
+    free(names);
     if (errs->n > errs_before) {
         brm_engine_free(e);
         return NULL;

@@ -24,6 +24,7 @@
 #include "json.h"
 
 struct brm_engine;
+struct brm_snapshot;
 
 /* Where a batch came from, for ctx. */
 struct brm_batch {
@@ -46,6 +47,10 @@ struct brm_dispatch_stats {
  * ERRS as file:line: message. The engine holds a reference to CFG.
  */
 struct brm_engine *brm_engine_new(const struct brm_config *cfg, struct brm_errors *errs);
+/* The same, reading the rules and scripts through FILES (see snapshot.h):
+ * the engines of one rule set are then built from the same bytes. */
+struct brm_engine *brm_engine_build(const struct brm_config *cfg, struct brm_snapshot *files,
+                                    struct brm_errors *errs);
 void brm_engine_free(struct brm_engine *e);
 /* The config the engine runs on (borrowed for as long as the engine). */
 const struct brm_config *brm_engine_config(const struct brm_engine *e);

@@ -329,6 +329,7 @@ static int flush_out(struct conn *c) {
             if (io == BRM_TLS_WANT_READ) { /* a key update, read first */
                 c->write_wants_read = 1;
                 event_del(&c->wev);
+                reading(c, 1); /* even with a full buffer: on_read writes first */
                 return 0;
             }
             if (io == BRM_TLS_WANT_WRITE) break;

@@ -1022,6 +1022,10 @@ static void take_config(struct brm_outbox *ob, const struct brm_config *cfg) {
         } else {
             for (size_t k = 0; k < ob->ntargets; k++)
                 if (ob->targets[k] == tr) ob->targets[k] = NULL; /* moved */
+            if (!t->path && tr->fd >= 0) {                       /* no longer a file target */
+                close(tr->fd);
+                tr->fd = -1;
+            }
             if (t->path && (!tr->t->path || strcmp(t->path, tr->t->path) != 0)) {
                 int fd = open_target_file(t, &err);
                 if (fd < 0) {

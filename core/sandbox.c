@@ -9,6 +9,7 @@
 
 #include "embedded.h"
 #include "pattern.h"
+#include "snapshot.h"
 
 /* How many instructions pass between two looks at the budget, and how many
  * looks between two looks at the clock. */
@@ -31,6 +32,7 @@ struct brm_sandbox {
     char mem_file[256]; /* where the memory cap was first hit in this call */
     int mem_line;
     char *scripts_dir, *rules_dir;
+    struct brm_snapshot *files; /* what user code is read through (a reference) */
 };
 
 /* Registry keys: addresses of these statics. */
@@ -549,6 +551,7 @@ struct brm_sandbox *brm_sandbox_new(const struct brm_sandbox_opts *opts) {
     sb->time_limit = (uint64_t)(opts->time_limit * 1e9);
     sb->scripts_dir = opts->scripts_dir ? brm_xstrdup(opts->scripts_dir) : NULL;
     sb->rules_dir = opts->rules_dir ? brm_xstrdup(opts->rules_dir) : NULL;
+    sb->files = opts->files ? brm_snapshot_ref(opts->files) : brm_snapshot_new();
     sb->L = lua_newstate(sandbox_alloc, sb);
     if (!sb->L) {
         fprintf(stderr, "brume: cannot create a Lua state\n");
@@ -566,7 +569,12 @@ void brm_sandbox_free(struct brm_sandbox *sb) {
     if (sb->L) lua_close(sb->L);
     free(sb->scripts_dir);
     free(sb->rules_dir);
+    brm_snapshot_free(sb->files);
     free(sb);
+}
+
+struct brm_snapshot *brm_sandbox_files(struct brm_sandbox *sb) {
+    return sb->files;
 }
 
 lua_State *brm_sandbox_state(struct brm_sandbox *sb) {
@@ -647,7 +655,7 @@ int brm_sandbox_loadfile(struct brm_sandbox *sb, const char *path, const char *d
                          struct brm_err *err) {
     struct brm_buf src;
     brm_buf_init(&src);
-    if (brm_read_file(path, MAX_SOURCE, &src) < 0) {
+    if (brm_snapshot_read(sb->files, path, MAX_SOURCE, &src) < 0) {
         brm_err_at(err, display, 0, "cannot read: %s", strerror(errno));
         brm_buf_reset(&src);
         return -1;
@@ -682,9 +690,11 @@ static void find_module(lua_State *L, struct brm_sandbox *sb, const char *name) 
     for (size_t i = 0; i < BRM_ARRAY_LEN(dirs); i++) {
         if (!dirs[i]) continue;
         char *path = brm_path_join(dirs[i], rel);
-        FILE *f = fopen(path, "r");
-        if (f) {
-            fclose(f);
+        struct brm_buf probe;
+        brm_buf_init(&probe);
+        int there = brm_snapshot_read(sb->files, path, MAX_SOURCE, &probe) == 0 || errno != ENOENT;
+        brm_buf_reset(&probe);
+        if (there) {
             char *display = brm_path_display(path);
             int rc = brm_sandbox_loadfile(sb, path, display, &err);
             free(display);
@@ -774,7 +784,7 @@ static void exhaust(struct brm_sandbox *sb, const char *why) {
 }
 
 static int out_of_time(const struct brm_sandbox *sb) {
-    return sb->time_limit && brm_time_mono_ns() > sb->deadline;
+    return sb->time_limit && brm_time_cpu_ns() > sb->deadline;
 }
 
 /* Pushes what ran out, e.g. "instruction budget exceeded (1000000
@@ -863,7 +873,9 @@ enum brm_call_status brm_sandbox_call(struct brm_sandbox *sb, int nargs, int nre
         sb->limit_hit = 0;
         sb->exhausted = 0;
         sb->left = sb->budget;
-        sb->deadline = sb->time_limit ? brm_time_mono_ns() + sb->time_limit : 0;
+        /* CPU time, not the wall clock: waiting (for another worker's state
+         * transaction, for the disk) is not the rule's doing. */
+        sb->deadline = sb->time_limit ? brm_time_cpu_ns() + sb->time_limit : 0;
         if (sb->budget > 0 || sb->time_limit) lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_STEP);
     }
     sb->enforce++;

@@ -28,12 +28,16 @@
 
 #include "util.h"
 
+struct brm_snapshot;
+
 struct brm_sandbox_opts {
-    long instructions;       /* budget per call; 0: none */
-    double time_limit;       /* seconds per call; 0: none (a backstop to the budget) */
-    size_t memory;           /* VM cap in bytes; 0: none */
-    const char *scripts_dir; /* user modules, searched first; may be NULL */
-    const char *rules_dir;   /* then these; may be NULL */
+    long instructions;          /* budget per call; 0: none */
+    double time_limit;          /* CPU seconds per call; 0: none (a backstop to the budget) */
+    size_t memory;              /* VM cap in bytes; 0: none */
+    const char *scripts_dir;    /* user modules, searched first; may be NULL */
+    const char *rules_dir;      /* then these; may be NULL */
+    struct brm_snapshot *files; /* read files through it (shared by the engines of one rule
+                                   set); NULL: a snapshot of its own */
 };
 
 enum brm_call_status {
@@ -50,6 +54,8 @@ struct brm_sandbox *brm_sandbox_new(const struct brm_sandbox_opts *opts);
 void brm_sandbox_free(struct brm_sandbox *sb);
 
 lua_State *brm_sandbox_state(struct brm_sandbox *sb);
+/* What the sandbox reads user code through (borrowed). */
+struct brm_snapshot *brm_sandbox_files(struct brm_sandbox *sb);
 /* The sandbox a state belongs to (found through its allocator). */
 struct brm_sandbox *brm_sandbox_of(lua_State *L);
 

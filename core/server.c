@@ -26,6 +26,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "outbox.h"
+#include "snapshot.h"
 #include "tls.h"
 #include "watch.h"
 
@@ -59,6 +60,7 @@ struct worker {
  * the TLS contexts of the listeners. */
 struct rule_set {
     const struct brm_config *cfg; /* a reference */
+    struct brm_snapshot *files;   /* what its rules and scripts were read from (a reference) */
     struct brm_engine **engines;
     struct brm_tls **tls; /* per listen entry of the running listeners */
 };
@@ -66,6 +68,7 @@ struct rule_set {
 struct server {
     const struct brm_config *cfg;     /* the running config (a reference) */
     const struct brm_config *started; /* the one listeners, workers and data came from */
+    struct brm_snapshot *files;       /* the running set's sources: a VM rebuilt runs the same */
     struct event_base *base;
     struct brm_http *admin;
     struct worker *workers;
@@ -346,6 +349,7 @@ static void rule_set_reset(struct rule_set *rs, int nworkers, size_t nlisten) {
     free(rs->engines);
     free_tls(rs->tls, nlisten);
     brm_config_free(rs->cfg);
+    brm_snapshot_free(rs->files);
     memset(rs, 0, sizeof(*rs));
 }
 
@@ -385,6 +389,7 @@ static int prepare(struct server *s, const struct brm_config *cfg, struct rule_s
     size_t nlisten = s->started->nlisten, before = errs->n;
     struct brm_err err;
     rs->cfg = brm_config_ref(cfg);
+    rs->files = brm_snapshot_new();
     rs->tls = brm_xcalloc(nlisten, sizeof(*rs->tls));
     for (size_t i = 0; i < nlisten; i++) {
         const struct brm_listen *l = &files->listen[i];
@@ -393,6 +398,11 @@ static int prepare(struct server *s, const struct brm_config *cfg, struct rule_s
     }
     for (size_t i = 0; i < cfg->ntargets; i++) { /* the outbox appends to these */
         const struct brm_target *t = &cfg->targets[i];
+        if (t->path) {
+            char *dir = brm_path_dir(t->path);
+            brm_mkdirs(dir, 0750);
+            free(dir);
+        }
         int fd = t->path ? open(t->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640) : -2;
         if (fd == -1)
             brm_errors_addf(errs, NULL, 0, "targets.%s: cannot open %s: %s", t->name, t->path,
@@ -402,9 +412,9 @@ static int prepare(struct server *s, const struct brm_config *cfg, struct rule_s
     /* The rules are loaded whatever else failed, to report their problems
      * too; once per worker only when all went well. */
     rs->engines = brm_xcalloc((size_t)s->nworkers, sizeof(*rs->engines));
-    rs->engines[0] = brm_engine_new(cfg, errs);
+    rs->engines[0] = brm_engine_build(cfg, rs->files, errs);
     for (int i = 1; i < s->nworkers && errs->n == before; i++)
-        rs->engines[i] = brm_engine_new(cfg, errs);
+        rs->engines[i] = brm_engine_build(cfg, rs->files, errs);
     if (errs->n == before) return 0;
     rule_set_reset(rs, s->nworkers, nlisten);
     return -1;
@@ -426,6 +436,8 @@ static void apply(struct server *s, struct rule_set *rs) {
     brm_log_setup(cfg->log_level, cfg->log_format);
     s->cfg = brm_config_ref(cfg);
     brm_config_free(old);
+    brm_snapshot_free(s->files);
+    s->files = brm_snapshot_ref(rs->files);
     rule_set_reset(rs, s->nworkers, nlisten);
 }
 
@@ -443,6 +455,16 @@ static int reload(struct server *s, const char *trigger, struct brm_buf *report)
     brm_log_info("reloading", "trigger", trigger);
     struct brm_config *cfg = brm_config_load(s->cfg->file, &errs);
     int rc = -1;
+    /* The admin listener stays where it started: reachable from elsewhere,
+     * it keeps wanting a token whatever the new config says. */
+    if (cfg && s->started->admin && !brm_addr_loopback(s->started->admin) && !cfg->admin_token) {
+        brm_errors_addf(&errs, cfg->file, 0,
+                        "admin: the running admin listener (%s) is reachable from other hosts "
+                        "and needs a token",
+                        s->started->admin);
+        brm_config_free(cfg);
+        cfg = NULL;
+    }
     if (cfg && prepare(s, cfg, &rs, &errs) == 0) {
         restart_only(s->started, cfg, &warnings);
         size_t rules = brm_engine_rule_count(rs.engines[0]);
@@ -526,9 +548,13 @@ static void on_main_mail(evutil_socket_t fd, short what, void *arg) {
         brm_log_warn("a rule keeps memory the VM cannot free: rebuilding this worker's VM",
                      "worker", id);
         struct brm_errors errs = { 0 };
-        struct brm_engine *e = brm_engine_new(s->cfg, &errs);
+        struct brm_engine *e = brm_engine_build(s->cfg, s->files, &errs); /* the same sources */
+        if (e)
+            hand(w, e, NULL);
+        else /* cannot happen with the same bytes, short of memory: say so */
+            brm_log_error("cannot rebuild the VM", "worker", id, "error",
+                          errs.n ? errs.v[0].msg : "?");
         brm_errors_reset(&errs);
-        if (e) hand(w, e, NULL);
         atomic_store(&w->wants_engine, 0);
     }
 }
@@ -805,6 +831,7 @@ static void free_server(struct server *s, struct rule_set *rs) {
     if (s->lockfd >= 0) close(s->lockfd);
     brm_config_free(s->cfg);
     brm_config_free(s->started);
+    brm_snapshot_free(s->files);
 }
 
 int brm_server_run(const struct brm_config *cfg) {
@@ -845,6 +872,7 @@ int brm_server_run(const struct brm_config *cfg) {
         goto done;
     }
     atomic_store(&s.rules, (long)brm_engine_rule_count(rs.engines[0]));
+    s.files = brm_snapshot_ref(rs.files);
     s.base = new_base();
     s.workers = brm_xcalloc((size_t)s.nworkers, sizeof(*s.workers));
     for (int i = 0; i < s.nworkers; i++) {

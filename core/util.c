@@ -336,6 +336,12 @@ uint64_t brm_time_mono_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t brm_time_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 uint64_t brm_time_mono_ms(void) {
     return brm_time_mono_ns() / 1000000u;
 }
@@ -443,4 +449,12 @@ void brm_mkdirs(const char *path, int mode) {
     }
     mkdir(copy, (mode_t)mode);
     free(copy);
+}
+
+int brm_addr_loopback(const char *addr) {
+    char host[256];
+    int port;
+    if (brm_split_addr(addr, host, sizeof(host), &port) < 0) return 0;
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 ||
+           strcmp(host, "localhost") == 0;
 }

@@ -92,6 +92,7 @@ long brm_base64_decode(const char *in, size_t n, unsigned char *out);
 double brm_time_now(void);       /* wall clock, seconds since the epoch */
 uint64_t brm_time_mono_ms(void); /* monotonic milliseconds */
 uint64_t brm_time_mono_ns(void);
+uint64_t brm_time_cpu_ns(void); /* CPU time of the calling thread */
 /* Formats T (seconds since the epoch) as 2026-11-22T10:00:00.123Z. */
 void brm_time_iso8601(double t, char *buf, size_t size);
 
@@ -113,6 +114,9 @@ int brm_read_file(const char *path, size_t max, struct brm_buf *out);
 /* Splits "host:port", "[v6]:port" or ":port" (any address). Returns 0, or
  * -1 when ADDR is not of that form. HOST gets "" for any address. */
 int brm_split_addr(const char *addr, char *host, size_t hostlen, int *port);
+
+/* 1 when ADDR ("host:port") binds to a loopback address only. */
+int brm_addr_loopback(const char *addr);
 
 /* Number of CPUs this process may run on. */
 int brm_cpu_count(void);

@@ -70,11 +70,13 @@ static void add_tree(struct brm_watch *w, const char *dir, int depth) {
 }
 
 void brm_watch_set(struct brm_watch *w, const char *const *paths, size_t n) {
-    for (size_t i = 0; i < w->nspots; i++) {
-        inotify_rm_watch(w->fd, w->spots[i].wd);
-        free(w->spots[i].name);
-    }
-    w->nspots = 0;
+    /* The new watches first: a folder watched before keeps its descriptor,
+     * so a change queued meanwhile (a save during a reload) still counts.
+     * Then the old ones no longer wanted go. */
+    struct spot *old = w->spots;
+    size_t nold = w->nspots;
+    w->spots = NULL;
+    w->nspots = w->cap = 0;
     for (size_t i = 0; i < n; i++) {
         /* The path's folder, for the path itself coming, going or being
          * replaced; and a folder's own tree. */
@@ -85,6 +87,13 @@ void brm_watch_set(struct brm_watch *w, const char *const *paths, size_t n) {
         struct stat st;
         if (stat(paths[i], &st) == 0 && S_ISDIR(st.st_mode)) add_tree(w, paths[i], 0);
     }
+    for (size_t i = 0; i < nold; i++) {
+        int kept = 0;
+        for (size_t k = 0; k < w->nspots && !kept; k++) kept = w->spots[k].wd == old[i].wd;
+        if (!kept) inotify_rm_watch(w->fd, old[i].wd);
+        free(old[i].name);
+    }
+    free(old);
 }
 
 static int is_lua(const char *name) {

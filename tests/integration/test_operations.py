@@ -163,6 +163,21 @@ class Reload(unittest.TestCase):
         finally:
             b.cleanup()
 
+    def test_a_reload_cannot_drop_the_token_of_an_open_admin_listener(self):
+        token = "a-token-for-the-open-admin"
+        b = Brume(CONFIG + 'admin = { addr = "0.0.0.0:0", token = "%s" }\n' % token,
+                  rules={"r.lua": RULE % 1}, workers=1).start()
+        try:
+            with open(b.config_path, "a") as f:
+                f.write('admin = "127.0.0.1:9999"\n')  # no token: the listener stays open
+            auth = {"Authorization": "Bearer " + token}
+            r = b.request("POST", "/reload", admin=True, headers=auth)
+            self.assertEqual(r.status, 422)
+            self.assertIn("needs a token", r.body)
+            self.assertEqual(b.request("GET", "/metrics", admin=True).status, 401)
+        finally:
+            b.cleanup()
+
     def test_the_watch_follows_editors_and_git(self):
         b = Brume(CONFIG + "watch = true\n", rules={"r.lua": RULE % 1}, workers=1).start()
         try:

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "snapshot.h"
 #include "intake.h"
 #include "log.h"
 #include "test.h"
@@ -363,6 +364,40 @@ static void check_kept_memory(void) {
     brm_buf_reset(&out);
 }
 
+/* The engines of one rule set run the same code, whatever changes on disk
+ * while they are built: they read through one snapshot. */
+static void check_snapshot(void) {
+    clear_rules();
+    write_file("rules/v.lua", "return { topics = 'alarms', on_event = function(ev)"
+                              " brume.send('t', { v = 1 }) end }");
+    struct brm_snapshot *files = brm_snapshot_new();
+    struct brm_errors errs = { 0 };
+    struct brm_engine *a = brm_engine_build(cfg, files, &errs);
+    write_file("rules/v.lua", "return { topics = 'alarms', on_event = function(ev)"
+                              " brume.send('t', { v = 2 }) end }");
+    write_file("rules/new.lua", "return { topics = 'alarms', on_event = function() end }");
+    struct brm_engine *b = brm_engine_build(cfg, files, &errs);
+    struct brm_engine *c = brm_engine_new(cfg, &errs); /* from disk */
+    CHECK(a && b && c);
+    if (a && b && c) {
+        CHECK_INT(brm_engine_rule_count(b), 1); /* not new.lua */
+        CHECK_INT(brm_engine_rule_count(c), 2);
+        struct brm_buf out;
+        brm_buf_init(&out);
+        run(b, ALARM("s"), &out);
+        CHECK_HAS(out.data, "\"v\":1");
+        run(c, ALARM("s"), &out);
+        CHECK_HAS(out.data, "\"v\":2");
+        brm_buf_reset(&out);
+    }
+    brm_engine_free(a);
+    brm_engine_free(b);
+    brm_engine_free(c);
+    brm_snapshot_free(files);
+    brm_errors_reset(&errs);
+    clear_rules();
+}
+
 int main(void) {
     snprintf(dir, sizeof(dir), "/tmp/brume-engine-XXXXXX");
     CHECK(mkdtemp(dir) != NULL);
@@ -382,6 +417,7 @@ int main(void) {
     check_api();
     check_bad_rules();
     check_kept_memory();
+    check_snapshot();
     brm_config_free(cfg);
     char *cmd = brm_xasprintf("rm -rf %s", dir);
     CHECK_INT(system(cmd), 0);

@@ -216,11 +216,12 @@ static void check_require(void) {
     FAILS("require('bad')", BRM_CALL_ERROR, "error loading module 'bad'");
     FAILS("require('boom')", BRM_CALL_ERROR, "module failed");
     FAILS("require('loop_a')", BRM_CALL_ERROR, "circular require");
-    /* A module that failed once is tried again, not taken for a cycle. */
+    /* A module that failed once is tried again, not taken for a cycle; a VM
+     * reads each file once (snapshot.h): a fix on disk waits for a reload. */
     write_file("flaky.lua", "error('not yet')");
     FAILS("require('flaky')", BRM_CALL_ERROR, "not yet");
     write_file("flaky.lua", "return { ok = true }");
-    TRUE("return require('flaky').ok");
+    FAILS("require('flaky')", BRM_CALL_ERROR, "not yet");
     FAILS("require('budget_eater')", BRM_CALL_ERROR, "not found");
     /* The built-in scripts... */
     TRUE("return type(require('brume.mist').is) == 'function'");
