@@ -398,11 +398,6 @@ static void on_write(evutil_socket_t fd, short what, void *arg) {
     if (rc == 1 && c->state == C_WRITING && request_done(c)) process(c);
 }
 
-/* Queues N bytes of P for writing (TLS writes go through c->out only). */
-static void queue_out(struct conn *c, const void *p, size_t n) {
-    brm_buf_append(&c->out, p, n);
-}
-
 void brm_http_respond(struct brm_http_req *req, int status, const char *content_type,
                       const char *body, size_t len, const char *extra_headers) {
     struct conn *c = req->conn;
@@ -443,10 +438,9 @@ void brm_http_respond(struct brm_http_req *req, int status, const char *content_
         done = w < 0 ? 0 : (size_t)w;
     }
     /* What the socket did not take waits in c->out until it drains. */
-    if (done < (size_t)n) queue_out(c, head + done, (size_t)n - done);
-    if (len)
-        queue_out(c, body + (done > (size_t)n ? done - (size_t)n : 0),
-                  len - (done > (size_t)n ? done - (size_t)n : 0));
+    size_t sent_body = done > (size_t)n ? done - (size_t)n : 0;
+    if (done < (size_t)n) brm_buf_append(&c->out, head + done, (size_t)n - done);
+    if (len > sent_body) brm_buf_append(&c->out, body + sent_body, len - sent_body);
     int rc = c->out.len ? flush_out(c) : 1;
     if (rc < 0) {
         conn_close(c);
@@ -668,7 +662,7 @@ static void start_request(struct conn *c) {
     if (c->expect_continue && (c->chunked || c->len - c->head_len < c->content_length)) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         if (c->tls) {
-            queue_out(c, cont, sizeof(cont) - 1);
+            brm_buf_append(&c->out, cont, sizeof(cont) - 1); /* TLS writes go through out */
             if (flush_out(c) < 0) {
                 conn_close(c);
                 return;

@@ -1059,6 +1059,18 @@ static void take_config(struct brm_outbox *ob, const struct brm_config *cfg) {
     brm_config_free(old);
 }
 
+void brm_outbox_check_files(const struct brm_config *cfg, struct brm_errors *errs) {
+    struct brm_err err;
+    for (size_t i = 0; i < cfg->ntargets; i++) {
+        if (!cfg->targets[i].path) continue;
+        int fd = open_target_file(&cfg->targets[i], &err);
+        if (fd < 0)
+            brm_errors_add(errs, &err);
+        else
+            close(fd);
+    }
+}
+
 void brm_outbox_configure(struct brm_outbox *ob, const struct brm_config *cfg) {
     pthread_mutex_lock(&ob->lock);
     const struct brm_config *stale = ob->next_cfg; /* never taken: superseded */

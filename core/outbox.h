@@ -32,6 +32,10 @@ struct brm_outbox;
 /* The outbox of CFG (it takes a reference), not yet running. NULL with ERR
  * set when the store or a target file cannot be opened. */
 struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_err *err);
+/* Appends to ERRS a problem for each file target of CFG that cannot be
+ * opened for appending (its folder is made): a reload checks before it
+ * commits to a config. */
+void brm_outbox_check_files(const struct brm_config *cfg, struct brm_errors *errs);
 /* Moves the outbox onto CFG, a reloaded config (any thread; the outbox
  * thread takes it at its next turn). */
 void brm_outbox_configure(struct brm_outbox *ob, const struct brm_config *cfg);

@@ -171,13 +171,13 @@ static void route_sources(struct worker *w, const struct brm_config *cfg) {
     free(routes);
 }
 
-static struct brm_http_opts http_opts(const struct server *s, const struct brm_config *cfg) {
+static struct brm_http_opts http_opts(struct server *s, const struct brm_config *cfg) {
     return (struct brm_http_opts){
         .header_timeout = cfg->http.header_timeout,
         .body_timeout = cfg->http.body_timeout,
         .idle_timeout = cfg->http.idle_timeout,
         .max_connections = cfg->http.max_connections,
-        .connections = (_Atomic long *)&s->connections,
+        .connections = &s->connections,
     };
 }
 
@@ -396,19 +396,7 @@ static int prepare(struct server *s, const struct brm_config *cfg, struct rule_s
         if (l->cert && !(rs->tls[i] = brm_tls_new(l->cert, l->key, &err)))
             brm_errors_add(errs, &err);
     }
-    for (size_t i = 0; i < cfg->ntargets; i++) { /* the outbox appends to these */
-        const struct brm_target *t = &cfg->targets[i];
-        if (t->path) {
-            char *dir = brm_path_dir(t->path);
-            brm_mkdirs(dir, 0750);
-            free(dir);
-        }
-        int fd = t->path ? open(t->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640) : -2;
-        if (fd == -1)
-            brm_errors_addf(errs, NULL, 0, "targets.%s: cannot open %s: %s", t->name, t->path,
-                            strerror(errno));
-        if (fd >= 0) close(fd);
-    }
+    brm_outbox_check_files(cfg, errs);
     /* The rules are loaded whatever else failed, to report their problems
      * too; once per worker only when all went well. */
     rs->engines = brm_xcalloc((size_t)s->nworkers, sizeof(*rs->engines));
