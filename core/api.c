@@ -34,7 +34,6 @@ void brm_actions_reset(struct brm_actions *a) {
     free(a->v);
     a->v = NULL;
     a->n = a->cap = 0;
-    brm_state_log_reset(&a->state);
 }
 
 void brm_api_set_scope(struct brm_api *api, struct brm_scope *scope) {
@@ -339,13 +338,21 @@ static const char *check_key(lua_State *L, int arg) {
     return k;
 }
 
+/* The state, for FN. Once a call met a busy key the body is to be run again,
+ * and every state call raises until the rule ends. */
 static struct brm_state *need_state(lua_State *L, struct brm_api *api, const char *fn) {
-    need_scope(L, fn);
+    struct brm_scope *s = need_scope(L, fn);
     if (!api->state) luaL_error(L, "%s: no state in this run", fn);
+    if (*s->busy) luaL_error(L, "%s: the state is busy (this body runs again)", fn);
     return api->state;
 }
 
-static int full(lua_State *L, const char *fn) {
+/* Raises for a failed state call: RC is -1 (full) or BRM_STATE_BUSY. */
+static int state_failed(lua_State *L, struct brm_api *api, int rc, const char *fn) {
+    if (rc == BRM_STATE_BUSY) {
+        *api->scope->busy = 1;
+        return luaL_error(L, "%s: the state is busy (this body runs again)", fn);
+    }
     return luaL_error(L, "%s: the state holds %d keys already", fn, BRM_STATE_MAX_ENTRIES);
 }
 
@@ -355,8 +362,8 @@ static int api_once(lua_State *L) {
     struct brm_state *st = need_state(L, api, "brume.once");
     const char *key = check_key(L, 1);
     double ttl = check_duration(L, 2);
-    int rc = brm_state_once(st, key, ttl, brm_time_now(), &api->scope->sink->state);
-    if (rc < 0) return full(L, "brume.once");
+    int rc = brm_state_once(st, key, ttl, brm_time_now(), api->scope->txn);
+    if (rc < 0) return state_failed(L, api, rc, "brume.once");
     lua_pushboolean(L, rc);
     return 1;
 }
@@ -369,9 +376,8 @@ static int api_throttle(lua_State *L) {
     lua_Integer limit = luaL_checkinteger(L, 2);
     luaL_argcheck(L, limit > 0, 2, "the limit must be positive");
     double window = check_duration(L, 3);
-    int rc =
-        brm_state_throttle(st, key, (long)limit, window, brm_time_now(), &api->scope->sink->state);
-    if (rc < 0) return full(L, "brume.throttle");
+    int rc = brm_state_throttle(st, key, (long)limit, window, brm_time_now(), api->scope->txn);
+    if (rc < 0) return state_failed(L, api, rc, "brume.throttle");
     lua_pushboolean(L, rc);
     return 1;
 }
@@ -379,13 +385,15 @@ static int api_throttle(lua_State *L) {
 static int api_state_get(lua_State *L) {
     struct brm_api *api = get_api(L);
     struct brm_state *st = need_state(L, api, "brume.state.get");
-    char *json = brm_state_get(st, check_key(L, 1), brm_time_now());
+    char *json;
+    int rc = brm_state_get(st, check_key(L, 1), brm_time_now(), api->scope->txn, &json);
+    if (rc < 0) return state_failed(L, api, rc, "brume.state.get");
     struct brm_err err;
     if (!json) {
         lua_pushnil(L);
         return 1;
     }
-    int rc = brm_json_decode(L, json, strlen(json), &err);
+    rc = brm_json_decode(L, json, strlen(json), &err);
     free(json);
     if (rc < 0) lua_pushnil(L);
     return 1;
@@ -410,8 +418,8 @@ static int api_state_set(lua_State *L) {
             return luaL_error(L, "brume.state.set: the value is %d bytes, more than %d", (int)len,
                               BRM_STATE_MAX_VALUE);
     }
-    if (brm_state_set(st, key, json, ttl, brm_time_now(), &api->scope->sink->state) < 0)
-        return full(L, "brume.state.set");
+    int rc = brm_state_set(st, key, json, ttl, brm_time_now(), api->scope->txn);
+    if (rc < 0) return state_failed(L, api, rc, "brume.state.set");
     return 0;
 }
 
@@ -423,8 +431,8 @@ static int api_state_incr(lua_State *L) {
     double n = luaL_optnumber(L, 2, 1);
     double ttl = lua_isnoneornil(L, 3) ? 0 : check_duration(L, 3);
     double v;
-    int rc = brm_state_incr(st, key, n, ttl, brm_time_now(), &api->scope->sink->state, &v);
-    if (rc == -1) return full(L, "brume.state.incr");
+    int rc = brm_state_incr(st, key, n, ttl, brm_time_now(), api->scope->txn, &v);
+    if (rc == -1 || rc == BRM_STATE_BUSY) return state_failed(L, api, rc, "brume.state.incr");
     if (rc == -2) return luaL_error(L, "brume.state.incr: '%s' does not hold a number", key);
     if (v == (lua_Number)(lua_Integer)v)
         lua_pushinteger(L, (lua_Integer)v);

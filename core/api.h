@@ -42,12 +42,11 @@ struct brm_action {
     char *display; /* the request with secrets masked (dry runs only), or NULL */
     char *ticket;  /* the ticket plan's dedup key, or NULL */
 };
-/* What a body's rules did: the messages they sent, and the state keys they
- * changed (saved with the body). */
+/* What a body's rules did: the messages they sent. (What they changed in
+ * the state is in the scope's transaction.) */
 struct brm_actions {
     struct brm_action *v;
     size_t n, cap;
-    struct brm_state_log state;
 };
 
 void brm_actions_reset(struct brm_actions *a); /* frees everything, keeps nothing */
@@ -63,10 +62,13 @@ struct brm_scope {
     size_t index;         /* position of the event in the batch, from 1 */
     int depth;            /* 0 for a posted event, n for one emitted n deep */
     struct brm_actions *sink;
-    size_t sent;      /* messages sent for this event so far, by all rules */
-    size_t rule_sent; /* ...and by the rule running now (events it emitted included) */
-    int emit_queue;   /* registry reference to the queue brume.emit fills */
-    size_t *emitted;  /* events emitted for the posted event so far */
+    size_t sent;               /* messages sent for this event so far, by all rules */
+    size_t rule_sent;          /* ...and by the rule running now (events it emitted included) */
+    int emit_queue;            /* registry reference to the queue brume.emit fills */
+    size_t *emitted;           /* events emitted for the posted event so far */
+    struct brm_state_txn *txn; /* what state changes belong to (NULL: none) */
+    int *busy;                 /* set when a state call met a key another transaction owns: the
+                                  body must run again later (every state call then raises) */
 };
 
 struct brm_api;

@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
         t0 = now();
         for (int i = 0; i < ROUNDS; i++) {
             struct brm_actions a = { 0 };
-            struct brm_batch b = { "m", 1, 1.0, 0 };
+            struct brm_batch b = { "m", 1, 1.0, 0, NULL };
             brm_intake_run(e, body.data, body.len, &b, &a, NULL, NULL, &err);
             brm_actions_reset(&a);
         }

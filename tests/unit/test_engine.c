@@ -48,7 +48,7 @@ static struct brm_dispatch_stats run(struct brm_engine *e, const char *body, str
     struct brm_actions a = { 0 };
     struct brm_dispatch_stats st = { 0 };
     struct brm_err err;
-    struct brm_batch b = { "mist", 42, 1700000000.5, 0 };
+    struct brm_batch b = { "mist", 42, 1700000000.5, 0, NULL };
     out->len = 0;
     brm_buf_puts(out, "");
     int rc = brm_intake_run(e, body, strlen(body), &b, &a, NULL, &st, &err);
@@ -265,7 +265,7 @@ static void check_api(void) {
     {
         struct brm_actions a = { 0 };
         struct brm_err err;
-        struct brm_batch b = { "mist", 7, 1.0, 0 };
+        struct brm_batch b = { "mist", 7, 1.0, 0, NULL };
         const char *alarm = ALARM("x");
         write_file("rules/also.lua", "return { topics = 'alarms', on_event = function(ev)"
                                      " brume.send('t', { parent = true }) end }");
