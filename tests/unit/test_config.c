@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "api.h"
 #include "config.h"
 #include "log.h"
 #include "test.h"
@@ -22,7 +23,7 @@ static char *write_config(const char *name, const char *text) {
 static struct brm_config *load(const char *text, struct brm_buf *out) {
     char *path = write_config("brume.lua", text);
     struct brm_errors errs = { 0 };
-    struct brm_config *c = brm_config_load(path, &errs);
+    struct brm_config *c = brm_config_load(path, brm_api_open_for_config, NULL, &errs);
     out->len = 0;
     brm_buf_puts(out, "");
     for (size_t i = 0; i < errs.n; i++) {
@@ -291,7 +292,7 @@ static void check_errors(void) {
     CHECK_HAS(e.data, "brume.lua:2: unknown setting 'helper'");
 
     struct brm_errors errs = { 0 };
-    c = brm_config_load("/nonexistent/brume.lua", &errs);
+    c = brm_config_load("/nonexistent/brume.lua", NULL, NULL, &errs);
     CHECK(c == NULL && errs.n == 1);
     if (errs.n) CHECK_HAS(errs.v[0].msg, "cannot read the config");
     brm_errors_reset(&errs);
