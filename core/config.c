@@ -1088,7 +1088,13 @@ static void check_target(struct loader *ld, struct brm_sandbox *sb, const char *
             brm_err_set(&err, "brume.target.check returned no options");
             goto fail;
         }
-        if (brm_json_encode(L, top + 1, &err) < 0) goto fail;
+        if (brm_json_encode(L, top + 1, &err) < 0) {
+            char why[sizeof(err.msg)];
+            snprintf(why, sizeof(why), "%s", err.msg);
+            brm_err_set(&err, "the options with the adapter's defaults are not plain values (%s)",
+                        why);
+            goto fail;
+        }
         free(tg->options);
         tg->options = brm_xstrdup(lua_tostring(L, -1));
         read_meta(L, top + 2, dir, tg);
@@ -1115,6 +1121,8 @@ static void check_targets(struct loader *ld, struct brm_config *c) {
                                   .memory = CONFIG_MEMORY,
                                   .scripts_dir = c->scripts_dir };
     struct brm_sandbox *sb = brm_sandbox_new(&o);
+    brm_json_open(brm_sandbox_state(sb)); /* the options travel as JSON */
+    lua_pop(brm_sandbox_state(sb), 1);
     if (ld->open) ld->open(sb, c, ld->open_arg);
     for (size_t i = 0; i < c->ntargets; i++) {
         struct brm_target *tg = &c->targets[i];
