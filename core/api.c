@@ -667,6 +667,11 @@ struct brm_api *brm_api_open(struct brm_sandbox *sb, const struct brm_config *cf
     return api;
 }
 
+void brm_api_open_for_config(struct brm_sandbox *sb, const struct brm_config *cfg, void *arg) {
+    (void)arg;
+    brm_api_open(sb, cfg);
+}
+
 int brm_api_load_targets(struct brm_api *api, struct brm_err *err) {
     static const char loader[] =
         "local t = require 'brume.target'\n"

@@ -76,6 +76,10 @@ struct brm_api;
 /* Opens the brume module in SB's VM and exposes it (and print) to user
  * code. CFG must outlive the VM. The state lives in the VM. */
 struct brm_api *brm_api_open(struct brm_sandbox *sb, const struct brm_config *cfg);
+/* A brm_config_open_fn: opens the brume module in the VM where
+ * brm_config_load has the targets' adapters check their options (some
+ * adapters' checks use brume.base64 and the like). ARG is unused. */
+void brm_api_open_for_config(struct brm_sandbox *sb, const struct brm_config *cfg, void *arg);
 /* Loads the adapter of every target of the config into the VM, for
  * brume.send. Returns 0, or -1 with ERR set. */
 int brm_api_load_targets(struct brm_api *api, struct brm_err *err);

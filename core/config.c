@@ -2,10 +2,10 @@
 
 #include <errno.h>
 #include <lauxlib.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "api.h"
 #include "json.h"
 #include "log.h"
 #include "sandbox.h"
@@ -16,121 +16,6 @@
 #define CONFIG_MEMORY       (64u << 20)
 #define MAX_CONFIG_FILE     (1u << 20)
 
-/* ---- the declarative table of settings ---------------------------------- */
-
-enum type {
-    T_STRING,     /* char * */
-    T_PATH,       /* char *, resolved from the config's folder */
-    T_ADMIN,      /* admin, admin_token: "host:port", { addr =, token = }, or false */
-    T_LISTEN,     /* struct brm_listen * + count at offset2: an address or a list of them */
-    T_INT,        /* long */
-    T_WORKERS,    /* int */
-    T_SIZE,       /* uint64_t: bytes or "8MB" */
-    T_DURATION,   /* double: seconds or "90s" */
-    T_BOOL,       /* int */
-    T_LEVEL,      /* int: log level name */
-    T_FORMAT,     /* int: log format name */
-    T_DURABILITY, /* int: "full" 1, "none" 0 */
-    T_SECRETS,    /* struct brm_source: a string or a list of one or two */
-    T_TABLE,      /* nested settings in the same struct */
-    T_MAP,        /* name -> settings: an array of structs */
-    T_TARGETS,    /* name -> options, checked by each kind's adapter */
-};
-
-struct schema;
-
-struct setting {
-    const char *key;
-    enum type type;
-    size_t off, off2;         /* where the value goes (and its count) */
-    const struct schema *sub; /* T_TABLE, T_MAP */
-    double min, max;          /* T_INT, T_SIZE, T_DURATION bounds */
-};
-
-struct schema {
-    const struct setting *settings;
-    size_t n;
-    size_t elem_size;         /* T_MAP: each element starts with `char *name` */
-    void (*init)(void *elem); /* T_MAP: an element's defaults */
-};
-
-#define S(k, t, field)                                                                             \
-    { k, t, offsetof(struct brm_config, field), 0, NULL, 0, 0 }
-#define SR(k, t, field, lo, hi)                                                                    \
-    { k, t, offsetof(struct brm_config, field), 0, NULL, lo, hi }
-
-static const struct setting limits_settings[] = {
-    SR("instructions", T_INT, instructions, 1000, 1e12),
-    SR("time", T_DURATION, time_limit, 0.001, 3600),
-    SR("memory", T_SIZE, memory, 1 << 20, 1e12),
-};
-static const struct setting http_settings[] = {
-    SR("header_timeout", T_DURATION, http.header_timeout, 0.05, 3600),
-    SR("body_timeout", T_DURATION, http.body_timeout, 0.05, 3600),
-    SR("idle_timeout", T_DURATION, http.idle_timeout, 0.05, 86400),
-    SR("drain_timeout", T_DURATION, http.drain_timeout, 0, 3600),
-    SR("max_connections", T_INT, http.max_connections, 1, 1000000),
-};
-static const struct setting journal_settings[] = {
-    SR("retention", T_DURATION, journal.retention, 60, 10 * 365 * 86400.0),
-    SR("max_size", T_SIZE, journal.max_size, 0, 1e15),
-};
-static const struct setting store_settings[] = {
-    SR("max_size", T_SIZE, store_max, 0, 1e15),
-};
-static const struct setting log_settings[] = {
-    S("level", T_LEVEL, log_level),
-    S("format", T_FORMAT, log_format),
-};
-
-#define SRC(k, t, field, lo, hi)                                                                   \
-    { k, t, offsetof(struct brm_source, field), 0, NULL, lo, hi }
-static const struct setting source_settings[] = {
-    SRC("path", T_STRING, path, 0, 0),
-    { "secret", T_SECRETS, 0, 0, NULL, 0, 0 },
-    SRC("allow_sha1", T_BOOL, allow_sha1, 0, 0),
-    SRC("insecure", T_BOOL, insecure, 0, 0),
-    SRC("max_body", T_SIZE, max_body, 64, 1u << 30),
-    SRC("dedupe", T_DURATION, dedupe, 0, 30 * 86400.0),
-    SRC("durability", T_DURABILITY, durable, 0, 0),
-};
-
-static const struct schema limits_schema = { limits_settings, BRM_ARRAY_LEN(limits_settings), 0,
-                                             NULL };
-static const struct schema http_schema = { http_settings, BRM_ARRAY_LEN(http_settings), 0, NULL };
-static const struct schema log_schema = { log_settings, BRM_ARRAY_LEN(log_settings), 0, NULL };
-static const struct schema journal_schema = { journal_settings, BRM_ARRAY_LEN(journal_settings), 0,
-                                              NULL };
-static const struct schema store_schema = { store_settings, BRM_ARRAY_LEN(store_settings), 0,
-                                            NULL };
-static void source_defaults(void *elem) {
-    struct brm_source *s = elem;
-    s->max_body = 8u << 20;
-    s->durable = 1;
-}
-
-static const struct schema source_schema = { source_settings, BRM_ARRAY_LEN(source_settings),
-                                             sizeof(struct brm_source), source_defaults };
-static const struct setting top_settings[] = {
-    { "listen", T_LISTEN, offsetof(struct brm_config, listen), offsetof(struct brm_config, nlisten),
-      NULL, 0, 0 },
-    S("admin", T_ADMIN, admin),
-    S("watch", T_BOOL, watch),
-    SR("workers", T_WORKERS, workers, 0, BRM_MAX_WORKERS),
-    S("data_dir", T_PATH, data_dir),
-    S("rules", T_PATH, rules_dir),
-    S("scripts", T_PATH, scripts_dir),
-    { "limits", T_TABLE, 0, 0, &limits_schema, 0, 0 },
-    { "http", T_TABLE, 0, 0, &http_schema, 0, 0 },
-    { "log", T_TABLE, 0, 0, &log_schema, 0, 0 },
-    { "journal", T_TABLE, 0, 0, &journal_schema, 0, 0 },
-    { "store", T_TABLE, 0, 0, &store_schema, 0, 0 },
-    { "sources", T_MAP, offsetof(struct brm_config, sources), offsetof(struct brm_config, nsources),
-      &source_schema, 0, 0 },
-    { "targets", T_TARGETS, 0, 0, NULL, 0, 0 },
-};
-static const struct schema top_schema = { top_settings, BRM_ARRAY_LEN(top_settings), 0, NULL };
-
 /* ---- loading state ------------------------------------------------------ */
 
 struct loader {
@@ -139,9 +24,11 @@ struct loader {
     size_t errs_at_start;
     const char *display; /* the config file as shown in errors */
     const char *dir;
-    struct brm_buf text; /* the file, to find the line of a nested key */
-    int lines;           /* stack index: top-level key -> line it was set on */
-    int fatal;           /* the file could not be read or run: nothing was set */
+    struct brm_buf text;      /* the file, to find the line of a nested key */
+    int lines;                /* stack index: top-level key -> line it was set on */
+    int fatal;                /* the file could not be read or run: nothing was set */
+    brm_config_open_fn *open; /* readies the VM the adapters check targets in */
+    void *open_arg;
 };
 
 /* Returned by env() and file() after they reported a problem: the walk
@@ -204,21 +91,23 @@ static int locate(struct loader *ld, const char *top, const char *path) {
     return line > start || find_word(ld, path, strcspn(path, "."), start, end) ? line : end;
 }
 
-static void report(struct loader *ld, const char *top, const char *key, const char *fmt, ...)
+/* Appends an error at the line of PATH below the top-level setting TOP (no
+ * line when TOP is NULL). */
+static void report(struct loader *ld, const char *top, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-static void report(struct loader *ld, const char *top, const char *key, const char *fmt, ...) {
+static void report(struct loader *ld, const char *top, const char *path, const char *fmt, ...) {
     struct brm_err e;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(e.msg, sizeof(e.msg), fmt, ap);
     va_end(ap);
     snprintf(e.file, sizeof(e.file), "%s", ld->display);
-    e.line = top ? locate(ld, top, key) : 0;
+    e.line = top ? locate(ld, top, path) : 0;
     brm_errors_add(ld->errs, &e);
 }
 
-/* Levenshtein distance, to suggest the setting a typo meant. */
+/* Levenshtein distance, to suggest the name a typo meant. */
 static size_t distance(const char *a, const char *b) {
     size_t la = strlen(a), lb = strlen(b), prev[64], cur[64];
     if (la >= 63 || lb >= 63) return 99;
@@ -235,19 +124,16 @@ static size_t distance(const char *a, const char *b) {
     return prev[lb];
 }
 
-static void report_unknown(struct loader *ld, const struct schema *sc, const char *top,
-                           const char *where, const char *key, const char *path) {
+/* Writes " (did you mean 'NAME'?)" into HINT for the one of the N NAMES
+ * closest to WORD, or "" when none is within two edits. */
+static void suggest(const char *word, const char *const *names, size_t n, char *hint, size_t size) {
     const char *best = NULL;
     size_t bestd = 3;
-    for (size_t i = 0; i < sc->n; i++) {
-        size_t d = distance(key, sc->settings[i].key);
-        if (d < bestd) bestd = d, best = sc->settings[i].key;
+    for (size_t i = 0; i < n; i++) {
+        size_t d = distance(word, names[i]);
+        if (d < bestd) bestd = d, best = names[i];
     }
-    if (best)
-        report(ld, top, path, "%s%sunknown setting '%s' (did you mean '%s'?)", where,
-               *where ? ": " : "", key, best);
-    else
-        report(ld, top, path, "%s%sunknown setting '%s'", where, *where ? ": " : "", key);
+    snprintf(hint, size, best ? " (did you mean '%s'?)" : "", best);
 }
 
 /* ---- env() and file() --------------------------------------------------- */
@@ -311,41 +197,16 @@ static int cfg_newindex(lua_State *L) {
     return 0;
 }
 
-/* ---- converting values -------------------------------------------------- */
+/* ---- setting types ------------------------------------------------------ */
 
-static const char *type_name(enum type t) {
-    switch (t) {
-    case T_STRING:
-    case T_PATH: return "a string";
-    case T_ADMIN: return "an address \"host:port\", { addr = ..., token = ... }, or false";
-    case T_LISTEN:
-        return "an address \"host:port\", { addr = ..., tls = { cert = ..., key = ... } }, "
-               "or a list of them";
-    case T_INT:
-    case T_WORKERS: return "an integer";
-    case T_SIZE: return "a size (bytes, or \"8MB\")";
-    case T_DURATION: return "a duration (seconds, or \"90s\", \"15m\", \"24h\")";
-    case T_BOOL: return "true or false";
-    case T_LEVEL: return "one of \"debug\", \"info\", \"warn\", \"error\"";
-    case T_FORMAT: return "\"logfmt\" or \"json\"";
-    case T_DURABILITY: return "\"full\" or \"none\"";
-    case T_SECRETS: return "a string or a list of one or two strings";
-    case T_TABLE:
-    case T_MAP:
-    case T_TARGETS: return "a table";
-    }
-    return "?";
-}
-
-static int valid_addr(const char *s) {
-    char host[256];
-    int port;
-    return brm_split_addr(s, host, sizeof(host), &port) == 0;
-}
-
-static int in_range(const struct setting *st, double v) {
-    return !(st->min || st->max) || (v >= st->min && v <= st->max);
-}
+/*
+ * A setting is a row: its key, its type, where its value goes (an offset
+ * into the struct being filled: struct brm_config, or one element of a
+ * map), its default and its limits. A type is three small functions: one
+ * converts the Lua value on top of the stack into the field, one writes
+ * the default, one frees what the field owns. Adding a setting is adding a
+ * row (and its field in config.h).
+ */
 
 struct walk {
     struct loader *ld;
@@ -353,7 +214,63 @@ struct walk {
     char where[256]; /* "sources.mist" */
 };
 
-static void walk_table(struct walk *w, const struct schema *sc, int idx, void *obj);
+struct setting;
+struct schema;
+
+/* What a converter made of the value; convert() words the failures. */
+enum verdict {
+    TAKEN,        /* stored, or what was wrong inside the value is reported */
+    WRONG,        /* "expected <type>, got <value>" */
+    INVALID,      /* "'<value>' is not <type>" */
+    OUT_OF_RANGE, /* "must be between <min> and <max>" */
+};
+
+struct type {
+    const char *expected; /* "a size (bytes, or \"8MB\")"; NULL: the row's names */
+    enum verdict (*convert)(struct walk *w, const struct setting *st, char *obj);
+    void (*init)(const struct setting *st, char *obj, const char *dir); /* NULL: zero */
+    void (*release)(const struct setting *st, char *obj);               /* NULL: owns nothing */
+};
+
+/* One of the names an enum setting takes, and its value. */
+struct name {
+    const char *name;
+    int value;
+};
+
+struct setting {
+    const char *key;
+    const struct type *type;
+    size_t off;               /* where the value goes */
+    size_t off2;              /* listen, map, targets: the count; admin: the token */
+    double def;               /* the default of a number, a boolean or an enum */
+    const char *text;         /* the default of a string, a path or an address */
+    double min, max;          /* a number's limits (every number has them) */
+    const struct name *names; /* enum: the names, then { NULL } */
+    const struct schema *sub; /* table: settings of the same struct; map: of each element */
+};
+
+struct schema {
+    const struct setting *settings;
+    size_t n;
+    size_t elem_size; /* map elements: each starts with `char *name` */
+};
+
+#define FIELD(T, obj, off) (*(T *)(void *)((obj) + (off)))
+
+static void walk_table(struct walk *w, const struct schema *sc, int idx, char *obj);
+static void apply_defaults(const struct schema *sc, char *obj, const char *dir);
+static void release(const struct schema *sc, char *obj);
+
+static void report_setting(struct walk *w, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* KEY as the user knows it: "sources.mist.max_body" while walking
+ * sources.mist, "workers" at the top. */
+static const char *setting_name(const struct walk *w, const char *key, char *buf, size_t size) {
+    if (snprintf(buf, size, "%s%s%s", w->where, *w->where ? "." : "", key) < 0) buf[0] = '\0';
+    return buf;
+}
 
 /* KEY's path below the top-level setting, for locate(): "mist.max_body"
  * while walking sources.mist. */
@@ -364,47 +281,175 @@ static const char *subpath(const struct walk *w, const char *key, char *buf, siz
     return buf;
 }
 
-/* Takes each target's name, kind and options (as JSON, for the adapter to
- * check once the walk is done: the adapters live in the scripts folder,
- * which is itself a setting). */
-static void read_targets(struct walk *w, int map, struct brm_config *c) {
-    lua_State *L = w->ld->L;
-    lua_pushnil(L);
-    while (lua_next(L, map)) {
-        struct brm_err err;
-        const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-        if (!name || lua_type(L, -1) != LUA_TTABLE) {
-            report(w->ld, "targets", NULL,
-                   "targets: each entry must be name = { kind = ..., ... }");
-        } else if (strcmp(name, BRM_HTTP_TARGET) == 0) {
-            report(w->ld, "targets", name, "targets.%s: the name is brume.http's own target", name);
-        } else {
-            c->targets = brm_xrealloc(c->targets, (c->ntargets + 1) * sizeof(*c->targets));
-            struct brm_target *tg = memset(&c->targets[c->ntargets++], 0, sizeof(*tg));
-            tg->name = brm_xstrdup(name);
-            lua_getfield(L, -1, "kind");
-            if (lua_type(L, -1) == LUA_TSTRING) tg->kind = brm_xstrdup(lua_tostring(L, -1));
-            lua_pop(L, 1);
-            if (brm_json_encode(L, -1, &err) < 0) {
-                report(w->ld, "targets", name, "targets.%s: options must be plain values (%s)",
-                       name, err.msg);
-            } else {
-                tg->options = brm_xstrdup(lua_tostring(L, -1));
-                lua_pop(L, 1);
-            }
-        }
-        lua_pop(L, 1);
-    }
+/* Reports "<KEY's name><FMT...>" at KEY's line. */
+static void report_setting(struct walk *w, const char *key, const char *fmt, ...) {
+    char name[300], pbuf[300], tail[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tail, sizeof(tail), fmt, ap);
+    va_end(ap);
+    report(w->ld, w->top, subpath(w, key, pbuf, sizeof(pbuf)), "%s%s",
+           setting_name(w, key, name, sizeof(name)), tail);
 }
 
-static void free_listen(struct brm_listen *v, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        free(v[i].addr);
-        free(v[i].cert);
-        free(v[i].key);
-    }
-    free(v);
+static int in_range(const struct setting *st, double v) {
+    return v >= st->min && v <= st->max; /* false for NaN */
 }
+
+static int valid_addr(const char *s) {
+    char host[256];
+    int port;
+    return brm_split_addr(s, host, sizeof(host), &port) == 0;
+}
+
+/* -- strings and paths -- */
+
+static void init_string(const struct setting *st, char *obj, const char *dir) {
+    (void)dir;
+    FIELD(char *, obj, st->off) = st->text ? brm_xstrdup(st->text) : NULL;
+}
+
+static void init_path(const struct setting *st, char *obj, const char *dir) {
+    FIELD(char *, obj, st->off) = st->text ? brm_path_join(dir, st->text) : NULL;
+}
+
+static void release_string(const struct setting *st, char *obj) {
+    free(FIELD(char *, obj, st->off));
+}
+
+static enum verdict convert_string(struct walk *w, const struct setting *st, char *obj) {
+    lua_State *L = w->ld->L;
+    if (lua_type(L, -1) != LUA_TSTRING) return WRONG;
+    release_string(st, obj);
+    FIELD(char *, obj, st->off) = brm_xstrdup(lua_tostring(L, -1));
+    return TAKEN;
+}
+
+/* A path, resolved from the config's folder. */
+static enum verdict convert_path(struct walk *w, const struct setting *st, char *obj) {
+    lua_State *L = w->ld->L;
+    if (lua_type(L, -1) != LUA_TSTRING) return WRONG;
+    release_string(st, obj);
+    FIELD(char *, obj, st->off) = brm_path_join(w->ld->dir, lua_tostring(L, -1));
+    return TAKEN;
+}
+
+/* -- numbers -- */
+
+static enum verdict read_integer(struct walk *w, const struct setting *st, lua_Integer *v) {
+    lua_State *L = w->ld->L;
+    if (!lua_isinteger(L, -1)) return WRONG;
+    *v = lua_tointeger(L, -1);
+    return in_range(st, (double)*v) ? TAKEN : OUT_OF_RANGE;
+}
+
+static enum verdict convert_long(struct walk *w, const struct setting *st, char *obj) {
+    lua_Integer v;
+    enum verdict r = read_integer(w, st, &v);
+    if (r == TAKEN) FIELD(long, obj, st->off) = (long)v;
+    return r;
+}
+
+static enum verdict convert_int(struct walk *w, const struct setting *st, char *obj) {
+    lua_Integer v;
+    enum verdict r = read_integer(w, st, &v);
+    if (r == TAKEN) FIELD(int, obj, st->off) = (int)v;
+    return r;
+}
+
+static void init_long(const struct setting *st, char *obj, const char *dir) {
+    (void)dir;
+    FIELD(long, obj, st->off) = (long)st->def;
+}
+
+/* For int fields: integers, booleans and enums. */
+static void init_int(const struct setting *st, char *obj, const char *dir) {
+    (void)dir;
+    FIELD(int, obj, st->off) = (int)st->def;
+}
+
+/* Bytes, or "8MB". The limits are checked before a number becomes a
+ * uint64_t: a size's max keeps the conversion defined. */
+static enum verdict convert_size(struct walk *w, const struct setting *st, char *obj) {
+    lua_State *L = w->ld->L;
+    uint64_t v;
+    if (lua_type(L, -1) == LUA_TNUMBER) {
+        double d = lua_tonumber(L, -1);
+        if (!(d >= 0)) return WRONG;
+        if (!in_range(st, d)) return OUT_OF_RANGE;
+        v = (uint64_t)d;
+    } else if (lua_type(L, -1) != LUA_TSTRING || brm_parse_size(lua_tostring(L, -1), &v) < 0) {
+        return WRONG;
+    } else if (!in_range(st, (double)v)) {
+        return OUT_OF_RANGE;
+    }
+    FIELD(uint64_t, obj, st->off) = v;
+    return TAKEN;
+}
+
+static void init_size(const struct setting *st, char *obj, const char *dir) {
+    (void)dir;
+    FIELD(uint64_t, obj, st->off) = (uint64_t)st->def;
+}
+
+/* Seconds, or "90s", "15m", "24h". */
+static enum verdict convert_duration(struct walk *w, const struct setting *st, char *obj) {
+    lua_State *L = w->ld->L;
+    double v;
+    if (lua_type(L, -1) == LUA_TNUMBER)
+        v = lua_tonumber(L, -1);
+    else if (lua_type(L, -1) != LUA_TSTRING || brm_parse_duration(lua_tostring(L, -1), &v) < 0)
+        return WRONG;
+    if (!in_range(st, v)) return OUT_OF_RANGE;
+    FIELD(double, obj, st->off) = v;
+    return TAKEN;
+}
+
+static void init_double(const struct setting *st, char *obj, const char *dir) {
+    (void)dir;
+    FIELD(double, obj, st->off) = st->def;
+}
+
+/* -- booleans and enums -- */
+
+static enum verdict convert_bool(struct walk *w, const struct setting *st, char *obj) {
+    lua_State *L = w->ld->L;
+    if (lua_type(L, -1) != LUA_TBOOLEAN) return WRONG;
+    FIELD(int, obj, st->off) = lua_toboolean(L, -1);
+    return TAKEN;
+}
+
+static enum verdict convert_enum(struct walk *w, const struct setting *st, char *obj) {
+    lua_State *L = w->ld->L;
+    if (lua_type(L, -1) != LUA_TSTRING) return WRONG;
+    for (const struct name *n = st->names; n->name; n++)
+        if (strcmp(n->name, lua_tostring(L, -1)) == 0) {
+            FIELD(int, obj, st->off) = n->value;
+            return TAKEN;
+        }
+    return WRONG;
+}
+
+/* What an enum takes: "\"full\" or \"none\"", or "one of \"a\", \"b\", \"c\"". */
+static const char *describe_names(const struct name *names, char *buf, size_t size) {
+    size_t n = 0, len;
+    while (names[n].name) n++;
+    snprintf(buf, size, "%s", n == 2 ? "" : "one of ");
+    for (size_t i = 0; i < n && (len = strlen(buf)) < size; i++)
+        snprintf(buf + len, size - len, "%s\"%s\"",
+                 i == 0   ? ""
+                 : n == 2 ? " or "
+                          : ", ",
+                 names[i].name);
+    return buf;
+}
+
+/* What ST takes, for "expected ...". */
+static const char *describe(const struct setting *st, char *buf, size_t size) {
+    return st->type->expected ? st->type->expected : describe_names(st->names, buf, size);
+}
+
+/* -- addresses -- */
 
 /* Reports the keys of the table on top of the stack that are not in KEYS. */
 static void only_keys(struct walk *w, const char *what, const char *const *keys) {
@@ -421,7 +466,7 @@ static void only_keys(struct walk *w, const char *what, const char *const *keys)
 
 /* A string field of the table on top of the stack, or NULL; a wrong type
  * is reported as WHAT.KEY. PATH: resolved from the config's folder. */
-static char *string_setting(struct walk *w, const char *what, const char *key, int path) {
+static char *string_field(struct walk *w, const char *what, const char *key, int path) {
     lua_State *L = w->ld->L;
     char *v = NULL;
     int t = lua_getfield(L, -1, key);
@@ -432,6 +477,15 @@ static char *string_setting(struct walk *w, const char *what, const char *key, i
         report(w->ld, w->top, w->top, "%s.%s: expected a string", what, key);
     lua_pop(L, 1);
     return v;
+}
+
+static void free_listen(struct brm_listen *v, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].addr);
+        free(v[i].cert);
+        free(v[i].key);
+    }
+    free(v);
 }
 
 /* One listen entry on top of the stack: "host:port" or { addr =, tls = {
@@ -449,7 +503,7 @@ static int read_listen(struct walk *w, struct brm_listen *l, size_t i) {
     }
     if (lua_type(L, -1) != LUA_TTABLE) return 0;
     only_keys(w, what, keys);
-    l->addr = string_setting(w, what, "addr", 0);
+    l->addr = string_field(w, what, "addr", 0);
     if (!l->addr || !valid_addr(l->addr)) {
         free(l->addr);
         l->addr = NULL;
@@ -460,8 +514,8 @@ static int read_listen(struct walk *w, struct brm_listen *l, size_t i) {
         char sub[80];
         snprintf(sub, sizeof(sub), "%s.tls", what);
         only_keys(w, sub, tls_keys);
-        l->cert = string_setting(w, sub, "cert", 1);
-        l->key = string_setting(w, sub, "key", 1);
+        l->cert = string_field(w, sub, "cert", 1);
+        l->key = string_field(w, sub, "key", 1);
         if (!l->cert || !l->key) report(w->ld, w->top, w->top, "%s: needs cert and key", sub);
     } else if (t != LUA_TNIL) {
         report(w->ld, w->top, w->top, "%s.tls: expected { cert = ..., key = ... }", what);
@@ -470,225 +524,393 @@ static int read_listen(struct walk *w, struct brm_listen *l, size_t i) {
     return 1;
 }
 
-/* admin = { addr = "host:port", token = ... } on top of the stack. */
-static void read_admin(struct walk *w, struct brm_config *c) {
-    static const char *const keys[] = { "addr", "token", NULL };
-    only_keys(w, "admin", keys);
-    c->admin = string_setting(w, "admin", "addr", 0);
-    c->admin_token = string_setting(w, "admin", "token", 0);
-    if (!c->admin || !valid_addr(c->admin))
-        report(w->ld, w->top, w->top, "admin.addr: expected an address \"host:port\"");
-    if (c->admin_token && strlen(c->admin_token) < 16)
-        report(w->ld, w->top, w->top, "admin.token: at least 16 characters");
-}
-
-/* Converts the value on top of the stack for ST into OBJ. */
-static void convert(struct walk *w, const struct setting *st, void *obj) {
+/* An address, or a list of them: struct brm_listen * at OFF, its count at
+ * OFF2. */
+static enum verdict convert_listen(struct walk *w, const struct setting *st, char *obj) {
     lua_State *L = w->ld->L;
-    char *field = (char *)obj + st->off;
+    struct brm_listen **list = &FIELD(struct brm_listen *, obj, st->off);
+    size_t *count = &FIELD(size_t, obj, st->off2), n = 1;
     int t = lua_type(L, -1);
-    const char *key = st->key;
-    char pbuf[300];
-    const char *path = subpath(w, key, pbuf, sizeof(pbuf));
-    if (is_reported(L, -1)) return;
-    switch (st->type) {
-    case T_STRING:
-    case T_PATH:
-        if (t != LUA_TSTRING) goto wrong;
-        free(*(char **)field);
-        *(char **)field = st->type == T_PATH ? brm_path_join(w->ld->dir, lua_tostring(L, -1))
-                                             : brm_xstrdup(lua_tostring(L, -1));
-        return;
-    case T_ADMIN: {
-        struct brm_config *c = obj;
-        free(c->admin);
-        free(c->admin_token);
-        c->admin = c->admin_token = NULL;
-        if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1)) return;
-        if (t == LUA_TTABLE) {
-            read_admin(w, c);
-            return;
-        }
-        if (t != LUA_TSTRING) goto wrong;
-        if (!valid_addr(lua_tostring(L, -1))) goto bad;
-        c->admin = brm_xstrdup(lua_tostring(L, -1));
-        return;
-    }
-    case T_LISTEN: {
-        struct brm_listen **list = (struct brm_listen **)field;
-        size_t *count = (size_t *)((char *)obj + st->off2), n = 1;
-        /* One address (a string or a table with addr), or a list of them. */
-        int one = t == LUA_TSTRING || (t == LUA_TTABLE && lua_getfield(L, -1, "addr") != LUA_TNIL);
-        if (t == LUA_TTABLE) lua_pop(L, 1);
-        if (t == LUA_TTABLE && !one)
-            n = lua_rawlen(L, -1);
-        else if (!one)
-            goto wrong;
-        free_listen(*list, *count);
-        *list = brm_xcalloc(n, sizeof(**list));
-        *count = 0;
-        for (size_t i = 1; i <= n; i++) {
-            if (one)
-                lua_pushvalue(L, -1);
-            else
-                lua_rawgeti(L, -1, (lua_Integer)i);
-            if (read_listen(w, &(*list)[*count], i))
-                (*count)++;
-            else
-                report(w->ld, w->top, path, "%s[%zu]: expected %s", key, i, type_name(T_LISTEN));
-            lua_pop(L, 1);
-        }
-        if (n == 0) report(w->ld, w->top, path, "%s: needs at least one address", key);
-        return;
-    }
-    case T_INT:
-    case T_WORKERS: {
-        if (!lua_isinteger(L, -1)) goto wrong;
-        lua_Integer v = lua_tointeger(L, -1);
-        if (!in_range(st, (double)v)) goto range;
-        if (st->type == T_INT)
-            *(long *)field = (long)v;
+    /* One address (a string or a table with addr), or a list of them. */
+    int one = t == LUA_TSTRING || (t == LUA_TTABLE && lua_getfield(L, -1, "addr") != LUA_TNIL);
+    if (t == LUA_TTABLE) lua_pop(L, 1);
+    if (t == LUA_TTABLE && !one)
+        n = lua_rawlen(L, -1);
+    else if (!one)
+        return WRONG;
+    free_listen(*list, *count);
+    *list = brm_xcalloc(n, sizeof(**list));
+    *count = 0;
+    for (size_t i = 1; i <= n; i++) {
+        if (one)
+            lua_pushvalue(L, -1);
         else
-            *(int *)field = (int)v;
-        return;
-    }
-    case T_SIZE: {
-        uint64_t v;
-        if (t == LUA_TNUMBER && lua_tonumber(L, -1) >= 0)
-            v = (uint64_t)lua_tonumber(L, -1);
-        else if (t != LUA_TSTRING || brm_parse_size(lua_tostring(L, -1), &v) < 0)
-            goto wrong;
-        if (!in_range(st, (double)v)) goto range;
-        *(uint64_t *)field = v;
-        return;
-    }
-    case T_DURATION: {
-        double v;
-        if (t == LUA_TNUMBER)
-            v = lua_tonumber(L, -1);
-        else if (t != LUA_TSTRING || brm_parse_duration(lua_tostring(L, -1), &v) < 0)
-            goto wrong;
-        if (!in_range(st, v)) goto range;
-        *(double *)field = v;
-        return;
-    }
-    case T_BOOL:
-        if (t != LUA_TBOOLEAN) goto wrong;
-        *(int *)field = lua_toboolean(L, -1);
-        return;
-    case T_LEVEL: {
-        int lvl = t == LUA_TSTRING ? brm_log_level_parse(lua_tostring(L, -1)) : -1;
-        if (lvl < 0) goto wrong;
-        *(int *)field = lvl;
-        return;
-    }
-    case T_DURABILITY: {
-        const char *s = t == LUA_TSTRING ? lua_tostring(L, -1) : "";
-        if (strcmp(s, "full") == 0)
-            *(int *)field = 1;
-        else if (strcmp(s, "none") == 0)
-            *(int *)field = 0;
-        else
-            goto wrong;
-        return;
-    }
-    case T_FORMAT: {
-        const char *s = t == LUA_TSTRING ? lua_tostring(L, -1) : "";
-        if (strcmp(s, "logfmt") == 0)
-            *(int *)field = BRM_LOG_LOGFMT;
-        else if (strcmp(s, "json") == 0)
-            *(int *)field = BRM_LOG_JSON;
-        else
-            goto wrong;
-        return;
-    }
-    case T_SECRETS: {
-        struct brm_source *src = obj;
-        size_t n = 1;
-        if (t == LUA_TTABLE)
-            n = lua_rawlen(L, -1);
-        else if (t != LUA_TSTRING)
-            goto wrong;
-        if (n < 1 || n > 2) goto wrong;
-        for (size_t i = 1; i <= n; i++) {
-            if (t == LUA_TTABLE)
-                lua_rawgeti(L, -1, (lua_Integer)i);
-            else
-                lua_pushvalue(L, -1);
-            size_t len;
-            if (is_reported(L, -1)) {
-                /* env() already said what is missing */
-            } else if (lua_type(L, -1) != LUA_TSTRING) {
-                report(w->ld, w->top, path, "%s.%s: expected %s", w->where, key,
-                       type_name(T_SECRETS));
-            } else {
-                const char *s = lua_tolstring(L, -1, &len);
-                if (len == 0) {
-                    report(w->ld, w->top, path, "%s.%s: a secret cannot be empty", w->where, key);
-                } else {
-                    src->secrets[src->nsecrets] = brm_xstrndup(s, len);
-                    src->secret_len[src->nsecrets++] = len;
-                }
-            }
-            lua_pop(L, 1);
-        }
-        return;
-    }
-    case T_TABLE: {
-        if (t != LUA_TTABLE) goto wrong;
-        struct walk sub = *w;
-        snprintf(sub.where, sizeof(sub.where), "%s", key);
-        walk_table(&sub, st->sub, lua_gettop(L), obj);
-        return;
-    }
-    case T_MAP: {
-        if (t != LUA_TTABLE) goto wrong;
-        void **arr = (void **)field;
-        size_t *count = (size_t *)((char *)obj + st->off2);
-        int map = lua_gettop(L);
-        lua_pushnil(L);
-        while (lua_next(L, map)) {
-            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TTABLE) {
-                report(w->ld, w->top, NULL, "%s: each entry must be name = { ... }", key);
-                lua_pop(L, 1);
-                continue;
-            }
-            *arr = brm_xrealloc(*arr, (*count + 1) * st->sub->elem_size);
-            char *elem = (char *)*arr + *count * st->sub->elem_size;
-            memset(elem, 0, st->sub->elem_size);
-            if (st->sub->init) st->sub->init(elem);
-            *(char **)elem = brm_xstrdup(lua_tostring(L, -2));
+            lua_rawgeti(L, -1, (lua_Integer)i);
+        if (read_listen(w, &(*list)[*count], i))
             (*count)++;
-            struct walk sub = *w;
-            snprintf(sub.where, sizeof(sub.where), "%s.%s", key, lua_tostring(L, -2));
-            walk_table(&sub, st->sub, lua_gettop(L), elem);
-            lua_pop(L, 1);
-        }
-        return;
+        else
+            report_setting(w, st->key, "[%zu]: expected %s", i, st->type->expected);
+        lua_pop(L, 1);
     }
-    case T_TARGETS:
-        if (t != LUA_TTABLE) goto wrong;
-        read_targets(w, lua_gettop(L), obj);
-        return;
-    }
-wrong:
-    if (t == LUA_TSTRING)
-        report(w->ld, w->top, path, "%s%s%s: expected %s, got \"%s\"", w->where,
-               *w->where ? "." : "", key, type_name(st->type), lua_tostring(L, -1));
-    else
-        report(w->ld, w->top, path, "%s%s%s: expected %s, got %s", w->where, *w->where ? "." : "",
-               key, type_name(st->type), luaL_typename(L, -1));
-    return;
-bad:
-    report(w->ld, w->top, path, "%s%s%s: '%s' is not %s", w->where, *w->where ? "." : "", key,
-           lua_tostring(L, -1), type_name(st->type));
-    return;
-range:
-    report(w->ld, w->top, path, "%s%s%s: must be between %g and %g", w->where, *w->where ? "." : "",
-           key, st->min, st->max);
+    if (n == 0) report_setting(w, st->key, ": needs at least one address");
+    return TAKEN;
 }
 
-static void walk_table(struct walk *w, const struct schema *sc, int idx, void *obj) {
+static void init_listen(const struct setting *st, char *obj, const char *dir) {
+    (void)dir;
+    struct brm_listen *l = brm_xcalloc(1, sizeof(*l));
+    l->addr = brm_xstrdup(st->text);
+    FIELD(struct brm_listen *, obj, st->off) = l;
+    FIELD(size_t, obj, st->off2) = 1;
+}
+
+static void release_listen(const struct setting *st, char *obj) {
+    free_listen(FIELD(struct brm_listen *, obj, st->off), FIELD(size_t, obj, st->off2));
+}
+
+/* "host:port", { addr = "host:port", token = ... }, or false: the address
+ * at OFF, the token at OFF2. */
+static enum verdict convert_admin(struct walk *w, const struct setting *st, char *obj) {
+    static const char *const keys[] = { "addr", "token", NULL };
+    lua_State *L = w->ld->L;
+    char **addr = &FIELD(char *, obj, st->off), **token = &FIELD(char *, obj, st->off2);
+    free(*addr);
+    free(*token);
+    *addr = *token = NULL;
+    switch (lua_type(L, -1)) {
+    case LUA_TBOOLEAN: return lua_toboolean(L, -1) ? WRONG : TAKEN;
+    case LUA_TSTRING:
+        if (!valid_addr(lua_tostring(L, -1))) return INVALID;
+        *addr = brm_xstrdup(lua_tostring(L, -1));
+        return TAKEN;
+    case LUA_TTABLE:
+        only_keys(w, st->key, keys);
+        *addr = string_field(w, st->key, "addr", 0);
+        *token = string_field(w, st->key, "token", 0);
+        if (!*addr || !valid_addr(*addr))
+            report_setting(w, st->key, ".addr: expected an address \"host:port\"");
+        if (*token && strlen(*token) < 16)
+            report_setting(w, st->key, ".token: at least 16 characters");
+        return TAKEN;
+    }
+    return WRONG;
+}
+
+static void release_admin(const struct setting *st, char *obj) {
+    free(FIELD(char *, obj, st->off));
+    free(FIELD(char *, obj, st->off2));
+}
+
+/* -- a source's secrets: a string or a list of one or two -- */
+
+static enum verdict convert_secrets(struct walk *w, const struct setting *st, char *obj) {
+    lua_State *L = w->ld->L;
+    struct brm_source *src = (struct brm_source *)(void *)obj;
+    int t = lua_type(L, -1);
+    size_t n = t == LUA_TTABLE ? lua_rawlen(L, -1) : 1;
+    if ((t != LUA_TTABLE && t != LUA_TSTRING) || n < 1 || n > 2) return WRONG;
+    for (size_t i = 1; i <= n; i++) {
+        if (t == LUA_TTABLE)
+            lua_rawgeti(L, -1, (lua_Integer)i);
+        else
+            lua_pushvalue(L, -1);
+        size_t len;
+        if (is_reported(L, -1)) {
+            /* env() already said what is missing */
+        } else if (lua_type(L, -1) != LUA_TSTRING) {
+            report_setting(w, st->key, ": expected %s", st->type->expected);
+        } else {
+            const char *s = lua_tolstring(L, -1, &len);
+            if (len == 0) {
+                report_setting(w, st->key, ": a secret cannot be empty");
+            } else {
+                src->secrets[src->nsecrets] = brm_xstrndup(s, len);
+                src->secret_len[src->nsecrets++] = len;
+            }
+        }
+        lua_pop(L, 1);
+    }
+    return TAKEN;
+}
+
+static void release_secrets(const struct setting *st, char *obj) {
+    (void)st;
+    struct brm_source *src = (struct brm_source *)(void *)obj;
+    for (int j = 0; j < src->nsecrets; j++) {
+        /* Secrets do not linger in freed memory. */
+        memset(src->secrets[j], 0, src->secret_len[j]);
+        free(src->secrets[j]);
+    }
+}
+
+/* -- tables of settings -- */
+
+/* Nested settings of the same struct: limits = { ... }. */
+static enum verdict convert_table(struct walk *w, const struct setting *st, char *obj) {
+    if (lua_type(w->ld->L, -1) != LUA_TTABLE) return WRONG;
+    struct walk sub = *w;
+    setting_name(w, st->key, sub.where, sizeof(sub.where));
+    walk_table(&sub, st->sub, lua_gettop(w->ld->L), obj);
+    return TAKEN;
+}
+
+static void init_table(const struct setting *st, char *obj, const char *dir) {
+    apply_defaults(st->sub, obj, dir);
+}
+
+static void release_table(const struct setting *st, char *obj) {
+    release(st->sub, obj);
+}
+
+/* name = { settings }: an array of structs at OFF, its count at OFF2. */
+static enum verdict convert_map(struct walk *w, const struct setting *st, char *obj) {
+    lua_State *L = w->ld->L;
+    if (lua_type(L, -1) != LUA_TTABLE) return WRONG;
+    char **arr = &FIELD(char *, obj, st->off);
+    size_t *count = &FIELD(size_t, obj, st->off2), size = st->sub->elem_size;
+    int map = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, map)) {
+        if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TTABLE) {
+            report(w->ld, w->top, NULL, "%s: each entry must be name = { ... }", st->key);
+            lua_pop(L, 1);
+            continue;
+        }
+        *arr = brm_xrealloc(*arr, (*count + 1) * size);
+        char *elem = memset(*arr + *count * size, 0, size);
+        apply_defaults(st->sub, elem, w->ld->dir);
+        FIELD(char *, elem, 0) = brm_xstrdup(lua_tostring(L, -2));
+        (*count)++;
+        struct walk sub = *w;
+        if (snprintf(sub.where, sizeof(sub.where), "%s%s%s.%s", w->where, *w->where ? "." : "",
+                     st->key, lua_tostring(L, -2)) < 0)
+            sub.where[0] = '\0';
+        walk_table(&sub, st->sub, lua_gettop(L), elem);
+        lua_pop(L, 1);
+    }
+    return TAKEN;
+}
+
+static void release_map(const struct setting *st, char *obj) {
+    char *arr = FIELD(char *, obj, st->off);
+    for (size_t i = 0; i < FIELD(size_t, obj, st->off2); i++) {
+        char *elem = arr + i * st->sub->elem_size;
+        free(FIELD(char *, elem, 0));
+        release(st->sub, elem);
+    }
+    free(arr);
+}
+
+/* -- targets: name -> options, which each kind's adapter checks -- */
+
+/* Takes each target's name, kind and options (as JSON, for the adapter to
+ * check once the walk is done: the adapters live in the scripts folder,
+ * which is itself a setting). */
+static enum verdict convert_targets(struct walk *w, const struct setting *st, char *obj) {
+    lua_State *L = w->ld->L;
+    if (lua_type(L, -1) != LUA_TTABLE) return WRONG;
+    struct brm_target **targets = &FIELD(struct brm_target *, obj, st->off);
+    size_t *count = &FIELD(size_t, obj, st->off2);
+    int map = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, map)) {
+        struct brm_err err;
+        const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        if (!name || lua_type(L, -1) != LUA_TTABLE) {
+            report(w->ld, w->top, NULL, "%s: each entry must be name = { kind = ..., ... }",
+                   st->key);
+        } else if (strcmp(name, BRM_HTTP_TARGET) == 0) {
+            report(w->ld, w->top, name, "%s.%s: the name is brume.http's own target", st->key,
+                   name);
+        } else {
+            *targets = brm_xrealloc(*targets, (*count + 1) * sizeof(**targets));
+            struct brm_target *tg = memset(&(*targets)[(*count)++], 0, sizeof(**targets));
+            tg->name = brm_xstrdup(name);
+            if (lua_getfield(L, -1, "kind") == LUA_TSTRING)
+                tg->kind = brm_xstrdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+            if (brm_json_encode(L, -1, &err) < 0) {
+                report(w->ld, w->top, name, "%s.%s: options must be plain values (%s)", st->key,
+                       name, err.msg);
+            } else {
+                tg->options = brm_xstrdup(lua_tostring(L, -1));
+                lua_pop(L, 1);
+            }
+        }
+        lua_pop(L, 1);
+    }
+    return TAKEN;
+}
+
+static void free_target(struct brm_target *t) {
+    free(t->name);
+    free(t->kind);
+    free(t->options);
+    free(t->proxy);
+    free(t->path);
+    free(t->signing_secret);
+    for (size_t j = 0; j < t->nsecrets; j++) free(t->secrets[j]);
+    free(t->secrets);
+}
+
+static void release_targets(const struct setting *st, char *obj) {
+    struct brm_target *targets = FIELD(struct brm_target *, obj, st->off);
+    for (size_t i = 0; i < FIELD(size_t, obj, st->off2); i++) free_target(&targets[i]);
+    free(targets);
+}
+
+/* -- the types -- */
+
+static const struct type string_type = { "a string", convert_string, init_string, release_string };
+static const struct type path_type = { "a string", convert_path, init_path, release_string };
+static const struct type long_type = { "an integer", convert_long, init_long, NULL };
+static const struct type int_type = { "an integer", convert_int, init_int, NULL };
+static const struct type size_type = { "a size (bytes, or \"8MB\")", convert_size, init_size,
+                                       NULL };
+static const struct type duration_type = { "a duration (seconds, or \"90s\", \"15m\", \"24h\")",
+                                           convert_duration, init_double, NULL };
+static const struct type bool_type = { "true or false", convert_bool, init_int, NULL };
+static const struct type enum_type = { NULL, convert_enum, init_int, NULL };
+static const struct type listen_type = {
+    "an address \"host:port\", { addr = ..., tls = { cert = ..., key = ... } }, or a list of them",
+    convert_listen, init_listen, release_listen
+};
+static const struct type admin_type = {
+    "an address \"host:port\", { addr = ..., token = ... }, or false", convert_admin, init_string,
+    release_admin
+};
+static const struct type secrets_type = { "a string or a list of one or two strings",
+                                          convert_secrets, NULL, release_secrets };
+static const struct type table_type = { "a table", convert_table, init_table, release_table };
+static const struct type map_type = { "a table", convert_map, NULL, release_map };
+static const struct type targets_type = { "a table", convert_targets, NULL, release_targets };
+
+/* ---- the settings ------------------------------------------------------- */
+
+#define CFG(field) offsetof(struct brm_config, field)
+#define SRC(field) offsetof(struct brm_source, field)
+#define SCHEMA(rows, size)                                                                         \
+    { rows, BRM_ARRAY_LEN(rows), size }
+
+static const struct name log_levels[] = {
+    { "debug", BRM_LOG_DEBUG },
+    { "info", BRM_LOG_INFO },
+    { "warn", BRM_LOG_WARN },
+    { "error", BRM_LOG_ERROR },
+    { NULL, 0 },
+};
+static const struct name log_formats[] = {
+    { "logfmt", BRM_LOG_LOGFMT },
+    { "json", BRM_LOG_JSON },
+    { NULL, 0 },
+};
+static const struct name durabilities[] = { { "full", 1 }, { "none", 0 }, { NULL, 0 } };
+
+static const struct setting limits_settings[] = {
+    { "instructions", &long_type, .off = CFG(instructions), .def = 1000000, .min = 1000,
+      .max = 1e12 },
+    { "time", &duration_type, .off = CFG(time_limit), .def = 1, .min = 0.001, .max = 3600 },
+    { "memory", &size_type, .off = CFG(memory), .def = 64u << 20, .min = 1u << 20, .max = 1e12 },
+};
+static const struct setting http_settings[] = {
+    { "header_timeout", &duration_type, .off = CFG(http.header_timeout), .def = 10, .min = 0.05,
+      .max = 3600 },
+    { "body_timeout", &duration_type, .off = CFG(http.body_timeout), .def = 30, .min = 0.05,
+      .max = 3600 },
+    { "idle_timeout", &duration_type, .off = CFG(http.idle_timeout), .def = 60, .min = 0.05,
+      .max = 86400 },
+    { "drain_timeout", &duration_type, .off = CFG(http.drain_timeout), .def = 10, .min = 0,
+      .max = 3600 },
+    { "max_connections", &long_type, .off = CFG(http.max_connections), .def = 4096, .min = 1,
+      .max = 1000000 },
+};
+static const struct setting log_settings[] = {
+    { "level", &enum_type, .off = CFG(log_level), .def = BRM_LOG_INFO, .names = log_levels },
+    { "format", &enum_type, .off = CFG(log_format), .def = BRM_LOG_LOGFMT, .names = log_formats },
+};
+static const struct setting journal_settings[] = {
+    { "retention", &duration_type, .off = CFG(journal.retention), .def = 7 * 86400, .min = 60,
+      .max = 10 * 365 * 86400.0 },
+    { "max_size", &size_type, .off = CFG(journal.max_size), .def = 1024ull << 20, .min = 0,
+      .max = 1e15 },
+};
+static const struct setting store_settings[] = {
+    { "max_size", &size_type, .off = CFG(store_max), .def = 0, .min = 0, .max = 1e15 },
+};
+static const struct setting source_settings[] = {
+    { "path", &string_type, .off = SRC(path) },
+    { "secret", &secrets_type, .off = 0 },
+    { "allow_sha1", &bool_type, .off = SRC(allow_sha1) },
+    { "insecure", &bool_type, .off = SRC(insecure) },
+    { "max_body", &size_type, .off = SRC(max_body), .def = 8u << 20, .min = 64, .max = 1u << 30 },
+    { "dedupe", &duration_type, .off = SRC(dedupe), .def = 0, .min = 0, .max = 30 * 86400.0 },
+    { "durability", &enum_type, .off = SRC(durable), .def = 1, .names = durabilities },
+};
+
+static const struct schema limits_schema = SCHEMA(limits_settings, 0);
+static const struct schema http_schema = SCHEMA(http_settings, 0);
+static const struct schema log_schema = SCHEMA(log_settings, 0);
+static const struct schema journal_schema = SCHEMA(journal_settings, 0);
+static const struct schema store_schema = SCHEMA(store_settings, 0);
+static const struct schema source_schema = SCHEMA(source_settings, sizeof(struct brm_source));
+
+static const struct setting top_settings[] = {
+    { "listen", &listen_type, .off = CFG(listen), .off2 = CFG(nlisten), .text = "0.0.0.0:8080" },
+    { "admin", &admin_type, .off = CFG(admin), .off2 = CFG(admin_token), .text = "127.0.0.1:9090" },
+    { "watch", &bool_type, .off = CFG(watch), .def = 1 },
+    { "workers", &int_type, .off = CFG(workers), .def = 0, .min = 0, .max = BRM_MAX_WORKERS },
+    { "data_dir", &path_type, .off = CFG(data_dir), .text = "var" },
+    { "rules", &path_type, .off = CFG(rules_dir), .text = "rules" },
+    { "scripts", &path_type, .off = CFG(scripts_dir), .text = "scripts" },
+    { "limits", &table_type, .off = 0, .sub = &limits_schema },
+    { "http", &table_type, .off = 0, .sub = &http_schema },
+    { "log", &table_type, .off = 0, .sub = &log_schema },
+    { "journal", &table_type, .off = 0, .sub = &journal_schema },
+    { "store", &table_type, .off = 0, .sub = &store_schema },
+    { "sources", &map_type, .off = CFG(sources), .off2 = CFG(nsources), .sub = &source_schema },
+    { "targets", &targets_type, .off = CFG(targets), .off2 = CFG(ntargets) },
+};
+static const struct schema top_schema = SCHEMA(top_settings, 0);
+
+/* ---- walking what the file set ------------------------------------------ */
+
+/* Converts the value on top of the stack for ST into OBJ, or reports why
+ * it cannot. */
+static void convert(struct walk *w, const struct setting *st, char *obj) {
+    lua_State *L = w->ld->L;
+    char buf[160];
+    if (is_reported(L, -1)) return;
+    enum verdict v = st->type->convert(w, st, obj);
+    const char *expected = describe(st, buf, sizeof(buf));
+    switch (v) {
+    case TAKEN: break;
+    case WRONG:
+        if (lua_type(L, -1) == LUA_TSTRING)
+            report_setting(w, st->key, ": expected %s, got \"%s\"", expected, lua_tostring(L, -1));
+        else
+            report_setting(w, st->key, ": expected %s, got %s", expected, luaL_typename(L, -1));
+        break;
+    case INVALID:
+        report_setting(w, st->key, ": '%s' is not %s", lua_tostring(L, -1), expected);
+        break;
+    case OUT_OF_RANGE:
+        report_setting(w, st->key, ": must be between %.15g and %.15g", st->min, st->max);
+        break;
+    }
+}
+
+static void report_unknown(struct walk *w, const struct schema *sc, const char *key) {
+    const char *names[64];
+    char hint[160], pbuf[300];
+    size_t n = 0;
+    for (size_t i = 0; i < sc->n && n < BRM_ARRAY_LEN(names); i++) names[n++] = sc->settings[i].key;
+    suggest(key, names, n, hint, sizeof(hint));
+    report(w->ld, w->top, subpath(w, key, pbuf, sizeof(pbuf)), "%s%sunknown setting '%s'%s",
+           w->where, *w->where ? ": " : "", key, hint);
+}
+
+/* Converts each key of the table at IDX that SC knows into OBJ. */
+static void walk_table(struct walk *w, const struct schema *sc, int idx, char *obj) {
     lua_State *L = w->ld->L;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
@@ -698,15 +920,25 @@ static void walk_table(struct walk *w, const struct schema *sc, int idx, void *o
             if (sc == &top_schema) w->top = k;
             for (size_t i = 0; i < sc->n && !st; i++)
                 if (strcmp(sc->settings[i].key, k) == 0) st = &sc->settings[i];
-            char pbuf[300];
-            if (!st)
-                report_unknown(w->ld, sc, w->top, w->where, k, subpath(w, k, pbuf, sizeof(pbuf)));
+            if (!st) report_unknown(w, sc, k);
         } else {
             report(w->ld, w->top, NULL, "%s: keys must be names", w->where);
         }
         if (st) convert(w, st, obj);
         lua_pop(L, 1);
     }
+}
+
+/* Gives OBJ the defaults of SC's settings (paths resolved from DIR). */
+static void apply_defaults(const struct schema *sc, char *obj, const char *dir) {
+    for (size_t i = 0; i < sc->n; i++)
+        if (sc->settings[i].type->init) sc->settings[i].type->init(&sc->settings[i], obj, dir);
+}
+
+/* Frees what OBJ's fields for SC own. */
+static void release(const struct schema *sc, char *obj) {
+    for (size_t i = 0; i < sc->n; i++)
+        if (sc->settings[i].type->release) sc->settings[i].type->release(&sc->settings[i], obj);
 }
 
 /* ---- checks across settings --------------------------------------------- */
@@ -742,105 +974,167 @@ static void check_config(struct loader *ld, struct brm_config *c) {
     }
 }
 
-static double number_field(lua_State *L, int t, const char *k) {
-    lua_getfield(L, t, k);
+/* ---- targets' options, checked by their adapters ------------------------ */
+
+/* Pushes T[K] read raw: the tables come from Lua code in the scripts
+ * folder, and no metamethod may run outside a protected call. T is an
+ * absolute index. Returns the value's type. [-0, +1] */
+static int raw_field(lua_State *L, int t, const char *k) {
+    lua_pushstring(L, k);
+    return lua_rawget(L, t);
+}
+
+static double meta_number(lua_State *L, int t, const char *k) {
+    raw_field(L, t, k);
     double v = lua_tonumber(L, -1);
     lua_pop(L, 1);
     return v;
 }
 
-static char *string_field(lua_State *L, int t, const char *k) {
-    lua_getfield(L, t, k);
-    char *v = lua_type(L, -1) == LUA_TSTRING ? brm_xstrdup(lua_tostring(L, -1)) : NULL;
+static char *meta_string(lua_State *L, int t, const char *k) {
+    char *v = raw_field(L, t, k) == LUA_TSTRING ? brm_xstrdup(lua_tostring(L, -1)) : NULL;
     lua_pop(L, 1);
     return v;
 }
 
-/* Fills what the C side needs from the META table at IDX. */
-static void read_meta(lua_State *L, int idx, struct brm_config *c, struct brm_target *tg) {
-    tg->timeout = number_field(L, idx, "timeout");
-    tg->max_age = number_field(L, idx, "max_age");
-    tg->backoff = number_field(L, idx, "backoff");
-    tg->rate = number_field(L, idx, "rate");
-    tg->concurrency = (long)number_field(L, idx, "concurrency");
-    tg->proxy = string_field(L, idx, "proxy");
-    tg->signing_secret = string_field(L, idx, "signing_secret");
-    char *path = string_field(L, idx, "path");
-    if (path) tg->path = brm_path_join(c->dir, path);
+/* Fills what the C side needs from the META table at IDX (absolute); a
+ * file target's path resolves from DIR. */
+static void read_meta(lua_State *L, int idx, const char *dir, struct brm_target *tg) {
+    tg->timeout = meta_number(L, idx, "timeout");
+    tg->max_age = meta_number(L, idx, "max_age");
+    tg->backoff = meta_number(L, idx, "backoff");
+    tg->rate = meta_number(L, idx, "rate");
+    tg->concurrency = (long)meta_number(L, idx, "concurrency");
+    tg->proxy = meta_string(L, idx, "proxy");
+    tg->signing_secret = meta_string(L, idx, "signing_secret");
+    char *path = meta_string(L, idx, "path");
+    if (path) tg->path = brm_path_join(dir, path);
     free(path);
-    lua_getfield(L, idx, "ticket");
+    raw_field(L, idx, "ticket");
     tg->ticket = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    lua_getfield(L, idx, "secrets");
-    size_t n = lua_rawlen(L, -1);
+    size_t n = raw_field(L, idx, "secrets") == LUA_TTABLE ? lua_rawlen(L, -1) : 0;
     tg->secrets = brm_xcalloc(n, sizeof(char *));
     for (size_t i = 1; i <= n; i++) {
-        lua_rawgeti(L, -1, (lua_Integer)i);
-        if (lua_type(L, -1) == LUA_TSTRING)
+        if (lua_rawgeti(L, -1, (lua_Integer)i) == LUA_TSTRING)
             tg->secrets[tg->nsecrets++] = brm_xstrdup(lua_tostring(L, -1));
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
 }
 
+/* The string at IDX, or "?". */
+static const char *string_or(lua_State *L, int idx) {
+    return lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : "?";
+}
+
+/* Reports each { key, message [, names] } problem of the list at IDX
+ * (absolute) at its key's line. NAMES, sent with an unknown option, are
+ * the options the kind takes: the closest is suggested. */
+static void report_problems(struct loader *ld, lua_State *L, int idx, const struct brm_target *tg) {
+    size_t n = lua_rawlen(L, idx);
+    for (size_t k = 1; k <= n; k++) {
+        const char *names[64];
+        size_t nnames = 0;
+        char path[300], hint[160];
+        int top = lua_gettop(L);
+        if (lua_rawgeti(L, idx, (lua_Integer)k) != LUA_TTABLE) {
+            lua_settop(L, top);
+            continue;
+        }
+        lua_rawgeti(L, top + 1, 1);
+        lua_rawgeti(L, top + 1, 2);
+        const char *key = string_or(L, top + 2);
+        /* The names stay referenced by the list on the stack while used. */
+        if (lua_rawgeti(L, top + 1, 3) == LUA_TTABLE)
+            for (size_t i = 1; i <= lua_rawlen(L, top + 4) && nnames < BRM_ARRAY_LEN(names); i++) {
+                if (lua_rawgeti(L, top + 4, (lua_Integer)i) == LUA_TSTRING)
+                    names[nnames++] = lua_tostring(L, -1);
+                lua_pop(L, 1);
+            }
+        suggest(key, names, nnames, hint, sizeof(hint));
+        snprintf(path, sizeof(path), "%s.%s", tg->name, key);
+        report(ld, "targets", path, "targets.%s.%s: %s%s", tg->name, key, string_or(L, top + 3),
+               hint);
+        lua_settop(L, top);
+    }
+}
+
 /*
- * Has each target's adapter check its options: brume.target.check(kind,
- * options) in a sandbox that finds the user's scripts first, as the
- * workers' VMs will. Problems come back as { key, message } and are
- * reported at the key's line.
+ * Has TG's adapter check its options in SB: brume.target.check(kind,
+ * options) returns the options with defaults filled in, what the C side
+ * needs (meta), and a list of problems. The options are taken (and bad
+ * cleared) only when there is none.
+ */
+static void check_target(struct loader *ld, struct brm_sandbox *sb, const char *dir,
+                         struct brm_target *tg) {
+    static const char checker[] = "return require('brume.target').check(...)";
+    lua_State *L = brm_sandbox_state(sb);
+    int top = lua_gettop(L);
+    struct brm_err err;
+    char msg[1024];
+    if (brm_sandbox_loadbuffer(sb, checker, sizeof(checker) - 1, "=targets", &err) < 0) goto fail;
+    lua_pushstring(L, tg->kind);
+    if (brm_json_decode(L, tg->options, strlen(tg->options), &err) < 0 ||
+        brm_sandbox_call(sb, 2, 3, &err) != BRM_CALL_OK)
+        goto fail;
+    if (lua_type(L, top + 3) != LUA_TTABLE) {
+        brm_err_set(&err, "brume.target.check returned no list of problems");
+        goto fail;
+    }
+    report_problems(ld, L, top + 3, tg);
+    if (lua_rawlen(L, top + 3) == 0) {
+        if (lua_type(L, top + 1) != LUA_TTABLE || lua_type(L, top + 2) != LUA_TTABLE) {
+            brm_err_set(&err, "brume.target.check returned no options");
+            goto fail;
+        }
+        if (brm_json_encode(L, top + 1, &err) < 0) {
+            char why[sizeof(err.msg)];
+            snprintf(why, sizeof(why), "%s", err.msg);
+            brm_err_set(&err, "the options with the adapter's defaults are not plain values (%s)",
+                        why);
+            goto fail;
+        }
+        free(tg->options);
+        tg->options = brm_xstrdup(lua_tostring(L, -1));
+        read_meta(L, top + 2, dir, tg);
+        tg->bad = 0;
+    }
+    lua_settop(L, top);
+    return;
+fail:
+    brm_err_format(&err, msg, sizeof(msg));
+    report(ld, "targets", tg->name, "targets.%s: %s", tg->name, msg);
+    lua_settop(L, top);
+}
+
+/*
+ * Has each target's adapter check its options, in a sandbox that finds
+ * the user's scripts first, as the workers' VMs will. Adapters may call
+ * the brume module: the caller's hook opens it (config cannot, as the
+ * module reads the config).
  */
 static void check_targets(struct loader *ld, struct brm_config *c) {
-    static const char checker[] = "return require('brume.target').check(...)";
     if (!c->ntargets) return;
     struct brm_sandbox_opts o = { .instructions = CONFIG_INSTRUCTIONS,
                                   .time_limit = CONFIG_TIME,
                                   .memory = CONFIG_MEMORY,
                                   .scripts_dir = c->scripts_dir };
     struct brm_sandbox *sb = brm_sandbox_new(&o);
-    lua_State *L = brm_sandbox_state(sb);
-    struct brm_err err;
-    brm_api_open(sb, c);
+    brm_json_open(brm_sandbox_state(sb)); /* the options travel as JSON */
+    lua_pop(brm_sandbox_state(sb), 1);
+    if (ld->open) ld->open(sb, c, ld->open_arg);
     for (size_t i = 0; i < c->ntargets; i++) {
         struct brm_target *tg = &c->targets[i];
         tg->bad = 1; /* until its adapter took its options */
-        if (!tg->kind) {
+        if (!tg->kind)
             report(ld, "targets", tg->name,
                    "targets.%s: no kind (one of discord, file, gchat, "
                    "jira, mattermost, opsgenie, pagerduty, servicenow, slack, teams, webex, "
                    "webhook, zendesk)",
                    tg->name);
-            continue;
-        }
-        if (!tg->options) continue;
-        int top = lua_gettop(L);
-        if (brm_sandbox_loadbuffer(sb, checker, sizeof(checker) - 1, "=targets", &err) < 0) break;
-        lua_pushstring(L, tg->kind);
-        brm_json_decode(L, tg->options, strlen(tg->options), &err);
-        if (brm_sandbox_call(sb, 2, 3, &err) != BRM_CALL_OK) {
-            char msg[1024];
-            brm_err_format(&err, msg, sizeof(msg));
-            report(ld, "targets", tg->name, "targets.%s: %s", tg->name, msg);
-            continue;
-        }
-        size_t nproblems = lua_rawlen(L, top + 3);
-        for (size_t k = 1; k <= nproblems; k++) {
-            char path[300];
-            lua_rawgeti(L, top + 3, (lua_Integer)k);
-            lua_rawgeti(L, -1, 1);
-            lua_rawgeti(L, -2, 2);
-            snprintf(path, sizeof(path), "%s.%s", tg->name, lua_tostring(L, -2));
-            report(ld, "targets", path, "targets.%s.%s: %s", tg->name, lua_tostring(L, -2),
-                   lua_tostring(L, -1));
-            lua_pop(L, 3);
-        }
-        if (nproblems == 0 && brm_json_encode(L, top + 1, &err) == 0) {
-            free(tg->options);
-            tg->options = brm_xstrdup(lua_tostring(L, -1));
-            lua_pop(L, 1);
-            read_meta(L, top + 2, c, tg);
-            tg->bad = 0;
-        }
-        lua_settop(L, top);
+        else if (tg->options)
+            check_target(ld, sb, c->dir, tg);
     }
     brm_sandbox_free(sb);
 }
@@ -857,28 +1151,31 @@ static void add_http_target(struct brm_config *c) {
     tg->concurrency = 4;
 }
 
-static void set_defaults(struct brm_config *c) {
-    c->listen = brm_xcalloc(1, sizeof(*c->listen));
-    c->listen[0].addr = brm_xstrdup("0.0.0.0:8080");
-    c->nlisten = 1;
-    c->admin = brm_xstrdup("127.0.0.1:9090");
-    c->watch = 1;
-    c->workers = 0;
-    c->data_dir = brm_path_join(c->dir, "var");
-    c->rules_dir = brm_path_join(c->dir, "rules");
-    c->scripts_dir = brm_path_join(c->dir, "scripts");
-    c->instructions = 1000000;
-    c->time_limit = 1;
-    c->memory = 64u << 20;
-    c->http.header_timeout = 10;
-    c->http.body_timeout = 30;
-    c->http.idle_timeout = 60;
-    c->http.drain_timeout = 10;
-    c->http.max_connections = 4096;
-    c->log_level = BRM_LOG_INFO;
-    c->journal.retention = 7 * 86400;
-    c->journal.max_size = 1024ull << 20;
-    c->log_format = BRM_LOG_LOGFMT;
+/* ---- loading ------------------------------------------------------------ */
+
+/* Gives the chunk at CHUNK its environment: env() and file(), the safe
+ * library behind, and a __newindex that notes the line of each top-level
+ * key in the table at ld->lines. Returns the environment's index. [-0, +1] */
+static int make_environment(struct loader *ld, struct brm_sandbox *sb, int chunk) {
+    lua_State *L = ld->L;
+    lua_newtable(L);
+    int env = lua_gettop(L);
+    lua_pushlightuserdata(L, ld);
+    lua_pushcclosure(L, cfg_env, 1);
+    lua_setfield(L, env, "env");
+    lua_pushlightuserdata(L, ld);
+    lua_pushcclosure(L, cfg_file, 1);
+    lua_setfield(L, env, "file");
+    lua_createtable(L, 0, 2);
+    brm_sandbox_push_library(sb);
+    lua_setfield(L, -2, "__index");
+    lua_pushvalue(L, ld->lines);
+    lua_pushcclosure(L, cfg_newindex, 1);
+    lua_setfield(L, -2, "__newindex");
+    lua_setmetatable(L, env);
+    lua_pushvalue(L, env);
+    lua_setupvalue(L, chunk, 1);
+    return env;
 }
 
 /* Runs the config file in a sandbox and walks what it set. */
@@ -902,29 +1199,13 @@ static void evaluate(struct loader *ld, struct brm_config *c) {
         brm_errors_add(ld->errs, &err);
         goto done;
     }
+    int chunk = lua_gettop(L);
     brm_json_open(L); /* to carry targets' options to their adapters */
     lua_pop(L, 1);
     lua_newtable(L); /* top-level key -> line */
     ld->lines = lua_gettop(L);
-    /* The file's environment: env() and file(), the safe library behind. */
-    lua_newtable(L);
-    int env = lua_gettop(L);
-    lua_pushlightuserdata(L, ld);
-    lua_pushcclosure(L, cfg_env, 1);
-    lua_setfield(L, env, "env");
-    lua_pushlightuserdata(L, ld);
-    lua_pushcclosure(L, cfg_file, 1);
-    lua_setfield(L, env, "file");
-    lua_createtable(L, 0, 2);
-    brm_sandbox_push_library(sb);
-    lua_setfield(L, -2, "__index");
-    lua_pushvalue(L, ld->lines);
-    lua_pushcclosure(L, cfg_newindex, 1);
-    lua_setfield(L, -2, "__newindex");
-    lua_setmetatable(L, env);
-    lua_pushvalue(L, env);
-    lua_setupvalue(L, env - 2, 1);
-    lua_pushvalue(L, env - 2);
+    int env = make_environment(ld, sb, chunk);
+    lua_pushvalue(L, chunk);
     if (brm_sandbox_call(sb, 0, 0, &err) != BRM_CALL_OK) {
         brm_errors_add(ld->errs, &err);
         goto done;
@@ -935,7 +1216,7 @@ static void evaluate(struct loader *ld, struct brm_config *c) {
     lua_pushnil(L);
     lua_setfield(L, env, "file");
     struct walk w = { .ld = ld, .top = NULL, .where = "" };
-    walk_table(&w, &top_schema, env, c);
+    walk_table(&w, &top_schema, env, (char *)c);
     /* Checks across settings need the line table, so they run in here.
      * Each target is checked whatever else is wrong: brume check reports
      * every problem. */
@@ -944,17 +1225,6 @@ static void evaluate(struct loader *ld, struct brm_config *c) {
 done:
     brm_sandbox_free(sb);
     ld->L = NULL;
-}
-
-static void free_target(struct brm_target *t) {
-    free(t->name);
-    free(t->kind);
-    free(t->options);
-    free(t->proxy);
-    free(t->path);
-    free(t->signing_secret);
-    for (size_t j = 0; j < t->nsecrets; j++) free(t->secrets[j]);
-    free(t->secrets);
 }
 
 /* Drops the targets whose options were refused (brume check goes on to the
@@ -970,9 +1240,10 @@ static void drop_bad_targets(struct brm_config *c) {
     c->ntargets = kept;
 }
 
-static struct brm_config *load(const char *path, struct brm_errors *errs, int lenient) {
+static struct brm_config *load(const char *path, brm_config_open_fn *open, void *arg,
+                               struct brm_errors *errs, int lenient) {
     struct brm_config *c = brm_xcalloc(1, sizeof(*c));
-    struct loader ld = { .errs = errs, .errs_at_start = errs->n };
+    struct loader ld = { .errs = errs, .errs_at_start = errs->n, .open = open, .open_arg = arg };
     c->refs = 1;
     c->file = brm_xstrdup(path);
     c->dir = brm_path_dir(path);
@@ -980,7 +1251,7 @@ static struct brm_config *load(const char *path, struct brm_errors *errs, int le
     ld.display = display;
     ld.dir = c->dir;
     brm_buf_init(&ld.text);
-    set_defaults(c);
+    apply_defaults(&top_schema, (char *)c, c->dir);
     evaluate(&ld, c);
     add_http_target(c);
     if (c->workers == 0) c->workers = brm_cpu_count();
@@ -998,12 +1269,14 @@ static struct brm_config *load(const char *path, struct brm_errors *errs, int le
     return c;
 }
 
-struct brm_config *brm_config_load(const char *path, struct brm_errors *errs) {
-    return load(path, errs, 0);
+struct brm_config *brm_config_load(const char *path, brm_config_open_fn *open, void *arg,
+                                   struct brm_errors *errs) {
+    return load(path, open, arg, errs, 0);
 }
 
-struct brm_config *brm_config_check(const char *path, struct brm_errors *errs) {
-    return load(path, errs, 1);
+struct brm_config *brm_config_check(const char *path, brm_config_open_fn *open, void *arg,
+                                    struct brm_errors *errs) {
+    return load(path, open, arg, errs, 1);
 }
 
 const struct brm_config *brm_config_ref(const struct brm_config *c) {
@@ -1014,27 +1287,9 @@ const struct brm_config *brm_config_ref(const struct brm_config *c) {
 void brm_config_free(const struct brm_config *cc) {
     struct brm_config *c = (struct brm_config *)cc; /* the last holder owns it */
     if (!c || atomic_fetch_sub(&c->refs, 1) > 1) return;
+    release(&top_schema, (char *)c);
     free(c->file);
     free(c->dir);
-    free_listen(c->listen, c->nlisten);
-    free(c->admin);
-    free(c->admin_token);
-    free(c->data_dir);
-    free(c->rules_dir);
-    free(c->scripts_dir);
-    for (size_t i = 0; i < c->nsources; i++) {
-        struct brm_source *s = &c->sources[i];
-        free(s->name);
-        free(s->path);
-        for (int j = 0; j < s->nsecrets; j++) {
-            /* Secrets do not linger in freed memory. */
-            memset(s->secrets[j], 0, s->secret_len[j]);
-            free(s->secrets[j]);
-        }
-    }
-    free(c->sources);
-    for (size_t i = 0; i < c->ntargets; i++) free_target(&c->targets[i]);
-    free(c->targets);
     free(c);
 }
 

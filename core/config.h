@@ -4,8 +4,12 @@
  * for secrets; the globals it sets are then checked against a declarative
  * table of settings, and every unknown key, wrong type or bad value is
  * reported as "file:line: setting: problem". Relative paths resolve from
- * the config file's folder. The result is immutable and shared by every
- * thread. Depends on sandbox, util.
+ * the config file's folder. Each target's options are checked by its
+ * kind's adapter (scripts/brume/targets/<kind>.lua), run in a sandbox of
+ * its own; the adapters may call the brume module, which the caller opens
+ * there through a hook (the module reads the config, so config does not
+ * depend on it). The result is immutable and shared by every thread.
+ * Depends on sandbox, json, log, util.
  */
 #ifndef BRM_CONFIG_H
 #define BRM_CONFIG_H
@@ -90,16 +94,30 @@ struct brm_config {
     size_t ntargets;
 };
 
+struct brm_sandbox;
+
 /*
- * Loads and checks PATH. Returns the config, or NULL with at least one
- * error appended to ERRS (all that were found, not only the first).
+ * Readies SB, the VM the targets' adapters check their options in, before
+ * any adapter loads: opens what adapters may call (the brume module; see
+ * brm_api_open_for_config). C is the config as far as it was read, ARG
+ * what the caller passed with the hook.
  */
-struct brm_config *brm_config_load(const char *path, struct brm_errors *errs);
+typedef void brm_config_open_fn(struct brm_sandbox *sb, const struct brm_config *c, void *arg);
+
+/*
+ * Loads and checks PATH; OPEN(sb, c, ARG) readies the adapters' VM (NULL:
+ * the adapters see no brume module). Returns the config, or NULL with at
+ * least one error appended to ERRS (all that were found, not only the
+ * first).
+ */
+struct brm_config *brm_config_load(const char *path, brm_config_open_fn *open, void *arg,
+                                   struct brm_errors *errs);
 /* The same for `brume check`, which goes on to the rules whatever else is
  * wrong: returns the config as far as it could be read (targets that were
  * refused left out) even with errors appended, NULL only when the file
  * could not be read or run. */
-struct brm_config *brm_config_check(const char *path, struct brm_errors *errs);
+struct brm_config *brm_config_check(const char *path, brm_config_open_fn *open, void *arg,
+                                    struct brm_errors *errs);
 /* A config is shared, read-only, by whoever runs on it (engines, the
  * outbox, the server): each holder takes a reference and drops it with
  * brm_config_free, which frees the config with the last one. A reload

@@ -173,7 +173,7 @@ static void print_errors(const struct brm_errors *errs) {
 
 static struct brm_config *load_config(const char *path) {
     struct brm_errors errs = { 0 };
-    struct brm_config *c = brm_config_load(path, &errs);
+    struct brm_config *c = brm_config_load(path, brm_api_open_for_config, NULL, &errs);
     print_errors(&errs);
     brm_errors_reset(&errs);
     return c;
@@ -190,7 +190,7 @@ static int cmd_run(struct args *a) {
 
 static int cmd_check(struct args *a) {
     struct brm_errors errs = { 0 };
-    struct brm_config *cfg = brm_config_check(a->config, &errs);
+    struct brm_config *cfg = brm_config_check(a->config, brm_api_open_for_config, NULL, &errs);
     struct brm_engine *e = cfg ? brm_engine_new(cfg, &errs) : NULL;
     int rc = EXIT_USER;
     print_errors(&errs);

@@ -440,7 +440,7 @@ static int reload(struct server *s, const char *trigger, struct brm_buf *report)
     struct brm_errors errs = { 0 }, warnings = { 0 };
     struct rule_set rs = { 0 };
     brm_log_info("reloading", "trigger", trigger);
-    struct brm_config *cfg = brm_config_load(s->cfg->file, &errs);
+    struct brm_config *cfg = brm_config_load(s->cfg->file, brm_api_open_for_config, NULL, &errs);
     int rc = -1;
     /* The admin listener stays where it started: reachable from elsewhere,
      * it keeps wanting a token whatever the new config says. */

@@ -116,7 +116,9 @@ end
 
 --[[ Checks OPTIONS (a target's table from the config) for KIND. Returns
 the options with defaults filled in, what brume's C side needs to know
-(meta), and a list of { key, message } problems. ]]
+(meta), and a list of { key, message } problems; a key KIND does not take
+comes as { key, message, names }, names being the options it takes, sorted
+(the config loader suggests the closest). ]]
 function M.check(kind, options)
   local problems = {}
   local adapter, why = M.adapter(kind)
@@ -126,11 +128,14 @@ function M.check(kind, options)
   for k, s in pairs(adapter.options or {}) do
     spec[k] = type(s) == "string" and { s } or s
   end
+  local names = {}
+  for k in pairs(spec) do names[#names + 1] = k end
+  table.sort(names)
   local out, secrets, failed = {}, {}, {}
   for k, v in pairs(options) do
     local s = spec[k]
     if not s then
-      problems[#problems + 1] = { tostring(k), "unknown setting for kind " .. kind }
+      problems[#problems + 1] = { tostring(k), "unknown setting for kind " .. kind, names }
     else
       local value = checks[s[1]](v)
       if value == nil then

@@ -52,7 +52,7 @@ int main(int argc, char **argv) {
         if (fd < 0 || write(fd, cfgtext, (size_t)n) != n) return 1;
         close(fd);
         struct brm_errors errs = { 0 };
-        struct brm_config *cfg = brm_config_load(path, &errs);
+        struct brm_config *cfg = brm_config_load(path, brm_api_open_for_config, NULL, &errs);
         struct brm_engine *e = cfg ? brm_engine_new(cfg, &errs) : NULL;
         unlink(path);
         if (!e) {

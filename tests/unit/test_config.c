@@ -1,10 +1,15 @@
 /* config: a good config loads with defaults and resolved paths; every kind
- * of mistake is reported with file:line, all of them at once. */
+ * of mistake is reported with file:line, all of them at once. Each setting
+ * type is tried with a good value, a wrong type, a bad value and its
+ * limits; the rows themselves are checked (defaults within limits). The
+ * .c is included for its table of settings. */
+#include <math.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include "config.h"
-#include "log.h"
+#include "../../core/config.c"
+#include "api.h"
 #include "test.h"
 
 static char dir[64];
@@ -17,12 +22,20 @@ static char *write_config(const char *name, const char *text) {
     return path;
 }
 
-/* Loads TEXT; returns the config or NULL, with the errors formatted into
- * one string (each "file:line: msg" on its own line) in OUT. */
-static struct brm_config *load(const char *text, struct brm_buf *out) {
+static void make_dir(const char *name) {
+    char *path = brm_xasprintf("%s/%s", dir, name);
+    CHECK(mkdir(path, 0700) == 0);
+    free(path);
+}
+
+/* Loads TEXT with the hook OPEN; returns the config or NULL, with the
+ * errors formatted into one string (each "file:line: msg" on its own line)
+ * in OUT. */
+static struct brm_config *try_load_with(const char *text, brm_config_open_fn *open, void *arg,
+                                        struct brm_buf *out) {
     char *path = write_config("brume.lua", text);
     struct brm_errors errs = { 0 };
-    struct brm_config *c = brm_config_load(path, &errs);
+    struct brm_config *c = brm_config_load(path, open, arg, &errs);
     out->len = 0;
     brm_buf_puts(out, "");
     for (size_t i = 0; i < errs.n; i++) {
@@ -38,6 +51,11 @@ static struct brm_config *load(const char *text, struct brm_buf *out) {
     return c;
 }
 
+/* Loads TEXT as brume does. */
+static struct brm_config *try_load(const char *text, struct brm_buf *out) {
+    return try_load_with(text, brm_api_open_for_config, NULL, out);
+}
+
 #define GOOD "sources = { mist = { path = '/mist', secret = 's' } }\n"
 
 static void check_good(void) {
@@ -46,27 +64,27 @@ static void check_good(void) {
     setenv("BRUME_TEST_SECRET", "from-env", 1);
     char *secret_path = write_config("secret.txt", "from-file\n");
     free(secret_path);
-    struct brm_config *c =
-        load("-- a full config\n"
-             "listen = { '127.0.0.1:8080', '[::1]:8081',\n"
-             "  { addr = ':8443', tls = { cert = 'tls/cert.pem', key = '/etc/k.pem' } } }\n"
-             "admin = false\n"
-             "watch = false\n"
-             "workers = 3\n"
-             "data_dir = 'state'\n"
-             "rules = '/etc/brume/rules'\n"
-             "limits = { instructions = 5000, memory = '16MB' }\n"
-             "http = { header_timeout = '2s', body_timeout = 5, idle_timeout = '1m', "
-             "max_connections = 10 }\n"
-             "log = { level = 'debug', format = 'json' }\n"
-             "local base = '/mist'\n"
-             "sources = {\n"
-             "  mist = { path = base, secret = { env('BRUME_TEST_SECRET'), file('secret.txt') },\n"
-             "           allow_sha1 = true, max_body = '1MB' },\n"
-             "  lab = { path = '/lab', insecure = true },\n"
-             "}\n"
-             "targets = { secops = { kind = 'file', path = 'alerts.jsonl' } }\n",
-             &e);
+    struct brm_config *c = try_load(
+        "-- a full config\n"
+        "listen = { '127.0.0.1:8080', '[::1]:8081',\n"
+        "  { addr = ':8443', tls = { cert = 'tls/cert.pem', key = '/etc/k.pem' } } }\n"
+        "admin = false\n"
+        "watch = false\n"
+        "workers = 3\n"
+        "data_dir = 'state'\n"
+        "rules = '/etc/brume/rules'\n"
+        "limits = { instructions = 5000, memory = '16MB' }\n"
+        "http = { header_timeout = '2s', body_timeout = 5, idle_timeout = '1m', "
+        "max_connections = 10 }\n"
+        "log = { level = 'debug', format = 'json' }\n"
+        "local base = '/mist'\n"
+        "sources = {\n"
+        "  mist = { path = base, secret = { env('BRUME_TEST_SECRET'), file('secret.txt') },\n"
+        "           allow_sha1 = true, max_body = '1MB' },\n"
+        "  lab = { path = '/lab', insecure = true },\n"
+        "}\n"
+        "targets = { secops = { kind = 'file', path = 'alerts.jsonl' } }\n",
+        &e);
     CHECK_STR(e.data, "");
     CHECK(c != NULL);
     if (c) {
@@ -115,7 +133,7 @@ static void check_good(void) {
     }
     brm_config_free(c);
 
-    c = load(GOOD, &e);
+    c = try_load(GOOD, &e);
     CHECK(c != NULL);
     if (c) { /* the defaults */
         CHECK_STR(c->listen[0].addr, "0.0.0.0:8080");
@@ -135,47 +153,47 @@ static void check_errors(void) {
     brm_buf_init(&e);
     struct brm_config *c;
 
-    c = load(GOOD "listn = '0.0.0.0:80'\n", &e);
+    c = try_load(GOOD "listn = '0.0.0.0:80'\n", &e);
     CHECK(c == NULL);
     CHECK_STR(e.data, "brume.lua:2: unknown setting 'listn' (did you mean 'listen'?)\n");
 
-    c = load(GOOD "workers = 'four'\n", &e);
+    c = try_load(GOOD "workers = 'four'\n", &e);
     CHECK_STR(e.data, "brume.lua:2: workers: expected an integer, got \"four\"\n");
 
-    c = load("workers = 2\n"
-             "sources = {\n"
-             "  mist = {\n"
-             "    path = '/mist', secret = 's',\n"
-             "    max_bodyy = '1MB',\n"
-             "  },\n"
-             "}\n",
-             &e);
+    c = try_load("workers = 2\n"
+                 "sources = {\n"
+                 "  mist = {\n"
+                 "    path = '/mist', secret = 's',\n"
+                 "    max_bodyy = '1MB',\n"
+                 "  },\n"
+                 "}\n",
+                 &e);
     CHECK_STR(e.data, "brume.lua:5: sources.mist: unknown setting 'max_bodyy' (did you mean "
                       "'max_body'?)\n");
 
-    c = load("sources = {\n"
-             "  mist = { path = '/mist', secret = env('BRUME_TEST_UNSET_VARIABLE') },\n"
-             "}\n",
-             &e);
+    c = try_load("sources = {\n"
+                 "  mist = { path = '/mist', secret = env('BRUME_TEST_UNSET_VARIABLE') },\n"
+                 "}\n",
+                 &e);
     CHECK_STR(e.data, "brume.lua:2: environment variable BRUME_TEST_UNSET_VARIABLE is not set\n");
 
-    c = load("sources = { mist = { path = '/mist', secret = env('BRUME_TEST_UNSET_VARIABLE', "
-             "'dflt') } }\n",
-             &e);
+    c = try_load("sources = { mist = { path = '/mist', secret = env('BRUME_TEST_UNSET_VARIABLE', "
+                 "'dflt') } }\n",
+                 &e);
     CHECK(c != NULL && strcmp(c->sources[0].secrets[0], "dflt") == 0);
     brm_config_free(c);
 
-    c = load("sources = { mist = { path = '/mist', secret = file('missing.txt') } }\n", &e);
+    c = try_load("sources = { mist = { path = '/mist', secret = file('missing.txt') } }\n", &e);
     CHECK_HAS(e.data, "brume.lua:1: cannot read ");
     CHECK_HAS(e.data, "missing.txt: No such file or directory");
 
     /* Several mistakes: every one is reported. */
-    c = load("listen = 8080\n"
-             "limits = { memory = 'lots', instructions = 10 }\n"
-             "log = { level = 'loud' }\n"
-             "sources = { mist = { path = '/mist', secret = 's' } }\n"
-             "http = { header_timeout = '5 fortnights' }\n",
-             &e);
+    c = try_load("listen = 8080\n"
+                 "limits = { memory = 'lots', instructions = 10 }\n"
+                 "log = { level = 'loud' }\n"
+                 "sources = { mist = { path = '/mist', secret = 's' } }\n"
+                 "http = { header_timeout = '5 fortnights' }\n",
+                 &e);
     CHECK(c == NULL);
     CHECK_HAS(e.data, "brume.lua:1: listen: expected an address \"host:port\", { addr = ..., "
                       "tls = { cert = ..., key = ... } }, or a list of them, got number\n");
@@ -184,79 +202,82 @@ static void check_errors(void) {
     CHECK_HAS(e.data, "brume.lua:3: log.level: expected one of");
     CHECK_HAS(e.data, "brume.lua:5: http.header_timeout: expected a duration");
 
-    c = load("listen = { '127.0.0.1:80', 'nonsense' }\n" GOOD, &e);
+    c = try_load("listen = { '127.0.0.1:80', 'nonsense' }\n" GOOD, &e);
     CHECK_HAS(e.data, "brume.lua:1: listen[2]: expected an address \"host:port\"");
-    c = load("listen = { addr = ':443', tls = { cert = 'c.pem' } }\n" GOOD, &e);
+    c = try_load("listen = { addr = ':443', tls = { cert = 'c.pem' } }\n" GOOD, &e);
     CHECK_STR(e.data, "brume.lua:1: listen[1].tls: needs cert and key\n");
-    c = load("listen = { addr = ':443', tls = { cert = 'c', key = 'k', ca = 'x' } }\n" GOOD, &e);
+    c = try_load("listen = { addr = ':443', tls = { cert = 'c', key = 'k', ca = 'x' } }\n" GOOD,
+                 &e);
     CHECK_STR(e.data, "brume.lua:1: listen[1].tls: unknown setting 'ca'\n");
     /* The admin endpoints leave the loopback only behind a token. */
-    c = load("admin = '0.0.0.0:9090'\n" GOOD, &e);
+    c = try_load("admin = '0.0.0.0:9090'\n" GOOD, &e);
     CHECK_HAS(e.data, "brume.lua:1: admin: 0.0.0.0:9090 is reachable from other hosts");
-    c = load("admin = { addr = '0.0.0.0:9090', token = 'short' }\n" GOOD, &e);
+    c = try_load("admin = { addr = '0.0.0.0:9090', token = 'short' }\n" GOOD, &e);
     CHECK_STR(e.data, "brume.lua:1: admin.token: at least 16 characters\n");
-    c = load("admin = { addr = '0.0.0.0:9090', token = 'a-long-enough-token' }\n" GOOD, &e);
+    c = try_load("admin = { addr = '0.0.0.0:9090', token = 'a-long-enough-token' }\n" GOOD, &e);
     CHECK(c != NULL && strcmp(c->admin_token, "a-long-enough-token") == 0);
     brm_config_free(c);
 
-    c = load("sources = {}\n", &e);
+    c = try_load("sources = {}\n", &e);
     CHECK_HAS(e.data, "brume.lua: no sources");
 
-    c = load("sources = { mist = { path = '/mist' } }\n", &e);
+    c = try_load("sources = { mist = { path = '/mist' } }\n", &e);
     CHECK_HAS(e.data, "brume.lua:1: sources.mist: no secret (set secret, or insecure = true");
 
-    c = load("sources = { mist = { path = 'mist', secret = 's' } }\n", &e);
+    c = try_load("sources = { mist = { path = 'mist', secret = 's' } }\n", &e);
     CHECK_HAS(e.data, "sources.mist.path: must start with '/'");
 
-    c = load("sources = { mist = { path = '/m', secret = 's', insecure = true } }\n", &e);
+    c = try_load("sources = { mist = { path = '/m', secret = 's', insecure = true } }\n", &e);
     CHECK_HAS(e.data, "insecure = true with a secret set");
 
-    c = load("sources = { mist = { path = '/m', secret = { 'a', 'b', 'c' } } }\n", &e);
+    c = try_load("sources = { mist = { path = '/m', secret = { 'a', 'b', 'c' } } }\n", &e);
     CHECK_HAS(e.data, "sources.mist.secret: expected a string or a list of one or two strings");
 
-    c = load("sources = { mist = { path = '/m', secret = '' } }\n", &e);
+    c = try_load("sources = { mist = { path = '/m', secret = '' } }\n", &e);
     CHECK_HAS(e.data, "a secret cannot be empty");
 
-    c = load("sources = {\n"
-             "  a = { path = '/m', secret = 's' },\n"
-             "  b = { path = '/m', secret = 's' },\n"
-             "}\n",
-             &e);
+    c = try_load("sources = {\n"
+                 "  a = { path = '/m', secret = 's' },\n"
+                 "  b = { path = '/m', secret = 's' },\n"
+                 "}\n",
+                 &e);
     CHECK_HAS(e.data, "/m is also the path of");
 
     /* Targets are checked by their kind's adapter, at the option's line. */
-    c = load(GOOD "targets = {\n  chat = {\n    kind = 'slack',\n    url = 'hooks.example/x',\n"
-                  "    chanel = '#x',\n  },\n}\n",
-             &e);
+    c = try_load(GOOD "targets = {\n  chat = {\n    kind = 'slack',\n    url = 'hooks.example/x',\n"
+                      "    chanel = '#x',\n  },\n}\n",
+                 &e);
     CHECK_HAS(e.data, "brume.lua:5: targets.chat.url: expected an http(s) URL\n");
-    CHECK_HAS(e.data, "brume.lua:6: targets.chat.chanel: unknown setting for kind slack\n");
+    CHECK_HAS(e.data, "brume.lua:6: targets.chat.chanel: unknown setting for kind slack (did "
+                      "you mean 'channel'?)\n");
     CHECK(strstr(e.data, "required") == NULL); /* a bad url is not also a missing one */
-    c = load(GOOD "targets = {\n  chat = { kind = 'slack' },\n}\n", &e);
+    c = try_load(GOOD "targets = {\n  chat = { kind = 'slack' },\n}\n", &e);
     CHECK_STR(e.data, "brume.lua:3: targets.chat.url: required for kind slack\n");
-    c = load(GOOD "targets = { f = { kind = 'file' } }\n", &e);
+    c = try_load(GOOD "targets = { f = { kind = 'file' } }\n", &e);
     CHECK_STR(e.data, "brume.lua:2: targets.f.path: required for kind file\n");
-    c = load(GOOD "targets = {\n  x = { kind = 'carrier-pigeon' },\n}\n", &e);
+    c = try_load(GOOD "targets = {\n  x = { kind = 'carrier-pigeon' },\n}\n", &e);
     CHECK_HAS(e.data, "brume.lua:3: targets.x.kind: unknown kind 'carrier-pigeon' (kinds: ");
-    c = load(GOOD "targets = { x = { url = 'https://a' } }\n", &e);
+    c = try_load(GOOD "targets = { x = { url = 'https://a' } }\n", &e);
     CHECK_HAS(e.data, "targets.x: no kind (one of discord, file,");
-    c = load(GOOD "targets = {\n  pd = { kind = 'pagerduty', routing_key = 'k', rate = 'lots' },\n"
-                  "  sn = { kind = 'servicenow', url = 'https://x.service-now.com' },\n}\n",
-             &e);
+    c = try_load(GOOD
+                 "targets = {\n  pd = { kind = 'pagerduty', routing_key = 'k', rate = 'lots' },\n"
+                 "  sn = { kind = 'servicenow', url = 'https://x.service-now.com' },\n}\n",
+                 &e);
     CHECK_HAS(e.data, "brume.lua:3: targets.pd.rate: expected a rate");
     CHECK_HAS(e.data, "brume.lua:4: targets.sn.kind: servicenow needs token, or user and password");
-    c = load(GOOD "targets = { http = { kind = 'webhook', url = 'https://x' } }\n", &e);
+    c = try_load(GOOD "targets = { http = { kind = 'webhook', url = 'https://x' } }\n", &e);
     CHECK_HAS(e.data, "targets.http: the name is brume.http's own target");
-    c = load(GOOD "targets = { f = { kind = 'file', path = function() end } }\n", &e);
+    c = try_load(GOOD "targets = { f = { kind = 'file', path = function() end } }\n", &e);
     CHECK_HAS(e.data, "targets.f: options must be plain values");
 
     /* A good one: defaults filled in, what the outbox needs read out. */
-    c = load(GOOD
-             "targets = {\n"
+    c = try_load(
+        GOOD "targets = {\n"
              "  pd = { kind = 'pagerduty', routing_key = 'R0UT1NGKEY', rate = '20/m',"
              " timeout = '5s', concurrency = 2 },\n"
              "  hook = { kind = 'webhook', url = 'https://h.example/in', secret = 'whsec_abc=' },\n"
              "  f = { kind = 'file', path = 'out/f.jsonl' },\n}\n",
-             &e);
+        &e);
     CHECK_STR(e.data, "");
     if (c) {
         const struct brm_target *t = brm_config_target(c, "pd");
@@ -274,27 +295,315 @@ static void check_errors(void) {
     }
     brm_config_free(c);
 
-    c = load(GOOD "x = = 1\n", &e);
+    c = try_load(GOOD "x = = 1\n", &e);
     CHECK_HAS(e.data, "brume.lua:2: unexpected symbol near '='");
 
-    c = load(GOOD "error('custom failure')\n", &e);
+    c = try_load(GOOD "error('custom failure')\n", &e);
     CHECK_STR(e.data, "brume.lua:2: custom failure\n");
 
-    c = load(GOOD "while true do end\n", &e);
+    c = try_load(GOOD "while true do end\n", &e);
     CHECK_HAS(e.data, "brume.lua:2: instruction budget exceeded");
 
-    c = load(GOOD "local x = io.open('/etc/passwd')\n", &e);
+    c = try_load(GOOD "local x = io.open('/etc/passwd')\n", &e);
     CHECK_HAS(e.data, "brume.lua:2: attempt to index a nil value (global 'io')");
 
     /* A helper function left global reads as an unknown setting. */
-    c = load(GOOD "function helper() end\n", &e);
+    c = try_load(GOOD "function helper() end\n", &e);
     CHECK_HAS(e.data, "brume.lua:2: unknown setting 'helper'");
 
     struct brm_errors errs = { 0 };
-    c = brm_config_load("/nonexistent/brume.lua", &errs);
+    c = brm_config_load("/nonexistent/brume.lua", NULL, NULL, &errs);
     CHECK(c == NULL && errs.n == 1);
     if (errs.n) CHECK_HAS(errs.v[0].msg, "cannot read the config");
     brm_errors_reset(&errs);
+    brm_buf_reset(&e);
+}
+
+/* Each case: a config and every error it must give, exactly. */
+struct error_case {
+    const char *text, *want;
+};
+
+static void check_cases(const struct error_case *cases, size_t n) {
+    struct brm_buf e;
+    brm_buf_init(&e);
+    for (size_t i = 0; i < n; i++) {
+        struct brm_config *c = try_load(cases[i].text, &e);
+        CHECK(c == NULL);
+        CHECK_STR(e.data, cases[i].want);
+        brm_config_free(c);
+    }
+    brm_buf_reset(&e);
+}
+
+/* A wrong type, a bad value and the limits of each kind of setting. */
+static void check_converters(void) {
+    static const struct error_case cases[] = {
+        /* strings */
+        { "sources = { mist = { path = 5, secret = 's' } }\n",
+          "brume.lua:1: sources.mist.path: expected a string, got number\n" },
+        { "sources = { mist = { secret = 's' } }\n", /* no default */
+          "brume.lua:1: sources.mist.path: must start with '/'\n" },
+        /* paths */
+        { GOOD "rules = false\n", "brume.lua:2: rules: expected a string, got boolean\n" },
+        /* integers (long) */
+        { GOOD "limits = { instructions = 1.5 }\n",
+          "brume.lua:2: limits.instructions: expected an integer, got number\n" },
+        { GOOD "limits = { instructions = 'many' }\n",
+          "brume.lua:2: limits.instructions: expected an integer, got \"many\"\n" },
+        { GOOD "limits = { instructions = 999 }\n",
+          "brume.lua:2: limits.instructions: must be between 1000 and 1000000000000\n" },
+        { GOOD "http = { max_connections = 1000001 }\n",
+          "brume.lua:2: http.max_connections: must be between 1 and 1000000\n" },
+        /* integers (int) */
+        { GOOD "workers = 65\n", "brume.lua:2: workers: must be between 0 and 64\n" },
+        { GOOD "workers = -1\n", "brume.lua:2: workers: must be between 0 and 64\n" },
+        /* sizes */
+        { GOOD "limits = { memory = true }\n",
+          "brume.lua:2: limits.memory: expected a size (bytes, or \"8MB\"), got boolean\n" },
+        { GOOD "limits = { memory = 'lots' }\n",
+          "brume.lua:2: limits.memory: expected a size (bytes, or \"8MB\"), got \"lots\"\n" },
+        { GOOD "limits = { memory = -1 }\n",
+          "brume.lua:2: limits.memory: expected a size (bytes, or \"8MB\"), got number\n" },
+        { GOOD "limits = { memory = 0/0 }\n",
+          "brume.lua:2: limits.memory: expected a size (bytes, or \"8MB\"), got number\n" },
+        { GOOD "limits = { memory = '512KB' }\n",
+          "brume.lua:2: limits.memory: must be between 1048576 and 1000000000000\n" },
+        /* Past 2^64: refused before it becomes a uint64_t. */
+        { GOOD "limits = { memory = 1e300 }\n",
+          "brume.lua:2: limits.memory: must be between 1048576 and 1000000000000\n" },
+        { "sources = { mist = { path = '/m', secret = 's', max_body = 63 } }\n",
+          "brume.lua:1: sources.mist.max_body: must be between 64 and 1073741824\n" },
+        /* durations */
+        { GOOD "http = { idle_timeout = {} }\n",
+          "brume.lua:2: http.idle_timeout: expected a duration (seconds, or \"90s\", \"15m\", "
+          "\"24h\"), got table\n" },
+        { GOOD "http = { header_timeout = 0.01 }\n",
+          "brume.lua:2: http.header_timeout: must be between 0.05 and 3600\n" },
+        { GOOD "http = { drain_timeout = 0/0 }\n",
+          "brume.lua:2: http.drain_timeout: must be between 0 and 3600\n" },
+        { GOOD "journal = { retention = '30s' }\n",
+          "brume.lua:2: journal.retention: must be between 60 and 315360000\n" },
+        /* booleans */
+        { GOOD "watch = 'yes'\n", "brume.lua:2: watch: expected true or false, got \"yes\"\n" },
+        { "sources = { mist = { path = '/m', secret = 's', allow_sha1 = 1 } }\n",
+          "brume.lua:1: sources.mist.allow_sha1: expected true or false, got number\n" },
+        /* enums */
+        { GOOD "log = { level = 'loud' }\n",
+          "brume.lua:2: log.level: expected one of \"debug\", \"info\", \"warn\", \"error\", got "
+          "\"loud\"\n" },
+        { GOOD "log = { format = 1 }\n",
+          "brume.lua:2: log.format: expected \"logfmt\" or \"json\", got number\n" },
+        { "sources = { mist = { path = '/m', secret = 's', durability = 'some' } }\n",
+          "brume.lua:1: sources.mist.durability: expected \"full\" or \"none\", got \"some\"\n" },
+        /* addresses */
+        { "listen = {}\n" GOOD, "brume.lua:1: listen: needs at least one address\n" },
+        { "admin = 'nonsense'\n" GOOD,
+          "brume.lua:1: admin: 'nonsense' is not an address \"host:port\", { addr = ..., token = "
+          "... }, or false\n" },
+        { "admin = true\n" GOOD,
+          "brume.lua:1: admin: expected an address \"host:port\", { addr = ..., token = ... }, or "
+          "false, got boolean\n" },
+        { "admin = { token = 'a-long-enough-token' }\n" GOOD,
+          "brume.lua:1: admin.addr: expected an address \"host:port\"\n" },
+        /* secrets */
+        { "sources = { mist = { path = '/m', secret = { 's', 5 } } }\n",
+          "brume.lua:1: sources.mist.secret: expected a string or a list of one or two strings\n" },
+        { "sources = { mist = { path = '/m', secret = {} } }\n",
+          "brume.lua:1: sources.mist.secret: expected a string or a list of one or two strings, "
+          "got table\n" },
+        /* tables, maps, targets */
+        { GOOD "limits = 5\n", "brume.lua:2: limits: expected a table, got number\n" },
+        { GOOD "http = {\n  idle_timeot = 5,\n}\n",
+          "brume.lua:3: http: unknown setting 'idle_timeot' (did you mean 'idle_timeout'?)\n" },
+        { GOOD "http = { [1] = 5 }\n", "brume.lua:2: http: keys must be names\n" },
+        { "sources = 'x'\n", "brume.lua:1: sources: expected a table, got \"x\"\n" },
+        { "sources = { mist = 'x' }\n",
+          "brume.lua:1: sources: each entry must be name = { ... }\n" },
+        { GOOD "targets = 5\n", "brume.lua:2: targets: expected a table, got number\n" },
+        { GOOD "targets = { 'x' }\n",
+          "brume.lua:2: targets: each entry must be name = { kind = ..., ... }\n" },
+    };
+    check_cases(cases, BRM_ARRAY_LEN(cases));
+
+    /* Good values at the limits, and the other forms each type takes. */
+    struct brm_buf e;
+    brm_buf_init(&e);
+    struct brm_config *c = try_load(GOOD "workers = 64\n"
+                                         "limits = { instructions = 1000, memory = 1048576, "
+                                         "time = '1h' }\n"
+                                         "http = { drain_timeout = 0, idle_timeout = 86400 }\n"
+                                         "journal = { retention = '10d', max_size = 0 }\n"
+                                         "store = { max_size = '2GB' }\n"
+                                         "log = { level = 'error' }\n"
+                                         "admin = '127.0.0.1:9999'\n"
+                                         "listen = '[::]:8080'\n",
+                                    &e);
+    CHECK_STR(e.data, "");
+    if (c) {
+        CHECK_INT(c->workers, 64);
+        CHECK_INT(c->instructions, 1000);
+        CHECK_INT(c->memory, 1 << 20);
+        CHECK(c->time_limit == 3600);
+        CHECK(c->http.drain_timeout == 0 && c->http.idle_timeout == 86400);
+        CHECK(c->journal.retention == 10 * 86400 && c->journal.max_size == 0);
+        CHECK_INT(c->store_max, 2ull << 30);
+        CHECK_INT(c->log_level, BRM_LOG_ERROR);
+        CHECK_STR(c->admin, "127.0.0.1:9999");
+        CHECK(c->nlisten == 1 && strcmp(c->listen[0].addr, "[::]:8080") == 0);
+    }
+    brm_config_free(c);
+    c = try_load("sources = { mist = { path = '/m', secret = 's', durability = 'none', "
+                 "dedupe = '1h', insecure = false } }\n",
+                 &e);
+    CHECK_STR(e.data, "");
+    CHECK(c && c->sources[0].durable == 0 && c->sources[0].dedupe == 3600);
+    brm_config_free(c);
+    brm_buf_reset(&e);
+}
+
+/* What a config that sets nothing but a source gets. */
+static void check_defaults(void) {
+    struct brm_buf e;
+    brm_buf_init(&e);
+    struct brm_config *c = try_load(GOOD, &e);
+    CHECK_STR(e.data, "");
+    if (c) {
+        CHECK_INT(c->nlisten, 1);
+        CHECK(c->listen[0].cert == NULL && c->listen[0].key == NULL);
+        char *want = brm_xasprintf("%s/var", dir);
+        CHECK_STR(c->data_dir, want);
+        free(want);
+        want = brm_xasprintf("%s/rules", dir);
+        CHECK_STR(c->rules_dir, want);
+        free(want);
+        want = brm_xasprintf("%s/scripts", dir);
+        CHECK_STR(c->scripts_dir, want);
+        free(want);
+        CHECK(c->time_limit == 1);
+        CHECK(c->http.body_timeout == 30 && c->http.idle_timeout == 60);
+        CHECK(c->http.drain_timeout == 10 && c->http.max_connections == 4096);
+        CHECK_INT(c->log_level, BRM_LOG_INFO);
+        CHECK_INT(c->log_format, BRM_LOG_LOGFMT);
+        CHECK(c->journal.retention == 7 * 86400);
+        CHECK_INT(c->journal.max_size, 1024ull << 20);
+        CHECK_INT(c->store_max, 0);
+        const struct brm_source *s = &c->sources[0];
+        CHECK(s->durable == 1 && s->dedupe == 0 && !s->allow_sha1 && !s->insecure);
+        CHECK_INT(s->max_body, 8 << 20);
+        CHECK_INT(c->ntargets, 1); /* brume.http's own */
+    }
+    brm_config_free(c);
+    brm_buf_reset(&e);
+}
+
+static int is_number(const struct type *t) {
+    return t == &long_type || t == &int_type || t == &size_type || t == &duration_type;
+}
+
+/* The rows themselves: unique keys, a default within the limits, sizes
+ * that fit a uint64_t, an enum default that is one of its names. */
+static void check_rows(const struct schema *sc, const char *where) {
+    for (size_t i = 0; i < sc->n; i++) {
+        const struct setting *st = &sc->settings[i];
+        char name[128];
+        snprintf(name, sizeof(name), "%s%s", where, st->key);
+        CHECK(st->type && st->type->convert);
+        for (size_t j = 0; j < i; j++) CHECK(strcmp(st->key, sc->settings[j].key) != 0);
+        if (is_number(st->type)) {
+            if (!(st->min < st->max && st->def >= st->min && st->def <= st->max))
+                CHECK_STR(name, "a number row with a default within min < max");
+        }
+        if (st->type == &size_type) CHECK(st->max < 0x1p64);
+        if (st->type == &enum_type) {
+            int found = 0;
+            for (const struct name *n = st->names; n->name; n++) found |= n->value == st->def;
+            if (!found) CHECK_STR(name, "an enum row whose default is one of its names");
+        }
+        if (st->type == &listen_type || st->type == &admin_type) CHECK(valid_addr(st->text));
+        if (st->type == &table_type || st->type == &map_type) {
+            CHECK(st->sub != NULL);
+            if (st->sub) check_rows(st->sub, st->key);
+        }
+    }
+}
+
+static int opened;
+static const struct brm_config *opened_with;
+
+/* A hook that counts, and opens the brume module as brume's own does. */
+static void counting_open(struct brm_sandbox *sb, const struct brm_config *c, void *arg) {
+    (*(int *)arg)++;
+    opened_with = c;
+    brm_api_open(sb, c);
+}
+
+/* The adapters' checks, run through the caller's hook. */
+static void check_target_hook(void) {
+    struct brm_buf e;
+    brm_buf_init(&e);
+    const char *whsec = GOOD "targets = {\n"
+                             "  hook = { kind = 'webhook', url = 'https://h.example/in', "
+                             "secret = 'whsec_abc=' },\n}\n";
+    struct brm_config *c = try_load_with(whsec, counting_open, &opened, &e);
+    CHECK_STR(e.data, "");
+    CHECK_INT(opened, 1); /* one VM for all the targets */
+    CHECK(c != NULL && opened_with == c);
+    brm_config_free(c);
+    /* No targets, no VM. */
+    c = try_load_with(GOOD, counting_open, &opened, &e);
+    CHECK(c != NULL && opened == 1);
+    brm_config_free(c);
+    /* Without a hook the adapters have no brume module: webhook's check
+     * needs brume.base64. */
+    c = try_load_with(whsec, NULL, NULL, &e);
+    CHECK(c == NULL);
+    CHECK_HAS(e.data, "brume.lua:3: targets.hook: ");
+    CHECK_HAS(e.data, "(global 'brume')");
+    brm_buf_reset(&e);
+}
+
+/* A misspelt option gets the closest name the kind takes; adapters from
+ * the scripts folder that return what the loader cannot take are errors. */
+static void check_target_problems(void) {
+    struct brm_buf e;
+    brm_buf_init(&e);
+    struct brm_config *c;
+    c = try_load(GOOD
+                 "targets = {\n  chat = {\n    kind = 'slack', url = 'https://h.example/x',\n"
+                 "    chanel = '#x',\n    username = 'b', icon = ':x:',\n    zzz = 1,\n  },\n}\n",
+                 &e);
+    CHECK(c == NULL);
+    CHECK_HAS(e.data, "brume.lua:5: targets.chat.chanel: unknown setting for kind slack (did you "
+                      "mean 'channel'?)\n");
+    CHECK_HAS(e.data, "brume.lua:6: targets.chat.icon: unknown setting for kind slack\n");
+    CHECK_HAS(e.data, "brume.lua:7: targets.chat.zzz: unknown setting for kind slack\n");
+    /* Common options are names the kind takes too. */
+    c = try_load(GOOD "targets = { pd = { kind = 'pagerduty', routing_key = 'k', timout = 5 } }\n",
+                 &e);
+    CHECK_STR(e.data, "brume.lua:2: targets.pd.timout: unknown setting for kind pagerduty (did "
+                      "you mean 'timeout'?)\n");
+    make_dir("scripts");
+    make_dir("scripts/brume");
+    make_dir("scripts/brume/targets");
+    free(write_config("scripts/brume/targets/pigeon.lua",
+                      "return { options = { coop = { 'string', default = function() end } },\n"
+                      "         request = function() end }\n"));
+    c = try_load(GOOD "targets = { p = { kind = 'pigeon' } }\n", &e);
+    CHECK(c == NULL);
+    CHECK_HAS(e.data, "brume.lua:2: targets.p: the options with the adapter's defaults are not "
+                      "plain values (");
+    /* A scripts folder whose brume.target is not brume's. */
+    make_dir("alt");
+    make_dir("alt/brume");
+    free(
+        write_config("alt/brume/target.lua", "return { check = function() return 1, 2, 3 end }\n"));
+    c = try_load(GOOD "scripts = 'alt'\ntargets = { s = { kind = 'slack' } }\n", &e);
+    CHECK_STR(e.data, "brume.lua:3: targets.s: brume.target.check returned no list of problems\n");
+    free(write_config("alt/brume/target.lua",
+                      "return { check = function() return nil, nil, {} end }\n"));
+    c = try_load(GOOD "scripts = 'alt'\ntargets = { s = { kind = 'slack' } }\n", &e);
+    CHECK_STR(e.data, "brume.lua:3: targets.s: brume.target.check returned no options\n");
     brm_buf_reset(&e);
 }
 
@@ -303,6 +612,11 @@ int main(void) {
     CHECK(mkdtemp(dir) != NULL);
     check_good();
     check_errors();
+    check_converters();
+    check_defaults();
+    check_rows(&top_schema, "");
+    check_target_hook();
+    check_target_problems();
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     CHECK_INT(system(cmd), 0);

@@ -407,7 +407,7 @@ int main(void) {
                             "limits = { instructions = 100000, memory = '8MB' }\n");
     char *path = brm_xasprintf("%s/brume.lua", dir);
     struct brm_errors errs = { 0 };
-    cfg = brm_config_load(path, &errs);
+    cfg = brm_config_load(path, brm_api_open_for_config, NULL, &errs);
     free(path);
     CHECK(cfg != NULL);
     if (!cfg) return test_done();
