@@ -27,7 +27,11 @@ void brm_actions_reset(struct brm_actions *a) {
         free(x->topic);
         free(x->event_id);
         free(x->message);
-        free(x->request);
+        free(x->method);
+        free(x->url);
+        free(x->headers);
+        free(x->body);
+        free(x->plan);
         free(x->display);
         free(x->ticket);
     }
@@ -94,8 +98,16 @@ static void check_request(lua_State *L, int idx, const char *kind, int ticket) {
     if (lua_getfield(L, idx, "headers") == LUA_TTABLE) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
-            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+            size_t nlen, vlen;
+            const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nlen) : NULL;
+            const char *value = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vlen) : NULL;
+            if (!name || !value)
                 luaL_error(L, "brume.send: the %s adapter's headers must be strings", kind);
+            /* A line break would start a header (or a body) of its own. */
+            if (nlen == 0 || strcspn(name, "\r\n:") != nlen || strlen(name) != nlen ||
+                strcspn(value, "\r\n") != vlen || strlen(value) != vlen)
+                luaL_error(L, "brume.send: the %s adapter's header '%s' has a bad name or value",
+                           kind, name);
             lua_pop(L, 1);
         }
     }
@@ -114,45 +126,98 @@ static void push_json(lua_State *L, int idx, const char *what) {
                    (int)BRM_MAX_MESSAGE);
 }
 
+/* Pushes the headers of the request at REQ as "Name: value" lines, or nil
+ * when it has none. [-0, +1] */
+static void push_headers(lua_State *L, int req) {
+    if (lua_getfield(L, req, "headers") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        return;
+    }
+    int headers = lua_gettop(L);
+    lua_Integer n = 0;
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, headers)) { /* names and values are strings (check_request) */
+        lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+        lua_rawseti(L, headers + 1, ++n);
+        lua_pop(L, 1);
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (lua_Integer i = 1; i <= n; i++) {
+        if (i > 1) luaL_addchar(&b, '\n');
+        lua_rawgeti(L, headers + 1, i);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    if (n == 0) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+    }
+    lua_replace(L, headers);
+    lua_settop(L, headers);
+}
+
+static char *dup_field(lua_State *L, int idx, size_t *len) {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    if (len) *len = s ? n : 0;
+    return s ? brm_xstrndup(s, n) : NULL;
+}
+
 /*
  * Appends an action for the request at REQ (and the message at MSG, 0 for
  * none) to TARGET. Everything that can raise (encoding, masking, growing
  * the stack) happens first and leaves Lua strings on the stack; only then
  * is C memory taken, by steps that cannot raise: a longjmp cannot leak it.
+ * A plain request is kept as its parts, as the outbox sends them; a ticket
+ * plan as JSON. The message and a masked copy of the request are made for
+ * dry runs only (`brume test` shows them).
  */
 static void add_action(lua_State *L, struct brm_api *api, const struct brm_target *target, int msg,
                        int req, const char *ticket, const char *key) {
     struct brm_scope *s = api->scope;
-    luaL_checkstack(L, 8, NULL);
-    push_json(L, req, "brume.send: the request");
-    int request = lua_gettop(L);
-    if (msg) {
-        struct brm_err err;
-        if (brm_json_encode(L, msg, &err) < 0) lua_pushliteral(L, "null");
+    luaL_checkstack(L, 16, NULL);
+    int top = lua_gettop(L);
+    if (ticket) {
+        push_json(L, req, "brume.send: the request");
+        lua_pushnil(L), lua_pushnil(L), lua_pushnil(L), lua_pushnil(L);
     } else {
-        lua_pushliteral(L, "null");
+        lua_pushnil(L);
+        lua_getfield(L, req, "method");
+        lua_getfield(L, req, "url");
+        push_headers(L, req);
+        lua_getfield(L, req, "body");
     }
-    int message = lua_gettop(L);
-    int display = 0;
-    if (api->dry_run && api->mask != LUA_NOREF) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, api->mask);
-        lua_pushvalue(L, req);
-        lua_rawgeti(L, LUA_REGISTRYINDEX, api->targets);
-        lua_getfield(L, -1, target->name);
-        lua_getfield(L, -1, "secrets");
-        lua_replace(L, -3);
-        lua_pop(L, 1);
-        lua_pushstring(L, key);
+    lua_getfield(L, req, "sign");
+    int sign = lua_type(L, -1) == LUA_TSTRING;
+    lua_pop(L, 1);
+    int display = 0, message = 0;
+    if (api->dry_run) {
         struct brm_err err;
-        if (lua_pcall(L, 3, 1, 0) == LUA_OK && brm_json_encode(L, -1, &err) == 0)
-            display = lua_gettop(L);
+        if (!msg || brm_json_encode(L, msg, &err) < 0) lua_pushliteral(L, "null");
+        message = lua_gettop(L);
+        if (api->mask != LUA_NOREF) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, api->mask);
+            lua_pushvalue(L, req);
+            lua_rawgeti(L, LUA_REGISTRYINDEX, api->targets);
+            lua_getfield(L, -1, target->name);
+            lua_getfield(L, -1, "secrets");
+            lua_replace(L, -3);
+            lua_pop(L, 1);
+            lua_pushstring(L, key);
+            if (lua_pcall(L, 3, 1, 0) == LUA_OK && brm_json_encode(L, -1, &err) == 0)
+                display = lua_gettop(L);
+        }
     }
     struct brm_actions *a = s->sink;
     if (a->n == a->cap) {
         a->cap = a->cap ? a->cap * 2 : 8;
         a->v = brm_xrealloc(a->v, a->cap * sizeof(*a->v));
     }
-    a->v[a->n++] = (struct brm_action){
+    struct brm_action *x = &a->v[a->n++];
+    *x = (struct brm_action){
         .key = brm_xstrdup(key),
         .rule = brm_xstrdup(s->rule),
         .target = brm_xstrdup(target->name),
@@ -160,12 +225,17 @@ static void add_action(lua_State *L, struct brm_api *api, const struct brm_targe
         .event_id = brm_xstrdup(s->event_id),
         .event = s->index,
         .seq = s->sent,
-        .message = brm_xstrdup(lua_tostring(L, message)),
-        .request = brm_xstrdup(lua_tostring(L, request)),
-        .display = display ? brm_xstrdup(lua_tostring(L, display)) : NULL,
+        .plan = dup_field(L, top + 1, NULL),
+        .method = dup_field(L, top + 2, NULL),
+        .url = dup_field(L, top + 3, NULL),
+        .headers = dup_field(L, top + 4, NULL),
+        .sign = sign,
+        .message = message ? dup_field(L, message, NULL) : NULL,
+        .display = display ? dup_field(L, display, NULL) : NULL,
         .ticket = ticket ? brm_xstrdup(ticket) : NULL,
     };
-    lua_settop(L, request - 1);
+    x->body = dup_field(L, top + 5, &x->body_len);
+    lua_settop(L, top);
 }
 
 /* Counts one more message for the scope and writes its key into KEY. */

@@ -36,10 +36,15 @@ struct brm_action {
     char *event_id;
     size_t event;  /* position of the event in its batch, from 1 */
     size_t seq;    /* the n-th message sent for that event, from 1 */
-    char *message; /* the message as JSON */
-    char *request; /* what the adapter made of it: JSON {method, url, headers, body} or a
-                      ticket plan */
-    char *display; /* the request with secrets masked (dry runs only), or NULL */
+    char *message; /* the message as JSON (dry runs only), or NULL */
+    /* What the adapter made of it: a plain request... */
+    char *method, *url;
+    char *headers; /* "Name: value" lines, '\n'-separated, or NULL */
+    char *body;    /* BODY_LEN bytes, or NULL */
+    size_t body_len;
+    int sign;      /* to be signed as Standard Webhooks do */
+    char *plan;    /* ...or a ticket plan as JSON */
+    char *display; /* the request with secrets masked, as JSON (dry runs only), or NULL */
     char *ticket;  /* the ticket plan's dedup key, or NULL */
 };
 /* What a body's rules did: the messages they sent. (What they changed in

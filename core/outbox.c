@@ -527,8 +527,13 @@ static void start_job(struct brm_outbox *ob, struct target_rt *tr, struct brm_de
     job->next = ob->jobs;
     ob->jobs = job;
     tr->inflight++;
-    const char *req = d->request ? d->request : "";
-    if (brm_plan_decode(ob->L, req, strlen(req), job->ticket != NULL, &job->plan, &err) < 0) {
+    /* A plain request comes as its parts; a ticket's plan (and a request
+     * stored by an older brume) as JSON. */
+    const char *plan = d->plan ? d->plan : "";
+    if (d->method && d->url) {
+        brm_plan_plain(&job->plan, d->method, d->url, d->headers, d->body, d->body_len, d->sign);
+    } else if (brm_plan_decode(ob->L, plan, strlen(plan), job->ticket != NULL, &job->plan, &err) <
+               0) {
         job_finish(job, 0, 0, 0, err.msg, 0);
         return;
     }
@@ -960,6 +965,6 @@ void brm_action_json(const struct brm_action *a, struct brm_buf *out) {
     brm_buf_puts(out, ",\"message\":");
     brm_buf_puts(out, a->message ? a->message : "null");
     brm_buf_puts(out, ",\"request\":");
-    brm_buf_puts(out, a->display ? a->display : a->request);
+    brm_buf_puts(out, a->display ? a->display : "null");
     brm_buf_puts(out, "}");
 }

@@ -61,6 +61,24 @@ static void read_request(lua_State *L, int idx, struct brm_request *r) {
     lua_pop(L, 1);
 }
 
+void brm_plan_plain(struct brm_plan *p, const char *method, const char *url, const char *headers,
+                    const char *body, size_t body_len, int sign) {
+    struct brm_request *r = &p->req[BRM_STEP_PLAIN];
+    memset(p, 0, sizeof(*p));
+    r->present = 1;
+    r->method = brm_xstrdup(method);
+    r->url = brm_xstrdup(url);
+    r->body = body ? brm_xstrndup(body, body_len) : NULL;
+    r->body_len = body ? body_len : 0;
+    r->sign = sign;
+    for (const char *h = headers; h && *h;) {
+        size_t n = strcspn(h, "\n");
+        r->headers = brm_xrealloc(r->headers, (r->nheaders + 1) * sizeof(char *));
+        r->headers[r->nheaders++] = brm_xstrndup(h, n);
+        h += n + (h[n] == '\n');
+    }
+}
+
 int brm_plan_decode(lua_State *L, const char *json, size_t len, int ticket, struct brm_plan *p,
                     struct brm_err *err) {
     static const char *const steps[] = {

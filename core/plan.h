@@ -37,6 +37,10 @@ struct brm_plan {
     struct brm_request req[BRM_NSTEPS];
 };
 
+/* Makes P a plain request of these parts (copied; HEADERS are
+ * '\n'-separated "Name: value" lines, or NULL). */
+void brm_plan_plain(struct brm_plan *p, const char *method, const char *url, const char *headers,
+                    const char *body, size_t body_len, int sign);
 /* Decodes the stored JSON of a delivery (a ticket plan when TICKET) into
  * P, using L (a VM that runs no user code) for the JSON. Returns 0, or -1
  * with ERR set ("the stored request is not JSON", "... has no method or

@@ -60,13 +60,43 @@ static const char *const migrations[] = {
      * the keys of old ones (and be dropped as already queued). */
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
     "INSERT INTO meta VALUES ('last_body', coalesce((SELECT max(id) FROM bodies), 0));",
-    /* 4: a lean hot table. Requests move to a table of their own, written
-     * once and deleted when their delivery is done, so recording an outcome
-     * rewrites a small row. The journal's size is kept with it (meta), not
-     * summed over every body. */
-    "CREATE TABLE requests (id INTEGER PRIMARY KEY, request TEXT NOT NULL);"
-    "INSERT INTO requests SELECT id, request FROM deliveries WHERE state <> 1;"
-    "ALTER TABLE deliveries DROP COLUMN request;"
+    /* 4: requests as columns the outbox reads as they are (no JSON to decode
+     * for a plain request; a ticket's plan, and what older versions stored,
+     * stays JSON), and no index the queries do not use. The journal's size
+     * is kept with it (meta), not summed over every body. SQLite cannot drop
+     * a NOT NULL: the table is made again. */
+    "CREATE TABLE deliveries4 ("
+    "  id INTEGER PRIMARY KEY,"
+    "  key TEXT NOT NULL UNIQUE,"
+    "  target TEXT NOT NULL,"
+    "  rule TEXT NOT NULL,"
+    "  topic TEXT NOT NULL,"
+    "  event TEXT NOT NULL,"
+    "  method TEXT,"
+    "  url TEXT,"
+    "  headers TEXT,"
+    "  body BLOB,"
+    "  sign INTEGER NOT NULL DEFAULT 0,"
+    "  plan TEXT,"
+    "  ticket TEXT,"
+    "  state INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  created REAL NOT NULL,"
+    "  next_at REAL NOT NULL,"
+    "  expires REAL NOT NULL,"
+    "  last_status INTEGER NOT NULL DEFAULT 0,"
+    "  last_error TEXT,"
+    "  finished REAL);"
+    "INSERT INTO deliveries4 (id, key, target, rule, topic, event, plan, ticket, state, attempts,"
+    "  created, next_at, expires, last_status, last_error, finished)"
+    "  SELECT id, key, target, rule, topic, event, CASE WHEN state = 1 THEN NULL ELSE request END,"
+    "  ticket, state, attempts, created, next_at, expires, last_status, last_error, finished"
+    "  FROM deliveries;"
+    "DROP TABLE deliveries;"
+    "ALTER TABLE deliveries4 RENAME TO deliveries;"
+    "CREATE INDEX deliveries_target ON deliveries(target, next_at) WHERE state = 0;"
+    "CREATE INDEX deliveries_ticket ON deliveries(target, ticket, id)"
+    "  WHERE state = 0 AND ticket IS NOT NULL;"
     "INSERT OR REPLACE INTO meta VALUES"
     "  ('journal_bytes', (SELECT coalesce(sum(length(body)), 0) FROM bodies)),"
     "  ('journal_rows', (SELECT count(*) FROM bodies));",
@@ -77,17 +107,14 @@ enum stmt {
     S_COMMIT,
     S_ROLLBACK,
     S_ADD,
-    S_ADD_REQUEST,
     S_DUE,
     S_DUE_TARGET,
     S_NEXT_DUE,
     S_FINISH,
-    S_DONE_REQUEST,
     S_LIST,
     S_LIST_ALL,
     S_RETRY,
     S_DROP,
-    S_DROP_REQUEST,
     S_PENDING,
     S_TICKET,
     S_SET_TICKET,
@@ -108,42 +135,42 @@ enum stmt {
 };
 
 #define DELIVERY_COLUMNS                                                                           \
-    "d.id, key, target, rule, topic, event, r.request, ticket, state, attempts, created, "         \
-    "next_at, expires, last_status, last_error"
-#define DELIVERY_JOIN " FROM deliveries d LEFT JOIN requests r ON r.id = d.id"
+    "id, key, target, rule, topic, event, ticket, state, attempts, created, next_at, expires, "    \
+    "last_status, last_error, method, url, headers, body, sign, plan"
+#define DELIVERY_JOIN " FROM deliveries d"
 
 static const char *const sql[NSTMT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
     [S_COMMIT] = "COMMIT",
     [S_ROLLBACK] = "ROLLBACK",
-    [S_ADD] = "INSERT INTO deliveries (key, target, rule, topic, event, ticket, state,"
-              " created, next_at, expires) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
-              " ON CONFLICT (key) DO NOTHING",
-    [S_ADD_REQUEST] = "INSERT INTO requests (id, request) VALUES (?, ?)",
+    [S_ADD] =
+        "INSERT INTO deliveries (key, target, rule, topic, event, ticket, state, created,"
+        " next_at, expires, method, url, headers, body, sign, plan)"
+        " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
     [S_DUE] = "SELECT " DELIVERY_COLUMNS DELIVERY_JOIN " WHERE state = 0 AND next_at <= ?"
-              " ORDER BY next_at, d.id LIMIT ?",
+              " ORDER BY next_at, id LIMIT ?",
     /* A ticket's deliveries go one at a time, oldest first: an update must
      * not overtake the create, nor a resolve the incident it resolves. */
     [S_DUE_TARGET] = "SELECT " DELIVERY_COLUMNS DELIVERY_JOIN " WHERE state = 0"
                      " AND target = ? AND next_at <= ? AND (ticket IS NULL OR NOT EXISTS"
                      " (SELECT 1 FROM deliveries e WHERE e.target = d.target"
                      " AND e.ticket = d.ticket AND e.state = 0 AND e.id < d.id))"
-                     " ORDER BY next_at, d.id LIMIT ?",
+                     " ORDER BY next_at, id LIMIT ?",
     [S_NEXT_DUE] = "SELECT min(next_at) FROM deliveries WHERE state = 0 AND next_at > ?",
-    [S_FINISH] = "UPDATE deliveries SET state = ?1, next_at = ?2, attempts = attempts + 1,"
-                 " last_status = ?3, last_error = ?4, finished = CASE WHEN ?1 = 0 THEN NULL"
-                 " ELSE ?5 END WHERE id = ?6",
     /* A done delivery keeps its key (a re-run must not queue it again), not
      * its request: the store stays small. */
-    [S_DONE_REQUEST] = "DELETE FROM requests WHERE id = ?",
+    [S_FINISH] = "UPDATE deliveries SET state = ?1, next_at = ?2, attempts = attempts + 1,"
+                 " last_status = ?3, last_error = ?4, finished = CASE WHEN ?1 = 0 THEN NULL"
+                 " ELSE ?5 END, headers = CASE WHEN ?1 = 1 THEN NULL ELSE headers END,"
+                 " body = CASE WHEN ?1 = 1 THEN NULL ELSE body END,"
+                 " plan = CASE WHEN ?1 = 1 THEN NULL ELSE plan END WHERE id = ?6",
     [S_LIST] = "SELECT " DELIVERY_COLUMNS DELIVERY_JOIN " WHERE state <> 1"
-               " ORDER BY d.id DESC LIMIT ?",
-    [S_LIST_ALL] = "SELECT " DELIVERY_COLUMNS DELIVERY_JOIN " ORDER BY d.id DESC LIMIT ?",
+               " ORDER BY id DESC LIMIT ?",
+    [S_LIST_ALL] = "SELECT " DELIVERY_COLUMNS DELIVERY_JOIN " ORDER BY id DESC LIMIT ?",
     /* Due now, with its max_age afresh and its backoff from the start. */
     [S_RETRY] = "UPDATE deliveries SET state = 0, next_at = ?1, expires = ?1 + expires - created,"
                 " attempts = 0, finished = NULL WHERE id = ?2 AND state <> 1",
     [S_DROP] = "DELETE FROM deliveries WHERE id = ?",
-    [S_DROP_REQUEST] = "DELETE FROM requests WHERE id = ?",
     [S_PENDING] = "SELECT count(*), min(created) FROM deliveries WHERE state = 0",
     [S_TICKET] = "SELECT ref FROM tickets WHERE target = ? AND key = ?",
     [S_SET_TICKET] = "INSERT INTO tickets (target, key, ref, created) VALUES (?, ?, ?, ?)"
@@ -185,7 +212,11 @@ void brm_delivery_reset(struct brm_delivery *d) {
     free(d->rule);
     free(d->topic);
     free(d->event);
-    free(d->request);
+    free(d->method);
+    free(d->url);
+    free(d->headers);
+    free(d->body);
+    free(d->plan);
     free(d->ticket);
     free(d->last_error);
     memset(d, 0, sizeof(*d));
@@ -332,13 +363,17 @@ int brm_store_add_delivery(struct brm_store *s, const struct brm_delivery *d, st
     sqlite3_bind_double(st, 7, d->created);
     sqlite3_bind_double(st, 8, d->next_at);
     sqlite3_bind_double(st, 9, d->expires);
+    bind_text(st, 10, d->method);
+    bind_text(st, 11, d->url);
+    bind_text(st, 12, d->headers);
+    if (d->body)
+        sqlite3_bind_blob(st, 13, d->body, (int)d->body_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 13);
+    sqlite3_bind_int(st, 14, d->sign);
+    bind_text(st, 15, d->plan);
     if (run(s, S_ADD, err, "adding a delivery") < 0) return -1;
-    if (sqlite3_changes(s->db) == 0) return 0;
-    st = s->stmt[S_ADD_REQUEST];
-    sqlite3_bind_int64(st, 1, sqlite3_last_insert_rowid(s->db));
-    bind_text(st, 2, d->request);
-    if (run(s, S_ADD_REQUEST, err, "adding a delivery") < 0) return -1;
-    return 1;
+    return sqlite3_changes(s->db) > 0;
 }
 
 static char *column_text(sqlite3_stmt *st, int i) {
@@ -353,15 +388,24 @@ static void read_delivery(sqlite3_stmt *st, struct brm_delivery *d) {
     d->rule = column_text(st, 3);
     d->topic = column_text(st, 4);
     d->event = column_text(st, 5);
-    d->request = column_text(st, 6);
-    d->ticket = column_text(st, 7);
-    d->state = (enum brm_delivery_state)sqlite3_column_int(st, 8);
-    d->attempts = sqlite3_column_int(st, 9);
-    d->created = sqlite3_column_double(st, 10);
-    d->next_at = sqlite3_column_double(st, 11);
-    d->expires = sqlite3_column_double(st, 12);
-    d->last_status = sqlite3_column_int(st, 13);
-    d->last_error = column_text(st, 14);
+    d->ticket = column_text(st, 6);
+    d->state = (enum brm_delivery_state)sqlite3_column_int(st, 7);
+    d->attempts = sqlite3_column_int(st, 8);
+    d->created = sqlite3_column_double(st, 9);
+    d->next_at = sqlite3_column_double(st, 10);
+    d->expires = sqlite3_column_double(st, 11);
+    d->last_status = sqlite3_column_int(st, 12);
+    d->last_error = column_text(st, 13);
+    d->method = column_text(st, 14);
+    d->url = column_text(st, 15);
+    d->headers = column_text(st, 16);
+    if (sqlite3_column_type(st, 17) != SQLITE_NULL) {
+        const void *blob = sqlite3_column_blob(st, 17);
+        d->body_len = (size_t)sqlite3_column_bytes(st, 17);
+        d->body = brm_xstrndup(blob ? blob : "", d->body_len);
+    }
+    d->sign = sqlite3_column_int(st, 18);
+    d->plan = column_text(st, 19);
 }
 
 /* Steps a query of deliveries, handing each to FN. */
@@ -420,10 +464,7 @@ int brm_store_finish(struct brm_store *s, int64_t id, enum brm_delivery_state st
     bind_text(st, 4, error);
     sqlite3_bind_double(st, 5, brm_time_now());
     sqlite3_bind_int64(st, 6, id);
-    if (run(s, S_FINISH, err, "recording an attempt") < 0) return -1;
-    if (state != BRM_DELIVERY_DONE) return 0;
-    sqlite3_bind_int64(s->stmt[S_DONE_REQUEST], 1, id);
-    return run(s, S_DONE_REQUEST, err, "recording an attempt");
+    return run(s, S_FINISH, err, "recording an attempt");
 }
 
 int brm_store_list(struct brm_store *s, int all, int limit,
@@ -444,10 +485,7 @@ int brm_store_retry(struct brm_store *s, int64_t id, struct brm_err *err) {
 int brm_store_drop(struct brm_store *s, int64_t id, struct brm_err *err) {
     sqlite3_bind_int64(s->stmt[S_DROP], 1, id);
     if (run(s, S_DROP, err, "dropping a delivery") < 0) return -1;
-    int found = sqlite3_changes(s->db) > 0;
-    sqlite3_bind_int64(s->stmt[S_DROP_REQUEST], 1, id);
-    if (run(s, S_DROP_REQUEST, err, "dropping a delivery") < 0) return -1;
-    return found;
+    return sqlite3_changes(s->db) > 0;
 }
 
 int brm_store_pending(struct brm_store *s, double now, long *count, double *oldest) {

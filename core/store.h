@@ -24,12 +24,19 @@
 enum brm_delivery_state { BRM_DELIVERY_PENDING = 0, BRM_DELIVERY_DONE = 1, BRM_DELIVERY_DEAD = 2 };
 
 /* A delivery as stored. Strings are owned by the struct (see
- * brm_delivery_reset); REQUEST is the JSON the adapter produced. */
+ * brm_delivery_reset). What it sends is a plain request (METHOD, URL,
+ * HEADERS, BODY, SIGN), or a ticket's PLAN: the JSON the adapter made.
+ * A done delivery keeps neither. */
 struct brm_delivery {
     int64_t id;
-    char *key; /* idempotency key: "<body>:<event>:<n>" */
+    char *key; /* idempotency key: "<body>:<event>:<rule>:<n>" */
     char *target, *rule, *topic, *event;
-    char *request;
+    char *method, *url;
+    char *headers; /* "Name: value" lines, '\n'-separated, or NULL */
+    char *body;    /* BODY_LEN bytes (NUL-terminated), or NULL */
+    size_t body_len;
+    int sign; /* sign it as Standard Webhooks do */
+    char *plan;
     char *ticket; /* dedup key of a ticket target, or NULL */
     enum brm_delivery_state state;
     int attempts;

@@ -44,18 +44,21 @@ static void due_for(struct brm_store *s, const char *target, double now) {
 static int add(struct brm_store *s, const char *key, const char *target, const char *ticket,
                double next_at) {
     struct brm_err err;
-    char rule[] = "r", topic[] = "alarms", event[] = "e1", request[] = "{\"method\":\"POST\"}";
+    char rule[] = "r", topic[] = "alarms", event[] = "e1", method[] = "POST", url[] = "http://x/";
     struct brm_delivery d = { .key = (char *)key,
                               .target = (char *)target,
                               .rule = rule,
                               .topic = topic,
                               .event = event,
-                              .request = request,
+                              .method = method,
+                              .url = url,
                               .ticket = (char *)ticket,
                               .created = 100,
                               .next_at = next_at,
                               .expires = 1000 };
-    return brm_store_add_delivery(s, &d, &err);
+    int rc = brm_store_add_delivery(s, &d, &err);
+    if (rc < 0) fprintf(stderr, "add: %s\n", err.msg);
+    return rc;
 }
 
 int main(void) {
