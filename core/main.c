@@ -489,7 +489,7 @@ struct lister {
     struct brm_buf masked;
 };
 
-static int print_delivery(void *arg, struct brm_delivery *d) {
+static int print_delivery(void *arg, const struct brm_delivery *d) {
     static const char *const states[] = { "pending", "done", "dead" };
     struct lister *l = arg;
     char next[32] = "-";

@@ -511,7 +511,8 @@ static void append_line(struct job *job) {
     job_finish(job, ok, 1, 0, why, 0);
 }
 
-static void start_job(struct brm_outbox *ob, struct target_rt *tr, struct brm_delivery *d) {
+static void start_job(struct brm_outbox *ob, struct target_rt *tr,
+                      const struct brm_delivery *d) {
     struct brm_err err;
     struct job *job = brm_xcalloc(1, sizeof(*job));
     job->ob = ob;
@@ -575,7 +576,7 @@ static int take_token(struct target_rt *tr, double now) {
     return 1;
 }
 
-static int start_due(void *arg, struct brm_delivery *d) {
+static int start_due(void *arg, const struct brm_delivery *d) {
     struct pass *p = arg;
     if (p->room <= 0) return 1;
     if (is_busy(p->ob, d->id)) return 0;
@@ -593,7 +594,7 @@ static struct target_rt *target_rt(struct brm_outbox *ob, const char *name) {
 }
 
 /* Deliveries to a target no longer in the config cannot be made. */
-static int bury_orphan(void *arg, struct brm_delivery *d) {
+static int bury_orphan(void *arg, const struct brm_delivery *d) {
     struct brm_outbox *ob = arg;
     if (target_rt(ob, d->target) || is_busy(ob, d->id)) return 0;
     char why[300];

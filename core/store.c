@@ -206,22 +206,6 @@ struct brm_store {
     int wal_frames; /* in the WAL after the last commit */
 };
 
-void brm_delivery_reset(struct brm_delivery *d) {
-    free(d->key);
-    free(d->target);
-    free(d->rule);
-    free(d->topic);
-    free(d->event);
-    free(d->method);
-    free(d->url);
-    free(d->headers);
-    free(d->body);
-    free(d->plan);
-    free(d->ticket);
-    free(d->last_error);
-    memset(d, 0, sizeof(*d));
-}
-
 static int fail(struct brm_store *s, struct brm_err *err, const char *what) {
     if (err) brm_err_set(err, "store: %s: %s", what, sqlite3_errmsg(s->db));
     return -1;
@@ -376,9 +360,8 @@ int brm_store_add_delivery(struct brm_store *s, const struct brm_delivery *d, st
     return sqlite3_changes(s->db) > 0;
 }
 
-static char *column_text(sqlite3_stmt *st, int i) {
-    const unsigned char *t = sqlite3_column_text(st, i);
-    return t ? brm_xstrdup((const char *)t) : NULL;
+static const char *column_text(sqlite3_stmt *st, int i) {
+    return (const char *)sqlite3_column_text(st, i);
 }
 
 static void read_delivery(sqlite3_stmt *st, struct brm_delivery *d) {
@@ -400,25 +383,23 @@ static void read_delivery(sqlite3_stmt *st, struct brm_delivery *d) {
     d->url = column_text(st, 15);
     d->headers = column_text(st, 16);
     if (sqlite3_column_type(st, 17) != SQLITE_NULL) {
-        const void *blob = sqlite3_column_blob(st, 17);
+        d->body = sqlite3_column_blob(st, 17);
         d->body_len = (size_t)sqlite3_column_bytes(st, 17);
-        d->body = brm_xstrndup(blob ? blob : "", d->body_len);
+        if (!d->body) d->body = ""; /* an empty blob */
     }
     d->sign = sqlite3_column_int(st, 18);
     d->plan = column_text(st, 19);
 }
 
 /* Steps a query of deliveries, handing each to FN. */
-static int each(struct brm_store *s, enum stmt i, int (*fn)(void *, struct brm_delivery *),
+static int each(struct brm_store *s, enum stmt i, int (*fn)(void *, const struct brm_delivery *),
                 void *arg, struct brm_err *err, const char *what) {
     sqlite3_stmt *st = s->stmt[i];
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct brm_delivery d = { 0 };
         read_delivery(st, &d);
-        int stop = fn(arg, &d);
-        brm_delivery_reset(&d);
-        if (stop) {
+        if (fn(arg, &d)) {
             rc = SQLITE_DONE;
             break;
         }
@@ -429,14 +410,14 @@ static int each(struct brm_store *s, enum stmt i, int (*fn)(void *, struct brm_d
 }
 
 int brm_store_due(struct brm_store *s, double now, int limit,
-                  int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err) {
+                  int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err) {
     sqlite3_bind_double(s->stmt[S_DUE], 1, now);
     sqlite3_bind_int(s->stmt[S_DUE], 2, limit);
     return each(s, S_DUE, fn, arg, err, "reading due deliveries");
 }
 
 int brm_store_due_for(struct brm_store *s, const char *target, double now, int limit,
-                      int (*fn)(void *arg, struct brm_delivery *d), void *arg,
+                      int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
                       struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_DUE_TARGET];
     bind_text(st, 1, target);
@@ -468,7 +449,7 @@ int brm_store_finish(struct brm_store *s, int64_t id, enum brm_delivery_state st
 }
 
 int brm_store_list(struct brm_store *s, int all, int limit,
-                   int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err) {
+                   int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err) {
     enum stmt i = all ? S_LIST_ALL : S_LIST;
     sqlite3_bind_int(s->stmt[i], 1, limit);
     return each(s, i, fn, arg, err, "listing deliveries");

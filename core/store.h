@@ -23,29 +23,28 @@
 
 enum brm_delivery_state { BRM_DELIVERY_PENDING = 0, BRM_DELIVERY_DONE = 1, BRM_DELIVERY_DEAD = 2 };
 
-/* A delivery as stored. Strings are owned by the struct (see
- * brm_delivery_reset). What it sends is a plain request (METHOD, URL,
- * HEADERS, BODY, SIGN), or a ticket's PLAN: the JSON the adapter made.
- * A done delivery keeps neither. */
+/* A delivery as stored. Its strings are borrowed: from the caller when it
+ * is added, from the store until the callback that is handed one returns.
+ * What it sends is a plain request (METHOD, URL, HEADERS, BODY, SIGN), or a
+ * ticket's PLAN: the JSON the adapter made. A done delivery keeps
+ * neither. */
 struct brm_delivery {
     int64_t id;
-    char *key; /* idempotency key: "<body>:<event>:<rule>:<n>" */
-    char *target, *rule, *topic, *event;
-    char *method, *url;
-    char *headers; /* "Name: value" lines, '\n'-separated, or NULL */
-    char *body;    /* BODY_LEN bytes (NUL-terminated), or NULL */
+    const char *key; /* idempotency key: "<body>:<event>:<rule>:<n>" */
+    const char *target, *rule, *topic, *event;
+    const char *method, *url;
+    const char *headers; /* "Name: value" lines, '\n'-separated, or NULL */
+    const char *body;    /* BODY_LEN bytes, or NULL */
     size_t body_len;
     int sign; /* sign it as Standard Webhooks do */
-    char *plan;
-    char *ticket; /* dedup key of a ticket target, or NULL */
+    const char *plan;
+    const char *ticket; /* dedup key of a ticket target, or NULL */
     enum brm_delivery_state state;
     int attempts;
     double created, next_at, expires;
     int last_status; /* HTTP status of the last attempt; 0: none or a network error */
-    char *last_error;
+    const char *last_error;
 };
-
-void brm_delivery_reset(struct brm_delivery *d);
 
 struct brm_store;
 
@@ -70,11 +69,11 @@ int brm_store_add_delivery(struct brm_store *s, const struct brm_delivery *d, st
 /* Calls FN for each pending delivery due by NOW, oldest first, at most
  * LIMIT; stops early when FN returns nonzero. Returns 0 or -1. */
 int brm_store_due(struct brm_store *s, double now, int limit,
-                  int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err);
+                  int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err);
 /* The same for one target; a ticket's deliveries come only when no older
  * one of the same ticket is pending. */
 int brm_store_due_for(struct brm_store *s, const char *target, double now, int limit,
-                      int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err);
+                      int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err);
 /* The earliest next_at after AFTER among pending deliveries, or 0 when
  * none. (Those due already wait for something that reschedules anyway: an
  * attempt to end, a rate token, an older message of the same ticket.) */
@@ -87,7 +86,7 @@ int brm_store_finish(struct brm_store *s, int64_t id, enum brm_delivery_state st
 /* Deliveries for `brume outbox list`: pending and dead (DONE too when
  * ALL), newest first, at most LIMIT. */
 int brm_store_list(struct brm_store *s, int all, int limit,
-                   int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err);
+                   int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err);
 /* Makes delivery ID pending again: due now, with its max_age counted from
  * now and its attempts (so its backoff) from zero. Returns 1, 0 when there
  * is no such pending or dead delivery, -1. */

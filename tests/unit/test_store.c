@@ -18,7 +18,7 @@ static struct {
     double expires;
 } last_retried;
 
-static int collect(void *arg, struct brm_delivery *d) {
+static int collect(void *arg, const struct brm_delivery *d) {
     (void)arg;
     ids[nids++] = d->id;
     if (d->id == 1) {
@@ -45,14 +45,14 @@ static int add(struct brm_store *s, const char *key, const char *target, const c
                double next_at) {
     struct brm_err err;
     char rule[] = "r", topic[] = "alarms", event[] = "e1", method[] = "POST", url[] = "http://x/";
-    struct brm_delivery d = { .key = (char *)key,
-                              .target = (char *)target,
+    struct brm_delivery d = { .key = key,
+                              .target = target,
                               .rule = rule,
                               .topic = topic,
                               .event = event,
                               .method = method,
                               .url = url,
-                              .ticket = (char *)ticket,
+                              .ticket = ticket,
                               .created = 100,
                               .next_at = next_at,
                               .expires = 1000 };
