@@ -3,7 +3,7 @@
 #
 #   ./build.sh run    install what is missing, build, start brume on examples/brume.lua
 #   ./build.sh test   install what is missing, build with ASan+UBSan, run the whole suite
-#   ./build.sh bench  build Release and run the benchmark (tests/bench/run.sh)
+#   ./build.sh bench  build Release and run the benchmark (tests/bench/run.sh [seconds])
 #
 # Packages come from Debian's archive only (apt-get, as root or through sudo).
 set -eu
@@ -11,7 +11,7 @@ cd "$(dirname "$0")"
 
 DEPS="cmake make gcc pkg-config python3 liblua5.4-dev lua-cjson-dev libevent-dev libssl-dev
       libsqlite3-dev libcurl4-openssl-dev openssl"
-BENCH_DEPS="wrk"
+BENCH_DEPS="wrk nginx libnginx-mod-http-lua lua-cjson" # wrk, and the nginx+Lua peer
 RUN_DEPS="curl" # the README's quick start posts with it
 
 need() {

@@ -1,8 +1,10 @@
 /*
  * Where brume's time goes, stage by stage, on one core and without the
- * network: the signature, the decode, and the rule run with a rule that does
- * nothing, one that sends a small message, and the shipped rules. Reported
- * per 10-event body by tests/bench/run.sh.
+ * network: the signature, the decode, and the rule run with each folder of
+ * rules given (tests/bench/run.sh gives a rule that does nothing, the light
+ * path, one that sends a small message, and the shipped rules). Each stage
+ * runs for about STAGE_SECONDS; reported per body, per 10-event body by
+ * tests/bench/run.sh.
  *
  *     bench_stages BODY.json RULES_DIR...
  */
@@ -18,13 +20,37 @@
 #include "json.h"
 #include "verify.h"
 
-#define ROUNDS 20000
+#define STAGE_SECONDS 0.5
+#define BATCH         50 /* rounds between two looks at the clock */
 
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
+
+/* One body through intake: decode, then the rules of E on each event. */
+static void run_rules(struct brm_engine *e, const struct brm_buf *body, struct brm_err *err) {
+    struct brm_actions a = { 0 };
+    struct brm_batch b = { "m", 1, 1.0, 0, NULL };
+    brm_intake_run(e, body->data, body->len, &b, &a, NULL, NULL, err);
+    brm_actions_reset(&a);
+}
+
+/* Runs STMT in batches until STAGE_SECONDS have passed; sets PER to the
+ * seconds of one round. */
+#define STAGE(per, stmt)                                                                           \
+    do {                                                                                           \
+        long rounds_ = 0;                                                                          \
+        double t0_ = now(), t_;                                                                    \
+        do {                                                                                       \
+            for (int i_ = 0; i_ < BATCH; i_++) {                                                   \
+                stmt;                                                                              \
+            }                                                                                      \
+            rounds_ += BATCH;                                                                      \
+        } while ((t_ = now()) - t0_ < STAGE_SECONDS);                                              \
+        (per) = (t_ - t0_) / (double)rounds_;                                                      \
+    } while (0)
 
 int main(int argc, char **argv) {
     if (argc < 3) {
@@ -36,10 +62,9 @@ int main(int argc, char **argv) {
     if (brm_read_file(argv[1], 1 << 24, &body) < 0) return 1;
     struct brm_verify_key *k = brm_verify_key_new(BRM_VERIFY_SHA256, "secret", 6);
     static const char sig[] = "0000000000000000000000000000000000000000000000000000000000000000";
-    double t0 = now();
-    for (int i = 0; i < ROUNDS; i++) brm_verify_signature(k, sig, 64, body.data, body.len);
-    printf("signature (HMAC-SHA256 of %zu bytes)  %7.2f us\n", body.len,
-           (now() - t0) / ROUNDS * 1e6);
+    double per;
+    STAGE(per, brm_verify_signature(k, sig, 64, body.data, body.len));
+    printf("signature (HMAC-SHA256 of %zu bytes)  %7.2f us\n", body.len, per * 1e6);
     brm_verify_key_free(k);
     for (int r = 2; r < argc; r++) {
         char cfgtext[512], path[] = "/tmp/brume-stages-XXXXXX";
@@ -63,24 +88,12 @@ int main(int argc, char **argv) {
         if (r == 2) {
             struct brm_envelope env;
             lua_State *L = brm_engine_state(e);
-            t0 = now();
-            for (int i = 0; i < ROUNDS; i++) {
-                brm_json_envelope(L, body.data, body.len, &env, &err);
-                lua_pop(L, 1);
-            }
-            printf("decode (lua-cjson, integers, envelope) %7.2f us\n",
-                   (now() - t0) / ROUNDS * 1e6);
+            STAGE(per, brm_json_envelope(L, body.data, body.len, &env, &err); lua_pop(L, 1));
+            printf("decode (lua-cjson, integers, envelope) %7.2f us\n", per * 1e6);
         }
-        t0 = now();
-        for (int i = 0; i < ROUNDS; i++) {
-            struct brm_actions a = { 0 };
-            struct brm_batch b = { "m", 1, 1.0, 0, NULL };
-            brm_intake_run(e, body.data, body.len, &b, &a, NULL, NULL, &err);
-            brm_actions_reset(&a);
-        }
+        STAGE(per, run_rules(e, &body, &err));
         printf("decode + rules of %-20s %7.2f us\n",
-               strrchr(argv[r], '/') ? strrchr(argv[r], '/') + 1 : argv[r],
-               (now() - t0) / ROUNDS * 1e6);
+               strrchr(argv[r], '/') ? strrchr(argv[r], '/') + 1 : argv[r], per * 1e6);
         brm_engine_free(e);
         brm_config_free(cfg);
     }
