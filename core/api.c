@@ -27,14 +27,17 @@ void brm_actions_reset(struct brm_actions *a) {
         free(x->topic);
         free(x->event_id);
         free(x->message);
-        free(x->request);
+        free(x->method);
+        free(x->url);
+        free(x->headers);
+        free(x->body);
+        free(x->plan);
         free(x->display);
         free(x->ticket);
     }
     free(a->v);
     a->v = NULL;
     a->n = a->cap = 0;
-    brm_state_log_reset(&a->state);
 }
 
 void brm_api_set_scope(struct brm_api *api, struct brm_scope *scope) {
@@ -95,8 +98,16 @@ static void check_request(lua_State *L, int idx, const char *kind, int ticket) {
     if (lua_getfield(L, idx, "headers") == LUA_TTABLE) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
-            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+            size_t nlen, vlen;
+            const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nlen) : NULL;
+            const char *value = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vlen) : NULL;
+            if (!name || !value)
                 luaL_error(L, "brume.send: the %s adapter's headers must be strings", kind);
+            /* A line break would start a header (or a body) of its own. */
+            if (nlen == 0 || strcspn(name, "\r\n:") != nlen || strlen(name) != nlen ||
+                strcspn(value, "\r\n") != vlen || strlen(value) != vlen)
+                luaL_error(L, "brume.send: the %s adapter's header '%s' has a bad name or value",
+                           kind, name);
             lua_pop(L, 1);
         }
     }
@@ -115,45 +126,98 @@ static void push_json(lua_State *L, int idx, const char *what) {
                    (int)BRM_MAX_MESSAGE);
 }
 
+/* Pushes the headers of the request at REQ as "Name: value" lines, or nil
+ * when it has none. [-0, +1] */
+static void push_headers(lua_State *L, int req) {
+    if (lua_getfield(L, req, "headers") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        return;
+    }
+    int headers = lua_gettop(L);
+    lua_Integer n = 0;
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, headers)) { /* names and values are strings (check_request) */
+        lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+        lua_rawseti(L, headers + 1, ++n);
+        lua_pop(L, 1);
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (lua_Integer i = 1; i <= n; i++) {
+        if (i > 1) luaL_addchar(&b, '\n');
+        lua_rawgeti(L, headers + 1, i);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    if (n == 0) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+    }
+    lua_replace(L, headers);
+    lua_settop(L, headers);
+}
+
+static char *dup_field(lua_State *L, int idx, size_t *len) {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    if (len) *len = s ? n : 0;
+    return s ? brm_xstrndup(s, n) : NULL;
+}
+
 /*
  * Appends an action for the request at REQ (and the message at MSG, 0 for
  * none) to TARGET. Everything that can raise (encoding, masking, growing
  * the stack) happens first and leaves Lua strings on the stack; only then
  * is C memory taken, by steps that cannot raise: a longjmp cannot leak it.
+ * A plain request is kept as its parts, as the outbox sends them; a ticket
+ * plan as JSON. The message and a masked copy of the request are made for
+ * dry runs only (`brume test` shows them).
  */
 static void add_action(lua_State *L, struct brm_api *api, const struct brm_target *target, int msg,
                        int req, const char *ticket, const char *key) {
     struct brm_scope *s = api->scope;
-    luaL_checkstack(L, 8, NULL);
-    push_json(L, req, "brume.send: the request");
-    int request = lua_gettop(L);
-    if (msg) {
-        struct brm_err err;
-        if (brm_json_encode(L, msg, &err) < 0) lua_pushliteral(L, "null");
+    luaL_checkstack(L, 16, NULL);
+    int top = lua_gettop(L);
+    if (ticket) {
+        push_json(L, req, "brume.send: the request");
+        lua_pushnil(L), lua_pushnil(L), lua_pushnil(L), lua_pushnil(L);
     } else {
-        lua_pushliteral(L, "null");
+        lua_pushnil(L);
+        lua_getfield(L, req, "method");
+        lua_getfield(L, req, "url");
+        push_headers(L, req);
+        lua_getfield(L, req, "body");
     }
-    int message = lua_gettop(L);
-    int display = 0;
-    if (api->dry_run && api->mask != LUA_NOREF) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, api->mask);
-        lua_pushvalue(L, req);
-        lua_rawgeti(L, LUA_REGISTRYINDEX, api->targets);
-        lua_getfield(L, -1, target->name);
-        lua_getfield(L, -1, "secrets");
-        lua_replace(L, -3);
-        lua_pop(L, 1);
-        lua_pushstring(L, key);
+    lua_getfield(L, req, "sign");
+    int sign = lua_type(L, -1) == LUA_TSTRING;
+    lua_pop(L, 1);
+    int display = 0, message = 0;
+    if (api->dry_run) {
         struct brm_err err;
-        if (lua_pcall(L, 3, 1, 0) == LUA_OK && brm_json_encode(L, -1, &err) == 0)
-            display = lua_gettop(L);
+        if (!msg || brm_json_encode(L, msg, &err) < 0) lua_pushliteral(L, "null");
+        message = lua_gettop(L);
+        if (api->mask != LUA_NOREF) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, api->mask);
+            lua_pushvalue(L, req);
+            lua_rawgeti(L, LUA_REGISTRYINDEX, api->targets);
+            lua_getfield(L, -1, target->name);
+            lua_getfield(L, -1, "secrets");
+            lua_replace(L, -3);
+            lua_pop(L, 1);
+            lua_pushstring(L, key);
+            if (lua_pcall(L, 3, 1, 0) == LUA_OK && brm_json_encode(L, -1, &err) == 0)
+                display = lua_gettop(L);
+        }
     }
     struct brm_actions *a = s->sink;
     if (a->n == a->cap) {
         a->cap = a->cap ? a->cap * 2 : 8;
         a->v = brm_xrealloc(a->v, a->cap * sizeof(*a->v));
     }
-    a->v[a->n++] = (struct brm_action){
+    struct brm_action *x = &a->v[a->n++];
+    *x = (struct brm_action){
         .key = brm_xstrdup(key),
         .rule = brm_xstrdup(s->rule),
         .target = brm_xstrdup(target->name),
@@ -161,12 +225,17 @@ static void add_action(lua_State *L, struct brm_api *api, const struct brm_targe
         .event_id = brm_xstrdup(s->event_id),
         .event = s->index,
         .seq = s->sent,
-        .message = brm_xstrdup(lua_tostring(L, message)),
-        .request = brm_xstrdup(lua_tostring(L, request)),
-        .display = display ? brm_xstrdup(lua_tostring(L, display)) : NULL,
+        .plan = dup_field(L, top + 1, NULL),
+        .method = dup_field(L, top + 2, NULL),
+        .url = dup_field(L, top + 3, NULL),
+        .headers = dup_field(L, top + 4, NULL),
+        .sign = sign,
+        .message = message ? dup_field(L, message, NULL) : NULL,
+        .display = display ? dup_field(L, display, NULL) : NULL,
         .ticket = ticket ? brm_xstrdup(ticket) : NULL,
     };
-    lua_settop(L, request - 1);
+    x->body = dup_field(L, top + 5, &x->body_len);
+    lua_settop(L, top);
 }
 
 /* Counts one more message for the scope and writes its key into KEY. */
@@ -339,13 +408,21 @@ static const char *check_key(lua_State *L, int arg) {
     return k;
 }
 
+/* The state, for FN. Once a call met a busy key the body is to be run again,
+ * and every state call raises until the rule ends. */
 static struct brm_state *need_state(lua_State *L, struct brm_api *api, const char *fn) {
-    need_scope(L, fn);
+    struct brm_scope *s = need_scope(L, fn);
     if (!api->state) luaL_error(L, "%s: no state in this run", fn);
+    if (*s->busy) luaL_error(L, "%s: the state is busy (this body runs again)", fn);
     return api->state;
 }
 
-static int full(lua_State *L, const char *fn) {
+/* Raises for a failed state call: RC is -1 (full) or BRM_STATE_BUSY. */
+static int state_failed(lua_State *L, struct brm_api *api, int rc, const char *fn) {
+    if (rc == BRM_STATE_BUSY) {
+        *api->scope->busy = 1;
+        return luaL_error(L, "%s: the state is busy (this body runs again)", fn);
+    }
     return luaL_error(L, "%s: the state holds %d keys already", fn, BRM_STATE_MAX_ENTRIES);
 }
 
@@ -355,8 +432,8 @@ static int api_once(lua_State *L) {
     struct brm_state *st = need_state(L, api, "brume.once");
     const char *key = check_key(L, 1);
     double ttl = check_duration(L, 2);
-    int rc = brm_state_once(st, key, ttl, brm_time_now(), &api->scope->sink->state);
-    if (rc < 0) return full(L, "brume.once");
+    int rc = brm_state_once(st, key, ttl, brm_time_now(), api->scope->txn);
+    if (rc < 0) return state_failed(L, api, rc, "brume.once");
     lua_pushboolean(L, rc);
     return 1;
 }
@@ -369,9 +446,8 @@ static int api_throttle(lua_State *L) {
     lua_Integer limit = luaL_checkinteger(L, 2);
     luaL_argcheck(L, limit > 0, 2, "the limit must be positive");
     double window = check_duration(L, 3);
-    int rc =
-        brm_state_throttle(st, key, (long)limit, window, brm_time_now(), &api->scope->sink->state);
-    if (rc < 0) return full(L, "brume.throttle");
+    int rc = brm_state_throttle(st, key, (long)limit, window, brm_time_now(), api->scope->txn);
+    if (rc < 0) return state_failed(L, api, rc, "brume.throttle");
     lua_pushboolean(L, rc);
     return 1;
 }
@@ -379,13 +455,15 @@ static int api_throttle(lua_State *L) {
 static int api_state_get(lua_State *L) {
     struct brm_api *api = get_api(L);
     struct brm_state *st = need_state(L, api, "brume.state.get");
-    char *json = brm_state_get(st, check_key(L, 1), brm_time_now());
+    char *json;
+    int rc = brm_state_get(st, check_key(L, 1), brm_time_now(), api->scope->txn, &json);
+    if (rc < 0) return state_failed(L, api, rc, "brume.state.get");
     struct brm_err err;
     if (!json) {
         lua_pushnil(L);
         return 1;
     }
-    int rc = brm_json_decode(L, json, strlen(json), &err);
+    rc = brm_json_decode(L, json, strlen(json), &err);
     free(json);
     if (rc < 0) lua_pushnil(L);
     return 1;
@@ -410,8 +488,8 @@ static int api_state_set(lua_State *L) {
             return luaL_error(L, "brume.state.set: the value is %d bytes, more than %d", (int)len,
                               BRM_STATE_MAX_VALUE);
     }
-    if (brm_state_set(st, key, json, ttl, brm_time_now(), &api->scope->sink->state) < 0)
-        return full(L, "brume.state.set");
+    int rc = brm_state_set(st, key, json, ttl, brm_time_now(), api->scope->txn);
+    if (rc < 0) return state_failed(L, api, rc, "brume.state.set");
     return 0;
 }
 
@@ -423,8 +501,8 @@ static int api_state_incr(lua_State *L) {
     double n = luaL_optnumber(L, 2, 1);
     double ttl = lua_isnoneornil(L, 3) ? 0 : check_duration(L, 3);
     double v;
-    int rc = brm_state_incr(st, key, n, ttl, brm_time_now(), &api->scope->sink->state, &v);
-    if (rc == -1) return full(L, "brume.state.incr");
+    int rc = brm_state_incr(st, key, n, ttl, brm_time_now(), api->scope->txn, &v);
+    if (rc == -1 || rc == BRM_STATE_BUSY) return state_failed(L, api, rc, "brume.state.incr");
     if (rc == -2) return luaL_error(L, "brume.state.incr: '%s' does not hold a number", key);
     if (v == (lua_Number)(lua_Integer)v)
         lua_pushinteger(L, (lua_Integer)v);

@@ -36,18 +36,22 @@ struct brm_action {
     char *event_id;
     size_t event;  /* position of the event in its batch, from 1 */
     size_t seq;    /* the n-th message sent for that event, from 1 */
-    char *message; /* the message as JSON */
-    char *request; /* what the adapter made of it: JSON {method, url, headers, body} or a
-                      ticket plan */
-    char *display; /* the request with secrets masked (dry runs only), or NULL */
+    char *message; /* the message as JSON (dry runs only), or NULL */
+    /* What the adapter made of it: a plain request... */
+    char *method, *url;
+    char *headers; /* "Name: value" lines, '\n'-separated, or NULL */
+    char *body;    /* BODY_LEN bytes, or NULL */
+    size_t body_len;
+    int sign;      /* to be signed as Standard Webhooks do */
+    char *plan;    /* ...or a ticket plan as JSON */
+    char *display; /* the request with secrets masked, as JSON (dry runs only), or NULL */
     char *ticket;  /* the ticket plan's dedup key, or NULL */
 };
-/* What a body's rules did: the messages they sent, and the state keys they
- * changed (saved with the body). */
+/* What a body's rules did: the messages they sent. (What they changed in
+ * the state is in the scope's transaction.) */
 struct brm_actions {
     struct brm_action *v;
     size_t n, cap;
-    struct brm_state_log state;
 };
 
 void brm_actions_reset(struct brm_actions *a); /* frees everything, keeps nothing */
@@ -63,10 +67,13 @@ struct brm_scope {
     size_t index;         /* position of the event in the batch, from 1 */
     int depth;            /* 0 for a posted event, n for one emitted n deep */
     struct brm_actions *sink;
-    size_t sent;      /* messages sent for this event so far, by all rules */
-    size_t rule_sent; /* ...and by the rule running now (events it emitted included) */
-    int emit_queue;   /* registry reference to the queue brume.emit fills */
-    size_t *emitted;  /* events emitted for the posted event so far */
+    size_t sent;               /* messages sent for this event so far, by all rules */
+    size_t rule_sent;          /* ...and by the rule running now (events it emitted included) */
+    int emit_queue;            /* registry reference to the queue brume.emit fills */
+    size_t *emitted;           /* events emitted for the posted event so far */
+    struct brm_state_txn *txn; /* what state changes belong to (NULL: none) */
+    int *busy;                 /* set when a state call met a key another transaction owns: the
+                                  body must run again later (every state call then raises) */
 };
 
 struct brm_api;

@@ -551,6 +551,7 @@ static void run_rules(struct brm_engine *e, const struct topic *t, int ev, int c
         brm_histogram_observe(r->seconds, (double)(brm_time_mono_ns() - t0) / 1e9);
         brm_api_set_scope(e->api, NULL);
         r->sent = scope->rule_sent;
+        if (*scope->busy) return; /* not a failure: the body runs again later */
         brm_counter_add(r->runs, 1);
         stats->runs++;
         if (st == BRM_CALL_OK) continue;
@@ -599,6 +600,17 @@ static void push_ctx(lua_State *L, int envelope, const char *topic, const struct
     lua_setfield(L, ctx, "index");
 }
 
+/* Empties the queue brume.emit fills. */
+static void clear_emitted(struct brm_engine *e) {
+    lua_State *L = brm_sandbox_state(e->sb);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, e->queue);
+    for (lua_Integer q = (lua_Integer)lua_rawlen(L, -1); q > 0; q--) {
+        lua_pushnil(L);
+        lua_rawseti(L, -2, q);
+    }
+    lua_pop(L, 1);
+}
+
 /* Runs what the rules emitted for one posted event, oldest first; what
  * those rules emit joins the end of the queue. */
 static void run_emitted(struct brm_engine *e, int ctx, struct brm_scope *parent,
@@ -636,30 +648,28 @@ static void run_emitted(struct brm_engine *e, int ctx, struct brm_scope *parent,
         run_rules(e, find_topic(e, topic), item + 2, lua_gettop(L), &s, stats);
         parent->sent = s.sent;
         lua_settop(L, item - 1);
-    }
-    /* Empty the queue for the next posted event. */
-    for (lua_Integer q = (lua_Integer)lua_rawlen(L, queue); q > 0; q--) {
-        lua_pushnil(L);
-        lua_rawseti(L, queue, q);
+        if (*s.busy) break;
     }
     lua_pop(L, 1);
+    clear_emitted(e); /* for the next posted event */
 }
 
-void brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
-                         const struct brm_batch *batch, struct brm_actions *sink,
-                         struct brm_dispatch_stats *stats) {
+int brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
+                        const struct brm_batch *batch, struct brm_actions *sink,
+                        struct brm_dispatch_stats *stats) {
     lua_State *L = brm_sandbox_state(e->sb);
     int envelope = lua_gettop(L);
     const struct topic *t = find_topic(e, env->name);
+    int busy = 0;
     memset(stats, 0, sizeof(*stats));
     if (t->n == 0 && batch->dedupe <= 0) {
         lua_pop(L, 1);
-        return;
+        return 0;
     }
     luaL_checkstack(L, 16, NULL);
     lua_getfield(L, envelope, "events");
     int events = lua_gettop(L);
-    for (size_t i = 1; i <= env->nevents; i++) {
+    for (size_t i = 1; i <= env->nevents && !busy; i++) {
         char id[MAX_EVENT_ID];
         size_t emitted = 0;
         lua_rawgeti(L, events, (lua_Integer)i);
@@ -667,9 +677,15 @@ void brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
         int own_id = event_id(L, ev, env->name, i, id);
         /* Mist sends a topic twice when it is set at org and at site level:
          * an id already seen on the topic within the window is not run again. */
-        if (own_id && batch->dedupe > 0 && e->state &&
-            brm_state_seen(e->state, env->name, id, batch->dedupe, batch->received_at,
-                           &sink->state) == 1) {
+        int seen = own_id && batch->dedupe > 0 && e->state
+                       ? brm_state_seen(e->state, env->name, id, batch->dedupe, batch->received_at,
+                                        batch->txn)
+                       : 0;
+        if (seen == BRM_STATE_BUSY) {
+            busy = 1;
+            break;
+        }
+        if (seen == 1) {
             stats->duplicates++;
             lua_settop(L, events);
             continue;
@@ -684,10 +700,14 @@ void brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
             .sink = sink,
             .emit_queue = e->queue,
             .emitted = &emitted,
+            .txn = batch->txn,
+            .busy = &busy,
         };
         run_rules(e, t, ev, ev + 1, &scope, stats);
-        if (emitted) run_emitted(e, ev + 1, &scope, stats);
+        if (emitted && !busy) run_emitted(e, ev + 1, &scope, stats);
         lua_settop(L, events);
     }
+    if (busy) clear_emitted(e); /* what the stopped event emitted must not run later */
     lua_settop(L, envelope - 1);
+    return busy ? BRM_STATE_BUSY : 0;
 }

@@ -31,7 +31,8 @@ struct brm_batch {
     const char *source; /* config name of the source */
     uint64_t delivery;  /* id of this body (its journal id) */
     double received_at;
-    double dedupe; /* seconds an event id stays seen on its topic; 0: no dedupe */
+    double dedupe;             /* seconds an event id stays seen on its topic; 0: no dedupe */
+    struct brm_state_txn *txn; /* the transaction state changes belong to (NULL: none) */
 };
 
 struct brm_dispatch_stats {
@@ -60,13 +61,16 @@ lua_State *brm_engine_state(struct brm_engine *e);
 
 /*
  * Runs the rules for every event of the envelope table on top of the VM's
- * stack (as brm_json_envelope left it), and pops it. Messages rules send,
- * and the state keys they (and dedupe) change, are appended to SINK. Never
- * fails: rule errors are logged and counted in STATS. [-1, +0]
+ * stack (as brm_json_envelope left it), and pops it. Messages rules send
+ * are appended to SINK; state changes (theirs, and dedupe marks) go into
+ * the batch's transaction. Rule errors are logged and counted in STATS.
+ * Returns 0, or BRM_STATE_BUSY when the body met state another transaction
+ * has not stored yet: it stopped there, and must be run again later, whole
+ * (the caller undoes what it changed and drops what it sent). [-1, +0]
  */
-void brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
-                         const struct brm_batch *batch, struct brm_actions *sink,
-                         struct brm_dispatch_stats *stats);
+int brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
+                        const struct brm_batch *batch, struct brm_actions *sink,
+                        struct brm_dispatch_stats *stats);
 
 size_t brm_engine_rule_count(const struct brm_engine *e);
 /* In a dry run (brume test) actions also carry their requests with

@@ -1,11 +1,14 @@
 #include "intake.h"
 
+#include <errno.h>
 #include <event2/event.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "journal.h"
 #include "log.h"
@@ -20,7 +23,7 @@ struct source_keys {
     struct brm_verify_key *v2[2], *v1[2];
 };
 
-/* An accepted body waiting for its group's commit. */
+/* An accepted body waiting for its group to be stored. */
 struct held {
     brm_intake_done_fn *done; /* NULL: answered already (durability = "none") */
     void *arg;
@@ -35,23 +38,62 @@ struct held {
     struct brm_actions actions;
 };
 
+/* The bodies of one turn, handed to the journal together. */
+struct group {
+    struct brm_journal_group jg; /* first: the journal's job is the group */
+    struct brm_intake *in;
+    struct held *held;
+    struct brm_journal_entry *entries;
+    int stored;
+    char error[512];
+    struct group *next; /* on the intake's list of groups done */
+};
+
+/* A body that met rule state another group has not stored yet: it runs
+ * again, whole, once that group is done. */
+struct parked {
+    struct parked *next;
+    brm_intake_done_fn *done; /* NULL: answered already (durability = "none") */
+    void *arg;
+    int64_t id;
+    char *source; /* by name: a reload may come before it runs again */
+    const char *body;
+    size_t len;
+    char *copy;
+    double received;
+    char *peer;
+};
+
 struct brm_intake {
     const struct brm_config *cfg; /* the engine's */
     struct brm_engine *engine;
-    struct brm_engine *next; /* to put in place after the held group's commit */
+    struct brm_engine *next; /* to put in place once the open group is handed over */
     struct brm_outbox *outbox;
-    struct brm_store *store;           /* this worker's connection */
-    struct brm_state *state;           /* shared by the workers */
-    struct event *commit;              /* runs after this turn's requests */
-    int synced;                        /* the store connection waits for fsync (the default) */
-    uint64_t failure_logged;           /* when the last store failure was logged (ms) */
-    size_t failed_bodies, failed_lost; /* refused since */
-    struct held *held;
+    struct brm_journal *journal;
+    struct brm_state *state;   /* shared by the workers */
+    struct brm_state_txn *txn; /* the open group's, or NULL */
+    struct event *commit;      /* runs after this turn's requests */
+    struct held *held;         /* the open group */
     size_t nheld, capheld;
+    struct parked *parked, **parked_tail;
+    brm_intake_wake_fn *wake;
+    void *wake_arg;
+
+    /* Groups done, handed back by the journal's thread. */
+    pthread_mutex_t lock;
+    pthread_cond_t done_cond;
+    struct group *done;
+    size_t inflight; /* groups handed over and not yet answered (worker's thread) */
+    int donefd;      /* eventfd: the journal's thread, or a wake -> this worker */
+    struct event *done_ev;
+    _Atomic int retry;    /* parked bodies should run again */
+    _Atomic int store_ok; /* the store took the last group */
+
+    uint64_t failure_logged; /* when the last refused group was logged (ms) */
+    size_t failed_bodies, failed_lost;
     struct source_keys *keys; /* parallel to cfg->sources */
-    struct brm_counter *unknown, *other_topic, *duplicates;
+    struct brm_counter *unknown, *other_topic, *duplicates, *parked_count;
     struct brm_histogram *lag;
-    _Atomic int store_ok; /* the last commit worked */
     struct {
         char name[BRM_TOPIC_MAX];
         struct brm_counter *c;
@@ -99,15 +141,28 @@ static void install(struct brm_intake *in, struct brm_engine *engine) {
     make_keys(in);
 }
 
+static void on_done(evutil_socket_t fd, short what, void *arg);
+
 struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *ob,
-                                  struct brm_store *store, struct brm_state *state,
-                                  struct event_base *base) {
+                                  struct brm_journal *j, struct brm_state *state,
+                                  struct event_base *base, brm_intake_wake_fn *wake, void *arg) {
     struct brm_intake *in = brm_xcalloc(1, sizeof(*in));
     in->outbox = ob;
-    in->store = store;
+    in->journal = j;
     in->state = state;
+    in->wake = wake;
+    in->wake_arg = arg;
+    in->parked_tail = &in->parked;
     in->commit = event_new(base, -1, 0, on_commit, in);
-    in->synced = 1;
+    pthread_mutex_init(&in->lock, NULL);
+    pthread_cond_init(&in->done_cond, NULL);
+    in->donefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (in->donefd < 0) {
+        fprintf(stderr, "brume: cannot create an eventfd: %s\n", strerror(errno));
+        abort();
+    }
+    in->done_ev = event_new(base, in->donefd, EV_READ | EV_PERSIST, on_done, in);
+    event_add(in->done_ev, NULL);
     in->store_ok = 1;
     install(in, engine);
     in->lag = brm_metrics_histogram("brume_journal_lag_seconds",
@@ -118,7 +173,25 @@ struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *
                                           "topic", "other", NULL);
     in->duplicates = brm_metrics_counter("brume_duplicate_events_total",
                                          "Events not run again: their id was seen (dedupe).", NULL);
+    in->parked_count = brm_metrics_counter(
+        "brume_state_waits_total",
+        "Bodies run again because their rules met state another group had not stored yet.", NULL);
     return in;
+}
+
+static void free_held(struct held *h, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        brm_actions_reset(&h[i].actions);
+        free(h[i].copy);
+    }
+    free(h);
+}
+
+static void free_parked(struct parked *p) {
+    free(p->source);
+    free(p->copy);
+    free(p->peer);
+    free(p);
 }
 
 void brm_intake_free(struct brm_intake *in) {
@@ -126,27 +199,25 @@ void brm_intake_free(struct brm_intake *in) {
     free_keys(in);
     brm_engine_free(in->engine);
     brm_engine_free(in->next);
-    /* Bodies still held were never answered, so never acknowledged: the
-     * server that would answer is gone, and they are dropped. */
-    for (size_t i = 0; i < in->nheld; i++) {
-        brm_actions_reset(&in->held[i].actions);
-        free(in->held[i].copy);
+    /* What is still held or parked was never answered, so never
+     * acknowledged: the server that would answer is gone. (flush has waited
+     * for the groups handed over.) */
+    free_held(in->held, in->nheld);
+    brm_state_release(in->txn, 0);
+    for (struct parked *p = in->parked, *next; p; p = next) {
+        next = p->next;
+        free_parked(p);
     }
-    free(in->held);
     event_free(in->commit);
+    event_free(in->done_ev);
+    close(in->donefd);
+    pthread_cond_destroy(&in->done_cond);
+    pthread_mutex_destroy(&in->lock);
     free(in);
 }
 
-void brm_intake_flush(struct brm_intake *in) {
-    if (in->nheld) {
-        event_del(in->commit);
-        on_commit(-1, 0, in);
-    }
-    brm_state_end(in->state, 0); /* nothing of it was stored */
-}
-
 void brm_intake_swap(struct brm_intake *in, struct brm_engine *engine) {
-    if (in->nheld) { /* after this group's commit: its bodies ran on the old set */
+    if (in->nheld) { /* after this group is handed over: its bodies ran on the old set */
         brm_engine_free(in->next);
         in->next = engine;
         return;
@@ -232,34 +303,74 @@ enum brm_status brm_intake_run(struct brm_engine *e, const char *body, size_t le
     if (!env) env = &env_local;
     if (!stats) stats = &stats_local;
     if (brm_json_envelope(brm_engine_state(e), body, len, env, err) < 0) return BRM_BAD_REQUEST;
-    brm_engine_dispatch(e, env, batch, sink, stats);
+    if (brm_engine_dispatch(e, env, batch, sink, stats) == BRM_STATE_BUSY) return BRM_BUSY;
     return BRM_OK;
 }
 
-void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
-                       brm_intake_done_fn *done, void *arg) {
+/* Where a body goes once it ran: into the open group, or parked. */
+struct body {
+    const struct brm_source *source;
+    int64_t id;
+    const char *body;
+    size_t len;
+    double received;
+    const char *peer;
+};
+
+static void park(struct brm_intake *in, const struct body *b, brm_intake_done_fn *done, void *arg,
+                 char *copy) {
+    struct parked *p = brm_xcalloc(1, sizeof(*p));
+    *p = (struct parked){
+        NULL,    done,   arg,  b->id,       brm_xstrdup(b->source->name),
+        b->body, b->len, copy, b->received, brm_xstrdup(b->peer),
+    };
+    *in->parked_tail = p;
+    in->parked_tail = &p->next;
+    brm_counter_add(in->parked_count, 1);
+}
+
+/*
+ * Runs body B (its signature checked) and holds it for the open group, or
+ * refuses it, or parks it. DONE is called at once unless the answer waits
+ * for the group; COPY is B's body when it was copied already (a parked body
+ * that was answered first), and is then the intake's.
+ */
+static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn *done, void *arg,
+                 char *copy) {
     struct brm_err err;
     struct brm_envelope env;
     struct brm_dispatch_stats stats;
     struct brm_actions actions = { 0 };
-    const struct brm_source *src = r->source;
-    /* The body's id is its request's in every log line about it. */
-    int64_t id = brm_journal_next_id();
+    const struct brm_source *src = b->source;
     char rid[32];
-    snprintf(rid, sizeof(rid), "%lld", (long long)id);
-    if (!signature_ok(in, r)) {
-        brm_log_warn("refused a post: signature missing or wrong", "request", rid, "source",
-                     src->name, "peer", r->peer);
-        done(arg, BRM_UNAUTHORIZED, "signature missing or wrong");
+    snprintf(rid, sizeof(rid), "%lld", (long long)b->id);
+    if (!in->txn) in->txn = brm_state_begin(in->state);
+    size_t mark = brm_state_mark(in->txn);
+    struct brm_batch batch = { src->name, (uint64_t)b->id, b->received, src->dedupe, in->txn };
+    enum brm_status st =
+        brm_intake_run(in->engine, b->body, b->len, &batch, &actions, &env, &stats, &err);
+    if (st == BRM_BUSY) {
+        /* Undone, as if it never came; it runs again when the group that
+         * holds the state is done. */
+        if (brm_state_rollback(in->txn, mark)) in->wake(in->wake_arg);
+        brm_actions_reset(&actions);
+        if (!copy && !src->durable) {
+            copy = brm_xstrndup(b->body, b->len);
+            done(arg, BRM_OK, "ok"); /* answered at once, as the source chose */
+            done = NULL;
+        }
+        struct body again = *b;
+        if (copy) again.body = copy;
+        park(in, &again, done, arg, copy);
         return;
     }
-    struct brm_batch batch = { src->name, (uint64_t)id, r->received_at, src->dedupe };
-    if (brm_intake_run(in->engine, r->body, r->len, &batch, &actions, &env, &stats, &err) !=
-        BRM_OK) {
+    if (st != BRM_OK) {
+        brm_state_rollback(in->txn, mark); /* nothing: a body that does not decode ran no rule */
         brm_log_warn("refused a post: not a Mist webhook body", "request", rid, "source", src->name,
-                     "peer", r->peer, "reason", err.msg);
+                     "peer", b->peer, "reason", err.msg);
         brm_actions_reset(&actions);
-        done(arg, BRM_BAD_REQUEST, err.msg);
+        free(copy);
+        if (done) done(arg, BRM_BAD_REQUEST, err.msg);
         return;
     }
     count_events(in, &env);
@@ -272,20 +383,20 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
         brm_log_debug("accepted", "request", rid, "source", src->name, "topic", env.topic, "events",
                       n, "messages", sent);
     }
-    /* Held until the group's commit. The commit event was made active by
-     * the first body of this turn, so it runs after every request the loop
-     * read in this turn: one transaction, one fsync, then the answers. */
+    /* Held for the group. The commit event was made active by the first
+     * body of this turn, so it runs after every request the loop read in
+     * this turn: the group is handed over then, and answered when stored. */
     if (in->nheld == in->capheld) {
         in->capheld = in->capheld ? in->capheld * 2 : 16;
         in->held = brm_xrealloc(in->held, in->capheld * sizeof(*in->held));
     }
     struct held *h = &in->held[in->nheld++];
-    *h = (struct held){ done,        arg,     id,     src,  "",     r->received_at,
-                        env.nevents, r->body, r->len, NULL, actions };
+    *h = (struct held){ done,        arg,     b->id,  src,  "",     b->received,
+                        env.nevents, b->body, b->len, copy, actions };
     snprintf(h->topic, sizeof(h->topic), "%s", env.name);
-    if (!src->durable) {
+    if (!src->durable && h->done) {
         /* Answered now: the request's buffer moves on, so keep a copy. */
-        h->copy = brm_xstrndup(r->body, r->len);
+        h->copy = brm_xstrndup(b->body, b->len);
         h->body = h->copy;
         h->done = NULL;
         done(arg, BRM_OK, "ok");
@@ -293,73 +404,197 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
     if (in->nheld == 1) event_active(in->commit, 0, 0);
 }
 
+void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
+                       brm_intake_done_fn *done, void *arg) {
+    const struct brm_source *src = r->source;
+    /* The body's id is its request's in every log line about it. */
+    struct body b = { src, brm_journal_next_id(), r->body, r->len, r->received_at, r->peer };
+    if (!signature_ok(in, r)) {
+        char rid[32];
+        snprintf(rid, sizeof(rid), "%lld", (long long)b.id);
+        brm_log_warn("refused a post: signature missing or wrong", "request", rid, "source",
+                     src->name, "peer", r->peer);
+        done(arg, BRM_UNAUTHORIZED, "signature missing or wrong");
+        return;
+    }
+    take(in, &b, done, arg, NULL);
+}
+
+/* Runs the parked bodies again, in the order they came. */
+static void run_parked(struct brm_intake *in) {
+    struct parked *list = in->parked;
+    in->parked = NULL;
+    in->parked_tail = &in->parked;
+    for (struct parked *p = list, *next; p; p = next) {
+        next = p->next;
+        const struct brm_source *src = brm_config_source(in->cfg, p->source);
+        if (!src) {
+            char rid[32];
+            snprintf(rid, sizeof(rid), "%lld", (long long)p->id);
+            brm_log_error(p->done ? "a reload removed the source of a waiting body: answered 503"
+                                  : "a reload removed the source of a waiting body: lost",
+                          "request", rid, "source", p->source);
+            if (p->done) p->done(p->arg, BRM_UNAVAILABLE, "the source is gone; try again");
+            free_parked(p);
+            continue;
+        }
+        struct body b = { src, p->id, p->body, p->len, p->received, p->peer };
+        take(in, &b, p->done, p->arg, p->copy);
+        p->copy = NULL; /* take owns it now */
+        free_parked(p);
+    }
+}
+
+void brm_intake_wake(struct brm_intake *in) {
+    uint64_t one = 1;
+    pthread_mutex_lock(&in->lock);
+    atomic_store(&in->retry, 1);
+    pthread_cond_signal(&in->done_cond); /* a worker in brm_intake_flush */
+    pthread_mutex_unlock(&in->lock);
+    if (write(in->donefd, &one, sizeof(one)) < 0) { /* saturated: a wake is pending anyway */
+    }
+}
+
+/* The journal is done with a group (on the writer's thread): free the state
+ * it held, and hand the group back to its worker. */
+static void group_done(struct brm_journal_job *job, int stored, const struct brm_err *err) {
+    struct group *g = (struct group *)job;
+    struct brm_intake *in = g->in;
+    g->stored = stored;
+    if (!stored) snprintf(g->error, sizeof(g->error), "%s", err->msg);
+    if (brm_state_release(g->jg.txn, stored)) in->wake(in->wake_arg);
+    g->jg.txn = NULL;
+    if (stored && g->jg.messages) brm_outbox_wake(in->outbox);
+    pthread_mutex_lock(&in->lock);
+    g->next = in->done;
+    in->done = g;
+    pthread_cond_signal(&in->done_cond);
+    pthread_mutex_unlock(&in->lock);
+    uint64_t one = 1;
+    if (write(in->donefd, &one, sizeof(one)) < 0) { /* saturated: the worker looks anyway */
+    }
+}
+
+/* Logs a refused group: a full disk refuses every group, so a line a
+ * second with the counts. */
+static void log_refused(struct brm_intake *in, const struct group *g, size_t lost) {
+    in->failed_bodies += g->jg.n;
+    in->failed_lost += lost;
+    uint64_t now = brm_time_mono_ms();
+    if (now - in->failure_logged < 1000) return;
+    char count[32], dropped[32];
+    snprintf(count, sizeof(count), "%zu", in->failed_bodies);
+    snprintf(dropped, sizeof(dropped), "%zu", in->failed_lost);
+    brm_log_error("could not store a group of bodies: answered 503", "bodies", count,
+                  "lost_not_durable", dropped, "error", g->error);
+    in->failure_logged = now;
+    in->failed_bodies = in->failed_lost = 0;
+}
+
+/* Answers the bodies of a group the journal is done with, and frees it. */
+static void answer(struct brm_intake *in, struct group *g) {
+    size_t lost = 0;
+    double now = brm_time_now();
+    atomic_store(&in->store_ok, g->stored);
+    for (size_t i = 0; i < g->jg.n; i++) {
+        struct held *h = &g->held[i];
+        if (g->stored) brm_histogram_observe(in->lag, now - h->received);
+        if (h->done)
+            h->done(h->arg, g->stored ? BRM_OK : BRM_UNAVAILABLE,
+                    g->stored ? "ok" : "cannot store the body now; try again");
+        else if (!g->stored)
+            lost++;
+    }
+    if (!g->stored) log_refused(in, g, lost);
+    free_held(g->held, g->jg.n);
+    free(g->entries);
+    brm_config_free(g->jg.cfg);
+    free(g);
+    in->inflight--;
+}
+
+/* Takes the groups the journal handed back. */
+static struct group *take_done(struct brm_intake *in) {
+    pthread_mutex_lock(&in->lock);
+    struct group *list = in->done;
+    in->done = NULL;
+    pthread_mutex_unlock(&in->lock);
+    /* Oldest first: the list was pushed at its head. */
+    struct group *rev = NULL;
+    while (list) {
+        struct group *next = list->next;
+        list->next = rev;
+        rev = list;
+        list = next;
+    }
+    return rev;
+}
+
+static void on_done(evutil_socket_t fd, short what, void *arg) {
+    struct brm_intake *in = arg;
+    uint64_t v;
+    (void)what;
+    if (read(fd, &v, sizeof(v)) < 0) { /* EAGAIN: drained already */
+    }
+    for (struct group *g = take_done(in), *next; g; g = next) {
+        next = g->next;
+        answer(in, g); /* may free requests and start others */
+    }
+    if (atomic_exchange(&in->retry, 0)) run_parked(in);
+}
+
+/* Hands the open group to the journal (the end of a turn). */
 static void on_commit(evutil_socket_t fd, short what, void *arg) {
     struct brm_intake *in = arg;
-    struct brm_err err;
     (void)fd, (void)what;
-    size_t n = in->nheld, messages = 0, lost = 0;
-    int waiting = 0; /* bodies whose 200 waits for this commit */
-    struct brm_journal_entry *entries = brm_xmalloc(n * sizeof(*entries));
+    size_t n = in->nheld;
+    if (!n) return;
+    struct group *g = brm_xcalloc(1, sizeof(*g));
+    int durable = 0;
+    g->in = in;
+    g->held = in->held;
+    g->entries = brm_xmalloc(n * sizeof(*g->entries));
     for (size_t i = 0; i < n; i++) {
-        struct held *h = &in->held[i];
-        waiting |= h->done != NULL;
-        entries[i] =
+        struct held *h = &g->held[i];
+        durable |= h->done != NULL;
+        g->entries[i] =
             (struct brm_journal_entry){ h->id,     h->source->name, h->topic, h->received,
                                         h->events, h->body,         h->len,   &h->actions };
-        messages += h->actions.n;
     }
+    g->jg.cfg = brm_config_ref(in->cfg); /* source names and targets, while it is written */
+    g->jg.entries = g->entries;
+    g->jg.n = n;
+    g->jg.txn = in->txn;
+    g->jg.job.done = group_done;
     /* A group of durability = "none" bodies alone, answered already, need
      * not wait for the disk: that is what the source chose. */
-    int rc = 0;
-    if (waiting != in->synced) {
-        if (brm_store_relax(in->store, !waiting, &err) == 0)
-            in->synced = waiting;
-        else if (waiting)
-            rc = -1; /* cannot promise the disk: refuse */
-    }
-    if (rc == 0) rc = brm_journal_commit(in->store, in->cfg, in->state, entries, n, &err);
-    free(entries);
-    atomic_store(&in->store_ok, rc == 0);
-    if (rc == 0) {
-        double now = brm_time_now();
-        for (size_t i = 0; i < n; i++) brm_histogram_observe(in->lag, now - in->held[i].received);
-    }
-    /* Stored: other workers may now see what these bodies' rules changed;
-     * refused: it is undone, as if they never came. */
-    brm_state_end(in->state, rc == 0);
-    if (rc == 0 && messages) brm_outbox_wake(in->outbox);
-    /* Answering may free requests and start others: take the group first. */
-    struct held *held = in->held;
+    brm_journal_group_init(&g->jg, durable);
+    in->txn = NULL;
     in->held = NULL;
     in->nheld = in->capheld = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (held[i].done)
-            held[i].done(held[i].arg, rc == 0 ? BRM_OK : BRM_UNAVAILABLE,
-                         rc == 0 ? "ok" : "cannot store the body now; try again");
-        else if (rc < 0)
-            lost++;
-        brm_actions_reset(&held[i].actions);
-        free(held[i].copy);
-    }
-    free(held);
-    if (in->next && !in->nheld) {
+    in->inflight++;
+    brm_journal_submit(in->journal, &g->jg.job);
+    if (in->next) {
         struct brm_engine *e = in->next;
         in->next = NULL;
         install(in, e);
     }
-    if (rc < 0) {
-        /* A full disk fails every group: a line a second, with the count. */
-        in->failed_bodies += n;
-        in->failed_lost += lost;
-        uint64_t now = brm_time_mono_ms();
-        if (now - in->failure_logged >= 1000) {
-            char count[32], dropped[32];
-            snprintf(count, sizeof(count), "%zu", in->failed_bodies);
-            snprintf(dropped, sizeof(dropped), "%zu", in->failed_lost);
-            brm_log_error("could not store a group of bodies: answered 503", "bodies", count,
-                          "lost_not_durable", dropped, "error", err.msg);
-            in->failure_logged = now;
-            in->failed_bodies = in->failed_lost = 0;
+}
+
+void brm_intake_flush(struct brm_intake *in) {
+    event_del(in->commit);
+    for (;;) {
+        on_commit(-1, 0, in);
+        if (!in->inflight && !in->parked) break;
+        pthread_mutex_lock(&in->lock);
+        while (!in->done && !atomic_load(&in->retry)) pthread_cond_wait(&in->done_cond, &in->lock);
+        pthread_mutex_unlock(&in->lock);
+        for (struct group *g = take_done(in), *next; g; g = next) {
+            next = g->next;
+            answer(in, g);
         }
+        if (atomic_exchange(&in->retry, 0)) run_parked(in);
     }
+    brm_state_release(in->txn, 0); /* a transaction that held nothing */
+    in->txn = NULL;
 }

@@ -1,15 +1,26 @@
 /*
  * intake: what happens to one webhook body, with no HTTP in sight: check
  * its signature against the source's secrets, decode it, run the rules,
- * hand the messages they sent to the outbox, and say how it went. One per
- * worker: it owns that worker's prepared signature keys and its engine.
- * Depends on verify, json, engine, outbox, metrics, log.
+ * hand the body and what its rules did to the journal, and say how it went.
+ * One per worker: it owns that worker's prepared signature keys and its
+ * engine.
+ *
+ * The bodies of one turn of the worker's loop form a group, with one state
+ * transaction; at the end of the turn the group goes to the journal's
+ * writer, and the worker goes on with its next requests. When the writer is
+ * done, the worker answers the group's bodies: 200 once stored, 503 when
+ * the store refused them. A body whose rules meet rule state that another
+ * group has changed but not stored yet is undone and parked, and runs again
+ * once that group is done: nothing is acted on before it is stored, and no
+ * worker waits. Depends on verify, json, engine, journal, outbox, state,
+ * metrics, log.
  */
 #ifndef BRM_INTAKE_H
 #define BRM_INTAKE_H
 
 #include "config.h"
 #include "engine.h"
+#include "journal.h"
 #include "outbox.h"
 #include "state.h"
 
@@ -33,17 +44,24 @@ typedef void brm_intake_done_fn(void *arg, enum brm_status status, const char *r
 
 struct brm_intake;
 
+/* Called (from any thread) when a state key some parked body waited for is
+ * free again: the server tells every intake (brm_intake_wake). */
+typedef void brm_intake_wake_fn(void *arg);
+
 /* An intake running ENGINE's rules on the sources of ENGINE's config (it
- * takes ownership of ENGINE), journaling through this worker's store
- * connection STORE, waking OB, with the shared STATE (all borrowed), on the
- * worker's BASE. */
+ * takes ownership of ENGINE), journaling through J, waking OB, with the
+ * shared STATE (all borrowed), on the worker's BASE. WAKE(ARG) is how it
+ * asks for parked bodies to be tried again. */
 struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *ob,
-                                  struct brm_store *store, struct brm_state *state,
-                                  struct event_base *base);
+                                  struct brm_journal *j, struct brm_state *state,
+                                  struct event_base *base, brm_intake_wake_fn *wake, void *arg);
 void brm_intake_free(struct brm_intake *in);
 
-/* Commits the bodies held for this turn's group now (the worker's loop is
- * ending): what was answered 200 is stored, the rest is answered after.
+/* Parked bodies should try again (any thread). */
+void brm_intake_wake(struct brm_intake *in);
+
+/* The worker's loop is ending: hands over the open group, waits until every
+ * group is done and answered, and runs parked bodies until none is left.
  * Call it from the worker's thread. */
 void brm_intake_flush(struct brm_intake *in);
 
@@ -54,7 +72,7 @@ void brm_intake_flush(struct brm_intake *in);
  * other's config. */
 void brm_intake_swap(struct brm_intake *in, struct brm_engine *engine);
 struct brm_engine *brm_intake_engine(struct brm_intake *in);
-/* 1 when the last commit worked (any thread may ask). */
+/* 1 when the store took the last group (any thread may ask). */
 int brm_intake_store_ok(const struct brm_intake *in);
 /* The source NAME of the config in place, or NULL (a reload removed it). */
 const struct brm_source *brm_intake_source(const struct brm_intake *in, const char *name);
@@ -67,8 +85,9 @@ int brm_intake_has_signature(const struct brm_source *src, int has_v2, int has_v
  * Handles one body and calls DONE with the outcome: at once when it is
  * refused (or its source has durability = "none"), else once it is in the
  * journal with what its rules did. Bodies that come in the same turn of
- * the event loop are journaled in one transaction - one fsync for the
- * group - and answered after it (group commit).
+ * the event loop are journaled together - one transaction, one fsync,
+ * shared with other workers' groups - and answered after it (group commit).
+ * REQ's strings and body must stay valid until DONE is called.
  */
 void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *req,
                        brm_intake_done_fn *done, void *arg);
@@ -76,8 +95,10 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *req,
 /*
  * Decodes BODY into E's VM and runs the rules on its events, appending what
  * they send to SINK: the path every body takes once trusted (live after its
- * signature, `brume test` from a file). Returns BRM_OK, or BRM_BAD_REQUEST
- * with the one-line reason in ERR. ENV and STATS may be NULL.
+ * signature, `brume test` from a file). Returns BRM_OK, BRM_BAD_REQUEST
+ * with the one-line reason in ERR, or BRM_BUSY when it met state another
+ * transaction has not stored (see brm_engine_dispatch). ENV and STATS may
+ * be NULL.
  */
 enum brm_status brm_intake_run(struct brm_engine *e, const char *body, size_t len,
                                const struct brm_batch *batch, struct brm_actions *sink,

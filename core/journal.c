@@ -1,8 +1,21 @@
 #include "journal.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
-#include "outbox.h"
+#include "log.h"
+#include "metrics.h"
+
+#define PRUNE_STEP        256         /* bodies one step of the ring looks at */
+#define PRUNE_STEPS       8           /* steps one transaction may take past the cap */
+#define CHECKPOINT_FRAMES 1024        /* WAL pages (4 MB) that make the writer checkpoint */
+#define WAL_LIMIT         (16u << 20) /* a WAL file left larger is cut back to this */
+#define UPKEEP_INTERVAL   1.0         /* seconds between two rounds of upkeep */
 
 static _Atomic int64_t next_id = 1;
 
@@ -14,38 +27,362 @@ int64_t brm_journal_next_id(void) {
     return atomic_fetch_add(&next_id, 1);
 }
 
-int brm_journal_commit(struct brm_store *st, const struct brm_config *cfg, struct brm_state *state,
-                       const struct brm_journal_entry *e, size_t n, struct brm_err *err) {
-    double now = brm_time_now();
-    if (brm_store_begin(st, err) < 0) return -1;
-    for (size_t i = 0; i < n; i++) {
-        struct brm_body b = {
-            .id = e[i].id,
-            .source = e[i].source,
-            .topic = e[i].topic,
-            .received = e[i].received,
-            .events = e[i].events,
-            .body = e[i].body,
-            .len = e[i].len,
+struct brm_journal {
+    struct brm_store *store; /* the write connection, the writer's alone once it runs */
+    pthread_t thread;
+    int started, running;
+    brm_journal_upkeep_fn *upkeep;
+    void *upkeep_arg;
+    int slot; /* the writer's metrics slot */
+
+    pthread_mutex_t lock; /* guards the fields below */
+    pthread_cond_t wake;
+    struct brm_journal_job *queue, **tail;
+    int stopping;
+    double retention;   /* seconds */
+    uint64_t max_bytes; /* of bodies; 0: no cap */
+    struct brm_journal_stats stats;
+
+    /* The writer's own. */
+    int synced;          /* the connection waits for fsync on commit */
+    int64_t last_body;   /* as saved in meta */
+    int64_t pruned_upto; /* the highest body id the ring removed */
+    double next_upkeep;
+    uint64_t failure_logged;
+    long pruned;          /* bodies the ring removed since the last log line */
+    double pruned_logged; /* when that was */
+};
+
+/* ---- groups ------------------------------------------------------------- */
+
+int brm_journal_add_deliveries(const struct brm_config *cfg, struct brm_store *st,
+                               const struct brm_actions *a, double now, struct brm_err *err) {
+    int added = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        const struct brm_action *x = &a->v[i];
+        const struct brm_target *t = brm_config_target(cfg, x->target);
+        struct brm_delivery d = {
+            .key = x->key,
+            .target = x->target,
+            .rule = x->rule,
+            .topic = x->topic,
+            .event = x->event_id,
+            .method = x->method,
+            .url = x->url,
+            .headers = x->headers,
+            .body = x->body,
+            .body_len = x->body_len,
+            .sign = x->sign,
+            .plan = x->plan,
+            .ticket = x->ticket,
+            .created = now,
+            .next_at = now,
+            .expires = now + (t ? t->max_age : 86400),
         };
-        if (brm_store_add_body(st, &b, err) < 0 ||
-            brm_outbox_add(cfg, st, e[i].actions, now, err) < 0 ||
-            (state && brm_state_save(state, st, &e[i].actions->state, err) < 0)) {
-            brm_store_rollback(st);
-            return -1;
-        }
+        int rc = brm_store_add_delivery(st, &d, err);
+        if (rc < 0) return -1;
+        added += rc;
     }
-    return brm_store_commit(st, err);
+    return added;
 }
 
-long brm_journal_prune(struct brm_store *st, const struct brm_config *cfg, double now,
+static int write_group(struct brm_journal_job *job, struct brm_store *st, struct brm_err *err) {
+    struct brm_journal_group *g = (struct brm_journal_group *)job;
+    double now = brm_time_now();
+    g->messages = 0;
+    for (size_t i = 0; i < g->n; i++) {
+        const struct brm_journal_entry *e = &g->entries[i];
+        struct brm_body b = { e->id, e->source, e->topic, e->received, e->events, e->body, e->len };
+        if (brm_store_add_body(st, &b, err) < 0) return -1;
+        int added = brm_journal_add_deliveries(g->cfg, st, e->actions, now, err);
+        if (added < 0) return -1;
+        g->messages += (size_t)added;
+    }
+    return g->txn ? brm_state_save(g->txn, st, err) : 0;
+}
+
+void brm_journal_group_init(struct brm_journal_group *g, int durable) {
+    g->job.write = write_group;
+    g->job.durable = durable;
+    g->job.bytes = 0;
+    g->job.rows = (int64_t)g->n;
+    g->job.last_id = 0;
+    for (size_t i = 0; i < g->n; i++) {
+        g->job.bytes += g->entries[i].len;
+        if (g->entries[i].id > g->job.last_id) g->job.last_id = g->entries[i].id;
+    }
+}
+
+/* ---- transactions (the writer's thread) ----------------------------------- */
+
+/* Settings of the ring, read under the lock. */
+static void ring_settings(struct brm_journal *j, double *retention, uint64_t *max_bytes) {
+    pthread_mutex_lock(&j->lock);
+    *retention = j->retention;
+    *max_bytes = j->max_bytes;
+    pthread_mutex_unlock(&j->lock);
+}
+
+/*
+ * Removes the oldest bodies the ring's rules say must go, in steps, inside
+ * the open transaction: while over the size cap (at most PRUNE_STEPS steps,
+ * so that a transaction stays short; the next one goes on), or one step for
+ * retention when AGED. P carries the journal's size in and out.
+ */
+static long prune(struct brm_journal *j, struct brm_prune *p, int aged, struct brm_err *err) {
+    double retention;
+    long removed = 0;
+    ring_settings(j, &retention, &p->max_bytes);
+    p->after = j->pruned_upto;
+    p->before = aged ? brm_time_now() - retention : 0;
+    p->limit = PRUNE_STEP;
+    for (int step = 0; step < PRUNE_STEPS; step++) {
+        int over = p->max_bytes && p->bytes > p->max_bytes;
+        if (!over && !(aged && step == 0)) break;
+        if (brm_store_prune_bodies(j->store, p, err) < 0) return -1;
+        removed += p->removed;
+        if (p->exhausted || p->removed == 0) break;
+    }
+    return removed;
+}
+
+static int set_synced(struct brm_journal *j, int durable, struct brm_err *err) {
+    if (durable == j->synced) return 0;
+    if (brm_store_relax(j->store, !durable, err) < 0) return -1;
+    j->synced = durable;
+    return 0;
+}
+
+/* Writes JOBS (a list of N) in one transaction, with the ring's upkeep and
+ * the journal's size. Returns 0, or -1 with ERR set and nothing stored. */
+static int commit_jobs(struct brm_journal *j, struct brm_journal_job *jobs, size_t n, int aged,
                        struct brm_err *err) {
-    long total = 0, removed;
-    do {
-        if (brm_store_prune_journal(st, now - cfg->journal.retention, cfg->journal.max_size,
-                                    &removed, err) < 0)
-            return -1;
-        total += removed;
-    } while (removed >= 1000);
-    return total;
+    struct brm_journal_stats before;
+    brm_journal_stats(j, &before);
+    struct brm_prune p = { .bytes = before.bytes, .rows = before.rows };
+    int durable = 0;
+    int64_t last = j->last_body;
+    struct brm_journal_job *job = jobs;
+    for (size_t i = 0; i < n; i++, job = job->next) {
+        durable |= job->durable;
+        p.bytes += job->bytes;
+        p.rows += job->rows;
+        if (job->last_id > last) last = job->last_id;
+    }
+    if (set_synced(j, durable, err) < 0 || brm_store_begin(j->store, err) < 0) return -1;
+    job = jobs;
+    for (size_t i = 0; i < n; i++, job = job->next)
+        if (job->write(job, j->store, err) < 0) goto fail;
+    long removed = prune(j, &p, aged, err);
+    if (removed < 0) goto fail;
+    if (n == 0 && removed == 0) { /* upkeep that found nothing to do */
+        brm_store_rollback(j->store);
+        return 0;
+    }
+    if ((last != j->last_body && brm_store_set_meta(j->store, "last_body", last, err) < 0) ||
+        brm_store_set_meta(j->store, "journal_bytes", (int64_t)p.bytes, err) < 0 ||
+        brm_store_set_meta(j->store, "journal_rows", p.rows, err) < 0)
+        goto fail;
+    if (brm_store_commit(j->store, err) < 0) return -1;
+    j->last_body = last;
+    j->pruned_upto = p.after;
+    j->pruned += removed;
+    pthread_mutex_lock(&j->lock);
+    j->stats.bytes = p.bytes;
+    j->stats.rows = p.rows;
+    pthread_mutex_unlock(&j->lock);
+    return 0;
+fail:
+    brm_store_rollback(j->store);
+    return -1;
+}
+
+static void set_ok(struct brm_journal *j, int ok, const struct brm_err *err) {
+    pthread_mutex_lock(&j->lock);
+    j->stats.ok = ok;
+    pthread_mutex_unlock(&j->lock);
+    if (ok) return;
+    /* A full disk fails every transaction: a line a second. */
+    uint64_t now = brm_time_mono_ms();
+    if (now - j->failure_logged >= 1000) {
+        brm_log_error("the store refused a transaction", "error", err->msg);
+        j->failure_logged = now;
+    }
+}
+
+/* Writes a batch of jobs. When the batch fails, each job is tried alone, so
+ * that one job the store refuses does not take the others down with it. */
+static void write_batch(struct brm_journal *j, struct brm_journal_job *jobs, int aged) {
+    struct brm_err err;
+    size_t n = 0;
+    for (struct brm_journal_job *x = jobs; x; x = x->next) n++;
+    int rc = commit_jobs(j, jobs, n, aged, &err);
+    set_ok(j, rc == 0, &err);
+    if (rc < 0 && n > 1) {
+        for (struct brm_journal_job *x = jobs, *next; x; x = next) {
+            next = x->next;
+            int one = commit_jobs(j, x, 1, 0, &err);
+            set_ok(j, one == 0, &err);
+            x->done(x, one == 0, &err);
+        }
+        return;
+    }
+    for (struct brm_journal_job *x = jobs, *next; x; x = next) {
+        next = x->next; /* done may free it */
+        x->done(x, rc == 0, &err);
+    }
+}
+
+/* Says how many bodies the ring removed: at once when nothing comes in
+ * (retention, a smaller cap after a reload), else once a minute. */
+static void log_pruned(struct brm_journal *j, int idle) {
+    double now = brm_time_now();
+    if (!j->pruned || (!idle && now - j->pruned_logged < 60)) return;
+    char n[32];
+    snprintf(n, sizeof(n), "%ld", j->pruned);
+    brm_log_info("journal pruned", "bodies", n);
+    j->pruned = 0;
+    j->pruned_logged = now;
+}
+
+/* Upkeep: the ring's retention, the caller's hook, a checkpoint. */
+static void upkeep(struct brm_journal *j, int due, int idle) {
+    struct brm_err err;
+    if (due) {
+        if (commit_jobs(j, NULL, 0, 1, &err) < 0)
+            brm_log_warn("cannot prune the journal", "error", err.msg);
+        log_pruned(j, idle);
+        if (j->upkeep) {
+            if (brm_store_begin(j->store, &err) < 0 ||
+                j->upkeep(j->upkeep_arg, j->store, brm_time_now(), &err) < 0 ||
+                brm_store_commit(j->store, &err) < 0) {
+                brm_store_rollback(j->store);
+                brm_log_warn("store upkeep failed", "error", err.msg);
+            }
+        }
+    }
+    if (brm_store_wal_frames(j->store) >= CHECKPOINT_FRAMES &&
+        brm_store_checkpoint(j->store, &err) < 0)
+        brm_log_warn("cannot checkpoint the store", "error", err.msg);
+}
+
+static void *writer_main(void *arg) {
+    struct brm_journal *j = arg;
+    brm_metrics_set_slot(j->slot);
+    pthread_mutex_lock(&j->lock);
+    for (;;) {
+        while (!j->queue && !j->stopping) {
+            double now = brm_time_now();
+            if (now >= j->next_upkeep) break;
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            double wait = j->next_upkeep - now;
+            until.tv_sec += (time_t)wait;
+            until.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
+            if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+            pthread_cond_timedwait(&j->wake, &j->lock, &until);
+        }
+        struct brm_journal_job *jobs = j->queue;
+        int stop = j->stopping;
+        j->queue = NULL;
+        j->tail = &j->queue;
+        pthread_mutex_unlock(&j->lock);
+        double now = brm_time_now();
+        int due = now >= j->next_upkeep;
+        if (due) j->next_upkeep = now + UPKEEP_INTERVAL;
+        if (jobs) write_batch(j, jobs, 0);
+        upkeep(j, due && !stop, !jobs);
+        pthread_mutex_lock(&j->lock);
+        if (stop && !j->queue) break;
+    }
+    j->running = 0;
+    pthread_mutex_unlock(&j->lock);
+    return NULL;
+}
+
+/* ---- life --------------------------------------------------------------- */
+
+struct brm_journal *brm_journal_new(const char *path, const struct brm_config *cfg,
+                                    brm_journal_upkeep_fn *fn, void *arg, struct brm_err *err) {
+    struct brm_journal *j = brm_xcalloc(1, sizeof(*j));
+    pthread_mutex_init(&j->lock, NULL);
+    pthread_cond_init(&j->wake, NULL);
+    j->tail = &j->queue;
+    j->upkeep = fn;
+    j->upkeep_arg = arg;
+    j->synced = 1;
+    j->stats.ok = 1;
+    j->slot = cfg->workers + 2; /* after the main thread, the workers and the outbox */
+    brm_journal_configure(j, cfg);
+    j->store = brm_store_open(path, err);
+    if (!j->store || brm_store_limit(j->store, cfg->store_max, err) < 0 ||
+        brm_store_own_checkpoints(j->store, WAL_LIMIT, err) < 0) {
+        brm_journal_free(j);
+        return NULL;
+    }
+    j->last_body = brm_store_meta(j->store, "last_body");
+    j->stats.bytes = (uint64_t)brm_store_meta(j->store, "journal_bytes");
+    j->stats.rows = brm_store_meta(j->store, "journal_rows");
+    j->next_upkeep = brm_time_now(); /* prune what retention says at once */
+    return j;
+}
+
+int brm_journal_run(struct brm_journal *j, struct brm_err *err) {
+    j->running = 1;
+    int rc = pthread_create(&j->thread, NULL, writer_main, j);
+    if (rc != 0) {
+        j->running = 0;
+        brm_err_set(err, "cannot start the journal's writer: %s", strerror(rc));
+        return -1;
+    }
+    j->started = 1;
+    return 0;
+}
+
+void brm_journal_submit(struct brm_journal *j, struct brm_journal_job *job) {
+    job->next = NULL;
+    pthread_mutex_lock(&j->lock);
+    if (!j->running) {
+        pthread_mutex_unlock(&j->lock);
+        struct brm_err err;
+        brm_err_set(&err, "the journal is stopped");
+        job->done(job, 0, &err);
+        return;
+    }
+    *j->tail = job;
+    j->tail = &job->next;
+    pthread_cond_signal(&j->wake);
+    pthread_mutex_unlock(&j->lock);
+}
+
+void brm_journal_configure(struct brm_journal *j, const struct brm_config *cfg) {
+    pthread_mutex_lock(&j->lock);
+    j->retention = cfg->journal.retention;
+    j->max_bytes = cfg->journal.max_size;
+    pthread_mutex_unlock(&j->lock);
+}
+
+void brm_journal_stats(struct brm_journal *j, struct brm_journal_stats *out) {
+    pthread_mutex_lock(&j->lock);
+    *out = j->stats;
+    pthread_mutex_unlock(&j->lock);
+}
+
+void brm_journal_stop(struct brm_journal *j) {
+    if (!j) return;
+    pthread_mutex_lock(&j->lock);
+    j->stopping = 1;
+    pthread_cond_signal(&j->wake);
+    pthread_mutex_unlock(&j->lock);
+    if (j->started) pthread_join(j->thread, NULL);
+    j->started = 0;
+}
+
+void brm_journal_free(struct brm_journal *j) {
+    if (!j) return;
+    brm_journal_stop(j);
+    brm_store_close(j->store);
+    pthread_cond_destroy(&j->wake);
+    pthread_mutex_destroy(&j->lock);
+    free(j);
 }

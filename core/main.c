@@ -21,6 +21,7 @@
 #include "log.h"
 #include "outbox.h"
 #include "server.h"
+#include "journal.h"
 #include "state.h"
 #include "store.h"
 #include "verify.h"
@@ -240,7 +241,7 @@ static int cmd_test(struct args *a) {
         struct brm_err err;
         brm_buf_init(&body);
         brm_buf_init(&line);
-        struct brm_batch batch = { "test", (uint64_t)i + 1, brm_time_now(), 0 };
+        struct brm_batch batch = { "test", (uint64_t)i + 1, brm_time_now(), 0, NULL };
         if (read_input(a->rest[i], &body) < 0) {
             rc = EXIT_USER;
         } else if (brm_intake_run(e, body.data ? body.data : "", body.len, &batch, &actions, NULL,
@@ -255,7 +256,6 @@ static int cmd_test(struct args *a) {
             }
             if (stats.errors) rc = EXIT_USER;
         }
-        brm_state_end(state, 1); /* the next payload sees this one's state */
         fflush(stdout);
         brm_actions_reset(&actions);
         brm_buf_reset(&body);
@@ -336,14 +336,14 @@ static int replay_body(void *arg, const struct brm_body *b) {
     struct brm_err err;
     if (r->topic && strcmp(b->topic, r->topic) != 0) return 0;
     const struct brm_source *src = brm_config_source(r->cfg, b->source);
-    struct brm_batch batch = { b->source, (uint64_t)b->id, b->received, src ? src->dedupe : 0 };
+    struct brm_batch batch = { b->source, (uint64_t)b->id, b->received, src ? src->dedupe : 0,
+                               NULL };
     if (brm_intake_run(r->engine, b->body, b->len, &batch, &actions, NULL, &stats, &err) !=
         BRM_OK) {
         fprintf(stderr, "brume: body %lld no longer decodes: %s\n", (long long)b->id, err.msg);
         r->failed_bodies++;
         return 0;
     }
-    brm_state_end(r->state, 1);
     r->bodies++;
     r->events += (long)stats.events;
     r->messages += (long)actions.n;
@@ -357,7 +357,7 @@ static int replay_body(void *arg, const struct brm_body *b) {
     } else if (actions.n) {
         int added = -1;
         if (brm_store_begin(r->store, &err) == 0) {
-            added = brm_outbox_add(r->cfg, r->store, &actions, brm_time_now(), &err);
+            added = brm_journal_add_deliveries(r->cfg, r->store, &actions, brm_time_now(), &err);
             if (added < 0 || brm_store_commit(r->store, &err) < 0) {
                 brm_store_rollback(r->store);
                 added = -1;
@@ -489,7 +489,7 @@ struct lister {
     struct brm_buf masked;
 };
 
-static int print_delivery(void *arg, struct brm_delivery *d) {
+static int print_delivery(void *arg, const struct brm_delivery *d) {
     static const char *const states[] = { "pending", "done", "dead" };
     struct lister *l = arg;
     char next[32] = "-";

@@ -1,7 +1,6 @@
 #define _GNU_SOURCE
 #include "outbox.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
@@ -18,25 +17,13 @@
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
+#include "plan.h"
+#include "transfer.h"
 #include "verify.h"
 
-#define MAX_RESPONSE   (64 * 1024) /* kept of an answer: for ticket ids and error excerpts */
-#define BACKOFF_CAP    600.0       /* the longest wait between two attempts */
-#define POLL_INTERVAL  5.0         /* look at the store at least this often */
-#define KEEP_DONE      (7 * 86400) /* done deliveries are kept this long (for their keys) */
-#define PRUNE_INTERVAL 3600.0
-#define FILE_BATCH     256 /* kind-file deliveries one pass may make */
-
-enum step { STEP_PLAIN, STEP_LOOKUP, STEP_CREATE, STEP_UPDATE, NSTEPS };
-
-/* One request of a delivery, decoded from its JSON. */
-struct request {
-    char *method, *url, *body, *ref;
-    size_t body_len;
-    struct curl_slist *headers;
-    int sign; /* Standard Webhooks */
-    int present;
-};
+#define BACKOFF_CAP   600.0 /* the longest wait between two attempts */
+#define POLL_INTERVAL 5.0   /* look at the store at least this often */
+#define FILE_BATCH    256   /* kind-file deliveries one pass may make */
 
 struct target_rt {
     const struct brm_target *t;
@@ -48,6 +35,7 @@ struct target_rt {
     struct brm_counter *done, *retried, *dead;
 };
 
+/* One delivery's attempt: its plan, and the step it is at. */
 struct job {
     struct brm_outbox *ob;
     struct target_rt *tr;
@@ -56,19 +44,14 @@ struct job {
     char *key, *ticket, *rule, *event;
     int attempts;
     double created, expires;
-    struct request req[NSTEPS];
-    enum step step;
-    int closes;  /* a ticket plan that resolves its ticket */
-    long status; /* of the last request */
-    char ref[256];
-    CURL *easy;
-    struct brm_buf response;
-    double retry_after;
-    char errbuf[CURL_ERROR_SIZE];
+    struct brm_plan plan;
+    enum brm_step step;
+    char ref[BRM_PLAN_MAX_REF];
+    struct brm_transfer *x;
+    char **sign; /* Standard Webhooks headers of the current step */
 };
 
-/* The outcome of an attempt, written to the store in one transaction per
- * loop iteration. */
+/* The outcome of an attempt, on its way to the store. */
 struct result {
     int64_t id;
     enum brm_delivery_state state;
@@ -77,33 +60,57 @@ struct result {
     char *error;
 };
 
+/* A ticket's id learnt (REF) or forgotten (NULL), on its way to the store. */
+struct ticket_op {
+    char *target, *key, *ref;
+};
+
+/* What the outbox learnt, written by the journal's writer in one go. */
+struct record {
+    struct brm_journal_job job; /* first: the journal's job is the record */
+    struct brm_outbox *ob;
+    struct result *results;
+    size_t n;
+    struct ticket_op *tickets;
+    size_t ntickets;
+    int stored;
+    char error[512];
+};
+
 struct brm_outbox {
     const struct brm_config *cfg; /* a reference */
-    char *path;
-    struct brm_store *store; /* the outbox thread's own connection */
+    struct brm_store *store;      /* the outbox thread's connection: it only reads */
+    struct brm_journal *journal;  /* writes go through it */
     struct target_rt **targets;
     size_t ntargets;
-    pthread_mutex_t lock;              /* guards next_cfg */
+    pthread_mutex_t lock; /* guards next_cfg, recorded */
+    pthread_cond_t recorded_cond;
     const struct brm_config *next_cfg; /* a reload's, for the thread to take */
+    struct record *recorded;           /* back from the writer */
     pthread_t thread;
     int running;
     struct event_base *base;
     int mailfd;
-    struct event *mail, *timer, *curl_timer, *work, *stop_timer;
-    CURLM *multi;
+    struct event *mail, *timer, *work, *stop_timer;
+    struct brm_transfers *transfers;
     lua_State *L; /* decodes requests and answers; no user code */
     struct job *jobs;
+    /* Outcomes and tickets learnt since the last record was handed over. */
     struct result *results;
     size_t nresults, cap_results;
+    struct ticket_op *tickets;
+    size_t ntickets, cap_tickets;
+    struct record *recording; /* with the writer now (one at a time) */
     _Atomic int stopping;
     double stop_wait;
     double paused_until; /* the store refused the last outcomes */
-    double last_prune, last_count, last_orphans;
+    double last_count, last_orphans;
     _Atomic long pending;
     _Atomic long long oldest_ms;
 };
 
 static void take_config(struct brm_outbox *ob, const struct brm_config *cfg);
+static void schedule(struct brm_outbox *ob);
 
 /* ---- masking ------------------------------------------------------------ */
 
@@ -125,33 +132,6 @@ void brm_outbox_mask(const struct brm_target *t, const char *s, struct brm_buf *
     }
 }
 
-/* ---- adding (worker threads) -------------------------------------------- */
-
-int brm_outbox_add(const struct brm_config *cfg, struct brm_store *st, const struct brm_actions *a,
-                   double now, struct brm_err *err) {
-    int added = 0;
-    for (size_t i = 0; i < a->n; i++) {
-        const struct brm_action *x = &a->v[i];
-        const struct brm_target *t = brm_config_target(cfg, x->target);
-        struct brm_delivery d = {
-            .key = x->key,
-            .target = x->target,
-            .rule = x->rule,
-            .topic = x->topic,
-            .event = x->event_id,
-            .request = x->request,
-            .ticket = x->ticket,
-            .created = now,
-            .next_at = now,
-            .expires = now + (t ? t->max_age : 86400),
-        };
-        int rc = brm_store_add_delivery(st, &d, err);
-        if (rc < 0) return -1;
-        added += rc;
-    }
-    return added;
-}
-
 void brm_outbox_wake(struct brm_outbox *ob) {
     uint64_t one = 1;
     if (write(ob->mailfd, &one, sizeof(one)) < 0) { /* the poll finds the work anyway */
@@ -167,163 +147,161 @@ char *brm_outbox_store_path(const struct brm_config *cfg) {
     return brm_path_join(cfg->data_dir, "brume.db");
 }
 
-/* ---- decoding requests -------------------------------------------------- */
+/* ---- what is learnt: outcomes and tickets ----------------------------------- */
 
-static char *opt_string(lua_State *L, int t, const char *k) {
-    lua_getfield(L, t, k);
-    char *v = lua_type(L, -1) == LUA_TSTRING ? brm_xstrdup(lua_tostring(L, -1)) : NULL;
-    lua_pop(L, 1);
-    return v;
+static void add_result(struct brm_outbox *ob, int64_t id, enum brm_delivery_state state,
+                       double next_at, int status, const char *error) {
+    if (ob->nresults == ob->cap_results) {
+        ob->cap_results = ob->cap_results ? ob->cap_results * 2 : 16;
+        ob->results = brm_xrealloc(ob->results, ob->cap_results * sizeof(*ob->results));
+    }
+    ob->results[ob->nresults++] =
+        (struct result){ id, state, next_at, status, error ? brm_xstrdup(error) : NULL };
+    event_active(ob->work, 0, 0);
 }
 
-static void request_reset(struct request *r) {
-    free(r->method);
-    free(r->url);
-    free(r->body);
-    free(r->ref);
-    curl_slist_free_all(r->headers);
-    memset(r, 0, sizeof(*r));
+static void add_ticket(struct brm_outbox *ob, const char *target, const char *key,
+                       const char *ref) {
+    if (ob->ntickets == ob->cap_tickets) {
+        ob->cap_tickets = ob->cap_tickets ? ob->cap_tickets * 2 : 8;
+        ob->tickets = brm_xrealloc(ob->tickets, ob->cap_tickets * sizeof(*ob->tickets));
+    }
+    ob->tickets[ob->ntickets++] =
+        (struct ticket_op){ brm_xstrdup(target), brm_xstrdup(key), ref ? brm_xstrdup(ref) : NULL };
 }
 
-/* Reads the request table at IDX into R. */
-static void read_request(lua_State *L, int idx, struct request *r) {
-    r->present = 1;
-    r->method = opt_string(L, idx, "method");
-    r->url = opt_string(L, idx, "url");
-    r->ref = opt_string(L, idx, "ref");
-    lua_getfield(L, idx, "body");
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        size_t n;
-        const char *b = lua_tolstring(L, -1, &n);
-        r->body = brm_xstrndup(b, n);
-        r->body_len = n;
+static void free_record(struct record *r) {
+    for (size_t i = 0; i < r->n; i++) free(r->results[i].error);
+    for (size_t i = 0; i < r->ntickets; i++) {
+        free(r->tickets[i].target);
+        free(r->tickets[i].key);
+        free(r->tickets[i].ref);
     }
-    lua_pop(L, 1);
-    lua_getfield(L, idx, "sign");
-    r->sign = lua_type(L, -1) == LUA_TSTRING;
-    lua_pop(L, 1);
-    if (lua_getfield(L, idx, "headers") == LUA_TTABLE) {
-        lua_pushnil(L);
-        while (lua_next(L, -2)) {
-            if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
-                char *h = brm_xasprintf("%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
-                r->headers = curl_slist_append(r->headers, h);
-                free(h);
-            }
-            lua_pop(L, 1);
-        }
-    }
-    lua_pop(L, 1);
+    free(r->results);
+    free(r->tickets);
+    free(r);
 }
 
-/* Decodes a delivery's stored request into JOB. -1 when it is not JSON. */
-static int decode_job(struct brm_outbox *ob, struct job *job, const char *json) {
-    lua_State *L = ob->L;
-    struct brm_err err;
-    if (brm_json_decode(L, json, strlen(json), &err) < 0 || lua_type(L, -1) != LUA_TTABLE) {
-        lua_settop(L, 0);
-        return -1;
+/* The newest ticket op for (TARGET, KEY) in OPS, or NULL. */
+static const struct ticket_op *find_ticket(const struct ticket_op *ops, size_t n,
+                                           const char *target, const char *key) {
+    for (size_t i = n; i-- > 0;)
+        if (strcmp(ops[i].target, target) == 0 && strcmp(ops[i].key, key) == 0) return &ops[i];
+    return NULL;
+}
+
+/* The ticket TARGET opened for KEY: what this thread learnt and has not
+ * seen stored yet first, then the store. Returns 1 with REF, or 0. */
+static int known_ticket(struct brm_outbox *ob, const char *target, const char *key, char *ref,
+                        size_t size) {
+    const struct ticket_op *op = find_ticket(ob->tickets, ob->ntickets, target, key);
+    if (!op && ob->recording)
+        op = find_ticket(ob->recording->tickets, ob->recording->ntickets, target, key);
+    if (op) {
+        snprintf(ref, size, "%s", op->ref ? op->ref : "");
+        return op->ref != NULL;
     }
-    static const char *const steps[] = {
-        [STEP_LOOKUP] = "lookup", [STEP_CREATE] = "create", [STEP_UPDATE] = "update"
-    };
-    if (job->ticket) {
-        lua_getfield(L, -1, "closes");
-        job->closes = lua_toboolean(L, -1);
-        lua_pop(L, 1);
-        for (int s = STEP_LOOKUP; s < NSTEPS; s++) {
-            if (lua_getfield(L, -1, steps[s]) == LUA_TTABLE)
-                read_request(L, lua_gettop(L), &job->req[s]);
-            lua_pop(L, 1);
-        }
-    } else {
-        read_request(L, lua_gettop(L), &job->req[STEP_PLAIN]);
-    }
-    lua_settop(L, 0);
+    return brm_store_ticket(ob->store, target, key, ref, size) > 0;
+}
+
+/* 1 when delivery ID must not start: it is running, or its outcome is not
+ * stored yet (the store still says pending). */
+static int is_busy(struct brm_outbox *ob, int64_t id) {
+    for (struct job *j = ob->jobs; j; j = j->next)
+        if (j->id == id) return 1;
+    for (size_t i = 0; i < ob->nresults; i++)
+        if (ob->results[i].id == id) return 1;
+    for (size_t i = 0; ob->recording && i < ob->recording->n; i++)
+        if (ob->recording->results[i].id == id) return 1;
     return 0;
 }
 
-/* 1 when the string field FIELD of the table on top of the stack is one of
- * the '|'-separated VALUES. */
-static int field_in(lua_State *L, const char *field, const char *values) {
-    size_t n, vlen = strlen(values);
-    lua_getfield(L, -1, field);
-    const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
-    int in = 0;
-    for (const char *p = values; v && p <= values + vlen && !in; p += strcspn(p, "|") + 1)
-        in = strcspn(p, "|") == n && memcmp(p, v, n) == 0;
-    lua_pop(L, 1);
-    return in;
+static int write_record(struct brm_journal_job *job, struct brm_store *st, struct brm_err *err) {
+    struct record *r = (struct record *)job;
+    for (size_t i = 0; i < r->n; i++) {
+        struct result *x = &r->results[i];
+        if (brm_store_finish(st, x->id, x->state, x->next_at, x->status, x->error, err) < 0)
+            return -1;
+    }
+    for (size_t i = 0; i < r->ntickets; i++) {
+        struct ticket_op *t = &r->tickets[i];
+        int rc = t->ref ? brm_store_set_ticket(st, t->target, t->key, t->ref, err)
+                        : brm_store_forget_ticket(st, t->target, t->key, err);
+        if (rc < 0) return -1;
+    }
+    return 0;
 }
 
-/* Replaces the array on top of the stack by its first element that passes
- * the test "field=a|b" or "field!=a|b" (nil when none does). */
-static void pick_element(lua_State *L, const char *test) {
-    char field[64];
-    size_t n = strcspn(test, "!=");
-    int negate = test[n] == '!';
-    const char *values = test + n + (negate ? 2 : 1);
-    snprintf(field, sizeof(field), "%.*s", (int)n, test);
-    size_t len = lua_rawlen(L, -1);
-    for (size_t i = 1; i <= len; i++) {
-        if (lua_rawgeti(L, -1, (lua_Integer)i) == LUA_TTABLE &&
-            field_in(L, field, values) != negate) {
-            lua_remove(L, -2);
-            return;
-        }
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-    lua_pushnil(L);
+/* On the writer's thread: back to the outbox's. */
+static void record_done(struct brm_journal_job *job, int stored, const struct brm_err *err) {
+    struct record *r = (struct record *)job;
+    struct brm_outbox *ob = r->ob;
+    r->stored = stored;
+    if (!stored) snprintf(r->error, sizeof(r->error), "%s", err->msg);
+    pthread_mutex_lock(&ob->lock);
+    ob->recorded = r;
+    pthread_cond_signal(&ob->recorded_cond);
+    pthread_mutex_unlock(&ob->lock);
+    brm_outbox_wake(ob);
 }
 
-/* The string at dotted PATH ("result.0.sys_id") of the JSON answer BODY;
- * array positions count from 0, and "?field!=a|b" picks the first element
- * whose field is not a or b ("?field=a|b": is). */
-static int extract_ref(struct brm_outbox *ob, const char *body, size_t len, const char *path,
-                       char *out, size_t size) {
-    lua_State *L = ob->L;
-    struct brm_err err;
-    int found = 0;
-    if (brm_json_decode(L, body, len, &err) < 0) return 0;
-    char part[128];
-    const char *p = path;
-    while (*p && lua_type(L, -1) == LUA_TTABLE) {
-        size_t n = strcspn(p, ".");
-        snprintf(part, sizeof(part), "%.*s", (int)n, p);
-        char *end;
-        long idx = strtol(part, &end, 10);
-        if (part[0] == '?') {
-            pick_element(L, part + 1);
-        } else {
-            if (*part && !*end)
-                lua_rawgeti(L, -1, idx + 1);
-            else
-                lua_getfield(L, -1, part);
-            lua_remove(L, -2);
+/* Hands what was learnt to the writer, unless a record is with it already
+ * (what comes meanwhile waits for the next: records are batches). */
+static void hand_over(struct brm_outbox *ob) {
+    if (ob->recording || (!ob->nresults && !ob->ntickets)) return;
+    if (brm_time_now() < ob->paused_until) return;
+    struct record *r = brm_xcalloc(1, sizeof(*r));
+    r->ob = ob;
+    r->results = ob->results;
+    r->n = ob->nresults;
+    r->tickets = ob->tickets;
+    r->ntickets = ob->ntickets;
+    ob->results = NULL;
+    ob->nresults = ob->cap_results = 0;
+    ob->tickets = NULL;
+    ob->ntickets = ob->cap_tickets = 0;
+    r->job.write = write_record;
+    r->job.done = record_done;
+    ob->recording = r;
+    brm_journal_submit(ob->journal, &r->job);
+}
+
+/* A record came back: done, or refused - then what it held is learnt
+ * again, to be handed over after a pause (else a delivery done but still
+ * pending in the store would be sent again and again). */
+static void take_recorded(struct brm_outbox *ob) {
+    pthread_mutex_lock(&ob->lock);
+    struct record *r = ob->recorded;
+    ob->recorded = NULL;
+    pthread_mutex_unlock(&ob->lock);
+    if (!r) return;
+    ob->recording = NULL;
+    if (!r->stored) {
+        if (brm_time_now() >= ob->paused_until) /* once per pause, not per pass */
+            brm_log_error("outbox: cannot record delivery outcomes; pausing", "error", r->error);
+        ob->paused_until = brm_time_now() + POLL_INTERVAL;
+        for (size_t i = 0; i < r->n; i++) {
+            struct result *x = &r->results[i];
+            add_result(ob, x->id, x->state, x->next_at, x->status, x->error);
         }
-        p += n + (p[n] == '.');
+        for (size_t i = 0; i < r->ntickets; i++)
+            add_ticket(ob, r->tickets[i].target, r->tickets[i].key, r->tickets[i].ref);
     }
-    if (!*p && (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)) {
-        if (lua_isinteger(L, -1))
-            snprintf(out, size, "%lld", (long long)lua_tointeger(L, -1));
-        else
-            snprintf(out, size, "%s", lua_tostring(L, -1));
-        found = out[0] != '\0';
-    }
-    lua_settop(L, 0);
-    return found;
+    free_record(r);
 }
 
 /* ---- jobs --------------------------------------------------------------- */
 
+static void free_sign(struct job *job) {
+    for (int i = 0; job->sign && i < 3; i++) free(job->sign[i]);
+    free(job->sign);
+    job->sign = NULL;
+}
+
 static void job_free(struct job *job) {
-    for (int s = 0; s < NSTEPS; s++) request_reset(&job->req[s]);
-    if (job->easy) {
-        curl_multi_remove_handle(job->ob->multi, job->easy);
-        curl_easy_cleanup(job->easy);
-    }
-    brm_buf_reset(&job->response);
+    brm_transfer_cancel(job->x);
+    brm_plan_reset(&job->plan);
+    free_sign(job);
     free(job->key);
     free(job->ticket);
     free(job->rule);
@@ -348,53 +326,19 @@ static void unlink_job(struct job *job) {
     }
 }
 
-static void add_result(struct brm_outbox *ob, int64_t id, enum brm_delivery_state state,
-                       double next_at, int status, const char *error) {
-    if (ob->nresults == ob->cap_results) {
-        ob->cap_results = ob->cap_results ? ob->cap_results * 2 : 16;
-        ob->results = brm_xrealloc(ob->results, ob->cap_results * sizeof(*ob->results));
-    }
-    ob->results[ob->nresults++] =
-        (struct result){ id, state, next_at, status, error ? brm_xstrdup(error) : NULL };
-    event_active(ob->work, 0, 0);
-}
-
-/*
- * Writes the outcomes gathered so far, in one transaction. Returns 0, or
- * -1 when the store refused them (a full disk): they are kept to be written
- * later, and no attempt starts meanwhile - else a done delivery, still
- * pending in the store, would be sent again and again.
- */
-static int flush_results(struct brm_outbox *ob) {
-    struct brm_err err;
-    if (!ob->nresults) return 0;
-    if (brm_store_begin(ob->store, &err) == 0) {
-        int ok = 1;
-        for (size_t i = 0; i < ob->nresults && ok; i++) {
-            struct result *r = &ob->results[i];
-            ok = brm_store_finish(ob->store, r->id, r->state, r->next_at, r->status, r->error,
-                                  &err) == 0;
-        }
-        if (ok && brm_store_commit(ob->store, &err) == 0) {
-            for (size_t i = 0; i < ob->nresults; i++) free(ob->results[i].error);
-            ob->nresults = 0;
-            return 0;
-        }
-        brm_store_rollback(ob->store);
-    }
-    if (brm_time_now() >= ob->paused_until) /* once per pause, not per pass */
-        brm_log_error("outbox: cannot record delivery outcomes; pausing", "error", err.msg);
-    ob->paused_until = brm_time_now() + POLL_INTERVAL;
-    return -1;
-}
-
-static const char *step_name(enum step s) {
-    static const char *const names[] = { "request", "lookup", "create", "update" };
-    return names[s];
+/* Full jitter: anywhere up to the exponential ceiling (but not at once: at
+ * least the backoff, or a second), and never before the server said to
+ * come back. */
+static double backoff(const struct brm_target *t, int attempts, double retry_after) {
+    double base = t->backoff > 0 ? t->backoff : 2;
+    double ceiling = fmin(BACKOFF_CAP, base * pow(2, attempts));
+    double delay = fmax(fmin(1.0, base), ceiling * ((double)random() / RAND_MAX));
+    return fmax(delay, retry_after);
 }
 
 /* The attempt is over: done, or dead, or pending again after a backoff. */
-static void job_finish(struct job *job, int done, int retry, int status, const char *reason) {
+static void job_finish(struct job *job, int done, int retry, int status, const char *reason,
+                       double retry_after) {
     struct brm_outbox *ob = job->ob;
     struct target_rt *tr = job->tr;
     double now = brm_time_now();
@@ -407,78 +351,40 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
     struct brm_buf masked;
     brm_buf_init(&masked);
     brm_outbox_mask(tr->t, reason ? reason : "", &masked);
+    double delay = done ? 0 : backoff(tr->t, job->attempts, retry_after);
     if (done) {
         add_result(ob, job->id, BRM_DELIVERY_DONE, now, status, NULL);
         brm_counter_add(tr->done, 1);
         brm_log_debug("delivered", "target", tr->t->name, "delivery", id, "request", request,
                       "event", job->event, "status", st);
+    } else if (retry && now + delay <= job->expires) {
+        add_result(ob, job->id, BRM_DELIVERY_PENDING, now + delay, status, masked.data);
+        brm_counter_add(tr->retried, 1);
+        char in[32];
+        snprintf(in, sizeof(in), "%.0fs", delay);
+        brm_log_warn("delivery failed; will retry", "target", tr->t->name, "delivery", id,
+                     "request", request, "event", job->event, "attempt", attempt, "status", st,
+                     "error", masked.data, "retry_in", in);
     } else {
-        /* Full jitter: anywhere up to the exponential ceiling (but not at
-         * once: at least the backoff, or a second), and never before the
-         * server said to come back. */
-        double base = tr->t->backoff > 0 ? tr->t->backoff : 2;
-        double ceiling = fmin(BACKOFF_CAP, base * pow(2, job->attempts));
-        double delay = fmax(fmin(1.0, base), ceiling * ((double)random() / RAND_MAX));
-        delay = fmax(delay, job->retry_after);
-        if (retry && now + delay <= job->expires) {
-            add_result(ob, job->id, BRM_DELIVERY_PENDING, now + delay, status, masked.data);
-            brm_counter_add(tr->retried, 1);
-            char in[32];
-            snprintf(in, sizeof(in), "%.0fs", delay);
-            brm_log_warn("delivery failed; will retry", "target", tr->t->name, "delivery", id,
-                         "request", request, "event", job->event, "attempt", attempt, "status", st,
-                         "error", masked.data, "retry_in", in);
-        } else {
-            char why[600];
-            if (retry)
-                snprintf(why, sizeof(why), "gave up after %.0fs: %s", now - job->created,
-                         masked.data);
-            else
-                snprintf(why, sizeof(why), "%s", masked.data);
-            add_result(ob, job->id, BRM_DELIVERY_DEAD, now, status, why);
-            brm_counter_add(tr->dead, 1);
-            brm_log_error("delivery dead", "target", tr->t->name, "delivery", id, "request",
-                          request, "rule", job->rule, "event", job->event, "attempts", attempt,
-                          "status", st, "error", why);
-        }
+        char why[600];
+        if (retry)
+            snprintf(why, sizeof(why), "gave up after %.0fs: %s", now - job->created, masked.data);
+        else
+            snprintf(why, sizeof(why), "%s", masked.data);
+        add_result(ob, job->id, BRM_DELIVERY_DEAD, now, status, why);
+        brm_counter_add(tr->dead, 1);
+        brm_log_error("delivery dead", "target", tr->t->name, "delivery", id, "request", request,
+                      "rule", job->rule, "event", job->event, "attempts", attempt, "status", st,
+                      "error", why);
     }
     brm_buf_reset(&masked);
     unlink_job(job); /* may free TR */
     job_free(job);
 }
 
-static size_t on_body(char *data, size_t size, size_t n, void *arg) {
-    struct job *job = arg;
-    size_t len = size * n;
-    if (job->response.len < MAX_RESPONSE)
-        brm_buf_append(&job->response, data,
-                       len < MAX_RESPONSE - job->response.len ? len
-                                                              : MAX_RESPONSE - job->response.len);
-    return len;
-}
-
-/* Retry-After: seconds, or an HTTP date. */
-static size_t on_header(char *data, size_t size, size_t n, void *arg) {
-    struct job *job = arg;
-    size_t len = size * n;
-    static const char name[] = "retry-after:";
-    if (len > sizeof(name) && strncasecmp(data, name, sizeof(name) - 1) == 0) {
-        char v[64];
-        snprintf(v, sizeof(v), "%.*s", (int)(len - sizeof(name) + 1), data + sizeof(name) - 1);
-        char *end;
-        double secs = strtod(v, &end);
-        if (end == v) {
-            time_t when = curl_getdate(v, NULL);
-            secs = when > 0 ? (double)when - brm_time_now() : 0;
-        }
-        if (secs > 0) job->retry_after = fmin(secs, 86400);
-    }
-    return len;
-}
-
 /* Standard Webhooks: webhook-id (the delivery key, the same on every
  * attempt), webhook-timestamp and webhook-signature, made now. */
-static struct curl_slist *sign_headers(struct job *job, struct request *r, struct curl_slist *h) {
+static void sign_headers(struct job *job, const struct brm_request *r) {
     const char *secret = job->tr->t->signing_secret;
     size_t len = strlen(secret), keylen = len;
     unsigned char *key = brm_xmalloc(len + 4), mac[BRM_VERIFY_MAX_MAC];
@@ -492,91 +398,97 @@ static struct curl_slist *sign_headers(struct job *job, struct request *r, struc
     char *content =
         brm_xasprintf("%s.%ld.%.*s", job->key, ts, (int)r->body_len, r->body ? r->body : "");
     size_t n = brm_verify_hmac(BRM_VERIFY_SHA256, key, keylen, content, strlen(content), mac);
-    char sig[BRM_VERIFY_MAX_MAC * 2], line[256];
+    char sig[BRM_VERIFY_MAX_MAC * 2];
     brm_base64_encode(mac, n, sig);
-    snprintf(line, sizeof(line), "webhook-id: %s", job->key);
-    h = curl_slist_append(h, line);
-    snprintf(line, sizeof(line), "webhook-timestamp: %ld", ts);
-    h = curl_slist_append(h, line);
-    snprintf(line, sizeof(line), "webhook-signature: v1,%s", sig);
-    h = curl_slist_append(h, line);
+    free_sign(job);
+    job->sign = brm_xcalloc(3, sizeof(char *));
+    job->sign[0] = brm_xasprintf("webhook-id: %s", job->key);
+    job->sign[1] = brm_xasprintf("webhook-timestamp: %ld", ts);
+    job->sign[2] = brm_xasprintf("webhook-signature: v1,%s", sig);
     free(content);
     memset(key, 0, keylen);
     free(key);
-    return h;
 }
 
-static void job_fail_now(struct job *job, const char *reason);
+static void step_done(void *arg, const struct brm_transfer_result *res);
 
 /* Starts the HTTP request of the job's current step. */
 static void perform(struct job *job) {
-    struct brm_outbox *ob = job->ob;
     const struct brm_target *t = job->tr->t;
-    struct request *r = &job->req[job->step];
-    char *url = r->url;
-    char *with_ref = NULL;
-    if (job->ref[0] && strstr(r->url, "{ref}")) {
-        char *enc = curl_easy_escape(NULL, job->ref, 0);
-        struct brm_buf b;
-        brm_buf_init(&b);
-        const char *at = strstr(r->url, "{ref}");
-        brm_buf_append(&b, r->url, (size_t)(at - r->url));
-        brm_buf_puts(&b, enc ? enc : job->ref);
-        brm_buf_puts(&b, at + 5);
-        curl_free(enc);
-        url = with_ref = b.data;
+    const struct brm_request *r = &job->plan.req[job->step];
+    char *url = brm_plan_url(r, job->ref);
+    size_t nheaders = r->nheaders;
+    const char **headers = brm_xcalloc(nheaders + 3, sizeof(char *));
+    for (size_t i = 0; i < r->nheaders; i++) headers[i] = r->headers[i];
+    if (r->sign && t->signing_secret) {
+        sign_headers(job, r);
+        for (int i = 0; i < 3; i++) headers[nheaders++] = job->sign[i];
     }
-    CURL *e = job->easy = curl_easy_init();
-    if (!e) {
-        free(with_ref);
-        job_fail_now(job, "cannot create a transfer");
-        return;
-    }
-    brm_buf_reset(&job->response);
-    job->retry_after = 0;
-    job->errbuf[0] = '\0';
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, job);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(t->timeout * 1000));
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(fmin(t->timeout, 10) * 1000));
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "brume/" BRM_VERSION);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, job);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, job);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, job->errbuf);
-    if (t->proxy) curl_easy_setopt(e, CURLOPT_PROXY, t->proxy);
-    if (strcmp(r->method, "GET") == 0) {
-        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-    } else {
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body ? r->body : "");
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
-    }
-    /* The slist must live as long as the transfer: rebuilt into the
-     * request's own list with the per-attempt headers at its end. */
-    struct curl_slist *h = NULL;
-    for (struct curl_slist *x = r->headers; x; x = x->next) h = curl_slist_append(h, x->data);
-    h = curl_slist_append(h, "Expect:");
-    if (r->sign && t->signing_secret) h = sign_headers(job, r, h);
-    curl_slist_free_all(r->headers);
-    r->headers = h;
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
-    free(with_ref);
-    curl_multi_add_handle(ob->multi, e);
+    struct brm_transfer_request req = { r->method, url,      r->body,  r->body_len,
+                                        headers,   nheaders, t->proxy, t->timeout };
+    job->x = brm_transfer_start(job->ob->transfers, &req, step_done, job);
+    free(headers);
+    free(url);
+    if (!job->x) job_finish(job, 0, 1, 0, "cannot create a transfer", 0);
 }
 
-/* Fails the whole attempt without a transfer (retried later). */
-static void job_fail_now(struct job *job, const char *reason) {
-    job_finish(job, 0, 1, 0, reason);
+/* Moves a plan on after a step that answered 2xx (or finishes the job). */
+static void next_step(struct job *job, int status) {
+    enum brm_step next;
+    if (brm_plan_after(&job->plan, job->step, job->ref[0] != '\0', &next) == BRM_PLAN_SEND) {
+        job->step = next;
+        perform(job);
+        return;
+    }
+    /* Resolved: the next message for this key is a new alert, with a
+     * ticket of its own (the lookups find open tickets only). */
+    if (job->step == BRM_STEP_UPDATE && job->plan.closes)
+        add_ticket(job->ob, job->tr->t->name, job->ticket, NULL);
+    job_finish(job, 1, 0, status, NULL, 0);
+}
+
+/* A step's transfer ended: decide what the job does next. */
+static void step_done(void *arg, const struct brm_transfer_result *res) {
+    struct job *job = arg;
+    job->x = NULL; /* the transfer frees itself */
+    if (res->failed || res->status < 200 || res->status > 299) {
+        char why[512];
+        if (res->failed)
+            snprintf(why, sizeof(why), "%s: %s", brm_step_name(job->step), res->error);
+        else
+            snprintf(why, sizeof(why), "%s: HTTP %d: %.200s", brm_step_name(job->step), res->status,
+                     res->answer);
+        for (char *p = why; *p; p++)
+            if (*p == '\n' || *p == '\r') *p = ' ';
+        int retry = res->failed ? !res->config_error
+                                : res->status == 408 || res->status == 425 || res->status == 429 ||
+                                      res->status >= 500;
+        job_finish(job, 0, retry, res->status, why, res->retry_after);
+        return;
+    }
+    const struct brm_request *r = &job->plan.req[job->step];
+    if ((job->step == BRM_STEP_LOOKUP || job->step == BRM_STEP_CREATE) && r->ref) {
+        char ref[BRM_PLAN_MAX_REF] = "";
+        int found = brm_plan_extract_ref(job->ob->L, res->answer, res->answer_len, r->ref, ref,
+                                         sizeof(ref));
+        if (!found && job->step == BRM_STEP_CREATE) {
+            char why[300];
+            snprintf(why, sizeof(why), "create: the answer has no %s", r->ref);
+            job_finish(job, 0, 0, res->status, why, 0);
+            return;
+        }
+        if (found) {
+            snprintf(job->ref, sizeof(job->ref), "%s", ref);
+            add_ticket(job->ob, job->tr->t->name, job->ticket, ref);
+        }
+    }
+    next_step(job, res->status);
 }
 
 /* Appends the line of a kind-file delivery, stamped with when: the
  * adapter's JSON object gets an "at" member first. */
 static void append_line(struct job *job) {
-    struct request *r = &job->req[STEP_PLAIN];
+    const struct brm_request *r = &job->plan.req[BRM_STEP_PLAIN];
     struct brm_buf line;
     char at[40];
     brm_buf_init(&line);
@@ -596,41 +508,12 @@ static void append_line(struct job *job) {
         snprintf(why, sizeof(why), "writing %s failed: %s", job->tr->t->path,
                  w < 0 ? strerror(errno) : "short write");
     brm_buf_reset(&line);
-    job_finish(job, ok, 1, 0, why);
+    job_finish(job, ok, 1, 0, why, 0);
 }
 
-/* Moves a ticket plan to its next step, or finishes it. */
-static void next_step(struct job *job) {
-    struct request *rq = job->req;
+static void start_job(struct brm_outbox *ob, struct target_rt *tr,
+                      const struct brm_delivery *d) {
     struct brm_err err;
-    switch (job->step) {
-    case STEP_PLAIN: break;
-    case STEP_LOOKUP:
-        if (job->ref[0] && rq[STEP_UPDATE].present) {
-            job->step = STEP_UPDATE;
-        } else if (!job->ref[0] && rq[STEP_CREATE].present) {
-            job->step = STEP_CREATE;
-        } else {
-            /* Found with nothing to add, or nothing to resolve. */
-            job_finish(job, 1, 0, (int)job->status, NULL);
-            return;
-        }
-        perform(job);
-        return;
-    case STEP_UPDATE:
-        /* Resolved: the next message for this key is a new alert, with a
-         * ticket of its own (the lookups find open tickets only). */
-        if (job->closes &&
-            brm_store_forget_ticket(job->ob->store, job->tr->t->name, job->ticket, &err) < 0)
-            brm_log_error("outbox: cannot record a resolved ticket", "error", err.msg);
-        break;
-    case STEP_CREATE:
-    case NSTEPS: break;
-    }
-    job_finish(job, 1, 0, (int)job->status, NULL);
-}
-
-static void start_job(struct brm_outbox *ob, struct target_rt *tr, struct brm_delivery *d) {
     struct job *job = brm_xcalloc(1, sizeof(*job));
     job->ob = ob;
     job->tr = tr;
@@ -642,163 +525,30 @@ static void start_job(struct brm_outbox *ob, struct target_rt *tr, struct brm_de
     job->attempts = d->attempts;
     job->created = d->created;
     job->expires = d->expires;
-    brm_buf_init(&job->response);
     job->next = ob->jobs;
     ob->jobs = job;
     tr->inflight++;
-    if (decode_job(ob, job, d->request) < 0) {
-        job_finish(job, 0, 0, 0, "the stored request is not JSON");
+    /* A plain request comes as its parts; a ticket's plan (and a request
+     * stored by an older brume) as JSON. */
+    const char *plan = d->plan ? d->plan : "";
+    if (d->method && d->url) {
+        brm_plan_plain(&job->plan, d->method, d->url, d->headers, d->body, d->body_len, d->sign);
+    } else if (brm_plan_decode(ob->L, plan, strlen(plan), job->ticket != NULL, &job->plan, &err) <
+               0) {
+        job_finish(job, 0, 0, 0, err.msg, 0);
         return;
     }
-    if (strcmp(tr->t->kind, "file") == 0) {
+    if (tr->fd >= 0) {
         append_line(job);
         return;
     }
-    if (!job->ticket) {
-        if (!job->req[STEP_PLAIN].method || !job->req[STEP_PLAIN].url) {
-            job_finish(job, 0, 0, 0, "the stored request has no method or url");
-            return;
-        }
-        job->step = STEP_PLAIN;
-        perform(job);
-        return;
-    }
-    int known = brm_store_ticket(ob->store, tr->t->name, job->ticket, job->ref, sizeof(job->ref));
-    if (known > 0 && job->req[STEP_UPDATE].present)
-        job->step = STEP_UPDATE;
-    else if (known <= 0 && job->req[STEP_LOOKUP].present)
-        job->step = STEP_LOOKUP;
-    else if (known <= 0 && job->req[STEP_CREATE].present)
-        job->step = STEP_CREATE;
-    else {
-        job_finish(job, 1, 0, 0, NULL); /* a resolve with no ticket: nothing to do */
+    int known =
+        job->ticket && known_ticket(ob, tr->t->name, job->ticket, job->ref, sizeof(job->ref));
+    if (brm_plan_start(&job->plan, known, &job->step) == BRM_PLAN_DONE) {
+        job_finish(job, 1, 0, 0, NULL, 0); /* a resolve with no ticket: nothing to do */
         return;
     }
     perform(job);
-}
-
-static int retryable(CURLcode rc, long status) {
-    switch (rc) {
-    case CURLE_OK: return status == 408 || status == 425 || status == 429 || status >= 500;
-    case CURLE_UNSUPPORTED_PROTOCOL:
-    case CURLE_URL_MALFORMAT:
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CACERT_BADFILE: return 0; /* a config problem: retrying will not help */
-    default: return 1;
-    }
-}
-
-/* A transfer ended: decide what the job does next. */
-static void transfer_done(struct job *job, CURLcode rc) {
-    long status = 0;
-    curl_easy_getinfo(job->easy, CURLINFO_RESPONSE_CODE, &status);
-    job->status = status;
-    curl_multi_remove_handle(job->ob->multi, job->easy);
-    curl_easy_cleanup(job->easy);
-    job->easy = NULL;
-    if (rc != CURLE_OK || status < 200 || status > 299) {
-        char why[512];
-        if (rc != CURLE_OK)
-            snprintf(why, sizeof(why), "%s%s%s", step_name(job->step), job->errbuf[0] ? ": " : ": ",
-                     job->errbuf[0] ? job->errbuf : curl_easy_strerror(rc));
-        else
-            snprintf(why, sizeof(why), "%s: HTTP %ld: %.200s", step_name(job->step), status,
-                     job->response.data ? job->response.data : "");
-        for (char *p = why; *p; p++)
-            if (*p == '\n' || *p == '\r') *p = ' ';
-        job_finish(job, 0, retryable(rc, status), (int)status, why);
-        return;
-    }
-    struct request *r = &job->req[job->step];
-    if ((job->step == STEP_LOOKUP || job->step == STEP_CREATE) && r->ref) {
-        char ref[256] = "";
-        int found = extract_ref(job->ob, job->response.data ? job->response.data : "",
-                                job->response.len, r->ref, ref, sizeof(ref));
-        if (!found && job->step == STEP_CREATE) {
-            char why[300];
-            snprintf(why, sizeof(why), "create: the answer has no %s", r->ref);
-            job_finish(job, 0, 0, (int)status, why);
-            return;
-        }
-        if (found) {
-            struct brm_err err;
-            snprintf(job->ref, sizeof(job->ref), "%s", ref);
-            if (brm_store_set_ticket(job->ob->store, job->tr->t->name, job->ticket, ref, &err) < 0)
-                brm_log_error("outbox: cannot record a ticket", "error", err.msg);
-        }
-    }
-    next_step(job);
-}
-
-/* ---- libcurl on libevent ------------------------------------------------ */
-
-struct sock {
-    struct event *ev;
-    struct brm_outbox *ob;
-};
-
-static void check_transfers(struct brm_outbox *ob) {
-    CURLMsg *msg;
-    int left;
-    while ((msg = curl_multi_info_read(ob->multi, &left))) {
-        if (msg->msg != CURLMSG_DONE) continue;
-        struct job *job;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&job);
-        transfer_done(job, msg->data.result);
-    }
-}
-
-static void on_socket(evutil_socket_t fd, short what, void *arg) {
-    struct brm_outbox *ob = arg;
-    int running;
-    int flags = (what & EV_READ ? CURL_CSELECT_IN : 0) | (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
-    curl_multi_socket_action(ob->multi, fd, flags, &running);
-    check_transfers(ob);
-}
-
-static void on_curl_timer(evutil_socket_t fd, short what, void *arg) {
-    struct brm_outbox *ob = arg;
-    int running;
-    (void)fd, (void)what;
-    curl_multi_socket_action(ob->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_transfers(ob);
-}
-
-static int curl_socket_cb(CURL *e, curl_socket_t s, int what, void *arg, void *sockp) {
-    struct brm_outbox *ob = arg;
-    struct sock *sk = sockp;
-    (void)e;
-    if (what == CURL_POLL_REMOVE) {
-        if (sk) {
-            event_free(sk->ev);
-            free(sk);
-        }
-        return 0;
-    }
-    if (!sk) {
-        sk = brm_xcalloc(1, sizeof(*sk));
-        sk->ob = ob;
-        curl_multi_assign(ob->multi, s, sk);
-    } else {
-        event_free(sk->ev);
-    }
-    short events =
-        EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
-    sk->ev = event_new(ob->base, s, events, on_socket, ob);
-    event_add(sk->ev, NULL);
-    return 0;
-}
-
-static int curl_timer_cb(CURLM *multi, long ms, void *arg) {
-    struct brm_outbox *ob = arg;
-    (void)multi;
-    if (ms < 0) {
-        evtimer_del(ob->curl_timer);
-    } else {
-        struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-        evtimer_add(ob->curl_timer, &tv);
-    }
-    return 0;
 }
 
 /* ---- scheduling --------------------------------------------------------- */
@@ -809,12 +559,6 @@ struct pass {
     double now;
     int room; /* attempts this target may still start */
 };
-
-static int is_running(struct brm_outbox *ob, int64_t id) {
-    for (struct job *j = ob->jobs; j; j = j->next)
-        if (j->id == id) return 1;
-    return 0;
-}
 
 static int ticket_busy(struct brm_outbox *ob, struct target_rt *tr, const char *ticket) {
     for (struct job *j = ob->jobs; j; j = j->next)
@@ -832,10 +576,10 @@ static int take_token(struct target_rt *tr, double now) {
     return 1;
 }
 
-static int start_due(void *arg, struct brm_delivery *d) {
+static int start_due(void *arg, const struct brm_delivery *d) {
     struct pass *p = arg;
     if (p->room <= 0) return 1;
-    if (is_running(p->ob, d->id)) return 0;
+    if (is_busy(p->ob, d->id)) return 0;
     if (d->ticket && ticket_busy(p->ob, p->tr, d->ticket)) return 0;
     if (!take_token(p->tr, p->now)) return 1;
     start_job(p->ob, p->tr, d);
@@ -850,9 +594,9 @@ static struct target_rt *target_rt(struct brm_outbox *ob, const char *name) {
 }
 
 /* Deliveries to a target no longer in the config cannot be made. */
-static int bury_orphan(void *arg, struct brm_delivery *d) {
+static int bury_orphan(void *arg, const struct brm_delivery *d) {
     struct brm_outbox *ob = arg;
-    if (target_rt(ob, d->target)) return 0;
+    if (target_rt(ob, d->target) || is_busy(ob, d->id)) return 0;
     char why[300];
     snprintf(why, sizeof(why), "no target named %s in the config", d->target);
     add_result(ob, d->id, BRM_DELIVERY_DEAD, brm_time_now(), 0, why);
@@ -861,14 +605,6 @@ static int bury_orphan(void *arg, struct brm_delivery *d) {
 
 static void housekeeping(struct brm_outbox *ob, double now) {
     struct brm_err err;
-    if (now - ob->last_prune >= PRUNE_INTERVAL) {
-        ob->last_prune = now;
-        /* Their keys are what keeps a replay from queueing them again: kept
-         * as long as the bodies a replay could run. */
-        double keep = fmax(KEEP_DONE, ob->cfg->journal.retention);
-        if (brm_store_prune(ob->store, now - keep, &err) < 0)
-            brm_log_warn("outbox: cannot prune done deliveries", "error", err.msg);
-    }
     if (now - ob->last_orphans >= 60) {
         ob->last_orphans = now;
         brm_store_due(ob->store, now, 100, bury_orphan, ob, &err);
@@ -884,40 +620,37 @@ static void housekeeping(struct brm_outbox *ob, double now) {
     }
 }
 
-/* Records outcomes, starts what is due and may start, and sets the timer
- * for the next time something could be. */
+/* Hands over what was learnt, starts what is due and may start, and sets
+ * the timer for the next time something could be. */
 static void schedule(struct brm_outbox *ob) {
     struct brm_err err;
     double now = brm_time_now(), wake = now + POLL_INTERVAL;
-    int flushed = flush_results(ob) == 0;
-    if (atomic_load(&ob->stopping)) {
-        if (!ob->jobs) event_base_loopbreak(ob->base);
-        return;
-    }
-    if (!flushed) {
-        struct timeval tv = { (time_t)POLL_INTERVAL, 0 };
-        evtimer_add(ob->timer, &tv);
-        return;
-    }
-    housekeeping(ob, now);
-    for (size_t i = 0; i < ob->ntargets; i++) {
-        struct target_rt *tr = ob->targets[i];
-        /* A file append ends before the next starts: concurrency means
-         * nothing there, and a pass takes a good batch. */
-        int room = tr->fd >= 0 ? FILE_BATCH : (int)tr->t->concurrency - tr->inflight;
-        struct pass p = { ob, tr, now, room };
-        if (p.room <= 0) continue;
-        if (brm_store_due_for(ob->store, tr->t->name, now, p.room + tr->inflight, start_due, &p,
-                              &err) < 0) {
-            brm_log_error("outbox: cannot read due deliveries", "error", err.msg);
-            break;
+    take_recorded(ob);
+    hand_over(ob);
+    if (atomic_load(&ob->stopping)) return;
+    if (now < ob->paused_until) {
+        wake = ob->paused_until;
+    } else {
+        housekeeping(ob, now);
+        for (size_t i = 0; i < ob->ntargets; i++) {
+            struct target_rt *tr = ob->targets[i];
+            /* A file append ends before the next starts: concurrency means
+             * nothing there, and a pass takes a good batch. */
+            int room = tr->fd >= 0 ? FILE_BATCH : (int)tr->t->concurrency - tr->inflight;
+            struct pass p = { ob, tr, now, room };
+            if (p.room <= 0) continue;
+            if (brm_store_due_for(ob->store, tr->t->name, now, p.room + tr->inflight, start_due, &p,
+                                  &err) < 0) {
+                brm_log_error("outbox: cannot read due deliveries", "error", err.msg);
+                break;
+            }
+            if (tr->t->rate > 0 && tr->tokens < 1.0)
+                wake = fmin(wake, now + (1.0 - tr->tokens) / tr->t->rate);
         }
-        if (tr->t->rate > 0 && tr->tokens < 1.0)
-            wake = fmin(wake, now + (1.0 - tr->tokens) / tr->t->rate);
+        hand_over(ob); /* what ended at once (file targets, bad requests) */
+        double due = brm_store_next_due(ob->store, now);
+        if (due > 0) wake = fmin(wake, due);
     }
-    flush_results(ob); /* what failed at once (file targets, bad requests) */
-    double due = brm_store_next_due(ob->store, now);
-    if (due > 0) wake = fmin(wake, due);
     struct timeval tv = { (time_t)(wake - now), (suseconds_t)(fmod(wake - now, 1.0) * 1e6) };
     evtimer_add(ob->timer, &tv);
 }
@@ -942,13 +675,17 @@ static void on_mail(evutil_socket_t fd, short what, void *arg) {
         brm_config_free(cfg);
     }
     if (atomic_load(&ob->stopping)) {
+        take_recorded(ob);
+        hand_over(ob);
         /* Let attempts in flight finish for a while, then leave. */
         if (!ob->jobs) {
             event_base_loopbreak(ob->base);
             return;
         }
-        struct timeval tv = { (time_t)ob->stop_wait, 0 };
-        evtimer_add(ob->stop_timer, &tv);
+        if (!evtimer_pending(ob->stop_timer, NULL)) {
+            struct timeval tv = { (time_t)ob->stop_wait, 0 };
+            evtimer_add(ob->stop_timer, &tv);
+        }
         return;
     }
     schedule(ob);
@@ -959,13 +696,34 @@ static void on_stop_timer(evutil_socket_t fd, short what, void *arg) {
     event_base_loopbreak(((struct brm_outbox *)arg)->base);
 }
 
+/* Stopping: what was learnt goes to the store before the thread ends (an
+ * outcome lost would only repeat an attempt, but a learnt ticket would be
+ * opened again). */
+static void write_last(struct brm_outbox *ob) {
+    for (int tries = 0; tries < 3; tries++) {
+        take_recorded(ob);
+        ob->paused_until = 0;
+        hand_over(ob);
+        if (!ob->recording) return;
+        pthread_mutex_lock(&ob->lock);
+        while (!ob->recorded) pthread_cond_wait(&ob->recorded_cond, &ob->lock);
+        pthread_mutex_unlock(&ob->lock);
+    }
+    take_recorded(ob); /* refused every time: the store is failing */
+}
+
 static void *outbox_main(void *arg) {
     struct brm_outbox *ob = arg;
     brm_metrics_set_slot(ob->cfg->workers + 1);
     srandom((unsigned)(brm_time_mono_ns() ^ (uint64_t)getpid())); /* jitter differs per run */
     schedule(ob);
     event_base_dispatch(ob->base);
-    flush_results(ob);
+    while (ob->jobs) { /* abandoned: they stay pending for the next start */
+        struct job *j = ob->jobs;
+        unlink_job(j);
+        job_free(j);
+    }
+    write_last(ob);
     return NULL;
 }
 
@@ -1092,18 +850,18 @@ static double gauge_oldest(void *arg) {
     return oldest;
 }
 
-struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_err *err) {
+struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_journal *j,
+                                  struct brm_err *err) {
     struct brm_outbox *ob = brm_xcalloc(1, sizeof(*ob));
     ob->cfg = brm_config_ref(cfg);
+    ob->journal = j;
     ob->mailfd = -1;
     pthread_mutex_init(&ob->lock, NULL);
-    ob->path = brm_outbox_store_path(cfg);
-    if (!(ob->store = brm_store_open(ob->path, err))) goto fail;
-    /* Losing an attempt's outcome in a power cut means one more attempt,
-     * never a lost message: no fsync for outcomes. */
-    if (brm_store_relax(ob->store, 1, err) < 0 ||
-        brm_store_limit(ob->store, cfg->store_max, err) < 0)
-        goto fail;
+    pthread_cond_init(&ob->recorded_cond, NULL);
+    char *path = brm_outbox_store_path(cfg);
+    ob->store = brm_store_open(path, err);
+    free(path);
+    if (!ob->store) goto fail;
     ob->targets = brm_xcalloc(cfg->ntargets, sizeof(*ob->targets));
     for (size_t i = 0; i < cfg->ntargets; i++) {
         if (!(ob->targets[i] = target_new(cfg, &cfg->targets[i], err))) goto fail;
@@ -1128,14 +886,9 @@ struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_err *
     ob->mail = event_new(ob->base, ob->mailfd, EV_READ | EV_PERSIST, on_mail, ob);
     ob->timer = evtimer_new(ob->base, on_work, ob);
     ob->work = event_new(ob->base, -1, 0, on_work, ob);
-    ob->curl_timer = evtimer_new(ob->base, on_curl_timer, ob);
     ob->stop_timer = evtimer_new(ob->base, on_stop_timer, ob);
     event_add(ob->mail, NULL);
-    ob->multi = curl_multi_init();
-    curl_multi_setopt(ob->multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
-    curl_multi_setopt(ob->multi, CURLMOPT_SOCKETDATA, ob);
-    curl_multi_setopt(ob->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
-    curl_multi_setopt(ob->multi, CURLMOPT_TIMERDATA, ob);
+    ob->transfers = brm_transfers_new(ob->base);
     brm_metrics_gauge("brume_outbox_pending", "Deliveries not yet done or dead.", gauge_pending, ob,
                       NULL);
     brm_metrics_gauge("brume_outbox_oldest_seconds", "Age of the oldest pending delivery.",
@@ -1147,8 +900,9 @@ fail:
 }
 
 int brm_outbox_start(struct brm_outbox *ob, struct brm_err *err) {
-    if (pthread_create(&ob->thread, NULL, outbox_main, ob) != 0) {
-        brm_err_set(err, "cannot start the outbox thread: %s", strerror(errno));
+    int rc = pthread_create(&ob->thread, NULL, outbox_main, ob);
+    if (rc != 0) {
+        brm_err_set(err, "cannot start the outbox thread: %s", strerror(rc));
         return -1;
     }
     ob->running = 1;
@@ -1159,9 +913,7 @@ void brm_outbox_stop(struct brm_outbox *ob, double wait) {
     if (!ob || !ob->running) return;
     ob->stop_wait = wait;
     atomic_store(&ob->stopping, 1);
-    uint64_t one = 1;
-    if (write(ob->mailfd, &one, sizeof(one)) < 0) { /* cannot happen with an eventfd */
-    }
+    brm_outbox_wake(ob);
     pthread_join(ob->thread, NULL);
     ob->running = 0;
 }
@@ -1176,11 +928,16 @@ void brm_outbox_free(struct brm_outbox *ob) {
     }
     for (size_t i = 0; i < ob->nresults; i++) free(ob->results[i].error);
     free(ob->results);
-    if (ob->multi) curl_multi_cleanup(ob->multi);
+    for (size_t i = 0; i < ob->ntickets; i++) {
+        free(ob->tickets[i].target);
+        free(ob->tickets[i].key);
+        free(ob->tickets[i].ref);
+    }
+    free(ob->tickets);
+    brm_transfers_free(ob->transfers);
     if (ob->mail) event_free(ob->mail);
     if (ob->timer) event_free(ob->timer);
     if (ob->work) event_free(ob->work);
-    if (ob->curl_timer) event_free(ob->curl_timer);
     if (ob->stop_timer) event_free(ob->stop_timer);
     if (ob->base) event_base_free(ob->base);
     if (ob->mailfd >= 0) close(ob->mailfd);
@@ -1189,9 +946,9 @@ void brm_outbox_free(struct brm_outbox *ob) {
     free(ob->targets);
     brm_config_free(ob->next_cfg);
     brm_config_free(ob->cfg);
+    pthread_cond_destroy(&ob->recorded_cond);
     pthread_mutex_destroy(&ob->lock);
     brm_store_close(ob->store);
-    free(ob->path);
     free(ob);
 }
 
@@ -1209,6 +966,6 @@ void brm_action_json(const struct brm_action *a, struct brm_buf *out) {
     brm_buf_puts(out, ",\"message\":");
     brm_buf_puts(out, a->message ? a->message : "null");
     brm_buf_puts(out, ",\"request\":");
-    brm_buf_puts(out, a->display ? a->display : a->request);
+    brm_buf_puts(out, a->display ? a->display : "null");
     brm_buf_puts(out, "}");
 }

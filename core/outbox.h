@@ -1,14 +1,15 @@
 /*
  * outbox: delivers what rules send, durably and with retries.
  *
- * brm_outbox_add (from any worker) stores each action as a delivery, in the
- * journal's transaction, before anything is attempted. The outbox thread
- * - its own event_base driving libcurl's multi interface: no blocking call,
- * no thread per request - takes due deliveries from the store and makes
- * their requests: HTTP(S) with certificate verification, through a target's
- * proxy or the usual environment variables; appends for kind file; and for
- * ticket kinds the adapter's plan (find the ticket, create it once, update
- * it after), remembering each ticket in the store.
+ * The journal stores each action as a delivery with the body that sent it,
+ * before anything is attempted (brm_journal_add_deliveries). The outbox
+ * thread - its own event_base, with transfer.c driving libcurl on it: no
+ * blocking call, no thread per request - reads due deliveries from the
+ * store in batches and makes their requests (plan.c reads them back):
+ * HTTP(S), appends for kind file, and for ticket kinds the adapter's plan
+ * (find the ticket, create it once, update it after). What it learns -
+ * outcomes, ticket ids - goes to the journal's writer in batches, one
+ * transaction for many: the outbox thread itself never writes the store.
  *
  * Network errors, timeouts, 408, 425, 429 and 5xx are retried with
  * exponential backoff and full jitter, Retry-After being a floor, until the
@@ -17,21 +18,24 @@
  * rate and concurrency, so a slow or dead target never holds up another.
  * The thread runs no user Lua: a private VM only decodes JSON.
  *
- * Depends on store, config, api (the action list), json, verify, metrics,
- * log, util; libcurl and libevent.
+ * Depends on store (reading), journal (writing), plan, transfer, config, api
+ * (the action list), json, verify, metrics, log, util; libevent.
  */
 #ifndef BRM_OUTBOX_H
 #define BRM_OUTBOX_H
 
 #include "api.h"
 #include "config.h"
+#include "journal.h"
 #include "store.h"
 
 struct brm_outbox;
 
-/* The outbox of CFG (it takes a reference), not yet running. NULL with ERR
- * set when the store or a target file cannot be opened. */
-struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_err *err);
+/* The outbox of CFG (it takes a reference), writing through J, not yet
+ * running. NULL with ERR set when the store or a target file cannot be
+ * opened. */
+struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_journal *j,
+                                  struct brm_err *err);
 /* Appends to ERRS a problem for each file target of CFG that cannot be
  * opened for appending (its folder is made): a reload checks before it
  * commits to a config. */
@@ -42,19 +46,11 @@ void brm_outbox_configure(struct brm_outbox *ob, const struct brm_config *cfg);
 /* Starts the outbox thread. */
 int brm_outbox_start(struct brm_outbox *ob, struct brm_err *err);
 /* Stops the thread: no new attempt starts; attempts in flight get up to
- * WAIT seconds, then are abandoned (their deliveries stay pending). */
+ * WAIT seconds, then are abandoned (their deliveries stay pending); what
+ * was learnt is written. Call it before the journal stops. */
 void brm_outbox_stop(struct brm_outbox *ob, double wait);
 void brm_outbox_free(struct brm_outbox *ob);
 
-/*
- * Stores the actions of A as deliveries through ST (the calling thread's
- * own connection), inside the caller's transaction: the journal stores a
- * body, its deliveries and its state in one. An action whose key is
- * already stored is not stored again. Returns how many were stored, or -1
- * with ERR set.
- */
-int brm_outbox_add(const struct brm_config *cfg, struct brm_store *st, const struct brm_actions *a,
-                   double now, struct brm_err *err);
 /* Tells the outbox thread there is new work (any thread). */
 void brm_outbox_wake(struct brm_outbox *ob);
 

@@ -31,8 +31,8 @@
 #include "watch.h"
 
 #define DRAIN_POLL_MS 50
-#define HOUSEKEEPING  60  /* seconds between two rounds of pruning */
-#define DEBOUNCE      0.3 /* seconds of quiet after a file change before reloading */
+#define SWEEP_BUCKETS 4096 /* of the rule state, looked at each second for expired keys */
+#define DEBOUNCE      0.3  /* seconds of quiet after a file change before reloading */
 #define MAX_REPORT    (64u << 10)
 
 struct server;
@@ -45,8 +45,7 @@ struct worker {
     struct event_base *base;
     struct brm_http *http;
     struct brm_intake *intake;
-    struct brm_store *store; /* this worker's connection to the store */
-    int mailfd;              /* eventfd: main -> worker */
+    int mailfd; /* eventfd: main -> worker */
     struct event *mail, *drain_timer;
     pthread_mutex_t lock; /* guards the mailbox fields below */
     struct brm_engine *next_engine;
@@ -74,14 +73,14 @@ struct server {
     struct worker *workers;
     int nworkers;
     struct brm_outbox *outbox;
+    struct brm_journal *journal;
     int mailfd; /* eventfd: workers -> main */
-    struct event *mail, *sigterm, *sigint, *sighup, *housekeeping;
+    struct event *mail, *sigterm, *sigint, *sighup;
     struct brm_watch *watch;
     _Atomic long connections;
     _Atomic long rules, generation; /* rules in the running set, and its version */
     int lockfd;
     struct brm_counter *reloads, *reload_failures;
-    struct brm_store *store; /* the main thread's: start-up and housekeeping */
     struct brm_state *state;
 };
 
@@ -270,8 +269,15 @@ static void hand(struct worker *w, struct brm_engine *e, struct brm_tls **tls) {
     post(w->mailfd);
 }
 
+/* A state key some worker's parked body waited for is free: every worker
+ * looks at its parked bodies (any thread). */
+static void wake_workers(void *arg) {
+    struct server *s = arg;
+    for (int i = 0; i < s->nworkers; i++)
+        if (s->workers[i].intake) brm_intake_wake(s->workers[i].intake);
+}
+
 static int setup_worker(struct server *s, struct worker *w, int id, struct brm_engine *e) {
-    struct brm_err err;
     w->srv = s;
     w->id = id;
     w->base = new_base();
@@ -280,14 +286,7 @@ static int setup_worker(struct server *s, struct worker *w, int id, struct brm_e
     if (w->mailfd < 0) return -1;
     w->mail = event_new(w->base, w->mailfd, EV_READ | EV_PERSIST, on_worker_mail, w);
     event_add(w->mail, NULL);
-    char *path = brm_outbox_store_path(s->cfg);
-    w->store = brm_store_open(path, &err);
-    free(path);
-    if (!w->store || brm_store_limit(w->store, s->cfg->store_max, &err) < 0) {
-        brm_log_error("cannot open the store", "error", err.msg);
-        return -1;
-    }
-    w->intake = brm_intake_new(e, s->outbox, w->store, s->state, w->base);
+    w->intake = brm_intake_new(e, s->outbox, s->journal, s->state, w->base, wake_workers, s);
     struct brm_http_opts o = http_opts(s, s->cfg);
     w->http = brm_http_new(w->base, &o, NULL, 0);
     route_sources(w, s->cfg);
@@ -298,7 +297,6 @@ static void free_worker(struct worker *w) {
     if (!w->base) return;
     brm_http_free(w->http);
     brm_intake_free(w->intake);
-    brm_store_close(w->store);
     brm_engine_free(w->next_engine);
     free_tls(w->next_tls, w->srv->started->nlisten);
     if (w->drain_timer) event_free(w->drain_timer);
@@ -421,6 +419,7 @@ static void apply(struct server *s, struct rule_set *rs) {
         rs->engines[i] = NULL;
     }
     brm_outbox_configure(s->outbox, cfg);
+    brm_journal_configure(s->journal, cfg);
     brm_log_setup(cfg->log_level, cfg->log_format);
     s->cfg = brm_config_ref(cfg);
     brm_config_free(old);
@@ -568,37 +567,29 @@ static void on_hup(evutil_socket_t sig, short what, void *arg) {
     reload(arg, "SIGHUP", NULL);
 }
 
-/* Journal retention, expired state: once a minute, on the main thread. */
-static void on_housekeeping(evutil_socket_t fd, short what, void *arg) {
+/* The journal writer's upkeep hook: expired rule state goes, a slice of the
+ * table at a time, so that no step holds the state's lock for long. */
+static int sweep_state(void *arg, struct brm_store *st, double now, struct brm_err *err) {
     struct server *s = arg;
-    struct brm_err err;
-    double now = brm_time_now();
-    (void)fd, (void)what;
-    long gone = brm_journal_prune(s->store, s->cfg, now, &err);
-    if (gone < 0) brm_log_warn("cannot prune the journal", "error", err.msg);
-    if (gone > 0) {
-        char n[32];
-        snprintf(n, sizeof(n), "%ld", gone);
-        brm_log_info("journal pruned", "bodies", n);
-    }
-    if (brm_store_prune_state(s->store, now, &err) < 0)
-        brm_log_warn("cannot prune state", "error", err.msg);
-    brm_state_sweep(s->state, now);
+    return brm_state_sweep(s->state, SWEEP_BUCKETS, now, st, err) < 0 ? -1 : 0;
 }
 
-/* Opens the main thread's store connection, continues the journal's ids
- * and loads the rules' state. */
+/* Opens the store: loads the rules' state, continues the journal's ids
+ * and starts its writer. */
 static int open_store(struct server *s) {
     struct brm_err err;
     char *path = brm_outbox_store_path(s->cfg);
-    s->store = brm_store_open(path, &err);
+    struct brm_store *st = brm_store_open(path, &err);
+    int ok = st && brm_store_prune_state(st, brm_time_now(), &err) == 0 &&
+             brm_state_load(s->state, st, brm_time_now(), &err) == 0;
+    if (ok) brm_journal_start(brm_store_last_body(st));
+    brm_store_close(st);
+    if (ok) s->journal = brm_journal_new(path, s->cfg, sweep_state, s, &err);
     free(path);
-    if (!s->store || brm_store_limit(s->store, s->cfg->store_max, &err) < 0 ||
-        brm_state_load(s->state, s->store, brm_time_now(), &err) < 0) {
+    if (!ok || !s->journal || brm_journal_run(s->journal, &err) < 0) {
         brm_log_error("cannot open the store", "error", err.msg);
         return -1;
     }
-    brm_journal_start(brm_store_last_body(s->store));
     return 0;
 }
 
@@ -637,7 +628,9 @@ static void admin_metrics(void *arg, struct brm_http_req *req) {
  * worker failed, so that a load balancer sends Mist elsewhere. */
 static void admin_healthz(void *arg, struct brm_http_req *req) {
     struct server *s = arg;
-    int store_ok = 1;
+    struct brm_journal_stats js;
+    brm_journal_stats(s->journal, &js);
+    int store_ok = js.ok;
     for (int i = 0; i < s->nworkers; i++) store_ok &= brm_intake_store_ok(s->workers[i].intake);
     double oldest;
     long pending = brm_outbox_pending(s->outbox, &oldest);
@@ -795,9 +788,6 @@ static void add_events(struct server *s) {
     event_add(s->sigterm, NULL);
     event_add(s->sigint, NULL);
     event_add(s->sighup, NULL);
-    s->housekeeping = event_new(s->base, -1, EV_PERSIST, on_housekeeping, s);
-    struct timeval minute = { HOUSEKEEPING, 0 };
-    event_add(s->housekeeping, &minute);
 }
 
 static void free_server(struct server *s, struct rule_set *rs) {
@@ -810,11 +800,10 @@ static void free_server(struct server *s, struct rule_set *rs) {
     if (s->sigterm) event_free(s->sigterm);
     if (s->sigint) event_free(s->sigint);
     if (s->sighup) event_free(s->sighup);
-    if (s->housekeeping) event_free(s->housekeeping);
     if (s->mailfd >= 0) close(s->mailfd);
     if (s->base) event_base_free(s->base);
-    brm_outbox_free(s->outbox);
-    brm_store_close(s->store);
+    brm_outbox_free(s->outbox); /* writes what it learnt through the journal: first */
+    brm_journal_free(s->journal);
     brm_state_free(s->state);
     if (s->lockfd >= 0) close(s->lockfd);
     brm_config_free(s->cfg);
@@ -834,7 +823,7 @@ int brm_server_run(const struct brm_config *cfg) {
     struct brm_err err;
     int rc = 1;
 
-    brm_metrics_init(cfg->workers + 2); /* main, workers, outbox */
+    brm_metrics_init(cfg->workers + 3); /* main, workers, outbox, journal */
     brm_metrics_set_slot(0);
     server_metrics(&s);
     char workers[16];
@@ -847,7 +836,7 @@ int brm_server_run(const struct brm_config *cfg) {
     if (lock_data_dir(&s) < 0) goto done;
     s.state = brm_state_new();
     if (open_store(&s) < 0) goto done;
-    if (!(s.outbox = brm_outbox_new(cfg, &err))) {
+    if (!(s.outbox = brm_outbox_new(cfg, s.journal, &err))) {
         brm_log_error("cannot open the outbox", "error", err.msg);
         goto done;
     }
@@ -874,7 +863,6 @@ int brm_server_run(const struct brm_config *cfg) {
         goto done;
     }
     add_events(&s);
-    on_housekeeping(-1, 0, &s);
     watch_files(&s);
     start_workers(&s);
     char n[32];
@@ -886,6 +874,7 @@ int brm_server_run(const struct brm_config *cfg) {
     /* Workers are done storing: attempts in flight get a moment, the rest
      * stays pending in the store for the next start. */
     brm_outbox_stop(s.outbox, s.cfg->http.drain_timeout < 5 ? s.cfg->http.drain_timeout : 5);
+    brm_journal_stop(s.journal); /* what is queued is written first */
     brm_log_info("brume stopped");
 done:
     brm_errors_reset(&errs);

@@ -1,6 +1,7 @@
 #include "state.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,28 +15,38 @@
 struct entry {
     struct entry *next;
     char *key;
-    char *value;    /* JSON text; for throttle "count window_start" */
+    char *value;    /* JSON text; for throttle "count window_start"; NULL: none */
     double expires; /* 0: never */
+    uint64_t owner; /* the transaction whose change is not stored yet; 0: none */
+    size_t body;    /* the owner's body (mark) that last noted an undo for it */
+    int wanted;     /* another transaction was told it is busy */
+    uint64_t saved; /* the save that last wrote it (each save writes a key once) */
 };
 
-/* What a key held before the open transaction first changed it. */
+/* What an entry held before a body of the transaction first changed it.
+ * An entry a transaction owns is never freed, so the pointer holds. */
 struct undo {
-    char *key;
-    char *value; /* NULL: it held nothing */
+    struct entry *e;
+    char *value;
     double expires;
+    uint64_t owner;
+    size_t body;
+};
+
+struct brm_state_txn {
+    struct brm_state *s;
+    uint64_t id;
+    size_t body; /* the current body: its undo records start at undo[body - 1]... */
+    struct undo *undo;
+    size_t nundo, capundo;
 };
 
 struct brm_state {
-    pthread_mutex_t lock; /* guards everything below */
+    pthread_mutex_t lock; /* guards everything below, and every entry */
     struct entry **buckets;
     size_t nbuckets, count;
-    /* The open transaction: one thread at a time reads and changes the
-     * state between its first call and brm_state_end; the others wait. */
-    pthread_cond_t released;
-    int held;
-    pthread_t holder;
-    struct undo *undo;
-    size_t nundo, capundo;
+    size_t sweep_at; /* the bucket the next sweep starts from */
+    _Atomic uint64_t next_txn, next_save;
 };
 
 static uint64_t hash(const char *s) {
@@ -44,30 +55,13 @@ static uint64_t hash(const char *s) {
     return h;
 }
 
-void brm_state_log_reset(struct brm_state_log *log) {
-    for (size_t i = 0; i < log->n; i++) free(log->keys[i]);
-    free(log->keys);
-    log->keys = NULL;
-    log->n = log->cap = 0;
-}
-
-static void note(struct brm_state_log *log, const char *key) {
-    if (!log) return;
-    for (size_t i = 0; i < log->n; i++)
-        if (strcmp(log->keys[i], key) == 0) return;
-    if (log->n == log->cap) {
-        log->cap = log->cap ? log->cap * 2 : 8;
-        log->keys = brm_xrealloc(log->keys, log->cap * sizeof(char *));
-    }
-    log->keys[log->n++] = brm_xstrdup(key);
-}
-
 struct brm_state *brm_state_new(void) {
     struct brm_state *s = brm_xcalloc(1, sizeof(*s));
     pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->released, NULL);
     s->nbuckets = 1024;
     s->buckets = brm_xcalloc(s->nbuckets, sizeof(*s->buckets));
+    s->next_txn = 1;
+    s->next_save = 1;
     return s;
 }
 
@@ -86,33 +80,12 @@ void brm_state_free(struct brm_state *s) {
         }
     }
     free(s->buckets);
-    for (size_t i = 0; i < s->nundo; i++) {
-        free(s->undo[i].key);
-        free(s->undo[i].value);
-    }
-    free(s->undo);
-    pthread_cond_destroy(&s->released);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
 
-/* Takes the lock, and the transaction unless this thread has it: what
- * another thread changed is not read or changed before it is stored (or
- * undone). */
-static void enter(struct brm_state *s) {
-    pthread_mutex_lock(&s->lock);
-    while (s->held && !pthread_equal(s->holder, pthread_self()))
-        pthread_cond_wait(&s->released, &s->lock);
-    s->held = 1;
-    s->holder = pthread_self();
-}
-
-static void leave(struct brm_state *s) {
-    pthread_mutex_unlock(&s->lock);
-}
-
 static int live(const struct entry *e, double now) {
-    return e->expires == 0 || e->expires > now;
+    return e->value && (e->expires == 0 || e->expires > now);
 }
 
 /* The entry of KEY, live or not; caller holds the lock. */
@@ -136,6 +109,7 @@ static void grow(struct brm_state *s) {
     free(s->buckets);
     s->buckets = b;
     s->nbuckets = n;
+    s->sweep_at = 0;
 }
 
 /* The entry of KEY, created (empty) when missing; NULL when full. */
@@ -153,208 +127,253 @@ static struct entry *upsert(struct brm_state *s, const char *key) {
     return e;
 }
 
-/* Notes what KEY holds (E may be NULL) before the transaction's first
- * change to it; caller holds the lock. */
-static void remember(struct brm_state *s, const char *key, const struct entry *e) {
-    for (size_t i = 0; i < s->nundo; i++)
-        if (strcmp(s->undo[i].key, key) == 0) return;
-    if (s->nundo == s->capundo) {
-        s->capundo = s->capundo ? s->capundo * 2 : 16;
-        s->undo = brm_xrealloc(s->undo, s->capundo * sizeof(*s->undo));
-    }
-    struct undo *u = &s->undo[s->nundo++];
-    u->key = brm_xstrdup(key);
-    u->value = e && e->value ? brm_xstrdup(e->value) : NULL;
-    u->expires = e ? e->expires : 0;
+/* 1 when another transaction than T owns E (and it is told so). */
+static int busy(struct entry *e, const struct brm_state_txn *t) {
+    if (!e || !e->owner || (t && e->owner == t->id)) return 0;
+    e->wanted = 1;
+    return 1;
 }
+
+/* ---- transactions ------------------------------------------------------- */
+
+struct brm_state_txn *brm_state_begin(struct brm_state *s) {
+    struct brm_state_txn *t = brm_xcalloc(1, sizeof(*t));
+    t->s = s;
+    t->id = atomic_fetch_add(&s->next_txn, 1);
+    t->body = 1;
+    return t;
+}
+
+int brm_state_txn_empty(const struct brm_state_txn *t) {
+    return !t || t->nundo == 0;
+}
+
+size_t brm_state_mark(struct brm_state_txn *t) {
+    t->body++;
+    return t->nundo;
+}
+
+/* Notes what E holds before T's current body first changes it, and makes T
+ * its owner; caller holds the lock. */
+static void take(struct brm_state_txn *t, struct entry *e) {
+    if (!t || (e->owner == t->id && e->body == t->body)) return;
+    if (t->nundo == t->capundo) {
+        t->capundo = t->capundo ? t->capundo * 2 : 16;
+        t->undo = brm_xrealloc(t->undo, t->capundo * sizeof(*t->undo));
+    }
+    t->undo[t->nundo++] = (struct undo){
+        e, e->value ? brm_xstrdup(e->value) : NULL, e->expires, e->owner, e->body,
+    };
+    e->owner = t->id;
+    e->body = t->body;
+}
+
+/* Puts back what undo record U says; caller holds the lock. */
+static void restore(struct undo *u) {
+    struct entry *e = u->e;
+    free(e->value);
+    e->value = u->value;
+    e->expires = u->expires;
+    e->owner = u->owner;
+    e->body = u->body;
+    u->value = NULL;
+}
+
+int brm_state_rollback(struct brm_state_txn *t, size_t mark) {
+    int wanted = 0;
+    pthread_mutex_lock(&t->s->lock);
+    while (t->nundo > mark) {
+        struct undo *u = &t->undo[--t->nundo];
+        restore(u);
+        if (!u->e->owner && u->e->wanted) {
+            wanted = 1;
+            u->e->wanted = 0;
+        }
+    }
+    pthread_mutex_unlock(&t->s->lock);
+    return wanted;
+}
+
+int brm_state_release(struct brm_state_txn *t, int keep) {
+    if (!t) return 0;
+    int wanted = 0;
+    pthread_mutex_lock(&t->s->lock);
+    for (size_t i = t->nundo; i-- > 0;) {
+        struct undo *u = &t->undo[i];
+        wanted |= u->e->wanted;
+        u->e->wanted = 0;
+        if (keep) {
+            u->e->owner = 0;
+            free(u->value);
+        } else {
+            restore(u); /* the first record of each key puts back owner 0 */
+        }
+    }
+    pthread_mutex_unlock(&t->s->lock);
+    free(t->undo);
+    free(t);
+    return wanted;
+}
+
+/* ---- changes ------------------------------------------------------------ */
 
 static void set_value(struct entry *e, const char *value, double expires) {
     free(e->value);
-    e->value = brm_xstrdup(value);
+    e->value = value ? brm_xstrdup(value) : NULL;
     e->expires = expires;
 }
 
-static char *nskey(const char *ns, const char *key) {
-    return brm_xasprintf("%s%s", ns, key);
+/* Looks KEY up for T (creating it when CREATE), under the lock taken here.
+ * Returns 0 with *E set (NULL: absent), BUSY, or -1 when full. The caller
+ * unlocks. */
+static int lookup(struct brm_state *s, const char *key, int create, const struct brm_state_txn *t,
+                  struct entry **e) {
+    pthread_mutex_lock(&s->lock);
+    *e = create ? upsert(s, key) : find(s, key);
+    if (busy(*e, t)) return BRM_STATE_BUSY;
+    return create && !*e ? -1 : 0;
 }
 
-int brm_state_once(struct brm_state *s, const char *key, double ttl, double now,
-                   struct brm_state_log *log) {
-    char *k = nskey(ONCE, key);
-    enter(s);
-    struct entry *e = upsert(s, k);
-    int rc = -1;
-    if (e && e->value && live(e, now)) {
+/* 1 the first time, 0 after, for "once" and dedupe marks alike. */
+static int mark_once(struct brm_state *s, const char *k, double ttl, double now,
+                     struct brm_state_txn *t) {
+    struct entry *e;
+    int rc = lookup(s, k, 1, t, &e);
+    if (rc == 0 && live(e, now)) {
         rc = 0;
-    } else if (e) {
-        remember(s, k, e);
+    } else if (rc == 0) {
+        take(t, e);
         set_value(e, "true", now + ttl);
         rc = 1;
     }
-    leave(s);
-    if (rc == 1) note(log, k);
-    free(k);
+    pthread_mutex_unlock(&s->lock);
     return rc;
 }
 
-int brm_state_throttle(struct brm_state *s, const char *key, long limit, double window, double now,
-                       struct brm_state_log *log) {
-    char *k = nskey(THROTTLE, key);
-    enter(s);
-    struct entry *e = upsert(s, k);
-    int rc = -1;
-    if (e) {
-        long count = 0;
-        double start = now; /* a new window, unless the current one is live */
-        if (!(e->value && live(e, now) && sscanf(e->value, "%ld %lf", &count, &start) == 2))
-            count = 0, start = now;
-        rc = count < limit;
-        if (rc) {
-            char v[64];
-            snprintf(v, sizeof(v), "%ld %.6f", count + 1, start);
-            remember(s, k, e);
-            set_value(e, v, start + window);
-        }
-    }
-    leave(s);
-    if (rc == 1) note(log, k);
-    free(k);
-    return rc;
-}
-
-char *brm_state_get(struct brm_state *s, const char *key, double now) {
-    char *k = nskey(STATE, key), *v = NULL;
-    enter(s);
-    struct entry *e = find(s, k);
-    if (e && e->value && live(e, now)) v = brm_xstrdup(e->value);
-    leave(s);
-    free(k);
-    return v;
-}
-
-int brm_state_set(struct brm_state *s, const char *key, const char *json, double ttl, double now,
-                  struct brm_state_log *log) {
-    char *k = nskey(STATE, key);
-    int rc = 0;
-    enter(s);
-    if (!json) {
-        struct entry *e = find(s, k);
-        if (e) {
-            remember(s, k, e);
-            free(e->value);
-            e->value = NULL; /* the sweep unlinks it; the log deletes it from the store */
-            e->expires = now;
-        }
-    } else {
-        struct entry *e = upsert(s, k);
-        if (e) {
-            remember(s, k, e);
-            set_value(e, json, ttl > 0 ? now + ttl : 0);
-        } else {
-            rc = -1;
-        }
-    }
-    leave(s);
-    if (rc == 0) note(log, k);
-    free(k);
-    return rc;
-}
-
-int brm_state_incr(struct brm_state *s, const char *key, double n, double ttl, double now,
-                   struct brm_state_log *log, double *out) {
-    char *k = nskey(STATE, key);
-    int rc = -1;
-    enter(s);
-    struct entry *e = upsert(s, k);
-    if (e) {
-        double v = 0, expires = ttl > 0 ? now + ttl : 0;
-        if (e->value && live(e, now)) {
-            char *end;
-            v = strtod(e->value, &end);
-            expires = e->expires;
-            if (end == e->value || *end) rc = -2;
-        }
-        if (rc != -2) {
-            char text[64];
-            v += n;
-            if (v == (double)(long long)v && v > -9e15 && v < 9e15)
-                snprintf(text, sizeof(text), "%lld", (long long)v);
-            else
-                snprintf(text, sizeof(text), "%.17g", v);
-            remember(s, k, e);
-            set_value(e, text, expires);
-            *out = v;
-            rc = 0;
-        }
-    }
-    leave(s);
-    if (rc == 0) note(log, k);
+int brm_state_once(struct brm_state *s, const char *key, double ttl, double now,
+                   struct brm_state_txn *t) {
+    char *k = brm_xasprintf("%s%s", ONCE, key);
+    int rc = mark_once(s, k, ttl, now, t);
     free(k);
     return rc;
 }
 
 int brm_state_seen(struct brm_state *s, const char *topic, const char *id, double window,
-                   double now, struct brm_state_log *log) {
+                   double now, struct brm_state_txn *t) {
     char *k = brm_xasprintf("%s%s\x1f%s", DEDUPE, topic, id);
-    enter(s);
-    struct entry *e = upsert(s, k);
-    int rc = -1;
-    if (e && e->value && live(e, now)) {
-        rc = 1;
-    } else if (e) {
-        remember(s, k, e);
-        set_value(e, "true", now + window);
-        rc = 0;
+    int rc = mark_once(s, k, window, now, t);
+    free(k);
+    return rc < 0 ? rc : !rc;
+}
+
+int brm_state_throttle(struct brm_state *s, const char *key, long limit, double window, double now,
+                       struct brm_state_txn *t) {
+    char *k = brm_xasprintf("%s%s", THROTTLE, key);
+    struct entry *e;
+    int rc = lookup(s, k, 1, t, &e);
+    if (rc == 0) {
+        long count = 0;
+        double start = now; /* a new window, unless the current one is live */
+        if (!(live(e, now) && sscanf(e->value, "%ld %lf", &count, &start) == 2))
+            count = 0, start = now;
+        rc = count < limit;
+        if (rc) {
+            char v[64];
+            snprintf(v, sizeof(v), "%ld %.6f", count + 1, start);
+            take(t, e);
+            set_value(e, v, start + window);
+        }
     }
-    leave(s);
-    if (rc == 0) note(log, k);
+    pthread_mutex_unlock(&s->lock);
     free(k);
     return rc;
 }
 
-int brm_state_save(struct brm_state *s, struct brm_store *st, const struct brm_state_log *log,
-                   struct brm_err *err) {
-    for (size_t i = 0; i < log->n; i++) {
+int brm_state_get(struct brm_state *s, const char *key, double now, struct brm_state_txn *t,
+                  char **out) {
+    char *k = brm_xasprintf("%s%s", STATE, key);
+    struct entry *e;
+    int rc = lookup(s, k, 0, t, &e);
+    *out = rc == 0 && e && live(e, now) ? brm_xstrdup(e->value) : NULL;
+    pthread_mutex_unlock(&s->lock);
+    free(k);
+    return rc;
+}
+
+int brm_state_set(struct brm_state *s, const char *key, const char *json, double ttl, double now,
+                  struct brm_state_txn *t) {
+    char *k = brm_xasprintf("%s%s", STATE, key);
+    struct entry *e;
+    int rc = lookup(s, k, json != NULL, t, &e);
+    if (rc == 0 && e) {
+        take(t, e);
+        /* A deleted key keeps its entry (and owner) until the sweep. */
+        set_value(e, json, json && ttl > 0 ? now + ttl : json ? 0 : now);
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(k);
+    return rc;
+}
+
+/* The text of number V as state keeps it: whole numbers without a dot. */
+static void format_number(double v, char *out, size_t size) {
+    if (v == (double)(long long)v && v > -9e15 && v < 9e15)
+        snprintf(out, size, "%lld", (long long)v);
+    else
+        snprintf(out, size, "%.17g", v);
+}
+
+int brm_state_incr(struct brm_state *s, const char *key, double n, double ttl, double now,
+                   struct brm_state_txn *t, double *out) {
+    char *k = brm_xasprintf("%s%s", STATE, key);
+    struct entry *e;
+    int rc = lookup(s, k, 1, t, &e);
+    if (rc == 0) {
+        double v = 0, expires = ttl > 0 ? now + ttl : 0;
+        if (live(e, now)) {
+            char *end;
+            v = strtod(e->value, &end);
+            expires = e->expires;
+            if (end == e->value || *end) rc = -2;
+        }
+        if (rc == 0) {
+            char text[64];
+            v += n;
+            format_number(v, text, sizeof(text));
+            take(t, e);
+            set_value(e, text, expires);
+            *out = v;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(k);
+    return rc;
+}
+
+/* ---- the store ---------------------------------------------------------- */
+
+int brm_state_save(struct brm_state_txn *t, struct brm_store *st, struct brm_err *err) {
+    struct brm_state *s = t->s;
+    uint64_t save = atomic_fetch_add(&s->next_save, 1);
+    for (size_t i = 0; i < t->nundo; i++) {
+        struct entry *e = t->undo[i].e;
         char *value = NULL;
         double expires = 0;
+        /* Only T changes E until it is released: reading it needs the lock
+         * against the sweep's neighbours in the bucket, nothing more. */
         pthread_mutex_lock(&s->lock);
-        struct entry *e = find(s, log->keys[i]);
-        if (e && e->value) {
+        int again = e->saved == save;
+        e->saved = save;
+        if (e->value) {
             value = brm_xstrdup(e->value);
             expires = e->expires;
         }
         pthread_mutex_unlock(&s->lock);
-        int rc = brm_store_put_state(st, log->keys[i], value, expires, err);
+        int rc = again ? 0 : brm_store_put_state(st, e->key, value, expires, err);
         free(value);
         if (rc < 0) return -1;
     }
     return 0;
-}
-
-void brm_state_end(struct brm_state *s, int keep) {
-    pthread_mutex_lock(&s->lock);
-    if (!s->held || !pthread_equal(s->holder, pthread_self())) {
-        pthread_mutex_unlock(&s->lock);
-        return;
-    }
-    for (size_t i = s->nundo; i-- > 0;) {
-        struct undo *u = &s->undo[i];
-        if (!keep) {
-            struct entry *e = u->value ? upsert(s, u->key) : find(s, u->key);
-            if (e && u->value) {
-                set_value(e, u->value, u->expires);
-            } else if (e) { /* it held nothing: the sweep unlinks it */
-                free(e->value);
-                e->value = NULL;
-            }
-        }
-        free(u->key);
-        free(u->value);
-    }
-    s->nundo = 0;
-    s->held = 0;
-    pthread_cond_broadcast(&s->released);
-    pthread_mutex_unlock(&s->lock);
 }
 
 static void load_one(void *arg, const char *key, const char *value, double expires) {
@@ -370,25 +389,32 @@ int brm_state_load(struct brm_state *s, struct brm_store *st, double now, struct
     return rc;
 }
 
-size_t brm_state_sweep(struct brm_state *s, double now) {
-    size_t gone = 0;
+long brm_state_sweep(struct brm_state *s, size_t buckets, double now, struct brm_store *st,
+                     struct brm_err *err) {
+    long gone = 0;
+    int failed = 0;
     pthread_mutex_lock(&s->lock);
-    for (size_t i = 0; i < s->nbuckets; i++) {
-        struct entry **p = &s->buckets[i];
+    for (size_t n = 0; n < buckets && n < s->nbuckets; n++) {
+        struct entry **p = &s->buckets[s->sweep_at];
+        s->sweep_at = (s->sweep_at + 1) & (s->nbuckets - 1);
         while (*p) {
             struct entry *e = *p;
-            if (!e->value || !live(e, now)) {
-                *p = e->next;
-                entry_free(e);
-                s->count--;
-                gone++;
-            } else {
+            if (e->owner || live(e, now)) {
                 p = &e->next;
+                continue;
             }
+            /* A value that expired is still in the store; a deleted one
+             * went with the commit that deleted it. */
+            if (e->value && st && !failed && brm_store_put_state(st, e->key, NULL, 0, err) < 0)
+                failed = 1;
+            *p = e->next;
+            entry_free(e);
+            s->count--;
+            gone++;
         }
     }
     pthread_mutex_unlock(&s->lock);
-    return gone;
+    return failed ? -1 : gone;
 }
 
 size_t brm_state_count(struct brm_state *s) {

@@ -60,6 +60,46 @@ static const char *const migrations[] = {
      * the keys of old ones (and be dropped as already queued). */
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
     "INSERT INTO meta VALUES ('last_body', coalesce((SELECT max(id) FROM bodies), 0));",
+    /* 4: requests as columns the outbox reads as they are (no JSON to decode
+     * for a plain request; a ticket's plan, and what older versions stored,
+     * stays JSON), and no index the queries do not use. The journal's size
+     * is kept with it (meta), not summed over every body. SQLite cannot drop
+     * a NOT NULL: the table is made again. */
+    "CREATE TABLE deliveries4 ("
+    "  id INTEGER PRIMARY KEY,"
+    "  key TEXT NOT NULL UNIQUE,"
+    "  target TEXT NOT NULL,"
+    "  rule TEXT NOT NULL,"
+    "  topic TEXT NOT NULL,"
+    "  event TEXT NOT NULL,"
+    "  method TEXT,"
+    "  url TEXT,"
+    "  headers TEXT,"
+    "  body BLOB,"
+    "  sign INTEGER NOT NULL DEFAULT 0,"
+    "  plan TEXT,"
+    "  ticket TEXT,"
+    "  state INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  created REAL NOT NULL,"
+    "  next_at REAL NOT NULL,"
+    "  expires REAL NOT NULL,"
+    "  last_status INTEGER NOT NULL DEFAULT 0,"
+    "  last_error TEXT,"
+    "  finished REAL);"
+    "INSERT INTO deliveries4 (id, key, target, rule, topic, event, plan, ticket, state, attempts,"
+    "  created, next_at, expires, last_status, last_error, finished)"
+    "  SELECT id, key, target, rule, topic, event, CASE WHEN state = 1 THEN NULL ELSE request END,"
+    "  ticket, state, attempts, created, next_at, expires, last_status, last_error, finished"
+    "  FROM deliveries;"
+    "DROP TABLE deliveries;"
+    "ALTER TABLE deliveries4 RENAME TO deliveries;"
+    "CREATE INDEX deliveries_target ON deliveries(target, next_at) WHERE state = 0;"
+    "CREATE INDEX deliveries_ticket ON deliveries(target, ticket, id)"
+    "  WHERE state = 0 AND ticket IS NOT NULL;"
+    "INSERT OR REPLACE INTO meta VALUES"
+    "  ('journal_bytes', (SELECT coalesce(sum(length(body)), 0) FROM bodies)),"
+    "  ('journal_rows', (SELECT count(*) FROM bodies));",
 };
 
 enum stmt {
@@ -76,17 +116,17 @@ enum stmt {
     S_RETRY,
     S_DROP,
     S_PENDING,
-    S_PRUNE,
     S_TICKET,
     S_SET_TICKET,
     S_FORGET_TICKET,
     S_ADD_BODY,
-    S_NOTE_BODY,
+    S_SET_META,
+    S_META,
     S_MAX_BODY,
     S_BODIES,
+    S_OLDEST_BODIES,
     S_PRUNE_BODIES,
-    S_JOURNAL_SIZE,
-    S_OLDEST_BODY,
+    S_PRUNE_DONE,
     S_PUT_STATE,
     S_DEL_STATE,
     S_STATE,
@@ -95,21 +135,23 @@ enum stmt {
 };
 
 #define DELIVERY_COLUMNS                                                                           \
-    "id, key, target, rule, topic, event, request, ticket, state, attempts, created, next_at, "    \
-    "expires, last_status, last_error"
+    "id, key, target, rule, topic, event, ticket, state, attempts, created, next_at, expires, "    \
+    "last_status, last_error, method, url, headers, body, sign, plan"
+#define DELIVERY_JOIN " FROM deliveries d"
 
 static const char *const sql[NSTMT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
     [S_COMMIT] = "COMMIT",
     [S_ROLLBACK] = "ROLLBACK",
-    [S_ADD] = "INSERT INTO deliveries (key, target, rule, topic, event, request, ticket, state,"
-              " created, next_at, expires) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
-              " ON CONFLICT (key) DO NOTHING",
-    [S_DUE] = "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE state = 0 AND next_at <= ?"
+    [S_ADD] =
+        "INSERT INTO deliveries (key, target, rule, topic, event, ticket, state, created,"
+        " next_at, expires, method, url, headers, body, sign, plan)"
+        " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+    [S_DUE] = "SELECT " DELIVERY_COLUMNS DELIVERY_JOIN " WHERE state = 0 AND next_at <= ?"
               " ORDER BY next_at, id LIMIT ?",
     /* A ticket's deliveries go one at a time, oldest first: an update must
      * not overtake the create, nor a resolve the incident it resolves. */
-    [S_DUE_TARGET] = "SELECT " DELIVERY_COLUMNS " FROM deliveries d WHERE state = 0"
+    [S_DUE_TARGET] = "SELECT " DELIVERY_COLUMNS DELIVERY_JOIN " WHERE state = 0"
                      " AND target = ? AND next_at <= ? AND (ticket IS NULL OR NOT EXISTS"
                      " (SELECT 1 FROM deliveries e WHERE e.target = d.target"
                      " AND e.ticket = d.ticket AND e.state = 0 AND e.id < d.id))"
@@ -118,31 +160,38 @@ static const char *const sql[NSTMT] = {
     /* A done delivery keeps its key (a re-run must not queue it again), not
      * its request: the store stays small. */
     [S_FINISH] = "UPDATE deliveries SET state = ?1, next_at = ?2, attempts = attempts + 1,"
-                 " last_status = ?3, last_error = ?4, finished = CASE WHEN ?5 = 0 THEN NULL"
-                 " ELSE ?6 END, request = CASE WHEN ?1 = 1 THEN '' ELSE request END WHERE id = ?7",
-    [S_LIST] = "SELECT " DELIVERY_COLUMNS " FROM deliveries WHERE state <> 1"
+                 " last_status = ?3, last_error = ?4, finished = CASE WHEN ?1 = 0 THEN NULL"
+                 " ELSE ?5 END, headers = CASE WHEN ?1 = 1 THEN NULL ELSE headers END,"
+                 " body = CASE WHEN ?1 = 1 THEN NULL ELSE body END,"
+                 " plan = CASE WHEN ?1 = 1 THEN NULL ELSE plan END WHERE id = ?6",
+    [S_LIST] = "SELECT " DELIVERY_COLUMNS DELIVERY_JOIN " WHERE state <> 1"
                " ORDER BY id DESC LIMIT ?",
-    [S_LIST_ALL] = "SELECT " DELIVERY_COLUMNS " FROM deliveries ORDER BY id DESC LIMIT ?",
+    [S_LIST_ALL] = "SELECT " DELIVERY_COLUMNS DELIVERY_JOIN " ORDER BY id DESC LIMIT ?",
     /* Due now, with its max_age afresh and its backoff from the start. */
     [S_RETRY] = "UPDATE deliveries SET state = 0, next_at = ?1, expires = ?1 + expires - created,"
                 " attempts = 0, finished = NULL WHERE id = ?2 AND state <> 1",
     [S_DROP] = "DELETE FROM deliveries WHERE id = ?",
     [S_PENDING] = "SELECT count(*), min(created) FROM deliveries WHERE state = 0",
-    [S_PRUNE] = "DELETE FROM deliveries WHERE state = 1 AND finished < ?",
     [S_TICKET] = "SELECT ref FROM tickets WHERE target = ? AND key = ?",
     [S_SET_TICKET] = "INSERT INTO tickets (target, key, ref, created) VALUES (?, ?, ?, ?)"
                      " ON CONFLICT (target, key) DO UPDATE SET ref = excluded.ref",
     [S_FORGET_TICKET] = "DELETE FROM tickets WHERE target = ? AND key = ?",
     [S_ADD_BODY] = "INSERT INTO bodies (id, source, topic, received, events, body)"
                    " VALUES (?, ?, ?, ?, ?, ?)",
-    [S_NOTE_BODY] = "UPDATE meta SET value = max(value, ?) WHERE key = 'last_body'",
+    [S_SET_META] = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+    [S_META] = "SELECT value FROM meta WHERE key = ?",
     [S_MAX_BODY] = "SELECT max(coalesce((SELECT max(id) FROM bodies), 0),"
-                   " (SELECT value FROM meta WHERE key = 'last_body'))",
+                   " coalesce((SELECT value FROM meta WHERE key = 'last_body'), 0))",
     [S_BODIES] = "SELECT id, source, topic, received, events, body FROM bodies"
                  " WHERE received >= ? AND received < ? ORDER BY id",
-    [S_PRUNE_BODIES] = "DELETE FROM bodies WHERE id <= ?",
-    [S_JOURNAL_SIZE] = "SELECT count(*), coalesce(sum(length(body)), 0) FROM bodies",
-    [S_OLDEST_BODY] = "SELECT id, length(body), received FROM bodies ORDER BY id LIMIT 1000",
+    /* length() of a blob reads its size from the record, not its pages. */
+    [S_OLDEST_BODIES] = "SELECT id, received, length(body) FROM bodies WHERE id > ?"
+                        " ORDER BY id LIMIT ?",
+    [S_PRUNE_BODIES] = "DELETE FROM bodies WHERE id > ? AND id <= ?",
+    /* A body's deliveries have keys "<body>:...": its done ones go with it
+     * (their keys are what keeps a replay of it from queueing them again). */
+    [S_PRUNE_DONE] = "DELETE FROM deliveries WHERE key >= ?1 || ':' AND key < ?1 || ';'"
+                     " AND state = 1",
     [S_PUT_STATE] = "INSERT INTO state (key, value, expires) VALUES (?, ?, ?)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
                     " expires = excluded.expires",
@@ -154,19 +203,8 @@ static const char *const sql[NSTMT] = {
 struct brm_store {
     sqlite3 *db;
     sqlite3_stmt *stmt[NSTMT];
+    int wal_frames; /* in the WAL after the last commit */
 };
-
-void brm_delivery_reset(struct brm_delivery *d) {
-    free(d->key);
-    free(d->target);
-    free(d->rule);
-    free(d->topic);
-    free(d->event);
-    free(d->request);
-    free(d->ticket);
-    free(d->last_error);
-    memset(d, 0, sizeof(*d));
-}
 
 static int fail(struct brm_store *s, struct brm_err *err, const char *what) {
     if (err) brm_err_set(err, "store: %s: %s", what, sqlite3_errmsg(s->db));
@@ -305,18 +343,25 @@ int brm_store_add_delivery(struct brm_store *s, const struct brm_delivery *d, st
     bind_text(st, 3, d->rule);
     bind_text(st, 4, d->topic);
     bind_text(st, 5, d->event);
-    bind_text(st, 6, d->request);
-    bind_text(st, 7, d->ticket);
-    sqlite3_bind_double(st, 8, d->created);
-    sqlite3_bind_double(st, 9, d->next_at);
-    sqlite3_bind_double(st, 10, d->expires);
+    bind_text(st, 6, d->ticket);
+    sqlite3_bind_double(st, 7, d->created);
+    sqlite3_bind_double(st, 8, d->next_at);
+    sqlite3_bind_double(st, 9, d->expires);
+    bind_text(st, 10, d->method);
+    bind_text(st, 11, d->url);
+    bind_text(st, 12, d->headers);
+    if (d->body)
+        sqlite3_bind_blob(st, 13, d->body, (int)d->body_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 13);
+    sqlite3_bind_int(st, 14, d->sign);
+    bind_text(st, 15, d->plan);
     if (run(s, S_ADD, err, "adding a delivery") < 0) return -1;
     return sqlite3_changes(s->db) > 0;
 }
 
-static char *column_text(sqlite3_stmt *st, int i) {
-    const unsigned char *t = sqlite3_column_text(st, i);
-    return t ? brm_xstrdup((const char *)t) : NULL;
+static const char *column_text(sqlite3_stmt *st, int i) {
+    return (const char *)sqlite3_column_text(st, i);
 }
 
 static void read_delivery(sqlite3_stmt *st, struct brm_delivery *d) {
@@ -326,28 +371,35 @@ static void read_delivery(sqlite3_stmt *st, struct brm_delivery *d) {
     d->rule = column_text(st, 3);
     d->topic = column_text(st, 4);
     d->event = column_text(st, 5);
-    d->request = column_text(st, 6);
-    d->ticket = column_text(st, 7);
-    d->state = (enum brm_delivery_state)sqlite3_column_int(st, 8);
-    d->attempts = sqlite3_column_int(st, 9);
-    d->created = sqlite3_column_double(st, 10);
-    d->next_at = sqlite3_column_double(st, 11);
-    d->expires = sqlite3_column_double(st, 12);
-    d->last_status = sqlite3_column_int(st, 13);
-    d->last_error = column_text(st, 14);
+    d->ticket = column_text(st, 6);
+    d->state = (enum brm_delivery_state)sqlite3_column_int(st, 7);
+    d->attempts = sqlite3_column_int(st, 8);
+    d->created = sqlite3_column_double(st, 9);
+    d->next_at = sqlite3_column_double(st, 10);
+    d->expires = sqlite3_column_double(st, 11);
+    d->last_status = sqlite3_column_int(st, 12);
+    d->last_error = column_text(st, 13);
+    d->method = column_text(st, 14);
+    d->url = column_text(st, 15);
+    d->headers = column_text(st, 16);
+    if (sqlite3_column_type(st, 17) != SQLITE_NULL) {
+        d->body = sqlite3_column_blob(st, 17);
+        d->body_len = (size_t)sqlite3_column_bytes(st, 17);
+        if (!d->body) d->body = ""; /* an empty blob */
+    }
+    d->sign = sqlite3_column_int(st, 18);
+    d->plan = column_text(st, 19);
 }
 
 /* Steps a query of deliveries, handing each to FN. */
-static int each(struct brm_store *s, enum stmt i, int (*fn)(void *, struct brm_delivery *),
+static int each(struct brm_store *s, enum stmt i, int (*fn)(void *, const struct brm_delivery *),
                 void *arg, struct brm_err *err, const char *what) {
     sqlite3_stmt *st = s->stmt[i];
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct brm_delivery d = { 0 };
         read_delivery(st, &d);
-        int stop = fn(arg, &d);
-        brm_delivery_reset(&d);
-        if (stop) {
+        if (fn(arg, &d)) {
             rc = SQLITE_DONE;
             break;
         }
@@ -358,14 +410,14 @@ static int each(struct brm_store *s, enum stmt i, int (*fn)(void *, struct brm_d
 }
 
 int brm_store_due(struct brm_store *s, double now, int limit,
-                  int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err) {
+                  int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err) {
     sqlite3_bind_double(s->stmt[S_DUE], 1, now);
     sqlite3_bind_int(s->stmt[S_DUE], 2, limit);
     return each(s, S_DUE, fn, arg, err, "reading due deliveries");
 }
 
 int brm_store_due_for(struct brm_store *s, const char *target, double now, int limit,
-                      int (*fn)(void *arg, struct brm_delivery *d), void *arg,
+                      int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
                       struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_DUE_TARGET];
     bind_text(st, 1, target);
@@ -391,14 +443,13 @@ int brm_store_finish(struct brm_store *s, int64_t id, enum brm_delivery_state st
     sqlite3_bind_double(st, 2, next_at);
     sqlite3_bind_int(st, 3, status);
     bind_text(st, 4, error);
-    sqlite3_bind_int(st, 5, (int)state);
-    sqlite3_bind_double(st, 6, brm_time_now());
-    sqlite3_bind_int64(st, 7, id);
+    sqlite3_bind_double(st, 5, brm_time_now());
+    sqlite3_bind_int64(st, 6, id);
     return run(s, S_FINISH, err, "recording an attempt");
 }
 
 int brm_store_list(struct brm_store *s, int all, int limit,
-                   int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err) {
+                   int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err) {
     enum stmt i = all ? S_LIST_ALL : S_LIST;
     sqlite3_bind_int(s->stmt[i], 1, limit);
     return each(s, i, fn, arg, err, "listing deliveries");
@@ -429,11 +480,6 @@ int brm_store_pending(struct brm_store *s, double now, long *count, double *olde
     }
     sqlite3_reset(st);
     return rc == SQLITE_ROW ? 0 : -1;
-}
-
-int brm_store_prune(struct brm_store *s, double before, struct brm_err *err) {
-    sqlite3_bind_double(s->stmt[S_PRUNE], 1, before);
-    return run(s, S_PRUNE, err, "pruning deliveries");
 }
 
 int brm_store_ticket(struct brm_store *s, const char *target, const char *key, char *ref,
@@ -479,9 +525,7 @@ int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm
     sqlite3_bind_double(st, 4, b->received);
     sqlite3_bind_int64(st, 5, (sqlite3_int64)b->events);
     sqlite3_bind_blob(st, 6, b->body ? b->body : "", (int)b->len, SQLITE_STATIC);
-    if (run(s, S_ADD_BODY, err, "journaling a body") < 0) return -1;
-    sqlite3_bind_int64(s->stmt[S_NOTE_BODY], 1, (sqlite3_int64)b->id);
-    return run(s, S_NOTE_BODY, err, "journaling a body");
+    return run(s, S_ADD_BODY, err, "journaling a body");
 }
 
 int64_t brm_store_last_body(struct brm_store *s) {
@@ -490,6 +534,23 @@ int64_t brm_store_last_body(struct brm_store *s) {
     if (sqlite3_step(st) == SQLITE_ROW) id = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
     return id;
+}
+
+int brm_store_set_meta(struct brm_store *s, const char *key, int64_t value, struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_SET_META];
+    bind_text(st, 1, key);
+    sqlite3_bind_int64(st, 2, value);
+    return run(s, S_SET_META, err, "saving the journal's size");
+}
+
+int64_t brm_store_meta(struct brm_store *s, const char *key) {
+    sqlite3_stmt *st = s->stmt[S_META];
+    int64_t v = 0;
+    bind_text(st, 1, key);
+    if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return v;
 }
 
 int brm_store_bodies(struct brm_store *s, double since, double until,
@@ -518,33 +579,39 @@ int brm_store_bodies(struct brm_store *s, double since, double until,
     return rc == SQLITE_DONE ? 0 : fail(s, err, "reading the journal");
 }
 
-int brm_store_prune_journal(struct brm_store *s, double before, uint64_t max_bytes, long *removed,
-                            struct brm_err *err) {
-    sqlite3_stmt *st = s->stmt[S_JOURNAL_SIZE];
-    int64_t count = 0, bytes = 0, upto = 0;
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        count = sqlite3_column_int64(st, 0);
-        bytes = sqlite3_column_int64(st, 1);
-    }
-    sqlite3_reset(st);
-    /* The oldest bodies go while they are older than BEFORE or the journal
-     * is over MAX_BYTES; a thousand at a time keeps each pass short. */
-    st = s->stmt[S_OLDEST_BODY];
-    int64_t gone = 0;
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        int64_t id = sqlite3_column_int64(st, 0), len = sqlite3_column_int64(st, 1);
-        double received = sqlite3_column_double(st, 2);
-        if (received >= before && (max_bytes == 0 || (uint64_t)bytes <= max_bytes)) break;
+int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_OLDEST_BODIES];
+    int64_t upto = p->after;
+    int rc;
+    p->removed = 0;
+    sqlite3_bind_int64(st, 1, p->after);
+    sqlite3_bind_int(st, 2, p->limit);
+    /* The oldest go while they are older than BEFORE or the journal is over
+     * its size; each of their done deliveries goes with it. */
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t id = sqlite3_column_int64(st, 0), len = sqlite3_column_int64(st, 2);
+        double received = sqlite3_column_double(st, 1);
+        if (received >= p->before && (p->max_bytes == 0 || p->bytes <= p->max_bytes)) break;
+        sqlite3_stmt *done = s->stmt[S_PRUNE_DONE];
+        sqlite3_bind_int64(done, 1, id);
+        if (run(s, S_PRUNE_DONE, err, "pruning the journal") < 0) {
+            sqlite3_reset(st);
+            return -1;
+        }
         upto = id;
-        bytes -= len;
-        gone++;
+        p->bytes = p->bytes > (uint64_t)len ? p->bytes - (uint64_t)len : 0;
+        p->rows--;
+        p->removed++;
     }
     sqlite3_reset(st);
-    *removed = (long)gone;
-    (void)count;
-    if (!upto) return 0;
-    sqlite3_bind_int64(s->stmt[S_PRUNE_BODIES], 1, upto);
-    return run(s, S_PRUNE_BODIES, err, "pruning the journal");
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "pruning the journal");
+    p->exhausted = rc == SQLITE_DONE; /* nothing older is left to look at */
+    if (upto == p->after) return 0;
+    sqlite3_bind_int64(s->stmt[S_PRUNE_BODIES], 1, p->after);
+    sqlite3_bind_int64(s->stmt[S_PRUNE_BODIES], 2, upto);
+    if (run(s, S_PRUNE_BODIES, err, "pruning the journal") < 0) return -1;
+    p->after = upto;
+    return 0;
 }
 
 /* ---- rule state and dedupe marks ---------------------------------------- */
@@ -578,6 +645,35 @@ int brm_store_load_state(struct brm_store *s, double now,
 int brm_store_prune_state(struct brm_store *s, double now, struct brm_err *err) {
     sqlite3_bind_double(s->stmt[S_PRUNE_STATE], 1, now);
     return run(s, S_PRUNE_STATE, err, "pruning state");
+}
+
+/* Counts the WAL's frames after every commit of this connection. */
+static int on_wal(void *arg, sqlite3 *db, const char *name, int frames) {
+    (void)db, (void)name;
+    ((struct brm_store *)arg)->wal_frames = frames;
+    return SQLITE_OK;
+}
+
+int brm_store_own_checkpoints(struct brm_store *s, uint64_t wal_limit, struct brm_err *err) {
+    char text[128];
+    snprintf(text, sizeof(text), "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = %llu",
+             (unsigned long long)wal_limit);
+    if (exec(s, text, err) < 0) return -1;
+    sqlite3_wal_hook(s->db, on_wal, s);
+    return 0;
+}
+
+int brm_store_wal_frames(const struct brm_store *s) {
+    return s->wal_frames;
+}
+
+int brm_store_checkpoint(struct brm_store *s, struct brm_err *err) {
+    int frames = 0, done = 0;
+    int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames, &done);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY) return fail(s, err, "checkpointing");
+    /* All copied: the next commit starts the WAL from its beginning. */
+    s->wal_frames = frames > done ? frames - done : 0;
+    return 0;
 }
 
 int brm_store_limit(struct brm_store *s, uint64_t max_bytes, struct brm_err *err) {

@@ -2,9 +2,10 @@
  * store: brume's durable state in one SQLite database (data_dir/brume.db,
  * WAL mode, synchronous=FULL, file mode 0600 since stored requests carry
  * targets' credentials). The only file that includes sqlite3.h. Each thread
- * opens its own connection; writers from several threads queue on SQLite's
- * lock. The schema is versioned (PRAGMA user_version) and migrated forward
- * on open.
+ * opens its own connection; in the daemon one of them, the journal's
+ * writer, makes every write (other processes, such as `brume outbox retry`,
+ * queue on SQLite's lock). The schema is versioned (PRAGMA user_version)
+ * and migrated forward on open.
  *
  * What it holds: the journal (every accepted body, with its topic, source
  * and time), deliveries (every message a rule sent, from before its first
@@ -22,22 +23,28 @@
 
 enum brm_delivery_state { BRM_DELIVERY_PENDING = 0, BRM_DELIVERY_DONE = 1, BRM_DELIVERY_DEAD = 2 };
 
-/* A delivery as stored. Strings are owned by the struct (see
- * brm_delivery_reset); REQUEST is the JSON the adapter produced. */
+/* A delivery as stored. Its strings are borrowed: from the caller when it
+ * is added, from the store until the callback that is handed one returns.
+ * What it sends is a plain request (METHOD, URL, HEADERS, BODY, SIGN), or a
+ * ticket's PLAN: the JSON the adapter made. A done delivery keeps
+ * neither. */
 struct brm_delivery {
     int64_t id;
-    char *key; /* idempotency key: "<body>:<event>:<n>" */
-    char *target, *rule, *topic, *event;
-    char *request;
-    char *ticket; /* dedup key of a ticket target, or NULL */
+    const char *key; /* idempotency key: "<body>:<event>:<rule>:<n>" */
+    const char *target, *rule, *topic, *event;
+    const char *method, *url;
+    const char *headers; /* "Name: value" lines, '\n'-separated, or NULL */
+    const char *body;    /* BODY_LEN bytes, or NULL */
+    size_t body_len;
+    int sign; /* sign it as Standard Webhooks do */
+    const char *plan;
+    const char *ticket; /* dedup key of a ticket target, or NULL */
     enum brm_delivery_state state;
     int attempts;
     double created, next_at, expires;
     int last_status; /* HTTP status of the last attempt; 0: none or a network error */
-    char *last_error;
+    const char *last_error;
 };
-
-void brm_delivery_reset(struct brm_delivery *d);
 
 struct brm_store;
 
@@ -62,11 +69,11 @@ int brm_store_add_delivery(struct brm_store *s, const struct brm_delivery *d, st
 /* Calls FN for each pending delivery due by NOW, oldest first, at most
  * LIMIT; stops early when FN returns nonzero. Returns 0 or -1. */
 int brm_store_due(struct brm_store *s, double now, int limit,
-                  int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err);
+                  int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err);
 /* The same for one target; a ticket's deliveries come only when no older
  * one of the same ticket is pending. */
 int brm_store_due_for(struct brm_store *s, const char *target, double now, int limit,
-                      int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err);
+                      int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err);
 /* The earliest next_at after AFTER among pending deliveries, or 0 when
  * none. (Those due already wait for something that reschedules anyway: an
  * attempt to end, a rate token, an older message of the same ticket.) */
@@ -79,7 +86,7 @@ int brm_store_finish(struct brm_store *s, int64_t id, enum brm_delivery_state st
 /* Deliveries for `brume outbox list`: pending and dead (DONE too when
  * ALL), newest first, at most LIMIT. */
 int brm_store_list(struct brm_store *s, int all, int limit,
-                   int (*fn)(void *arg, struct brm_delivery *d), void *arg, struct brm_err *err);
+                   int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err);
 /* Makes delivery ID pending again: due now, with its max_age counted from
  * now and its attempts (so its backoff) from zero. Returns 1, 0 when there
  * is no such pending or dead delivery, -1. */
@@ -88,8 +95,6 @@ int brm_store_retry(struct brm_store *s, int64_t id, struct brm_err *err);
 int brm_store_drop(struct brm_store *s, int64_t id, struct brm_err *err);
 /* Counts pending deliveries; the age in seconds of the oldest in *OLDEST. */
 int brm_store_pending(struct brm_store *s, double now, long *count, double *oldest);
-/* Deletes done deliveries finished before BEFORE. */
-int brm_store_prune(struct brm_store *s, double before, struct brm_err *err);
 
 /* The ticket target TARGET opened for KEY: a copy of its reference in REF
  * (SIZE bytes). Returns 1, 0 when there is none, -1. */
@@ -116,16 +121,31 @@ int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm
 /* The highest body id ever journaled, even if retention removed it since
  * (0 for a new store). */
 int64_t brm_store_last_body(struct brm_store *s);
+/* The journal's bookkeeping, kept with the data: "last_body" (the highest
+ * id journaled), "journal_bytes" and "journal_rows". */
+int brm_store_set_meta(struct brm_store *s, const char *key, int64_t value, struct brm_err *err);
+int64_t brm_store_meta(struct brm_store *s, const char *key);
 /* Calls FN for each body received in [SINCE, UNTIL), oldest first; stops
  * when FN returns nonzero. */
 int brm_store_bodies(struct brm_store *s, double since, double until,
                      int (*fn)(void *arg, const struct brm_body *b), void *arg,
                      struct brm_err *err);
-/* Deletes the oldest bodies while they were received before BEFORE or the
- * journal holds more than MAX_BYTES of bodies (0: no size limit); at most a
- * thousand per call. *REMOVED tells how many went. */
-int brm_store_prune_journal(struct brm_store *s, double before, uint64_t max_bytes, long *removed,
-                            struct brm_err *err);
+/* One step of the journal's ring: the caller keeps AFTER (the highest id
+ * removed so far), BYTES and ROWS (the journal's size) across steps. */
+struct brm_prune {
+    int64_t after;
+    double before;      /* bodies received before this go */
+    uint64_t max_bytes; /* and the oldest while the journal holds more (0: no cap) */
+    int limit;          /* bodies looked at in this step, at most */
+    uint64_t bytes;
+    int64_t rows;
+    long removed;  /* out: bodies removed by this step */
+    int exhausted; /* out: every body left was looked at */
+};
+/* Deletes the oldest bodies (from after P->after) the rules of P say must
+ * go, with their done deliveries, at most P->limit of them. Returns 0 with
+ * P updated, or -1. */
+int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_err *err);
 
 /* Saves state KEY (VALUE NULL deletes it); EXPIRES 0 is never. */
 int brm_store_put_state(struct brm_store *s, const char *key, const char *value, double expires,
@@ -134,8 +154,19 @@ int brm_store_put_state(struct brm_store *s, const char *key, const char *value,
 int brm_store_load_state(struct brm_store *s, double now,
                          void (*fn)(void *arg, const char *key, const char *value, double expires),
                          void *arg, struct brm_err *err);
-/* Deletes expired state. */
+/* Deletes every expired state entry (at start: the running daemon sweeps
+ * in steps, see state.h). */
 int brm_store_prune_state(struct brm_store *s, double now, struct brm_err *err);
+
+/* This connection checkpoints the WAL itself (brm_store_checkpoint), none
+ * is made by a commit; a WAL file left larger than WAL_LIMIT bytes is cut
+ * back to it. */
+int brm_store_own_checkpoints(struct brm_store *s, uint64_t wal_limit, struct brm_err *err);
+/* Frames in the WAL after this connection's last commit or checkpoint. */
+int brm_store_wal_frames(const struct brm_store *s);
+/* Copies what it can of the WAL into the database without waiting for
+ * readers (SQLite's passive checkpoint). */
+int brm_store_checkpoint(struct brm_store *s, struct brm_err *err);
 
 /* Caps the database file at MAX_BYTES (0: no cap): past it writes fail as
  * on a full disk. */

@@ -22,6 +22,7 @@ enum brm_status {
     BRM_UNAUTHORIZED, /* signature missing or wrong */
     BRM_BAD_REQUEST,  /* body is not a Mist envelope */
     BRM_UNAVAILABLE,  /* overloaded or the store failed: try again later */
+    BRM_BUSY,         /* met rule state not stored yet: run it again later */
 };
 
 /* An error with an optional source position (a rule or config line). */

@@ -18,7 +18,7 @@ static struct {
     double expires;
 } last_retried;
 
-static int collect(void *arg, struct brm_delivery *d) {
+static int collect(void *arg, const struct brm_delivery *d) {
     (void)arg;
     ids[nids++] = d->id;
     if (d->id == 1) {
@@ -44,18 +44,21 @@ static void due_for(struct brm_store *s, const char *target, double now) {
 static int add(struct brm_store *s, const char *key, const char *target, const char *ticket,
                double next_at) {
     struct brm_err err;
-    char rule[] = "r", topic[] = "alarms", event[] = "e1", request[] = "{\"method\":\"POST\"}";
-    struct brm_delivery d = { .key = (char *)key,
-                              .target = (char *)target,
+    char rule[] = "r", topic[] = "alarms", event[] = "e1", method[] = "POST", url[] = "http://x/";
+    struct brm_delivery d = { .key = key,
+                              .target = target,
                               .rule = rule,
                               .topic = topic,
                               .event = event,
-                              .request = request,
-                              .ticket = (char *)ticket,
+                              .method = method,
+                              .url = url,
+                              .ticket = ticket,
                               .created = 100,
                               .next_at = next_at,
                               .expires = 1000 };
-    return brm_store_add_delivery(s, &d, &err);
+    int rc = brm_store_add_delivery(s, &d, &err);
+    if (rc < 0) fprintf(stderr, "add: %s\n", err.msg);
+    return rc;
 }
 
 int main(void) {
@@ -125,8 +128,16 @@ int main(void) {
           last_retried.expires - brm_time_now() < 901);
     CHECK_INT(brm_store_drop(s, 3, &err), 1);
     CHECK_INT(brm_store_drop(s, 3, &err), 0);
-    CHECK_INT(brm_store_prune(s, 1e12, &err), 0); /* done ones go, with their keys */
+    /* Done deliveries go with their body, keys and all; pending ones stay. */
+    char small[] = "{}";
+    struct brm_body two = { 2, "mist", "alarms", 500, 1, small, 2 };
+    CHECK_INT(brm_store_add_body(s, &two, &err), 0);
+    struct brm_prune p = { .before = 600, .limit = 10, .bytes = 2, .rows = 1 };
+    CHECK_INT(brm_store_prune_bodies(s, &p, &err), 0);
+    CHECK_INT(p.removed, 1);
+    CHECK(p.after == 2 && p.bytes == 0 && p.rows == 0 && p.exhausted);
     CHECK_INT(add(s, "2:1:1", "snow", "K", 100), 1);
+    CHECK_INT(add(s, "2:1:2", "snow", "K", 100), 0); /* pending: kept */
 
     char ref[64];
     CHECK_INT(brm_store_ticket(s, "snow", "K", ref, sizeof(ref)), 0);
@@ -156,19 +167,33 @@ int main(void) {
     CHECK_INT(brm_store_bodies(s, 1003, 1006, collect_body, NULL, &err), 0);
     CHECK_INT(nids, 3); /* received 1003, 1004, 1005 */
     CHECK(nids == 3 && ids[0] == 30 && ids[2] == 50);
-    long removed;
-    CHECK_INT(brm_store_prune_journal(s, 1003, 0, &removed, &err), 0);
-    CHECK_INT(removed, 2); /* received before 1003 */
-    CHECK_INT(brm_store_prune_journal(s, 0, 5000, &removed, &err), 0);
-    CHECK_INT(removed, 3); /* 8 000 bytes of bodies down to 5 000 */
+    p = (struct brm_prune){ .before = 1003, .limit = 100, .bytes = 10000, .rows = 10 };
+    CHECK_INT(brm_store_prune_bodies(s, &p, &err), 0);
+    CHECK_INT(p.removed, 2); /* received before 1003 */
+    CHECK(p.after == 20 && p.bytes == 8000 && p.rows == 8 && !p.exhausted);
+    p.before = 0;
+    p.max_bytes = 5000;
+    p.limit = 2; /* a step looks at no more than its limit */
+    CHECK_INT(brm_store_prune_bodies(s, &p, &err), 0);
+    CHECK_INT(p.removed, 2);
+    p.limit = 100;
+    CHECK_INT(brm_store_prune_bodies(s, &p, &err), 0);
+    CHECK_INT(p.removed, 1); /* 8 000 bytes of bodies down to 5 000 */
+    CHECK(p.bytes == 5000 && p.after == 50);
     nids = 0;
     brm_store_bodies(s, 0, 1e12, collect_body, NULL, &err);
     CHECK_INT(nids, 5);
     CHECK(nids && ids[0] == 60);
     /* Retention may empty the journal; its ids do not start again. */
-    CHECK_INT(brm_store_prune_journal(s, 1e12, 0, &removed, &err), 0);
-    CHECK_INT(removed, 5);
+    p.before = 1e12;
+    CHECK_INT(brm_store_prune_bodies(s, &p, &err), 0);
+    CHECK_INT(p.removed, 5);
+    CHECK(p.exhausted && p.rows == 0);
+    CHECK_INT(brm_store_set_meta(s, "last_body", 100, &err), 0);
     CHECK_INT(brm_store_last_body(s), 100);
+    CHECK_INT(brm_store_meta(s, "journal_rows"), 0);
+    CHECK_INT(brm_store_set_meta(s, "journal_rows", 7, &err), 0);
+    CHECK_INT(brm_store_meta(s, "journal_rows"), 7);
 
     /* A cap on the file: writes past it fail as on a full disk. */
     CHECK_INT(brm_store_limit(s, 64 * 4096, &err), 0);
