@@ -13,7 +13,7 @@
 
 #define PRUNE_STEP        256         /* bodies one step of the ring looks at */
 #define PRUNE_STEPS       8           /* steps one transaction may take past the cap */
-#define CHECKPOINT_FRAMES 1024        /* WAL pages (4 MB) that make the writer checkpoint */
+#define CHECKPOINT_FRAMES 1024        /* WAL pages (4 MB) that make the writer checkpoint, at most */
 #define WAL_LIMIT         (16u << 20) /* a WAL file left larger is cut back to this */
 #define UPKEEP_INTERVAL   1.0         /* seconds between two rounds of upkeep */
 
@@ -261,7 +261,15 @@ static void upkeep(struct brm_journal *j, int due, int idle) {
             }
         }
     }
-    if (brm_store_wal_frames(j->store) >= CHECKPOINT_FRAMES &&
+    /* A WAL of a quarter of the journal's cap (64 pages at least, 4 MB at
+     * most) is copied back: the files stay near the cap, and a checkpoint
+     * is short. */
+    double retention;
+    uint64_t cap;
+    ring_settings(j, &retention, &cap);
+    uint64_t frames = cap ? cap / 4 / 4096 : CHECKPOINT_FRAMES;
+    frames = frames < 64 ? 64 : frames > CHECKPOINT_FRAMES ? CHECKPOINT_FRAMES : frames;
+    if ((uint64_t)brm_store_wal_frames(j->store) >= frames &&
         brm_store_checkpoint(j->store, &err) < 0)
         brm_log_warn("cannot checkpoint the store", "error", err.msg);
 }
