@@ -9,7 +9,7 @@
 set -eu
 cd "$(dirname "$0")"
 
-DEPS="cmake make gcc pkg-config python3 liblua5.4-dev lua-cjson-dev libevent-dev libssl-dev
+DEPS="cmake make gcc pkg-config python3 liblua5.4-dev libevent-dev libssl-dev
       libsqlite3-dev libcurl4-openssl-dev openssl"
 BENCH_DEPS="wrk"
 RUN_DEPS="curl" # the README's quick start posts with it
