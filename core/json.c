@@ -18,8 +18,12 @@
  * this size and then grows as Lua tables do. */
 #define GATHER_MAX 256
 /* Stack slots one more element may take: a key, a value, and what
- * luaL_Buffer or make_object push for a moment. */
+ * luaL_Buffer or make_object push for a moment. Room is made for
+ * RESERVE_EVERY elements at a time. */
 #define ELEMENT_SLOTS 8
+#define RESERVE_EVERY 16
+/* Object keys remembered, by depth and position (see decode_key). */
+#define KEY_CACHE 64
 
 /* ---- decode ------------------------------------------------------------- */
 
@@ -33,6 +37,11 @@ struct decoder {
     int watch_kind;  /* '[' or '{' when that value was an array or object */
     int out_of_room; /* the Lua stack could not grow */
     struct brm_err *err;
+    int keys_at; /* stack index of the first key cache slot */
+    struct {
+        const char *s; /* the bytes of the string in its slot; NULL: none */
+        size_t n;
+    } keys[KEY_CACHE];
 };
 
 /* Stops the decode with "REASON at byte N" (or "after byte N" at the end
@@ -64,11 +73,11 @@ static _Noreturn void unexpected(struct decoder *d, const char *at) {
     fail(d, at, "unexpected byte 0x%02x", c);
 }
 
-/* Room on the Lua stack for one more element. lua_checkstack fails only
- * when the stack cannot be reallocated: GATHER_MAX and the depth limit
- * keep a decode far below Lua's own stack limit. */
-static void reserve_slots(struct decoder *d) {
-    if (lua_checkstack(d->L, ELEMENT_SLOTS)) return;
+/* Room on the Lua stack for N more slots. lua_checkstack fails only when
+ * the stack cannot be reallocated: GATHER_MAX and the depth limit keep a
+ * decode far below Lua's own stack limit. */
+static void reserve_slots(struct decoder *d, int n) {
+    if (lua_checkstack(d->L, n)) return;
     d->out_of_room = 1;
     fail(d, d->p, "not enough memory");
 }
@@ -244,23 +253,41 @@ static void decode_escaped(struct decoder *d, const char *s, const char *p) {
 
 /* A string, kept byte for byte: invalid UTF-8 and raw control bytes are
  * accepted, since refusing a body Mist sent would lose its whole batch.
- * Without escapes it is pushed straight from the text. */
-static void decode_string(struct decoder *d) {
+ * Without escapes it is pushed straight from the text: then returns 1. */
+static int decode_string(struct decoder *d) {
     const char *s = d->p + 1;
     const char *q = memchr(s, '"', (size_t)(d->end - s));
-    if (!q) {
-        const char *bs = memchr(s, '\\', (size_t)(d->end - s));
-        if (!bs) fail(d, d->p, "unterminated string");
-        decode_escaped(d, s, bs);
-        return;
-    }
-    const char *bs = memchr(s, '\\', (size_t)(q - s));
+    const char *bs = memchr(s, '\\', (size_t)((q ? q : d->end) - s));
     if (bs) {
         decode_escaped(d, s, bs);
-        return;
+        return 0;
     }
+    if (!q) fail(d, d->p, "unterminated string");
     lua_pushlstring(d->L, s, (size_t)(q - s));
     d->p = q + 1;
+    return 1;
+}
+
+/*
+ * The key of member INDEX of an object. The objects of a batch mostly
+ * share their keys, in the same order: a key whose bytes are those of the
+ * one last met at the same depth and position is pushed from the cache's
+ * stack slot, which spares Lua hashing and interning it again. Only keys
+ * without escapes are kept, so equal bytes mean an equal string.
+ */
+static void decode_key(struct decoder *d, int index) {
+    unsigned slot = ((unsigned)d->depth * 31u + (unsigned)index) % KEY_CACHE;
+    const char *s = d->p + 1, *k = d->keys[slot].s;
+    size_t n = d->keys[slot].n;
+    if (k && (size_t)(d->end - s) > n && s[n] == '"' && memcmp(s, k, n) == 0) {
+        lua_pushvalue(d->L, d->keys_at + (int)slot);
+        d->p = s + n + 1;
+        return;
+    }
+    if (!decode_string(d)) return;
+    lua_pushvalue(d->L, -1);
+    lua_replace(d->L, d->keys_at + (int)slot);
+    d->keys[slot].s = lua_tolstring(d->L, -1, &d->keys[slot].n);
 }
 
 static void decode_value(struct decoder *d);
@@ -322,7 +349,7 @@ static void decode_array(struct decoder *d) {
         lua_createtable(L, 0, 0);
     } else {
         do {
-            reserve_slots(d);
+            if (n % RESERVE_EVERY == 0) reserve_slots(d, RESERVE_EVERY + ELEMENT_SLOTS);
             decode_value(d);
             n++;
             if (table)
@@ -344,9 +371,9 @@ static void note_watched(struct decoder *d) {
     d->watch_kind = d->p < d->end && (*d->p == '[' || *d->p == '{') ? *d->p : 0;
 }
 
-static void decode_member(struct decoder *d) {
+static void decode_member(struct decoder *d, int index) {
     if (d->p == d->end || *d->p != '"') unexpected(d, d->p);
-    decode_string(d);
+    decode_key(d, index);
     skip_space(d);
     if (d->p == d->end || *d->p != ':') unexpected(d, d->p);
     d->p++;
@@ -357,15 +384,15 @@ static void decode_member(struct decoder *d) {
 
 static void decode_object(struct decoder *d) {
     lua_State *L = d->L;
-    int first = lua_gettop(L) + 1, table = 0, n = 0;
+    int first = lua_gettop(L) + 1, table = 0, n = 0, i = 0;
     enter(d);
     if (d->p < d->end && *d->p == '}') {
         d->p++;
         lua_createtable(L, 0, 0);
     } else {
         do {
-            reserve_slots(d);
-            decode_member(d);
+            if (i % RESERVE_EVERY == 0) reserve_slots(d, 2 * RESERVE_EVERY + ELEMENT_SLOTS);
+            decode_member(d, i++);
             if (table)
                 lua_rawset(L, table);
             else if (++n == GATHER_MAX)
@@ -405,6 +432,9 @@ static void decode_value(struct decoder *d) {
 static int decode_protected(lua_State *L) {
     struct decoder *d = lua_touserdata(L, 1);
     d->base = lua_gettop(L);
+    d->keys_at = d->base + 1;
+    reserve_slots(d, KEY_CACHE + ELEMENT_SLOTS);
+    lua_settop(L, d->base + KEY_CACHE); /* the key cache's slots, nil */
     skip_space(d);
     decode_value(d);
     skip_space(d);

@@ -68,7 +68,7 @@ int main(int argc, char **argv) {
                 brm_json_envelope(L, body.data, body.len, &env, &err);
                 lua_pop(L, 1);
             }
-            printf("decode (lua-cjson, integers, envelope) %7.2f us\n",
+            printf("decode (json.c, envelope)              %7.2f us\n",
                    (now() - t0) / ROUNDS * 1e6);
         }
         t0 = now();
