@@ -22,8 +22,9 @@
  * RESERVE_EVERY elements at a time. */
 #define ELEMENT_SLOTS 8
 #define RESERVE_EVERY 16
-/* Object keys remembered, by depth and position (see decode_key). */
-#define KEY_CACHE 64
+/* Strings remembered, by depth and position (see decode_cached): half for
+ * the keys of objects, half for their string values. */
+#define STRING_CACHE 128
 
 /* ---- decode ------------------------------------------------------------- */
 
@@ -37,11 +38,11 @@ struct decoder {
     int watch_kind;  /* '[' or '{' when that value was an array or object */
     int out_of_room; /* the Lua stack could not grow */
     struct brm_err *err;
-    int keys_at; /* stack index of the first key cache slot */
+    int cache_at; /* stack index of the string cache's first slot */
     struct {
         const char *s; /* the bytes of the string in its slot; NULL: none */
         size_t n;
-    } keys[KEY_CACHE];
+    } cache[STRING_CACHE];
 };
 
 /* Stops the decode with "REASON at byte N" (or "after byte N" at the end
@@ -269,25 +270,28 @@ static int decode_string(struct decoder *d) {
 }
 
 /*
- * The key of member INDEX of an object. The objects of a batch mostly
- * share their keys, in the same order: a key whose bytes are those of the
- * one last met at the same depth and position is pushed from the cache's
- * stack slot, which spares Lua hashing and interning it again. Only keys
- * without escapes are kept, so equal bytes mean an equal string.
+ * The key (VALUE 0) or string value (VALUE 1) of member INDEX of an
+ * object. The objects of a batch mostly share their keys, in the same
+ * order, and many values (org_id, site_id, type): a string whose bytes are
+ * those of the one last met at the same depth and position is pushed from
+ * the cache's stack slot, which spares Lua hashing and interning it again.
+ * Only strings without escapes are kept, so equal bytes mean an equal
+ * string.
  */
-static void decode_key(struct decoder *d, int index) {
-    unsigned slot = ((unsigned)d->depth * 31u + (unsigned)index) % KEY_CACHE;
-    const char *s = d->p + 1, *k = d->keys[slot].s;
-    size_t n = d->keys[slot].n;
+static void decode_cached(struct decoder *d, int index, int value) {
+    unsigned slot = ((unsigned)d->depth * 31u + (unsigned)index) % (STRING_CACHE / 2);
+    slot += value ? STRING_CACHE / 2 : 0;
+    const char *s = d->p + 1, *k = d->cache[slot].s;
+    size_t n = d->cache[slot].n;
     if (k && (size_t)(d->end - s) > n && s[n] == '"' && memcmp(s, k, n) == 0) {
-        lua_pushvalue(d->L, d->keys_at + (int)slot);
+        lua_pushvalue(d->L, d->cache_at + (int)slot);
         d->p = s + n + 1;
         return;
     }
     if (!decode_string(d)) return;
     lua_pushvalue(d->L, -1);
-    lua_replace(d->L, d->keys_at + (int)slot);
-    d->keys[slot].s = lua_tolstring(d->L, -1, &d->keys[slot].n);
+    lua_replace(d->L, d->cache_at + (int)slot);
+    d->cache[slot].s = lua_tolstring(d->L, -1, &d->cache[slot].n);
 }
 
 static void decode_value(struct decoder *d);
@@ -373,13 +377,16 @@ static void note_watched(struct decoder *d) {
 
 static void decode_member(struct decoder *d, int index) {
     if (d->p == d->end || *d->p != '"') unexpected(d, d->p);
-    decode_key(d, index);
+    decode_cached(d, index, 0);
     skip_space(d);
     if (d->p == d->end || *d->p != ':') unexpected(d, d->p);
     d->p++;
     skip_space(d);
     if (d->watch && d->depth == 1) note_watched(d);
-    decode_value(d);
+    if (d->p < d->end && *d->p == '"')
+        decode_cached(d, index, 1);
+    else
+        decode_value(d);
 }
 
 static void decode_object(struct decoder *d) {
@@ -432,9 +439,9 @@ static void decode_value(struct decoder *d) {
 static int decode_protected(lua_State *L) {
     struct decoder *d = lua_touserdata(L, 1);
     d->base = lua_gettop(L);
-    d->keys_at = d->base + 1;
-    reserve_slots(d, KEY_CACHE + ELEMENT_SLOTS);
-    lua_settop(L, d->base + KEY_CACHE); /* the key cache's slots, nil */
+    d->cache_at = d->base + 1;
+    reserve_slots(d, STRING_CACHE + ELEMENT_SLOTS);
+    lua_settop(L, d->base + STRING_CACHE); /* the string cache's slots, nil */
     skip_space(d);
     decode_value(d);
     skip_space(d);

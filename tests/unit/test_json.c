@@ -89,6 +89,7 @@ static int same(int a, int b);
 
 static size_t count_keys(int t) {
     size_t n = 0;
+    luaL_checkstack(L, 3, "counting keys");
     lua_pushnil(L);
     while (lua_next(L, t)) {
         lua_pop(L, 1);
@@ -99,6 +100,7 @@ static size_t count_keys(int t) {
 
 /* Every key of the table at A is in the table at B with the same value. */
 static int covered(int a, int b) {
+    luaL_checkstack(L, 4, "comparing tables"); /* they nest up to 128 deep */
     lua_pushnil(L);
     while (lua_next(L, a)) {
         lua_pushvalue(L, -2);
@@ -595,13 +597,16 @@ static void check_tables(void) {
     lua_rawgeti(L, -1, 3);
     CHECK(lua_isinteger(L, -1) && lua_tointeger(L, -1) == 3);
     lua_pop(L, 4);
-    /* Keys met again at the same place come from decode_key's cache:
-     * orders, prefixes and escapes must not fool it. */
+    /* Keys and string values met again at the same place come from
+     * decode_cached's cache: orders, prefixes and escapes must not fool it. */
     const char *keys = "[{\"ab\":1,\"a\":2},{\"a\":3,\"ab\":4},{\"a\\u0062\":5,\"a\":6},"
-                       "{\"abc\":7,\"a\":8},{\"ab\":9,\"a\":10,\"a\":11}]";
+                       "{\"abc\":7,\"a\":8},{\"ab\":9,\"a\":10,\"a\":11},"
+                       "{\"v\":\"x\",\"w\":\"xy\"},{\"v\":\"xy\",\"w\":\"x\"},{\"v\":\"x\\u0079\"},"
+                       "{\"v\":\"xyz\"},{\"v\":1},{\"v\":\"\"},{\"v\":\"x\"}]";
     decode(keys, strlen(keys));
     push_lua("return {{ab = 1, a = 2}, {a = 3, ab = 4}, {ab = 5, a = 6}, {abc = 7, a = 8}, "
-             "{ab = 9, a = 11}}");
+             "{ab = 9, a = 11}, {v = 'x', w = 'xy'}, {v = 'xy', w = 'x'}, {v = 'xy'}, "
+             "{v = 'xyz'}, {v = 1}, {v = ''}, {v = 'x'}}");
     CHECK(same(-1, -2));
     lua_pop(L, 2);
     decode_field("{\"n\":null}", "n");
@@ -827,15 +832,15 @@ static void check_memory_cap(void) {
 
 static void check_module(void) {
     /* brm_json_open's table: encode, decode and null, as lua-cjson's. */
-    push_lua("local t = cjson.decode('{\"a\":[1,2.5,null]}') "
-             "return cjson.encode(t) .. ' ' .. tostring(t.a[3] == cjson.null) .. ' ' .. "
-             "tostring(cjson.null) .. ' ' .. tostring(getmetatable(cjson.null))");
+    push_lua("local t = codec.decode('{\"a\":[1,2.5,null]}') "
+             "return codec.encode(t) .. ' ' .. tostring(t.a[3] == codec.null) .. ' ' .. "
+             "tostring(codec.null) .. ' ' .. tostring(getmetatable(codec.null))");
     CHECK_STR(lua_tostring(L, -1), "{\"a\":[1,2.5,null]} true null false");
     lua_pop(L, 1);
-    push_lua("local ok, err = pcall(cjson.decode, '[1,') return err");
+    push_lua("local ok, err = pcall(codec.decode, '[1,') return err");
     CHECK_HAS(lua_tostring(L, -1), "unexpected end of text after byte 3");
     lua_pop(L, 1);
-    push_lua("local ok, err = pcall(cjson.encode, print) return err");
+    push_lua("local ok, err = pcall(codec.encode, print) return err");
     CHECK_HAS(lua_tostring(L, -1), "cannot encode a function");
     lua_pop(L, 1);
 }
@@ -856,7 +861,7 @@ int main(void) {
     luaL_openlibs(L);
     brm_json_open(L);
     lua_pushvalue(L, -1);
-    lua_setglobal(L, "cjson");
+    lua_setglobal(L, "codec");
     lua_getfield(L, -1, "null");
     lua_setglobal(L, "brume_null");
     lua_pop(L, 1);
