@@ -42,11 +42,11 @@ int brm_json_decode(lua_State *L, const char *s, size_t len, struct brm_err *err
  * Encodes the value at IDX. A table whose keys are positive integers is an
  * array, holes as null, unless its largest key passes both 10 and twice
  * the number of keys (lua-cjson's rule for sparse arrays): then, as any
- * other table, an object with string keys; an empty table is {}. NaN and infinities become null. A
- * float prints in the fewest digits that read back the same double, and a whole one prints without
- * a fraction ("3", "1e+20"), so 3.0 decodes as the integer 3. Returns 0 and pushes the text as a
- * Lua string, or -1 with ERR set and nothing pushed.
- * [-0, +(0|1)]
+ * other table, an object with string keys; an empty table is {}. NaN and
+ * infinities become null. A float prints in the fewest digits that read
+ * back the same double, and a whole one without a fraction ("3", "1e+20"),
+ * so 3.0 decodes as the integer 3. Returns 0 and pushes the text as a Lua
+ * string, or -1 with ERR set and nothing pushed. [-0, +(0|1)]
  */
 int brm_json_encode(lua_State *L, int idx, struct brm_err *err);
 
