@@ -9,7 +9,7 @@
 set -eu
 cd "$(dirname "$0")"
 
-DEPS="cmake make gcc pkg-config python3 liblua5.4-dev lua-cjson-dev libevent-dev libssl-dev
+DEPS="cmake make gcc pkg-config python3 liblua5.4-dev libevent-dev libssl-dev
       libsqlite3-dev libcurl4-openssl-dev openssl"
 BENCH_DEPS="wrk nginx libnginx-mod-http-lua lua-cjson" # wrk, and the nginx+Lua peer
 RUN_DEPS="curl" # the README's quick start posts with it

@@ -1,11 +1,15 @@
 /*
- * json: the JSON codec of a VM, and Mist's envelope. lua-cjson does the
- * work under lua_pcall (its errors are Lua errors); this module sets its
- * limits, turns whole numbers back into Lua integers (Debian's lua-cjson
- * 2.1.0 decodes every number as a float, so a count of 16 would print as
- * "16.0" in a rule), and checks that a body is {"topic": string,
- * "events": [object, ...]}. No user code runs here. This is DESIGN.md's
- * "decode" module, named for what it holds. Depends on Lua, lua-cjson, util.
+ * json: brume's JSON codec, and Mist's envelope. Decoding reads strict JSON
+ * (RFC 8259) straight into Lua values: whole numbers are Lua integers (16,
+ * not 16.0; integers are read exactly, up to 64 bits), strings are kept
+ * byte for byte (an SSID need not be UTF-8), null is brume.null (a light
+ * userdata NULL), and each table is made at its final size. It runs under
+ * lua_pcall, and every byte it takes comes from the VM's allocator, so the
+ * sandbox's memory cap holds. Encoding reads tables raw (no metamethod, no
+ * user code runs), grows its text through the VM's allocator up to
+ * BRM_JSON_MAX_TEXT, and never escapes '/'. The envelope check makes sure a
+ * body is {"topic": string, "events": [object, ...]}. This is DESIGN.md's
+ * "decode" module, named for what it holds. Depends on Lua, util.
  */
 #ifndef BRM_JSON_H
 #define BRM_JSON_H
@@ -16,18 +20,34 @@
 #include "util.h"
 
 #define BRM_TOPIC_MAX 128
+/* The longest text brm_json_encode makes; past it the encode fails. */
+#define BRM_JSON_MAX_TEXT ((size_t)64 << 20)
+/* How deep arrays and objects may nest, in and out. */
+#define BRM_JSON_MAX_DEPTH 128
 
-/* Loads a lua-cjson instance with brume's settings into L's registry and
- * pushes its module table (encode, decode, null). [-0, +1] */
+/* Gives JSON null (light userdata NULL) its metatable (__tostring "null",
+ * locked) and pushes a module table: encode, decode (both raise on
+ * failure) and null. [-0, +1] */
 void brm_json_open(lua_State *L);
 
-/* Decodes S into a Lua value. Returns 0 and pushes it, or -1 with ERR set
- * ("Expected value but found T_END at character 1") and nothing pushed.
- * [-0, +(0|1)] */
+/*
+ * Decodes S into a Lua value. Returns 0 and pushes it; -1 with ERR set to
+ * a reason naming the byte ("unexpected character 'x' at byte 12"); or -2
+ * when the VM ran out of memory. Nothing is pushed on failure.
+ * [-0, +(0|1)]
+ */
 int brm_json_decode(lua_State *L, const char *s, size_t len, struct brm_err *err);
 
-/* Encodes the value at IDX. Returns 0 and pushes the JSON text as a Lua
- * string, or -1 with ERR set and nothing pushed. [-0, +(0|1)] */
+/*
+ * Encodes the value at IDX. A table whose keys are positive integers is an
+ * array, holes as null, unless its largest key passes both 10 and twice
+ * the number of keys (lua-cjson's rule for sparse arrays): then, as any
+ * other table, an object with string keys; an empty table is {}. NaN and
+ * infinities become null. A float prints in the fewest digits that read
+ * back the same double, and a whole one without a fraction ("3", "1e+20"),
+ * so 3.0 decodes as the integer 3. Returns 0 and pushes the text as a Lua
+ * string, or -1 with ERR set and nothing pushed. [-0, +(0|1)]
+ */
 int brm_json_encode(lua_State *L, int idx, struct brm_err *err);
 
 struct brm_envelope {
@@ -39,8 +59,9 @@ struct brm_envelope {
 
 /*
  * Decodes a webhook body and checks its envelope. Returns 0 and pushes the
- * envelope table, or -1 with a one-line reason in ERR (for the 400) and
- * nothing pushed. [-0, +(0|1)]
+ * envelope table; -1 with a one-line reason in ERR (for the 400); or -2
+ * when the VM ran out of memory decoding it. Nothing is pushed on failure.
+ * [-0, +(0|1)]
  */
 int brm_json_envelope(lua_State *L, const char *body, size_t len, struct brm_envelope *env,
                       struct brm_err *err);

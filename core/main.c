@@ -561,8 +561,8 @@ static int cmd_outbox(struct args *a) {
 }
 
 static void print_version(void) {
-    printf("brume %s (%s, lua-cjson 2.1, libevent %s, %s)\n", BRM_VERSION, LUA_RELEASE,
-           event_get_version(), OPENSSL_VERSION_TEXT);
+    printf("brume %s (%s, libevent %s, %s)\n", BRM_VERSION, LUA_RELEASE, event_get_version(),
+           OPENSSL_VERSION_TEXT);
 }
 
 int main(int argc, char **argv) {

@@ -89,7 +89,7 @@ int main(int argc, char **argv) {
             struct brm_envelope env;
             lua_State *L = brm_engine_state(e);
             STAGE(per, brm_json_envelope(L, body.data, body.len, &env, &err); lua_pop(L, 1));
-            printf("decode (lua-cjson, integers, envelope) %7.2f us\n", per * 1e6);
+            printf("decode (json.c, envelope)              %7.2f us\n", per * 1e6);
         }
         STAGE(per, run_rules(e, &body, &err));
         printf("decode + rules of %-20s %7.2f us\n",
