@@ -11,9 +11,9 @@
 #include "log.h"
 #include "metrics.h"
 
-#define PRUNE_STEP        256         /* bodies one step of the ring looks at */
-#define PRUNE_STEPS       8           /* steps one transaction may take past the cap */
-#define CHECKPOINT_FRAMES 1024        /* WAL pages (4 MB) that make the writer checkpoint, at most */
+#define PRUNE_STEP        256  /* bodies one step of the ring looks at */
+#define PRUNE_STEPS       8    /* steps one transaction may take past the cap */
+#define CHECKPOINT_FRAMES 1024 /* WAL pages (4 MB) that make the writer checkpoint, at most */
 #define WAL_LIMIT         (16u << 20) /* a WAL file left larger is cut back to this */
 #define UPKEEP_INTERVAL   1.0         /* seconds between two rounds of upkeep */
 
@@ -129,14 +129,15 @@ static void ring_settings(struct brm_journal *j, double *retention, uint64_t *ma
  * so that a transaction stays short; the next one goes on), or one step for
  * retention when AGED. P carries the journal's size in and out.
  */
-static long prune(struct brm_journal *j, struct brm_prune *p, int aged, struct brm_err *err) {
+static long prune(struct brm_journal *j, struct brm_prune *p, int aged, int steps,
+                  struct brm_err *err) {
     double retention;
     long removed = 0;
     ring_settings(j, &retention, &p->max_bytes);
     p->after = j->pruned_upto;
     p->before = aged ? brm_time_now() - retention : 0;
     p->limit = PRUNE_STEP;
-    for (int step = 0; step < PRUNE_STEPS; step++) {
+    for (int step = 0; step < steps; step++) {
         int over = p->max_bytes && p->bytes > p->max_bytes;
         if (!over && !(aged && step == 0)) break;
         if (brm_store_prune_bodies(j->store, p, err) < 0) return -1;
@@ -156,7 +157,7 @@ static int set_synced(struct brm_journal *j, int durable, struct brm_err *err) {
 /* Writes JOBS (a list of N) in one transaction, with the ring's upkeep and
  * the journal's size. Returns 0, or -1 with ERR set and nothing stored. */
 static int commit_jobs(struct brm_journal *j, struct brm_journal_job *jobs, size_t n, int aged,
-                       struct brm_err *err) {
+                       int steps, struct brm_err *err) {
     struct brm_journal_stats before;
     brm_journal_stats(j, &before);
     struct brm_prune p = { .bytes = before.bytes, .rows = before.rows };
@@ -173,7 +174,7 @@ static int commit_jobs(struct brm_journal *j, struct brm_journal_job *jobs, size
     job = jobs;
     for (size_t i = 0; i < n; i++, job = job->next)
         if (job->write(job, j->store, err) < 0) goto fail;
-    long removed = prune(j, &p, aged, err);
+    long removed = prune(j, &p, aged, steps, err);
     if (removed < 0) goto fail;
     if (n == 0 && removed == 0) { /* upkeep that found nothing to do */
         brm_store_rollback(j->store);
@@ -216,12 +217,12 @@ static void write_batch(struct brm_journal *j, struct brm_journal_job *jobs, int
     struct brm_err err;
     size_t n = 0;
     for (struct brm_journal_job *x = jobs; x; x = x->next) n++;
-    int rc = commit_jobs(j, jobs, n, aged, &err);
+    int rc = commit_jobs(j, jobs, n, aged, PRUNE_STEPS, &err);
     set_ok(j, rc == 0, &err);
     if (rc < 0 && n > 1) {
         for (struct brm_journal_job *x = jobs, *next; x; x = next) {
             next = x->next;
-            int one = commit_jobs(j, x, 1, 0, &err);
+            int one = commit_jobs(j, x, 1, 0, PRUNE_STEPS, &err);
             set_ok(j, one == 0, &err);
             x->done(x, one == 0, &err);
         }
@@ -245,12 +246,30 @@ static void log_pruned(struct brm_journal *j, int idle) {
     j->pruned_logged = now;
 }
 
-/* Upkeep: the ring's retention, the caller's hook, a checkpoint. */
+/* 1 when the journal holds more than its cap (and the store takes writes):
+ * the writer prunes between transactions, one short step at a time, until
+ * it does not. The caller holds the lock. */
+static int over_locked(const struct brm_journal *j) {
+    return j->max_bytes && j->stats.bytes > j->max_bytes && j->stats.ok;
+}
+
+static int over_cap(struct brm_journal *j) {
+    pthread_mutex_lock(&j->lock);
+    int over = over_locked(j);
+    pthread_mutex_unlock(&j->lock);
+    return over;
+}
+
+/* Upkeep: a step of the ring when it is over its cap; when DUE (about once
+ * a second) its retention and the caller's hook; a checkpoint when the WAL
+ * has grown. */
 static void upkeep(struct brm_journal *j, int due, int idle) {
     struct brm_err err;
+    if ((due || over_cap(j)) && commit_jobs(j, NULL, 0, due, 1, &err) < 0) {
+        brm_log_warn("cannot prune the journal", "error", err.msg);
+        set_ok(j, 0, &err); /* no step after step on a failing disk: once a second */
+    }
     if (due) {
-        if (commit_jobs(j, NULL, 0, 1, &err) < 0)
-            brm_log_warn("cannot prune the journal", "error", err.msg);
         log_pruned(j, idle);
         if (j->upkeep) {
             if (brm_store_begin(j->store, &err) < 0 ||
@@ -281,7 +300,7 @@ static void *writer_main(void *arg) {
     for (;;) {
         while (!j->queue && !j->stopping) {
             double now = brm_time_now();
-            if (now >= j->next_upkeep) break;
+            if (now >= j->next_upkeep || over_locked(j)) break;
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
             double wait = j->next_upkeep - now;

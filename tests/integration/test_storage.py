@@ -1,0 +1,231 @@
+"""The storage path: the journal is a bounded ring whose newest bodies are
+kept; a kill -9 in the middle of the writer's commit loses nothing that was
+answered 200; a stop is prompt while the writer has a long prune to do;
+workers that need each other's rule state do not wait, and nothing runs on
+state that is not stored."""
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+import unittest
+import uuid
+
+import harness
+from harness import Brume, run_cli
+
+SOURCE = 'sources = { mist = { path = "/mist", secret = "%s" } }\n' % harness.SECRET
+NOTHING = 'return { topics = "*", on_event = function(ev, ctx) end }'
+
+
+def store_bytes(b):
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += os.path.getsize(b.path("var", "brume.db" + suffix))
+        except OSError:
+            pass
+    return total
+
+
+def replayed_ids(b):
+    r = run_cli("replay", "-c", b.config_path)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def journal_ids(b):
+    """Event ids of every body in the journal (read with SQLite directly)."""
+    db = sqlite3.connect(b.path("var", "brume.db"))
+    try:
+        ids = []
+        for (body,) in db.execute("SELECT body FROM bodies ORDER BY id"):
+            ids += [e["id"] for e in json.loads(body)["events"]]
+        return ids
+    finally:
+        db.close()
+
+
+class Ring(unittest.TestCase):
+    def test_journal_stays_near_its_cap_and_keeps_the_newest(self):
+        cap = 64 * 1024
+        b = Brume(SOURCE + 'journal = { max_size = "64KB" }\n',
+                  rules={"n.lua": NOTHING}, workers=2).start()
+        try:
+            pad = "x" * 3000
+            conn = b.connection()
+            peak = 0
+            for i in range(600):  # 1.8 MB: 28 times the cap
+                body = json.dumps({"topic": "alarms", "events": [{"id": "e%04d" % i, "p": pad}]})
+                self.assertEqual(b.post(body, conn=conn).status, 200)
+                if i % 50 == 0:
+                    peak = max(peak, store_bytes(b))
+            conn.close()
+            time.sleep(1.5)  # the writer's upkeep: a checkpoint
+            peak = max(peak, store_bytes(b))
+            # The files: the bodies, the schema, a WAL of a quarter of the cap
+            # (at least 64 pages), free pages SQLite keeps. Far from 1.8 MB.
+            self.assertLess(peak, 4 * cap + 64 * 4096 + 128 * 1024, peak)
+            self.assertEqual(b.stop(), 0)
+            ids = journal_ids(b)
+            self.assertTrue(ids, "the journal kept nothing")
+            self.assertLessEqual(len(ids) * 3000, cap)
+            # The newest, in order, up to the last one posted.
+            self.assertEqual(ids, ["e%04d" % i for i in range(600 - len(ids), 600)])
+            r = replayed_ids(b)
+            self.assertIn("replayed %d bod" % len(ids), r.stderr)
+            db = sqlite3.connect(b.path("var", "brume.db"))
+            kept = dict(db.execute("SELECT key, value FROM meta"))
+            db.close()
+            self.assertEqual(kept["journal_rows"], len(ids))
+            self.assertLessEqual(kept["journal_bytes"], cap)
+        finally:
+            b.cleanup()
+
+    def test_sigterm_during_a_long_prune_is_prompt(self):
+        b = Brume(SOURCE + 'http = { drain_timeout = "2s" }\n', rules={"n.lua": NOTHING})
+        try:
+            b.start()
+            self.assertEqual(b.stop(), 0)
+            # 60 MB of journal, written behind brume's back, then a cap of
+            # 64 KB: the next start has 20 000 bodies to prune.
+            db = sqlite3.connect(b.path("var", "brume.db"))
+            blob = json.dumps({"topic": "alarms", "events": [{"id": "old", "p": "y" * 3000}]})
+            now = time.time()
+            db.executemany("INSERT INTO bodies (id, source, topic, received, events, body)"
+                           " VALUES (?, 'mist', 'alarms', ?, 1, ?)",
+                           ((i, now, blob) for i in range(1, 20001)))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('journal_bytes', ?)",
+                       (20000 * len(blob),))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('journal_rows', 20000)")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('last_body', 20000)")
+            db.commit()
+            db.close()
+            with open(b.config_path, "a") as f:
+                f.write('journal = { max_size = "64KB" }\n')
+            b.start()
+            # It answers while it prunes, and stops at once when asked.
+            self.assertEqual(b.post(json.dumps({"topic": "alarms", "events": [{"id": "n"}]}))
+                             .status, 200)
+            t0 = time.monotonic()
+            b.send_signal(signal.SIGTERM)
+            code = b.wait_exit(10)
+            took = time.monotonic() - t0
+            self.assertEqual(code, 0, b.log()[-2000:])
+            self.assertLess(took, 2.0 + 1.0, "stopped %.2fs after SIGTERM" % took)
+            # The next start goes on where the prune stopped, and gets there.
+            b.start()
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                db = sqlite3.connect(b.path("var", "brume.db"))
+                rows = db.execute("SELECT value FROM meta WHERE key = 'journal_bytes'").fetchone()
+                db.close()
+                if rows[0] <= 64 * 1024:
+                    break
+                time.sleep(0.2)
+            self.assertLessEqual(rows[0], 64 * 1024)
+            self.assertEqual(b.stop(), 0)
+            self.assertIn("n", journal_ids(b))  # the newest stays
+        finally:
+            b.cleanup()
+
+
+class KillDuringCommit(unittest.TestCase):
+    def test_kill_9_while_the_writer_syncs_loses_nothing_acknowledged(self):
+        """Every sync of the store takes 150 ms longer, so the kill lands in
+        the middle of one: every body answered 200 is there after a restart,
+        and none was answered before its sync."""
+        env = dict(harness.fault_env("/nonexistent"), BRUME_FAULT_SYNC_MS="150")
+        b = Brume(SOURCE, rules={"n.lua": NOTHING}, workers=2, env=env).start()
+        try:
+            acked, lock, stop = [], threading.Lock(), threading.Event()
+
+            def post():
+                conn = b.connection()
+                while not stop.is_set():
+                    eid = uuid.uuid4().hex
+                    try:
+                        r = b.post(json.dumps({"topic": "alarms", "events": [{"id": eid}]}),
+                                   conn=conn)
+                    except OSError:
+                        conn.close()
+                        return
+                    if r.status == 200:
+                        with lock:
+                            acked.append(eid)
+                conn.close()
+
+            threads = [threading.Thread(target=post) for _ in range(6)]
+            for t in threads:
+                t.start()
+            time.sleep(1.2)
+            b.send_signal(signal.SIGKILL)
+            b.wait_exit(10)
+            stop.set()
+            for t in threads:
+                t.join(10)
+            self.assertTrue(acked, "nothing was answered before the kill")
+            b.env = dict(os.environ)
+            b.start()
+            self.assertEqual(b.stop(), 0)
+            stored = set(journal_ids(b))
+            missing = [e for e in acked if e not in stored]
+            self.assertEqual(missing, [], "%d of %d acknowledged bodies lost" %
+                             (len(missing), len(acked)))
+        finally:
+            b.cleanup()
+
+
+STATE_RULE = """
+return { topics = "*", on_event = function(ev, ctx)
+  if brume.once("k:" .. ev.key, "1h") then brume.send("out", { id = ev.id, key = ev.key }) end
+  brume.state.incr("count")
+end }"""
+
+
+class SharedState(unittest.TestCase):
+    def test_workers_share_hot_keys_without_running_anything_twice(self):
+        """Four workers, posts that all touch the same counter and a few
+        once-keys: every once fires exactly once and the counter counts
+        every event, with bodies that met a key another group held run
+        again (brume_state_waits_total) rather than waiting."""
+        b = Brume(SOURCE + 'targets = { out = { kind = "file", path = "var/out.jsonl" } }\n',
+                  rules={"s.lua": STATE_RULE}, workers=4).start()
+        try:
+            errors = []
+
+            def post(n):
+                conn = b.connection()
+                for i in range(n):
+                    r = b.post(json.dumps({"topic": "alarms", "events": [
+                        {"id": uuid.uuid4().hex, "key": "k%d" % (i % 7)}]}), conn=conn)
+                    if r.status != 200:
+                        errors.append(r.status)
+                conn.close()
+
+            threads = [threading.Thread(target=post, args=(60,)) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            self.assertEqual(errors, [])
+            lines = b.wait_lines("out.jsonl", 7)
+            time.sleep(0.5)
+            self.assertEqual(sorted(x["message"]["key"] for x in b.lines("out.jsonl")),
+                             ["k%d" % i for i in range(7)])
+            m = b.metrics()
+            self.assertEqual(sum(v for k, v in m.items() if k.startswith("brume_rule_errors_total")),
+                             0)
+            self.assertIn("brume_state_waits_total", m)
+            self.assertEqual(b.stop(), 0)
+            db = sqlite3.connect(b.path("var", "brume.db"))
+            (count,) = db.execute("SELECT value FROM state WHERE key = 'state\x1fcount'").fetchone()
+            db.close()
+            self.assertEqual(count, "480")
+        finally:
+            b.cleanup()
+
+
+if __name__ == "__main__":
+    unittest.main()
