@@ -70,6 +70,7 @@ static const struct setting http_settings[] = {
     SR("idle_timeout", T_DURATION, http.idle_timeout, 0.05, 86400),
     SR("drain_timeout", T_DURATION, http.drain_timeout, 0, 3600),
     SR("max_connections", T_INT, http.max_connections, 1, 1000000),
+    SR("max_unverified", T_SIZE, http.max_unverified, 64 << 10, 1e12),
 };
 static const struct setting journal_settings[] = {
     SR("retention", T_DURATION, journal.retention, 60, 10 * 365 * 86400.0),
@@ -105,7 +106,7 @@ static const struct schema store_schema = { store_settings, BRM_ARRAY_LEN(store_
                                             NULL };
 static void source_defaults(void *elem) {
     struct brm_source *s = elem;
-    s->max_body = 8u << 20;
+    s->max_body = 1u << 20;
     s->durable = 1;
 }
 
@@ -739,6 +740,10 @@ static void check_config(struct loader *ld, struct brm_config *c) {
         if (s->nsecrets > 0 && s->insecure)
             report(ld, "sources", s->name, "sources.%s: insecure = true with a secret set",
                    s->name);
+        if (s->max_body > c->http.max_unverified)
+            report(ld, "sources", s->name,
+                   "sources.%s.max_body: larger than http.max_unverified, so no such body fits",
+                   s->name);
     }
 }
 
@@ -874,7 +879,8 @@ static void set_defaults(struct brm_config *c) {
     c->http.body_timeout = 30;
     c->http.idle_timeout = 60;
     c->http.drain_timeout = 10;
-    c->http.max_connections = 4096;
+    c->http.max_connections = 1024;
+    c->http.max_unverified = 64u << 20;
     c->log_level = BRM_LOG_INFO;
     c->journal.retention = 7 * 86400;
     c->journal.max_size = 1024ull << 20;

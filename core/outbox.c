@@ -1147,8 +1147,9 @@ fail:
 }
 
 int brm_outbox_start(struct brm_outbox *ob, struct brm_err *err) {
-    if (pthread_create(&ob->thread, NULL, outbox_main, ob) != 0) {
-        brm_err_set(err, "cannot start the outbox thread: %s", strerror(errno));
+    int rc = pthread_create(&ob->thread, NULL, outbox_main, ob); /* the error, not errno */
+    if (rc != 0) {
+        brm_err_set(err, "cannot start the outbox thread: %s", strerror(rc));
         return -1;
     }
     ob->running = 1;
