@@ -28,9 +28,17 @@ enum brm_wire_status brm_wire_head_end(const char *buf, size_t len, size_t *scan
 
 /* ---- the head ----------------------------------------------------------- */
 
+/* RFC 9110 5.6.2 tchar, the bytes of methods and field names: one bit
+ * per byte value (none from 0x80 up). */
+static const uint32_t tchars[8] = {
+    0x00000000, /* 0x00-0x1f: none */
+    0x03ff6cfa, /* 0x20-0x3f: ! # $ % & ' * + - . 0-9 */
+    0xc7fffffe, /* 0x40-0x5f: A-Z ^ _ */
+    0x57ffffff, /* 0x60-0x7f: ` a-z | ~ */
+};
+
 static int is_tchar(unsigned char ch) {
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           (ch && strchr("!#$%&'*+-.^_`|~", ch));
+    return tchars[ch >> 5] >> (ch & 31) & 1;
 }
 
 static int is_digit(char ch) {
