@@ -4,6 +4,8 @@
 #   ./build.sh run    install what is missing, build, start brume on examples/brume.lua
 #   ./build.sh test   install what is missing, build with ASan+UBSan, run the whole suite
 #   ./build.sh bench  build Release and run the benchmark (tests/bench/run.sh [seconds])
+#   ./build.sh fuzz [S]  build the fuzz targets with clang and libFuzzer, run each for S
+#                     seconds (default 60); new inputs go to build-fuzz/corpus/
 #
 # Packages come from Debian's archive only (apt-get, as root or through sudo).
 set -eu
@@ -12,6 +14,8 @@ cd "$(dirname "$0")"
 DEPS="cmake make gcc pkg-config python3 liblua5.4-dev libevent-dev libssl-dev
       libsqlite3-dev libcurl4-openssl-dev openssl"
 BENCH_DEPS="wrk nginx libnginx-mod-http-lua lua-cjson" # wrk, and the nginx+Lua peer
+FUZZ_DEPS="clang libclang-rt-14-dev"
+FUZZ_TARGETS="wire verify json config pattern api" # tests/fuzz/fuzz_*.c
 RUN_DEPS="curl" # the README's quick start posts with it
 
 need() {
@@ -38,6 +42,36 @@ build() { # build DIR TYPE [cmake options...]
     shift 2
     cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" "$@" >/dev/null
     cmake --build "$dir" -j "$jobs"
+}
+
+# Builds the fuzz targets with libFuzzer and runs each for $1 seconds, one
+# after the other, from its committed corpus; says how many inputs each ran
+# and where the input of any crash went. Fails when one crashed.
+fuzz_campaigns() {
+    seconds=$1 dir=build-fuzz crashed=""
+    cmake -S . -B $dir -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
+        -DBRUME_SANITIZE=fuzzer-no-link,address,undefined -DBRUME_WERROR=OFF >/dev/null
+    for t in $FUZZ_TARGETS; do
+        cmake --build $dir -j "$jobs" --target "fuzz_$t" >$dir/build.log 2>&1 ||
+            { cat $dir/build.log >&2; exit 1; }
+    done
+    mkdir -p $dir/crashes
+    for t in $FUZZ_TARGETS; do
+        mkdir -p "$dir/corpus/$t"
+        log="$dir/fuzz_$t.log" rc=0
+        "$dir/tests/fuzz/fuzz_$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+            -print_final_stats=1 -artifact_prefix="$dir/crashes/$t-" \
+            "$dir/corpus/$t" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
+        runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+        if [ $rc -eq 0 ]; then
+            echo "fuzz_$t: ${runs:-?} executions in ${seconds}s, no crash"
+        else
+            crashed="$crashed $t"
+            echo "fuzz_$t: CRASH after ${runs:-?} executions (log: $log)"
+            grep -E "^SUMMARY|^==[0-9]+==ERROR|property broken|Test unit written" "$log" | sed 's/^/    /'
+        fi
+    done
+    [ -z "$crashed" ] || { echo "build.sh: crashes in:$crashed" >&2; exit 1; }
 }
 
 cmd=${1:-}
@@ -70,8 +104,12 @@ bench)
     need $DEPS $BENCH_DEPS
     exec tests/bench/run.sh "$@"
     ;;
+fuzz)
+    need $DEPS $FUZZ_DEPS
+    fuzz_campaigns "${1:-60}"
+    ;;
 *)
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -504,7 +504,8 @@ static int api_state_incr(lua_State *L) {
     int rc = brm_state_incr(st, key, n, ttl, brm_time_now(), api->scope->txn, &v);
     if (rc == -1 || rc == BRM_STATE_BUSY) return state_failed(L, api, rc, "brume.state.incr");
     if (rc == -2) return luaL_error(L, "brume.state.incr: '%s' does not hold a number", key);
-    if (v == (lua_Number)(lua_Integer)v)
+    /* In range before the conversion: converting 1e300 is undefined. */
+    if (v >= -0x1p63 && v < 0x1p63 && v == (lua_Number)(lua_Integer)v)
         lua_pushinteger(L, (lua_Integer)v);
     else
         lua_pushnumber(L, v);

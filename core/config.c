@@ -821,8 +821,10 @@ static const struct setting http_settings[] = {
       .max = 86400 },
     { "drain_timeout", &duration_type, .off = CFG(http.drain_timeout), .def = 10, .min = 0,
       .max = 3600 },
-    { "max_connections", &long_type, .off = CFG(http.max_connections), .def = 4096, .min = 1,
+    { "max_connections", &long_type, .off = CFG(http.max_connections), .def = 1024, .min = 1,
       .max = 1000000 },
+    { "max_unverified", &size_type, .off = CFG(http.max_unverified), .def = 64u << 20,
+      .min = 64 << 10, .max = 1e12 },
 };
 static const struct setting log_settings[] = {
     { "level", &enum_type, .off = CFG(log_level), .def = BRM_LOG_INFO, .names = log_levels },
@@ -842,7 +844,7 @@ static const struct setting source_settings[] = {
     { "secret", &secrets_type, .off = 0 },
     { "allow_sha1", &bool_type, .off = SRC(allow_sha1) },
     { "insecure", &bool_type, .off = SRC(insecure) },
-    { "max_body", &size_type, .off = SRC(max_body), .def = 8u << 20, .min = 64, .max = 1u << 30 },
+    { "max_body", &size_type, .off = SRC(max_body), .def = 1u << 20, .min = 64, .max = 1u << 30 },
     { "dedupe", &duration_type, .off = SRC(dedupe), .def = 0, .min = 0, .max = 30 * 86400.0 },
     { "durability", &enum_type, .off = SRC(durable), .def = 1, .names = durabilities },
 };
@@ -970,6 +972,10 @@ static void check_config(struct loader *ld, struct brm_config *c) {
                    s->name);
         if (s->nsecrets > 0 && s->insecure)
             report(ld, "sources", s->name, "sources.%s: insecure = true with a secret set",
+                   s->name);
+        if (s->max_body > c->http.max_unverified)
+            report(ld, "sources", s->name,
+                   "sources.%s.max_body: larger than http.max_unverified, so no such body fits",
                    s->name);
     }
 }

@@ -81,6 +81,7 @@ struct brm_config {
     struct {
         double header_timeout, body_timeout, idle_timeout, drain_timeout;
         long max_connections;
+        uint64_t max_unverified; /* bytes held for bodies still coming, all connections */
     } http;
     int log_level, log_format;
     struct {

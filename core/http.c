@@ -22,7 +22,6 @@
 #include "tls.h"
 
 #define INITIAL_BUFFER 8192 /* a 10-event Mist batch and its head fit in one read */
-#define MAX_HEAD       16384
 #define SHRINK_ABOVE   65536
 #define SWEEP_MS       250
 #define ACCEPT_BATCH   64
@@ -33,7 +32,6 @@
  * that destroys the answer before the client reads it (nginx's
  * lingering_close). */
 enum state { C_IDLE, C_HEAD, C_BODY, C_HANDLING, C_WRITING, C_LINGER };
-enum chunk_state { CH_SIZE, CH_DATA, CH_DATA_END, CH_TRAILER };
 
 struct conn {
     struct brm_http *h;
@@ -46,22 +44,15 @@ struct conn {
     size_t len, cap;
     size_t scan;     /* head: bytes already searched for its end */
     size_t head_len; /* request line and headers */
-    uint64_t content_length;
-    int chunked, has_length, expect_continue;
-    enum chunk_state chunk_state;
-    uint64_t chunk_left;
-    size_t body_end; /* chunked: end of the decoded body */
-    size_t wire;     /* chunked: where decoding resumes */
-    size_t consumed; /* bytes the finished request took from buf */
-    int keepalive, http10, close_after, peer_closed, in_process, dead;
-    int linger;        /* the answer came before all of the request was read */
-    uint64_t deadline; /* monotonic ms; 0: none */
-    /* Where the path and headers sit in buf, as offsets: buf moves when it
-     * grows, so pointers are made from these only when it is final. */
-    size_t path_off;
-    struct {
-        uint32_t name, name_len, value, value_len;
-    } hdr[BRM_HTTP_MAX_HEADERS];
+    /* The parsed head holds offsets into buf: buf moves when it grows, so
+     * the request's pointers are made from them only when it is final. */
+    struct brm_wire_head head;
+    struct brm_wire_chunked chunks; /* a chunked body's decoding, from buf + head_len */
+    size_t consumed;                /* bytes the finished request took from buf */
+    size_t held;                    /* bytes counted against opts.max_unverified */
+    int close_after, peer_closed, in_process, dead;
+    int linger;            /* the answer came before all of the request was read */
+    uint64_t deadline;     /* monotonic ms; 0: none */
     struct routes *routes; /* the table req.route is in, while there is one */
     struct brm_buf out;    /* what is still to be written, from out_off */
     size_t out_off;
@@ -102,6 +93,7 @@ struct brm_http {
     struct event_base *base;
     struct brm_http_opts opts;
     _Atomic long own_connections;
+    _Atomic size_t own_unverified;
     struct routes *routes;
     struct route_rt none; /* requests no route took: 404, 400 ... */
     struct listener *listeners;
@@ -224,6 +216,29 @@ static void release_routes(struct routes *t) {
     free(t);
 }
 
+/* Counts BYTES of the buffer of a connection waiting for a body against
+ * the cap shared by every server (what it counted already included).
+ * Unsigned clients must not make brume hold more than the cap: 0 when
+ * BYTES would pass it, and nothing is counted. */
+static int hold(struct conn *c, size_t bytes) {
+    _Atomic size_t *all = c->h->opts.unverified;
+    if (!c->h->opts.max_unverified || bytes <= c->held) return 1;
+    size_t more = bytes - c->held;
+    if (atomic_fetch_add(all, more) + more > c->h->opts.max_unverified) {
+        atomic_fetch_sub(all, more);
+        return 0;
+    }
+    c->held = bytes;
+    return 1;
+}
+
+/* The body is complete, refused or gone: it no longer counts. */
+static void release(struct conn *c) {
+    if (!c->held) return;
+    atomic_fetch_sub(c->h->opts.unverified, c->held);
+    c->held = 0;
+}
+
 static void conn_free(struct conn *c) {
     release_routes(c->routes);
     free(c->buf);
@@ -233,6 +248,7 @@ static void conn_free(struct conn *c) {
 
 static void conn_close(struct conn *c) {
     struct brm_http *h = c->h;
+    release(c);
     if (c->fd >= 0) {
         event_del(&c->rev);
         event_del(&c->wev);
@@ -259,13 +275,15 @@ static void conn_close(struct conn *c) {
         conn_free(c);
 }
 
-/* Makes room for N more bytes, up to a buffer of LIMIT. 0 when full. */
+/* Makes room for N more bytes, up to a buffer of LIMIT. 1: done; 0: full;
+ * -1: a buffer waiting for a body would pass the cap on those. */
 static int grow(struct conn *c, size_t n, size_t limit) {
     if (c->len + n <= c->cap) return 1;
     size_t cap = c->cap ? c->cap : INITIAL_BUFFER;
     while (cap < c->len + n) cap *= 2;
     if (cap > limit) cap = limit;
     if (cap <= c->cap) return 0;
+    if (c->state == C_BODY && !hold(c, cap)) return -1;
     c->buf = brm_xrealloc(c->buf, cap);
     c->cap = cap;
     return 1;
@@ -275,11 +293,8 @@ static void reset_request(struct conn *c) {
     release_routes(c->routes);
     c->routes = NULL;
     c->scan = c->head_len = c->consumed = 0;
-    c->content_length = 0;
-    c->chunked = c->has_length = c->expect_continue = 0;
-    c->body_end = c->wire = 0;
-    c->chunk_left = 0;
-    c->chunk_state = CH_SIZE;
+    memset(&c->head, 0, sizeof(c->head));
+    memset(&c->chunks, 0, sizeof(c->chunks));
     memset(&c->req, 0, sizeof(c->req));
     c->req.conn = c;
     c->req.peer = c->peer;
@@ -412,15 +427,15 @@ void brm_http_respond(struct brm_http_req *req, int status, const char *content_
         return;
     }
     c->state = C_WRITING;
-    int closing = c->close_after || !c->keepalive || h->draining;
+    int closing = c->close_after || !c->head.keepalive || h->draining;
     char head[1024];
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 %d %s\r\n%sContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
                      status, brm_http_reason(status), h->date,
                      content_type ? content_type : "text/plain; charset=utf-8", len,
-                     closing     ? "Connection: close\r\n"
-                     : c->http10 ? "Connection: keep-alive\r\n"
-                                 : "",
+                     closing          ? "Connection: close\r\n"
+                     : c->head.http10 ? "Connection: keep-alive\r\n"
+                                      : "",
                      extra_headers ? extra_headers : "");
     if (n < 0 || (size_t)n >= sizeof(head)) n = (int)strlen(head);
     if (req->method == BRM_HTTP_HEAD) len = 0;
@@ -454,8 +469,9 @@ void brm_http_respond(struct brm_http_req *req, int status, const char *content_
 /* Answers from the head alone (an error before the body). The connection
  * survives only when the whole body is already here to be skipped. */
 static void reply_early(struct conn *c, int status, const char *msg, const char *extra) {
-    if (!c->chunked && c->head_len && c->len - c->head_len >= c->content_length)
-        c->consumed = c->head_len + (size_t)c->content_length;
+    release(c);
+    if (!c->head.chunked && c->head_len && c->len - c->head_len >= c->head.content_length)
+        c->consumed = c->head_len + (size_t)c->head.content_length;
     else
         c->close_after = 1;
     c->linger = c->close_after;
@@ -465,142 +481,25 @@ static void reply_early(struct conn *c, int status, const char *msg, const char 
     brm_http_respond(&c->req, status, NULL, body, (size_t)n, extra);
 }
 
-/* ---- parsing ------------------------------------------------------------ */
+/* ---- requests ----------------------------------------------------------- */
 
-static int is_tchar(unsigned char ch) {
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           (ch && strchr("!#$%&'*+-.^_`|~", ch));
-}
-
-/* Offset just past the empty line that ends the head, or 0 for "not yet". */
-static size_t find_head_end(struct conn *c) {
-    for (size_t i = c->scan; i < c->len; i++) {
-        if (c->buf[i] != '\n') continue;
-        if (i >= 1 && c->buf[i - 1] == '\n') return i + 1;
-        if (i >= 2 && c->buf[i - 1] == '\r' && c->buf[i - 2] == '\n') return i + 1;
-    }
-    c->scan = c->len;
-    return 0;
-}
-
-static int token_eq(const char *s, size_t n, const char *lit) {
-    return strlen(lit) == n && strncasecmp(s, lit, n) == 0;
-}
-
-/* Does the comma-separated list S hold TOKEN? */
-static int list_has(const char *s, size_t n, const char *token) {
-    size_t i = 0;
-    while (i < n) {
-        while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == ',')) i++;
-        size_t start = i;
-        while (i < n && s[i] != ',') i++;
-        size_t end = i;
-        while (end > start && (s[end - 1] == ' ' || s[end - 1] == '\t')) end--;
-        if (token_eq(s + start, end - start, token)) return 1;
-    }
-    return 0;
-}
-
-static int parse_request_line(struct conn *c, const char *p, size_t n) {
-    const char *sp1 = memchr(p, ' ', n);
-    if (!sp1 || sp1 == p) return 400;
-    for (const char *q = p; q < sp1; q++)
-        if (!is_tchar((unsigned char)*q)) return 400;
-    size_t mlen = (size_t)(sp1 - p); /* methods are case-sensitive */
-    c->req.method = mlen == 3 && memcmp(p, "GET", 3) == 0    ? BRM_HTTP_GET
-                    : mlen == 4 && memcmp(p, "POST", 4) == 0 ? BRM_HTTP_POST
-                    : mlen == 4 && memcmp(p, "HEAD", 4) == 0 ? BRM_HTTP_HEAD
-                                                             : BRM_HTTP_OTHER;
-    const char *target = sp1 + 1, *end = p + n;
-    const char *sp2 = memchr(target, ' ', (size_t)(end - target));
-    if (!sp2 || sp2 == target) return 400;
-    const char *version = sp2 + 1;
-    size_t vlen = (size_t)(end - version);
-    if (vlen == 8 && memcmp(version, "HTTP/1.1", 8) == 0)
-        c->http10 = 0;
-    else if (vlen == 8 && memcmp(version, "HTTP/1.0", 8) == 0)
-        c->http10 = 1;
-    else if (vlen >= 5 && memcmp(version, "HTTP/", 5) == 0)
-        return 505;
-    else
-        return 400;
-    const char *q = memchr(target, '?', (size_t)(sp2 - target));
-    c->path_off = (size_t)(target - c->buf);
-    c->req.path_len = (size_t)((q ? q : sp2) - target);
-    c->keepalive = !c->http10;
-    return 0;
-}
-
-static int parse_header(struct conn *c, const char *p, size_t n) {
-    if (p[0] == ' ' || p[0] == '\t') return 400; /* obsolete line folding */
-    const char *colon = memchr(p, ':', n);
-    if (!colon || colon == p) return 400;
-    for (const char *q = p; q < colon; q++)
-        if (!is_tchar((unsigned char)*q)) return 400;
-    const char *v = colon + 1, *end = p + n;
-    while (v < end && (*v == ' ' || *v == '\t')) v++;
-    while (end > v && (end[-1] == ' ' || end[-1] == '\t')) end--;
-    if (c->req.nheaders == BRM_HTTP_MAX_HEADERS) return 431;
-    size_t name_len = (size_t)(colon - p), value_len = (size_t)(end - v);
-    c->hdr[c->req.nheaders].name = (uint32_t)(p - c->buf);
-    c->hdr[c->req.nheaders].name_len = (uint32_t)name_len;
-    c->hdr[c->req.nheaders].value = (uint32_t)(v - c->buf);
-    c->hdr[c->req.nheaders].value_len = (uint32_t)value_len;
-    c->req.nheaders++;
-    if (token_eq(p, name_len, "content-length")) {
-        uint64_t len = 0;
-        if (value_len == 0 || value_len > 18) return 400;
-        for (size_t i = 0; i < value_len; i++) {
-            if (v[i] < '0' || v[i] > '9') return 400;
-            len = len * 10 + (uint64_t)(v[i] - '0');
-        }
-        if (c->has_length && c->content_length != len) return 400;
-        c->content_length = len;
-        c->has_length = 1;
-    } else if (token_eq(p, name_len, "transfer-encoding")) {
-        if (!token_eq(v, value_len, "chunked")) return 501;
-        c->chunked = 1;
-    } else if (token_eq(p, name_len, "connection")) {
-        if (list_has(v, value_len, "close"))
-            c->keepalive = 0;
-        else if (list_has(v, value_len, "keep-alive"))
-            c->keepalive = 1;
-    } else if (token_eq(p, name_len, "expect")) {
-        if (!token_eq(v, value_len, "100-continue")) return 417;
-        c->expect_continue = 1;
-    }
-    return 0;
-}
-
-/* Parses the head (buf[0, head_len)). 0, or the status to refuse it with. */
-static int parse_head(struct conn *c) {
-    size_t pos = 0;
-    int first = 1;
-    while (pos < c->head_len) {
-        const char *p = c->buf + pos;
-        const char *nl = memchr(p, '\n', c->head_len - pos);
-        size_t n = (size_t)(nl - p);
-        pos += n + 1;
-        if (n && p[n - 1] == '\r') n--;
-        if (n == 0) break; /* the empty line */
-        int rc = first ? parse_request_line(c, p, n) : parse_header(c, p, n);
-        if (rc) return rc;
-        first = 0;
-    }
-    if (c->chunked && c->has_length) return 400; /* RFC 9112 6.3: a smuggling sign */
-    if (c->chunked && c->http10) return 400;
-    return 0;
+static void refuse_unverified(struct conn *c) {
+    c->close_after = 1;
+    reply_early(c, 503, "too many bodies in progress", "Retry-After: 1\r\n");
 }
 
 /* Points the request's path and headers into buf as it is now. */
 static void materialize(struct conn *c) {
-    c->req.path = c->buf + c->path_off;
-    for (size_t i = 0; i < c->req.nheaders; i++) {
+    c->req.path = c->buf + c->head.path;
+    c->req.path_len = c->head.path_len;
+    c->req.nheaders = c->head.nfields;
+    for (size_t i = 0; i < c->head.nfields; i++) {
+        const struct brm_wire_field *f = &c->head.fields[i];
         struct brm_http_header *hd = &c->req.headers[i];
-        hd->name = c->buf + c->hdr[i].name;
-        hd->name_len = c->hdr[i].name_len;
-        hd->value = c->buf + c->hdr[i].value;
-        hd->value_len = c->hdr[i].value_len;
+        hd->name = c->buf + f->name;
+        hd->name_len = f->name_len;
+        hd->value = c->buf + f->value;
+        hd->value_len = f->value_len;
     }
 }
 
@@ -622,7 +521,8 @@ static void allow_header(unsigned methods, char *out, size_t size) {
 /* The head is complete: route it, check it, and get ready for the body. */
 static void start_request(struct conn *c) {
     struct brm_http *h = c->h;
-    int status = parse_head(c);
+    int status = brm_wire_parse_head(c->buf, c->head_len, &c->head);
+    c->req.method = (enum brm_http_method)c->head.method;
     if (status) {
         c->close_after = 1;
         reply_early(c, status, status == 431 ? "too many header fields" : "malformed request",
@@ -644,7 +544,7 @@ static void start_request(struct conn *c) {
         reply_early(c, 405, "method not allowed", allow);
         return;
     }
-    if (!c->chunked && c->content_length > rt->r.max_body) {
+    if (!c->head.chunked && c->head.content_length > rt->r.max_body) {
         c->close_after = 1; /* not reading a body that large, not even to skip it */
         char msg[96];
         snprintf(msg, sizeof(msg), "body larger than %llu bytes",
@@ -652,14 +552,15 @@ static void start_request(struct conn *c) {
         reply_early(c, 413, msg, NULL);
         return;
     }
-    if (rt->r.check_head && (status = rt->r.check_head(rt->r.arg, &c->req)) != 0) {
-        reply_early(c, status, status == 401 ? "missing signature" : brm_http_reason(status), NULL);
+    const char *why = NULL;
+    if (rt->r.check_head && (status = rt->r.check_head(rt->r.arg, &c->req, &why)) != 0) {
+        reply_early(c, status, why ? why : brm_http_reason(status), NULL);
         return;
     }
     /* The buffer grows as the body arrives, not to Content-Length at once:
      * an unauthenticated client must send bytes to make us hold bytes. */
-    if (c->chunked) c->body_end = c->wire = c->head_len;
-    if (c->expect_continue && (c->chunked || c->len - c->head_len < c->content_length)) {
+    if (c->head.expect_continue &&
+        (c->head.chunked || c->len - c->head_len < c->head.content_length)) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         if (c->tls) {
             brm_buf_append(&c->out, cont, sizeof(cont) - 1); /* TLS writes go through out */
@@ -674,90 +575,45 @@ static void start_request(struct conn *c) {
     c->deadline = after(h->opts.body_timeout);
 }
 
-/* Decodes chunked framing in place. 1: complete; 0: need more; -1: refused. */
-static int decode_chunks(struct conn *c) {
-    uint64_t max = c->req.route->max_body;
-    for (;;) {
-        char *p = c->buf + c->wire;
-        size_t avail = c->len - c->wire;
-        if (c->chunk_state == CH_DATA) {
-            size_t n = avail < c->chunk_left ? avail : (size_t)c->chunk_left;
-            if (n == 0) return 0;
-            memmove(c->buf + c->body_end, p, n);
-            c->body_end += n;
-            c->wire += n;
-            c->chunk_left -= n;
-            if (c->chunk_left == 0) c->chunk_state = CH_DATA_END;
-            continue;
-        }
-        char *nl = memchr(p, '\n', avail);
-        if (!nl) return avail > 1024 ? (reply_early(c, 400, "bad chunk framing", NULL), -1) : 0;
-        size_t n = (size_t)(nl - p);
-        c->wire += n + 1;
-        if (n && p[n - 1] == '\r') n--;
-        if (c->chunk_state == CH_DATA_END) {
-            if (n != 0) goto bad;
-            c->chunk_state = CH_SIZE;
-        } else if (c->chunk_state == CH_SIZE) {
-            uint64_t size = 0;
-            size_t i = 0;
-            for (; i < n && i < 16; i++) {
-                int d = p[i] >= '0' && p[i] <= '9'   ? p[i] - '0'
-                        : p[i] >= 'a' && p[i] <= 'f' ? p[i] - 'a' + 10
-                        : p[i] >= 'A' && p[i] <= 'F' ? p[i] - 'A' + 10
-                                                     : -1;
-                if (d < 0) break;
-                size = size * 16 + (uint64_t)d;
-            }
-            if (i == 0 || (i < n && p[i] != ';' && p[i] != ' ' && p[i] != '\t')) goto bad;
-            if (size > max - (c->body_end - c->head_len)) {
-                c->close_after = 1;
-                reply_early(c, 413, "body too large", NULL);
-                return -1;
-            }
-            c->chunk_left = size;
-            c->chunk_state = size ? CH_DATA : CH_TRAILER;
-        } else if (n == 0) { /* CH_TRAILER: the empty line ends the body */
-            c->consumed = c->wire;
-            return 1;
-        }
-    }
-bad:
-    c->close_after = 1;
-    reply_early(c, 400, "bad chunk framing", NULL);
-    return -1;
-}
-
 /* 1: the body is complete (req.body set); 0: need more; -1: refused. */
 static int body_ready(struct conn *c) {
-    if (!c->chunked) {
-        if (c->len - c->head_len < c->content_length) return 0;
+    if (!c->head.chunked) {
+        if (c->len - c->head_len < c->head.content_length) return 0;
         c->req.body = c->buf + c->head_len;
-        c->req.body_len = (size_t)c->content_length;
-        c->consumed = c->head_len + (size_t)c->content_length;
+        c->req.body_len = (size_t)c->head.content_length;
+        c->consumed = c->head_len + (size_t)c->head.content_length;
         return 1;
     }
-    int rc = decode_chunks(c);
-    if (rc == 1) {
+    size_t len = c->len - c->head_len;
+    enum brm_wire_status st =
+        brm_wire_chunked(&c->chunks, c->buf + c->head_len, &len, c->req.route->max_body);
+    c->len = c->head_len + len;
+    switch (st) {
+    case BRM_WIRE_MORE: return 0;
+    case BRM_WIRE_DONE:
         c->req.body = c->buf + c->head_len;
-        c->req.body_len = c->body_end - c->head_len;
-    } else if (rc == 0 && c->wire > c->body_end) {
-        /* Drop the framing already decoded, so the buffer holds body only. */
-        memmove(c->buf + c->body_end, c->buf + c->wire, c->len - c->wire);
-        c->len -= c->wire - c->body_end;
-        c->wire = c->body_end;
+        c->req.body_len = c->chunks.out;
+        c->consumed = c->head_len + c->chunks.in;
+        return 1;
+    case BRM_WIRE_TOO_LARGE:
+        c->close_after = 1;
+        reply_early(c, 413, "body too large", NULL);
+        return -1;
+    default:
+        c->close_after = 1;
+        reply_early(c, 400, "bad chunk framing", NULL);
+        return -1;
     }
-    return rc;
 }
 
 /* How large the buffer may grow in the connection's state. */
 static size_t buffer_limit(const struct conn *c) {
     switch (c->state) {
     case C_IDLE:
-    case C_HEAD: return c->cap > MAX_HEAD ? c->cap : MAX_HEAD;
+    case C_HEAD: return c->cap > BRM_WIRE_MAX_HEAD ? c->cap : BRM_WIRE_MAX_HEAD;
     case C_BODY:
-        if (c->chunked) return c->head_len + (size_t)c->req.route->max_body + 65536;
-        return c->head_len + (size_t)c->content_length;
+        if (c->head.chunked) return c->head_len + (size_t)c->req.route->max_body + 65536;
+        return c->head_len + (size_t)c->head.content_length;
     default: return c->cap; /* the handler has the buffer: no growing under it */
     }
 }
@@ -768,8 +624,7 @@ static int process(struct conn *c) {
     c->in_process = 1;
     while (!c->dead && c->fd >= 0) {
         if (c->state == C_IDLE) {
-            size_t skip = 0; /* CRLFs between requests are ignored (RFC 9112 2.2) */
-            while (skip < c->len && (c->buf[skip] == '\r' || c->buf[skip] == '\n')) skip++;
+            size_t skip = brm_wire_skip_blank(c->buf, c->len);
             if (skip) {
                 memmove(c->buf, c->buf + skip, c->len - skip);
                 c->len -= skip;
@@ -780,15 +635,13 @@ static int process(struct conn *c) {
             c->req.received_at = brm_time_now();
         }
         if (c->state == C_HEAD) {
-            c->head_len = find_head_end(c);
-            if (c->head_len == 0) {
-                if (c->len >= MAX_HEAD) {
-                    c->close_after = 1;
-                    reply_early(c, 431, "request head too large", NULL);
-                    continue;
-                }
-                break;
+            enum brm_wire_status st = brm_wire_head_end(c->buf, c->len, &c->scan, &c->head_len);
+            if (st == BRM_WIRE_TOO_LARGE) {
+                c->close_after = 1;
+                reply_early(c, 431, "request head too large", NULL);
+                continue;
             }
+            if (st == BRM_WIRE_MORE) break;
             start_request(c);
             continue;
         }
@@ -801,8 +654,13 @@ static int process(struct conn *c) {
                     reply_early(c, 413, "body too large", NULL);
                     continue;
                 }
+                if (!hold(c, c->cap)) { /* waiting for the rest holds the buffer */
+                    refuse_unverified(c);
+                    continue;
+                }
                 break;
             }
+            release(c);
             c->state = C_HANDLING;
             c->deadline = 0;
             materialize(c); /* the buffer may have moved while the body came */
@@ -856,7 +714,12 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
         return;
     }
     do {
-        if (c->len == c->cap && !grow(c, 4096, buffer_limit(c))) {
+        int room = c->len < c->cap ? 1 : grow(c, 4096, buffer_limit(c));
+        if (room < 0) {
+            refuse_unverified(c);
+            return;
+        }
+        if (room == 0) {
             reading(c, 0); /* a pipelining client waits until we catch up */
             return;
         }
@@ -1000,6 +863,7 @@ struct brm_http *brm_http_new(struct event_base *base, const struct brm_http_opt
     h->base = base;
     h->opts = *opts;
     if (!h->opts.connections) h->opts.connections = &h->own_connections;
+    if (!h->opts.unverified) h->opts.unverified = &h->own_unverified;
     h->routes = new_routes(routes, nroutes);
     h->none.r.label = "";
     h->sweep = event_new(base, -1, EV_PERSIST, on_sweep, h);
@@ -1051,8 +915,10 @@ void brm_http_set_routes(struct brm_http *h, const struct brm_http_route *routes
 
 void brm_http_set_opts(struct brm_http *h, const struct brm_http_opts *opts) {
     _Atomic long *shared = h->opts.connections;
+    _Atomic size_t *unverified = h->opts.unverified;
     h->opts = *opts;
     h->opts.connections = shared;
+    h->opts.unverified = unverified;
 }
 
 void brm_http_drain(struct brm_http *h) {

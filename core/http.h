@@ -8,14 +8,16 @@
  * timeouts are deadlines that one timer per server sweeps four times a
  * second.
  *
- * What it does: request line and headers (CRLF or bare LF), Content-Length
- * and chunked bodies, Expect: 100-continue, keep-alive and pipelining,
- * routing by exact path and method (404, 405), a body cap per route checked
- * before the body is read (413), a hook that can refuse a request from its
- * head alone (the 401 of an unsigned post), a connection cap shared by all
- * workers (503 past it), 408 on slow clients, and replies held until the
- * handler is ready (it may answer later, e.g. after a group commit). It
- * counts requests by route and status. Depends on libevent, metrics, util.
+ * What it does: requests framed by wire (request line and headers, CRLF or
+ * bare LF, Content-Length and chunked bodies), Expect: 100-continue,
+ * keep-alive and pipelining, routing by exact path and method (404, 405), a
+ * body cap per route checked before the body is read (413), a hook that can
+ * refuse a request from its head alone (the 401 of an unsigned post), a
+ * connection cap and a cap on the bytes held for bodies still coming, both
+ * shared by all workers (503 past either), 408 on slow clients, and replies
+ * held until the handler is ready (it may answer later, e.g. after a group
+ * commit). It counts requests by route and status. Depends on wire,
+ * libevent, tls, metrics, util.
  */
 #ifndef BRM_HTTP_H
 #define BRM_HTTP_H
@@ -25,18 +27,19 @@
 #include <stdint.h>
 
 #include "util.h"
+#include "wire.h"
 
 struct event_base;
 struct brm_tls;
 
 enum brm_http_method {
-    BRM_HTTP_GET = 1 << 0,
-    BRM_HTTP_HEAD = 1 << 1,
-    BRM_HTTP_POST = 1 << 2,
-    BRM_HTTP_OTHER = 1 << 3,
+    BRM_HTTP_GET = BRM_WIRE_GET,
+    BRM_HTTP_HEAD = BRM_WIRE_HEAD,
+    BRM_HTTP_POST = BRM_WIRE_POST,
+    BRM_HTTP_OTHER = BRM_WIRE_OTHER,
 };
 
-#define BRM_HTTP_MAX_HEADERS 64
+#define BRM_HTTP_MAX_HEADERS BRM_WIRE_MAX_HEADERS
 
 struct brm_http_header {
     const char *name, *value;
@@ -69,8 +72,10 @@ struct brm_http_route {
     unsigned methods;  /* BRM_HTTP_GET | ... */
     uint64_t max_body;
     /* Optional: looks at the head before the body is read. Returns 0 to go
-     * on, or the status to answer with (the body is then not read). */
-    int (*check_head)(void *arg, const struct brm_http_req *req);
+     * on, or the status to answer with (the body is then not read), and may
+     * point *REASON at a one-line reason for the client that outlives the
+     * call (the reason phrase otherwise). */
+    int (*check_head)(void *arg, const struct brm_http_req *req, const char **reason);
     /* Called with the whole request; must call brm_http_respond once,
      * now or later. */
     void (*handle)(void *arg, struct brm_http_req *req);
@@ -89,6 +94,13 @@ struct brm_http_opts {
     double header_timeout, body_timeout, idle_timeout; /* seconds */
     long max_connections;
     _Atomic long *connections; /* shared by the servers the cap spans */
+    /* Bytes the buffers of connections waiting for the rest of a body may
+     * hold, counted in UNVERIFIED, shared like CONNECTIONS: a body is not
+     * checked until it is whole, so this is what unsigned clients could pin.
+     * Past it the request is answered 503 (Retry-After) and the connection
+     * closed. 0: no cap. */
+    size_t max_unverified;
+    _Atomic size_t *unverified;
 };
 
 struct brm_http;
@@ -101,8 +113,8 @@ void brm_http_free(struct brm_http *h);
 /* Routes the next requests by ROUTES instead (copied); requests already
  * routed keep the table they were routed by until they are answered. */
 void brm_http_set_routes(struct brm_http *h, const struct brm_http_route *routes, size_t n);
-/* New timeouts and connection cap, for what comes next (the shared counter
- * stays the one the server was made with). */
+/* New timeouts and caps, for what comes next (the shared counters stay the
+ * ones the server was made with). */
 void brm_http_set_opts(struct brm_http *h, const struct brm_http_opts *opts);
 
 /* Accepts on FD, a listening socket; the server owns it from now on. With

@@ -237,8 +237,25 @@ const struct brm_source *brm_intake_source(const struct brm_intake *in, const ch
     return brm_config_source(in->cfg, name);
 }
 
-int brm_intake_has_signature(const struct brm_source *src, int has_v2, int has_v1) {
-    return src->insecure || has_v2 || (has_v1 && src->allow_sha1);
+/* S[0, N) is WANT hex digits, either case. */
+static int is_hex(const char *s, size_t n, size_t want) {
+    if (n != want) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!(ch >= '0' && ch <= '9') && !(ch >= 'a' && ch <= 'f') && !(ch >= 'A' && ch <= 'F'))
+            return 0;
+    }
+    return 1;
+}
+
+const char *brm_intake_refuse_head(const struct brm_source *src, const char *v2, size_t v2_len,
+                                   const char *v1, size_t v1_len) {
+    if (src->insecure) return NULL;
+    /* v2 decides when present, even if a v1 header came too (signature_ok) */
+    if (v2) return is_hex(v2, v2_len, 64) ? NULL : "malformed X-Mist-Signature-v2 (64 hex digits)";
+    if (v1 && src->allow_sha1)
+        return is_hex(v1, v1_len, 40) ? NULL : "malformed X-Mist-Signature (40 hex digits)";
+    return "missing signature";
 }
 
 /* 1 when the request carries a valid signature (or needs none). Every

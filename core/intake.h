@@ -77,9 +77,16 @@ int brm_intake_store_ok(const struct brm_intake *in);
 /* The source NAME of the config in place, or NULL (a reload removed it). */
 const struct brm_source *brm_intake_source(const struct brm_intake *in, const char *name);
 
-/* 1 when a request to SRC carrying these headers can be checked at all: a
- * signature header the source accepts, or an insecure source. */
-int brm_intake_has_signature(const struct brm_source *src, int has_v2, int has_v1);
+/*
+ * Whether a request to SRC carrying these signature headers (V2 is
+ * X-Mist-Signature-v2, V1 X-Mist-Signature; NULL when absent) is worth
+ * reading the body of: NULL when it is (an insecure source, or a header the
+ * source accepts shaped as a signature: 64 hex digits for v2, 40 for v1,
+ * either case), else the one-line reason for its 401. Only the shape is
+ * checked here; the digits are checked against the body.
+ */
+const char *brm_intake_refuse_head(const struct brm_source *src, const char *v2, size_t v2_len,
+                                   const char *v1, size_t v1_len);
 
 /*
  * Handles one body and calls DONE with the outcome: at once when it is

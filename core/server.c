@@ -78,6 +78,7 @@ struct server {
     struct event *mail, *sigterm, *sigint, *sighup;
     struct brm_watch *watch;
     _Atomic long connections;
+    _Atomic size_t unverified;      /* bytes held for bodies not checked yet, all workers */
     _Atomic long rules, generation; /* rules in the running set, and its version */
     int lockfd;
     struct brm_counter *reloads, *reload_failures;
@@ -121,14 +122,16 @@ static const struct brm_source *route_source(struct worker *w, const struct brm_
     return brm_intake_source(w->intake, req->route->label);
 }
 
-/* An unsigned post to a source that wants a signature is refused before
- * its body is read. */
-static int source_check_head(void *arg, const struct brm_http_req *req) {
+/* A post to a source that wants a signature, with none or one that cannot
+ * be one, is refused before its body is read. */
+static int source_check_head(void *arg, const struct brm_http_req *req, const char **reason) {
     const struct brm_source *src = route_source(arg, req);
-    int v2 = brm_http_header(req, "x-mist-signature-v2", NULL) != NULL;
-    int v1 = brm_http_header(req, "x-mist-signature", NULL) != NULL;
+    size_t v2_len = 0, v1_len = 0;
+    const char *v2 = brm_http_header(req, "x-mist-signature-v2", &v2_len);
+    const char *v1 = brm_http_header(req, "x-mist-signature", &v1_len);
     if (!src) return 404;
-    return brm_intake_has_signature(src, v2, v1) ? 0 : 401;
+    *reason = brm_intake_refuse_head(src, v2, v2_len, v1, v1_len);
+    return *reason ? 401 : 0;
 }
 
 static void source_handle(void *arg, struct brm_http_req *req) {
@@ -177,6 +180,8 @@ static struct brm_http_opts http_opts(struct server *s, const struct brm_config 
         .idle_timeout = cfg->http.idle_timeout,
         .max_connections = cfg->http.max_connections,
         .connections = &s->connections,
+        .max_unverified = (size_t)cfg->http.max_unverified,
+        .unverified = &s->unverified,
     };
 }
 
@@ -748,8 +753,9 @@ static void start_workers(struct server *s) {
     pthread_sigmask(SIG_BLOCK, &block, &old);
     for (int i = 0; i < s->nworkers; i++) {
         struct worker *w = &s->workers[i];
-        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-            brm_log_error("cannot start a worker thread", "error", strerror(errno));
+        int rc = pthread_create(&w->thread, NULL, worker_main, w); /* the error, not errno */
+        if (rc != 0) {
+            brm_log_error("cannot start a worker thread", "error", strerror(rc));
             break;
         }
         w->started = 1;

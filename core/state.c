@@ -317,7 +317,7 @@ int brm_state_set(struct brm_state *s, const char *key, const char *json, double
 
 /* The text of number V as state keeps it: whole numbers without a dot. */
 static void format_number(double v, char *out, size_t size) {
-    if (v == (double)(long long)v && v > -9e15 && v < 9e15)
+    if (v > -9e15 && v < 9e15 && v == (double)(long long)v) /* in range first: no UB */
         snprintf(out, size, "%lld", (long long)v);
     else
         snprintf(out, size, "%.17g", v);

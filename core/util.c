@@ -1,10 +1,13 @@
 #define _GNU_SOURCE
 #include "util.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -451,10 +454,35 @@ void brm_mkdirs(const char *path, int mode) {
     free(copy);
 }
 
+static int sockaddr_loopback(const struct sockaddr *sa) {
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        return (ntohl(a->sin_addr.s_addr) >> 24) == 127; /* 127.0.0.0/8 */
+    }
+    if (sa->sa_family != AF_INET6) return 0;
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(a6) || (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127);
+}
+
+/* Every address HOST stands for is a loopback one. NUMERIC: no lookup. */
+static int host_loopback(const char *host, int numeric) {
+    struct addrinfo hints = { 0 }, *ai = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | (numeric ? AI_NUMERICHOST : 0);
+    if (!host[0] || getaddrinfo(host, NULL, &hints, &ai) != 0) return 0;
+    int all = 1;
+    for (const struct addrinfo *p = ai; p; p = p->ai_next) all &= sockaddr_loopback(p->ai_addr);
+    freeaddrinfo(ai);
+    return all;
+}
+
 int brm_addr_loopback(const char *addr) {
     char host[256];
     int port;
     if (brm_split_addr(addr, host, sizeof(host), &port) < 0) return 0;
-    return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 ||
-           strcmp(host, "localhost") == 0;
+    /* Other names are not looked up: what DNS says now need not be what
+     * the listener binds to later. */
+    if (strcmp(host, "localhost") == 0) return host_loopback(host, 0);
+    return host_loopback(host, 1);
 }

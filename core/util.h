@@ -116,7 +116,9 @@ int brm_read_file(const char *path, size_t max, struct brm_buf *out);
  * -1 when ADDR is not of that form. HOST gets "" for any address. */
 int brm_split_addr(const char *addr, char *host, size_t hostlen, int *port);
 
-/* 1 when ADDR ("host:port") binds to a loopback address only. */
+/* 1 when ADDR ("host:port") binds to a loopback address only: a numeric
+ * address in 127.0.0.0/8 or ::1 (or ::ffff:127.x.y.z), or "localhost" when
+ * every address it resolves to is one. Any other name is not (0). */
 int brm_addr_loopback(const char *addr);
 
 /* Number of CPUs this process may run on. */

@@ -75,12 +75,12 @@ static void check_good(void) {
         "rules = '/etc/brume/rules'\n"
         "limits = { instructions = 5000, memory = '16MB' }\n"
         "http = { header_timeout = '2s', body_timeout = 5, idle_timeout = '1m', "
-        "max_connections = 10 }\n"
+        "max_connections = 10, max_unverified = '16MB' }\n"
         "log = { level = 'debug', format = 'json' }\n"
         "local base = '/mist'\n"
         "sources = {\n"
         "  mist = { path = base, secret = { env('BRUME_TEST_SECRET'), file('secret.txt') },\n"
-        "           allow_sha1 = true, max_body = '1MB' },\n"
+        "           allow_sha1 = true, max_body = '2MB' },\n"
         "  lab = { path = '/lab', insecure = true },\n"
         "}\n"
         "targets = { secops = { kind = 'file', path = 'alerts.jsonl' } }\n",
@@ -107,6 +107,7 @@ static void check_good(void) {
         CHECK_INT(c->memory, 16 << 20);
         CHECK(c->http.header_timeout == 2 && c->http.body_timeout == 5);
         CHECK(c->http.idle_timeout == 60 && c->http.max_connections == 10);
+        CHECK_INT(c->http.max_unverified, 16 << 20);
         CHECK_INT(c->log_level, BRM_LOG_DEBUG);
         CHECK_INT(c->log_format, BRM_LOG_JSON);
         CHECK_INT(c->nsources, 2);
@@ -118,10 +119,10 @@ static void check_good(void) {
             CHECK_STR(s->secrets[0], "from-env");
             CHECK_STR(s->secrets[1], "from-file"); /* the newline is not part of it */
             CHECK(s->allow_sha1 && !s->insecure);
-            CHECK_INT(s->max_body, 1 << 20);
+            CHECK_INT(s->max_body, 2 << 20);
         }
         s = brm_config_source(c, "lab");
-        CHECK(s && s->insecure && s->nsecrets == 0 && s->max_body == 8 << 20);
+        CHECK(s && s->insecure && s->nsecrets == 0 && s->max_body == 1 << 20);
         const struct brm_target *t = brm_config_target(c, "secops");
         CHECK(t != NULL);
         if (t) {
@@ -143,6 +144,8 @@ static void check_good(void) {
         CHECK_INT(c->instructions, 1000000);
         CHECK_INT(c->memory, 64 << 20);
         CHECK(c->http.header_timeout == 10);
+        CHECK_INT(c->http.max_connections, 1024);
+        CHECK_INT(c->http.max_unverified, 64 << 20);
     }
     brm_config_free(c);
     brm_buf_reset(&e);
@@ -212,6 +215,18 @@ static void check_errors(void) {
     /* The admin endpoints leave the loopback only behind a token. */
     c = try_load("admin = '0.0.0.0:9090'\n" GOOD, &e);
     CHECK_HAS(e.data, "brume.lua:1: admin: 0.0.0.0:9090 is reachable from other hosts");
+    /* Loopback is parsed, not a prefix: a name that starts with 127. is not. */
+    c = try_load("admin = '127.attacker.example:9090'\n" GOOD, &e);
+    CHECK_HAS(e.data, "brume.lua:1: admin: 127.attacker.example:9090 is reachable");
+    static const char *const loopbacks[] = { "127.0.0.1:9", "127.9.8.7:9", "[::1]:9",
+                                             "localhost:9" };
+    for (size_t i = 0; i < BRM_ARRAY_LEN(loopbacks); i++) {
+        char *text = brm_xasprintf("admin = '%s'\n" GOOD, loopbacks[i]);
+        c = try_load(text, &e);
+        CHECK_STR(e.data, "");
+        brm_config_free(c);
+        free(text);
+    }
     c = try_load("admin = { addr = '0.0.0.0:9090', token = 'short' }\n" GOOD, &e);
     CHECK_STR(e.data, "brume.lua:1: admin.token: at least 16 characters\n");
     c = try_load("admin = { addr = '0.0.0.0:9090', token = 'a-long-enough-token' }\n" GOOD, &e);
@@ -232,6 +247,11 @@ static void check_errors(void) {
 
     c = try_load("sources = { mist = { path = '/m', secret = { 'a', 'b', 'c' } } }\n", &e);
     CHECK_HAS(e.data, "sources.mist.secret: expected a string or a list of one or two strings");
+
+    c = try_load("http = { max_unverified = '1MB' }\n"
+                 "sources = { mist = { path = '/m', secret = 's', max_body = '2MB' } }\n",
+                 &e);
+    CHECK_HAS(e.data, "sources.mist.max_body: larger than http.max_unverified");
 
     c = try_load("sources = { mist = { path = '/m', secret = '' } }\n", &e);
     CHECK_HAS(e.data, "a secret cannot be empty");
@@ -482,7 +502,7 @@ static void check_defaults(void) {
         free(want);
         CHECK(c->time_limit == 1);
         CHECK(c->http.body_timeout == 30 && c->http.idle_timeout == 60);
-        CHECK(c->http.drain_timeout == 10 && c->http.max_connections == 4096);
+        CHECK(c->http.drain_timeout == 10 && c->http.max_connections == 1024);
         CHECK_INT(c->log_level, BRM_LOG_INFO);
         CHECK_INT(c->log_format, BRM_LOG_LOGFMT);
         CHECK(c->journal.retention == 7 * 86400);
@@ -490,7 +510,7 @@ static void check_defaults(void) {
         CHECK_INT(c->store_max, 0);
         const struct brm_source *s = &c->sources[0];
         CHECK(s->durable == 1 && s->dedupe == 0 && !s->allow_sha1 && !s->insecure);
-        CHECK_INT(s->max_body, 8 << 20);
+        CHECK_INT(s->max_body, 1 << 20);
         CHECK_INT(c->ntargets, 1); /* brume.http's own */
     }
     brm_config_free(c);

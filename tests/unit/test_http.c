@@ -27,9 +27,11 @@ static void park(void *arg, struct brm_http_req *req) {
     parked = req;
 }
 
-static int needs_sig(void *arg, const struct brm_http_req *req) {
+static int needs_sig(void *arg, const struct brm_http_req *req, const char **reason) {
     (void)arg;
-    return brm_http_header(req, "x-sig", NULL) ? 0 : 401;
+    if (brm_http_header(req, "x-sig", NULL)) return 0;
+    if (brm_http_header(req, "x-bad-sig", NULL)) *reason = "bad signature";
+    return 401;
 }
 
 static const struct brm_http_route routes[] = {
@@ -168,6 +170,9 @@ static void check_refusals(void) {
         { "POST /mist HTTP/1.1\r\nBad Name: x\r\n\r\n", "400", 1 },
         { "POST /mist HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", "400", 1 },
         { "POST /mist HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "400", 1 },
+        { "POST /open HTTP/1.1\r\nX-A: a\rb\r\nContent-Length: 0\r\n\r\n", "400", 1 },
+        { "POST /mist HTTP/1.1\r\nX-Bad-Sig: 1\r\nContent-Length: 0\r\n\r\n",
+          "401 Unauthorized\r\n", 0 },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         int closed, fd = client();
@@ -179,9 +184,24 @@ static void check_refusals(void) {
         CHECK_INT(closed, cases[i].closes);
         close(fd);
     }
-    /* 405 says what is allowed; HEAD gets no body. */
+    /* A NUL in a header value is refused too; the hook's reason is the body. */
+    static const char nul[] = "POST /open HTTP/1.1\r\nX-A: a\0b\r\nContent-Length: 0\r\n\r\n";
     int closed, fd = client();
-    const char *r = exchange(fd, "GET /mist HTTP/1.1\r\n\r\n", &closed);
+    send_all(fd, nul, sizeof(nul) - 1);
+    const char *r = receive(fd, &closed);
+    CHECK_HAS(r, "HTTP/1.1 400 ");
+    CHECK(closed);
+    close(fd);
+    fd = client();
+    r = exchange(fd, "POST /mist HTTP/1.1\r\nX-Bad-Sig: 1\r\nContent-Length: 0\r\n\r\n", &closed);
+    CHECK_HAS(r, "\r\n\r\nbad signature\n");
+    r = exchange(fd, "POST /mist HTTP/1.1\r\nContent-Length: 0\r\n\r\n", &closed);
+    CHECK_HAS(r, "\r\n\r\nUnauthorized\n"); /* no reason given: the reason phrase */
+    close(fd);
+
+    /* 405 says what is allowed; HEAD gets no body. */
+    fd = client();
+    r = exchange(fd, "GET /mist HTTP/1.1\r\n\r\n", &closed);
     CHECK_HAS(r, "Allow: POST\r\n");
     r = exchange(fd, "HEAD /mist HTTP/1.1\r\n\r\n", &closed);
     CHECK_HAS(r, "405");
@@ -269,6 +289,58 @@ static void check_bodies(void) {
     CHECK(strstr(r, "100 Continue") == NULL);
     CHECK_HAS(r, "401");
     close(fd);
+}
+
+/* Sends a head for a body of LEN bytes and the body's first 10 bytes. */
+static int start_body(size_t len) {
+    int fd = client();
+    char head[128];
+    int n = snprintf(head, sizeof(head), "POST /open HTTP/1.1\r\nContent-Length: %zu\r\n\r\n", len);
+    send_all(fd, head, (size_t)n);
+    send_all(fd, "0123456789", 10);
+    return fd;
+}
+
+/* Bodies still coming hold their buffers against a cap all connections
+ * share; past it the request is answered 503 and the connection closed. */
+static void check_unverified_cap(void) {
+    h->opts.max_unverified = 20000; /* two initial buffers fit, not three */
+    int closed;
+    int a = start_body(50000), b = start_body(5000);
+    pump(10);
+    CHECK_INT(atomic_load(h->opts.unverified), 2 * INITIAL_BUFFER);
+    int c = start_body(50000);
+    const char *r = receive(c, &closed);
+    CHECK_HAS(r, "HTTP/1.1 503 Service Unavailable\r\n");
+    CHECK_HAS(r, "Retry-After: 1\r\n");
+    CHECK_HAS(r, "too many bodies in progress");
+    CHECK(closed);
+    close(c);
+    /* A's buffer would have to grow past the cap for the rest of its body. */
+    struct brm_buf body;
+    brm_buf_init(&body);
+    for (int i = 0; i < 20000; i++) brm_buf_append(&body, "x", 1);
+    send_all(a, body.data, body.len);
+    r = receive(a, &closed);
+    CHECK_HAS(r, "HTTP/1.1 503 ");
+    close(a);
+    pump(10);
+    CHECK_INT(atomic_load(h->opts.unverified), INITIAL_BUFFER); /* B's */
+    /* B fits in its buffer: it completes, and holds nothing any more. */
+    send_all(b, body.data, 4990);
+    r = receive(b, &closed);
+    CHECK_HAS(r, "HTTP/1.1 200 OK");
+    CHECK(!closed);
+    CHECK_INT(atomic_load(h->opts.unverified), 0);
+    /* A body that comes with its head never waits, so never counts. */
+    h->opts.max_unverified = 1;
+    r = exchange(b, "POST /open HTTP/1.1\r\nContent-Length: 2\r\n\r\nok", &closed);
+    CHECK_HAS(r, "/open ok");
+    close(b);
+    brm_buf_reset(&body);
+    h->opts.max_unverified = 0;
+    pump(5);
+    CHECK_INT(atomic_load(h->opts.unverified), 0);
 }
 
 static void check_versions(void) {
@@ -387,6 +459,7 @@ int main(void) {
     check_basics();
     check_refusals();
     check_bodies();
+    check_unverified_cap();
     check_versions();
     check_deferred();
     check_timeouts();

@@ -95,6 +95,15 @@ int main(void) {
     CHECK_INT(brm_split_addr("h:80x", host, sizeof(host), &port), -1);
     CHECK_INT(brm_split_addr("[::1:80", host, sizeof(host), &port), -1);
 
+    /* Loopback is what the address is, not what its text starts with. */
+    static const char *const loopback[] = { "127.0.0.1:1", "127.255.0.9:1", "[::1]:1",
+                                            "[::ffff:127.0.0.1]:1", "localhost:1" };
+    static const char *const elsewhere[] = { "127.attacker.example:1", "127.0.0.1.nip.io:1",
+                                             "128.0.0.1:1", "0.0.0.0:1", ":1", "[::]:1",
+                                             "[::ffff:10.0.0.1]:1", "10.127.0.1:1", "127.0.0.1" };
+    for (size_t i = 0; i < BRM_ARRAY_LEN(loopback); i++) CHECK(brm_addr_loopback(loopback[i]));
+    for (size_t i = 0; i < BRM_ARRAY_LEN(elsewhere); i++) CHECK(!brm_addr_loopback(elsewhere[i]));
+
     char *p = brm_path_join("examples", "../var");
     CHECK_STR(p, "examples/../var");
     free(p);
