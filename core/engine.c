@@ -413,6 +413,18 @@ lua_State *brm_engine_state(struct brm_engine *e) {
     return brm_sandbox_state(e->sb);
 }
 
+int brm_engine_decode(struct brm_engine *e, const char *body, size_t len, struct brm_envelope *env,
+                      struct brm_err *err) {
+    size_t limit = brm_sandbox_memory_limit(e->sb), used = brm_sandbox_memory(e->sb);
+    if (limit) brm_sandbox_set_ceiling(e->sb, used + limit / 2 < limit ? used + limit / 2 : limit);
+    int rc = brm_json_envelope(brm_sandbox_state(e->sb), body, len, env, err);
+    brm_sandbox_set_ceiling(e->sb, 0);
+    if (rc == -2)
+        brm_err_set(err, "the decoded body would take more than half of the rules' memory (%zu MB)",
+                    limit >> 20);
+    return rc;
+}
+
 size_t brm_engine_rule_count(const struct brm_engine *e) {
     return e->nrules;
 }

@@ -59,6 +59,14 @@ const struct brm_config *brm_engine_config(const struct brm_engine *e);
 /* The VM, for decoding a body into it (json.h). */
 lua_State *brm_engine_state(struct brm_engine *e);
 
+/* Decodes BODY into the VM and checks its envelope (brm_json_envelope),
+ * its decoded form held to half of the VM's memory cap, so that a body
+ * never takes what its rules need. Returns 0 with the envelope table
+ * pushed, -1 (not a Mist body) or -2 (too large once decoded) with the
+ * reason in ERR. [-0, +(0|1)] */
+int brm_engine_decode(struct brm_engine *e, const char *body, size_t len, struct brm_envelope *env,
+                      struct brm_err *err);
+
 /*
  * Runs the rules for every event of the envelope table on top of the VM's
  * stack (as brm_json_envelope left it), and pops it. Messages rules send

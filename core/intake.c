@@ -319,7 +319,8 @@ enum brm_status brm_intake_run(struct brm_engine *e, const char *body, size_t le
     struct brm_dispatch_stats stats_local;
     if (!env) env = &env_local;
     if (!stats) stats = &stats_local;
-    if (brm_json_envelope(brm_engine_state(e), body, len, env, err) < 0) return BRM_BAD_REQUEST;
+    int rc = brm_engine_decode(e, body, len, env, err);
+    if (rc < 0) return rc == -2 ? BRM_TOO_LARGE : BRM_BAD_REQUEST;
     if (brm_engine_dispatch(e, env, batch, sink, stats) == BRM_STATE_BUSY) return BRM_BUSY;
     return BRM_OK;
 }
@@ -383,11 +384,12 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
     }
     if (st != BRM_OK) {
         brm_state_rollback(in->txn, mark); /* nothing: a body that does not decode ran no rule */
-        brm_log_warn("refused a post: not a Mist webhook body", "request", rid, "source", src->name,
-                     "peer", b->peer, "reason", err.msg);
+        brm_log_warn(st == BRM_TOO_LARGE ? "refused a post: too large once decoded"
+                                         : "refused a post: not a Mist webhook body",
+                     "request", rid, "source", src->name, "peer", b->peer, "reason", err.msg);
         brm_actions_reset(&actions);
         free(copy);
-        if (done) done(arg, BRM_BAD_REQUEST, err.msg);
+        if (done) done(arg, st, err.msg);
         return;
     }
     count_events(in, &env);

@@ -103,7 +103,8 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *req,
  * Decodes BODY into E's VM and runs the rules on its events, appending what
  * they send to SINK: the path every body takes once trusted (live after its
  * signature, `brume test` from a file). Returns BRM_OK, BRM_BAD_REQUEST
- * with the one-line reason in ERR, or BRM_BUSY when it met state another
+ * or BRM_TOO_LARGE (too large for the rules' memory once decoded) with the
+ * one-line reason in ERR, or BRM_BUSY when it met state another
  * transaction has not stored (see brm_engine_dispatch). ENV and STATS may
  * be NULL.
  */

@@ -21,10 +21,11 @@
 struct brm_sandbox {
     lua_State *L;
     size_t used, limit;
-    int enforce;   /* >0 while user code runs: the cap applies */
-    int limit_hit; /* the last refusal came from the cap */
-    long budget;   /* instructions per outermost call */
-    long left;     /* of the current call */
+    size_t ceiling; /* when set, the VM holds no more, user code or not */
+    int enforce;    /* >0 while user code runs: the cap applies */
+    int limit_hit;  /* the last refusal came from the cap */
+    long budget;    /* instructions per outermost call */
+    long left;      /* of the current call */
     int exhausted;
     const char *why;               /* what ran out: "instruction budget", "time limit" */
     uint64_t time_limit, deadline; /* ns per outermost call, and when it ends */
@@ -80,6 +81,8 @@ static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
         sb->used -= osize;
         return NULL;
     }
+    if (nsize > osize && sb->ceiling && sb->used + (nsize - osize) > sb->ceiling)
+        return NULL; /* Lua collects garbage, retries, then raises LUA_ERRMEM */
     if (nsize > osize && sb->enforce > 0) {
         if (sb->limit && sb->used + (nsize - osize) > sb->limit) {
             if (!sb->limit_hit) note_position(sb);
@@ -583,6 +586,10 @@ lua_State *brm_sandbox_state(struct brm_sandbox *sb) {
 
 size_t brm_sandbox_memory(const struct brm_sandbox *sb) {
     return sb->used;
+}
+
+void brm_sandbox_set_ceiling(struct brm_sandbox *sb, size_t bytes) {
+    sb->ceiling = bytes;
 }
 
 size_t brm_sandbox_memory_limit(const struct brm_sandbox *sb) {

@@ -100,6 +100,11 @@ enum brm_call_status brm_sandbox_call(struct brm_sandbox *sb, int nargs, int nre
 void brm_sandbox_charge(lua_State *L, long units);
 #define BRM_SANDBOX_BYTES_PER_UNIT 256 /* bytes of C work one unit stands for */
 
+/* Caps what the VM may hold at BYTES (0 lifts it), user code running or
+ * not: C code filling the VM (decoding a body) then fails with LUA_ERRMEM
+ * past it instead of taking what rules need. */
+void brm_sandbox_set_ceiling(struct brm_sandbox *sb, size_t bytes);
+
 /* Bytes the VM holds now, and its cap (0: none). */
 size_t brm_sandbox_memory(const struct brm_sandbox *sb);
 size_t brm_sandbox_memory_limit(const struct brm_sandbox *sb);

@@ -109,6 +109,7 @@ static void intake_done(void *arg, enum brm_status st, const char *reason) {
     int code = st == BRM_OK             ? 200
                : st == BRM_UNAUTHORIZED ? 401
                : st == BRM_BAD_REQUEST  ? 400
+               : st == BRM_TOO_LARGE    ? 413
                                         : 503;
     char body[600];
     int n = snprintf(body, sizeof(body), "%s\n", reason);

@@ -23,6 +23,7 @@ enum brm_status {
     BRM_BAD_REQUEST,  /* body is not a Mist envelope */
     BRM_UNAVAILABLE,  /* overloaded or the store failed: try again later */
     BRM_BUSY,         /* met rule state not stored yet: run it again later */
+    BRM_TOO_LARGE,    /* a body too large for the rules' memory once decoded */
 };
 
 /* An error with an optional source position (a rule or config line). */

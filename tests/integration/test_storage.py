@@ -227,5 +227,37 @@ class SharedState(unittest.TestCase):
             b.cleanup()
 
 
+class DecodedSize(unittest.TestCase):
+    def test_a_body_too_large_once_decoded_is_refused_before_the_200(self):
+        """2.7 million `[]` in 8 MB decode to far more than the VM may hold:
+        413 with the reason, nothing stored, memory back, and the rules of
+        the next body have their memory."""
+        b = Brume(SOURCE.replace('secret =', 'max_body = "8MB", secret =') +
+                  'limits = { memory = "32MB" }\n',
+                  rules={"big.lua": """
+return { topics = "*", on_event = function(ev, ctx)
+  local t = {} for i = 1, 200000 do t[i] = i end  -- about 4 MB of the rules' memory
+  brume.log.info("room", { n = #t })
+end }"""}, workers=1).start()
+        try:
+            evil = '{"topic":"alarms","events":[{"x":[' + ",".join(["[]"] * 2700000) + ']}]}'
+            r = b.post(evil)
+            self.assertEqual(r.status, 413, r)
+            self.assertIn("half of the rules' memory", r.body)
+            ok = json.dumps({"topic": "alarms", "events": [{"id": "fine"}]})
+            self.assertEqual(b.post(ok).status, 200)
+            b.wait_log('msg=room')
+            m = b.metrics()
+            self.assertEqual(sum(v for k, v in m.items() if k.startswith("brume_rule_errors_total")),
+                             0)
+            with open("/proc/%d/status" % b.proc.pid) as f:
+                rss = int([x for x in f if x.startswith("VmRSS")][0].split()[1])
+            self.assertLess(rss, 400 * 1024, "RSS %d kB" % rss)  # ASan's shadow included
+            self.assertEqual(b.stop(), 0)
+            self.assertEqual(journal_ids(b), ["fine"])
+        finally:
+            b.cleanup()
+
+
 if __name__ == "__main__":
     unittest.main()
