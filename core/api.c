@@ -95,6 +95,7 @@ static void check_request(lua_State *L, int idx, const char *kind, int ticket) {
     if (lua_getfield(L, idx, "headers") == LUA_TTABLE) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
+            brm_sandbox_charge(L, 1);
             if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
                 luaL_error(L, "brume.send: the %s adapter's headers must be strings", kind);
             lua_pop(L, 1);
@@ -148,6 +149,10 @@ static void add_action(lua_State *L, struct brm_api *api, const struct brm_targe
         if (lua_pcall(L, 3, 1, 0) == LUA_OK && brm_json_encode(L, -1, &err) == 0)
             display = lua_gettop(L);
     }
+    /* The copies below are C memory, which the VM's allocator never sees. */
+    brm_sandbox_charge(L, 1 + (long)((lua_rawlen(L, request) + lua_rawlen(L, message) +
+                                      (display ? lua_rawlen(L, display) : 0)) /
+                                     BRM_SANDBOX_BYTES_PER_UNIT));
     struct brm_actions *a = s->sink;
     if (a->n == a->cap) {
         a->cap = a->cap ? a->cap * 2 : 8;
@@ -252,6 +257,7 @@ static int api_http(lua_State *L) {
     if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
+            brm_sandbox_charge(L, 1);
             if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
                 return luaL_argerror(L, 1, "headers must be strings");
             lua_pushvalue(L, -2);
@@ -504,6 +510,13 @@ static int api_print(lua_State *L) {
 
 /* ---- data --------------------------------------------------------------- */
 
+/* JSON and base64 read their input a byte at a time: charged before they
+ * run (what they make is charged as it is allocated). */
+static void charge_scan(lua_State *L, size_t bytes) {
+    brm_sandbox_charge(L, 1 + (long)(bytes / BRM_SANDBOX_SCAN_BYTES_PER_UNIT));
+}
+
+/* The text it makes, charged after (the codec's own buffer is not the VM's). */
 static int api_json_encode(lua_State *L) {
     struct brm_err err;
     luaL_checkany(L, 1);
@@ -512,6 +525,7 @@ static int api_json_encode(lua_State *L) {
         lua_pushstring(L, err.msg);
         return 2;
     }
+    charge_scan(L, lua_rawlen(L, -1));
     return 1;
 }
 
@@ -519,6 +533,7 @@ static int api_json_decode(lua_State *L) {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
     struct brm_err err;
+    charge_scan(L, len);
     if (brm_json_decode(L, s, len, &err) < 0) {
         luaL_pushfail(L);
         lua_pushstring(L, err.msg);
@@ -540,7 +555,7 @@ static int api_hmac_sha256(lua_State *L) {
     const char *data = luaL_checklstring(L, 2, &dlen);
     int fmt = luaL_checkoption(L, 3, "hex", formats);
     /* Hashing allocates nothing for the allocator to charge. */
-    brm_sandbox_charge(L, 1 + (long)((klen + dlen) / BRM_SANDBOX_BYTES_PER_UNIT));
+    brm_sandbox_charge(L, 1 + (long)((klen + dlen) / BRM_SANDBOX_SCAN_BYTES_PER_UNIT));
     unsigned char mac[BRM_VERIFY_MAX_MAC];
     char out[2 * BRM_VERIFY_MAX_MAC + 1];
     size_t n = brm_verify_hmac(BRM_VERIFY_SHA256, key, klen, data, dlen, mac);
@@ -559,6 +574,7 @@ static int api_hmac_sha256(lua_State *L) {
 static int api_base64_encode(lua_State *L) {
     size_t n;
     const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    charge_scan(L, n);
     luaL_Buffer b;
     char *out = luaL_buffinitsize(L, &b, brm_base64_encoded_len(n) + 1);
     brm_base64_encode(s, n, out);
@@ -569,6 +585,7 @@ static int api_base64_encode(lua_State *L) {
 static int api_base64_decode(lua_State *L) {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
+    charge_scan(L, n);
     luaL_Buffer b;
     unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, n / 4 * 3 + 3);
     long len = brm_base64_decode(s, n, out);
