@@ -99,9 +99,9 @@ end }""",
 
 
 class EscapingRules(unittest.TestCase):
-    """Rules that once took a worker for good: C work steered by
-    metamethods or formats. One worker, so that it is the one that must
-    keep answering."""
+    """Rules that once took a worker for good or flooded the log: C work
+    steered by metamethods or formats, logs of megabytes, forged records.
+    One worker, so that it is the one that must keep answering."""
 
     @classmethod
     def setUpClass(cls):
@@ -129,32 +129,78 @@ return { topics = "alarms", on_event = function(ev)
   local f = ("i16"):rep(1365)
   while true do string.packsize(f) end
 end }""",
+            "30-flood.lua": """
+local big = ("x"):rep(8 << 20)
+return { topics = "alarms", on_event = function(ev)
+  for i = 1, 1e5 do brume.log.info(big, { field = big }) end
+end }""",
+            "35-print.lua": """
+local big = ("y"):rep(20 << 20)
+return { topics = "alarms", on_event = function(ev)
+  for i = 1, 1e5 do print(big, big) end
+end }""",
+            "40-forge.lua": """
+return { topics = "alarms", on_event = function(ev)
+  brume.log.info("hi", { ["x\\nts=2020-01-01T00:00:00Z level=error msg=forged"] = "v",
+                         level = "error" })
+end }""",
             "90-good.lua": """
 return { topics = "alarms", on_event = function(ev, ctx)
   brume.send("out", { id = ev.id })
 end }""",
         }, workers=1).start()
+        cls.started = time.time()
 
     @classmethod
     def tearDownClass(cls):
         cls.b.cleanup()
 
-    def test_the_worker_keeps_answering(self):
+    def test_the_worker_keeps_answering_and_the_log_stays_small(self):
         m0 = self.b.metrics()
         t0 = time.time()
         for _ in range(3):
             self.assertEqual(self.b.post(batch("esc")).status, 200)
         self.b.wait_lines("out.jsonl", 9, timeout=60)
         self.assertEqual(self.b.request("GET", "/healthz", admin=True).status, 200)
-        # Nine events through four bad rules, each stopped within its second.
-        self.assertLess(time.time() - t0, 9 * 4 * 1.5)
+        # Nine events through seven bad rules, each stopped within its second.
+        self.assertLess(time.time() - t0, 9 * 7 * 1.5)
         m = self.b.metrics()
         for rule in ("10-insert", "15-insert-c", "25-packsize-fits"):
             key = 'brume_rule_errors_total{rule="%s",reason="budget"}' % rule
             self.assertEqual(m[key] - m0.get(key, 0), 9, key)
         key = 'brume_rule_errors_total{rule="20-packsize",reason="error"}'
         self.assertEqual(m[key] - m0.get(key, 0), 9, key)
-        self.assertIn("format longer than 4096 bytes", self.b.log())
+        log = self.b.log()
+        self.assertIn("format longer than 4096 bytes", log)
+        # A record holds at most 4 KB of a rule's text, cut with a marker;
+        # the rate limit drops the rest, and counts it.
+        flood = [l for l in log.splitlines() if "rule=30-flood" in l and "msg=xxx" in l]
+        self.assertTrue(flood)
+        self.assertTrue(all(len(l) < 4096 + 300 and "xxx..." in l and "truncated=" in l
+                            for l in flood))
+        printed = [l for l in log.splitlines() if "rule=35-print" in l and "msg=yyy" in l]
+        self.assertTrue(printed)
+        self.assertTrue(all(len(l) < 4096 + 300 and "truncated=" in l for l in printed))
+        # 20 such records a second at most (after a burst of 40), each rule.
+        elapsed = time.time() - self.started
+        for lines in (flood, printed):
+            self.assertLessEqual(len(lines), 40 + 20 * (elapsed + 1))
+        for rule in ("30-flood", "35-print"):
+            self.assertGreater(m.get('brume_log_dropped_total{rule="%s"}' % rule, 0), 0, rule)
+        # A key is escaped as a value is: no record of the rule's making.
+        self.assertNotIn("\nts=2020", log)
+        self.assertIn('rule=40-forge', log)
+        self.assertRegex(log, r'msg=hi rule=40-forge request=\d+ event=esc-\d '
+                              r'.*"x\\nts=2020-01-01T00:00:00Z level=error msg=forged"=v')
+        self.assertRegex(log, r'rule=40-forge .*field.level=error')
+
+    def test_dropped_lines_are_told_once_a_window(self):
+        self.b.post(batch("window"))
+        self.b.wait_lines("out.jsonl", 3, timeout=60)
+        time.sleep(10.5)  # the window (10 s) ends; the next record tells it
+        self.b.post(batch("window2"))
+        self.b.wait_log(r'level=warn msg="rule log lines dropped" rule=30-flood dropped=\d+ '
+                        r'window=10s', 30)
 
 
 class PromptStop(unittest.TestCase):
