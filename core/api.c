@@ -6,6 +6,7 @@
 
 #include "json.h"
 #include "log.h"
+#include "metrics.h"
 #include "verify.h"
 
 struct brm_api {
@@ -98,6 +99,7 @@ static void check_request(lua_State *L, int idx, const char *kind, int ticket) {
     if (lua_getfield(L, idx, "headers") == LUA_TTABLE) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
+            brm_sandbox_charge(L, 1);
             size_t nlen, vlen;
             const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nlen) : NULL;
             const char *value = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vlen) : NULL;
@@ -211,6 +213,11 @@ static void add_action(lua_State *L, struct brm_api *api, const struct brm_targe
                 display = lua_gettop(L);
         }
     }
+    /* The copies below are C memory, which the VM's allocator never sees. */
+    brm_sandbox_charge(L, 1 + (long)((lua_rawlen(L, top + 1) + lua_rawlen(L, top + 5) +
+                                      (message ? lua_rawlen(L, message) : 0) +
+                                      (display ? lua_rawlen(L, display) : 0)) /
+                                     BRM_SANDBOX_BYTES_PER_UNIT));
     struct brm_actions *a = s->sink;
     if (a->n == a->cap) {
         a->cap = a->cap ? a->cap * 2 : 8;
@@ -321,6 +328,7 @@ static int api_http(lua_State *L) {
     if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
+            brm_sandbox_charge(L, 1);
             if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
                 return luaL_argerror(L, 1, "headers must be strings");
             lua_pushvalue(L, -2);
@@ -419,9 +427,9 @@ static struct brm_state *need_state(lua_State *L, struct brm_api *api, const cha
 
 /* Raises for a failed state call: RC is -1 (full) or BRM_STATE_BUSY. */
 static int state_failed(lua_State *L, struct brm_api *api, int rc, const char *fn) {
-    if (rc == BRM_STATE_BUSY) {
+    if (rc == BRM_STATE_BUSY) { /* the whole call stops: the body runs again, whole */
         *api->scope->busy = 1;
-        return luaL_error(L, "%s: the state is busy (this body runs again)", fn);
+        return brm_sandbox_abort(L, "the state is busy (this body runs again)");
     }
     return luaL_error(L, "%s: the state holds %d keys already", fn, BRM_STATE_MAX_ENTRIES);
 }
@@ -515,40 +523,116 @@ static int api_state_incr(lua_State *L) {
 /* ---- logging ------------------------------------------------------------ */
 
 #define MAX_LOG_FIELDS 16
+/* What writing a record costs the rule: a write(2) is some thousand
+ * instructions' worth. A dropped record costs a unit. */
+#define LOG_UNITS 1000
 
-/* Logs MSG (argument 1) and the string-keyed FIELDS (argument 2), with the
- * rule and event of the scope when there is one. */
-static int log_at(lua_State *L, enum brm_log_level level) {
-    struct brm_scope *s = get_api(L)->scope;
-    if (!brm_log_enabled(level)) return 0;
-    luaL_checkstack(L, 2 * MAX_LOG_FIELDS + 8, NULL);
-    const char *msg = luaL_tolstring(L, 1, NULL);
-    const char *kv[2 * (MAX_LOG_FIELDS + 3)];
+/* Registry key: rule name -> its struct rule_log (a full userdata). */
+static const char LOG_LIMITS;
+
+/* How much one rule logs in this VM (so: per rule and worker). */
+struct rule_log {
+    struct brm_log_limit limit;
+    struct brm_counter *dropped;
+};
+
+static struct rule_log *rule_log(lua_State *L, const char *rule) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &LOG_LIMITS) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &LOG_LIMITS);
+    }
+    if (lua_getfield(L, -1, rule) != LUA_TUSERDATA) {
+        lua_pop(L, 1);
+        memset(lua_newuserdatauv(L, sizeof(struct rule_log), 0), 0, sizeof(struct rule_log));
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -3, rule);
+    }
+    struct rule_log *r = lua_touserdata(L, -1); /* anchored in the table: it stays put */
+    lua_pop(L, 2);
+    return r;
+}
+
+/* The running rule's limit when it may write one more record now, else
+ * NULL: a dropped record is counted (brume_log_dropped_total), and a
+ * window that dropped some is told of in one line of brume's own. */
+static struct rule_log *admit(lua_State *L, const struct brm_scope *s) {
+    const char *rule = s ? s->rule : "";
+    struct rule_log *r = rule_log(L, rule);
+    uint64_t report;
+    int ok = brm_log_limit_admit(&r->limit, brm_time_mono_ms(), &report);
+    if (report) {
+        char n[32], window[32];
+        snprintf(n, sizeof(n), "%llu", (unsigned long long)report);
+        snprintf(window, sizeof(window), "%ds", BRM_LOG_WINDOW_MS / 1000);
+        brm_log_warn("rule log lines dropped", "rule", rule, "dropped", n, "window", window);
+    }
+    if (!ok) {
+        if (!r->dropped)
+            r->dropped = brm_metrics_counter(
+                "brume_log_dropped_total",
+                "Log lines from rules (brume.log, print) dropped by the rate limit.", "rule", rule,
+                NULL);
+        brm_counter_add(r->dropped, 1);
+        brm_sandbox_charge(L, 1);
+    }
+    return ok ? r : NULL;
+}
+
+/* Writes MSG and FIELDS as a record of user text (log.h: cut to
+ * BRM_LOG_USER_MAX bytes, keys escaped), with the rule and event of the
+ * scope when there is one; its text is paid for from R's bucket. */
+static void write_record(lua_State *L, struct rule_log *r, const struct brm_scope *s,
+                         enum brm_log_level level, const char *msg, size_t msglen, size_t omitted,
+                         const struct brm_log_field *fields, size_t n) {
+    const char *fixed[6];
     char request[32];
-    size_t n = 0;
+    size_t nfixed = 0;
     if (s) {
         snprintf(request, sizeof(request), "%llu", (unsigned long long)s->delivery);
-        kv[2 * n] = "rule", kv[2 * n + 1] = s->rule, n++;
-        kv[2 * n] = "request", kv[2 * n + 1] = request, n++;
-        kv[2 * n] = "event", kv[2 * n + 1] = s->event_id, n++;
+        fixed[0] = "rule", fixed[1] = s->rule;
+        fixed[2] = "request", fixed[3] = request;
+        fixed[4] = "event", fixed[5] = s->event_id;
+        nfixed = 3;
     }
+    brm_sandbox_charge(L, LOG_UNITS); /* a call out of budget writes nothing */
+    size_t text = msglen + omitted;
+    for (size_t i = 0; i < n; i++) text += fields[i].klen + fields[i].vlen;
+    brm_log_limit_spend(&r->limit, text < BRM_LOG_USER_MAX ? text : BRM_LOG_USER_MAX);
+    brm_log_user(level, msg, msglen, omitted, fixed, nfixed, fields, n);
+}
+
+/* Logs MSG (argument 1) and the first MAX_LOG_FIELDS string-keyed FIELDS
+ * (argument 2). */
+static int log_at(lua_State *L, enum brm_log_level level) {
+    struct brm_scope *s = get_api(L)->scope;
+    struct rule_log *r;
+    if (!brm_log_enabled(level) || !(r = admit(L, s))) return 0;
+    luaL_checkstack(L, 2 * MAX_LOG_FIELDS + 8, NULL);
+    size_t msglen;
+    const char *msg = luaL_tolstring(L, 1, &msglen);
+    struct brm_log_field f[MAX_LOG_FIELDS];
+    size_t n = 0;
     if (lua_type(L, 2) == LUA_TTABLE) {
+        long seen = 0; /* entries looked at, string keys or not */
         lua_pushnil(L);
-        while (n < MAX_LOG_FIELDS + 3 && lua_next(L, 2)) {
+        while (n < MAX_LOG_FIELDS && lua_next(L, 2)) {
+            if (++seen % 64 == 0) brm_sandbox_charge(L, 64);
             if (lua_type(L, -2) == LUA_TSTRING) {
                 /* Both strings are anchored on the stack: a __tostring may
                  * empty the table and collect garbage before we log. */
                 lua_pushvalue(L, -2);
                 lua_insert(L, 3);
-                kv[2 * n] = lua_tostring(L, 3);
-                kv[2 * n + 1] = luaL_tolstring(L, -1, NULL);
+                f[n].key = lua_tolstring(L, 3, &f[n].klen);
+                f[n].value = luaL_tolstring(L, -1, &f[n].vlen);
                 lua_insert(L, 3);
                 n++;
             }
             lua_pop(L, 1);
         }
     }
-    brm_log_kv(level, msg, kv, n);
+    write_record(L, r, s, level, msg, msglen, 0, f, n);
     return 0;
 }
 
@@ -565,24 +649,40 @@ static int api_log_error(lua_State *L) {
     return log_at(L, BRM_LOG_ERROR);
 }
 
-/* print(...) logs its arguments at info, tab-separated, as Lua's would. */
+/* print(...) logs its arguments at info, tab-separated, as Lua's would;
+ * only what fits in a record is copied. */
 static int api_print(lua_State *L) {
-    int n = lua_gettop(L);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    for (int i = 1; i <= n; i++) {
-        if (i > 1) luaL_addchar(&b, '\t');
-        luaL_tolstring(L, i, NULL);
-        luaL_addvalue(&b);
+    struct brm_scope *s = get_api(L)->scope;
+    struct rule_log *r;
+    if (!brm_log_enabled(BRM_LOG_INFO) || !(r = admit(L, s))) return 0;
+    char text[BRM_LOG_USER_MAX + 1]; /* one byte more: the record sees it is cut */
+    size_t len = 0, omitted = 0;
+    for (int i = 1, n = lua_gettop(L); i <= n; i++) {
+        size_t l;
+        const char *p = luaL_tolstring(L, i, &l);
+        for (int part = i > 1 ? 0 : 1; part < 2; part++) {
+            const char *from = part ? p : "\t";
+            size_t want = part ? l : 1, take = sizeof(text) - len;
+            if (take > want) take = want;
+            memcpy(text + len, from, take);
+            len += take;
+            omitted += want - take;
+        }
+        lua_pop(L, 1);
     }
-    luaL_pushresult(&b);
-    lua_replace(L, 1);
-    lua_settop(L, 1);
-    return log_at(L, BRM_LOG_INFO);
+    write_record(L, r, s, BRM_LOG_INFO, text, len, omitted, NULL, 0);
+    return 0;
 }
 
 /* ---- data --------------------------------------------------------------- */
 
+/* JSON and base64 read their input a byte at a time: charged before they
+ * run (what they make is charged as it is allocated). */
+static void charge_scan(lua_State *L, size_t bytes) {
+    brm_sandbox_charge(L, 1 + (long)(bytes / BRM_SANDBOX_SCAN_BYTES_PER_UNIT));
+}
+
+/* The text it makes, charged after (the codec's own buffer is not the VM's). */
 static int api_json_encode(lua_State *L) {
     struct brm_err err;
     luaL_checkany(L, 1);
@@ -591,6 +691,7 @@ static int api_json_encode(lua_State *L) {
         lua_pushstring(L, err.msg);
         return 2;
     }
+    charge_scan(L, lua_rawlen(L, -1));
     return 1;
 }
 
@@ -598,6 +699,7 @@ static int api_json_decode(lua_State *L) {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
     struct brm_err err;
+    charge_scan(L, len);
     if (brm_json_decode(L, s, len, &err) < 0) {
         luaL_pushfail(L);
         lua_pushstring(L, err.msg);
@@ -619,7 +721,7 @@ static int api_hmac_sha256(lua_State *L) {
     const char *data = luaL_checklstring(L, 2, &dlen);
     int fmt = luaL_checkoption(L, 3, "hex", formats);
     /* Hashing allocates nothing for the allocator to charge. */
-    brm_sandbox_charge(L, 1 + (long)((klen + dlen) / BRM_SANDBOX_BYTES_PER_UNIT));
+    brm_sandbox_charge(L, 1 + (long)((klen + dlen) / BRM_SANDBOX_SCAN_BYTES_PER_UNIT));
     unsigned char mac[BRM_VERIFY_MAX_MAC];
     char out[2 * BRM_VERIFY_MAX_MAC + 1];
     size_t n = brm_verify_hmac(BRM_VERIFY_SHA256, key, klen, data, dlen, mac);
@@ -638,6 +740,7 @@ static int api_hmac_sha256(lua_State *L) {
 static int api_base64_encode(lua_State *L) {
     size_t n;
     const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    charge_scan(L, n);
     luaL_Buffer b;
     char *out = luaL_buffinitsize(L, &b, brm_base64_encoded_len(n) + 1);
     brm_base64_encode(s, n, out);
@@ -648,6 +751,7 @@ static int api_base64_encode(lua_State *L) {
 static int api_base64_decode(lua_State *L) {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
+    charge_scan(L, n);
     luaL_Buffer b;
     unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, n / 4 * 3 + 3);
     long len = brm_base64_decode(s, n, out);

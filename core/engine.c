@@ -501,7 +501,7 @@ static int event_id(lua_State *L, int ev, const char *topic, size_t index, char 
 
 static void log_failure(struct rule *r, const struct brm_scope *s, enum brm_call_status st,
                         const struct brm_err *err) {
-    static const char *const reasons[] = { "ok", "error", "budget", "memory" };
+    static const char *const reasons[] = { "ok", "error", "budget", "memory", "aborted" };
     uint64_t now = brm_time_mono_ms();
     if (now - r->log_window >= FAILURE_WINDOW) {
         if (r->suppressed) {

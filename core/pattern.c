@@ -13,6 +13,10 @@
 #define CAP_UNFINISHED (-1)
 #define CAP_POSITION   (-2)
 #define CHARGE_EVERY   256 /* steps between two looks at the budget */
+/* Bytes of a set, or of a back-reference compared, one step stands for;
+ * and of a plain search (memmem reads far faster than the matcher steps). */
+#define SET_BYTES_PER_STEP   16
+#define PLAIN_BYTES_PER_STEP 64
 
 /* What the functions share as their first upvalue. */
 struct charger {
@@ -68,13 +72,16 @@ static const char *class_end(struct state *ms, const char *p) {
     case ESC:
         if (p == ms->p_end) luaL_error(ms->L, "malformed pattern (ends with '%%')");
         return p + 1;
-    case '[':
+    case '[': {
+        const char *set = p;
         if (*p == '^') p++;
         do { /* the first character is in the set even when it is ']' */
             if (p == ms->p_end) luaL_error(ms->L, "malformed pattern (missing ']')");
             if (*(p++) == ESC && p < ms->p_end) p++;
         } while (*p != ']');
+        ms->steps += (p - set) / SET_BYTES_PER_STEP; /* a long set is read at every visit */
         return p + 1;
+    }
     default: return p;
     }
 }
@@ -125,7 +132,9 @@ static int single_match(struct state *ms, const char *s, const char *p, const ch
     switch (*p) {
     case '.': return 1;
     case ESC: return match_class(c, (unsigned char)*(p + 1));
-    case '[': return match_set(c, p, ep - 1);
+    case '[':
+        ms->steps += (ep - p) / SET_BYTES_PER_STEP; /* each character is looked for in the set */
+        return match_set(c, p, ep - 1);
     default: return (unsigned char)*p == c;
     }
 }
@@ -203,6 +212,7 @@ static const char *match_capture(struct state *ms, const char *s, int l) {
     if (l < 0 || l >= ms->level || ms->cap[l].len == CAP_UNFINISHED)
         luaL_error(ms->L, "invalid capture index %%%d", l + 1);
     size_t len = (size_t)ms->cap[l].len;
+    ms->steps += (long)(len / SET_BYTES_PER_STEP);
     if ((size_t)(ms->src_end - s) >= len && memcmp(ms->cap[l].init, s, len) == 0) return s + len;
     return NULL;
 }
@@ -354,7 +364,10 @@ static int find_or_match(lua_State *L, int find) {
         return 1;
     }
     if (find && (lua_toboolean(L, 4) || no_specials(p, lp))) {
-        /* A plain search: linear, nothing to budget. */
+        /* A plain search: linear (glibc's memmem is two-way), charged by
+         * the bytes it may read, before it runs. */
+        struct charger *c = lua_touserdata(L, lua_upvalueindex(1));
+        c->charge(L, 1 + (long)((ls - init + lp) / PLAIN_BYTES_PER_STEP));
         const char *at = memmem(s + init, ls - init, p, lp);
         if (at) {
             lua_pushinteger(L, (lua_Integer)(at - s) + 1);

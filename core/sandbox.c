@@ -3,32 +3,57 @@
 #include <errno.h>
 #include <lauxlib.h>
 #include <lualib.h>
-#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "embedded.h"
 #include "pattern.h"
 #include "snapshot.h"
 
-/* How many instructions pass between two looks at the budget, and how many
- * looks between two looks at the clock. */
+/* How many instructions pass between two looks at the budget; where the
+ * time is polled (see "the CPU-time backstop"), how many looks between two
+ * looks at the clock. */
 #define HOOK_STEP  1000
 #define CLOCK_STEP 8
 /* Largest Lua source file read from disk. */
 #define MAX_SOURCE (4u << 20)
+/* Source bytes one unit of compiling stands for, and the pieces the
+ * compiler is fed (each charged before it is read). */
+#define SOURCE_BYTES_PER_UNIT 4
+#define SOURCE_PIECE          4096
+/* Once a call is stopped, the allocator refuses it anything larger: the C
+ * function it is in fails at its next growth, while the small strings of
+ * the error that ends the call still fit. */
+#define STOPPED_ALLOC 1024
+
+/* Why a call was stopped for good. */
+enum stop { STOP_NONE, STOP_BUDGET, STOP_TIME, STOP_ABORT };
 
 struct brm_sandbox {
     lua_State *L;
     size_t used, limit;
     size_t ceiling; /* when set, the VM holds no more, user code or not */
-    int enforce;    /* >0 while user code runs: the cap applies */
-    int limit_hit;  /* the last refusal came from the cap */
-    long budget;    /* instructions per outermost call */
-    long left;      /* of the current call */
-    int exhausted;
-    const char *why;               /* what ran out: "instruction budget", "time limit" */
-    uint64_t time_limit, deadline; /* ns per outermost call, and when it ends */
+    int enforce;   /* >0 while user code runs or compiles: the cap applies */
+    int calls;     /* >0 inside brm_sandbox_call: the budget and the time apply */
+    int limit_hit; /* the last refusal came from the cap */
+    long budget;   /* instructions per outermost call */
+    long left;     /* of the current call */
+    enum stop stopped;
+    char why[256]; /* what brm_sandbox_abort said */
+    char stop_file[256];
+    int stop_line;                 /* where the call was stopped */
+    volatile sig_atomic_t time_up; /* set by the ticker's signal handler */
+    uint64_t time_limit;           /* CPU ns per outermost call; 0: none */
+    unsigned long start_tick, limit_ticks;
+    struct brm_sandbox *outside; /* the call this thread ran when this one started */
+    int polling;                 /* no ticker in this thread: the clock is read */
+    uint64_t deadline;           /* when polling: CPU ns at which the call ends */
     unsigned hooks;
     char mem_file[256]; /* where the memory cap was first hit in this call */
     int mem_line;
@@ -41,36 +66,183 @@ static const char LIBRARY_KEY, ENV_MT_KEY, LOADED_KEY, PROXIES_KEY, PROXY_OF_KEY
 /* Marks a module that is being loaded, to catch circular requires. */
 static const char LOADING;
 
-/* Notes where user code runs now, for a memory error: no message handler
- * runs for those. Only reads the call stack (no allocation), which is safe
- * from inside the allocator. */
-static void note_position(struct brm_sandbox *sb) {
+/* Notes where user code runs now into FILE and *LINE: no message handler
+ * runs for a memory error, and a stopped call's last error need not come
+ * from where it was stopped. Only reads the call stack (no allocation),
+ * which is safe from inside the allocator. */
+static void note_position(struct brm_sandbox *sb, char *file, size_t size, int *line) {
     lua_Debug ar;
-    sb->mem_file[0] = '\0';
-    sb->mem_line = 0;
+    file[0] = '\0';
+    *line = 0;
     for (int level = 0; sb->L && lua_getstack(sb->L, level, &ar); level++) {
         if (!lua_getinfo(sb->L, "Sl", &ar) || ar.currentline <= 0) continue;
-        snprintf(sb->mem_file, sizeof(sb->mem_file), "%s", ar.short_src);
-        sb->mem_line = ar.currentline;
+        snprintf(file, size, "%s", ar.short_src);
+        *line = ar.currentline;
         return;
     }
 }
 
-static void exhaust(struct brm_sandbox *sb, const char *why);
-static int out_of_time(const struct brm_sandbox *sb);
+/* ---- stopping a call ---------------------------------------------------- */
+
+static void count_hook(lua_State *L, lua_Debug *ar);
+
+/* From now on every instruction raises: a pcall in the rule can catch one
+ * error but not get another instruction done. An abort overrides another
+ * reason (the C code that aborts knows the call's outcome cannot stand);
+ * nothing overrides an abort. */
+static void stop(struct brm_sandbox *sb, enum stop why) {
+    if (sb->stopped == STOP_ABORT || (sb->stopped && why != STOP_ABORT)) return;
+    sb->stopped = why;
+    note_position(sb, sb->stop_file, sizeof(sb->stop_file), &sb->stop_line);
+    lua_sethook(sb->L, count_hook, LUA_MASKCOUNT, 1);
+}
+
+/* Pushes why the call was stopped, e.g. "instruction budget exceeded
+ * (1000000 instructions)". [-0, +1] */
+static const char *push_stopped(lua_State *L, const struct brm_sandbox *sb) {
+    switch (sb->stopped) {
+    case STOP_TIME:
+        return lua_pushfstring(L, "time limit exceeded (%f s)", (double)sb->time_limit / 1e9);
+    case STOP_ABORT: return lua_pushstring(L, sb->why);
+    default:
+        return lua_pushfstring(L, "instruction budget exceeded (%I instructions)",
+                               (LUAI_UACINT)sb->budget);
+    }
+}
+
+/* ---- the CPU-time backstop ---------------------------------------------- */
+
+/*
+ * limits.time is CPU time, and reading a thread's CPU clock is a system
+ * call (no vDSO serves it): too dear for every rule call. So each thread
+ * that runs user code has a timer on its own CPU clock that ticks every
+ * TICK_NS of CPU the thread uses, with a signal that this thread handles:
+ * the handler counts the tick and, when the call in progress has seen more
+ * ticks than its limit holds, marks it out of time and sets the count hook
+ * to fire at the next instruction (lua_sethook may be called from a signal
+ * handler; lua.c stops a script on SIGINT so). C code sees the mark where
+ * it charges and where it allocates. A call costs no system call, an idle
+ * thread gets no signal, and a call ends within about two ticks of its
+ * limit whatever it does between two hooks: instructions that compare long
+ * strings, C functions. Only one step that cannot be interrupted (one
+ * instruction, one C call between two charges; the memory cap bounds
+ * either) can add to that. Where no such timer can be had, each call reads
+ * the clock instead: at its start, then every CLOCK_STEP hooks, at every
+ * charge and at every large allocation.
+ */
+#define TICK_NS (4 * 1000 * 1000)
+
+struct ticker {
+    int state; /* 0: not tried in this thread, 1: ticking, -1: unavailable */
+    timer_t timer;
+    _Atomic unsigned long ticks;
+    struct brm_sandbox *_Atomic running; /* the outermost call in progress */
+};
+/* initial-exec: the handler must not be the first to touch it. */
+static _Thread_local struct ticker ticker __attribute__((tls_model("initial-exec")));
+static pthread_once_t tick_once = PTHREAD_ONCE_INIT;
+static pthread_key_t tick_key; /* deletes a thread's timer when it ends */
+static int tick_signal;        /* 0 until the handler is in place */
+
+static void on_tick(int sig, siginfo_t *si, void *uc) {
+    (void)sig;
+    (void)uc;
+    int saved = errno;
+    /* A late signal stands for the ticks it missed. */
+    unsigned long n = 1 + (si->si_overrun > 0 ? (unsigned long)si->si_overrun : 0);
+    unsigned long now = atomic_fetch_add_explicit(&ticker.ticks, n, memory_order_relaxed) + n;
+    struct brm_sandbox *sb = atomic_load_explicit(&ticker.running, memory_order_relaxed);
+    /* More than limit_ticks ticks since the call began (see brm_sandbox_new). */
+    if (sb && !sb->time_up && now - sb->start_tick > sb->limit_ticks) {
+        sb->time_up = 1;
+        lua_sethook(sb->L, count_hook, LUA_MASKCOUNT, 1);
+    }
+    errno = saved;
+}
+
+static void end_ticker(void *arg) {
+    (void)arg;
+    if (ticker.state > 0) timer_delete(ticker.timer);
+    ticker.state = 0;
+}
+
+static void install_tick_handler(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = on_tick;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (pthread_key_create(&tick_key, end_ticker) == 0 && sigaction(SIGRTMIN, &sa, NULL) == 0)
+        tick_signal = SIGRTMIN;
+}
+
+/* Starts this thread's ticker, once; leaves state -1 when it cannot. */
+static void start_ticker(void) {
+    ticker.state = -1;
+    pthread_once(&tick_once, install_tick_handler);
+    if (!tick_signal) return;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, tick_signal);
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = tick_signal;
+    sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+    if (pthread_sigmask(SIG_UNBLOCK, &set, NULL) != 0 ||
+        timer_create(CLOCK_THREAD_CPUTIME_ID, &sev, &ticker.timer) != 0)
+        return;
+    struct itimerspec every = { { 0, TICK_NS }, { 0, TICK_NS } };
+    if (timer_settime(ticker.timer, 0, &every, NULL) != 0) {
+        timer_delete(ticker.timer);
+        return;
+    }
+    pthread_setspecific(tick_key, &ticker);
+    ticker.state = 1;
+}
+
+/* The clock of an outermost call starts: no system call once the thread
+ * ticks. */
+static void start_clock(struct brm_sandbox *sb) {
+    sb->time_up = 0;
+    sb->polling = 0;
+    if (!sb->time_limit) return;
+    if (ticker.state == 0) start_ticker();
+    if (ticker.state < 0) {
+        sb->polling = 1;
+        sb->deadline = brm_time_cpu_ns() + sb->time_limit;
+        return;
+    }
+    sb->start_tick = atomic_load(&ticker.ticks);
+    sb->outside = atomic_exchange(&ticker.running, sb);
+}
+
+static void stop_clock(struct brm_sandbox *sb) {
+    if (sb->time_limit && !sb->polling) atomic_store(&ticker.running, sb->outside);
+}
+
+static int out_of_time(const struct brm_sandbox *sb) {
+    return sb->time_up || (sb->polling && brm_time_cpu_ns() > sb->deadline);
+}
+
+/* ---- memory -------------------------------------------------------------- */
 
 /* Allocating is charged to the budget as the work of filling what was
  * allocated: the count hook sees one instruction in a ".." of two long
  * strings, or in a string.rep, whatever they copy. A call that runs out
- * does not fail here (only the cap does that) but at its next instruction:
- * lua_sethook may be called from anywhere. */
-static void charge_allocation(struct brm_sandbox *sb, size_t bytes) {
-    sb->left -= (long)(bytes / BRM_SANDBOX_BYTES_PER_UNIT);
-    if (sb->exhausted) return;
-    if (sb->budget > 0 && sb->left <= 0)
-        exhaust(sb, "instruction budget");
-    else if (bytes >= (64u << 10) && out_of_time(sb))
-        exhaust(sb, "time limit");
+ * fails at its next instruction (lua_sethook may be called from anywhere)
+ * or here, when what it asks for is large. Returns 0 to refuse. */
+static int charge_allocation(struct brm_sandbox *sb, size_t bytes) {
+    if (!sb->stopped) {
+        sb->left -= (long)(bytes / BRM_SANDBOX_BYTES_PER_UNIT);
+        if (sb->budget > 0 && sb->left <= 0)
+            stop(sb, STOP_BUDGET);
+        else if (sb->time_up || (sb->polling && bytes >= (64u << 10) && out_of_time(sb)))
+            stop(sb, STOP_TIME);
+        else
+            return 1;
+    }
+    return bytes <= STOPPED_ALLOC;
 }
 
 static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -85,11 +257,12 @@ static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
         return NULL; /* Lua collects garbage, retries, then raises LUA_ERRMEM */
     if (nsize > osize && sb->enforce > 0) {
         if (sb->limit && sb->used + (nsize - osize) > sb->limit) {
-            if (!sb->limit_hit) note_position(sb);
+            if (!sb->limit_hit)
+                note_position(sb, sb->mem_file, sizeof(sb->mem_file), &sb->mem_line);
             sb->limit_hit = 1;
             return NULL; /* Lua collects garbage, retries, then raises LUA_ERRMEM */
         }
-        charge_allocation(sb, nsize - osize);
+        if (sb->calls > 0 && !charge_allocation(sb, nsize - osize)) return NULL;
     }
     void *p = realloc(ptr, nsize);
     if (!p) return NULL;
@@ -228,126 +401,6 @@ static int is_proxy(lua_State *L, int idx) {
     return yes;
 }
 
-/* ---- charging library functions for their work in C --------------------- */
-
-/* How a library function's C work is measured. */
-enum cost {
-    COST_STRING,  /* the bytes of argument 1 */
-    COST_STRINGS, /* the bytes of every string argument */
-    COST_LENGTH,  /* the length of the table at argument 1 (insert, remove) */
-    COST_SORT,    /* n log n comparisons for the table at argument 1 */
-    COST_RANGE,   /* the elements from integer argument I to argument I + 1 */
-    COST_SOURCE,  /* compiling the string at argument 1 */
-};
-
-static long string_units(lua_State *L, int i) {
-    return lua_type(L, i) == LUA_TSTRING ? (long)(lua_rawlen(L, i) / BRM_SANDBOX_BYTES_PER_UNIT)
-                                         : 0;
-}
-
-/* The units a call with these arguments costs. Argument 1 is checked here,
- * so that its error names the function the rule called. */
-static long cost_of(lua_State *L, enum cost kind, int arg) {
-    int n = lua_gettop(L);
-    long units = 1;
-    if (kind == COST_LENGTH || kind == COST_SORT || kind == COST_RANGE)
-        luaL_checktype(L, 1, LUA_TTABLE);
-    switch (kind) {
-    case COST_STRING:
-        luaL_checklstring(L, 1, NULL);
-        units += string_units(L, 1);
-        break;
-    case COST_STRINGS:
-        for (int i = 1; i <= n; i++) units += string_units(L, i);
-        break;
-    case COST_LENGTH:
-        if (lua_type(L, 1) == LUA_TTABLE) units += (long)lua_rawlen(L, 1);
-        break;
-    case COST_SORT:
-        if (lua_type(L, 1) == LUA_TTABLE) {
-            double len = (double)lua_rawlen(L, 1);
-            units += (long)(len * log2(len + 1));
-        }
-        break;
-    case COST_RANGE: {
-        int ok_from, ok_to; /* 3e8 counts: Lua takes floats with integer values */
-        double from = (double)lua_tointegerx(L, arg, &ok_from);
-        double to = (double)lua_tointegerx(L, arg + 1, &ok_to);
-        if (ok_from && ok_to && to >= from) units += (long)fmin(to - from + 1, 1e15);
-        break;
-    }
-    case COST_SOURCE: units += string_units(L, 1); break; /* scanning; the code is allocated */
-    }
-    return units;
-}
-
-/* The charged stand-in of a library function: upvalue 1 the function, 2
- * the cost kind, 3 the argument COST_RANGE starts at. Charged before the
- * call: table.move walks its range whether or not anything is there. */
-static int charged(lua_State *L) {
-    brm_sandbox_charge(L, cost_of(L, (enum cost)lua_tointeger(L, lua_upvalueindex(2)),
-                                  (int)lua_tointeger(L, lua_upvalueindex(3))));
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
-}
-
-/* string.rep: Lua's loops N times even when the result is empty, which no
- * allocation pays for; here that is "" at once. (What it copies otherwise
- * is charged as it is allocated.) */
-static int api_rep(lua_State *L) {
-    size_t ls, lsep = 0;
-    luaL_checklstring(L, 1, &ls);
-    lua_Integer n = luaL_checkinteger(L, 2);
-    luaL_optlstring(L, 3, "", &lsep);
-    if (n <= 0 || (ls == 0 && lsep == 0)) {
-        lua_pushliteral(L, "");
-        return 1;
-    }
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, 1);
-    return 1;
-}
-
-/* The functions whose C work is not paid for by what they allocate (which
- * the allocator charges): they scan, shift or walk. */
-static const struct charge_spec {
-    const char *lib, *name;
-    enum cost kind;
-    int arg; /* COST_RANGE: the first index argument */
-} charges[] = {
-    { "string", "byte", COST_STRING, 0 },  { "string", "unpack", COST_STRINGS, 0 },
-    { "table", "insert", COST_LENGTH, 0 }, { "table", "remove", COST_LENGTH, 0 },
-    { "table", "sort", COST_SORT, 0 },     { "table", "move", COST_RANGE, 2 },
-    { "table", "unpack", COST_RANGE, 2 },  { "utf8", "len", COST_STRING, 0 },
-    { "utf8", "offset", COST_STRING, 0 },  { "utf8", "codepoint", COST_STRING, 0 },
-    { "_G", "tonumber", COST_STRINGS, 0 },
-};
-
-/* Replaces the functions of CHARGES found in the table at IDX (library
- * NAME) with charged ones; string.rep with api_rep. */
-static void charge_library(lua_State *L, int idx, const char *name) {
-    idx = lua_absindex(L, idx);
-    for (size_t i = 0; i < BRM_ARRAY_LEN(charges); i++) {
-        if (strcmp(charges[i].lib, name) != 0) continue;
-        if (lua_getfield(L, idx, charges[i].name) != LUA_TFUNCTION) {
-            lua_pop(L, 1);
-            continue;
-        }
-        lua_pushinteger(L, charges[i].kind);
-        lua_pushinteger(L, charges[i].arg);
-        lua_pushcclosure(L, charged, 3);
-        lua_setfield(L, idx, charges[i].name);
-    }
-    if (strcmp(name, "string") == 0) {
-        lua_getfield(L, idx, "rep");
-        lua_pushcclosure(L, api_rep, 1);
-        lua_setfield(L, idx, "rep");
-    }
-}
-
 /* ---- the safe library --------------------------------------------------- */
 
 static int api_setmetatable(lua_State *L) {
@@ -421,6 +474,33 @@ static void push_env(lua_State *L) {
     lua_setmetatable(L, -2);
 }
 
+/* Feeds the compiler SOURCE_PIECE bytes at a time, each charged before it
+ * is read: compiling is C work the hook never sees, and a reader may raise
+ * (lua_load returns the error). Charging does nothing outside a call. */
+struct source {
+    const char *s;
+    size_t left;
+};
+
+static const char *read_piece(lua_State *L, void *ud, size_t *size) {
+    struct source *src = ud;
+    size_t n = src->left < SOURCE_PIECE ? src->left : SOURCE_PIECE;
+    *size = n;
+    if (n == 0) return NULL;
+    brm_sandbox_charge(L, 1 + (long)(n / SOURCE_BYTES_PER_UNIT));
+    const char *piece = src->s;
+    src->s += n;
+    src->left -= n;
+    return piece;
+}
+
+/* Compiles text SRC (binary chunks are refused) as luaL_loadbufferx does:
+ * pushes the function or the error. */
+static int compile(lua_State *L, const char *s, size_t len, const char *chunkname) {
+    struct source src = { s, len };
+    return lua_load(L, read_piece, &src, chunkname, "t");
+}
+
 /* load(chunk [, chunkname [, mode [, env]]]): text only; the loaded code
  * gets a fresh environment unless one is given. */
 static int api_load(lua_State *L) {
@@ -430,8 +510,12 @@ static int api_load(lua_State *L) {
     const char *mode = luaL_optstring(L, 3, "t");
     if (!strchr(mode, 't')) return luaL_error(L, "load: only text chunks are allowed");
     int has_env = !lua_isnone(L, 4);
-    brm_sandbox_charge(L, cost_of(L, COST_SOURCE, 0));
-    if (luaL_loadbufferx(L, s, len, name, "t") != LUA_OK) {
+    if (compile(L, s, len, name) != LUA_OK) {
+        struct brm_sandbox *sb = brm_sandbox_of(L);
+        if (sb->stopped) { /* not a syntax error: the call is over */
+            push_stopped(L, sb);
+            return lua_error(L);
+        }
         luaL_pushfail(L);
         lua_insert(L, -2);
         return 2;
@@ -458,8 +542,9 @@ static const luaL_Reg wrapped[] = {
     { NULL, NULL },
 };
 
-/* Opens a standard library, strips what rules must not have, and files a
- * read-only proxy of it into the library table at LIB. */
+/* Opens a standard library, strips what rules must not have, prices what
+ * is left (library.h) and files a read-only proxy of it into the library
+ * table at LIB. */
 static void add_stdlib(lua_State *L, int lib, const char *name, lua_CFunction open,
                        const char *const *drop, const char *const *keep) {
     luaL_requiref(L, name, open, 0);
@@ -476,7 +561,7 @@ static void add_stdlib(lua_State *L, int lib, const char *name, lua_CFunction op
         lua_pushnil(L);
         lua_setfield(L, t, *drop);
     }
-    charge_library(L, t, name);
+    brm_library_open(L, name, t, brm_sandbox_charge);
     push_proxy(L, t, name, 1);
     lua_setfield(L, lib, name);
     lua_pop(L, 1);
@@ -513,7 +598,7 @@ static void open_library(struct brm_sandbox *sb) {
         lua_setfield(L, lib, base_names[i]);
     }
     luaL_setfuncs(L, wrapped, 0);
-    charge_library(L, lib, "_G");
+    brm_library_open(L, "_G", lib, brm_sandbox_charge);
     lua_pushlightuserdata(L, sb);
     lua_pushcclosure(L, api_require, 1);
     lua_setfield(L, lib, "require");
@@ -526,12 +611,14 @@ static void open_library(struct brm_sandbox *sb) {
 
     /* Lock the string metatable: getmetatable("") must not hand out the
      * table every string method is looked up in. Its __index is the string
-     * library itself, whose matchers become budgeted ones (pattern.h). */
+     * library itself, whose matchers become budgeted ones (pattern.h); its
+     * arithmetic ("10" + 1) is priced. */
     lua_pushliteral(L, "");
     lua_getmetatable(L, -1);
     lua_getfield(L, -1, "__index");
     brm_pattern_open(L, -1, brm_sandbox_charge);
     lua_pop(L, 1);
+    brm_library_open_string_meta(L, -1, brm_sandbox_charge);
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 2);
@@ -552,6 +639,11 @@ struct brm_sandbox *brm_sandbox_new(const struct brm_sandbox_opts *opts) {
     sb->limit = opts->memory;
     sb->budget = opts->instructions;
     sb->time_limit = (uint64_t)(opts->time_limit * 1e9);
+    /* The ticks a call may see: as many as its limit holds, and one more,
+     * for the kernel finds that its CPU timer expired at its next tick, up
+     * to a tick later: the first tick a call counts may have expired before
+     * it began. More than that many, and it used at least its limit. */
+    sb->limit_ticks = (unsigned long)((sb->time_limit + TICK_NS - 1) / TICK_NS) + 1;
     sb->scripts_dir = opts->scripts_dir ? brm_xstrdup(opts->scripts_dir) : NULL;
     sb->rules_dir = opts->rules_dir ? brm_xstrdup(opts->rules_dir) : NULL;
     sb->files = opts->files ? brm_snapshot_ref(opts->files) : brm_snapshot_new();
@@ -643,7 +735,7 @@ int brm_sandbox_loadbuffer(struct brm_sandbox *sb, const char *src, size_t len,
                            const char *chunkname, struct brm_err *err) {
     lua_State *L = sb->L;
     sb->enforce++; /* compiling user text may not blow the cap either */
-    int st = luaL_loadbufferx(L, src, len, chunkname, "t");
+    int st = compile(L, src, len, chunkname);
     sb->enforce--;
     if (st != LUA_OK) {
         if (st == LUA_ERRMEM)
@@ -779,60 +871,49 @@ static int api_require(lua_State *L) {
 
 /* ---- calling ------------------------------------------------------------ */
 
-static void count_hook(lua_State *L, lua_Debug *ar);
-
-/* From now on every instruction raises: a pcall in the rule can catch one
- * error but not get another instruction done. */
-static void exhaust(struct brm_sandbox *sb, const char *why) {
-    if (sb->exhausted) return;
-    sb->exhausted = 1;
-    sb->why = why;
-    lua_sethook(sb->L, count_hook, LUA_MASKCOUNT, 1);
-}
-
-static int out_of_time(const struct brm_sandbox *sb) {
-    return sb->time_limit && brm_time_cpu_ns() > sb->deadline;
-}
-
-/* Pushes what ran out, e.g. "instruction budget exceeded (1000000
- * instructions)". [-0, +1] */
-static const char *push_exhausted(lua_State *L, const struct brm_sandbox *sb) {
-    if (strcmp(sb->why, "time limit") == 0)
-        return lua_pushfstring(L, "time limit exceeded (%f s)", (double)sb->time_limit / 1e9);
-    return lua_pushfstring(L, "instruction budget exceeded (%d instructions)", (int)sb->budget);
-}
-
 static void count_hook(lua_State *L, lua_Debug *ar) {
     struct brm_sandbox *sb = brm_sandbox_of(L);
-    if (!sb->exhausted) {
+    if (!sb->stopped) {
         sb->left -= HOOK_STEP;
-        if (sb->budget > 0 && sb->left <= 0)
-            exhaust(sb, "instruction budget");
-        else if (++sb->hooks % CLOCK_STEP == 0 && out_of_time(sb))
-            exhaust(sb, "time limit"); /* a long string op per instruction ("..") */
+        if (sb->time_up)
+            stop(sb, STOP_TIME); /* the ticker set this hook to fire now */
+        else if (sb->budget > 0 && sb->left <= 0)
+            stop(sb, STOP_BUDGET);
+        else if (sb->polling && ++sb->hooks % CLOCK_STEP == 0 && out_of_time(sb))
+            stop(sb, STOP_TIME);
         else
             return;
     }
     lua_getinfo(L, "Sl", ar);
-    const char *what = push_exhausted(L, sb);
+    const char *what = push_stopped(L, sb);
     if (ar->currentline > 0) lua_pushfstring(L, "%s:%d: %s", ar->short_src, ar->currentline, what);
     lua_error(L);
 }
 
 void brm_sandbox_charge(lua_State *L, long units) {
     struct brm_sandbox *sb = brm_sandbox_of(L);
-    if (sb->enforce == 0) return;
-    if (!sb->exhausted) {
+    if (sb->calls == 0) return;
+    if (!sb->stopped) {
         sb->left -= units;
         if (sb->budget > 0 && sb->left <= 0)
-            exhaust(sb, "instruction budget");
+            stop(sb, STOP_BUDGET);
         else if (out_of_time(sb))
-            exhaust(sb, "time limit");
+            stop(sb, STOP_TIME);
         else
             return;
     }
-    push_exhausted(L, sb); /* the message handler places it at the rule's line */
+    push_stopped(L, sb); /* the message handler places it at the rule's line */
     lua_error(L);
+}
+
+int brm_sandbox_abort(lua_State *L, const char *why) {
+    struct brm_sandbox *sb = brm_sandbox_of(L);
+    if (sb->calls > 0 && sb->stopped != STOP_ABORT) {
+        snprintf(sb->why, sizeof(sb->why), "%s", why);
+        stop(sb, STOP_ABORT);
+    }
+    lua_pushstring(L, why);
+    return lua_error(L);
 }
 
 static int has_position(const char *msg) {
@@ -873,29 +954,42 @@ enum brm_call_status brm_sandbox_call(struct brm_sandbox *sb, int nargs, int nre
                                       struct brm_err *err) {
     lua_State *L = sb->L;
     int base = lua_gettop(L) - nargs;
-    int outer = sb->enforce == 0;
+    int outer = sb->calls == 0;
     lua_pushcfunction(L, msghandler);
     lua_insert(L, base);
     if (outer) {
         sb->limit_hit = 0;
-        sb->exhausted = 0;
+        sb->stopped = STOP_NONE;
         sb->left = sb->budget;
-        /* CPU time, not the wall clock: waiting (for another worker's state
-         * transaction, for the disk) is not the rule's doing. */
-        sb->deadline = sb->time_limit ? brm_time_cpu_ns() + sb->time_limit : 0;
+        start_clock(sb);
         if (sb->budget > 0 || sb->time_limit) lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_STEP);
     }
     sb->enforce++;
+    sb->calls++;
     int st = lua_pcall(L, nargs, nresults, base);
+    sb->calls--;
     sb->enforce--;
-    if (outer) lua_sethook(L, NULL, 0, 0);
+    if (outer) {
+        stop_clock(sb);
+        lua_sethook(L, NULL, 0, 0);
+    }
     lua_remove(L, base);
-    if (st == LUA_OK) return BRM_CALL_OK;
-
-    enum brm_call_status rc = BRM_CALL_ERROR;
-    brm_err_clear(err);
-    if (st == LUA_ERRMEM) {
+    /* A stopped call failed even when its error was caught and it returned
+     * (`return pcall(f)` needs no instruction after f). */
+    enum brm_call_status rc = BRM_CALL_OK;
+    if (sb->stopped)
+        rc = sb->stopped == STOP_ABORT ? BRM_CALL_ABORTED : BRM_CALL_BUDGET;
+    else if (st == LUA_ERRMEM)
         rc = BRM_CALL_MEMORY;
+    else if (st != LUA_OK)
+        rc = BRM_CALL_ERROR;
+    if (rc == BRM_CALL_OK) return rc;
+
+    brm_err_clear(err);
+    if (sb->stopped) {
+        brm_err_at(err, sb->stop_file, sb->stop_line, "%s", push_stopped(L, sb));
+        lua_pop(L, 1);
+    } else if (st == LUA_ERRMEM) {
         if (sb->limit_hit) {
             brm_err_at(err, sb->mem_line ? sb->mem_file : "", sb->mem_line,
                        "memory limit of %zu KB reached", sb->limit / 1024);
@@ -905,8 +999,7 @@ enum brm_call_status brm_sandbox_call(struct brm_sandbox *sb, int nargs, int nre
     } else {
         const char *msg = lua_tostring(L, -1);
         split_position(err, msg ? msg : "(error in the error handler)");
-        if (sb->exhausted) rc = BRM_CALL_BUDGET;
     }
-    lua_pop(L, 1);
+    lua_settop(L, base - 1);
     return rc;
 }

@@ -8,6 +8,10 @@
  *   - time: an instruction budget per call, counted by a hook that raises
  *     when it runs out and then fires on every instruction, so a pcall in the
  *     rule cannot swallow it (Redis's luaMaskCountHook, HAProxy's hlua_hook);
+ *     the work library functions do in C is charged to the same budget
+ *     (library.h, pattern.h); and a CPU-time limit per call as a backstop,
+ *     kept by a timer on each thread's CPU clock (its signal is SIGRTMIN),
+ *     so that no call pays a system call for it;
  *   - reach: each chunk gets its own _ENV whose misses fall through to a
  *     shared library of safe functions; the library tables (string, table,
  *     math, utf8, os, brume, required modules) are read-only proxies and the
@@ -26,6 +30,7 @@
 #include <lua.h>
 #include <stddef.h>
 
+#include "library.h"
 #include "util.h"
 
 struct brm_snapshot;
@@ -42,9 +47,10 @@ struct brm_sandbox_opts {
 
 enum brm_call_status {
     BRM_CALL_OK,
-    BRM_CALL_ERROR,  /* the code raised an error */
-    BRM_CALL_BUDGET, /* it ran out of instructions */
-    BRM_CALL_MEMORY, /* it hit the memory cap */
+    BRM_CALL_ERROR,   /* the code raised an error */
+    BRM_CALL_BUDGET,  /* it ran out of instructions, or of time */
+    BRM_CALL_MEMORY,  /* it hit the memory cap */
+    BRM_CALL_ABORTED, /* C code it called stopped it (brm_sandbox_abort) */
 };
 
 struct brm_sandbox;
@@ -82,11 +88,13 @@ int brm_sandbox_loadbuffer(struct brm_sandbox *sb, const char *src, size_t len,
 
 /*
  * Calls the function below the NARGS arguments on top of the stack with the
- * guards on: the instruction budget starts afresh (unless this call is
- * nested in another, which it then shares) and the memory cap is enforced.
- * On BRM_CALL_OK the function and arguments are replaced by NRESULTS
- * results; otherwise they are popped and ERR holds the message and, when
- * known, the file:line it came from. [-(nargs+1), +(nresults|0)]
+ * guards on: the instruction budget and the time limit start afresh (unless
+ * this call is nested in another, whose they then share) and the memory cap
+ * is enforced. On BRM_CALL_OK the function and arguments are replaced by
+ * NRESULTS results; otherwise they are popped and ERR holds the message
+ * and, when known, the file:line it came from (for a call stopped by the
+ * budget, the time or an abort: where it was stopped, even if the code
+ * caught the error and returned). [-(nargs+1), +(nresults|0)]
  */
 enum brm_call_status brm_sandbox_call(struct brm_sandbox *sb, int nargs, int nresults,
                                       struct brm_err *err);
@@ -95,10 +103,23 @@ enum brm_call_status brm_sandbox_call(struct brm_sandbox *sb, int nargs, int nre
  * Charges UNITS of the running call's budget for work done in C, where the
  * count hook never fires (library functions over long strings or tables,
  * the pattern matcher, JSON). Raises the budget's error when it is spent,
- * or when the call's time limit has passed. Does nothing outside user code.
+ * or when the call's time limit has passed; cheap enough to call every few
+ * dozen steps of a loop (no clock is read). Does nothing outside a call.
  */
 void brm_sandbox_charge(lua_State *L, long units);
-#define BRM_SANDBOX_BYTES_PER_UNIT 256 /* bytes of C work one unit stands for */
+/* A unit stands for about one VM instruction's worth of work: */
+#define BRM_SANDBOX_BYTES_PER_UNIT      64                     /* bytes allocated or copied */
+#define BRM_SANDBOX_SCAN_BYTES_PER_UNIT BRM_LIBRARY_SCAN_BYTES /* read one at a time */
+
+/*
+ * For C code that user code called: stops the whole running call for good,
+ * as the budget does (the error WHY is raised now and then again at every
+ * instruction, so neither pcall nor xpcall's handler gets more code done),
+ * and brm_sandbox_call returns BRM_CALL_ABORTED with ERR holding WHY and
+ * the file:line of the code that called. Never returns; typed int for
+ * `return brm_sandbox_abort(L, why)`. Outside a call it only raises WHY.
+ */
+int brm_sandbox_abort(lua_State *L, const char *why);
 
 /* Caps what the VM may hold at BYTES (0 lifts it), user code running or
  * not: C code filling the VM (decoding a body) then fails with LUA_ERRMEM

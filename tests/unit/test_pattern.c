@@ -115,10 +115,24 @@ static void check_charged(void) {
     charge_limit = 0;
     CHECK(fails(L, "assert(string.find(('a'):rep(10000) .. 'b', 'a*b') == 1)") == NULL);
     CHECK(charged >= 10000 && charged < 100000);
-    /* A plain find needs no matcher. */
+    /* A plain find needs no matcher: it is charged by the bytes memmem may
+     * read (a step per 64), before it runs. */
     charged = 0;
     CHECK(fails(L, "assert(string.find(('a'):rep(10000), 'b', 1, true) == nil)") == NULL);
-    CHECK_INT(charged, 0);
+    CHECK_INT(charged, 1 + 10001 / 64);
+    /* A long set is read for every character it is tried on, and where the
+     * pattern is read again: 100 characters, each against a 1600-byte set
+     * (a step per 16 bytes), is more than 10,000 steps; without that it
+     * would be a few hundred. */
+    charged = 0;
+    CHECK(fails(L, "assert(not string.find(('x'):rep(100), '[' .. ('a'):rep(1600) .. ']'))") ==
+          NULL);
+    CHECK(charged > 100 * 1600 / 16);
+    /* A back-reference compares its capture again: here about 2000 matcher
+     * steps, and 500,000 bytes compared (the captures of 1 to 1000 bytes). */
+    charged = 0;
+    CHECK(fails(L, "assert(not (('a'):rep(2000) .. 'b'):find('^(.+)%1c'))") == NULL);
+    CHECK(charged > 500000 / 16);
     lua_close(L);
 }
 
