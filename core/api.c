@@ -17,6 +17,8 @@ struct brm_api {
     int targets; /* registry reference: name -> { options, adapter, secrets } */
     int mask;    /* registry reference to brume.target.mask */
     struct brm_state *state;
+    double (*clock)(void *arg); /* what time it is (brume test's simulated clock), or NULL */
+    void *clock_arg;
 };
 
 void brm_actions_reset(struct brm_actions *a) {
@@ -51,6 +53,16 @@ void brm_api_set_dry_run(struct brm_api *api, int on) {
 
 void brm_api_set_state(struct brm_api *api, struct brm_state *state) {
     api->state = state;
+}
+
+void brm_api_set_clock(struct brm_api *api, double (*clock)(void *arg), void *arg) {
+    api->clock = clock;
+    api->clock_arg = arg;
+}
+
+/* What time it is for the rules. */
+static double now(const struct brm_api *api) {
+    return api->clock ? api->clock(api->clock_arg) : brm_time_now();
 }
 
 static struct brm_api *get_api(lua_State *L) {
@@ -431,6 +443,9 @@ static int state_failed(lua_State *L, struct brm_api *api, int rc, const char *f
         *api->scope->busy = 1;
         return brm_sandbox_abort(L, "the state is busy (this body runs again)");
     }
+    if (strncmp(fn, "brume.timer", 11) == 0 || strncmp(fn, "brume.group", 11) == 0)
+        return luaL_error(L, "%s: rule '%s' holds %d timers and digests already", fn,
+                          api->scope->rule, BRM_STATE_MAX_TIMERS);
     return luaL_error(L, "%s: the state holds %d keys already", fn, BRM_STATE_MAX_ENTRIES);
 }
 
@@ -440,7 +455,7 @@ static int api_once(lua_State *L) {
     struct brm_state *st = need_state(L, api, "brume.once");
     const char *key = check_key(L, 1);
     double ttl = check_duration(L, 2);
-    int rc = brm_state_once(st, key, ttl, brm_time_now(), api->scope->txn);
+    int rc = brm_state_once(st, key, ttl, now(api), api->scope->txn);
     if (rc < 0) return state_failed(L, api, rc, "brume.once");
     lua_pushboolean(L, rc);
     return 1;
@@ -454,7 +469,7 @@ static int api_throttle(lua_State *L) {
     lua_Integer limit = luaL_checkinteger(L, 2);
     luaL_argcheck(L, limit > 0, 2, "the limit must be positive");
     double window = check_duration(L, 3);
-    int rc = brm_state_throttle(st, key, (long)limit, window, brm_time_now(), api->scope->txn);
+    int rc = brm_state_throttle(st, key, (long)limit, window, now(api), api->scope->txn);
     if (rc < 0) return state_failed(L, api, rc, "brume.throttle");
     lua_pushboolean(L, rc);
     return 1;
@@ -464,7 +479,7 @@ static int api_state_get(lua_State *L) {
     struct brm_api *api = get_api(L);
     struct brm_state *st = need_state(L, api, "brume.state.get");
     char *json;
-    int rc = brm_state_get(st, check_key(L, 1), brm_time_now(), api->scope->txn, &json);
+    int rc = brm_state_get(st, check_key(L, 1), now(api), api->scope->txn, &json);
     if (rc < 0) return state_failed(L, api, rc, "brume.state.get");
     struct brm_err err;
     if (!json) {
@@ -496,7 +511,7 @@ static int api_state_set(lua_State *L) {
             return luaL_error(L, "brume.state.set: the value is %d bytes, more than %d", (int)len,
                               BRM_STATE_MAX_VALUE);
     }
-    int rc = brm_state_set(st, key, json, ttl, brm_time_now(), api->scope->txn);
+    int rc = brm_state_set(st, key, json, ttl, now(api), api->scope->txn);
     if (rc < 0) return state_failed(L, api, rc, "brume.state.set");
     return 0;
 }
@@ -509,7 +524,7 @@ static int api_state_incr(lua_State *L) {
     double n = luaL_optnumber(L, 2, 1);
     double ttl = lua_isnoneornil(L, 3) ? 0 : check_duration(L, 3);
     double v;
-    int rc = brm_state_incr(st, key, n, ttl, brm_time_now(), api->scope->txn, &v);
+    int rc = brm_state_incr(st, key, n, ttl, now(api), api->scope->txn, &v);
     if (rc == -1 || rc == BRM_STATE_BUSY) return state_failed(L, api, rc, "brume.state.incr");
     if (rc == -2) return luaL_error(L, "brume.state.incr: '%s' does not hold a number", key);
     /* In range before the conversion: converting 1e300 is undefined. */
@@ -517,6 +532,123 @@ static int api_state_incr(lua_State *L) {
         lua_pushinteger(L, (lua_Integer)v);
     else
         lua_pushnumber(L, v);
+    return 1;
+}
+
+/* ---- timers and digests --------------------------------------------------- */
+
+/* The value at ARG as JSON of at most MAX bytes, left on the stack; NULL
+ * for nil. Raises when it cannot be encoded or is too long. */
+static const char *check_json(lua_State *L, int arg, size_t max, const char *fn) {
+    struct brm_err err;
+    size_t len;
+    if (lua_isnoneornil(L, arg)) return NULL;
+    if (brm_json_encode(L, arg, &err) < 0)
+        luaL_error(L, "%s: the value cannot be encoded as JSON: %s", fn, err.msg);
+    const char *json = lua_tolstring(L, -1, &len);
+    if (len > max) luaL_error(L, "%s: the value is %d bytes, more than %d", fn, (int)len, (int)max);
+    return json;
+}
+
+/* A delay: a duration, or 0 (at once). */
+static double check_delay(lua_State *L, int arg) {
+    if (lua_type(L, arg) == LUA_TNUMBER && lua_tonumber(L, arg) == 0) return 0;
+    return check_duration(L, arg);
+}
+
+/* brume.timer.set(key, delay [, data]): arms (or arms again) this rule's
+ * timer KEY; on_timer(key, data, ctx) runs when it is due. */
+static int api_timer_set(lua_State *L) {
+    struct brm_api *api = get_api(L);
+    struct brm_state *st = need_state(L, api, "brume.timer.set");
+    const char *key = check_key(L, 1);
+    double delay = check_delay(L, 2);
+    const char *data = check_json(L, 3, BRM_STATE_MAX_DATA, "brume.timer.set");
+    int rc =
+        brm_state_timer_set(st, api->scope->rule, key, now(api) + delay, data, api->scope->txn);
+    if (rc < 0) return state_failed(L, api, rc, "brume.timer.set");
+    return 0;
+}
+
+/* brume.timer.cancel(key): true when a pending timer was cancelled. */
+static int api_timer_cancel(lua_State *L) {
+    struct brm_api *api = get_api(L);
+    struct brm_state *st = need_state(L, api, "brume.timer.cancel");
+    int rc = brm_state_timer_cancel(st, api->scope->rule, check_key(L, 1), api->scope->txn);
+    if (rc < 0) return state_failed(L, api, rc, "brume.timer.cancel");
+    lua_pushboolean(L, rc);
+    return 1;
+}
+
+/* brume.timer.get(key): its due time and data, or nil. */
+static int api_timer_get(lua_State *L) {
+    struct brm_api *api = get_api(L);
+    struct brm_state *st = need_state(L, api, "brume.timer.get");
+    double due = 0;
+    char *data;
+    int rc =
+        brm_state_timer_get(st, api->scope->rule, check_key(L, 1), api->scope->txn, &due, &data);
+    if (rc < 0) return state_failed(L, api, rc, "brume.timer.get");
+    if (rc == 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    struct brm_err err;
+    lua_pushnumber(L, due);
+    int decoded = brm_json_decode(L, data, strlen(data), &err) == 0;
+    free(data);
+    if (!decoded) lua_pushnil(L);
+    if (lua_islightuserdata(L, -1) && !lua_touserdata(L, -1)) { /* armed without data */
+        lua_pop(L, 1);
+        lua_pushnil(L);
+    }
+    return 2;
+}
+
+/* The options of brume.group.add at ARG: debounce, max_wait, max_items. */
+static void check_group_opts(lua_State *L, int arg, struct brm_group_opts *o) {
+    o->debounce = 0, o->max_wait = 0, o->max_items = 100;
+    if (lua_isnoneornil(L, arg)) return;
+    luaL_checktype(L, arg, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, arg)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+        if (strcmp(k, "debounce") == 0) {
+            o->debounce = lua_toboolean(L, -1);
+        } else if (strcmp(k, "max_wait") == 0) {
+            o->max_wait = check_duration(L, lua_gettop(L));
+        } else if (strcmp(k, "max_items") == 0) {
+            lua_Integer n = lua_tointeger(L, -1);
+            if (!lua_isinteger(L, -1) || n < 0 || n > BRM_STATE_MAX_ITEMS)
+                luaL_argerror(L, arg,
+                              lua_pushfstring(L, "max_items: 0 to %d", BRM_STATE_MAX_ITEMS));
+            o->max_items = (long)n;
+        } else {
+            luaL_argerror(
+                L, arg,
+                lua_pushfstring(L, "unknown option '%s' (debounce, max_wait, max_items)", k));
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* brume.group.add(key, window [, item [, opts]]): adds ITEM to this rule's
+ * digest KEY; on_group(key, items, ctx) runs when its window closes.
+ * Returns how many adds it has had. */
+static int api_group_add(lua_State *L) {
+    struct brm_api *api = get_api(L);
+    struct brm_state *st = need_state(L, api, "brume.group.add");
+    const char *key = check_key(L, 1);
+    struct brm_group_opts o;
+    o.window = check_duration(L, 2);
+    check_group_opts(L, 4, &o);
+    lua_settop(L, 3);
+    const char *item = check_json(L, 3, BRM_STATE_MAX_ITEM, "brume.group.add");
+    long count = 0;
+    int rc =
+        brm_state_group_add(st, api->scope->rule, key, item, &o, now(api), api->scope->txn, &count);
+    if (rc < 0) return state_failed(L, api, rc, "brume.group.add");
+    lua_pushinteger(L, count);
     return 1;
 }
 
@@ -709,7 +841,7 @@ static int api_json_decode(lua_State *L) {
 }
 
 static int api_now(lua_State *L) {
-    lua_pushnumber(L, brm_time_now());
+    lua_pushnumber(L, now(get_api(L)));
     return 1;
 }
 
@@ -793,6 +925,18 @@ static const luaL_Reg state_funcs[] = {
     { NULL, NULL },
 };
 
+static const luaL_Reg timer_funcs[] = {
+    { "set", api_timer_set },
+    { "cancel", api_timer_cancel },
+    { "get", api_timer_get },
+    { NULL, NULL },
+};
+
+static const luaL_Reg group_funcs[] = {
+    { "add", api_group_add },
+    { NULL, NULL },
+};
+
 static const luaL_Reg base64_funcs[] = {
     { "encode", api_base64_encode },
     { "decode", api_base64_decode },
@@ -810,6 +954,7 @@ static void add_lib(lua_State *L, int upv, const char *name, const luaL_Reg *fun
 struct brm_api *brm_api_open(struct brm_sandbox *sb, const struct brm_config *cfg) {
     lua_State *L = brm_sandbox_state(sb);
     struct brm_api *api = lua_newuserdatauv(L, sizeof(*api), 0);
+    memset(api, 0, sizeof(*api));
     api->cfg = cfg;
     api->scope = NULL;
     api->sb = sb;
@@ -830,6 +975,8 @@ struct brm_api *brm_api_open(struct brm_sandbox *sb, const struct brm_config *cf
     add_lib(L, upv, "json", json_funcs);
     add_lib(L, upv, "base64", base64_funcs);
     add_lib(L, upv, "state", state_funcs);
+    add_lib(L, upv, "timer", timer_funcs);
+    add_lib(L, upv, "group", group_funcs);
     lua_getfield(L, codec, "null");
     lua_setfield(L, -2, "null");
     lua_pushliteral(L, BRM_VERSION);

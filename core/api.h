@@ -93,6 +93,9 @@ int brm_api_load_targets(struct brm_api *api, struct brm_err *err);
 void brm_api_set_dry_run(struct brm_api *api, int on);
 /* The state brume.once, brume.throttle and brume.state use (borrowed). */
 void brm_api_set_state(struct brm_api *api, struct brm_state *state);
+/* Rules read the time from CLOCK(ARG) (brume test's simulated clock);
+ * NULL: the real one. */
+void brm_api_set_clock(struct brm_api *api, double (*clock)(void *arg), void *arg);
 /* Sets (or clears, with NULL) the scope of the next calls. */
 void brm_api_set_scope(struct brm_api *api, struct brm_scope *scope);
 

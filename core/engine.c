@@ -22,14 +22,17 @@
 
 struct rule {
     char *name;
-    char *key_name; /* NAME %-encoded, as it goes into delivery keys */
-    char *file;     /* as shown in errors */
-    int fn;         /* registry reference to on_event */
-    int where;      /* registry reference to the where table, or LUA_NOREF */
-    int all;        /* topics = "*" */
+    char *key_name;         /* NAME %-encoded, as it goes into delivery keys */
+    char *file;             /* as shown in errors */
+    int fn;                 /* registry reference to on_event */
+    int on_timer, on_group; /* registry references, or LUA_NOREF */
+    double late;            /* timers late by more than this are dropped; < 0: fire them all */
+    int where;              /* registry reference to the where table, or LUA_NOREF */
+    int all;                /* topics = "*" */
     char **topics;
     size_t ntopics;
     struct brm_counter *runs, *errors, *budget, *memory;
+    struct brm_counter *fired, *late_fired, *late_dropped;
     struct brm_histogram *seconds;
     uint64_t log_window; /* start of the current failure-log window, ms */
     unsigned logged, suppressed;
@@ -59,7 +62,10 @@ struct brm_engine {
     struct brm_state *state;
 };
 
-static const char *const rule_keys[] = { "name", "topics", "where", "on_event", "description" };
+static const char *const rule_keys[] = { "name",     "topics",   "where", "on_event",
+                                         "on_timer", "on_group", "late",  "description" };
+#define LATE_DEFAULT 3600.0 /* a timer late by more than an hour is dropped */
+#define LATE_SLACK   1.0    /* a timer firing later than this after its due time is late */
 
 /* ---- loading ------------------------------------------------------------ */
 
@@ -183,6 +189,40 @@ static int rawfield(lua_State *L, int t, const char *key) {
     return lua_rawget(L, t);
 }
 
+/* An optional handler KEY of the rule table at T, as a registry reference
+ * in *REF. */
+static int read_handler(lua_State *L, int t, const char *key, const char *args,
+                        const struct rule *r, int *ref, struct brm_errors *errs) {
+    int type = rawfield(L, t, key);
+    if (type == LUA_TFUNCTION) {
+        *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        return 1;
+    }
+    lua_pop(L, 1);
+    if (type == LUA_TNIL) return 1;
+    brm_errors_addf(errs, r->file, 0, "%s: expected a function %s", key, args);
+    return 0;
+}
+
+/* The rule's `late`: "fire" (always), "drop" (any late timer), or a
+ * duration: timers late by more than it are dropped. */
+static int read_late(lua_State *L, int t, struct rule *r, struct brm_errors *errs) {
+    int type = rawfield(L, t, "late"), ok = 1;
+    const char *v = type == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    r->late = LATE_DEFAULT;
+    if (type == LUA_TNUMBER && lua_tonumber(L, -1) >= 0)
+        r->late = lua_tonumber(L, -1);
+    else if (v && strcmp(v, "fire") == 0)
+        r->late = -1;
+    else if (v && strcmp(v, "drop") == 0)
+        r->late = 0;
+    else if (!(v && brm_parse_duration(v, &r->late) == 0) && type != LUA_TNIL)
+        ok = 0, brm_errors_addf(errs, r->file, 0,
+                                "late: expected \"fire\", \"drop\" or a duration (\"30m\")");
+    lua_pop(L, 1);
+    return ok;
+}
+
 /* Checks the table a rule file returned (on top of the stack) and fills R. */
 static int read_rule(struct brm_engine *e, struct rule *r, struct brm_errors *errs) {
     lua_State *L = brm_sandbox_state(e->sb);
@@ -201,7 +241,7 @@ static int read_rule(struct brm_engine *e, struct rule *r, struct brm_errors *er
         if (i == BRM_ARRAY_LEN(rule_keys)) {
             brm_errors_addf(errs, r->file, 0,
                             "unknown key '%s' in the rule (expected name, topics, where, "
-                            "on_event, description)",
+                            "on_event, on_timer, on_group, late, description)",
                             k);
             ok = 0;
         }
@@ -214,8 +254,8 @@ static int read_rule(struct brm_engine *e, struct rule *r, struct brm_errors *er
         brm_errors_addf(errs, r->file, 0, "name: expected a string");
         ok = 0;
     }
-    if (strlen(r->name) == 0 || strlen(r->name) > MAX_RULE_NAME) {
-        brm_errors_addf(errs, r->file, 0, "name: 1 to %d characters", MAX_RULE_NAME);
+    if (strlen(r->name) == 0 || strlen(r->name) > MAX_RULE_NAME || strchr(r->name, '\x1f')) {
+        brm_errors_addf(errs, r->file, 0, "name: 1 to %d characters, no \\x1f", MAX_RULE_NAME);
         ok = 0;
     }
     lua_pop(L, 1);
@@ -241,6 +281,9 @@ static int read_rule(struct brm_engine *e, struct rule *r, struct brm_errors *er
         lua_pop(L, 1);
         ok = 0;
     }
+    ok &= read_handler(L, t, "on_timer", "(key, data, ctx)", r, &r->on_timer, errs);
+    ok &= read_handler(L, t, "on_group", "(key, items, ctx)", r, &r->on_group, errs);
+    ok &= read_late(L, t, r, errs);
     return ok;
 }
 
@@ -269,12 +312,21 @@ static void rule_metrics(struct rule *r) {
                                     r->name, "reason", "memory", NULL);
     r->seconds = brm_metrics_histogram("brume_rule_duration_seconds", "Time in one rule call.",
                                        "rule", r->name, NULL);
+    static const char help[] = "Timers and digests that came due, by what became of them.";
+    r->fired =
+        brm_metrics_counter("brume_timers_total", help, "rule", r->name, "outcome", "fired", NULL);
+    r->late_fired = brm_metrics_counter("brume_timers_total", help, "rule", r->name, "outcome",
+                                        "fired_late", NULL);
+    r->late_dropped = brm_metrics_counter("brume_timers_total", help, "rule", r->name, "outcome",
+                                          "dropped_late", NULL);
 }
 
 static void load_rule(struct brm_engine *e, const char *fname, struct brm_errors *errs) {
     lua_State *L = brm_sandbox_state(e->sb);
     char *path = brm_path_join(e->cfg->rules_dir, fname);
-    struct rule r = { .fn = LUA_NOREF, .where = LUA_NOREF };
+    struct rule r = {
+        .fn = LUA_NOREF, .where = LUA_NOREF, .on_timer = LUA_NOREF, .on_group = LUA_NOREF
+    };
     struct brm_err err;
     r.file = brm_path_display(path);
     r.name = brm_xstrndup(fname, strlen(fname) - 4);
@@ -425,6 +477,10 @@ int brm_engine_decode(struct brm_engine *e, const char *body, size_t len, struct
     return rc;
 }
 
+const char *brm_engine_rule_name(const struct brm_engine *e, size_t i) {
+    return e->rules[i].name;
+}
+
 size_t brm_engine_rule_count(const struct brm_engine *e) {
     return e->nrules;
 }
@@ -533,11 +589,44 @@ static void log_failure(struct rule *r, const struct brm_scope *s, enum brm_call
                   s->event_id, "topic", s->topic, "reason", reasons[st], "error", msg);
 }
 
+/* Calls the function of rule R below its NARGS arguments on the stack
+ * through the sandbox's door, in SCOPE; counts and logs how it went. */
+static void call_rule(struct brm_engine *e, struct rule *r, int nargs, struct brm_scope *scope,
+                      struct brm_dispatch_stats *stats) {
+    lua_State *L = brm_sandbox_state(e->sb);
+    struct brm_err err;
+    scope->rule = r->name;
+    scope->rule_key = r->key_name;
+    scope->rule_sent = r->sent;
+    brm_api_set_scope(e->api, scope);
+    uint64_t t0 = brm_time_mono_ns();
+    enum brm_call_status st = brm_sandbox_call(e->sb, nargs, 0, &err);
+    brm_histogram_observe(r->seconds, (double)(brm_time_mono_ns() - t0) / 1e9);
+    brm_api_set_scope(e->api, NULL);
+    r->sent = scope->rule_sent;
+    if (*scope->busy) return;
+    brm_counter_add(r->runs, 1);
+    stats->runs++;
+    if (st == BRM_CALL_OK) return;
+    stats->errors++;
+    brm_counter_add(st == BRM_CALL_BUDGET   ? r->budget
+                    : st == BRM_CALL_MEMORY ? r->memory
+                                            : r->errors,
+                    1);
+    log_failure(r, scope, st, &err);
+    if (st == BRM_CALL_MEMORY) {
+        /* Collect what the failed call left; if the VM is still nearly
+         * full, something holds on to it and only a fresh VM helps. */
+        lua_gc(L, LUA_GCCOLLECT);
+        size_t limit = brm_sandbox_memory_limit(e->sb);
+        if (limit && brm_sandbox_memory(e->sb) > limit / 10 * 9) e->exhausted = 1;
+    }
+}
+
 /* Runs the rules of topic T on the event at EV with the ctx at CTX. */
 static void run_rules(struct brm_engine *e, const struct topic *t, int ev, int ctx,
                       struct brm_scope *scope, struct brm_dispatch_stats *stats) {
     lua_State *L = brm_sandbox_state(e->sb);
-    struct brm_err err;
     stats->events++;
     for (size_t i = 0; i < t->n; i++) {
         struct rule *r = &e->rules[t->rules[i]];
@@ -554,32 +643,8 @@ static void run_rules(struct brm_engine *e, const struct topic *t, int ev, int c
             r->event = e->event;
             r->sent = 0;
         }
-        scope->rule = r->name;
-        scope->rule_key = r->key_name;
-        scope->rule_sent = r->sent;
-        brm_api_set_scope(e->api, scope);
-        uint64_t t0 = brm_time_mono_ns();
-        enum brm_call_status st = brm_sandbox_call(e->sb, 2, 0, &err);
-        brm_histogram_observe(r->seconds, (double)(brm_time_mono_ns() - t0) / 1e9);
-        brm_api_set_scope(e->api, NULL);
-        r->sent = scope->rule_sent;
+        call_rule(e, r, 2, scope, stats);
         if (*scope->busy) return; /* not a failure: the body runs again later */
-        brm_counter_add(r->runs, 1);
-        stats->runs++;
-        if (st == BRM_CALL_OK) continue;
-        stats->errors++;
-        brm_counter_add(st == BRM_CALL_BUDGET   ? r->budget
-                        : st == BRM_CALL_MEMORY ? r->memory
-                                                : r->errors,
-                        1);
-        log_failure(r, scope, st, &err);
-        if (st == BRM_CALL_MEMORY) {
-            /* Collect what the failed call left; if the VM is still nearly
-             * full, something holds on to it and only a fresh VM helps. */
-            lua_gc(L, LUA_GCCOLLECT);
-            size_t limit = brm_sandbox_memory_limit(e->sb);
-            if (limit && brm_sandbox_memory(e->sb) > limit / 10 * 9) e->exhausted = 1;
-        }
     }
 }
 
@@ -722,4 +787,118 @@ int brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
     if (busy) clear_emitted(e); /* what the stopped event emitted must not run later */
     lua_settop(L, envelope - 1);
     return busy ? BRM_STATE_BUSY : 0;
+}
+
+/* ---- timers and digests ------------------------------------------------- */
+
+static struct rule *find_rule(struct brm_engine *e, const char *name) {
+    for (size_t i = 0; i < e->nrules; i++)
+        if (strcmp(e->rules[i].name, name) == 0) return &e->rules[i];
+    return NULL;
+}
+
+void brm_engine_set_clock(struct brm_engine *e, double (*clock)(void *arg), void *arg) {
+    brm_api_set_clock(e->api, clock, arg);
+}
+
+int brm_engine_has_rule(const struct brm_engine *e, const char *name) {
+    return find_rule((struct brm_engine *)e, name) != NULL;
+}
+
+/* Pushes JSON text S decoded, JSON null as nil. [-0, +1] */
+static void push_decoded(lua_State *L, const char *s) {
+    struct brm_err err;
+    if (brm_json_decode(L, s, strlen(s), &err) < 0) {
+        lua_pushnil(L);
+    } else if (lua_islightuserdata(L, -1) && !lua_touserdata(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+    }
+}
+
+/* Pushes the handler's arguments: key, data or items, ctx. [-0, +3] */
+static void push_fired(lua_State *L, const struct brm_fired *f, const struct brm_batch *b) {
+    lua_pushstring(L, f->key);
+    if (f->kind == BRM_FIRED_TIMER) {
+        push_decoded(L, f->data);
+    } else {
+        lua_createtable(L, (int)f->nitems, 0);
+        for (size_t i = 0; i < f->nitems; i++) {
+            push_decoded(L, f->items[i]);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+    }
+    lua_createtable(L, 0, 10);
+    lua_pushstring(L, f->key);
+    lua_setfield(L, -2, "key");
+    lua_pushstring(L, f->rule);
+    lua_setfield(L, -2, "rule");
+    lua_pushnumber(L, f->due);
+    lua_setfield(L, -2, "due");
+    double late = b->received_at - f->due;
+    lua_pushnumber(L, late > 0 ? late : 0);
+    lua_setfield(L, -2, "late");
+    lua_pushnumber(L, b->received_at);
+    lua_setfield(L, -2, "fired_at");
+    lua_pushinteger(L, (lua_Integer)b->delivery);
+    lua_setfield(L, -2, "delivery");
+    lua_pushstring(L, f->kind == BRM_FIRED_TIMER ? "timer" : "group");
+    lua_setfield(L, -2, "topic");
+    if (f->kind == BRM_FIRED_GROUP) {
+        lua_pushinteger(L, f->count);
+        lua_setfield(L, -2, "count");
+        lua_pushnumber(L, f->opened);
+        lua_setfield(L, -2, "opened_at");
+    }
+}
+
+int brm_engine_fire(struct brm_engine *e, const struct brm_fired *f, const struct brm_batch *batch,
+                    struct brm_actions *sink, struct brm_dispatch_stats *stats,
+                    enum brm_fire_outcome *outcome) {
+    lua_State *L = brm_sandbox_state(e->sb);
+    memset(stats, 0, sizeof(*stats));
+    struct rule *r = find_rule(e, f->rule);
+    int fn = !r ? LUA_NOREF : f->kind == BRM_FIRED_TIMER ? r->on_timer : r->on_group;
+    if (!r || fn == LUA_NOREF) {
+        *outcome = r ? BRM_FIRE_NO_HANDLER : BRM_FIRE_NO_RULE;
+        return 0;
+    }
+    double late = batch->received_at - f->due;
+    int is_late = late > LATE_SLACK;
+    if (is_late && r->late >= 0 && late > r->late) {
+        *outcome = BRM_FIRE_DROPPED_LATE;
+        brm_counter_add(r->late_dropped, 1);
+        return 0;
+    }
+    *outcome = BRM_FIRE_RAN;
+    int busy = 0;
+    char id[MAX_EVENT_ID];
+    snprintf(id, sizeof(id), "%s", f->key);
+    struct brm_scope scope = {
+        .delivery = batch->delivery,
+        .topic = f->kind == BRM_FIRED_TIMER ? "timer" : "group",
+        .event_id = id,
+        .index = 0,
+        .sink = sink,
+        .emit_queue = e->queue,
+        .txn = batch->txn,
+        .busy = &busy,
+    };
+    size_t emitted = 0;
+    scope.emitted = &emitted;
+    e->event++;
+    r->event = e->event;
+    r->sent = 0;
+    luaL_checkstack(L, 8, NULL);
+    int top = lua_gettop(L);
+    push_fired(L, f, batch); /* key, data or items, ctx: kept for emitted events */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
+    for (int i = 1; i <= 3; i++) lua_pushvalue(L, top + i);
+    call_rule(e, r, 3, &scope, stats);
+    if (emitted && !busy) run_emitted(e, top + 3, &scope, stats);
+    if (busy) clear_emitted(e);
+    lua_settop(L, top);
+    if (busy) return BRM_STATE_BUSY;
+    brm_counter_add(is_late ? r->late_fired : r->fired, 1);
+    return 0;
 }

@@ -22,6 +22,7 @@
 #include "api.h"
 #include "config.h"
 #include "json.h"
+#include "state.h"
 
 struct brm_engine;
 struct brm_snapshot;
@@ -80,7 +81,33 @@ int brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
                         const struct brm_batch *batch, struct brm_actions *sink,
                         struct brm_dispatch_stats *stats);
 
+/* What became of a timer or digest that came due. */
+enum brm_fire_outcome {
+    BRM_FIRE_RAN,          /* its handler ran (it may have failed: STATS say) */
+    BRM_FIRE_NO_RULE,      /* no rule of that name (a reload removed it) */
+    BRM_FIRE_NO_HANDLER,   /* the rule has no on_timer (or on_group) now */
+    BRM_FIRE_DROPPED_LATE, /* later than the rule's `late` allows */
+};
+
+/*
+ * Runs the handler of timer or digest F, which came due at F->due and
+ * fires at BATCH->received_at (on_timer(key, data, ctx) or on_group(key,
+ * items, ctx), ctx holding due, late, fired_at...), as dispatch runs
+ * on_event: what it sends goes to SINK, its state changes to the batch's
+ * transaction. *OUTCOME says whether it ran. Returns 0, or BRM_STATE_BUSY
+ * as dispatch does (run it again later, whole).
+ */
+int brm_engine_fire(struct brm_engine *e, const struct brm_fired *f, const struct brm_batch *batch,
+                    struct brm_actions *sink, struct brm_dispatch_stats *stats,
+                    enum brm_fire_outcome *outcome);
+/* Rules read the time from CLOCK(ARG) (brume test's simulated clock). */
+void brm_engine_set_clock(struct brm_engine *e, double (*clock)(void *arg), void *arg);
+/* 1 when the engine has a rule named NAME. */
+int brm_engine_has_rule(const struct brm_engine *e, const char *name);
+
 size_t brm_engine_rule_count(const struct brm_engine *e);
+/* The name of rule I (in file-name order), borrowed for the engine's life. */
+const char *brm_engine_rule_name(const struct brm_engine *e, size_t i);
 /* In a dry run (brume test) actions also carry their requests with
  * secrets masked, for showing. */
 void brm_engine_set_dry_run(struct brm_engine *e, int on);

@@ -36,6 +36,7 @@ struct held {
     size_t len;
     char *copy; /* or a copy, when it was answered first */
     struct brm_actions actions;
+    int fired; /* not a body: what a timer's or digest's handler did */
 };
 
 /* The bodies of one turn, handed to the journal together. */
@@ -49,10 +50,17 @@ struct group {
     struct group *next; /* on the intake's list of groups done */
 };
 
+/* A timer or digest the scheduler found due, for this worker to fire. */
+struct fire {
+    struct fire *next;
+    char *key;
+};
+
 /* A body that met rule state another group has not stored yet: it runs
  * again, whole, once that group is done. */
 struct parked {
     struct parked *next;
+    char *timer;              /* a timer's or digest's key (then nothing below counts) */
     brm_intake_done_fn *done; /* NULL: answered already (durability = "none") */
     void *arg;
     int64_t id;
@@ -83,6 +91,7 @@ struct brm_intake {
     pthread_mutex_t lock;
     pthread_cond_t done_cond;
     struct group *done;
+    struct fire *fires, **fires_tail; /* timers and digests to fire, from the scheduler */
     size_t inflight; /* groups handed over and not yet answered (worker's thread) */
     int donefd;      /* eventfd: the journal's thread, or a wake -> this worker */
     struct event *done_ev;
@@ -93,6 +102,8 @@ struct brm_intake {
     size_t failed_bodies, failed_lost;
     struct source_keys *keys; /* parallel to cfg->sources */
     struct brm_counter *unknown, *other_topic, *duplicates, *parked_count;
+    uint64_t drops_logged; /* when timer drops were last logged (ms) */
+    unsigned drops_shown, drops_hidden;
     struct brm_histogram *lag;
     struct {
         char name[BRM_TOPIC_MAX];
@@ -153,6 +164,7 @@ struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *
     in->wake = wake;
     in->wake_arg = arg;
     in->parked_tail = &in->parked;
+    in->fires_tail = &in->fires;
     in->commit = event_new(base, -1, 0, on_commit, in);
     pthread_mutex_init(&in->lock, NULL);
     pthread_cond_init(&in->done_cond, NULL);
@@ -188,6 +200,7 @@ static void free_held(struct held *h, size_t n) {
 }
 
 static void free_parked(struct parked *p) {
+    free(p->timer);
     free(p->source);
     free(p->copy);
     free(p->peer);
@@ -207,6 +220,13 @@ void brm_intake_free(struct brm_intake *in) {
     for (struct parked *p = in->parked, *next; p; p = next) {
         next = p->next;
         free_parked(p);
+    }
+    /* Timers handed over and not fired stay in the store: they fire at the
+     * next start. */
+    for (struct fire *f = in->fires, *next; f; f = next) {
+        next = f->next;
+        free(f->key);
+        free(f);
     }
     event_free(in->commit);
     event_free(in->done_ev);
@@ -338,10 +358,15 @@ struct body {
 static void park(struct brm_intake *in, const struct body *b, brm_intake_done_fn *done, void *arg,
                  char *copy) {
     struct parked *p = brm_xcalloc(1, sizeof(*p));
-    *p = (struct parked){
-        NULL,    done,   arg,  b->id,       brm_xstrdup(b->source->name),
-        b->body, b->len, copy, b->received, brm_xstrdup(b->peer),
-    };
+    *p = (struct parked){ .done = done,
+                          .arg = arg,
+                          .id = b->id,
+                          .source = brm_xstrdup(b->source->name),
+                          .body = b->body,
+                          .len = b->len,
+                          .copy = copy,
+                          .received = b->received,
+                          .peer = brm_xstrdup(b->peer) };
     *in->parked_tail = p;
     in->parked_tail = &p->next;
     brm_counter_add(in->parked_count, 1);
@@ -410,8 +435,16 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
         in->held = brm_xrealloc(in->held, in->capheld * sizeof(*in->held));
     }
     struct held *h = &in->held[in->nheld++];
-    *h = (struct held){ done,        arg,     b->id,  src,  "",     b->received,
-                        env.nevents, b->body, b->len, copy, actions };
+    *h = (struct held){ .done = done,
+                        .arg = arg,
+                        .id = b->id,
+                        .source = src,
+                        .received = b->received,
+                        .events = env.nevents,
+                        .body = b->body,
+                        .len = b->len,
+                        .copy = copy,
+                        .actions = actions };
     snprintf(h->topic, sizeof(h->topic), "%s", env.name);
     if (!src->durable && h->done) {
         /* Answered now: the request's buffer moves on, so keep a copy. */
@@ -439,6 +472,109 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
     take(in, &b, done, arg, NULL);
 }
 
+/* Holds what a fired timer's handler did (ACTIONS, taken) for the open
+ * group: it is stored with the group, or the timer is back as it was. */
+static void hold_fired(struct brm_intake *in, int64_t id, struct brm_actions *actions) {
+    if (in->nheld == in->capheld) {
+        in->capheld = in->capheld ? in->capheld * 2 : 16;
+        in->held = brm_xrealloc(in->held, in->capheld * sizeof(*in->held));
+    }
+    struct held *h = &in->held[in->nheld++];
+    *h = (struct held){ .id = id, .received = brm_time_now(), .actions = *actions, .fired = 1 };
+    snprintf(h->topic, sizeof(h->topic), "timer");
+    if (in->nheld == 1) event_active(in->commit, 0, 0);
+}
+
+/* Says that a timer was dropped (rule gone, no handler, too late): ten
+ * lines per ten seconds at most, then how many were not shown. */
+static void log_drop(struct brm_intake *in, const struct brm_fired *f, const char *why) {
+    uint64_t now = brm_time_mono_ms();
+    if (now - in->drops_logged >= 10000) {
+        if (in->drops_hidden) {
+            char n[32];
+            snprintf(n, sizeof(n), "%u", in->drops_hidden);
+            brm_log_warn("timers dropped and not logged in the last window", "count", n);
+        }
+        in->drops_logged = now;
+        in->drops_shown = in->drops_hidden = 0;
+    }
+    if (in->drops_shown++ >= 10) {
+        in->drops_hidden++;
+        return;
+    }
+    char late[32];
+    snprintf(late, sizeof(late), "%.0fs", brm_time_now() - f->due);
+    brm_log_warn(why, "rule", f->rule, "timer", f->key, "late", late);
+}
+
+static void park_fire(struct brm_intake *in, const char *key) {
+    struct parked *p = brm_xcalloc(1, sizeof(*p));
+    p->timer = brm_xstrdup(key);
+    *in->parked_tail = p;
+    in->parked_tail = &p->next;
+    brm_counter_add(in->parked_count, 1);
+}
+
+/* Fires timer or digest KEY in the open group: its handler runs, and what
+ * it did is stored with the group, the timer gone in the same transaction;
+ * or it waits (parked) for a group that holds it. */
+static void fire(struct brm_intake *in, const char *key) {
+    struct brm_fired f;
+    double now = brm_time_now();
+    if (!in->txn) in->txn = brm_state_begin(in->state);
+    size_t mark = brm_state_mark(in->txn);
+    int rc = brm_state_fire(in->state, key, now, in->txn, &f);
+    if (rc == BRM_STATE_BUSY) {
+        park_fire(in, key);
+        return;
+    }
+    if (rc == 0) return; /* cancelled, or armed again for later */
+    int64_t id = brm_journal_next_id();
+    struct brm_batch batch = { "timer", (uint64_t)id, now, 0, in->txn };
+    struct brm_actions actions = { 0 };
+    struct brm_dispatch_stats stats;
+    enum brm_fire_outcome out;
+    if (brm_engine_fire(in->engine, &f, &batch, &actions, &stats, &out) == BRM_STATE_BUSY) {
+        if (brm_state_rollback(in->txn, mark)) in->wake(in->wake_arg);
+        brm_actions_reset(&actions);
+        park_fire(in, key);
+    } else {
+        if (out == BRM_FIRE_NO_RULE) log_drop(in, &f, "timer dropped: its rule is gone");
+        if (out == BRM_FIRE_NO_HANDLER) log_drop(in, &f, "timer dropped: its rule has no handler");
+        if (out == BRM_FIRE_DROPPED_LATE)
+            log_drop(in, &f, "timer dropped: later than the rule's `late` allows");
+        hold_fired(in, id, &actions); /* the timer's deletion goes with the group */
+    }
+    brm_fired_reset(&f);
+}
+
+void brm_intake_fire(struct brm_intake *in, const char *key) {
+    struct fire *f = brm_xcalloc(1, sizeof(*f));
+    f->key = brm_xstrdup(key);
+    uint64_t one = 1;
+    pthread_mutex_lock(&in->lock);
+    *in->fires_tail = f;
+    in->fires_tail = &f->next;
+    pthread_mutex_unlock(&in->lock);
+    if (write(in->donefd, &one, sizeof(one)) < 0) { /* saturated: the worker looks anyway */
+    }
+}
+
+/* Fires what the scheduler handed over. */
+static void run_fires(struct brm_intake *in) {
+    pthread_mutex_lock(&in->lock);
+    struct fire *list = in->fires;
+    in->fires = NULL;
+    in->fires_tail = &in->fires;
+    pthread_mutex_unlock(&in->lock);
+    for (struct fire *f = list, *next; f; f = next) {
+        next = f->next;
+        fire(in, f->key);
+        free(f->key);
+        free(f);
+    }
+}
+
 /* Runs the parked bodies again, in the order they came. */
 static void run_parked(struct brm_intake *in) {
     struct parked *list = in->parked;
@@ -446,6 +582,11 @@ static void run_parked(struct brm_intake *in) {
     in->parked_tail = &in->parked;
     for (struct parked *p = list, *next; p; p = next) {
         next = p->next;
+        if (p->timer) {
+            fire(in, p->timer);
+            free_parked(p);
+            continue;
+        }
         const struct brm_source *src = brm_config_source(in->cfg, p->source);
         if (!src) {
             char rid[32];
@@ -517,11 +658,11 @@ static void answer(struct brm_intake *in, struct group *g) {
     atomic_store(&in->store_ok, g->stored);
     for (size_t i = 0; i < g->jg.n; i++) {
         struct held *h = &g->held[i];
-        if (g->stored) brm_histogram_observe(in->lag, now - h->received);
+        if (g->stored && !h->fired) brm_histogram_observe(in->lag, now - h->received);
         if (h->done)
             h->done(h->arg, g->stored ? BRM_OK : BRM_UNAVAILABLE,
                     g->stored ? "ok" : "cannot store the body now; try again");
-        else if (!g->stored)
+        else if (!g->stored && !h->fired) /* a timer's is undone: it fires again */
             lost++;
     }
     if (!g->stored) log_refused(in, g, lost);
@@ -560,6 +701,7 @@ static void on_done(evutil_socket_t fd, short what, void *arg) {
         answer(in, g); /* may free requests and start others */
     }
     if (atomic_exchange(&in->retry, 0)) run_parked(in);
+    run_fires(in);
 }
 
 /* Hands the open group to the journal (the end of a turn). */
@@ -576,9 +718,12 @@ static void on_commit(evutil_socket_t fd, short what, void *arg) {
     for (size_t i = 0; i < n; i++) {
         struct held *h = &g->held[i];
         durable |= h->done != NULL;
-        g->entries[i] =
-            (struct brm_journal_entry){ h->id,     h->source->name, h->topic, h->received,
-                                        h->events, h->body,         h->len,   &h->actions };
+        g->entries[i] = (struct brm_journal_entry){
+            h->id,     h->source ? h->source->name : "timer",
+            h->topic,  h->received,
+            h->events, h->body,
+            h->len,    &h->actions,
+        };
     }
     g->jg.cfg = brm_config_ref(in->cfg); /* source names and targets, while it is written */
     g->jg.entries = g->entries;

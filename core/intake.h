@@ -60,6 +60,10 @@ void brm_intake_free(struct brm_intake *in);
 /* Parked bodies should try again (any thread). */
 void brm_intake_wake(struct brm_intake *in);
 
+/* Timer or digest KEY came due (brm_state_pop_due): this worker fires it
+ * in its next group (any thread; the key is copied). */
+void brm_intake_fire(struct brm_intake *in, const char *key);
+
 /* The worker's loop is ending: hands over the open group, waits until every
  * group is done and answered, and runs parked bodies until none is left.
  * Call it from the worker's thread. */

@@ -93,7 +93,7 @@ static int write_group(struct brm_journal_job *job, struct brm_store *st, struct
     for (size_t i = 0; i < g->n; i++) {
         const struct brm_journal_entry *e = &g->entries[i];
         struct brm_body b = { e->id, e->source, e->topic, e->received, e->events, e->body, e->len };
-        if (brm_store_add_body(st, &b, err) < 0) return -1;
+        if (e->body && brm_store_add_body(st, &b, err) < 0) return -1;
         int added = brm_journal_add_deliveries(g->cfg, st, e->actions, now, err);
         if (added < 0) return -1;
         g->messages += (size_t)added;
@@ -105,11 +105,15 @@ void brm_journal_group_init(struct brm_journal_group *g, int durable) {
     g->job.write = write_group;
     g->job.durable = durable;
     g->job.bytes = 0;
-    g->job.rows = (int64_t)g->n;
+    g->job.rows = 0;
     g->job.last_id = 0;
     for (size_t i = 0; i < g->n; i++) {
-        g->job.bytes += g->entries[i].len;
+        /* A timer's firing has an id too (its messages' keys start with it):
+         * ids must not start again below it after a restart. */
         if (g->entries[i].id > g->job.last_id) g->job.last_id = g->entries[i].id;
+        if (!g->entries[i].body) continue; /* a timer's: its deliveries only */
+        g->job.bytes += g->entries[i].len;
+        g->job.rows++;
     }
 }
 

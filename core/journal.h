@@ -66,7 +66,8 @@ struct brm_journal_entry {
     const char *source, *topic;
     double received;
     size_t events;
-    const char *body; /* borrowed until the group is done */
+    const char *body; /* borrowed until the group is done; NULL: a timer or digest that
+                         fired (only what its handler did is stored) */
     size_t len;
     const struct brm_actions *actions;
 };

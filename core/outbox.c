@@ -511,8 +511,7 @@ static void append_line(struct job *job) {
     job_finish(job, ok, 1, 0, why, 0);
 }
 
-static void start_job(struct brm_outbox *ob, struct target_rt *tr,
-                      const struct brm_delivery *d) {
+static void start_job(struct brm_outbox *ob, struct target_rt *tr, const struct brm_delivery *d) {
     struct brm_err err;
     struct job *job = brm_xcalloc(1, sizeof(*job));
     job->ob = ob;

@@ -39,11 +39,11 @@ struct brm_sandbox {
     lua_State *L;
     size_t used, limit;
     size_t ceiling; /* when set, the VM holds no more, user code or not */
-    int enforce;   /* >0 while user code runs or compiles: the cap applies */
-    int calls;     /* >0 inside brm_sandbox_call: the budget and the time apply */
-    int limit_hit; /* the last refusal came from the cap */
-    long budget;   /* instructions per outermost call */
-    long left;     /* of the current call */
+    int enforce;    /* >0 while user code runs or compiles: the cap applies */
+    int calls;      /* >0 inside brm_sandbox_call: the budget and the time apply */
+    int limit_hit;  /* the last refusal came from the cap */
+    long budget;    /* instructions per outermost call */
+    long left;      /* of the current call */
     enum stop stopped;
     char why[256]; /* what brm_sandbox_abort said */
     char stop_file[256];

@@ -32,6 +32,8 @@
 
 #define DRAIN_POLL_MS 50
 #define SWEEP_BUCKETS 4096 /* of the rule state, looked at each second for expired keys */
+#define DUE_KEY       1280 /* a timer's key in the state: namespace, rule, key */
+#define DUE_RETRY     0.02 /* seconds before looking again at a due timer a group holds */
 #define DEBOUNCE      0.3  /* seconds of quiet after a file change before reloading */
 #define MAX_REPORT    (64u << 10)
 
@@ -76,6 +78,10 @@ struct server {
     struct brm_journal *journal;
     int mailfd; /* eventfd: workers -> main */
     struct event *mail, *sigterm, *sigint, *sighup;
+    int duefd; /* eventfd: the state -> main, when a timer came due earlier */
+    struct event *due_mail, *due_timer;
+    char **rule_names; /* of the running set: a reload drops the timers of those it removes */
+    size_t nrule_names;
     struct brm_watch *watch;
     _Atomic long connections;
     _Atomic size_t unverified;      /* bytes held for bodies not checked yet, all workers */
@@ -435,6 +441,7 @@ static void apply(struct server *s, struct rule_set *rs) {
 }
 
 static void watch_files(struct server *s);
+static void drop_removed_timers(struct server *s, const struct brm_engine *e);
 
 /*
  * Loads the config file again and everything it names, and puts it in
@@ -461,6 +468,7 @@ static int reload(struct server *s, const char *trigger, struct brm_buf *report)
     if (cfg && prepare(s, cfg, &rs, &errs) == 0) {
         restart_only(s->started, cfg, &warnings);
         size_t rules = brm_engine_rule_count(rs.engines[0]);
+        drop_removed_timers(s, rs.engines[0]);
         apply(s, &rs);
         atomic_store(&s->rules, (long)rules);
         long version = atomic_fetch_add(&s->generation, 1) + 1;
@@ -566,6 +574,92 @@ static void on_stop(evutil_socket_t sig, short what, void *arg) {
         post(w->mailfd);
     }
     event_base_loopbreak(s->base);
+}
+
+/* ---- timers and digests (main thread) ------------------------------------- */
+
+/* The state's hook: a timer came due earlier than the scheduler waits for
+ * (any thread, the state's lock held: only an eventfd write). */
+static void due_earlier(void *arg) {
+    post(((struct server *)arg)->duefd);
+}
+
+/* The worker that fires KEY ("timer\x1fRULE\x1f..."): one per rule, so a
+ * rule's timers fire in due order. */
+static struct worker *worker_for(struct server *s, const char *key) {
+    const char *rule = strchr(key, '\x1f') + 1;
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = rule; *p && *p != '\x1f'; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return &s->workers[h % (uint64_t)s->nworkers];
+}
+
+/* Hands every timer and digest that is due to its worker, then waits for
+ * the next (or for the hook to say one came earlier). */
+static void on_due(evutil_socket_t fd, short what, void *arg) {
+    struct server *s = arg;
+    (void)what;
+    if (fd >= 0) drain_mail(fd);
+    double now = brm_time_now(), next;
+    char key[DUE_KEY];
+    while (brm_state_pop_due(s->state, now, key, sizeof(key), &next))
+        brm_intake_fire(worker_for(s, key)->intake, key);
+    evtimer_del(s->due_timer);
+    if (!next) return;
+    double wait = next > now ? next - now : DUE_RETRY; /* a group holds the first */
+    struct timeval tv = { (time_t)wait, (suseconds_t)((wait - (double)(time_t)wait) * 1e6) };
+    evtimer_add(s->due_timer, &tv);
+}
+
+/* The names of the running set's rules. */
+static void keep_rule_names(struct server *s, const struct brm_engine *e) {
+    for (size_t i = 0; i < s->nrule_names; i++) free(s->rule_names[i]);
+    free(s->rule_names);
+    s->nrule_names = brm_engine_rule_count(e);
+    s->rule_names = brm_xcalloc(s->nrule_names + 1, sizeof(char *));
+    for (size_t i = 0; i < s->nrule_names; i++)
+        s->rule_names[i] = brm_xstrdup(brm_engine_rule_name(e, i));
+}
+
+/* The deletion of a removed rule's timers, stored by the journal. */
+struct drop {
+    struct brm_journal_group jg;
+};
+
+static void drop_done(struct brm_journal_job *job, int stored, const struct brm_err *err) {
+    struct drop *d = (struct drop *)job;
+    (void)err; /* kept when refused: they are dropped when they come due */
+    brm_state_release(d->jg.txn, stored);
+    brm_config_free(d->jg.cfg);
+    free(d);
+}
+
+/* A reload that removes a rule drops its timers and digests, with a line. */
+static void drop_removed_timers(struct server *s, const struct brm_engine *e) {
+    for (size_t i = 0; i < s->nrule_names; i++) {
+        if (brm_engine_has_rule(e, s->rule_names[i])) continue;
+        struct brm_state_txn *t = brm_state_begin(s->state);
+        long n = brm_state_drop_rule(s->state, s->rule_names[i], t);
+        if (n == 0) {
+            brm_state_release(t, 1);
+            continue;
+        }
+        char count[32];
+        snprintf(count, sizeof(count), "%ld", n);
+        brm_log_info("a reload removed a rule: its timers and digests are dropped", "rule",
+                     s->rule_names[i], "count", count);
+        struct drop *d = brm_xcalloc(1, sizeof(*d));
+        d->jg.cfg = brm_config_ref(s->cfg);
+        d->jg.txn = t;
+        d->jg.job.done = drop_done;
+        brm_journal_group_init(&d->jg, 0);
+        brm_journal_submit(s->journal, &d->jg.job);
+    }
+    keep_rule_names(s, e);
+}
+
+static double gauge_timers(void *arg) {
+    return (double)brm_state_pending(((struct server *)arg)->state);
 }
 
 static void on_hup(evutil_socket_t sig, short what, void *arg) {
@@ -795,6 +889,11 @@ static void add_events(struct server *s) {
     event_add(s->sigterm, NULL);
     event_add(s->sigint, NULL);
     event_add(s->sighup, NULL);
+    s->duefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    s->due_mail = event_new(s->base, s->duefd, EV_READ | EV_PERSIST, on_due, s);
+    s->due_timer = evtimer_new(s->base, on_due, s);
+    event_add(s->due_mail, NULL);
+    brm_state_set_due_hook(s->state, due_earlier, s);
 }
 
 static void free_server(struct server *s, struct rule_set *rs) {
@@ -807,6 +906,12 @@ static void free_server(struct server *s, struct rule_set *rs) {
     if (s->sigterm) event_free(s->sigterm);
     if (s->sigint) event_free(s->sigint);
     if (s->sighup) event_free(s->sighup);
+    if (s->state) brm_state_set_due_hook(s->state, NULL, NULL);
+    if (s->due_mail) event_free(s->due_mail);
+    if (s->due_timer) event_free(s->due_timer);
+    if (s->duefd >= 0) close(s->duefd);
+    for (size_t i = 0; i < s->nrule_names; i++) free(s->rule_names[i]);
+    free(s->rule_names);
     if (s->mailfd >= 0) close(s->mailfd);
     if (s->base) event_base_free(s->base);
     brm_outbox_free(s->outbox); /* writes what it learnt through the journal: first */
@@ -823,6 +928,7 @@ int brm_server_run(const struct brm_config *cfg) {
                         .started = brm_config_ref(cfg),
                         .nworkers = cfg->workers,
                         .mailfd = -1,
+                        .duefd = -1,
                         .lockfd = -1,
                         .generation = 1 };
     struct rule_set rs = { 0 };
@@ -856,6 +962,7 @@ int brm_server_run(const struct brm_config *cfg) {
         goto done;
     }
     atomic_store(&s.rules, (long)brm_engine_rule_count(rs.engines[0]));
+    keep_rule_names(&s, rs.engines[0]);
     s.files = brm_snapshot_ref(rs.files);
     s.base = new_base();
     s.workers = brm_xcalloc((size_t)s.nworkers, sizeof(*s.workers));
@@ -872,6 +979,9 @@ int brm_server_run(const struct brm_config *cfg) {
     add_events(&s);
     watch_files(&s);
     start_workers(&s);
+    brm_metrics_gauge("brume_timers_pending", "Timers and digests not yet due.", gauge_timers, &s,
+                      NULL);
+    on_due(-1, 0, &s); /* what came due while brume was stopped fires now, in due order */
     char n[32];
     snprintf(n, sizeof(n), "%ld", atomic_load(&s.rules));
     brm_log_info("brume ready", "rules", n);

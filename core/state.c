@@ -6,21 +6,38 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Keys are namespaced, so brume.once("x") and brume.state.set("x") differ. */
+/* Keys are namespaced, so brume.once("x") and brume.state.set("x") differ;
+ * a timer's and a digest's keys hold their rule's name too. */
 #define ONCE     "once\x1f"
 #define THROTTLE "throttle\x1f"
 #define STATE    "state\x1f"
 #define DEDUPE   "dedupe\x1f"
+#define TIMER    "timer\x1f"
+#define GROUP    "group\x1f"
+
+/* A digest's items, in the order they were added (the first max_items). */
+struct group {
+    char **items; /* JSON texts */
+    size_t n, cap;
+    size_t saved; /* items the store holds already */
+    int fresh;    /* not stored yet: the store may hold an older digest's items */
+    long count;   /* adds, those past max_items too */
+    double opened;
+};
 
 struct entry {
     struct entry *next;
     char *key;
-    char *value;    /* JSON text; for throttle "count window_start"; NULL: none */
-    double expires; /* 0: never */
-    uint64_t owner; /* the transaction whose change is not stored yet; 0: none */
-    size_t body;    /* the owner's body (mark) that last noted an undo for it */
-    int wanted;     /* another transaction was told it is busy */
-    uint64_t saved; /* the save that last wrote it (each save writes a key once) */
+    char *value;         /* JSON text; for throttle "count window_start"; a timer's data; a
+                            digest's settings; NULL: none */
+    double expires;      /* 0: never */
+    double due;          /* a timer's or an open digest's due time; 0: not one */
+    size_t heap;         /* its place in the due heap, plus one; 0: not in it */
+    struct group *group; /* an open digest's items */
+    uint64_t owner;      /* the transaction whose change is not stored yet; 0: none */
+    size_t body;         /* the owner's body (mark) that last noted an undo for it */
+    int wanted;          /* another transaction was told it is busy */
+    uint64_t saved;      /* the save that last wrote it (each save writes a key once) */
 };
 
 /* What an entry held before a body of the transaction first changed it.
@@ -28,24 +45,39 @@ struct entry {
 struct undo {
     struct entry *e;
     char *value;
-    double expires;
+    double expires, due;
     uint64_t owner;
     size_t body;
+    struct group *group; /* and its size then: items added since are undone */
+    size_t nitems;
+    long count;
 };
 
 struct brm_state_txn {
     struct brm_state *s;
     uint64_t id;
-    size_t body; /* the current body: its undo records start at undo[body - 1]... */
+    size_t body; /* the current body */
     struct undo *undo;
     size_t nundo, capundo;
+};
+
+/* Timers and digests a rule holds, against BRM_STATE_MAX_TIMERS. */
+struct rule_count {
+    char *rule;
+    long n;
 };
 
 struct brm_state {
     pthread_mutex_t lock; /* guards everything below, and every entry */
     struct entry **buckets;
     size_t nbuckets, count;
-    size_t sweep_at; /* the bucket the next sweep starts from */
+    size_t sweep_at;     /* the bucket the next sweep starts from */
+    struct entry **heap; /* timers and open digests, earliest due first */
+    size_t nheap, capheap;
+    struct rule_count *rules;
+    size_t nrules;
+    void (*on_earlier)(void *arg);
+    void *on_earlier_arg;
     _Atomic uint64_t next_txn, next_save;
 };
 
@@ -65,9 +97,17 @@ struct brm_state *brm_state_new(void) {
     return s;
 }
 
+static void group_free(struct group *g) {
+    if (!g) return;
+    for (size_t i = 0; i < g->n; i++) free(g->items[i]);
+    free(g->items);
+    free(g);
+}
+
 static void entry_free(struct entry *e) {
     free(e->key);
     free(e->value);
+    group_free(e->group);
     free(e);
 }
 
@@ -80,8 +120,18 @@ void brm_state_free(struct brm_state *s) {
         }
     }
     free(s->buckets);
+    free(s->heap);
+    for (size_t i = 0; i < s->nrules; i++) free(s->rules[i].rule);
+    free(s->rules);
     pthread_mutex_destroy(&s->lock);
     free(s);
+}
+
+void brm_state_set_due_hook(struct brm_state *s, void (*fn)(void *arg), void *arg) {
+    pthread_mutex_lock(&s->lock);
+    s->on_earlier = fn;
+    s->on_earlier_arg = arg;
+    pthread_mutex_unlock(&s->lock);
 }
 
 static int live(const struct entry *e, double now) {
@@ -134,6 +184,81 @@ static int busy(struct entry *e, const struct brm_state_txn *t) {
     return 1;
 }
 
+/* ---- the due heap ------------------------------------------------------- */
+
+static void heap_place(struct brm_state *s, size_t i, struct entry *e) {
+    s->heap[i] = e;
+    e->heap = i + 1;
+}
+
+static void heap_up(struct brm_state *s, size_t i) {
+    struct entry *e = s->heap[i];
+    while (i > 0 && s->heap[(i - 1) / 2]->due > e->due) {
+        heap_place(s, i, s->heap[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    heap_place(s, i, e);
+}
+
+static void heap_down(struct brm_state *s, size_t i) {
+    struct entry *e = s->heap[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= s->nheap) break;
+        if (c + 1 < s->nheap && s->heap[c + 1]->due < s->heap[c]->due) c++;
+        if (s->heap[c]->due >= e->due) break;
+        heap_place(s, i, s->heap[c]);
+        i = c;
+    }
+    heap_place(s, i, e);
+}
+
+static void heap_remove(struct brm_state *s, struct entry *e) {
+    size_t i = e->heap - 1;
+    e->heap = 0;
+    struct entry *last = s->heap[--s->nheap];
+    if (i == s->nheap) return;
+    heap_place(s, i, last);
+    heap_up(s, i);
+    heap_down(s, last->heap - 1);
+}
+
+/* The rule's count of timers and digests; KEY is "timer\x1fRULE\x1f...". */
+static long *rule_count(struct brm_state *s, const char *key) {
+    const char *rule = strchr(key, '\x1f') + 1;
+    size_t n = strcspn(rule, "\x1f");
+    for (size_t i = 0; i < s->nrules; i++)
+        if (strlen(s->rules[i].rule) == n && memcmp(s->rules[i].rule, rule, n) == 0)
+            return &s->rules[i].n;
+    s->rules = brm_xrealloc(s->rules, (s->nrules + 1) * sizeof(*s->rules));
+    s->rules[s->nrules] = (struct rule_count){ brm_xstrndup(rule, n), 0 };
+    return &s->rules[s->nrules++].n;
+}
+
+/* Gives E its due time (0: none), keeping the heap and the rule's count;
+ * tells the hook when the earliest due time got earlier. Caller holds the
+ * lock. */
+static void set_due(struct brm_state *s, struct entry *e, double due) {
+    double first = s->nheap ? s->heap[0]->due : 0;
+    if (!e->due != !due) *rule_count(s, e->key) += due ? 1 : -1;
+    e->due = due;
+    if (!due) {
+        if (e->heap) heap_remove(s, e);
+        return;
+    }
+    if (!e->heap) {
+        if (s->nheap == s->capheap) {
+            s->capheap = s->capheap ? s->capheap * 2 : 64;
+            s->heap = brm_xrealloc(s->heap, s->capheap * sizeof(*s->heap));
+        }
+        heap_place(s, s->nheap++, e);
+    }
+    heap_up(s, e->heap - 1);
+    heap_down(s, e->heap - 1);
+    if (s->heap[0] == e && (!first || due < first) && s->on_earlier)
+        s->on_earlier(s->on_earlier_arg);
+}
+
 /* ---- transactions ------------------------------------------------------- */
 
 struct brm_state_txn *brm_state_begin(struct brm_state *s) {
@@ -162,21 +287,36 @@ static void take(struct brm_state_txn *t, struct entry *e) {
         t->undo = brm_xrealloc(t->undo, t->capundo * sizeof(*t->undo));
     }
     t->undo[t->nundo++] = (struct undo){
-        e, e->value ? brm_xstrdup(e->value) : NULL, e->expires, e->owner, e->body,
+        e,
+        e->value ? brm_xstrdup(e->value) : NULL,
+        e->expires,
+        e->due,
+        e->owner,
+        e->body,
+        e->group,
+        e->group ? e->group->n : 0,
+        e->group ? e->group->count : 0,
     };
     e->owner = t->id;
     e->body = t->body;
 }
 
 /* Puts back what undo record U says; caller holds the lock. */
-static void restore(struct undo *u) {
+static void restore(struct brm_state *s, struct undo *u) {
     struct entry *e = u->e;
     free(e->value);
     e->value = u->value;
+    u->value = NULL;
     e->expires = u->expires;
+    set_due(s, e, u->due);
     e->owner = u->owner;
     e->body = u->body;
-    u->value = NULL;
+    if (e->group != u->group) group_free(e->group); /* opened after U: undone */
+    e->group = u->group;
+    if (e->group) {
+        while (e->group->n > u->nitems) free(e->group->items[--e->group->n]);
+        e->group->count = u->count;
+    }
 }
 
 int brm_state_rollback(struct brm_state_txn *t, size_t mark) {
@@ -184,7 +324,7 @@ int brm_state_rollback(struct brm_state_txn *t, size_t mark) {
     pthread_mutex_lock(&t->s->lock);
     while (t->nundo > mark) {
         struct undo *u = &t->undo[--t->nundo];
-        restore(u);
+        restore(t->s, u);
         if (!u->e->owner && u->e->wanted) {
             wanted = 1;
             u->e->wanted = 0;
@@ -194,10 +334,28 @@ int brm_state_rollback(struct brm_state_txn *t, size_t mark) {
     return wanted;
 }
 
+/* After T was stored: the digests it closed go (their items with them),
+ * and those it kept are as the store has them. Caller holds the lock. */
+static void settle_groups(struct brm_state_txn *t) {
+    for (size_t i = 0; i < t->nundo; i++) {
+        struct undo *u = &t->undo[i];
+        struct group *g = u->group;
+        if (!g || g == u->e->group) continue;
+        group_free(g); /* closed by T: the records after this one may name it too */
+        for (size_t k = i; k < t->nundo; k++)
+            if (t->undo[k].group == g) t->undo[k].group = NULL;
+    }
+    for (size_t i = 0; i < t->nundo; i++) {
+        struct group *g = t->undo[i].e->group;
+        if (g) g->saved = g->n, g->fresh = 0;
+    }
+}
+
 int brm_state_release(struct brm_state_txn *t, int keep) {
     if (!t) return 0;
     int wanted = 0;
     pthread_mutex_lock(&t->s->lock);
+    if (keep) settle_groups(t);
     for (size_t i = t->nundo; i-- > 0;) {
         struct undo *u = &t->undo[i];
         wanted |= u->e->wanted;
@@ -206,7 +364,7 @@ int brm_state_release(struct brm_state_txn *t, int keep) {
             u->e->owner = 0;
             free(u->value);
         } else {
-            restore(u); /* the first record of each key puts back owner 0 */
+            restore(t->s, u); /* the first record of each key puts back owner 0 */
         }
     }
     pthread_mutex_unlock(&t->s->lock);
@@ -215,7 +373,7 @@ int brm_state_release(struct brm_state_txn *t, int keep) {
     return wanted;
 }
 
-/* ---- changes ------------------------------------------------------------ */
+/* ---- values ------------------------------------------------------------- */
 
 static void set_value(struct entry *e, const char *value, double expires) {
     free(e->value);
@@ -350,41 +508,321 @@ int brm_state_incr(struct brm_state *s, const char *key, double n, double ttl, d
     return rc;
 }
 
+/* ---- timers and digests ------------------------------------------------- */
+
+/* Deletes timer or digest E within T. A digest's items stay with T's undo
+ * record until T is stored (brm_state_release frees them then). */
+static void close_entry(struct brm_state *s, struct brm_state_txn *t, struct entry *e) {
+    take(t, e);
+    if (!t) group_free(e->group);
+    e->group = NULL;
+    set_value(e, NULL, 0);
+    set_due(s, e, 0);
+}
+
+static char *due_key(const char *ns, const char *rule, const char *key) {
+    return brm_xasprintf("%s%s\x1f%s", ns, rule, key);
+}
+
+/* Looks up the timer or digest K for a change that may add it: -1 when
+ * the rule holds BRM_STATE_MAX_TIMERS already. The caller unlocks. */
+static int lookup_due(struct brm_state *s, const char *k, struct brm_state_txn *t,
+                      struct entry **e) {
+    int rc = lookup(s, k, 1, t, e);
+    if (rc == 0 && !(*e)->due && *rule_count(s, k) >= BRM_STATE_MAX_TIMERS) rc = -1;
+    return rc;
+}
+
+int brm_state_timer_set(struct brm_state *s, const char *rule, const char *key, double due,
+                        const char *data, struct brm_state_txn *t) {
+    char *k = due_key(TIMER, rule, key);
+    struct entry *e;
+    int rc = lookup_due(s, k, t, &e);
+    if (rc == 0) {
+        take(t, e);
+        set_value(e, data ? data : "null", 0);
+        set_due(s, e, due > 0 ? due : 1e-6); /* 0 means "not a timer" */
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(k);
+    return rc;
+}
+
+int brm_state_timer_cancel(struct brm_state *s, const char *rule, const char *key,
+                           struct brm_state_txn *t) {
+    char *k = due_key(TIMER, rule, key);
+    struct entry *e;
+    int rc = lookup(s, k, 0, t, &e);
+    if (rc == 0 && e && e->due) {
+        close_entry(s, t, e);
+        rc = 1;
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(k);
+    return rc;
+}
+
+int brm_state_timer_get(struct brm_state *s, const char *rule, const char *key,
+                        struct brm_state_txn *t, double *due, char **data) {
+    char *k = due_key(TIMER, rule, key);
+    struct entry *e;
+    int rc = lookup(s, k, 0, t, &e);
+    *data = NULL;
+    if (rc == 0 && e && e->due) {
+        *due = e->due;
+        *data = brm_xstrdup(e->value);
+        rc = 1;
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(k);
+    return rc;
+}
+
+/* A digest's value: what closes it, when it opened, how many adds. */
+static char *group_value(const struct brm_group_opts *o, const struct group *g) {
+    return brm_xasprintf("{\"window\":%.17g,\"debounce\":%s,\"max_wait\":%.17g,"
+                         "\"max_items\":%ld,\"opened\":%.17g,\"count\":%ld}",
+                         o->window, o->debounce ? "true" : "false", o->max_wait, o->max_items,
+                         g->opened, g->count);
+}
+
+/* Reads a digest's value back (into G too, when given). */
+static void read_group(const char *v, struct brm_group_opts *o, struct group *g) {
+    char b[8] = "";
+    double opened = 0;
+    long count = 0;
+    if (sscanf(v,
+               "{\"window\":%lf,\"debounce\":%5[a-z],\"max_wait\":%lf,\"max_items\":%ld,"
+               "\"opened\":%lf,\"count\":%ld}",
+               &o->window, b, &o->max_wait, &o->max_items, &opened, &count) != 6)
+        *o = (struct brm_group_opts){ 60, 0, 0, BRM_STATE_MAX_ITEMS };
+    o->debounce = strcmp(b, "true") == 0;
+    if (g) g->opened = opened, g->count = count;
+}
+
+/* When a digest opened at OPENED closes, after an add at NOW. */
+static double group_due(const struct brm_group_opts *o, double opened, double now) {
+    if (!o->debounce) return opened + o->window;
+    double due = now + o->window;
+    return o->max_wait > 0 && opened + o->max_wait < due ? opened + o->max_wait : due;
+}
+
+int brm_state_group_add(struct brm_state *s, const char *rule, const char *key, const char *item,
+                        const struct brm_group_opts *opts, double now, struct brm_state_txn *t,
+                        long *count) {
+    char *k = due_key(GROUP, rule, key);
+    struct entry *e;
+    int rc = lookup_due(s, k, t, &e);
+    if (rc == 0) {
+        struct brm_group_opts o = *opts;
+        take(t, e);
+        if (!e->due) { /* the first add opens it, with these settings */
+            e->group = brm_xcalloc(1, sizeof(*e->group));
+            e->group->opened = now;
+            e->group->fresh = 1;
+        } else {
+            read_group(e->value, &o, NULL);
+        }
+        struct group *g = e->group;
+        if (item && g->n < (size_t)o.max_items) {
+            if (g->n == g->cap) {
+                g->cap = g->cap ? g->cap * 2 : 8;
+                g->items = brm_xrealloc(g->items, g->cap * sizeof(*g->items));
+            }
+            g->items[g->n++] = brm_xstrdup(item);
+        }
+        *count = ++g->count;
+        free(e->value);
+        e->value = group_value(&o, g);
+        e->expires = 0;
+        set_due(s, e, group_due(&o, g->opened, now));
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(k);
+    return rc;
+}
+
+/* Splits a timer's or digest's key "ns\x1fRULE\x1fKEY" into OUT. */
+static void split_key(const char *k, struct brm_fired *out) {
+    const char *rule = strchr(k, '\x1f') + 1, *key = strchr(rule, '\x1f') + 1;
+    out->rule = brm_xstrndup(rule, (size_t)(key - rule - 1));
+    out->key = brm_xstrdup(key);
+}
+
+int brm_state_pop_due(struct brm_state *s, double now, char *key, size_t size, double *next) {
+    int found = 0;
+    pthread_mutex_lock(&s->lock);
+    /* One a transaction holds waits for it: its due time may move. */
+    if (s->nheap && s->heap[0]->due <= now && !s->heap[0]->owner) {
+        struct entry *e = s->heap[0];
+        heap_remove(s, e);
+        snprintf(key, size, "%s", e->key);
+        found = 1;
+    }
+    *next = s->nheap ? s->heap[0]->due : 0;
+    pthread_mutex_unlock(&s->lock);
+    return found;
+}
+
+int brm_state_fire(struct brm_state *s, const char *fullkey, double now, struct brm_state_txn *t,
+                   struct brm_fired *out) {
+    struct entry *e;
+    memset(out, 0, sizeof(*out));
+    int rc = lookup(s, fullkey, 0, t, &e);
+    if (rc == 0 && e && e->due && e->due <= now) { /* not cancelled, nor armed again later */
+        split_key(fullkey, out);
+        out->due = e->due;
+        if (e->group) {
+            struct group *g = e->group;
+            out->kind = BRM_FIRED_GROUP;
+            out->items = brm_xcalloc(g->n + 1, sizeof(char *));
+            for (size_t i = 0; i < g->n; i++) out->items[i] = brm_xstrdup(g->items[i]);
+            out->nitems = g->n;
+            out->count = g->count;
+            out->opened = g->opened;
+        } else {
+            out->kind = BRM_FIRED_TIMER;
+            out->data = brm_xstrdup(e->value);
+        }
+        close_entry(s, t, e);
+        rc = 1;
+    } else if (rc == 0 && e && e->due && !e->heap) {
+        set_due(s, e, e->due); /* popped, and due later now: back in the heap */
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+void brm_fired_reset(struct brm_fired *f) {
+    free(f->rule);
+    free(f->key);
+    free(f->data);
+    for (size_t i = 0; i < f->nitems; i++) free(f->items[i]);
+    free(f->items);
+    memset(f, 0, sizeof(*f));
+}
+
+long brm_state_drop_rule(struct brm_state *s, const char *rule, struct brm_state_txn *t) {
+    long dropped = 0;
+    size_t n = strlen(rule);
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->nheap;) {
+        struct entry *e = s->heap[i];
+        const char *r = strchr(e->key, '\x1f') + 1;
+        if (strncmp(r, rule, n) == 0 && r[n] == '\x1f' && !busy(e, t)) {
+            close_entry(s, t, e); /* out of the heap: look at I again */
+            dropped++;
+        } else {
+            i++;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return dropped;
+}
+
+size_t brm_state_pending(struct brm_state *s) {
+    pthread_mutex_lock(&s->lock);
+    size_t n = s->nheap;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
 /* ---- the store ---------------------------------------------------------- */
+
+/* What one entry's save writes, copied under the lock. */
+struct saving {
+    char *value;
+    double expires, due;
+    int group, fresh; /* a digest's key; its items are written from FROM */
+    size_t from, n;
+    char **items;
+};
+
+static void saving_reset(struct saving *v) {
+    free(v->value);
+    for (size_t i = 0; i < v->n; i++) free(v->items[i]);
+    free(v->items);
+}
+
+/* Copies what E's save must write, unless save SAVE wrote it already;
+ * caller holds the lock. Returns 0 when there is nothing to write. */
+static int copy_for_save(struct entry *e, uint64_t save, struct saving *v) {
+    memset(v, 0, sizeof(*v));
+    if (e->saved == save) return 0;
+    e->saved = save;
+    v->value = e->value ? brm_xstrdup(e->value) : NULL;
+    v->expires = e->expires;
+    v->due = e->due;
+    v->group = strncmp(e->key, GROUP, strlen(GROUP)) == 0;
+    if (e->group) {
+        struct group *g = e->group;
+        v->fresh = g->fresh;
+        v->from = g->fresh ? 0 : g->saved;
+        v->n = g->n - v->from;
+        v->items = brm_xcalloc(v->n + 1, sizeof(char *));
+        for (size_t i = 0; i < v->n; i++) v->items[i] = brm_xstrdup(g->items[v->from + i]);
+    }
+    return 1;
+}
+
+static int write_saving(struct brm_store *st, const char *key, const struct saving *v,
+                        struct brm_err *err) {
+    if (brm_store_put_state(st, key, v->value, v->expires, v->due, err) < 0) return -1;
+    /* A closed digest's items go; a new one's replace an older one's. */
+    if (v->group && (!v->value || v->fresh) && brm_store_drop_items(st, key, err) < 0) return -1;
+    for (size_t i = 0; i < v->n; i++)
+        if (brm_store_put_item(st, key, (long)(v->from + i), v->items[i], err) < 0) return -1;
+    return 0;
+}
 
 int brm_state_save(struct brm_state_txn *t, struct brm_store *st, struct brm_err *err) {
     struct brm_state *s = t->s;
     uint64_t save = atomic_fetch_add(&s->next_save, 1);
     for (size_t i = 0; i < t->nundo; i++) {
         struct entry *e = t->undo[i].e;
-        char *value = NULL;
-        double expires = 0;
-        /* Only T changes E until it is released: reading it needs the lock
-         * against the sweep's neighbours in the bucket, nothing more. */
+        struct saving v;
+        /* Only T changes what it owns until it is released: the lock only
+         * keeps the copy apart from the sweep and the due heap. */
         pthread_mutex_lock(&s->lock);
-        int again = e->saved == save;
-        e->saved = save;
-        if (e->value) {
-            value = brm_xstrdup(e->value);
-            expires = e->expires;
-        }
+        int write = copy_for_save(e, save, &v);
         pthread_mutex_unlock(&s->lock);
-        int rc = again ? 0 : brm_store_put_state(st, e->key, value, expires, err);
-        free(value);
+        int rc = write ? write_saving(st, e->key, &v, err) : 0;
+        saving_reset(&v);
         if (rc < 0) return -1;
     }
     return 0;
 }
 
-static void load_one(void *arg, const char *key, const char *value, double expires) {
+static void load_one(void *arg, const char *key, const char *value, double expires, double due) {
     struct brm_state *s = arg;
     struct entry *e = upsert(s, key);
-    if (e) set_value(e, value, expires);
+    if (!e) return;
+    set_value(e, value, expires);
+    if (due && strncmp(key, GROUP, strlen(GROUP)) == 0) {
+        struct brm_group_opts o;
+        e->group = brm_xcalloc(1, sizeof(*e->group));
+        read_group(value, &o, e->group);
+    }
+    if (due) set_due(s, e, due);
+}
+
+static void load_item(void *arg, const char *key, long seq, const char *item) {
+    struct brm_state *s = arg;
+    struct entry *e = find(s, key);
+    struct group *g = e ? e->group : NULL;
+    if (!g || seq != (long)g->n) return; /* of a digest that is gone, or out of order */
+    if (g->n == g->cap) {
+        g->cap = g->cap ? g->cap * 2 : 8;
+        g->items = brm_xrealloc(g->items, g->cap * sizeof(*g->items));
+    }
+    g->items[g->n++] = brm_xstrdup(item);
+    g->saved = g->n;
 }
 
 int brm_state_load(struct brm_state *s, struct brm_store *st, double now, struct brm_err *err) {
     pthread_mutex_lock(&s->lock);
     int rc = brm_store_load_state(st, now, load_one, s, err);
+    if (rc == 0) rc = brm_store_load_items(st, load_item, s, err);
     pthread_mutex_unlock(&s->lock);
     return rc;
 }
@@ -399,13 +837,13 @@ long brm_state_sweep(struct brm_state *s, size_t buckets, double now, struct brm
         s->sweep_at = (s->sweep_at + 1) & (s->nbuckets - 1);
         while (*p) {
             struct entry *e = *p;
-            if (e->owner || live(e, now)) {
+            if (e->owner || e->due || e->heap || live(e, now)) {
                 p = &e->next;
                 continue;
             }
             /* A value that expired is still in the store; a deleted one
              * went with the commit that deleted it. */
-            if (e->value && st && !failed && brm_store_put_state(st, e->key, NULL, 0, err) < 0)
+            if (e->value && st && !failed && brm_store_put_state(st, e->key, NULL, 0, 0, err) < 0)
                 failed = 1;
             *p = e->next;
             entry_free(e);

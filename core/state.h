@@ -1,7 +1,10 @@
 /*
  * state: what rules keep between events (brume.once, brume.throttle,
- * brume.state) and the sources' dedupe marks, shared by every worker: one
- * hash table in memory under one lock, so "once" is once across workers.
+ * brume.state), their timers and digests (brume.timer, brume.group), and
+ * the sources' dedupe marks, shared by every worker: one hash table in
+ * memory under one lock, so "once" is once across workers, and a heap of
+ * timers and digests by due time, so that finding the due ones scans
+ * nothing.
  *
  * Changes are transactional, key by key. A worker's changes belong to a
  * transaction (struct brm_state_txn), one per group of bodies the worker
@@ -34,6 +37,10 @@
 #define BRM_STATE_MAX_KEY     1024
 #define BRM_STATE_MAX_VALUE   (64 * 1024)
 #define BRM_STATE_MAX_ENTRIES 1000000
+#define BRM_STATE_MAX_TIMERS  100000      /* timers and digests, per rule */
+#define BRM_STATE_MAX_DATA    (16 * 1024) /* a timer's data, as JSON */
+#define BRM_STATE_MAX_ITEMS   10000       /* items a digest keeps (it counts them all) */
+#define BRM_STATE_MAX_ITEM    (16 * 1024) /* one item, as JSON */
 
 /* Returned by the functions below when another transaction owns the key. */
 #define BRM_STATE_BUSY (-3)
@@ -89,6 +96,74 @@ int brm_state_incr(struct brm_state *s, const char *key, double n, double ttl, d
  * (and it is marked seen). */
 int brm_state_seen(struct brm_state *s, const char *topic, const char *id, double window,
                    double now, struct brm_state_txn *t);
+
+/*
+ * Timers and digests belong to a rule (RULE, its name) and are named by
+ * KEY within it. Times are seconds since the epoch. Like the calls above,
+ * these change state within T, return BRM_STATE_BUSY when another
+ * transaction owns the key, and -1 when the rule holds
+ * BRM_STATE_MAX_TIMERS timers and digests already.
+ */
+
+/* Arms (or arms again) timer KEY for DUE with DATA (JSON, NULL: null). */
+int brm_state_timer_set(struct brm_state *s, const char *rule, const char *key, double due,
+                        const char *data, struct brm_state_txn *t);
+/* 1 when a pending timer was cancelled, 0 when there was none. */
+int brm_state_timer_cancel(struct brm_state *s, const char *rule, const char *key,
+                           struct brm_state_txn *t);
+/* 1 with *DUE and a copy of its data in *DATA, or 0 when KEY is not armed. */
+int brm_state_timer_get(struct brm_state *s, const char *rule, const char *key,
+                        struct brm_state_txn *t, double *due, char **data);
+
+/* When a digest closes: WINDOW seconds after its first add; with DEBOUNCE,
+ * WINDOW after its last one, but no later than MAX_WAIT (0: no limit)
+ * after its first. It keeps MAX_ITEMS items and counts them all. */
+struct brm_group_opts {
+    double window;
+    int debounce;
+    double max_wait;
+    long max_items;
+};
+/* Adds ITEM (JSON, or NULL to count only) to digest KEY, opening it with
+ * OPTS at its first add (later adds keep the settings it opened with).
+ * *COUNT is how many adds it has had. */
+int brm_state_group_add(struct brm_state *s, const char *rule, const char *key, const char *item,
+                        const struct brm_group_opts *opts, double now, struct brm_state_txn *t,
+                        long *count);
+
+/* A timer or digest that came due, handed over by brm_state_fire; its
+ * strings are the caller's (brm_fired_reset). */
+enum { BRM_FIRED_TIMER = 1, BRM_FIRED_GROUP = 2 };
+struct brm_fired {
+    int kind;
+    char *rule, *key;
+    double due;
+    char *data;   /* a timer's, as JSON */
+    char **items; /* a digest's, as JSON, NITEMS of its COUNT adds */
+    size_t nitems;
+    long count;
+    double opened;
+};
+void brm_fired_reset(struct brm_fired *f);
+
+/* Called (with the state's lock held: be quick, take no lock) when the
+ * earliest due time got earlier, so a scheduler waiting for it looks again. */
+void brm_state_set_due_hook(struct brm_state *s, void (*fn)(void *arg), void *arg);
+/* Takes the earliest timer or digest due by NOW off the heap, with its
+ * key (as brm_state_fire wants it) in KEY; one a transaction holds waits
+ * for it. Returns 1, or 0 when none is due; *NEXT is the earliest due time
+ * left (0: none). */
+int brm_state_pop_due(struct brm_state *s, double now, char *key, size_t size, double *next);
+/* Fires KEY within T: if it is (still) due by NOW, it is deleted in T and
+ * handed over in OUT; returns 1, 0 when it was cancelled or armed again
+ * for later since it was popped, or BUSY. */
+int brm_state_fire(struct brm_state *s, const char *key, double now, struct brm_state_txn *t,
+                   struct brm_fired *out);
+/* Deletes, within T, every timer and digest of RULE (a reload removed it);
+ * returns how many. Those a transaction holds stay. */
+long brm_state_drop_rule(struct brm_state *s, const char *rule, struct brm_state_txn *t);
+/* Timers and digests pending. */
+size_t brm_state_pending(struct brm_state *s);
 
 /* Writes the current value of every key T changed to the store, in the
  * caller's store transaction. */

@@ -100,6 +100,15 @@ static const char *const migrations[] = {
     "INSERT OR REPLACE INTO meta VALUES"
     "  ('journal_bytes', (SELECT coalesce(sum(length(body)), 0) FROM bodies)),"
     "  ('journal_rows', (SELECT count(*) FROM bodies));",
+    /* 5: time in rules. A timer or a digest is a state row with a due time;
+     * a digest's items are rows of their own, so a busy one is not one
+     * value of 64 KB. */
+    "ALTER TABLE state ADD COLUMN due REAL NOT NULL DEFAULT 0;"
+    "CREATE TABLE group_items ("
+    "  key TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL,"
+    "  item TEXT NOT NULL,"
+    "  PRIMARY KEY (key, seq)) WITHOUT ROWID;",
 };
 
 enum stmt {
@@ -131,6 +140,9 @@ enum stmt {
     S_DEL_STATE,
     S_STATE,
     S_PRUNE_STATE,
+    S_PUT_ITEM,
+    S_DROP_ITEMS,
+    S_ITEMS,
     NSTMT
 };
 
@@ -192,12 +204,15 @@ static const char *const sql[NSTMT] = {
      * (their keys are what keeps a replay of it from queueing them again). */
     [S_PRUNE_DONE] = "DELETE FROM deliveries WHERE key >= ?1 || ':' AND key < ?1 || ';'"
                      " AND state = 1",
-    [S_PUT_STATE] = "INSERT INTO state (key, value, expires) VALUES (?, ?, ?)"
+    [S_PUT_STATE] = "INSERT INTO state (key, value, expires, due) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
-                    " expires = excluded.expires",
+                    " expires = excluded.expires, due = excluded.due",
     [S_DEL_STATE] = "DELETE FROM state WHERE key = ?",
-    [S_STATE] = "SELECT key, value, expires FROM state WHERE expires = 0 OR expires > ?",
+    [S_STATE] = "SELECT key, value, expires, due FROM state WHERE expires = 0 OR expires > ?",
     [S_PRUNE_STATE] = "DELETE FROM state WHERE expires <> 0 AND expires <= ?",
+    [S_PUT_ITEM] = "INSERT OR REPLACE INTO group_items (key, seq, item) VALUES (?, ?, ?)",
+    [S_DROP_ITEMS] = "DELETE FROM group_items WHERE key = ?",
+    [S_ITEMS] = "SELECT key, seq, item FROM group_items ORDER BY key, seq",
 };
 
 struct brm_store {
@@ -410,7 +425,8 @@ static int each(struct brm_store *s, enum stmt i, int (*fn)(void *, const struct
 }
 
 int brm_store_due(struct brm_store *s, double now, int limit,
-                  int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err) {
+                  int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                  struct brm_err *err) {
     sqlite3_bind_double(s->stmt[S_DUE], 1, now);
     sqlite3_bind_int(s->stmt[S_DUE], 2, limit);
     return each(s, S_DUE, fn, arg, err, "reading due deliveries");
@@ -449,7 +465,8 @@ int brm_store_finish(struct brm_store *s, int64_t id, enum brm_delivery_state st
 }
 
 int brm_store_list(struct brm_store *s, int all, int limit,
-                   int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err) {
+                   int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                   struct brm_err *err) {
     enum stmt i = all ? S_LIST_ALL : S_LIST;
     sqlite3_bind_int(s->stmt[i], 1, limit);
     return each(s, i, fn, arg, err, "listing deliveries");
@@ -617,7 +634,7 @@ int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_
 /* ---- rule state and dedupe marks ---------------------------------------- */
 
 int brm_store_put_state(struct brm_store *s, const char *key, const char *value, double expires,
-                        struct brm_err *err) {
+                        double due, struct brm_err *err) {
     if (!value) {
         bind_text(s->stmt[S_DEL_STATE], 1, key);
         return run(s, S_DEL_STATE, err, "deleting state");
@@ -626,20 +643,48 @@ int brm_store_put_state(struct brm_store *s, const char *key, const char *value,
     bind_text(st, 1, key);
     bind_text(st, 2, value);
     sqlite3_bind_double(st, 3, expires);
+    sqlite3_bind_double(st, 4, due);
     return run(s, S_PUT_STATE, err, "saving state");
 }
 
 int brm_store_load_state(struct brm_store *s, double now,
-                         void (*fn)(void *arg, const char *key, const char *value, double expires),
+                         void (*fn)(void *arg, const char *key, const char *value, double expires,
+                                    double due),
                          void *arg, struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_STATE];
     int rc;
     sqlite3_bind_double(st, 1, now);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
         fn(arg, (const char *)sqlite3_column_text(st, 0), (const char *)sqlite3_column_text(st, 1),
-           sqlite3_column_double(st, 2));
+           sqlite3_column_double(st, 2), sqlite3_column_double(st, 3));
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? 0 : fail(s, err, "loading state");
+}
+
+int brm_store_put_item(struct brm_store *s, const char *key, long seq, const char *item,
+                       struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_PUT_ITEM];
+    bind_text(st, 1, key);
+    sqlite3_bind_int64(st, 2, seq);
+    bind_text(st, 3, item);
+    return run(s, S_PUT_ITEM, err, "saving a digest item");
+}
+
+int brm_store_drop_items(struct brm_store *s, const char *key, struct brm_err *err) {
+    bind_text(s->stmt[S_DROP_ITEMS], 1, key);
+    return run(s, S_DROP_ITEMS, err, "deleting a digest's items");
+}
+
+int brm_store_load_items(struct brm_store *s,
+                         void (*fn)(void *arg, const char *key, long seq, const char *item),
+                         void *arg, struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_ITEMS];
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        fn(arg, (const char *)sqlite3_column_text(st, 0), (long)sqlite3_column_int64(st, 1),
+           (const char *)sqlite3_column_text(st, 2));
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : fail(s, err, "loading digests");
 }
 
 int brm_store_prune_state(struct brm_store *s, double now, struct brm_err *err) {

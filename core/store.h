@@ -69,11 +69,13 @@ int brm_store_add_delivery(struct brm_store *s, const struct brm_delivery *d, st
 /* Calls FN for each pending delivery due by NOW, oldest first, at most
  * LIMIT; stops early when FN returns nonzero. Returns 0 or -1. */
 int brm_store_due(struct brm_store *s, double now, int limit,
-                  int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err);
+                  int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                  struct brm_err *err);
 /* The same for one target; a ticket's deliveries come only when no older
  * one of the same ticket is pending. */
 int brm_store_due_for(struct brm_store *s, const char *target, double now, int limit,
-                      int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err);
+                      int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                      struct brm_err *err);
 /* The earliest next_at after AFTER among pending deliveries, or 0 when
  * none. (Those due already wait for something that reschedules anyway: an
  * attempt to end, a rate token, an older message of the same ticket.) */
@@ -86,7 +88,8 @@ int brm_store_finish(struct brm_store *s, int64_t id, enum brm_delivery_state st
 /* Deliveries for `brume outbox list`: pending and dead (DONE too when
  * ALL), newest first, at most LIMIT. */
 int brm_store_list(struct brm_store *s, int all, int limit,
-                   int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err);
+                   int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                   struct brm_err *err);
 /* Makes delivery ID pending again: due now, with its max_age counted from
  * now and its attempts (so its backoff) from zero. Returns 1, 0 when there
  * is no such pending or dead delivery, -1. */
@@ -147,12 +150,22 @@ struct brm_prune {
  * P updated, or -1. */
 int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_err *err);
 
-/* Saves state KEY (VALUE NULL deletes it); EXPIRES 0 is never. */
+/* Saves state KEY (VALUE NULL deletes it); EXPIRES 0 is never; DUE is a
+ * timer's or a digest's due time (0: neither). */
 int brm_store_put_state(struct brm_store *s, const char *key, const char *value, double expires,
-                        struct brm_err *err);
+                        double due, struct brm_err *err);
 /* Hands every live state entry to FN. */
 int brm_store_load_state(struct brm_store *s, double now,
-                         void (*fn)(void *arg, const char *key, const char *value, double expires),
+                         void (*fn)(void *arg, const char *key, const char *value, double expires,
+                                    double due),
+                         void *arg, struct brm_err *err);
+/* A digest's items: item SEQ (from 0) of digest KEY, saved, all deleted,
+ * and handed to FN in order at start. */
+int brm_store_put_item(struct brm_store *s, const char *key, long seq, const char *item,
+                       struct brm_err *err);
+int brm_store_drop_items(struct brm_store *s, const char *key, struct brm_err *err);
+int brm_store_load_items(struct brm_store *s,
+                         void (*fn)(void *arg, const char *key, long seq, const char *item),
                          void *arg, struct brm_err *err);
 /* Deletes every expired state entry (at start: the running daemon sweeps
  * in steps, see state.h). */

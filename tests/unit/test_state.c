@@ -227,8 +227,215 @@ static void *race(void *arg) {
     return NULL;
 }
 
+/* Timers: armed, armed again, cancelled, popped in due order, fired once,
+ * owned like any key, undone with their transaction; limits. */
+static void check_timers(void) {
+    struct brm_state *s = brm_state_new();
+    char key[256], *data;
+    double due, next;
+    CHECK_INT(brm_state_timer_set(s, "r", "a", 300, "{\"n\":1}", NULL), 0);
+    CHECK_INT(brm_state_timer_set(s, "r", "b", 100, NULL, NULL), 0);
+    CHECK_INT(brm_state_timer_set(s, "other", "a", 200, "2", NULL), 0);
+    CHECK_INT(brm_state_timer_set(s, "r", "a", 250, "{\"n\":2}", NULL), 0); /* armed again */
+    CHECK_INT(brm_state_pending(s), 3);
+    CHECK_INT(brm_state_timer_get(s, "r", "a", NULL, &due, &data), 1);
+    CHECK(due == 250);
+    CHECK_STR(data, "{\"n\":2}");
+    free(data);
+    CHECK_INT(brm_state_timer_get(s, "nope", "a", NULL, &due, &data), 0);
+    /* Due order, and nothing before its time. */
+    CHECK_INT(brm_state_pop_due(s, 50, key, sizeof(key), &next), 0);
+    CHECK(next == 100);
+    const char *order[] = { "timer\x1fr\x1f"
+                            "b",
+                            "timer\x1fother\x1f"
+                            "a",
+                            "timer\x1fr\x1f"
+                            "a" };
+    for (int i = 0; i < 3; i++) {
+        CHECK_INT(brm_state_pop_due(s, 1000, key, sizeof(key), &next), 1);
+        CHECK_STR(key, order[i]);
+        struct brm_fired f;
+        CHECK_INT(brm_state_fire(s, key, 1000, NULL, &f), 1);
+        CHECK_INT(f.kind, BRM_FIRED_TIMER);
+        if (i == 0) CHECK(strcmp(f.rule, "r") == 0 && strcmp(f.key, "b") == 0 && f.due == 100);
+        if (i == 0) CHECK_STR(f.data, "null");
+        brm_fired_reset(&f);
+        CHECK_INT(brm_state_fire(s, key, 1000, NULL, &f), 0); /* fires once */
+    }
+    CHECK_INT(brm_state_pop_due(s, 1e9, key, sizeof(key), &next), 0);
+    CHECK(next == 0);
+    CHECK_INT(brm_state_pending(s), 0);
+    /* Cancelled, and armed again for later after being popped. */
+    brm_state_timer_set(s, "r", "c", 10, NULL, NULL);
+    CHECK_INT(brm_state_timer_cancel(s, "r", "c", NULL), 1);
+    CHECK_INT(brm_state_timer_cancel(s, "r", "c", NULL), 0);
+    brm_state_timer_set(s, "r", "d", 10, NULL, NULL);
+    CHECK_INT(brm_state_pop_due(s, 20, key, sizeof(key), &next), 1);
+    brm_state_timer_set(s, "r", "d", 500, NULL, NULL);
+    struct brm_fired f;
+    CHECK_INT(brm_state_fire(s, key, 20, NULL, &f), 0);
+    CHECK_INT(brm_state_pop_due(s, 600, key, sizeof(key), &next), 1); /* in the heap again */
+    CHECK_INT(brm_state_fire(s, key, 600, NULL, &f), 1);
+    brm_fired_reset(&f);
+    /* Owned until stored; a timer a transaction holds waits to be popped;
+     * undone, it is back as it was. */
+    struct brm_state_txn *a = brm_state_begin(s), *b = brm_state_begin(s);
+    CHECK_INT(brm_state_timer_set(s, "r", "e", 30, "1", a), 0);
+    CHECK_INT(brm_state_timer_cancel(s, "r", "e", b), BRM_STATE_BUSY);
+    CHECK_INT(brm_state_pop_due(s, 100, key, sizeof(key), &next), 0);
+    CHECK(next == 30);
+    brm_state_release(a, 1);
+    CHECK_INT(brm_state_pop_due(s, 100, key, sizeof(key), &next), 1);
+    CHECK_INT(brm_state_fire(s, key, 100, b, &f), 1);
+    brm_fired_reset(&f);
+    CHECK_INT(brm_state_pending(s), 0);
+    brm_state_release(b, 0); /* the firing was not stored: the timer is back */
+    CHECK_INT(brm_state_pending(s), 1);
+    CHECK_INT(brm_state_pop_due(s, 100, key, sizeof(key), &next), 1);
+    CHECK_INT(brm_state_fire(s, key, 100, NULL, &f), 1);
+    brm_fired_reset(&f);
+    /* A rule's limit. */
+    struct brm_state_txn *t = brm_state_begin(s);
+    int rc = 0;
+    for (int i = 0; i < BRM_STATE_MAX_TIMERS && rc == 0; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "k%d", i);
+        rc = brm_state_timer_set(s, "busy", k, 1e9, NULL, t);
+    }
+    CHECK_INT(rc, 0);
+    CHECK_INT(brm_state_timer_set(s, "busy", "one-more", 1e9, NULL, t), -1);
+    CHECK_INT(brm_state_timer_set(s, "busy", "k7", 2e9, NULL, t), 0); /* armed again: fine */
+    CHECK_INT(brm_state_timer_set(s, "calm", "x", 1e9, NULL, t), 0);  /* another rule's */
+    CHECK_INT(brm_state_drop_rule(s, "busy", t), BRM_STATE_MAX_TIMERS);
+    CHECK_INT(brm_state_pending(s), 1);
+    brm_state_release(t, 0); /* undone: never there */
+    CHECK_INT(brm_state_pending(s), 0);
+    brm_state_free(s);
+}
+
+/* Digests: the first add opens the window, later ones count; the first N
+ * items are kept; debounce with a maximum wait; closed when fired; undone
+ * with their transaction, items and all. */
+static void check_groups(void) {
+    struct brm_state *s = brm_state_new();
+    struct brm_group_opts fixed = { 60, 0, 0, 2 }, bounce = { 10, 1, 25, 100 };
+    long count;
+    char key[256];
+    double next;
+    struct brm_fired f;
+    CHECK_INT(brm_state_group_add(s, "r", "site1", "\"a\"", &fixed, 100, NULL, &count), 0);
+    CHECK_INT(count, 1);
+    brm_state_group_add(s, "r", "site1", "\"b\"", &fixed, 130, NULL, &count);
+    brm_state_group_add(s, "r", "site1", "\"c\"", &bounce, 150, NULL, &count); /* kept opts */
+    CHECK_INT(count, 3);
+    CHECK_INT(brm_state_pop_due(s, 159, key, sizeof(key), &next), 0);
+    CHECK(next == 160); /* fixed: 60 s after the first add */
+    CHECK_INT(brm_state_pop_due(s, 160, key, sizeof(key), &next), 1);
+    CHECK_INT(brm_state_fire(s, key, 160, NULL, &f), 1);
+    CHECK_INT(f.kind, BRM_FIRED_GROUP);
+    CHECK_INT(f.nitems, 2); /* max_items 2 of 3 adds */
+    CHECK_INT(f.count, 3);
+    CHECK(f.opened == 100);
+    if (f.nitems == 2) CHECK(strcmp(f.items[0], "\"a\"") == 0 && strcmp(f.items[1], "\"b\"") == 0);
+    brm_fired_reset(&f);
+    /* Debounce: each add moves the close, up to max_wait after the first. */
+    brm_state_group_add(s, "r", "s2", NULL, &bounce, 0.5e3, NULL, &count);
+    brm_state_pop_due(s, 0, key, sizeof(key), &next);
+    CHECK(next == 510);
+    brm_state_group_add(s, "r", "s2", NULL, &bounce, 508, NULL, &count);
+    brm_state_pop_due(s, 0, key, sizeof(key), &next);
+    CHECK(next == 518);
+    brm_state_group_add(s, "r", "s2", NULL, &bounce, 520 - 3, NULL, &count);
+    brm_state_pop_due(s, 0, key, sizeof(key), &next);
+    CHECK(next == 525); /* the maximum wait */
+    /* A transaction's adds undone, and a close undone. */
+    struct brm_state_txn *t = brm_state_begin(s);
+    brm_state_group_add(s, "r", "s3", "1", &fixed, 100, t, &count);
+    brm_state_release(t, 1);
+    t = brm_state_begin(s);
+    brm_state_group_add(s, "r", "s3", "2", &fixed, 101, t, &count);
+    CHECK_INT(count, 2);
+    brm_state_release(t, 0);
+    t = brm_state_begin(s);
+    brm_state_group_add(s, "r", "s3", "3", &fixed, 102, t, &count);
+    CHECK_INT(count, 2); /* the undone add is not counted */
+    CHECK_INT(brm_state_fire(s, "group\x1fr\x1fs3", 200, t, &f), 1);
+    CHECK_INT(f.nitems, 2);
+    brm_fired_reset(&f);
+    brm_state_group_add(s, "r", "s3", "new", &fixed, 200, t, &count); /* opens another */
+    CHECK_INT(count, 1);
+    brm_state_release(t, 0); /* the close and the new one undone */
+    t = brm_state_begin(s);
+    CHECK_INT(brm_state_fire(s, "group\x1fr\x1fs3", 200, t, &f), 1);
+    CHECK_INT(f.nitems, 1);
+    CHECK_INT(f.count, 1);
+    brm_fired_reset(&f);
+    brm_state_release(t, 1);
+    brm_state_free(s);
+}
+
+/* Timers and digests are stored with their transaction and come back at
+ * start, due times and items and all. */
+static void check_timer_store(void) {
+    char dir[] = "/tmp/brume-timers-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char *path = brm_xasprintf("%s/brume.db", dir);
+    struct brm_err err;
+    struct brm_store *st = brm_store_open(path, &err);
+    CHECK(st != NULL);
+    if (st) {
+        struct brm_state *s = brm_state_new();
+        struct brm_state_txn *t = brm_state_begin(s);
+        struct brm_group_opts o = { 60, 0, 0, 10 };
+        long count;
+        brm_state_timer_set(s, "r", "t1", 500, "{\"x\":1}", t);
+        brm_state_timer_set(s, "r", "gone", 600, NULL, t);
+        brm_state_timer_cancel(s, "r", "gone", t);
+        brm_state_group_add(s, "r", "g", "\"i1\"", &o, 100, t, &count);
+        brm_state_group_add(s, "r", "g", "\"i2\"", &o, 101, t, &count);
+        CHECK_INT(brm_store_begin(st, &err), 0);
+        CHECK_INT(brm_state_save(t, st, &err), 0);
+        CHECK_INT(brm_store_commit(st, &err), 0);
+        brm_state_release(t, 1);
+        t = brm_state_begin(s); /* one more item, in a later transaction */
+        brm_state_group_add(s, "r", "g", "\"i3\"", &o, 102, t, &count);
+        CHECK_INT(brm_store_begin(st, &err), 0);
+        CHECK_INT(brm_state_save(t, st, &err), 0);
+        CHECK_INT(brm_store_commit(st, &err), 0);
+        brm_state_release(t, 1);
+        struct brm_state *s2 = brm_state_new();
+        CHECK_INT(brm_state_load(s2, st, 0, &err), 0);
+        CHECK_INT(brm_state_pending(s2), 2);
+        char key[256], *data;
+        double next, due;
+        CHECK_INT(brm_state_timer_get(s2, "r", "t1", NULL, &due, &data), 1);
+        CHECK(due == 500);
+        CHECK_STR(data, "{\"x\":1}");
+        free(data);
+        CHECK_INT(brm_state_pop_due(s2, 1000, key, sizeof(key), &next), 1);
+        struct brm_fired f;
+        CHECK_INT(brm_state_fire(s2, key, 1000, NULL, &f), 1);
+        CHECK_INT(f.kind, BRM_FIRED_GROUP);
+        CHECK_INT(f.nitems, 3);
+        CHECK_INT(f.count, 3);
+        CHECK(f.opened == 100 && f.due == 160);
+        brm_fired_reset(&f);
+        brm_state_free(s2);
+        brm_state_free(s);
+        brm_store_close(st);
+    }
+    free(path);
+    char *cmd = brm_xasprintf("rm -rf %s", dir);
+    CHECK_INT(system(cmd), 0);
+    free(cmd);
+}
+
 int main(void) {
     check_values();
+    check_timers();
+    check_groups();
+    check_timer_store();
     check_ownership();
     check_bodies();
     check_store();
