@@ -1,5 +1,6 @@
 #include "plan.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,13 +85,18 @@ int brm_plan_decode(lua_State *L, const char *json, size_t len, int ticket, stru
     static const char *const steps[] = {
         [BRM_STEP_LOOKUP] = "lookup", [BRM_STEP_CREATE] = "create", [BRM_STEP_UPDATE] = "update"
     };
+    const char *what = ticket ? "plan" : "request";
     struct brm_err jerr;
     int top = lua_gettop(L);
     memset(p, 0, sizeof(*p));
     p->ticket = ticket;
-    if (brm_json_decode(L, json, len, &jerr) < 0 || lua_type(L, -1) != LUA_TTABLE) {
+    if (brm_json_decode(L, json, len, &jerr) < 0) {
+        brm_err_set(err, "the stored %s is not JSON: %s", what, jerr.msg);
+        return -1;
+    }
+    if (lua_type(L, -1) != LUA_TTABLE) {
         lua_settop(L, top);
-        brm_err_set(err, "the stored request is not JSON");
+        brm_err_set(err, "the stored %s is not a JSON object", what);
         return -1;
     }
     int t = lua_gettop(L);
@@ -110,7 +116,10 @@ int brm_plan_decode(lua_State *L, const char *json, size_t len, int ticket, stru
     for (int s = 0; s < BRM_NSTEPS; s++) {
         if (p->req[s].present && (!p->req[s].method || !p->req[s].url)) {
             brm_plan_reset(p);
-            brm_err_set(err, "the stored request has no method or url");
+            if (ticket)
+                brm_err_set(err, "the stored plan's %s has no method or url", steps[s]);
+            else
+                brm_err_set(err, "the stored request has no method or url");
             return -1;
         }
     }
@@ -162,22 +171,24 @@ static void url_escape(const char *s, struct brm_buf *out) {
 }
 
 char *brm_plan_url(const struct brm_request *r, const char *ref) {
-    const char *at = ref && *ref ? strstr(r->url, "{ref}") : NULL;
-    if (!at) return brm_xstrdup(r->url);
+    if (!ref || !*ref) return brm_xstrdup(r->url);
     struct brm_buf b;
     brm_buf_init(&b);
-    brm_buf_append(&b, r->url, (size_t)(at - r->url));
-    url_escape(ref, &b);
-    brm_buf_puts(&b, at + 5);
+    const char *s = r->url;
+    for (const char *at; (at = strstr(s, "{ref}")); s = at + 5) {
+        brm_buf_append(&b, s, (size_t)(at - s));
+        url_escape(ref, &b);
+    }
+    brm_buf_puts(&b, s);
     return b.data;
 }
 
-/* 1 when the string field FIELD of the table on top of the stack is one of
- * the '|'-separated VALUES. */
+/* 1 when the field FIELD of the table on top of the stack, a string or a
+ * number (as its text), is one of the '|'-separated VALUES. */
 static int field_in(lua_State *L, const char *field, const char *values) {
     size_t n, vlen = strlen(values);
     lua_getfield(L, -1, field);
-    const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+    const char *v = lua_isstring(L, -1) ? lua_tolstring(L, -1, &n) : NULL;
     int in = 0;
     for (const char *p = values; v && p <= values + vlen && !in; p += strcspn(p, "|") + 1)
         in = strcspn(p, "|") == n && memcmp(p, v, n) == 0;
@@ -192,9 +203,9 @@ static void pick_element(lua_State *L, const char *test) {
     size_t n = strcspn(test, "!=");
     int negate = test[n] == '!';
     const char *values = test + n + (negate ? 2 : 1);
-    if (!test[n]) values = test + n; /* "?field" alone: no value matches */
     snprintf(field, sizeof(field), "%.*s", (int)n, test);
     size_t len = lua_rawlen(L, -1);
+    if (!test[n]) len = 0; /* "?field" alone: none passes (values would be past the end) */
     for (size_t i = 1; i <= len; i++) {
         if (lua_rawgeti(L, -1, (lua_Integer)i) == LUA_TTABLE &&
             field_in(L, field, values) != negate) {
@@ -222,10 +233,12 @@ int brm_plan_extract_ref(lua_State *L, const char *body, size_t len, const char 
         if (part[0] == '?') {
             pick_element(L, part + 1);
         } else {
-            if (*part && !*end)
-                lua_rawgeti(L, -1, idx + 1);
-            else
+            /* A position in an array, or else a key (digits too: "404"). */
+            int pos = *part && !*end && idx >= 0 && idx < LONG_MAX;
+            if (!pos || lua_rawgeti(L, -1, idx + 1) == LUA_TNIL) {
+                if (pos) lua_pop(L, 1);
                 lua_getfield(L, -1, part);
+            }
             lua_remove(L, -2);
         }
         p += n + (p[n] == '.');

@@ -43,8 +43,9 @@ void brm_plan_plain(struct brm_plan *p, const char *method, const char *url, con
                     const char *body, size_t body_len, int sign);
 /* Decodes the stored JSON of a delivery (a ticket plan when TICKET) into
  * P, using L (a VM that runs no user code) for the JSON. Returns 0, or -1
- * with ERR set ("the stored request is not JSON", "... has no method or
- * url"). */
+ * with ERR set ("the stored request is not JSON: <why>", "... is not a
+ * JSON object", "the stored plan's update has no method or url") and
+ * nothing in P to free. */
 int brm_plan_decode(lua_State *L, const char *json, size_t len, int ticket, struct brm_plan *p,
                     struct brm_err *err);
 void brm_plan_reset(struct brm_plan *p);
@@ -63,14 +64,17 @@ enum brm_plan_next brm_plan_start(const struct brm_plan *p, int known, enum brm_
 enum brm_plan_next brm_plan_after(const struct brm_plan *p, enum brm_step step, int known,
                                   enum brm_step *next);
 
-/* The URL of R with "{ref}" replaced by REF (%-encoded): a new string. */
+/* The URL of R with each "{ref}" replaced by REF (%-encoded as a path
+ * segment): a new string. With no REF (NULL or "") the URL as it is. */
 char *brm_plan_url(const struct brm_request *r, const char *ref);
 
 /*
  * The id at dotted PATH ("result.0.sys_id") of the JSON answer BODY, in
- * OUT (SIZE bytes): array positions count from 0; "?field!=a|b" picks the
- * first element of an array whose field is not a or b ("?field=a|b": is).
- * Returns 1 when found (a non-empty string or a number), else 0.
+ * OUT (SIZE bytes, cut to fit): array positions count from 0 (in an
+ * object, digits are a key); "?field!=a|b" picks the first element of an
+ * array whose field (a string, or a number as its text) is not a or b
+ * ("?field=a|b": is; "?field" alone picks none). Returns 1 when found (a
+ * non-empty string or a number), else 0.
  */
 int brm_plan_extract_ref(lua_State *L, const char *body, size_t len, const char *path, char *out,
                          size_t size);
