@@ -311,6 +311,7 @@ struct replay {
     long of_topic;          /* bodies of TOPIC met, replayed or not */
     char *seen[MAX_TOPICS]; /* the other topics met, for a TOPIC that matched none */
     size_t nseen;
+    int more_seen;
     int rc;
     struct brm_buf line;
 };
@@ -318,7 +319,10 @@ struct replay {
 static void note_topic(struct replay *r, const char *topic) {
     for (size_t i = 0; i < r->nseen; i++)
         if (strcmp(r->seen[i], topic) == 0) return;
-    if (r->nseen < MAX_TOPICS) r->seen[r->nseen++] = brm_xstrdup(topic);
+    if (r->nseen < MAX_TOPICS)
+        r->seen[r->nseen++] = brm_xstrdup(topic);
+    else
+        r->more_seen = 1;
 }
 
 /* A --topic that matched no body: says so, with the topics that were there
@@ -338,7 +342,7 @@ static void report_no_topic(const struct replay *r, const char *topic, double si
     }
     fprintf(stderr, " (topics seen: ");
     for (size_t i = 0; i < r->nseen; i++) fprintf(stderr, "%s%s", i ? ", " : "", r->seen[i]);
-    fprintf(stderr, "%s)\n", r->nseen == MAX_TOPICS ? ", ..." : "");
+    fprintf(stderr, "%s)\n", r->more_seen ? ", ..." : "");
 }
 
 static int replay_body(void *arg, const struct brm_body *b) {
