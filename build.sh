@@ -6,6 +6,8 @@
 #   ./build.sh bench  build Release and run the benchmark (tests/bench/run.sh [seconds])
 #   ./build.sh fuzz [S]  build the fuzz targets with clang and libFuzzer, run each for S
 #                     seconds (default 60); new inputs go to build-fuzz/corpus/
+#   ./build.sh deb [DIR] build the Debian package DIR/brume_<version>_<arch>.deb (DIR:
+#                     build-deb); install it with: sudo apt install ./build-deb/brume_*.deb
 #
 # Packages come from Debian's archive only (apt-get, as root or through sudo).
 set -eu
@@ -17,6 +19,8 @@ BENCH_DEPS="wrk nginx libnginx-mod-http-lua lua-cjson" # wrk, and the nginx+Lua 
 FUZZ_DEPS="clang libclang-rt-14-dev"
 FUZZ_TARGETS="wire verify json config pattern api" # tests/fuzz/fuzz_*.c
 RUN_DEPS="curl" # the README's quick start posts with it
+DEB_DEPS="dpkg-dev file" # cpack's DEB generator runs dpkg-shlibdeps and file
+TEST_DEPS="$DEB_DEPS lintian" # the package's test builds one and checks it
 
 need() {
     missing=""
@@ -92,7 +96,7 @@ run)
     exec build/brume run -c examples/brume.lua "$@"
     ;;
 test)
-    need $DEPS
+    need $DEPS $TEST_DEPS
     # The suite runs under AddressSanitizer and UndefinedBehaviorSanitizer,
     # in an optimised build so -O2's warnings are errors too.
     build build-test RelWithDebInfo -DBRUME_SANITIZE=address,undefined
@@ -108,8 +112,25 @@ fuzz)
     need $DEPS $FUZZ_DEPS
     fuzz_campaigns "${1:-60}"
     ;;
+deb)
+    need $DEPS $DEB_DEPS
+    dir=${1:-build-deb}
+    # Built as Debian builds its packages: the flags of dpkg-buildflags with
+    # every hardening feature (PIE, relro and bindnow, fortify, stack
+    # protector), no build type's own on top; without the tests.
+    export DEB_BUILD_MAINT_OPTIONS=hardening=+all
+    maintainer="brume maintainers <brume@example.org>"
+    [ -n "${DEBEMAIL:-}" ] && maintainer="${DEBFULLNAME:-$DEBEMAIL} <$DEBEMAIL>"
+    build "$dir" None -DBRUME_DEB=ON -DBRUME_TESTS=OFF -DCMAKE_INSTALL_PREFIX=/usr \
+        -DCMAKE_C_FLAGS="$(dpkg-buildflags --get CFLAGS) $(dpkg-buildflags --get CPPFLAGS)" \
+        -DCMAKE_EXE_LINKER_FLAGS="$(dpkg-buildflags --get LDFLAGS)" \
+        -DBRUME_DEB_MAINTAINER="$maintainer"
+    rm -f "$dir"/brume_*.deb
+    (cd "$dir" && cpack -G DEB >cpack.log 2>&1) || { cat "$dir/cpack.log" >&2; exit 1; }
+    ls "$dir"/brume_*.deb
+    ;;
 *)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

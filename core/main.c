@@ -8,12 +8,16 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <lua.h>
+#include <math.h>
 #include <openssl/opensslv.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "engine.h"
@@ -29,6 +33,7 @@
 #define EXIT_USER   1
 #define EXIT_USAGE  2
 #define MAX_PAYLOAD (64u << 20)
+#define MAX_TOPICS  32 /* named when a --topic matches none */
 
 static const char usage_main[] =
     "usage: brume <command> [options]\n"
@@ -84,10 +89,14 @@ static const char usage_outbox[] =
     "usage: brume outbox [-c brume.lua] [list [--all] | retry ID | drop ID]\n"
     "\n"
     "list (the default) shows pending and dead deliveries, newest first: id,\n"
-    "state, target, attempts, last status, when the next attempt is due, the\n"
-    "rule and event that sent it, and the last error (secrets masked); --all\n"
-    "adds the done ones. retry ID makes a dead (or pending) delivery due now,\n"
-    "with a fresh max_age; drop ID deletes it. Works while brume runs.\n";
+    "state, target, attempts, the last attempt's status (its HTTP status, or\n"
+    "refused, timeout, dns, tls when it got none), how long ago it was created\n"
+    "and last tried, when the next attempt is due, the rule and the event that\n"
+    "sent it (BODY:POSITION, BODY being the id `brume replay` prints, and the\n"
+    "event's own id when it has one), and the last error (secrets masked; cut\n"
+    "at the terminal's edge, whole when piped); --all adds the done ones.\n"
+    "retry ID makes a dead (or pending) delivery due now, with a fresh max_age;\n"
+    "drop ID deletes it. Works while brume runs.\n";
 
 static const char usage_replay[] =
     "usage: brume replay [-c brume.lua] [--since T] [--until T] [--topic X] [--send]\n"
@@ -98,8 +107,10 @@ static const char usage_replay[] =
     "body's \"delivery\" id, and sends nothing. --send queues them in the\n"
     "outbox (a running brume delivers them; otherwise the next start does);\n"
     "messages the original run already queued have the same keys and are not\n"
-    "queued twice. T is \"24h\" (ago), an ISO 8601 date or time in UTC\n"
-    "(\"2026-11-21\", \"2026-11-21T10:00Z\"), or seconds since the epoch. Rule\n"
+    "queued twice. T is a time ago (\"2h\", \"30m\", \"7d\"), an ISO 8601 date or\n"
+    "time, in UTC unless it ends in an offset (\"2026-11-21\", \"2026-11-21T10:00\",\n"
+    "\"2026-11-21T10:00+02:00\"), or seconds since the epoch. A --topic that\n"
+    "matches no body kept says so, with the topics there are (exit 1). Rule\n"
     "state (brume.once and the like) starts empty.\n";
 
 static const char usage_version[] = "usage: brume version\n";
@@ -267,42 +278,14 @@ static int cmd_test(struct args *a) {
     return rc;
 }
 
-/* A point in time: "24h" (ago), seconds since the epoch, or an ISO 8601
- * date or time in UTC ("2026-11-21", "2026-11-21T10:00", ...:00Z). */
-static int parse_when(const char *s, double *out) {
-    double d;
-    int y, mo, da, h = 0, mi = 0, se = 0, n = 0;
-    if (brm_parse_duration(s, &d) == 0 && strspn(s, "0123456789.") != strlen(s)) {
-        *out = brm_time_now() - d;
-        return 0;
-    }
-    char *end;
-    d = strtod(s, &end);
-    if (*s && !*end && d > 1e8) {
-        *out = d;
-        return 0;
-    }
-    if (sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &da, &n) != 3) return -1;
-    const char *rest = s + n;
-    if (*rest == 'T' || *rest == ' ') {
-        int m = 0;
-        if (sscanf(rest + 1, "%2d:%2d%n", &h, &mi, &m) != 2) return -1;
-        rest += 1 + m;
-        if (*rest == ':') {
-            if (sscanf(rest + 1, "%2d%n", &se, &m) != 1) return -1;
-            rest += 1 + m;
-        }
-    }
-    if (*rest == 'Z') rest++;
-    if (*rest) return -1;
-    struct tm tm = { .tm_year = y - 1900,
-                     .tm_mon = mo - 1,
-                     .tm_mday = da,
-                     .tm_hour = h,
-                     .tm_min = mi,
-                     .tm_sec = se };
-    *out = (double)timegm(&tm);
-    return 0;
+/* Reads the time option OPTION's VALUE into *OUT; on a bad one says why and
+ * what a time can be, and returns -1 (a usage error). */
+static int parse_time_option(const char *option, const char *value, double now, double *out) {
+    struct brm_err err;
+    if (brm_parse_time(value, now, out, &err) == 0) return 0;
+    fprintf(stderr, "brume: %s '%s': %s\nbrume: %s takes %s\n", option, value, err.msg, option,
+            BRM_TIME_FORMS);
+    return -1;
 }
 
 /* The store of CFG, with its size cap, or NULL with ERR set. */
@@ -325,16 +308,53 @@ struct replay {
     const char *topic; /* normalised, or NULL */
     int send;
     long bodies, events, messages, stored, failed_bodies;
+    long of_topic;          /* bodies of TOPIC met, replayed or not */
+    char *seen[MAX_TOPICS]; /* the other topics met, for a TOPIC that matched none */
+    size_t nseen;
+    int more_seen;
     int rc;
     struct brm_buf line;
 };
+
+static void note_topic(struct replay *r, const char *topic) {
+    for (size_t i = 0; i < r->nseen; i++)
+        if (strcmp(r->seen[i], topic) == 0) return;
+    if (r->nseen < MAX_TOPICS)
+        r->seen[r->nseen++] = brm_xstrdup(topic);
+    else
+        r->more_seen = 1;
+}
+
+/* A --topic that matched no body: says so, with the topics that were there
+ * (in the journal, or received between SINCE and UNTIL, 0 when not given). */
+static void report_no_topic(const struct replay *r, const char *topic, double since, double until) {
+    char from[40], to[40];
+    brm_time_iso8601(since, from, sizeof(from));
+    brm_time_iso8601(until, to, sizeof(to));
+    fprintf(stderr, "brume: no body of topic %s in the journal", topic);
+    if (since && until)
+        fprintf(stderr, " received from %s until %s", from, to);
+    else if (since || until)
+        fprintf(stderr, " received %s %s", since ? "since" : "before", since ? from : to);
+    if (r->nseen == 0) {
+        fprintf(stderr, " (%s)\n", since || until ? "no body at all then" : "it is empty");
+        return;
+    }
+    fprintf(stderr, " (topics seen: ");
+    for (size_t i = 0; i < r->nseen; i++) fprintf(stderr, "%s%s", i ? ", " : "", r->seen[i]);
+    fprintf(stderr, "%s)\n", r->more_seen ? ", ..." : "");
+}
 
 static int replay_body(void *arg, const struct brm_body *b) {
     struct replay *r = arg;
     struct brm_actions actions = { 0 };
     struct brm_dispatch_stats stats = { 0 };
     struct brm_err err;
-    if (r->topic && strcmp(b->topic, r->topic) != 0) return 0;
+    if (r->topic && strcmp(b->topic, r->topic) != 0) {
+        note_topic(r, b->topic);
+        return 0;
+    }
+    r->of_topic++;
     const struct brm_source *src = brm_config_source(r->cfg, b->source);
     struct brm_batch batch = { b->source, (uint64_t)b->id, b->received, src ? src->dedupe : 0,
                                NULL };
@@ -376,10 +396,18 @@ static int replay_body(void *arg, const struct brm_body *b) {
 }
 
 static int cmd_replay(struct args *a) {
-    double since = 0, until = 1e18;
-    if ((a->since && parse_when(a->since, &since) < 0) ||
-        (a->until && parse_when(a->until, &until) < 0) || a->nrest) {
+    double since = 0, until = 1e18, now = brm_time_now();
+    if (a->nrest) {
         fputs(usage_replay, stderr);
+        return EXIT_USAGE;
+    }
+    if ((a->since && parse_time_option("--since", a->since, now, &since) < 0) ||
+        (a->until && parse_time_option("--until", a->until, now, &until) < 0))
+        return EXIT_USAGE;
+    if (a->since && a->until && until <= since) {
+        fprintf(stderr,
+                "brume: --until '%s' is not after --since '%s': no body can be in between\n",
+                a->until, a->since);
         return EXIT_USAGE;
     }
     struct brm_config *cfg = load_config(a->config);
@@ -418,12 +446,17 @@ static int cmd_replay(struct args *a) {
         if (a->send)
             fprintf(stderr, ", %ld queued (%ld sent before)", r.stored, r.messages - r.stored);
         fprintf(stderr, "%s\n", a->send ? "" : "; nothing sent (--send to queue them)");
+        if (r.topic && r.of_topic == 0 && r.rc == 0) {
+            report_no_topic(&r, a->topic, a->since ? since : 0, a->until ? until : 0);
+            r.rc = EXIT_USER;
+        }
         if (a->send && r.stored && since > 0)
             fprintf(stderr,
                     "note: rule state (brume.once, throttle, dedupe) started empty at the "
                     "first body replayed: what it held back then may have been queued now\n");
     }
     brm_buf_reset(&r.line);
+    for (size_t i = 0; i < r.nseen; i++) free(r.seen[i]);
     brm_state_free(state);
     brm_store_close(st);
     brm_engine_free(e);
@@ -482,32 +515,174 @@ done:
     return rc;
 }
 
+/* `brume outbox list`: the rows are gathered first, so each column is as
+ * wide as its widest cell. */
+enum column {
+    COL_ID,
+    COL_STATE,
+    COL_TARGET,
+    COL_ATTEMPTS,
+    COL_STATUS,
+    COL_CREATED,
+    COL_LAST,
+    COL_NEXT,
+    COL_RULE,
+    COL_EVENT,
+    COL_EVENT_ID,
+    COL_ERROR,
+    NCOLUMNS
+};
+
+static const char *const column_names[NCOLUMNS] = {
+    "ID",   "STATE", "TARGET", "ATTEMPTS", "STATUS",   "CREATED",
+    "LAST", "NEXT",  "RULE",   "EVENT",    "EVENT ID", "ERROR",
+};
+
 struct lister {
     const struct brm_config *cfg;
     double now;
-    int rows;
+    char **cells; /* NCOLUMNS per row */
+    size_t rows, cap;
     struct brm_buf masked;
 };
 
-static int print_delivery(void *arg, const struct brm_delivery *d) {
+/* SECONDS as "45s", "12m05s", "3h20m" or "2d04h". */
+static void format_span(double seconds, char *out, size_t size) {
+    long s = seconds > 0 ? (long)(seconds + 0.5) : 0;
+    if (s < 60)
+        snprintf(out, size, "%lds", s);
+    else if (s < 3600)
+        snprintf(out, size, "%ldm%02lds", s / 60, s % 60);
+    else if (s < 86400)
+        snprintf(out, size, "%ldh%02ldm", s / 3600, s % 3600 / 60);
+    else
+        snprintf(out, size, "%ldd%02ldh", s / 86400, s % 86400 / 3600);
+}
+
+static char *ago(double now, double t) {
+    char span[32];
+    if (t <= 0) return brm_xstrdup("-");
+    format_span(now - t, span, sizeof(span));
+    return brm_xasprintf("%s ago", span);
+}
+
+/* What the last attempt got: its HTTP status ("ok" for a line written to
+ * a file), or, when it got none, what stopped it ("refused", "timeout",
+ * "dns", "tls") or the first word of the error; "-" before any attempt. */
+static char *attempt_status(const struct brm_delivery *d) {
+    static const struct {
+        const char *says, *status;
+    } causes[] = {
+        { "resolve host", "dns" },
+        { "resolve proxy", "dns" },
+        { "timed out", "timeout" },
+        { "Timeout was reached", "timeout" },
+        { "Connection refused", "refused" },
+        { "connect to server", "refused" },
+        { "Failed to connect", "refused" },
+        { "SSL", "tls" },
+        { "certificate", "tls" },
+    };
+    const char *e = d->last_error;
+    if (d->last_status) return brm_xasprintf("%d", d->last_status);
+    if (d->state == BRM_DELIVERY_DONE) return brm_xstrdup("ok"); /* a file target's */
+    if (!e || !*e) return brm_xstrdup("-");
+    for (size_t i = 0; i < BRM_ARRAY_LEN(causes); i++)
+        if (strstr(e, causes[i].says)) return brm_xstrdup(causes[i].status);
+    if (strncmp(e, "gave up after ", 14) == 0 && strstr(e, ": ")) e = strstr(e, ": ") + 2;
+    return brm_xstrndup(e, strcspn(e, " :"));
+}
+
+/* The event that sent D as "<body>:<position>", from its key, and its own
+ * id when it has one (not the "topic#position" brume names it by). */
+static void event_cells(const struct brm_delivery *d, char **event, char **own_id) {
+    size_t body = strcspn(d->key, ":"), pos = 0;
+    if (d->key[body] == ':') pos = strcspn(d->key + body + 1, ":");
+    *event = brm_xstrndup(d->key, pos ? body + 1 + pos : body);
+    char *made = brm_xasprintf("%s#%.*s", d->topic, (int)pos, d->key + body + 1);
+    *own_id = brm_xstrdup(strcmp(made, d->event) == 0 ? "-" : d->event);
+    free(made);
+}
+
+static int gather_delivery(void *arg, const struct brm_delivery *d) {
     static const char *const states[] = { "pending", "done", "dead" };
     struct lister *l = arg;
+    if (l->rows == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        l->cells = brm_xrealloc(l->cells, l->cap * NCOLUMNS * sizeof(char *));
+    }
+    char **row = l->cells + l->rows++ * NCOLUMNS;
     char next[32] = "-";
     if (d->state == BRM_DELIVERY_PENDING) {
         double in = d->next_at - l->now;
-        if (in <= 0)
+        if (in <= 0) {
             snprintf(next, sizeof(next), "now");
-        else
-            snprintf(next, sizeof(next), "in %.0fs", in);
+        } else {
+            char span[24];
+            format_span(ceil(in), span, sizeof(span)); /* "in 0s" would read as now */
+            snprintf(next, sizeof(next), "in %s", span);
+        }
     }
     brm_outbox_mask(brm_config_target(l->cfg, d->target), d->last_error ? d->last_error : "",
                     &l->masked);
-    if (l->rows++ == 0)
-        printf("%-8s %-7s %-14s %8s %6s %-9s %-20s %s\n", "ID", "STATE", "TARGET", "ATTEMPTS",
-               "STATUS", "NEXT", "RULE/EVENT", "ERROR");
-    printf("%-8lld %-7s %-14s %8d %6d %-9s %s/%s %s\n", (long long)d->id, states[d->state],
-           d->target, d->attempts, d->last_status, next, d->rule, d->event, l->masked.data);
+    for (char *p = l->masked.data; p && *p; p++)
+        if (*p == '\n' || *p == '\r' || *p == '\t') *p = ' ';
+    row[COL_ID] = brm_xasprintf("%lld", (long long)d->id);
+    row[COL_STATE] = brm_xstrdup(states[d->state]);
+    row[COL_TARGET] = brm_xstrdup(d->target);
+    row[COL_ATTEMPTS] = brm_xasprintf("%d", d->attempts);
+    row[COL_STATUS] = attempt_status(d);
+    row[COL_CREATED] = ago(l->now, d->created);
+    row[COL_LAST] = ago(l->now, d->last_attempt);
+    row[COL_NEXT] = brm_xstrdup(next);
+    row[COL_RULE] = brm_xstrdup(d->rule);
+    event_cells(d, &row[COL_EVENT], &row[COL_EVENT_ID]);
+    row[COL_ERROR] = brm_xstrdup(l->masked.data && *l->masked.data ? l->masked.data : "-");
     return 0;
+}
+
+/* Prints the gathered rows under their headings. A column no row has a
+ * value for is left out; on a terminal the error is cut at its edge. */
+static void print_deliveries(const struct lister *l) {
+    static const int right[NCOLUMNS] = { [COL_ATTEMPTS] = 1 };
+    size_t width[NCOLUMNS];
+    int shown[NCOLUMNS];
+    for (int c = 0; c < NCOLUMNS; c++) {
+        width[c] = strlen(column_names[c]);
+        shown[c] = c != COL_EVENT_ID;
+        for (size_t r = 0; r < l->rows; r++) {
+            const char *cell = l->cells[r * NCOLUMNS + c];
+            if (strlen(cell) > width[c]) width[c] = strlen(cell);
+            if (strcmp(cell, "-") != 0) shown[c] = 1;
+        }
+    }
+    size_t edge = SIZE_MAX;
+    struct winsize ws;
+    if (isatty(STDOUT_FILENO) && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+        edge = ws.ws_col;
+    for (size_t r = 0; r <= l->rows; r++) {
+        size_t at = 0;
+        for (int c = 0; c < NCOLUMNS; c++) {
+            if (!shown[c]) continue;
+            const char *cell = r == 0 ? column_names[c] : l->cells[(r - 1) * NCOLUMNS + c];
+            if (c == COL_ERROR) {
+                size_t room = edge > at ? edge - at : 0, n = strlen(cell);
+                if (n > room && room > 3)
+                    printf("%.*s...", (int)(room - 3), cell);
+                else
+                    fputs(cell, stdout);
+            } else {
+                at += (size_t)printf(right[c] ? "%*s  " : "%-*s  ", (int)width[c], cell);
+            }
+        }
+        putchar('\n');
+    }
+}
+
+static void lister_reset(struct lister *l) {
+    for (size_t i = 0; i < l->rows * NCOLUMNS; i++) free(l->cells[i]);
+    free(l->cells);
+    brm_buf_reset(&l->masked);
 }
 
 static int cmd_outbox(struct args *a) {
@@ -532,14 +707,17 @@ static int cmd_outbox(struct args *a) {
     if (!st) {
         fprintf(stderr, "brume: %s\n", err.msg);
     } else if (is_list) {
-        struct lister l = { cfg, brm_time_now(), 0, { 0 } };
-        if (brm_store_list(st, a->all, 1000, print_delivery, &l, &err) == 0) {
-            if (!l.rows) printf("no deliveries%s\n", a->all ? "" : " pending or dead");
+        struct lister l = { .cfg = cfg, .now = brm_time_now() };
+        if (brm_store_list(st, a->all, 1000, gather_delivery, &l, &err) == 0) {
+            if (l.rows)
+                print_deliveries(&l);
+            else
+                printf("no deliveries%s\n", a->all ? "" : " pending or dead");
             rc = 0;
         } else {
             fprintf(stderr, "brume: %s\n", err.msg);
         }
-        brm_buf_reset(&l.masked);
+        lister_reset(&l);
     } else {
         int found;
         if (verb[0] == 'r') {

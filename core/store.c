@@ -148,7 +148,7 @@ enum stmt {
 
 #define DELIVERY_COLUMNS                                                                           \
     "id, key, target, rule, topic, event, ticket, state, attempts, created, next_at, expires, "    \
-    "last_status, last_error, method, url, headers, body, sign, plan"
+    "last_status, last_error, method, url, headers, body, sign, plan, finished"
 #define DELIVERY_JOIN " FROM deliveries d"
 
 static const char *const sql[NSTMT] = {
@@ -170,18 +170,20 @@ static const char *const sql[NSTMT] = {
                      " ORDER BY next_at, id LIMIT ?",
     [S_NEXT_DUE] = "SELECT min(next_at) FROM deliveries WHERE state = 0 AND next_at > ?",
     /* A done delivery keeps its key (a re-run must not queue it again), not
-     * its request: the store stays small. */
+     * its request: the store stays small. FINISHED is when the last attempt
+     * ended, whatever its outcome. */
     [S_FINISH] = "UPDATE deliveries SET state = ?1, next_at = ?2, attempts = attempts + 1,"
-                 " last_status = ?3, last_error = ?4, finished = CASE WHEN ?1 = 0 THEN NULL"
-                 " ELSE ?5 END, headers = CASE WHEN ?1 = 1 THEN NULL ELSE headers END,"
+                 " last_status = ?3, last_error = ?4, finished = ?5,"
+                 " headers = CASE WHEN ?1 = 1 THEN NULL ELSE headers END,"
                  " body = CASE WHEN ?1 = 1 THEN NULL ELSE body END,"
                  " plan = CASE WHEN ?1 = 1 THEN NULL ELSE plan END WHERE id = ?6",
     [S_LIST] = "SELECT " DELIVERY_COLUMNS DELIVERY_JOIN " WHERE state <> 1"
                " ORDER BY id DESC LIMIT ?",
     [S_LIST_ALL] = "SELECT " DELIVERY_COLUMNS DELIVERY_JOIN " ORDER BY id DESC LIMIT ?",
-    /* Due now, with its max_age afresh and its backoff from the start. */
+    /* Due now, with its max_age afresh and its backoff from the start (the
+     * last attempt's status, error and time stay, for `brume outbox list`). */
     [S_RETRY] = "UPDATE deliveries SET state = 0, next_at = ?1, expires = ?1 + expires - created,"
-                " attempts = 0, finished = NULL WHERE id = ?2 AND state <> 1",
+                " attempts = 0 WHERE id = ?2 AND state <> 1",
     [S_DROP] = "DELETE FROM deliveries WHERE id = ?",
     [S_PENDING] = "SELECT count(*), min(created) FROM deliveries WHERE state = 0",
     [S_TICKET] = "SELECT ref FROM tickets WHERE target = ? AND key = ?",
@@ -404,6 +406,7 @@ static void read_delivery(sqlite3_stmt *st, struct brm_delivery *d) {
     }
     d->sign = sqlite3_column_int(st, 18);
     d->plan = column_text(st, 19);
+    d->last_attempt = sqlite3_column_double(st, 20); /* NULL reads as 0 */
 }
 
 /* Steps a query of deliveries, handing each to FN. */

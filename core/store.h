@@ -44,6 +44,7 @@ struct brm_delivery {
     double created, next_at, expires;
     int last_status; /* HTTP status of the last attempt; 0: none or a network error */
     const char *last_error;
+    double last_attempt; /* when the last attempt ended; 0: none (read only) */
 };
 
 struct brm_store;

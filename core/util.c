@@ -358,6 +358,142 @@ void brm_time_iso8601(double t, char *buf, size_t size) {
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
 }
 
+/* Reads exactly N digits at *P into *OUT, moving *P past them. */
+static int digits(const char **p, int n, int *out) {
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)(*p)[i])) return -1;
+        v = v * 10 + ((*p)[i] - '0');
+    }
+    *p += n;
+    *out = v;
+    return 0;
+}
+
+static int days_in_month(int year, int month) {
+    static const int days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    return days[month - 1] + (month == 2 && leap);
+}
+
+/* "+02:00", "-0530", "+02" or "Z" at P (which it moves past) -> seconds
+ * east of UTC in *OFFSET. */
+static int parse_offset(const char **p, int *offset, struct brm_err *err) {
+    int sign = **p == '-' ? -1 : 1, h, m = 0;
+    if (**p == 'Z' || **p == 'z') {
+        (*p)++;
+        *offset = 0;
+        return 0;
+    }
+    (*p)++; /* the sign */
+    if (digits(p, 2, &h) < 0) return -1;
+    if (**p == ':') (*p)++;
+    if (isdigit((unsigned char)**p) && digits(p, 2, &m) < 0) return -1;
+    if (h > 23 || m > 59) {
+        brm_err_set(err, "the offset %c%02d:%02d is not one a time zone has", sign < 0 ? '-' : '+',
+                    h, m);
+        return -2;
+    }
+    *offset = sign * (h * 3600 + m * 60);
+    return 0;
+}
+
+/* An ISO 8601 date or time: 2026-11-21, 2026-11-21T10:00[:00[.123]] (or a
+ * space for the T), with an optional Z or UTC offset. -1 when S is not of
+ * that form, -2 when it is but names no real time (ERR says why). */
+static int parse_iso8601(const char *s, double *out, struct brm_err *err) {
+    const char *p = s;
+    int y, mo, d, h = 0, mi = 0, sec = 0, offset = 0;
+    double frac = 0;
+    if (digits(&p, 4, &y) < 0 || *p++ != '-' || digits(&p, 2, &mo) < 0 || *p++ != '-' ||
+        digits(&p, 2, &d) < 0)
+        return -1;
+    if (*p == 'T' || *p == 't' || *p == ' ') {
+        p++;
+        if (digits(&p, 2, &h) < 0 || *p++ != ':' || digits(&p, 2, &mi) < 0) return -1;
+        if (*p == ':') {
+            p++;
+            if (digits(&p, 2, &sec) < 0) return -1;
+            if (*p == '.' || *p == ',') {
+                double scale = 0.1;
+                if (!isdigit((unsigned char)*++p)) return -1;
+                for (; isdigit((unsigned char)*p); p++, scale /= 10) frac += (*p - '0') * scale;
+            }
+        }
+        if (*p == 'Z' || *p == 'z' || *p == '+' || *p == '-') {
+            int rc = parse_offset(&p, &offset, err);
+            if (rc < 0) return rc;
+        }
+    }
+    if (*p) return -1;
+    if (mo < 1 || mo > 12) {
+        brm_err_set(err, "there is no month %d (months are 01 to 12)", mo);
+        return -2;
+    }
+    if (d < 1 || d > days_in_month(y, mo)) {
+        brm_err_set(err, "%04d-%02d has no day %d (it has %d)", y, mo, d, days_in_month(y, mo));
+        return -2;
+    }
+    if (h > 23 || mi > 59 || sec > 59) {
+        brm_err_set(err, "%02d:%02d:%02d is not a time of day", h, mi, sec);
+        return -2;
+    }
+    struct tm tm = { .tm_year = y - 1900,
+                     .tm_mon = mo - 1,
+                     .tm_mday = d,
+                     .tm_hour = h,
+                     .tm_min = mi,
+                     .tm_sec = sec };
+    *out = (double)timegm(&tm) + frac - offset;
+    return 0;
+}
+
+int brm_parse_time(const char *s, double now, double *out, struct brm_err *err) {
+    char ago[64];
+    size_t n = strlen(s);
+    double v;
+    /* "2h ago" reads as "2h". */
+    if (n > 4 && n - 4 < sizeof(ago) && strcmp(s + n - 4, " ago") == 0) {
+        snprintf(ago, sizeof(ago), "%.*s", (int)(n - 4), s);
+        s = ago;
+    }
+    size_t number = strspn(s, "0123456789.");
+    if (number == strlen(s) && number > 0) { /* a bare number: seconds since the epoch */
+        char *end;
+        errno = 0;
+        v = strtod(s, &end);
+        if (errno || *end || s == ago) goto not_a_time;
+        if (v < 1e9) {
+            brm_err_set(err,
+                        "a bare number is seconds since the epoch, and %s is before 2001;"
+                        " for %s seconds ago write %ss",
+                        s, s, s);
+            return -1;
+        }
+        if (v >= 1e11) {
+            brm_err_set(err,
+                        "%s seconds since the epoch is past the year 5000; milliseconds?"
+                        " (brume takes seconds)",
+                        s);
+            return -1;
+        }
+        *out = v;
+        return 0;
+    }
+    if (number > 0 && brm_parse_duration(s, &v) == 0) {
+        *out = now - v;
+        return 0;
+    }
+    if (s != ago) {
+        int rc = parse_iso8601(s, out, err);
+        if (rc == 0) return 0;
+        if (rc == -2) return -1;
+    }
+not_a_time:
+    brm_err_set(err, "not a time");
+    return -1;
+}
+
 char *brm_path_join(const char *dir, const char *rel) {
     if (!dir || rel[0] == '/' || strcmp(dir, ".") == 0) return brm_xstrdup(rel);
     size_t n = strlen(dir);

@@ -81,6 +81,22 @@ void brm_buf_json_string(struct brm_buf *b, const char *s, size_t n);
 int brm_parse_size(const char *s, uint64_t *out);
 int brm_parse_duration(const char *s, double *out);
 
+/*
+ * A point in time as the command line takes it (--since, --until): a time
+ * ago, "2h" or "2h ago" (a duration as above, before NOW); an ISO 8601 date
+ * or time, "2026-11-21", "2026-11-21T10:00", "2026-11-21 10:00:00.5Z",
+ * "2026-11-21T10:00+02:00" (UTC unless it names an offset); or seconds
+ * since the epoch, "1763719200" (from 2001 on: a smaller bare number is
+ * taken for a mistaken duration, a much larger one for milliseconds).
+ * Returns 0 with seconds since the epoch in *OUT, or -1 with the reason in
+ * ERR ("not a time", "there is no month 13 (months are 01 to 12)", ...).
+ * BRM_TIME_FORMS says what is accepted, for the message around it.
+ */
+int brm_parse_time(const char *s, double now, double *out, struct brm_err *err);
+#define BRM_TIME_FORMS                                                                             \
+    "a time ago (90s, 30m, 2h, 7d), an ISO 8601 date or time (2026-11-21, 2026-11-21T10:00, "      \
+    "UTC unless it ends in an offset such as +02:00), or seconds since the epoch (1763719200)"
+
 void brm_hex_encode(const unsigned char *in, size_t n, char *out); /* writes 2n chars + NUL */
 /* Decodes 2n hex digits of either case into N bytes; -1 on a non-hex digit. */
 int brm_hex_decode(const char *in, size_t n, unsigned char *out);

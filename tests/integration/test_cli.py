@@ -1,9 +1,13 @@
 """The command line: exit codes (0, 1 user error, 2 usage), help, check,
-sign, test and run's start-up failures."""
+sign, test and run's start-up failures; `brume outbox list` and `brume
+replay` as people read them (columns, statuses, times, topics)."""
+import json
 import os
+import re
 import shutil
 import socket
 import tempfile
+import time
 import unittest
 
 import harness
@@ -190,6 +194,154 @@ targets = {
             r = run_cli("run", "-c", b.config_path, timeout=30)
             self.assertEqual(r.returncode, 1)
             self.assertIn("another brume runs on this data folder", r.stderr)
+
+
+def table(text):
+    """The rows of a table `brume outbox list` printed, as dicts by column
+    name: each cell lies under its heading, or the columns do not line up."""
+    lines = text.splitlines()
+    heads = [(m.start(), m.group()) for m in re.finditer(r"EVENT ID|\S+", lines[0])]
+    rows = []
+    for line in lines[1:]:
+        row = {}
+        for i, (start, name) in enumerate(heads):
+            end = heads[i + 1][0] if i + 1 < len(heads) else len(line)
+            if i + 1 < len(heads):
+                assert line[end - 2:end] == "  " or line[end - 1:end] == " ", (name, line)
+            row[name] = line[start:end].strip()
+        rows.append(row)
+    return rows
+
+
+class Deliveries(unittest.TestCase):
+    """A daemon whose webhook target refuses connections and whose file
+    target works, stopped: its store is what the commands read."""
+
+    @classmethod
+    def setUpClass(cls):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()  # nothing listens there: connections are refused
+        cls.b = Brume("""
+sources = { mist = { path = "/mist", secret = "%s" } }
+targets = {
+  down = { kind = "webhook", url = "http://127.0.0.1:%d/hook", backoff = "0.2s" },
+  f = { kind = "file", path = "var/f.jsonl" },
+}
+""" % (harness.SECRET, port), rules={"r.lua": """
+return { topics = "*", on_event = function(ev, ctx)
+  brume.send("down", { title = "to the refusing target" })
+  brume.send("f", { title = "to the file" })
+end }"""}, workers=1).start()
+        try:
+            # Two events without an id of their own, then one with an id.
+            for body in ({"topic": "device-events", "events": [{"type": "AP_RESTARTED"},
+                                                                {"type": "AP_CONFIGURED"}]},
+                         {"topic": "alarms", "events": [{"id": "alarm-7f3e", "type": "x"}]}):
+                assert cls.b.post(json.dumps(body)).status == 200
+            cls.b.wait_lines("f.jsonl", 3)
+            deadline = time.time() + 20
+            while True:
+                rows = table(run_cli("outbox", "-c", cls.b.config_path).stdout)
+                if len(rows) == 3 and all(r["STATUS"] != "-" for r in rows):
+                    break
+                assert time.time() < deadline, rows
+                time.sleep(0.1)
+            assert cls.b.stop() == 0
+        except BaseException:
+            cls.b.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.b.cleanup()
+
+    def cli(self, *args):
+        return run_cli(args[0], "-c", self.b.config_path, *args[1:])
+
+    def test_outbox_list(self):
+        r = self.cli("outbox", "list")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout.splitlines()[0], r"^ID +STATE +TARGET +ATTEMPTS +STATUS +CREATED"
+                         r" +LAST +NEXT +RULE +EVENT +EVENT ID +ERROR$")
+        rows = table(r.stdout)
+        self.assertEqual([x["TARGET"] for x in rows], ["down"] * 3)
+        # Events tell apart: body id and position, and the event's own id.
+        self.assertEqual([(x["EVENT"], x["EVENT ID"]) for x in rows],
+                         [("2:1", "alarm-7f3e"), ("1:2", "-"), ("1:1", "-")])
+        for x in rows:
+            self.assertEqual((x["STATE"], x["STATUS"], x["RULE"]), ("pending", "refused", "r"))
+            self.assertGreaterEqual(int(x["ATTEMPTS"]), 1)
+            self.assertRegex(x["CREATED"], r"^\d+(s|m\d\ds) ago$")
+            self.assertRegex(x["LAST"], r"^\d+(s|m\d\ds) ago$")
+            self.assertRegex(x["NEXT"], r"^(now|in \d+(s|m\d\ds))$")
+            self.assertRegex(x["ERROR"], r"^request: (Failed to connect|Couldn.t connect)")
+        # Done ones too: a line written to a file is "ok".
+        rows = table(self.cli("outbox", "list", "--all").stdout)
+        done = [x for x in rows if x["STATE"] == "done"]
+        self.assertEqual(sorted(x["EVENT"] for x in done), ["1:1", "1:2", "2:1"])
+        self.assertEqual({(x["TARGET"], x["STATUS"], x["ERROR"]) for x in done},
+                         {("f", "ok", "-")})
+
+    def test_outbox_retry_keeps_the_last_attempt(self):
+        rows = table(self.cli("outbox").stdout)
+        one = rows[-1]
+        self.assertEqual(self.cli("outbox", "retry", one["ID"]).returncode, 0)
+        again = [x for x in table(self.cli("outbox").stdout) if x["ID"] == one["ID"]][0]
+        self.assertEqual((again["ATTEMPTS"], again["NEXT"], again["STATUS"]), ("0", "now", "refused"))
+        self.assertRegex(again["LAST"], r" ago$")
+
+    def test_replay_times(self):
+        now = time.time()
+        accepted = {"2h": 2, "2h ago": 2, "30m": 2, "2000-01-01": 2, "2000-01-01T00:00Z": 2,
+                    "2000-01-01 10:00:00.5+02:00": 2, str(int(now) - 3600): 2,
+                    time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now + 120)): 0}
+        for when, bodies in accepted.items():
+            r = self.cli("replay", "--since", when)
+            self.assertEqual((when, r.returncode), (when, 0), r.stderr)
+            self.assertIn("replayed %d bod" % bodies, r.stderr)
+        r = self.cli("replay", "--until", "2000-01-01")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("replayed 0 bodies", r.stderr)
+        refused = {
+            "yesterday": "not a time",
+            "2026-13-45": "there is no month 13 (months are 01 to 12)",
+            "2026-02-29": "2026-02 has no day 29 (it has 28)",
+            "2026-11-21T25:00": "25:00:00 is not a time of day",
+            "3600": "for 3600 seconds ago write 3600s",
+            "1763719200000": "milliseconds?",
+            "": "not a time",
+        }
+        for option in ("--since", "--until"):
+            for when, why in refused.items():
+                r = self.cli("replay", option, when)
+                self.assertEqual((when, r.returncode), (when, 2), r.stderr)
+                self.assertTrue(r.stderr.startswith("brume: %s '%s': " % (option, when)), r.stderr)
+                self.assertIn(why, r.stderr.splitlines()[0])
+                self.assertIn("%s takes a time ago (90s, 30m, 2h, 7d), an ISO 8601 date" % option,
+                              r.stderr)
+                self.assertNotIn("usage:", r.stderr)
+                self.assertEqual(r.stdout, "")
+        r = self.cli("replay", "--since", "1h", "--until", "2h")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--until '2h' is not after --since '1h'", r.stderr)
+
+    def test_replay_topic_that_matches_nothing(self):
+        r = self.cli("replay", "--topic", "audits")
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stdout, "")
+        self.assertIn("brume: no body of topic audits in the journal"
+                      " (topics seen: device-events, alarms)", r.stderr)
+        r = self.cli("replay", "--topic", "alarms", "--since", "2099-01-01")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no body of topic alarms in the journal received since"
+                      " 2099-01-01T00:00:00.000Z (no body at all then)", r.stderr)
+        # Mist's two spellings of a topic are one topic.
+        r = self.cli("replay", "--topic", "device_events")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("replayed 1 body (2 events): 4 messages", r.stderr)
+        self.assertEqual(len(r.stdout.splitlines()), 4)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-/* util: sizes, durations, hex, base64, addresses, paths, JSON strings. */
+/* util: sizes, durations, times, hex, base64, addresses, paths, JSON strings. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -13,6 +13,17 @@ static double duration(const char *s) {
 static long long size(const char *s) {
     uint64_t v = 0;
     return brm_parse_size(s, &v) == 0 ? (long long)v : -1;
+}
+
+static char why[512];
+
+/* brm_parse_time at a fixed now; -1 (and the reason in WHY) when refused. */
+static double when(const char *s) {
+    static struct brm_err err;
+    double v = 0;
+    return brm_parse_time(s, 1763719200, &v, &err) == 0
+               ? v
+               : (brm_err_format(&err, why, sizeof(why)), -1);
 }
 
 static void check_base64(const char *plain, const char *encoded) {
@@ -46,6 +57,46 @@ int main(void) {
     CHECK(duration("10x") == -1);
     CHECK(duration("-1s") == -1);
     CHECK(duration("1.s") == -1);
+
+    /* Times: ago, ISO 8601, epoch seconds; 1763719200 is 2025-11-21T10:00:00Z. */
+    CHECK(when("2h") == 1763719200 - 7200);
+    CHECK(when("2h ago") == 1763719200 - 7200);
+    CHECK(when("90s") == 1763719200 - 90);
+    CHECK(when("7d") == 1763719200 - 7 * 86400);
+    CHECK(when("1763719200") == 1763719200);
+    CHECK(when("1763719200.5") == 1763719200.5);
+    CHECK(when("2025-11-21") == 1763683200);
+    CHECK(when("2025-11-21T10:00") == 1763719200);
+    CHECK(when("2025-11-21 10:00:00Z") == 1763719200);
+    CHECK(when("2025-11-21T10:00:00.250Z") == 1763719200.25);
+    CHECK(when("2025-11-21T12:00+02:00") == 1763719200);
+    CHECK(when("2025-11-21T04:30-0530") == 1763719200);
+    CHECK(when("2024-02-29") == 1709164800);
+    CHECK(when("2000-02-29") == 951782400);
+    CHECK(when("yesterday") == -1);
+    CHECK_STR(why, "not a time");
+    CHECK(when("") == -1);
+    CHECK(when("2026-13-45") == -1);
+    CHECK_STR(why, "there is no month 13 (months are 01 to 12)");
+    CHECK(when("2026-02-29") == -1);
+    CHECK_STR(why, "2026-02 has no day 29 (it has 28)");
+    CHECK(when("1900-02-29") == -1);
+    CHECK(when("2026-11-21T24:00") == -1);
+    CHECK_STR(why, "24:00:00 is not a time of day");
+    CHECK(when("2026-11-21T10:60") == -1);
+    CHECK(when("2026-11-21T10:00+25:00") == -1);
+    CHECK(when("2026-1-2") == -1);
+    CHECK_STR(why, "not a time");
+    CHECK(when("2026-11-21T10") == -1);
+    CHECK(when("2026-11-21T10:00:00.") == -1);
+    CHECK(when("2026-11-21x") == -1);
+    CHECK(when("3600") == -1);
+    CHECK_STR(why, "a bare number is seconds since the epoch, and 3600 is before 2001;"
+                   " for 3600 seconds ago write 3600s");
+    CHECK(when("1763719200000") == -1);
+    CHECK(when("1763719200 ago") == -1);
+    CHECK(when("2h later") == -1);
+    CHECK(when("-2h") == -1);
 
     CHECK_INT(size("8MB"), 8 << 20);
     CHECK_INT(size("64kb"), 64 << 10);
@@ -98,9 +149,10 @@ int main(void) {
     /* Loopback is what the address is, not what its text starts with. */
     static const char *const loopback[] = { "127.0.0.1:1", "127.255.0.9:1", "[::1]:1",
                                             "[::ffff:127.0.0.1]:1", "localhost:1" };
-    static const char *const elsewhere[] = { "127.attacker.example:1", "127.0.0.1.nip.io:1",
-                                             "128.0.0.1:1", "0.0.0.0:1", ":1", "[::]:1",
-                                             "[::ffff:10.0.0.1]:1", "10.127.0.1:1", "127.0.0.1" };
+    static const char *const elsewhere[] = {
+        "127.attacker.example:1", "127.0.0.1.nip.io:1", "128.0.0.1:1", "0.0.0.0:1", ":1", "[::]:1",
+        "[::ffff:10.0.0.1]:1",    "10.127.0.1:1",       "127.0.0.1"
+    };
     for (size_t i = 0; i < BRM_ARRAY_LEN(loopback); i++) CHECK(brm_addr_loopback(loopback[i]));
     for (size_t i = 0; i < BRM_ARRAY_LEN(elsewhere); i++) CHECK(!brm_addr_loopback(elsewhere[i]));
 
