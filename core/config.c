@@ -839,6 +839,19 @@ static const struct setting journal_settings[] = {
 static const struct setting store_settings[] = {
     { "max_size", &size_type, .off = CFG(store_max), .def = 0, .min = 0, .max = 1e15 },
 };
+/* A source's `mist`: where Mist keeps the webhook's delivery log. */
+static const struct setting mist_settings[] = {
+    { "api", &string_type, .off = SRC(mist.api) },
+    { "token", &string_type, .off = SRC(mist.token) },
+    { "org_id", &string_type, .off = SRC(mist.org_id) },
+    { "site_id", &string_type, .off = SRC(mist.site_id) },
+    { "webhook_id", &string_type, .off = SRC(mist.webhook_id) },
+    { "every", &duration_type, .off = SRC(mist.every), .def = 0, .min = 0, .max = 86400 },
+    { "catch_up", &duration_type, .off = SRC(mist.catch_up), .def = 86400, .min = 0,
+      .max = 30 * 86400.0 },
+};
+static const struct schema mist_schema = SCHEMA(mist_settings, 0);
+
 static const struct setting source_settings[] = {
     { "path", &string_type, .off = SRC(path) },
     { "secret", &secrets_type, .off = 0 },
@@ -847,6 +860,7 @@ static const struct setting source_settings[] = {
     { "max_body", &size_type, .off = SRC(max_body), .def = 1u << 20, .min = 64, .max = 1u << 30 },
     { "dedupe", &duration_type, .off = SRC(dedupe), .def = 0, .min = 0, .max = 30 * 86400.0 },
     { "durability", &enum_type, .off = SRC(durable), .def = 1, .names = durabilities },
+    { "mist", &table_type, .off = 0, .sub = &mist_schema },
 };
 
 static const struct schema limits_schema = SCHEMA(limits_settings, 0);
@@ -945,6 +959,25 @@ static void release(const struct schema *sc, char *obj) {
 
 /* ---- checks across settings --------------------------------------------- */
 
+/* A source's `mist` needs all of api, token, webhook_id and one of org_id
+ * and site_id, or none of them. */
+static void check_mist(struct loader *ld, const struct brm_source *s) {
+    const char *why = NULL;
+    if (!s->mist.api) {
+        if (s->mist.token || s->mist.org_id || s->mist.site_id || s->mist.webhook_id)
+            why = "needs api (\"https://api.mist.com\", or your region's)";
+    } else if (strncmp(s->mist.api, "https://", 8) != 0 && strncmp(s->mist.api, "http://", 7) != 0) {
+        why = "api: expected an http:// or https:// URL";
+    } else if (!s->mist.token || !*s->mist.token) {
+        why = "needs token (an API token, e.g. env(\"MIST_API_TOKEN\"))";
+    } else if (!s->mist.webhook_id) {
+        why = "needs webhook_id (the webhook's id in Mist)";
+    } else if (!s->mist.org_id == !s->mist.site_id) {
+        why = "needs one of org_id (an org webhook) or site_id (a site webhook)";
+    }
+    if (why) report(ld, "sources", s->name, "sources.%s.mist: %s", s->name, why);
+}
+
 static void check_config(struct loader *ld, struct brm_config *c) {
     /* /reload and /metrics are for the operator: reachable from elsewhere
      * only behind a token. */
@@ -977,6 +1010,7 @@ static void check_config(struct loader *ld, struct brm_config *c) {
             report(ld, "sources", s->name,
                    "sources.%s.max_body: larger than http.max_unverified, so no such body fits",
                    s->name);
+        check_mist(ld, s);
     }
 }
 

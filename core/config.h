@@ -34,6 +34,13 @@ struct brm_source {
     uint64_t max_body;
     double dedupe; /* seconds an event id stays seen on its topic; 0: off */
     int durable;   /* 0 (durability = "none"): answered before the commit */
+    /* Where Mist keeps this webhook's delivery log, for backfill (api NULL:
+     * nowhere). One of org_id and site_id. */
+    struct {
+        char *api, *token, *org_id, *site_id, *webhook_id;
+        double every;    /* backfill on a schedule this often; 0: not */
+        double catch_up; /* at start, back to the last body stored, at most this far */
+    } mist;
 };
 
 /* A named destination for brume.send: a kind (its adapter is
