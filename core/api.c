@@ -180,6 +180,32 @@ static char *dup_field(lua_State *L, int idx, size_t *len) {
     return s ? brm_xstrndup(s, n) : NULL;
 }
 
+/* In the masked copy of a request at IDX, which a dry run shows (the
+ * request sent is another copy), each body that is a JSON object or array
+ * becomes that value, so that it shows as JSON rather than as a string
+ * holding JSON. Goes into a plan's steps. [-0, +0] */
+static void show_json_bodies(lua_State *L, int idx, int depth) {
+    if (depth > 4 || !lua_checkstack(L, 4)) return;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -1) == LUA_TTABLE) show_json_bodies(L, lua_gettop(L), depth + 1);
+        lua_pop(L, 1);
+    }
+    lua_pushliteral(L, "body");
+    if (lua_rawget(L, idx) == LUA_TSTRING) {
+        struct brm_err err;
+        size_t n;
+        const char *s = lua_tolstring(L, -1, &n);
+        size_t blank = strspn(s, " \t\r\n");
+        if ((s[blank] == '{' || s[blank] == '[') && brm_json_decode(L, s, n, &err) == 0) {
+            lua_pushliteral(L, "body");
+            lua_insert(L, -2);
+            lua_rawset(L, idx);
+        }
+    }
+    lua_pop(L, 1);
+}
+
 /*
  * Appends an action for the request at REQ (and the message at MSG, 0 for
  * none) to TARGET. Everything that can raise (encoding, masking, growing
@@ -221,8 +247,10 @@ static void add_action(lua_State *L, struct brm_api *api, const struct brm_targe
             lua_replace(L, -3);
             lua_pop(L, 1);
             lua_pushstring(L, key);
-            if (lua_pcall(L, 3, 1, 0) == LUA_OK && brm_json_encode(L, -1, &err) == 0)
-                display = lua_gettop(L);
+            if (lua_pcall(L, 3, 1, 0) == LUA_OK) {
+                if (lua_type(L, -1) == LUA_TTABLE) show_json_bodies(L, lua_gettop(L), 0);
+                if (brm_json_encode(L, -1, &err) == 0) display = lua_gettop(L);
+            }
         }
     }
     /* The copies below are C memory, which the VM's allocator never sees. */
@@ -285,6 +313,8 @@ static int api_send(lua_State *L) {
     if (!t) return luaL_error(L, "brume.send: no target named '%s' in the config", name);
     if (strcmp(t->kind, BRM_HTTP_TARGET) == 0)
         return luaL_error(L, "brume.send: '%s' is brume.http's target", name);
+    if (t->unset) /* an offline run's config (brm_config_load_offline) */
+        return luaL_error(L, "brume.send: target %s needs %s, which is not set", name, t->unset);
     char key[400];
     next_key(L, s, key, sizeof(key));
     /* request = adapter.request(options, message, ctx) */

@@ -29,6 +29,7 @@ struct loader {
     int fatal;                /* the file could not be read or run: nothing was set */
     brm_config_open_fn *open; /* readies the VM the adapters check targets in */
     void *open_arg;
+    int offline; /* brm_config_load_offline: unset env() variables give placeholders */
 };
 
 /* Returned by env() and file() after they reported a problem: the walk
@@ -107,35 +108,6 @@ static void report(struct loader *ld, const char *top, const char *path, const c
     brm_errors_add(ld->errs, &e);
 }
 
-/* Levenshtein distance, to suggest the name a typo meant. */
-static size_t distance(const char *a, const char *b) {
-    size_t la = strlen(a), lb = strlen(b), prev[64], cur[64];
-    if (la >= 63 || lb >= 63) return 99;
-    for (size_t j = 0; j <= lb; j++) prev[j] = j;
-    for (size_t i = 1; i <= la; i++) {
-        cur[0] = i;
-        for (size_t j = 1; j <= lb; j++) {
-            size_t sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
-            size_t del = prev[j] + 1, ins = cur[j - 1] + 1;
-            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
-        }
-        memcpy(prev, cur, (lb + 1) * sizeof(size_t));
-    }
-    return prev[lb];
-}
-
-/* Writes " (did you mean 'NAME'?)" into HINT for the one of the N NAMES
- * closest to WORD, or "" when none is within two edits. */
-static void suggest(const char *word, const char *const *names, size_t n, char *hint, size_t size) {
-    const char *best = NULL;
-    size_t bestd = 3;
-    for (size_t i = 0; i < n; i++) {
-        size_t d = distance(word, names[i]);
-        if (d < bestd) bestd = d, best = names[i];
-    }
-    snprintf(hint, size, best ? " (did you mean '%s'?)" : "", best);
-}
-
 /* ---- env() and file() --------------------------------------------------- */
 
 static void record_error(lua_State *L, const char *fmt, const char *arg) {
@@ -148,13 +120,76 @@ static void record_error(lua_State *L, const char *fmt, const char *arg) {
     brm_errors_addf(ld->errs, ld->display, line, "%s", msg);
 }
 
+/*
+ * In an offline load, what env(NAME) gives when NAME is not set: a text
+ * that says so, should it ever be shown, and that the walk finds again
+ * wherever it went (whole, or inside a string the config built from it).
+ */
+#define UNSET_OPEN   "<brume: "
+#define UNSET_CLOSE  " is not set>"
+#define MAX_ENV_NAME 100
+
+static int env_name_ok(const char *name) {
+    size_t n = strlen(name);
+    return n > 0 && n <= MAX_ENV_NAME &&
+           strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                        "0123456789_") == n;
+}
+
+/* 1 when the N bytes at S hold a placeholder, with its variable in NAME. */
+static int find_placeholder(const char *s, size_t n, char name[MAX_ENV_NAME + 1]) {
+    const char *end = s + n;
+    for (const char *p = s; (p = memchr(p, '<', (size_t)(end - p))); p++) {
+        if ((size_t)(end - p) < sizeof(UNSET_OPEN) - 1 ||
+            memcmp(p, UNSET_OPEN, sizeof(UNSET_OPEN) - 1) != 0)
+            continue;
+        const char *q = p + sizeof(UNSET_OPEN) - 1, *v = q;
+        while (q < end && q - v <= MAX_ENV_NAME && is_word_char(*q)) q++;
+        if (q > v && q - v <= MAX_ENV_NAME && (size_t)(end - q) >= sizeof(UNSET_CLOSE) - 1 &&
+            memcmp(q, UNSET_CLOSE, sizeof(UNSET_CLOSE) - 1) == 0) {
+            memcpy(name, v, (size_t)(q - v));
+            name[q - v] = '\0';
+            return 1;
+        }
+    }
+    return 0;
+}
+
+enum found { FOUND_NOTHING, FOUND_UNSET, FOUND_REPORTED };
+
+/* Looks through the value at IDX (tables raw, DEPTH levels at most) for a
+ * placeholder (its variable goes to NAME) or a value env() or file()
+ * already reported. */
+static enum found find_unset(lua_State *L, int idx, int depth, char name[MAX_ENV_NAME + 1]) {
+    enum found f = FOUND_NOTHING;
+    size_t n;
+    if (is_reported(L, idx)) return FOUND_REPORTED;
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        const char *s = lua_tolstring(L, idx, &n);
+        return find_placeholder(s, n, name) ? FOUND_UNSET : FOUND_NOTHING;
+    }
+    if (lua_type(L, idx) != LUA_TTABLE || depth <= 0 || !lua_checkstack(L, 3)) return f;
+    idx = lua_absindex(L, idx);
+    lua_pushnil(L);
+    while (f != FOUND_REPORTED && lua_next(L, idx)) {
+        enum found v = find_unset(L, -1, depth - 1, name);
+        if (v > f) f = v;
+        lua_pop(L, 1);
+    }
+    if (f == FOUND_REPORTED) lua_pop(L, 1); /* the key lua_next left */
+    return f;
+}
+
 static int cfg_env(lua_State *L) {
+    struct loader *ld = lua_touserdata(L, lua_upvalueindex(1));
     const char *name = luaL_checkstring(L, 1);
     const char *v = getenv(name);
     if (v) {
         lua_pushstring(L, v);
     } else if (lua_gettop(L) >= 2) {
         lua_pushvalue(L, 2);
+    } else if (ld->offline && env_name_ok(name)) {
+        lua_pushfstring(L, UNSET_OPEN "%s" UNSET_CLOSE, name);
     } else {
         record_error(L, "environment variable %s is not set", name);
         lua_pushlightuserdata(L, (void *)&REPORTED);
@@ -643,6 +678,120 @@ static void release_secrets(const struct setting *st, char *obj) {
     }
 }
 
+/* -- a source's dedupe: a window, or { window = ..., fields = { topic = { field, ... } } } -- */
+
+#define MAX_DEDUPE_FIELDS 32
+
+static void free_dedupe(struct brm_dedupe *d) {
+    for (size_t i = 0; i < d->ntopics; i++) {
+        for (size_t j = 0; j < d->topics[i].nfields; j++) free(d->topics[i].fields[j]);
+        free(d->topics[i].fields);
+        free(d->topics[i].topic);
+    }
+    free(d->topics);
+    d->topics = NULL;
+    d->ntopics = 0;
+}
+
+static void release_dedupe(const struct setting *st, char *obj) {
+    free_dedupe(&FIELD(struct brm_dedupe, obj, st->off));
+}
+
+/* A field path: names joined by single dots, none empty. */
+static int valid_field(const char *s, size_t n) {
+    if (n == 0 || s[0] == '.' || s[n - 1] == '.') return 0;
+    for (size_t i = 1; i < n; i++)
+        if (s[i] == '.' && s[i - 1] == '.') return 0;
+    return memchr(s, '\0', n) == NULL;
+}
+
+/* Reads TOPIC's list of field paths, on top of the stack, into T: 1, or 0
+ * when it is not one (reported under the setting KEY). */
+static int read_dedupe_list(struct walk *w, const char *key, const char *topic,
+                            struct brm_dedupe_topic *t) {
+    lua_State *L = w->ld->L;
+    size_t n = lua_type(L, -1) == LUA_TTABLE ? lua_rawlen(L, -1) : 0;
+    if (n == 0 || n > MAX_DEDUPE_FIELDS) {
+        report_setting(w, key, ".fields.%s: expected a list of 1 to %d field names", topic,
+                       MAX_DEDUPE_FIELDS);
+        return 0;
+    }
+    t->fields = brm_xcalloc(n, sizeof(char *));
+    for (size_t i = 1; i <= n; i++) {
+        size_t len;
+        const char *f =
+            lua_rawgeti(L, -1, (lua_Integer)i) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        if (f && valid_field(f, len)) {
+            t->fields[t->nfields++] = brm_xstrndup(f, len);
+        } else {
+            report_setting(w, key,
+                           ".fields.%s[%zu]: expected a field name (\"mac\", or \"a.b\" for "
+                           "field b of object a)",
+                           topic, i);
+        }
+        lua_pop(L, 1);
+    }
+    return t->nfields == n;
+}
+
+/* fields = { topic = { field, ... } } on top of the stack, into D. */
+static void read_dedupe_fields(struct walk *w, const char *key, struct brm_dedupe *d) {
+    lua_State *L = w->ld->L;
+    int fields = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, fields)) {
+        char topic[BRM_TOPIC_MAX];
+        size_t len;
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &len) : NULL;
+        if (!k || len == 0 || brm_topic_normalize(k, len, topic, sizeof(topic)) < 0) {
+            report_setting(w, key, ".fields: keys are topic names ([\"device-events\"] = ...)");
+            lua_pop(L, 1);
+            continue;
+        }
+        struct brm_dedupe_topic t = { 0 };
+        if (brm_config_dedupe_fields(d, topic)) {
+            report_setting(w, key, ".fields: topic %s is named twice", topic);
+        } else if (read_dedupe_list(w, key, topic, &t)) {
+            t.topic = brm_xstrdup(topic);
+            d->topics = brm_xrealloc(d->topics, (d->ntopics + 1) * sizeof(*d->topics));
+            d->topics[d->ntopics++] = t;
+            t.fields = NULL;
+            t.nfields = 0;
+        }
+        for (size_t j = 0; j < t.nfields; j++) free(t.fields[j]);
+        free(t.fields);
+        lua_pop(L, 1);
+    }
+}
+
+static enum verdict convert_dedupe(struct walk *w, const struct setting *st, char *obj) {
+    static const char *const keys[] = { "window", "fields", NULL };
+    lua_State *L = w->ld->L;
+    struct brm_dedupe *d = &FIELD(struct brm_dedupe, obj, st->off);
+    char name[300];
+    free_dedupe(d);
+    d->window = 0;
+    /* convert_duration writes the window: it is the struct's first field */
+    if (lua_type(L, -1) != LUA_TTABLE) return convert_duration(w, st, obj);
+    only_keys(w, setting_name(w, st->key, name, sizeof(name)), keys);
+    int t = lua_getfield(L, -1, "window");
+    enum verdict v = t == LUA_TNIL ? TAKEN : convert_duration(w, st, obj);
+    if (t == LUA_TNIL)
+        report_setting(w, st->key, ".window: needed (how long an event stays seen: \"10m\")");
+    else if (v == OUT_OF_RANGE)
+        report_setting(w, st->key, ".window: must be between %.15g and %.15g", st->min, st->max);
+    else if (v != TAKEN)
+        report_setting(w, st->key, ".window: expected a duration (seconds, or \"10m\")");
+    lua_pop(L, 1);
+    t = lua_getfield(L, -1, "fields");
+    if (t == LUA_TTABLE)
+        read_dedupe_fields(w, st->key, d);
+    else if (t != LUA_TNIL)
+        report_setting(w, st->key, ".fields: expected { topic = { \"field\", ... }, ... }");
+    lua_pop(L, 1);
+    return TAKEN;
+}
+
 /* -- tables of settings -- */
 
 /* Nested settings of the same struct: limits = { ... }. */
@@ -725,11 +874,16 @@ static enum verdict convert_targets(struct walk *w, const struct setting *st, ch
         } else {
             *targets = brm_xrealloc(*targets, (*count + 1) * sizeof(**targets));
             struct brm_target *tg = memset(&(*targets)[(*count)++], 0, sizeof(**targets));
+            char unset[MAX_ENV_NAME + 1];
+            enum found found = find_unset(L, -1, 8, unset);
             tg->name = brm_xstrdup(name);
             if (lua_getfield(L, -1, "kind") == LUA_TSTRING)
                 tg->kind = brm_xstrdup(lua_tostring(L, -1));
             lua_pop(L, 1);
-            if (brm_json_encode(L, -1, &err) < 0) {
+            if (found == FOUND_UNSET) tg->unset = brm_xstrdup(unset);
+            if (found == FOUND_REPORTED) {
+                /* env() or file() said what is wrong: no options, so no check */
+            } else if (brm_json_encode(L, -1, &err) < 0) {
                 report(w->ld, w->top, name, "%s.%s: options must be plain values (%s)", st->key,
                        name, err.msg);
             } else {
@@ -749,6 +903,7 @@ static void free_target(struct brm_target *t) {
     free(t->proxy);
     free(t->path);
     free(t->signing_secret);
+    free(t->unset);
     for (size_t j = 0; j < t->nsecrets; j++) free(t->secrets[j]);
     free(t->secrets);
 }
@@ -779,6 +934,9 @@ static const struct type admin_type = {
     "an address \"host:port\", { addr = ..., token = ... }, or false", convert_admin, init_string,
     release_admin
 };
+static const struct type dedupe_type = { "a duration (seconds, or \"10m\"), or { window = ..., "
+                                         "fields = { topic = { \"field\", ... } } }",
+                                         convert_dedupe, init_double, release_dedupe };
 static const struct type secrets_type = { "a string or a list of one or two strings",
                                           convert_secrets, NULL, release_secrets };
 static const struct type table_type = { "a table", convert_table, init_table, release_table };
@@ -858,7 +1016,7 @@ static const struct setting source_settings[] = {
     { "allow_sha1", &bool_type, .off = SRC(allow_sha1) },
     { "insecure", &bool_type, .off = SRC(insecure) },
     { "max_body", &size_type, .off = SRC(max_body), .def = 1u << 20, .min = 64, .max = 1u << 30 },
-    { "dedupe", &duration_type, .off = SRC(dedupe), .def = 0, .min = 0, .max = 30 * 86400.0 },
+    { "dedupe", &dedupe_type, .off = SRC(dedupe), .def = 0, .min = 0, .max = 30 * 86400.0 },
     { "durability", &enum_type, .off = SRC(durable), .def = 1, .names = durabilities },
     { "mist", &table_type, .off = 0, .sub = &mist_schema },
 };
@@ -890,12 +1048,36 @@ static const struct schema top_schema = SCHEMA(top_settings, 0);
 
 /* ---- walking what the file set ------------------------------------------ */
 
+/* In an offline load, a placeholder may stand for a secret: a source's
+ * secret, the admin token, a target's option. In any other setting it is
+ * reported as env() reports an unset variable, and 1 returned. Tables of
+ * settings are walked one by one, so their settings answer for
+ * themselves. */
+static int unset_elsewhere(struct walk *w, const struct setting *st) {
+    lua_State *L = w->ld->L;
+    const struct type *t = st->type;
+    char name[MAX_ENV_NAME + 1];
+    enum found found;
+    if (t == &secrets_type || t == &targets_type || t == &table_type || t == &map_type) return 0;
+    if (t == &admin_type && lua_type(L, -1) == LUA_TTABLE) { /* its token is a secret */
+        lua_getfield(L, -1, "addr");
+        found = find_unset(L, -1, 1, name);
+        lua_pop(L, 1);
+    } else {
+        found = find_unset(L, -1, 8, name);
+    }
+    if (found != FOUND_UNSET) return 0;
+    report_setting(w, st->key, ": environment variable %s is not set", name);
+    return 1;
+}
+
 /* Converts the value on top of the stack for ST into OBJ, or reports why
  * it cannot. */
 static void convert(struct walk *w, const struct setting *st, char *obj) {
     lua_State *L = w->ld->L;
     char buf[160];
     if (is_reported(L, -1)) return;
+    if (w->ld->offline && unset_elsewhere(w, st)) return;
     enum verdict v = st->type->convert(w, st, obj);
     const char *expected = describe(st, buf, sizeof(buf));
     switch (v) {
@@ -920,7 +1102,7 @@ static void report_unknown(struct walk *w, const struct schema *sc, const char *
     char hint[160], pbuf[300];
     size_t n = 0;
     for (size_t i = 0; i < sc->n && n < BRM_ARRAY_LEN(names); i++) names[n++] = sc->settings[i].key;
-    suggest(key, names, n, hint, sizeof(hint));
+    brm_suggest(key, names, n, hint, sizeof(hint));
     report(w->ld, w->top, subpath(w, key, pbuf, sizeof(pbuf)), "%s%sunknown setting '%s'%s",
            w->where, *w->where ? ": " : "", key, hint);
 }
@@ -1092,7 +1274,7 @@ static void report_problems(struct loader *ld, lua_State *L, int idx, const stru
                     names[nnames++] = lua_tostring(L, -1);
                 lua_pop(L, 1);
             }
-        suggest(key, names, nnames, hint, sizeof(hint));
+        brm_suggest(key, names, nnames, hint, sizeof(hint));
         snprintf(path, sizeof(path), "%s.%s", tg->name, key);
         report(ld, "targets", path, "targets.%s.%s: %s%s", tg->name, key, string_or(L, top + 3),
                hint);
@@ -1173,6 +1355,8 @@ static void check_targets(struct loader *ld, struct brm_config *c) {
                    "jira, mattermost, opsgenie, pagerduty, servicenow, slack, teams, webex, "
                    "webhook, zendesk)",
                    tg->name);
+        else if (tg->options && tg->unset)
+            tg->bad = 0; /* sending to it fails: see brm_config_load_offline */
         else if (tg->options)
             check_target(ld, sb, c->dir, tg);
     }
@@ -1281,9 +1465,11 @@ static void drop_bad_targets(struct brm_config *c) {
 }
 
 static struct brm_config *load(const char *path, brm_config_open_fn *open, void *arg,
-                               struct brm_errors *errs, int lenient) {
+                               struct brm_errors *errs, int lenient, int offline) {
     struct brm_config *c = brm_xcalloc(1, sizeof(*c));
-    struct loader ld = { .errs = errs, .errs_at_start = errs->n, .open = open, .open_arg = arg };
+    struct loader ld = {
+        .errs = errs, .errs_at_start = errs->n, .open = open, .open_arg = arg, .offline = offline
+    };
     c->refs = 1;
     c->file = brm_xstrdup(path);
     c->dir = brm_path_dir(path);
@@ -1311,12 +1497,17 @@ static struct brm_config *load(const char *path, brm_config_open_fn *open, void 
 
 struct brm_config *brm_config_load(const char *path, brm_config_open_fn *open, void *arg,
                                    struct brm_errors *errs) {
-    return load(path, open, arg, errs, 0);
+    return load(path, open, arg, errs, 0, 0);
+}
+
+struct brm_config *brm_config_load_offline(const char *path, brm_config_open_fn *open, void *arg,
+                                           struct brm_errors *errs) {
+    return load(path, open, arg, errs, 0, 1);
 }
 
 struct brm_config *brm_config_check(const char *path, brm_config_open_fn *open, void *arg,
                                     struct brm_errors *errs) {
-    return load(path, open, arg, errs, 1);
+    return load(path, open, arg, errs, 1, 0);
 }
 
 const struct brm_config *brm_config_ref(const struct brm_config *c) {
@@ -1336,6 +1527,13 @@ void brm_config_free(const struct brm_config *cc) {
 const struct brm_target *brm_config_target(const struct brm_config *c, const char *name) {
     for (size_t i = 0; i < c->ntargets; i++)
         if (strcmp(c->targets[i].name, name) == 0) return &c->targets[i];
+    return NULL;
+}
+
+const struct brm_dedupe_topic *brm_config_dedupe_fields(const struct brm_dedupe *d,
+                                                        const char *topic) {
+    for (size_t i = 0; i < d->ntopics; i++)
+        if (strcmp(d->topics[i].topic, topic) == 0) return &d->topics[i];
     return NULL;
 }
 

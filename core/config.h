@@ -22,6 +22,22 @@
 
 #define BRM_MAX_WORKERS 64
 
+/* The fields that tell a topic's events apart, for dedupe. */
+struct brm_dedupe_topic {
+    char *topic;   /* normalised: '_' read as '-' */
+    char **fields; /* "mac", or "a.b" for field b of object a */
+    size_t nfields;
+};
+
+/* A source's dedupe: an event whose fingerprint (the whole event, or the
+ * fields named for its topic) was seen on its topic within WINDOW seconds
+ * is not run again. */
+struct brm_dedupe {
+    double window; /* 0: off */
+    struct brm_dedupe_topic *topics;
+    size_t ntopics;
+};
+
 /* A webhook source: one path Mist posts to, and how to check it. */
 struct brm_source {
     char *name;
@@ -32,8 +48,8 @@ struct brm_source {
     int allow_sha1; /* also accept the legacy X-Mist-Signature */
     int insecure;   /* accept unsigned posts (no secret) */
     uint64_t max_body;
-    double dedupe; /* seconds an event id stays seen on its topic; 0: off */
-    int durable;   /* 0 (durability = "none"): answered before the commit */
+    struct brm_dedupe dedupe;
+    int durable; /* 0 (durability = "none"): answered before the commit */
     /* Where Mist keeps this webhook's delivery log, for backfill (api NULL:
      * nowhere). One of org_id and site_id. */
     struct {
@@ -58,8 +74,9 @@ struct brm_target {
     char *signing_secret; /* Standard Webhooks secret (kind webhook), or NULL */
     char **secrets;       /* option values never shown */
     size_t nsecrets;
-    int ticket; /* the adapter makes ticket plans */
-    int bad;    /* its options were refused (only in a config from brm_config_check) */
+    int ticket;  /* the adapter makes ticket plans */
+    int bad;     /* its options were refused (only in a config from brm_config_check) */
+    char *unset; /* an offline load: the env() variable its options need that is not set */
 };
 
 /* A listening address, with TLS when CERT and KEY are set. */
@@ -126,6 +143,22 @@ struct brm_config *brm_config_load(const char *path, brm_config_open_fn *open, v
  * could not be read or run. */
 struct brm_config *brm_config_check(const char *path, brm_config_open_fn *open, void *arg,
                                     struct brm_errors *errs);
+/*
+ * The same for runs that send nothing (brume test, a dry replay): they need
+ * no secret that a message does not use. An env() variable that is not set
+ * gives a placeholder where secrets go (a source's secret, the admin
+ * token, targets' options) instead of an error; a target whose options
+ * hold one has its `unset` set, is not checked by its adapter, and
+ * brume.send to it fails ("target secops needs MIST_X, which is not
+ * set"). Anywhere else an unset variable is still an error. The daemon
+ * never loads this way.
+ */
+struct brm_config *brm_config_load_offline(const char *path, brm_config_open_fn *open, void *arg,
+                                           struct brm_errors *errs);
+/* A source's dedupe fields for TOPIC (normalised), or NULL: the whole
+ * event is its fingerprint. */
+const struct brm_dedupe_topic *brm_config_dedupe_fields(const struct brm_dedupe *d,
+                                                        const char *topic);
 /* A config is shared, read-only, by whoever runs on it (engines, the
  * outbox, the server): each holder takes a reference and drops it with
  * brm_config_free, which frees the config with the last one. A reload

@@ -7,13 +7,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fingerprint.h"
+#include "lint.h"
 #include "log.h"
 #include "metrics.h"
 #include "sandbox.h"
 #include "snapshot.h"
 
 #define MAX_EVENT_ID  128
-#define MAX_RULE_NAME 100 /* %-encoded in delivery keys, it must fit theirs */
+#define MAX_RULE_NAME 100        /* %-encoded in delivery keys, it must fit theirs */
+#define MAX_RULE_FILE (4u << 20) /* as the sandbox reads rule files */
 /* A rule failing on every event would write a line per event: at most this
  * many lines per rule per window, then one line saying how many were not
  * written. The metrics count every failure. */
@@ -24,6 +27,7 @@ struct rule {
     char *name;
     char *key_name;         /* NAME %-encoded, as it goes into delivery keys */
     char *file;             /* as shown in errors */
+    char *path;             /* as read, through the snapshot */
     int fn;                 /* registry reference to on_event */
     int on_timer, on_group; /* registry references, or LUA_NOREF */
     double late;            /* timers late by more than this are dropped; < 0: fire them all */
@@ -60,6 +64,8 @@ struct brm_engine {
     int queue;        /* registry reference to the brume.emit queue */
     int exhausted;
     struct brm_state *state;
+    struct brm_fingerprint *fp; /* made at the first event deduped */
+    const char *payload;        /* brume test: the payload file being run */
 };
 
 static const char *const rule_keys[] = { "name",     "topics",   "where", "on_event",
@@ -223,6 +229,34 @@ static int read_late(lua_State *L, int t, struct rule *r, struct brm_errors *err
     return ok;
 }
 
+/* The line KEY is set on in the rule file at PATH, or 0 (see lint.h). */
+static int key_line(struct brm_engine *e, const char *path, const char *key) {
+    struct brm_buf text;
+    brm_buf_init(&text);
+    int line = brm_snapshot_read(brm_sandbox_files(e->sb), path, MAX_RULE_FILE, &text) == 0
+                   ? brm_lint_key_line(text.data ? text.data : "", text.len, key)
+                   : 0;
+    brm_buf_reset(&text);
+    return line;
+}
+
+/* Reports an unknown key K of R's table, at its line, with the key it
+ * likely meant or else the keys there are. */
+static void unknown_key(struct brm_engine *e, const struct rule *r, const char *k,
+                        struct brm_errors *errs) {
+    char hint[160];
+    brm_suggest(k, rule_keys, BRM_ARRAY_LEN(rule_keys), hint, sizeof(hint));
+    if (!hint[0]) {
+        size_t len = (size_t)snprintf(hint, sizeof(hint), " (expected");
+        for (size_t i = 0; i < BRM_ARRAY_LEN(rule_keys) && len < sizeof(hint); i++)
+            len += (size_t)snprintf(hint + len, sizeof(hint) - len, "%s %s", i ? "," : "",
+                                    rule_keys[i]);
+        if (len < sizeof(hint)) snprintf(hint + len, sizeof(hint) - len, ")");
+    }
+    brm_errors_addf(errs, r->file, key_line(e, r->path, k), "unknown key '%s' in the rule%s", k,
+                    hint);
+}
+
 /* Checks the table a rule file returned (on top of the stack) and fills R. */
 static int read_rule(struct brm_engine *e, struct rule *r, struct brm_errors *errs) {
     lua_State *L = brm_sandbox_state(e->sb);
@@ -239,10 +273,7 @@ static int read_rule(struct brm_engine *e, struct rule *r, struct brm_errors *er
         const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
         while (i < BRM_ARRAY_LEN(rule_keys) && strcmp(rule_keys[i], k) != 0) i++;
         if (i == BRM_ARRAY_LEN(rule_keys)) {
-            brm_errors_addf(errs, r->file, 0,
-                            "unknown key '%s' in the rule (expected name, topics, where, "
-                            "on_event, on_timer, on_group, late, description)",
-                            k);
+            unknown_key(e, r, k, errs);
             ok = 0;
         }
         lua_pop(L, 1);
@@ -329,6 +360,7 @@ static void load_rule(struct brm_engine *e, const char *fname, struct brm_errors
     };
     struct brm_err err;
     r.file = brm_path_display(path);
+    r.path = path;
     r.name = brm_xstrndup(fname, strlen(fname) - 4);
     int top = lua_gettop(L);
     if (brm_sandbox_loadfile(e->sb, path, r.file, &err) < 0 ||
@@ -347,9 +379,8 @@ static void load_rule(struct brm_engine *e, const char *fname, struct brm_errors
     rule_metrics(&r);
     r.key_name = key_name(r.name);
     e->rules = brm_xrealloc(e->rules, (e->nrules + 1) * sizeof(*e->rules));
-    e->rules[e->nrules++] = r;
+    e->rules[e->nrules++] = r; /* with PATH */
     lua_settop(L, top);
-    free(path);
     return;
 fail:
     for (size_t i = 0; i < r.ntopics; i++) free(r.topics[i]);
@@ -444,6 +475,7 @@ void brm_engine_free(struct brm_engine *e) {
         free(r->name);
         free(r->key_name);
         free(r->file);
+        free(r->path);
     }
     free(e->rules);
     for (size_t k = 0; k < e->ntopics; k++) {
@@ -453,6 +485,7 @@ void brm_engine_free(struct brm_engine *e) {
     free(e->topics);
     free(e->all.rules);
     brm_sandbox_free(e->sb);
+    brm_fingerprint_free(e->fp);
     brm_config_free(e->cfg);
     free(e);
 }
@@ -485,8 +518,55 @@ size_t brm_engine_rule_count(const struct brm_engine *e) {
     return e->nrules;
 }
 
+struct lint {
+    const struct brm_config *cfg;
+    const struct rule *rule;
+    struct brm_errors *warnings;
+};
+
+/* A brume.send("NAME", ...) of a rule: NAME should be a target. */
+static void lint_send(void *arg, const char *name, size_t len, int line) {
+    struct lint *l = arg;
+    const struct brm_config *c = l->cfg;
+    char target[128], hint[160];
+    if (len >= sizeof(target)) return; /* no target has a name that long */
+    memcpy(target, name, len);
+    target[len] = '\0';
+    if (strcmp(target, BRM_HTTP_TARGET) == 0) {
+        brm_errors_addf(l->warnings, l->rule->file, line,
+                        "brume.send to '%s': that is brume.http's own target", target);
+        return;
+    }
+    if (brm_config_target(c, target)) return;
+    const char **names = brm_xcalloc(c->ntargets + 1, sizeof(char *));
+    size_t n = 0;
+    for (size_t i = 0; i < c->ntargets; i++)
+        if (strcmp(c->targets[i].name, BRM_HTTP_TARGET) != 0) names[n++] = c->targets[i].name;
+    brm_suggest(target, names, n, hint, sizeof(hint));
+    free(names);
+    brm_errors_addf(l->warnings, l->rule->file, line, "brume.send to '%s': no such target%s",
+                    target, hint);
+}
+
+void brm_engine_lint(struct brm_engine *e, struct brm_errors *warnings) {
+    struct brm_buf text;
+    brm_buf_init(&text);
+    for (size_t i = 0; i < e->nrules; i++) {
+        struct lint l = { e->cfg, &e->rules[i], warnings };
+        text.len = 0;
+        if (brm_snapshot_read(brm_sandbox_files(e->sb), e->rules[i].path, MAX_RULE_FILE, &text) ==
+            0)
+            brm_lint_sends(text.data ? text.data : "", text.len, lint_send, &l);
+    }
+    brm_buf_reset(&text);
+}
+
 void brm_engine_set_dry_run(struct brm_engine *e, int on) {
     brm_api_set_dry_run(e->api, on);
+}
+
+void brm_engine_set_payload(struct brm_engine *e, const char *file) {
+    e->payload = file;
 }
 
 void brm_engine_set_state(struct brm_engine *e, struct brm_state *state) {
@@ -539,7 +619,7 @@ static int where_matches(lua_State *L, int w, int ev) {
 
 /* The id logs and actions name an event by: ev.id, ev.audit_id, or
  * "topic#index" when it has neither. Returns 1 when the event has an id of
- * its own (what dedupe goes by). */
+ * its own. */
 static int event_id(lua_State *L, int ev, const char *topic, size_t index, char *out) {
     static const char *const fields[] = { "id", "audit_id" };
     for (size_t i = 0; i < BRM_ARRAY_LEN(fields); i++) {
@@ -555,8 +635,9 @@ static int event_id(lua_State *L, int ev, const char *topic, size_t index, char 
     return 0;
 }
 
+/* PAYLOAD: the payload file the event came from (brume test), or NULL. */
 static void log_failure(struct rule *r, const struct brm_scope *s, enum brm_call_status st,
-                        const struct brm_err *err) {
+                        const struct brm_err *err, const char *payload) {
     static const char *const reasons[] = { "ok", "error", "budget", "memory", "aborted" };
     uint64_t now = brm_time_mono_ms();
     if (now - r->log_window >= FAILURE_WINDOW) {
@@ -586,7 +667,8 @@ static void log_failure(struct rule *r, const struct brm_scope *s, enum brm_call
     char request[32];
     snprintf(request, sizeof(request), "%llu", (unsigned long long)s->delivery);
     brm_log_error("rule failed", "rule", r->name, "file", file, "request", request, "event",
-                  s->event_id, "topic", s->topic, "reason", reasons[st], "error", msg);
+                  s->event_id, "topic", s->topic, "reason", reasons[st], "error", msg, "payload",
+                  payload);
 }
 
 /* Calls the function of rule R below its NARGS arguments on the stack
@@ -613,7 +695,7 @@ static void call_rule(struct brm_engine *e, struct rule *r, int nargs, struct br
                     : st == BRM_CALL_MEMORY ? r->memory
                                             : r->errors,
                     1);
-    log_failure(r, scope, st, &err);
+    log_failure(r, scope, st, &err, e->payload);
     if (st == BRM_CALL_MEMORY) {
         /* Collect what the failed call left; if the VM is still nearly
          * full, something holds on to it and only a fresh VM helps. */
@@ -731,15 +813,30 @@ static void run_emitted(struct brm_engine *e, int ctx, struct brm_scope *parent,
     clear_emitted(e); /* for the next posted event */
 }
 
+/* Mist sends a topic twice when it is set at org and at site level: 1 when
+ * the event at EV was seen on its topic within the window (and marks it
+ * seen), 0, or BRM_STATE_BUSY. */
+static int seen_before(struct brm_engine *e, const struct brm_envelope *env,
+                       const struct brm_batch *b, int ev) {
+    const struct brm_dedupe_topic *t = brm_config_dedupe_fields(b->dedupe, env->name);
+    char fp[BRM_FINGERPRINT_HEX];
+    if (!e->fp) e->fp = brm_fingerprint_new();
+    if (brm_fingerprint_event(e->fp, brm_sandbox_state(e->sb), ev,
+                              t ? (const char *const *)t->fields : NULL, t ? t->nfields : 0,
+                              fp) < 0)
+        return 0; /* nested too deep to tell: it runs */
+    return brm_state_seen(e->state, env->name, fp, b->dedupe->window, b->received_at, b->txn);
+}
+
 int brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
                         const struct brm_batch *batch, struct brm_actions *sink,
                         struct brm_dispatch_stats *stats) {
     lua_State *L = brm_sandbox_state(e->sb);
     int envelope = lua_gettop(L);
     const struct topic *t = find_topic(e, env->name);
-    int busy = 0;
+    int busy = 0, dedupe = batch->dedupe && batch->dedupe->window > 0 && e->state;
     memset(stats, 0, sizeof(*stats));
-    if (t->n == 0 && batch->dedupe <= 0) {
+    if (t->n == 0 && !dedupe) {
         lua_pop(L, 1);
         return 0;
     }
@@ -751,13 +848,8 @@ int brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
         size_t emitted = 0;
         lua_rawgeti(L, events, (lua_Integer)i);
         int ev = lua_gettop(L);
-        int own_id = event_id(L, ev, env->name, i, id);
-        /* Mist sends a topic twice when it is set at org and at site level:
-         * an id already seen on the topic within the window is not run again. */
-        int seen = own_id && batch->dedupe > 0 && e->state
-                       ? brm_state_seen(e->state, env->name, id, batch->dedupe, batch->received_at,
-                                        batch->txn)
-                       : 0;
+        event_id(L, ev, env->name, i, id);
+        int seen = dedupe ? seen_before(e, env, batch, ev) : 0;
         if (seen == BRM_STATE_BUSY) {
             busy = 1;
             break;

@@ -11,7 +11,7 @@
  * error, loop or memory blow-up is logged (rule, file:line, event id),
  * counted, and the others still run. Events a rule emits run after the
  * rules of the event that emitted them. An engine belongs to one thread.
- * Depends on sandbox, api, json, config, metrics, log.
+ * Depends on sandbox, api, json, config, fingerprint, lint, metrics, log.
  */
 #ifndef BRM_ENGINE_H
 #define BRM_ENGINE_H
@@ -32,8 +32,8 @@ struct brm_batch {
     const char *source; /* config name of the source */
     uint64_t delivery;  /* id of this body (its journal id) */
     double received_at;
-    double dedupe;             /* seconds an event id stays seen on its topic; 0: no dedupe */
-    struct brm_state_txn *txn; /* the transaction state changes belong to (NULL: none) */
+    const struct brm_dedupe *dedupe; /* the source's (NULL, or a window of 0: no dedupe) */
+    struct brm_state_txn *txn;       /* the transaction state changes belong to (NULL: none) */
 };
 
 struct brm_dispatch_stats {
@@ -70,9 +70,12 @@ int brm_engine_decode(struct brm_engine *e, const char *body, size_t len, struct
 
 /*
  * Runs the rules for every event of the envelope table on top of the VM's
- * stack (as brm_json_envelope left it), and pops it. Messages rules send
- * are appended to SINK; state changes (theirs, and dedupe marks) go into
- * the batch's transaction. Rule errors are logged and counted in STATS.
+ * stack (as brm_json_envelope left it), and pops it. With the batch's
+ * dedupe on, an event whose fingerprint (see fingerprint.h: the whole
+ * event, or the fields its source names for the topic) was seen on the
+ * topic within the window is counted as a duplicate and not run. Messages
+ * rules send are appended to SINK; state changes (theirs, and dedupe
+ * marks) go into the batch's transaction. Rule errors are logged and counted in STATS.
  * Returns 0, or BRM_STATE_BUSY when the body met state another transaction
  * has not stored yet: it stopped there, and must be run again later, whole
  * (the caller undoes what it changed and drops what it sent). [-1, +0]
@@ -108,9 +111,17 @@ int brm_engine_has_rule(const struct brm_engine *e, const char *name);
 size_t brm_engine_rule_count(const struct brm_engine *e);
 /* The name of rule I (in file-name order), borrowed for the engine's life. */
 const char *brm_engine_rule_name(const struct brm_engine *e, size_t i);
+/* Appends to WARNINGS, as file:line: message, what the rules' text shows
+ * that loading them does not: a brume.send to a literal target name the
+ * config lacks ("rules/x.lua:12: brume.send to 'secop': no such target
+ * (did you mean 'secops'?)"). */
+void brm_engine_lint(struct brm_engine *e, struct brm_errors *warnings);
 /* In a dry run (brume test) actions also carry their requests with
  * secrets masked, for showing. */
 void brm_engine_set_dry_run(struct brm_engine *e, int on);
+/* brume test: the payload file that rule failures name, from now on
+ * (borrowed until the next call; NULL: none). */
+void brm_engine_set_payload(struct brm_engine *e, const char *file);
 /* The state the rules and dedupe use (borrowed; shared by engines). */
 void brm_engine_set_state(struct brm_engine *e, struct brm_state *state);
 /* 1 when a rule kept so much memory that the VM should be rebuilt. */

@@ -183,8 +183,9 @@ struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *
                                       "Accepted bodies whose topic Mist does not document.", NULL);
     in->other_topic = brm_metrics_counter("brume_events_total", "Events received, by topic.",
                                           "topic", "other", NULL);
-    in->duplicates = brm_metrics_counter("brume_duplicate_events_total",
-                                         "Events not run again: their id was seen (dedupe).", NULL);
+    in->duplicates =
+        brm_metrics_counter("brume_duplicate_events_total",
+                            "Events not run again: seen within the dedupe window.", NULL);
     in->parked_count = brm_metrics_counter(
         "brume_state_waits_total",
         "Bodies run again because their rules met state another group had not stored yet.", NULL);
@@ -389,7 +390,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
     snprintf(rid, sizeof(rid), "%lld", (long long)b->id);
     if (!in->txn) in->txn = brm_state_begin(in->state);
     size_t mark = brm_state_mark(in->txn);
-    struct brm_batch batch = { src->name, (uint64_t)b->id, b->received, src->dedupe, in->txn };
+    struct brm_batch batch = { src->name, (uint64_t)b->id, b->received, &src->dedupe, in->txn };
     enum brm_status st =
         brm_intake_run(in->engine, b->body, b->len, &batch, &actions, &env, &stats, &err);
     if (st == BRM_BUSY) {

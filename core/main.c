@@ -64,7 +64,8 @@ static const char usage_check[] =
     "usage: brume check [-c brume.lua]\n"
     "\n"
     "Loads the config and every rule as `brume run` would and reports every\n"
-    "problem found, as file:line: message. Exits 1 when there is any.\n";
+    "problem found, as file:line: message. Exits 1 when there is any. Also\n"
+    "warns, without failing, of a brume.send to a target name the config lacks.\n";
 
 static const char usage_test[] =
     "usage: brume test [-c brume.lua] PAYLOAD...\n"
@@ -73,8 +74,10 @@ static const char usage_test[] =
     "rules, offline: nothing is written and nothing is sent. Prints one JSON\n"
     "line per message a rule sends:\n"
     "  {\"rule\":..., \"target\":..., \"topic\":..., \"event\":..., \"message\":{...}}\n"
-    "Rule logs and errors go to stderr. Exits 1 when a payload is not a Mist\n"
-    "body or a rule fails.\n";
+    "Rule logs and errors go to stderr, naming the payload file. Exits 1 when\n"
+    "a payload is not a Mist body or a rule fails. Secrets (env() in a source's\n"
+    "secret, the admin token, targets' options) need not be set: only a message\n"
+    "to a target whose variable is missing fails.\n";
 
 static const char usage_sign[] =
     "usage: brume sign --secret S [--sha1] [FILE]\n"
@@ -182,12 +185,21 @@ static void print_errors(const struct brm_errors *errs) {
     }
 }
 
-static struct brm_config *load_config(const char *path) {
+/* Loads the config at PATH, printing its errors. OFFLINE: for a run that
+ * sends nothing, which needs no secret it does not use (see
+ * brm_config_load_offline). */
+static struct brm_config *load_config_for(const char *path, int offline) {
     struct brm_errors errs = { 0 };
-    struct brm_config *c = brm_config_load(path, brm_api_open_for_config, NULL, &errs);
+    struct brm_config *c = offline
+                               ? brm_config_load_offline(path, brm_api_open_for_config, NULL, &errs)
+                               : brm_config_load(path, brm_api_open_for_config, NULL, &errs);
     print_errors(&errs);
     brm_errors_reset(&errs);
     return c;
+}
+
+static struct brm_config *load_config(const char *path) {
+    return load_config_for(path, 0);
 }
 
 static int cmd_run(struct args *a) {
@@ -205,6 +217,12 @@ static int cmd_check(struct args *a) {
     struct brm_engine *e = cfg ? brm_engine_new(cfg, &errs) : NULL;
     int rc = EXIT_USER;
     print_errors(&errs);
+    if (e && errs.n == 0) { /* warnings do not fail the check; errors come first */
+        struct brm_errors warnings = { 0 };
+        brm_engine_lint(e, &warnings);
+        print_errors(&warnings);
+        brm_errors_reset(&warnings);
+    }
     if (e && errs.n == 0) {
         size_t ntargets = cfg->ntargets - 1; /* not brume.http's own */
         printf("ok: %s: %zu source%s, %zu target%s, %zu rule%s\n", a->config, cfg->nsources,
@@ -232,7 +250,7 @@ static int cmd_test(struct args *a) {
         fputs(usage_test, stderr);
         return EXIT_USAGE;
     }
-    struct brm_config *cfg = load_config(a->config);
+    struct brm_config *cfg = load_config_for(a->config, 1);
     if (!cfg) return EXIT_USER;
     brm_log_setup(cfg->log_level, cfg->log_format);
     struct brm_errors errs = { 0 };
@@ -252,7 +270,8 @@ static int cmd_test(struct args *a) {
         struct brm_err err;
         brm_buf_init(&body);
         brm_buf_init(&line);
-        struct brm_batch batch = { "test", (uint64_t)i + 1, brm_time_now(), 0, NULL };
+        struct brm_batch batch = { "test", (uint64_t)i + 1, brm_time_now(), NULL, NULL };
+        brm_engine_set_payload(e, a->rest[i]);
         if (read_input(a->rest[i], &body) < 0) {
             rc = EXIT_USER;
         } else if (brm_intake_run(e, body.data ? body.data : "", body.len, &batch, &actions, NULL,
@@ -356,7 +375,7 @@ static int replay_body(void *arg, const struct brm_body *b) {
     }
     r->of_topic++;
     const struct brm_source *src = brm_config_source(r->cfg, b->source);
-    struct brm_batch batch = { b->source, (uint64_t)b->id, b->received, src ? src->dedupe : 0,
+    struct brm_batch batch = { b->source, (uint64_t)b->id, b->received, src ? &src->dedupe : NULL,
                                NULL };
     if (brm_intake_run(r->engine, b->body, b->len, &batch, &actions, NULL, &stats, &err) !=
         BRM_OK) {
@@ -410,7 +429,7 @@ static int cmd_replay(struct args *a) {
                 a->until, a->since);
         return EXIT_USAGE;
     }
-    struct brm_config *cfg = load_config(a->config);
+    struct brm_config *cfg = load_config_for(a->config, !a->send); /* a dry run sends nothing */
     if (!cfg) return EXIT_USER;
     struct brm_errors errs = { 0 };
     struct brm_engine *e = brm_engine_new(cfg, &errs);

@@ -89,6 +89,7 @@ struct server {
     int lockfd;
     struct brm_counter *reloads, *reload_failures;
     struct brm_state *state;
+    struct brm_buf last_reload; /* the last reload's outcome, a JSON object (/healthz) */
 };
 
 static void post(int fd) {
@@ -413,7 +414,17 @@ static int prepare(struct server *s, const struct brm_config *cfg, struct rule_s
     rs->engines[0] = brm_engine_build(cfg, rs->files, errs);
     for (int i = 1; i < s->nworkers && errs->n == before; i++)
         rs->engines[i] = brm_engine_build(cfg, rs->files, errs);
-    if (errs->n == before) return 0;
+    if (errs->n == before) {
+        struct brm_errors warnings = { 0 };
+        brm_engine_lint(rs->engines[0], &warnings);
+        for (size_t i = 0; i < warnings.n; i++) {
+            char msg[1024];
+            brm_err_format(&warnings.v[i], msg, sizeof(msg));
+            brm_log_warn("rule warning", "warning", msg);
+        }
+        brm_errors_reset(&warnings);
+        return 0;
+    }
     rule_set_reset(rs, s->nworkers, nlisten);
     return -1;
 }
@@ -442,6 +453,27 @@ static void apply(struct server *s, struct rule_set *rs) {
 
 static void watch_files(struct server *s);
 static void drop_removed_timers(struct server *s, const struct brm_engine *e);
+
+/* Keeps how the reload that just ended went, for /healthz: {"ok": true,
+ * "at": "..."} or {"ok": false, "at": "...", "errors": ["file:line: ..."]}. */
+static void note_reload(struct server *s, int ok, const struct brm_errors *errs) {
+    struct brm_buf *b = &s->last_reload;
+    char at[40];
+    brm_time_iso8601(brm_time_now(), at, sizeof(at));
+    b->len = 0;
+    brm_buf_printf(b, "{\"ok\":%s,\"at\":\"%s\"", ok ? "true" : "false", at);
+    if (!ok) {
+        brm_buf_puts(b, ",\"errors\":[");
+        for (size_t i = 0; i < errs->n && b->len < MAX_REPORT; i++) {
+            char msg[1024];
+            brm_err_format(&errs->v[i], msg, sizeof(msg));
+            if (i) brm_buf_puts(b, ",");
+            brm_buf_json_string(b, msg, strlen(msg));
+        }
+        brm_buf_puts(b, "]");
+    }
+    brm_buf_puts(b, "}");
+}
 
 /*
  * Loads the config file again and everything it names, and puts it in
@@ -506,6 +538,7 @@ static int reload(struct server *s, const char *trigger, struct brm_buf *report)
         brm_buf_json_string(report, msg, strlen(msg));
     }
     if (report) brm_buf_puts(report, "]}\n");
+    note_reload(s, rc == 0, &errs);
     brm_config_free(cfg);
     brm_errors_reset(&errs);
     brm_errors_reset(&warnings);
@@ -725,7 +758,9 @@ static void admin_metrics(void *arg, struct brm_http_req *req) {
 }
 
 /* Up (200) while the store takes bodies; 503 when the last commit of any
- * worker failed, so that a load balancer sends Mist elsewhere. */
+ * worker failed, so that a load balancer sends Mist elsewhere. After a
+ * reload, "reload" says how the last one went: a failed one keeps the
+ * running set, so it is still 200. */
 static void admin_healthz(void *arg, struct brm_http_req *req) {
     struct server *s = arg;
     struct brm_journal_stats js;
@@ -734,15 +769,19 @@ static void admin_healthz(void *arg, struct brm_http_req *req) {
     for (int i = 0; i < s->nworkers; i++) store_ok &= brm_intake_store_ok(s->workers[i].intake);
     double oldest;
     long pending = brm_outbox_pending(s->outbox, &oldest);
-    char body[512];
-    int n = snprintf(body, sizeof(body),
-                     "{\"status\":\"%s\",\"version\":\"%s\",\"workers\":%d,\"rules\":%ld,"
-                     "\"rule_set\":%ld,\"store\":\"%s\",\"outbox\":{\"pending\":%ld,"
-                     "\"oldest_seconds\":%.0f},\"connections\":%ld}\n",
-                     store_ok ? "ok" : "degraded", BRM_VERSION, s->nworkers, atomic_load(&s->rules),
-                     atomic_load(&s->generation), store_ok ? "ok" : "failing", pending, oldest,
-                     atomic_load(&s->connections));
-    brm_http_respond(req, store_ok ? 200 : 503, "application/json", body, (size_t)n, NULL);
+    struct brm_buf b;
+    brm_buf_init(&b);
+    brm_buf_printf(&b,
+                   "{\"status\":\"%s\",\"version\":\"%s\",\"workers\":%d,\"rules\":%ld,"
+                   "\"rule_set\":%ld,\"store\":\"%s\",\"outbox\":{\"pending\":%ld,"
+                   "\"oldest_seconds\":%.0f},\"connections\":%ld",
+                   store_ok ? "ok" : "degraded", BRM_VERSION, s->nworkers, atomic_load(&s->rules),
+                   atomic_load(&s->generation), store_ok ? "ok" : "failing", pending, oldest,
+                   atomic_load(&s->connections));
+    if (s->last_reload.len) brm_buf_printf(&b, ",\"reload\":%s", s->last_reload.data);
+    brm_buf_puts(&b, "}\n");
+    brm_http_respond(req, store_ok ? 200 : 503, "application/json", b.data, b.len, NULL);
+    brm_buf_reset(&b);
 }
 
 static void admin_reload(void *arg, struct brm_http_req *req) {
@@ -921,6 +960,7 @@ static void free_server(struct server *s, struct rule_set *rs) {
     brm_config_free(s->cfg);
     brm_config_free(s->started);
     brm_snapshot_free(s->files);
+    brm_buf_reset(&s->last_reload);
 }
 
 int brm_server_run(const struct brm_config *cfg) {

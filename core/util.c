@@ -622,3 +622,30 @@ int brm_addr_loopback(const char *addr) {
     if (strcmp(host, "localhost") == 0) return host_loopback(host, 0);
     return host_loopback(host, 1);
 }
+
+/* Levenshtein distance, to suggest the name a typo meant. */
+static size_t distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b), prev[64], cur[64];
+    if (la >= 63 || lb >= 63) return 99;
+    for (size_t j = 0; j <= lb; j++) prev[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        cur[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            size_t del = prev[j] + 1, ins = cur[j - 1] + 1;
+            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+        memcpy(prev, cur, (lb + 1) * sizeof(size_t));
+    }
+    return prev[lb];
+}
+
+void brm_suggest(const char *word, const char *const *names, size_t n, char *hint, size_t size) {
+    const char *best = NULL;
+    size_t len = strlen(word), bestd = len < 3 ? len : 3; /* 's' is no typo of 'f' */
+    for (size_t i = 0; i < n; i++) {
+        size_t d = distance(word, names[i]);
+        if (d < bestd) bestd = d, best = names[i];
+    }
+    snprintf(hint, size, best ? " (did you mean '%s'?)" : "", best);
+}

@@ -3,8 +3,8 @@
  * failure (as Redis's zmalloc does: a daemon that cannot allocate a few bytes
  * cannot do anything useful), growable byte buffers, error records that
  * carry file:line up to the boundary that logs them, parsing of the sizes
- * and durations users write in the config, hex and base64, clocks, paths.
- * Depends on libc only.
+ * and durations users write in the config, hex and base64, clocks, paths,
+ * and the "did you mean" of a misspelt name. Depends on libc only.
  */
 #ifndef BRM_UTIL_H
 #define BRM_UTIL_H
@@ -140,5 +140,11 @@ int brm_addr_loopback(const char *addr);
 
 /* Number of CPUs this process may run on. */
 int brm_cpu_count(void);
+
+/* Writes " (did you mean 'NAME'?)" into HINT for the one of the N NAMES
+ * closest to WORD (Levenshtein distance), or "" when none is within two
+ * edits (and fewer edits than WORD has bytes): what `brume check` says of
+ * a misspelt setting, option or key. */
+void brm_suggest(const char *word, const char *const *names, size_t n, char *hint, size_t size);
 
 #endif

@@ -74,7 +74,8 @@ class Cli(unittest.TestCase):
         r = run_cli("check", "-c", cfg)
         self.assertEqual(r.returncode, 1)
         self.assertIn("rules/a.lua:3:", r.stderr)
-        self.assertIn("rules/b.lua: unknown key 'topic'", r.stderr)
+        self.assertIn("rules/b.lua:1: unknown key 'topic' in the rule (did you mean 'topics'?)",
+                      r.stderr)
         self.assertIn("rules/b.lua: topics: expected", r.stderr)
         # Config problems do not hide the rules', nor one another.
         cfg = self.write("brume.lua", """sources = { mist = { path = '/m' } }
@@ -89,11 +90,37 @@ targets = {
         for want in ("sources.mist: no secret", "targets.a.kind: unknown kind 'no-such-kind'",
                      "targets.f.path: required for kind file",
                      "targets.s.nonsense: unknown setting for kind slack",
-                     "rules/a.lua:3:", "rules/b.lua: unknown key 'topic'"):
+                     "rules/a.lua:3:", "rules/b.lua:1: unknown key 'topic'"):
             self.assertIn(want, r.stderr)
         r = run_cli("check", "-c", os.path.join(self.tmp, "missing.lua"))
         self.assertEqual(r.returncode, 1)
         self.assertIn("cannot read the config", r.stderr)
+
+    def test_check_suggests_rule_keys_and_warns_of_sends_to_no_target(self):
+        cfg = self.write("brume.lua", """sources = { mist = { path = '/m', secret = 's' } }
+targets = { secops = { kind = "file", path = "out.jsonl" } }
+""")
+        self.write("rules/typo.lua", """return {
+  topics = "alarms",
+  onevent = function(ev) end,
+}""")
+        r = run_cli("check", "-c", cfg)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("rules/typo.lua:3: unknown key 'onevent' in the rule "
+                      "(did you mean 'on_event'?)", r.stderr)
+        # A send to a target the config lacks is a warning: check still passes.
+        self.write("rules/typo.lua", """-- brume.send("in-a-comment", {})
+return { topics = "alarms", on_event = function(ev)
+  brume.send("secops", { title = "ok" })
+  brume.send('secop', { title = "brume.send('in-a-string', {})" })
+  brume.send(ev.target, {})
+end }""")
+        r = run_cli("check", "-c", cfg)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("ok: ", r.stdout)
+        self.assertEqual(r.stderr.strip().splitlines(), [
+            os.path.join(self.tmp, "rules", "typo.lua") +
+            ":4: brume.send to 'secop': no such target (did you mean 'secops'?)"])
 
     def test_check_targets(self):
         cfg = self.write("brume.lua", """sources = { mist = { path = '/m', secret = 's' } }
@@ -159,6 +186,71 @@ targets = {
         self.assertEqual(len(r.stdout.splitlines()), 1)  # the good payload still ran
         r = run_cli("test", "-c", EXAMPLE, "-", stdin=harness.read(rogue).decode(), env=ENV)
         self.assertEqual(len(r.stdout.splitlines()), 1)
+
+    def test_test_names_the_payload_and_shows_json_bodies(self):
+        self.write("rules/r.lua", """return { topics = "*", on_event = function(ev, ctx)
+  brume.send("hook", { title = "t", fields = { n = 1 } })
+  brume.http({ url = "https://h.example.com/raw", body = "not json" })
+  if ctx.topic == "alarms" then error("boom") end
+end }""")
+        cfg = self.write("brume.lua", "sources = { m = { path = '/m', secret = 's' } }\n"
+                                      "targets = { hook = { kind = 'webhook', "
+                                      "url = 'https://h.example.com/x' } }\n")
+        rogue = os.path.join(harness.FIXTURES, "alarms--rogue-ap-const-alarm-defs.json")
+        r = run_cli("test", "-c", cfg, PING, rogue)
+        self.assertEqual(r.returncode, 1)
+        lines = [harness.json.loads(line) for line in r.stdout.splitlines()]
+        self.assertEqual(len(lines), 4)
+        hook, raw = lines[0]["request"], lines[1]["request"]
+        self.assertEqual(hook["body"]["title"], "t")  # JSON, not a string holding JSON
+        self.assertEqual(hook["body"]["fields"], {"n": 1})
+        self.assertEqual(raw["body"], "not json")
+        # The failing rule's record names the payload it ran on; the good one's nothing.
+        failures = [x for x in r.stderr.splitlines() if "rule failed" in x]
+        self.assertEqual(len(failures), 1)
+        self.assertIn("payload=" + rogue, failures[0])
+        self.assertIn("rules/r.lua:4: boom", failures[0])
+
+    def test_test_needs_no_secret_it_does_not_use(self):
+        self.write("rules/r.lua", """return { topics = "*", on_event = function(ev, ctx)
+  brume.send("archive", { title = ctx.topic })
+  if ctx.topic == "alarms" then brume.send("secops", { title = "rogue" }) end
+end }""")
+        cfg = self.write("brume.lua", """
+sources = { mist = { path = "/m", secret = env("BRUME_CLI_UNSET_SECRET") } }
+admin = { addr = "127.0.0.1:9090", token = env("BRUME_CLI_UNSET_TOKEN") }
+targets = {
+  archive = { kind = "file", path = "out.jsonl" },
+  secops = { kind = "slack", url = env("BRUME_CLI_UNSET_SLACK") },
+}
+""")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRUME_CLI_UNSET")}
+        run = lambda *args: harness.subprocess.run([harness.BRUME] + list(args),
+                                                   capture_output=True, text=True, env=env,
+                                                   timeout=60)
+        r = run("test", "-c", cfg, PING)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual([harness.json.loads(x)["target"] for x in r.stdout.splitlines()],
+                         ["archive"])
+        # Sending to the target that needs it fails loudly, naming the variable.
+        rogue = os.path.join(harness.FIXTURES, "alarms--rogue-ap-const-alarm-defs.json")
+        r = run("test", "-c", cfg, rogue)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("target secops needs BRUME_CLI_UNSET_SLACK, which is not set", r.stderr)
+        self.assertIn("payload=" + rogue, r.stderr)
+        # The daemon and check still want every variable.
+        for cmd in ("check", "run"):
+            r = run(cmd, "-c", cfg)
+            self.assertEqual(r.returncode, 1)
+            for name in ("SECRET", "TOKEN", "SLACK"):
+                self.assertIn("environment variable BRUME_CLI_UNSET_%s is not set" % name,
+                              r.stderr)
+        # A setting that is no secret needs its variable, even for brume test.
+        with open(cfg, "a") as f:
+            f.write('rules = env("BRUME_CLI_UNSET_RULES")\n')
+        r = run("test", "-c", cfg, PING)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("rules: environment variable BRUME_CLI_UNSET_RULES is not set", r.stderr)
 
     def test_test_writes_nothing(self):
         self.write("rules/r.lua", "return { topics = '*', on_event = function(ev)"

@@ -309,6 +309,57 @@ targets = { out = { kind = "file", path = "var/out.jsonl" } }
             b.cleanup()
 
 
+class Dedupe(unittest.TestCase):
+    def test_copies_run_once_and_a_clients_updates_each_run(self):
+        b = Brume("""
+sources = {
+  mist = { path = "/mist", secret = "%s", dedupe = "10m" },
+  named = { path = "/named", secret = "%s", dedupe = { window = "10m",
+            fields = { ["device_events"] = { "mac", "type" } } } },
+}
+targets = { out = { kind = "file", path = "var/out.jsonl" } }
+""" % (harness.SECRET, harness.SECRET), rules={"v.lua": """
+return { topics = "*", on_event = function(ev, ctx)
+  brume.send("out", { topic = ctx.topic, ev = ev })
+end }"""}, workers=2).start()
+        try:
+            def post(topic, events, path="/mist", **kw):
+                data = json.dumps({"topic": topic, "events": events}, **kw)
+                self.assertEqual(b.post(data, path=path).status, 200)
+
+            restart = {"mac": "5c5b35000001", "type": "AP_RESTARTED", "timestamp": 1700000000,
+                       "site_id": "s1", "reason": "power"}
+            post("device-events", [restart])
+            # The site's copy: no id, keys in another order, the other spelling of the topic.
+            post("device_events", [dict(reversed(list(restart.items())))])
+            # One client's position updates share its id; each is news.
+            post("location", [{"id": "c-1", "mac": "aa", "x": 1.5, "y": 2.0}])
+            post("location", [{"id": "c-1", "mac": "aa", "x": 3.0, "y": 2.0}])
+            post("location", [{"y": 2.0, "x": 1.5, "mac": "aa", "id": "c-1"}])  # a copy
+            # Named fields: the same mac and type are the same event.
+            post("device-events", [restart], path="/named")
+            post("device-events", [dict(restart, timestamp=1700000005)], path="/named")
+            post("device-events", [dict(restart, type="AP_CONFIGURED")], path="/named")
+            lines = b.wait_lines("out.jsonl", 5)
+            time.sleep(0.5)
+            lines = b.lines("out.jsonl")
+            got = sorted((x["message"]["topic"], x["message"]["ev"].get("type"),
+                          x["message"]["ev"].get("x")) for x in lines)
+            self.assertEqual(got, [("device-events", "AP_CONFIGURED", None),
+                                   ("device-events", "AP_RESTARTED", None),
+                                   ("device-events", "AP_RESTARTED", None),
+                                   ("location", None, 1.5), ("location", None, 3)])
+            self.assertEqual(b.metrics()["brume_duplicate_events_total"], 3)
+            # Dedupe marks outlive a restart.
+            self.assertEqual(b.stop(), 0)
+            b.start()
+            post("device_events", [restart])
+            time.sleep(0.5)
+            self.assertEqual(len(b.lines("out.jsonl")), 5)
+        finally:
+            b.cleanup()
+
+
 class Journal(unittest.TestCase):
     def test_dedupe_replay_retention_and_durability_none(self):
         b = Brume("""
@@ -322,9 +373,11 @@ return { topics = "*", on_event = function(ev, ctx)
   brume.send("out", { v = 1, id = ev.id, topic = ctx.topic })
 end }"""}, workers=2).start()
         try:
-            one = json.dumps({"topic": "alarms", "events": [{"id": "dup-1"}]})
+            one = json.dumps({"topic": "alarms", "events": [{"id": "dup-1", "n": 1}]})
             self.assertEqual(b.post(one).status, 200)
-            self.assertEqual(b.post(one).status, 200)  # org and site both send it
+            # Org and site both send it; the copy need not be written alike.
+            copy = json.dumps({"events": [{"n": 1.0, "id": "dup-1"}], "topic": "alarms"}, indent=1)
+            self.assertEqual(b.post(copy).status, 200)
             self.assertEqual(b.post(json.dumps({"topic": "audits", "events": [{"id": "dup-1"}]}))
                              .status, 200)
             self.assertEqual(b.post(json.dumps({"topic": "location", "events": [{"id": "l1"}]}),

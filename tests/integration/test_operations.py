@@ -133,6 +133,53 @@ class Reload(unittest.TestCase):
         finally:
             b.cleanup()
 
+    def test_health_says_when_the_last_reload_failed(self):
+        b = Brume(CONFIG, rules={"r.lua": RULE % 1}, workers=1).start()
+        try:
+            health = lambda: json.loads(b.request("GET", "/healthz", admin=True).body)
+            self.assertNotIn("reload", health())  # none yet
+            b.write_rule("r.lua", BROKEN)
+            self.assertEqual(b.request("POST", "/reload", admin=True).status, 422)
+            r = b.request("GET", "/healthz", admin=True)
+            self.assertEqual(r.status, 200)  # the running set still runs
+            h = json.loads(r.body)
+            self.assertEqual(h["status"], "ok")
+            self.assertFalse(h["reload"]["ok"])
+            self.assertRegex(h["reload"]["at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+            self.assertEqual(len(h["reload"]["errors"]), 1)
+            self.assertIn("rules/r.lua:5:", h["reload"]["errors"][0])
+            self.assertEqual(h["rule_set"], 1)
+            # A reload that works says so, and the errors go.
+            b.write_rule("r.lua", RULE % 2)
+            b.send_signal(signal.SIGHUP)
+            b.wait_log(r"msg=reloaded trigger=SIGHUP rules=1 rule_set=2\b", timeout=20)
+            h = health()
+            self.assertEqual(h["reload"]["ok"], True)
+            self.assertNotIn("errors", h["reload"])
+            self.assertEqual(h["rule_set"], 2)
+        finally:
+            b.cleanup()
+
+    def test_a_send_to_a_missing_target_is_a_warning_at_start_and_reload(self):
+        rule = """
+return { topics = "ping", on_event = function(ev)
+  brume.send("outt", { id = ev.id })
+end }"""
+        b = Brume(CONFIG, rules={"r.lua": rule}, workers=2).start()
+        try:
+            want = ("rules/r.lua:3: brume.send to 'outt': no such target "
+                    "(did you mean 'out'?)")
+            b.wait_log(re.escape(want))
+            self.assertEqual(b.log().count(want), 1)  # once, not once per worker
+            b.write_rule("r.lua", rule.replace("outt", "out"))
+            self.assertEqual(b.request("POST", "/reload", admin=True).status, 200)
+            b.write_rule("r.lua", rule.replace("outt", "nowhere"))
+            self.assertEqual(b.request("POST", "/reload", admin=True).status, 200)  # no error
+            b.wait_log(re.escape("rules/r.lua:3: brume.send to 'nowhere': no such target"))
+            self.assertEqual(b.log().count(want), 1)
+        finally:
+            b.cleanup()
+
     def test_config_reload_rotates_a_secret_and_adds_a_source(self):
         b = Brume(CONFIG, rules={"r.lua": RULE % 1}, workers=2).start()
         try:

@@ -477,7 +477,7 @@ static void check_converters(void) {
                  "dedupe = '1h', insecure = false } }\n",
                  &e);
     CHECK_STR(e.data, "");
-    CHECK(c && c->sources[0].durable == 0 && c->sources[0].dedupe == 3600);
+    CHECK(c && c->sources[0].durable == 0 && c->sources[0].dedupe.window == 3600);
     brm_config_free(c);
     brm_buf_reset(&e);
 }
@@ -509,7 +509,7 @@ static void check_defaults(void) {
         CHECK_INT(c->journal.max_size, 1024ull << 20);
         CHECK_INT(c->store_max, 0);
         const struct brm_source *s = &c->sources[0];
-        CHECK(s->durable == 1 && s->dedupe == 0 && !s->allow_sha1 && !s->insecure);
+        CHECK(s->durable == 1 && s->dedupe.window == 0 && !s->allow_sha1 && !s->insecure);
         CHECK_INT(s->max_body, 1 << 20);
         CHECK_INT(c->ntargets, 1); /* brume.http's own */
     }
@@ -518,7 +518,8 @@ static void check_defaults(void) {
 }
 
 static int is_number(const struct type *t) {
-    return t == &long_type || t == &int_type || t == &size_type || t == &duration_type;
+    return t == &long_type || t == &int_type || t == &size_type || t == &duration_type ||
+           t == &dedupe_type;
 }
 
 /* The rows themselves: unique keys, a default within the limits, sizes
@@ -627,6 +628,138 @@ static void check_target_problems(void) {
     brm_buf_reset(&e);
 }
 
+/* dedupe: a window, or a window and the fields that tell a topic's events
+ * apart (topics normalised, nested fields). */
+static void check_dedupe(void) {
+    struct brm_buf e;
+    brm_buf_init(&e);
+    struct brm_config *c =
+        try_load("sources = { mist = { path = '/m', secret = 's', dedupe = {\n"
+                 "  window = '10m',\n"
+                 "  fields = { ['device_events'] = { 'mac', 'type', 'timestamp' },\n"
+                 "             alarms = { 'id' }, audits = { 'site.id', 'admin_name' } },\n"
+                 "} } }\n",
+                 &e);
+    CHECK_STR(e.data, "");
+    if (c) {
+        const struct brm_dedupe *d = &c->sources[0].dedupe;
+        CHECK(d->window == 600);
+        CHECK_INT(d->ntopics, 3);
+        const struct brm_dedupe_topic *t = brm_config_dedupe_fields(d, "device-events");
+        CHECK(t && t->nfields == 3 && strcmp(t->fields[2], "timestamp") == 0);
+        t = brm_config_dedupe_fields(d, "audits");
+        CHECK(t && t->nfields == 2 && strcmp(t->fields[0], "site.id") == 0);
+        CHECK(brm_config_dedupe_fields(d, "device_events") == NULL); /* callers normalise */
+        CHECK(brm_config_dedupe_fields(d, "location") == NULL);
+    }
+    brm_config_free(c);
+    c = try_load("sources = { mist = { path = '/m', secret = 's', dedupe = { window = 30 } } }\n",
+                 &e);
+    CHECK_STR(e.data, "");
+    CHECK(c && c->sources[0].dedupe.window == 30 && c->sources[0].dedupe.ntopics == 0);
+    brm_config_free(c);
+    static const struct error_case cases[] = {
+        { "sources = { mist = { path = '/m', secret = 's', dedupe = 'soon' } }\n",
+          "brume.lua:1: sources.mist.dedupe: expected a duration (seconds, or \"10m\"), or { "
+          "window = ..., fields = { topic = { \"field\", ... } } }, got \"soon\"\n" },
+        { "sources = { mist = { path = '/m', secret = 's', dedupe = { fields = {} } } }\n",
+          "brume.lua:1: sources.mist.dedupe.window: needed (how long an event stays seen: "
+          "\"10m\")\n" },
+        { "sources = { mist = { path = '/m', secret = 's', dedupe = { window = '99d' } } }\n",
+          "brume.lua:1: sources.mist.dedupe.window: must be between 0 and 2592000\n" },
+        { "sources = { mist = { path = '/m', secret = 's', dedupe = { window = 60, feilds = 1 } "
+          "} }\n",
+          "brume.lua:1: sources.mist.dedupe: unknown setting 'feilds'\n" },
+        { "sources = { mist = { path = '/m', secret = 's', dedupe = { window = 60,\n"
+          "  fields = { alarms = 'id' } } } }\n",
+          "brume.lua:1: sources.mist.dedupe.fields.alarms: expected a list of 1 to 32 field "
+          "names\n" },
+        { "sources = { mist = { path = '/m', secret = 's', dedupe = { window = 60,\n"
+          "  fields = { alarms = { 'id', '', 'a..b', 7 } } } } }\n",
+          "brume.lua:1: sources.mist.dedupe.fields.alarms[2]: expected a field name (\"mac\", or "
+          "\"a.b\" for field b of object a)\n"
+          "brume.lua:1: sources.mist.dedupe.fields.alarms[3]: expected a field name (\"mac\", or "
+          "\"a.b\" for field b of object a)\n"
+          "brume.lua:1: sources.mist.dedupe.fields.alarms[4]: expected a field name (\"mac\", or "
+          "\"a.b\" for field b of object a)\n" },
+        { "sources = { mist = { path = '/m', secret = 's', dedupe = { window = 60,\n"
+          "  fields = { [1] = { 'id' } } } } }\n",
+          "brume.lua:1: sources.mist.dedupe.fields: keys are topic names ([\"device-events\"] = "
+          "...)\n" },
+        { "sources = { mist = { path = '/m', secret = 's', dedupe = { window = 60, fields = 1 "
+          "} } }\n",
+          "brume.lua:1: sources.mist.dedupe.fields: expected { topic = { \"field\", ... }, ... "
+          "}\n" },
+    };
+    check_cases(cases, BRM_ARRAY_LEN(cases));
+    /* device_events and device-events are one topic. */
+    c = try_load("sources = { mist = { path = '/m', secret = 's', dedupe = { window = 60,\n"
+                 "  fields = { device_events = { 'mac' }, ['device-events'] = { 'type' } } } } }\n",
+                 &e);
+    CHECK(c == NULL);
+    CHECK_HAS(e.data, "sources.mist.dedupe.fields: topic device-events is named twice\n");
+    brm_buf_reset(&e);
+}
+
+/* An offline load (brume test) needs no secret it does not use: an unset
+ * variable is a placeholder where secrets go, an error anywhere else; a
+ * target holding one is kept, unchecked, and says which variable. */
+static void check_offline(void) {
+    struct brm_buf e;
+    brm_buf_init(&e);
+    const char *text =
+        "admin = { addr = '127.0.0.1:9090', token = env('BRUME_TEST_UNSET_TOKEN') }\n"
+        "sources = { mist = { path = '/m', secret = env('BRUME_TEST_UNSET_SECRET') },\n"
+        "            two = { path = '/t', secret = { env('BRUME_TEST_UNSET_A'), 'old' } } }\n"
+        "targets = {\n"
+        "  chat = { kind = 'slack', url = 'https://hooks.slack.com/services/' ..\n"
+        "           env('BRUME_TEST_UNSET_SLACK') },\n"
+        "  pd = { kind = 'pagerduty', routing_key = env('BRUME_TEST_UNSET_PD') },\n"
+        "  archive = { kind = 'file', path = 'out.jsonl' },\n"
+        "}\n";
+    char *path = write_config("brume.lua", text);
+    struct brm_errors errs = { 0 };
+    struct brm_config *c = brm_config_load(path, brm_api_open_for_config, NULL, &errs);
+    CHECK(c == NULL);
+    CHECK_INT(errs.n, 5); /* the daemon still wants every variable */
+    brm_errors_reset(&errs);
+    c = brm_config_load_offline(path, brm_api_open_for_config, NULL, &errs);
+    CHECK_INT(errs.n, 0);
+    CHECK(c != NULL);
+    if (c) {
+        const struct brm_target *chat = brm_config_target(c, "chat");
+        const struct brm_target *pd = brm_config_target(c, "pd");
+        const struct brm_target *archive = brm_config_target(c, "archive");
+        CHECK(chat && chat->unset && strcmp(chat->unset, "BRUME_TEST_UNSET_SLACK") == 0);
+        CHECK(pd && pd->unset && strcmp(pd->unset, "BRUME_TEST_UNSET_PD") == 0);
+        CHECK(archive && archive->unset == NULL && archive->path != NULL);
+        CHECK_INT(c->sources[0].nsecrets + c->sources[1].nsecrets, 3);
+    }
+    brm_config_free(c);
+    /* Elsewhere an unset variable is an error, offline too; a default or
+     * a set variable is no placeholder. */
+    free(write_config("brume.lua", GOOD "rules = env('BRUME_TEST_UNSET_RULES')\n"
+                                        "data_dir = env('BRUME_TEST_UNSET_DATA', 'var')\n"
+                                        "listen = { { addr = env('BRUME_TEST_UNSET_ADDR') } }\n"));
+    c = brm_config_load_offline(path, brm_api_open_for_config, NULL, &errs);
+    CHECK(c == NULL);
+    e.len = 0;
+    brm_buf_puts(&e, "");
+    for (size_t i = 0; i < errs.n; i++) {
+        char line[1024];
+        brm_err_format(&errs.v[i], line, sizeof(line));
+        brm_buf_printf(&e, "%s\n", strstr(line, "brume.lua"));
+    }
+    CHECK_HAS(e.data,
+              "brume.lua:2: rules: environment variable BRUME_TEST_UNSET_RULES is not set\n");
+    CHECK_HAS(e.data,
+              "brume.lua:4: listen: environment variable BRUME_TEST_UNSET_ADDR is not set\n");
+    CHECK_INT(errs.n, 2);
+    brm_errors_reset(&errs);
+    free(path);
+    brm_buf_reset(&e);
+}
+
 int main(void) {
     snprintf(dir, sizeof(dir), "/tmp/brume-config-XXXXXX");
     CHECK(mkdtemp(dir) != NULL);
@@ -634,6 +767,8 @@ int main(void) {
     check_errors();
     check_converters();
     check_defaults();
+    check_dedupe();
+    check_offline();
     check_rows(&top_schema, "");
     check_target_hook();
     check_target_problems();

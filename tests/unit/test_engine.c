@@ -1,11 +1,15 @@
 /* engine: rules load in file-name order and run on the events of their
- * topic; a failing rule is contained; the brume module works in a rule. */
+ * topic; a failing rule is contained; the brume module works in a rule;
+ * dedupe goes by the event's fingerprint or the source's fields; what the
+ * rules' text shows (keys' lines, brume.send targets) is reported. */
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine.h"
+#include "fingerprint.h"
 #include "snapshot.h"
+#include "state.h"
 #include "intake.h"
 #include "log.h"
 #include "test.h"
@@ -329,12 +333,23 @@ static void check_bad_rules(void) {
     write_file("rules/i-dup.lua", "return { name = 'dup', topics = 'x', on_event = print }");
     write_file("rules/j-dup.lua", "return { name = 'dup', topics = 'x', on_event = print }");
     write_file("rules/k-requires.lua", "require 'missing.module'\nreturn {}");
+    write_file("rules/l-onevent.lua",
+               "return {\n  topics = 'alarms',\n  -- onevent = 1 (a comment)\n"
+               "  onevent = function() end,\n}\n");
+    write_file("rules/m-colour.lua", "local colour = 1\nreturn { topics = 'x', on_event = print,\n"
+                                     "  [\"colour\"] = 'red' }");
     struct brm_engine *e = engine(&errs);
     CHECK(e == NULL);
     CHECK_HAS(errs.data, "rules/a-syntax.lua:4: unexpected symbol near 'then'\n");
     CHECK_HAS(errs.data, "rules/b-number.lua: a rule must return a table with topics and "
                          "on_event (it returned number)\n");
-    CHECK_HAS(errs.data, "rules/c-typo.lua: unknown key 'topic' in the rule");
+    CHECK_HAS(errs.data,
+              "rules/c-typo.lua:1: unknown key 'topic' in the rule (did you mean 'topics'?)\n");
+    CHECK_HAS(
+        errs.data,
+        "rules/l-onevent.lua:4: unknown key 'onevent' in the rule (did you mean 'on_event'?)\n");
+    CHECK_HAS(errs.data, "rules/m-colour.lua:3: unknown key 'colour' in the rule (expected name, "
+                         "topics, where, on_event");
     CHECK_HAS(errs.data, "rules/c-typo.lua: topics: expected a topic name");
     CHECK_HAS(errs.data, "rules/d-no-fn.lua: on_event: expected a function");
     CHECK_HAS(errs.data, "rules/e-empty-topics.lua: topics: expected");
@@ -345,6 +360,219 @@ static void check_bad_rules(void) {
     CHECK_HAS(errs.data, "rules/j-dup.lua: another rule is named 'dup'");
     CHECK_HAS(errs.data, "rules/k-requires.lua:1: module 'missing.module' not found");
     brm_buf_reset(&errs);
+}
+
+/* brume.send to a literal target the config lacks is a warning with its
+ * line; names in comments and strings, and targets not written as a
+ * literal, are not looked at. */
+static void check_lint(void) {
+    clear_rules();
+    write_file("rules/sends.lua", "-- brume.send('in-a-comment', {})\n"
+                                  "local s = \"brume.send('in-a-string', {})\"\n"
+                                  "--[==[ brume.send('in-a-long-comment', {}) ]==]\n"
+                                  "return { topics = 'alarms', on_event = function(ev)\n"
+                                  "  brume.send('t', {})\n"
+                                  "  brume.send(\"tt\", { text = [[brume.send('x', {})]] })\n"
+                                  "  brume . send ( 'nowhere' , {} )\n"
+                                  "  brume.send(ev.target, {})\n"
+                                  "  brume.send('t' .. ev.n, {})\n"
+                                  "  brume.send('http', {})\n"
+                                  "end }\n");
+    struct brm_engine *e = engine(NULL);
+    CHECK(e != NULL);
+    if (!e) return;
+    struct brm_errors warnings = { 0 };
+    brm_engine_lint(e, &warnings);
+    struct brm_buf out;
+    brm_buf_init(&out);
+    brm_buf_puts(&out, "");
+    for (size_t i = 0; i < warnings.n; i++) {
+        char line[1024];
+        brm_err_format(&warnings.v[i], line, sizeof(line));
+        const char *base = strstr(line, "rules/");
+        brm_buf_printf(&out, "%s\n", base ? base : line);
+    }
+    CHECK_STR(out.data,
+              "rules/sends.lua:6: brume.send to 'tt': no such target (did you mean 't'?)\n"
+              "rules/sends.lua:7: brume.send to 'nowhere': no such target\n"
+              "rules/sends.lua:10: brume.send to 'http': that is brume.http's own target\n");
+    brm_errors_reset(&warnings);
+    brm_buf_reset(&out);
+    brm_engine_free(e);
+}
+
+/* Runs BODY with dedupe D at time AT; returns the messages' count. */
+static size_t run_deduped(struct brm_engine *e, const char *body, const struct brm_dedupe *d,
+                          double at, struct brm_dispatch_stats *st) {
+    struct brm_actions a = { 0 };
+    struct brm_err err;
+    struct brm_batch b = { "mist", 1, at, d, NULL };
+    CHECK_INT(brm_intake_run(e, body, strlen(body), &b, &a, NULL, st, &err), BRM_OK);
+    size_t n = a.n;
+    brm_actions_reset(&a);
+    return n;
+}
+
+/* The fingerprint of the first event of BODY, decoded in E's VM. */
+static void fingerprint_of(struct brm_engine *e, const char *body, const char *const *fields,
+                           size_t n, char out[BRM_FINGERPRINT_HEX]) {
+    lua_State *L = brm_engine_state(e);
+    struct brm_envelope env;
+    struct brm_err err;
+    struct brm_fingerprint *f = brm_fingerprint_new();
+    out[0] = '\0';
+    if (brm_engine_decode(e, body, strlen(body), &env, &err) == 0) {
+        lua_getfield(L, -1, "events");
+        lua_rawgeti(L, -1, 1);
+        CHECK_INT(brm_fingerprint_event(f, L, -1, fields, n, out), 0);
+        lua_pop(L, 3);
+    }
+    brm_fingerprint_free(f);
+}
+
+static void check_fingerprint(struct brm_engine *e) {
+    char a[BRM_FINGERPRINT_HEX], b[BRM_FINGERPRINT_HEX];
+    /* Key order, number spelling and string escapes do not count. */
+    fingerprint_of(
+        e, "{\"topic\":\"x\",\"events\":[{\"a\":1,\"b\":[1,2.5,{\"c\":null}],\"s\":\"\\u00e9\"}]}",
+        NULL, 0, a);
+    fingerprint_of(e,
+                   "{\"topic\":\"x\",\"events\":[{\"s\":\"\xc3\xa9\",\"b\":[1.0,25e-1,{\"c\":null}]"
+                   ",\"a\":1e0}]}",
+                   NULL, 0, b);
+    CHECK_INT(strlen(a), 32);
+    CHECK_STR(a, b);
+    /* What does count: values, types, array order, keys. */
+    static const char *const others[] = {
+        "{\"topic\":\"x\",\"events\":[{\"a\":2,\"b\":[1,2.5,{\"c\":null}],\"s\":\"\xc3\xa9\"}]}",
+        "{\"topic\":\"x\",\"events\":[{\"a\":\"1\",\"b\":[1,2.5,{\"c\":null}],\"s\":\"\xc3\xa9\"}]"
+        "}",
+        "{\"topic\":\"x\",\"events\":[{\"a\":1,\"b\":[2.5,1,{\"c\":null}],\"s\":\"\xc3\xa9\"}]}",
+        "{\"topic\":\"x\",\"events\":[{\"a\":1,\"b\":[1,2.5,{\"c\":false}],\"s\":\"\xc3\xa9\"}]}",
+        "{\"topic\":\"x\",\"events\":[{\"a\":1,\"b\":[1,2.5,{\"d\":null}],\"s\":\"\xc3\xa9\"}]}",
+        "{\"topic\":\"x\",\"events\":[{\"a\":1,\"b\":{\"1\":1,\"2\":2.5,\"3\":{\"c\":null}},"
+        "\"s\":\"\xc3\xa9\"}]}",
+        "{\"topic\":\"x\",\"events\":[{\"a\":1,\"b\":[1,2.5,{\"c\":null}]}]}",
+    };
+    for (size_t i = 0; i < BRM_ARRAY_LEN(others); i++) {
+        fingerprint_of(e, others[i], NULL, 0, b);
+        CHECK(strcmp(a, b) != 0);
+    }
+    /* Named fields: only they count, nested ones too; none there, the
+     * whole event. */
+    static const char *const fields[] = { "mac", "site.id" };
+    fingerprint_of(e, "{\"topic\":\"x\",\"events\":[{\"mac\":\"m1\",\"site\":{\"id\":7},\"t\":1}]}",
+                   fields, 2, a);
+    fingerprint_of(e,
+                   "{\"topic\":\"x\",\"events\":[{\"t\":2,\"site\":{\"id\":7.0},\"mac\":\"m1\"}]}",
+                   fields, 2, b);
+    CHECK_STR(a, b);
+    fingerprint_of(e, "{\"topic\":\"x\",\"events\":[{\"mac\":\"m1\",\"site\":{\"id\":8}}]}", fields,
+                   2, b);
+    CHECK(strcmp(a, b) != 0);
+    fingerprint_of(e, "{\"topic\":\"x\",\"events\":[{\"mac\":\"m1\"}]}", fields, 2, a);
+    fingerprint_of(e, "{\"topic\":\"x\",\"events\":[{\"mac\":\"m1\",\"site\":\"s\"}]}", fields, 2,
+                   b);
+    CHECK_STR(a, b); /* site.id is missing from both */
+    fingerprint_of(e, "{\"topic\":\"x\",\"events\":[{\"t\":1}]}", fields, 2, a);
+    fingerprint_of(e, "{\"topic\":\"x\",\"events\":[{\"t\":1}]}", NULL, 0, b);
+    CHECK_STR(a, b);
+}
+
+#define DEVICE_EVENT                                                                               \
+    "{\"topic\":\"device-events\",\"events\":[{\"mac\":\"5c5b35000001\",\"type\":\"AP_"            \
+    "RESTARTED\","                                                                                 \
+    "\"timestamp\":1700000000,\"site_id\":\"s1\"}]}"
+/* The same event, as the other copy might write it. */
+#define DEVICE_EVENT_COPY                                                                          \
+    "{\"events\":[{\"site_id\":\"s1\",\"timestamp\":1.7e9,\"type\":\"AP_RESTARTED\","              \
+    "\"mac\":\"5c5b35000001\"}],\"topic\":\"device_events\"}"
+#define LOCATION(x)                                                                                \
+    "{\"topic\":\"location\",\"events\":[{\"id\":\"c-1\",\"mac\":\"aa\",\"x\":" x ",\"y\":2}]}"
+
+static void check_dedupe(void) {
+    clear_rules();
+    write_file("rules/all.lua", "return { topics = '*', on_event = function(ev)"
+                                " brume.send('t', { n = 1 }) end }");
+    write_file("dedupe.lua",
+               "sources = {\n"
+               "  plain = { path = '/p', secret = 's', dedupe = '10m' },\n"
+               "  named = { path = '/n', secret = 's', dedupe = { window = 600, fields = {\n"
+               "    ['device_events'] = { 'mac', 'type' }, alarms = { 'id' } } } },\n"
+               "}\n"
+               "targets = { t = { kind = 'file', path = 'out.jsonl' } }\n");
+    char *path = brm_xasprintf("%s/dedupe.lua", dir);
+    struct brm_errors errs = { 0 };
+    struct brm_config *dc = brm_config_load(path, brm_api_open_for_config, NULL, &errs);
+    free(path);
+    brm_errors_reset(&errs);
+    struct brm_engine *e = engine(NULL);
+    struct brm_state *state = brm_state_new();
+    CHECK(dc && e);
+    if (!dc || !e) goto done;
+    check_fingerprint(e);
+    brm_engine_set_state(e, state);
+    const struct brm_dedupe *plain = &brm_config_source(dc, "plain")->dedupe;
+    const struct brm_dedupe *named = &brm_config_source(dc, "named")->dedupe;
+    double t0 = 1700000000;
+    struct brm_dispatch_stats st;
+
+    /* Org and site copies of an event without id: it runs once, however
+     * the copy is written. */
+    CHECK_INT(run_deduped(e, DEVICE_EVENT, plain, t0, &st), 1);
+    CHECK_INT(run_deduped(e, DEVICE_EVENT_COPY, plain, t0 + 1, &st), 0);
+    CHECK_INT(st.duplicates, 1);
+    CHECK_INT(run_deduped(e, DEVICE_EVENT, plain, t0 + 2, &st), 0);
+    /* Another event of the device is not a copy. */
+    CHECK_INT(run_deduped(e,
+                          "{\"topic\":\"device-events\",\"events\":[{\"mac\":\"5c5b35000001\","
+                          "\"type\":\"AP_CONFIGURED\",\"timestamp\":1700000000}]}",
+                          plain, t0 + 3, &st),
+              1);
+    /* A client's position updates share its id: each one runs. */
+    CHECK_INT(run_deduped(e, LOCATION("1.5"), plain, t0, &st), 1);
+    CHECK_INT(run_deduped(e, LOCATION("3"), plain, t0 + 1, &st), 1);
+    CHECK_INT(run_deduped(e, LOCATION("1.5"), plain, t0 + 2, &st), 0);
+    /* The same event on another topic, or after the window, runs. */
+    CHECK_INT(run_deduped(e,
+                          "{\"topic\":\"zone\",\"events\":[{\"id\":\"c-1\",\"mac\":\"aa\","
+                          "\"x\":1.5,\"y\":2}]}",
+                          plain, t0 + 3, &st),
+              1);
+    CHECK_INT(run_deduped(e, DEVICE_EVENT, plain, t0 + 601, &st), 1);
+    /* No dedupe: copies run. */
+    CHECK_INT(run_deduped(e, DEVICE_EVENT, NULL, t0 + 602, &st), 1);
+
+    /* Named fields: events alike in them are copies, whatever else differs. */
+    CHECK_INT(run_deduped(e, DEVICE_EVENT, named, t0 + 1000, &st), 1);
+    CHECK_INT(run_deduped(e,
+                          "{\"topic\":\"device-events\",\"events\":[{\"type\":\"AP_RESTARTED\","
+                          "\"mac\":\"5c5b35000001\",\"timestamp\":1700000099}]}",
+                          named, t0 + 1001, &st),
+              0);
+    CHECK_INT(run_deduped(e, "{\"topic\":\"alarms\",\"events\":[{\"id\":\"A\",\"count\":1}]}",
+                          named, t0 + 1000, &st),
+              1);
+    CHECK_INT(run_deduped(e,
+                          "{\"topic\":\"alarms\",\"events\":[{\"id\":\"A\",\"count\":2},"
+                          "{\"id\":\"B\"}]}",
+                          named, t0 + 1001, &st),
+              1);
+    CHECK_INT(st.duplicates, 1);
+    /* An alarm without id falls back to its fingerprint. */
+    CHECK_INT(run_deduped(e, "{\"topic\":\"alarms\",\"events\":[{\"type\":\"x\",\"n\":1}]}", named,
+                          t0 + 1000, &st),
+              1);
+    CHECK_INT(run_deduped(e, "{\"topic\":\"alarms\",\"events\":[{\"type\":\"x\",\"n\":2}]}", named,
+                          t0 + 1001, &st),
+              1);
+    CHECK_INT(run_deduped(e, "{\"topic\":\"alarms\",\"events\":[{\"n\":1,\"type\":\"x\"}]}", named,
+                          t0 + 1002, &st),
+              0);
+done:
+    brm_engine_free(e);
+    brm_state_free(state);
+    brm_config_free(dc);
 }
 
 static void check_kept_memory(void) {
@@ -419,6 +647,8 @@ int main(void) {
     check_failures();
     check_api();
     check_bad_rules();
+    check_lint();
+    check_dedupe();
     check_kept_memory();
     check_snapshot();
     brm_config_free(cfg);
