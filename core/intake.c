@@ -36,6 +36,7 @@ struct held {
     size_t len;
     char *copy; /* or a copy, when it was answered first */
     struct brm_actions actions;
+    struct brm_run_log runs; /* what its rules did, stored with it */
 };
 
 /* The bodies of one turn, handed to the journal together. */
@@ -182,6 +183,7 @@ struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *
 static void free_held(struct held *h, size_t n) {
     for (size_t i = 0; i < n; i++) {
         brm_actions_reset(&h[i].actions);
+        brm_buf_reset(&h[i].runs.text);
         free(h[i].copy);
     }
     free(h);
@@ -316,7 +318,7 @@ enum brm_status brm_intake_run(struct brm_engine *e, const char *body, size_t le
                                struct brm_envelope *env, struct brm_dispatch_stats *stats,
                                struct brm_err *err) {
     struct brm_envelope env_local;
-    struct brm_dispatch_stats stats_local;
+    struct brm_dispatch_stats stats_local = { 0 };
     if (!env) env = &env_local;
     if (!stats) stats = &stats_local;
     if (brm_json_envelope(brm_engine_state(e), body, len, env, err) < 0) return BRM_BAD_REQUEST;
@@ -356,7 +358,8 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
                  char *copy) {
     struct brm_err err;
     struct brm_envelope env;
-    struct brm_dispatch_stats stats;
+    struct brm_run_log runs = { 0 };
+    struct brm_dispatch_stats stats = { .log = &runs };
     struct brm_actions actions = { 0 };
     const struct brm_source *src = b->source;
     char rid[32];
@@ -371,6 +374,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
          * holds the state is done. */
         if (brm_state_rollback(in->txn, mark)) in->wake(in->wake_arg);
         brm_actions_reset(&actions);
+        brm_buf_reset(&runs.text);
         if (!copy && !src->durable) {
             copy = brm_xstrndup(b->body, b->len);
             done(arg, BRM_OK, "ok"); /* answered at once, as the source chose */
@@ -386,6 +390,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
         brm_log_warn("refused a post: not a Mist webhook body", "request", rid, "source", src->name,
                      "peer", b->peer, "reason", err.msg);
         brm_actions_reset(&actions);
+        brm_buf_reset(&runs.text);
         free(copy);
         if (done) done(arg, BRM_BAD_REQUEST, err.msg);
         return;
@@ -408,8 +413,9 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
         in->held = brm_xrealloc(in->held, in->capheld * sizeof(*in->held));
     }
     struct held *h = &in->held[in->nheld++];
-    *h = (struct held){ done,        arg,     b->id,  src,  "",     b->received,
-                        env.nevents, b->body, b->len, copy, actions };
+    brm_run_log_end(&runs);
+    *h = (struct held){ done,        arg,     b->id,  src,  "",      b->received,
+                        env.nevents, b->body, b->len, copy, actions, runs };
     snprintf(h->topic, sizeof(h->topic), "%s", env.name);
     if (!src->durable && h->done) {
         /* Answered now: the request's buffer moves on, so keep a copy. */
@@ -574,9 +580,10 @@ static void on_commit(evutil_socket_t fd, short what, void *arg) {
     for (size_t i = 0; i < n; i++) {
         struct held *h = &g->held[i];
         durable |= h->done != NULL;
-        g->entries[i] =
-            (struct brm_journal_entry){ h->id,     h->source->name, h->topic, h->received,
-                                        h->events, h->body,         h->len,   &h->actions };
+        g->entries[i] = (struct brm_journal_entry){
+            h->id,   h->source->name, h->topic,    h->received,       h->events,
+            h->body, h->len,          &h->actions, h->runs.text.data, h->runs.text.len,
+        };
     }
     g->jg.cfg = brm_config_ref(in->cfg); /* source names and targets, while it is written */
     g->jg.entries = g->entries;

@@ -69,6 +69,8 @@ struct brm_journal_entry {
     const char *body; /* borrowed until the group is done */
     size_t len;
     const struct brm_actions *actions;
+    const char *runs; /* what its rules did (engine.h's run log), or NULL; borrowed too */
+    size_t runs_len;
 };
 
 /* A worker's group: bodies, the deliveries their rules made, the state

@@ -130,7 +130,7 @@ int main(void) {
     CHECK_INT(brm_store_drop(s, 3, &err), 0);
     /* Done deliveries go with their body, keys and all; pending ones stay. */
     char small[] = "{}";
-    struct brm_body two = { 2, "mist", "alarms", 500, 1, small, 2 };
+    struct brm_body two = { 2, "mist", "alarms", 500, 1, small, 2, NULL, 0 };
     CHECK_INT(brm_store_add_body(s, &two, &err), 0);
     struct brm_prune p = { .before = 600, .limit = 10, .bytes = 2, .rows = 1 };
     CHECK_INT(brm_store_prune_bodies(s, &p, &err), 0);
