@@ -17,6 +17,9 @@ BENCH_DEPS="wrk nginx libnginx-mod-http-lua lua-cjson" # wrk, and the nginx+Lua 
 FUZZ_DEPS="clang libclang-rt-14-dev"
 FUZZ_TARGETS="wire verify json config pattern api" # tests/fuzz/fuzz_*.c
 RUN_DEPS="curl" # the README's quick start posts with it
+# The console's browser test (tests/integration/browser_console.py): headless
+# Chromium driven through chromedriver by Debian's python3.
+TEST_DEPS="chromium chromium-driver python3-selenium"
 
 need() {
     missing=""
@@ -92,7 +95,7 @@ run)
     exec build/brume run -c examples/brume.lua "$@"
     ;;
 test)
-    need $DEPS
+    need $DEPS $TEST_DEPS
     # The suite runs under AddressSanitizer and UndefinedBehaviorSanitizer,
     # in an optimised build so -O2's warnings are errors too.
     build build-test RelWithDebInfo -DBRUME_SANITIZE=address,undefined
