@@ -790,7 +790,9 @@ static int show_delivery(void *arg, const struct brm_delivery *d) {
     brm_buf_puts(b, "{\"delivery\":");
     delivery_json(b, d);
     brm_buf_puts(b, ",\"request\":");
-    if (!t) {
+    if (d->state == BRM_DELIVERY_DONE) {
+        brm_buf_puts(b, "null,\"request_note\":\"a done delivery keeps no request\"");
+    } else if (!t) {
         /* Its secrets are not known any more: nothing is shown. */
         brm_buf_puts(b, "null,\"request_note\":\"its target is not in the running config\"");
     } else if (d->method && d->url) {
@@ -830,7 +832,7 @@ static int show_delivery(void *arg, const struct brm_delivery *d) {
         lua_settop(L, top);
         brm_buf_puts(b, "}");
     } else {
-        brm_buf_puts(b, "null,\"request_note\":\"a done delivery keeps no request\"");
+        brm_buf_puts(b, "null,\"request_note\":\"no request is stored\"");
     }
     return 0;
 }
@@ -938,8 +940,9 @@ static void submit_change(struct brm_console *c, struct change *ch) {
 /* A change's step came back: go on, or answer. */
 static void step_back(struct brm_console *c, struct change *ch) {
     if (!ch->stored) {
-        char msg[600];
-        snprintf(msg, sizeof(msg), "the store refused the change: %s", ch->error);
+        char msg[700];
+        snprintf(msg, sizeof(msg), "the store refused the change (%ld changed before): %s",
+                 ch->changed, ch->error);
         reply_error(ch->req, 503, msg);
         free_change(ch);
         return;

@@ -269,6 +269,17 @@ class Console(unittest.TestCase):
         # Nothing the playground did was sent.
         time.sleep(0.3)
         self.assertEqual(len(self.m.received("/hook")), 2)
+
+        # A reload that fails: the overview says where.
+        self.b.write_rule("30_broken.lua", "return {\n  topics = 'alarms',\n  on_event = 42,\n}\n")
+        self.assertEqual(self.b.request("POST", "/reload", admin=True).status, 422)
+        self.go("overview")
+        w.wait(lambda: w.finds("#reload-errors li"), "the reload's errors")
+        self.assertIn("rules/30_broken.lua", w.text("#reload-errors"))
+        self.assertIn("on_event", w.text("#reload-errors"))
+        self.assertIn("failed", w.text("#reload"))
+        self.assertEqual(len(w.finds("#rules-table tbody tr")), 2)  # the running set stays
+        os.unlink(self.b.path("rules", "30_broken.lua"))
         self.assertEqual(w.errors(), [])
 
     def test_changes_need_the_console_header_and_a_loopback_host(self):
@@ -292,6 +303,54 @@ class Console(unittest.TestCase):
         self.assertEqual(r.headers.get("X-Frame-Options"), "DENY")
         self.assertIn("script-src 'self'", r.headers.get("Content-Security-Policy"))
         self.assertNotIn("Set-Cookie", r.headers)
+
+
+class Api(unittest.TestCase):
+    """The endpoints as curl sees them: pages and their continuation, every
+    dead delivery of a target retried in one call, what needs a filter."""
+
+    def test_pages_and_changes_of_all_that_match(self):
+        h = {"X-Brume-Console": "1"}
+        with MockTarget() as m:
+            m.script("/hook", [{"status": 404, "body": "no such hook"}] * 3 + [{"status": 200}])
+            with Brume('sources = { mist = { path = "/mist", secret = "%s" } }\n'
+                       'targets = { hook = { kind = "webhook", url = "%s" } }\n'
+                       % (harness.SECRET, m.url("/hook")),
+                       rules={"10_page.lua": RULES["10_page.lua"]}, workers=1) as b:
+                for i in range(3):
+                    self.assertEqual(b.post(body("alarms", {"type": "t%d" % i})).status, 200)
+                def get(path):
+                    r = b.request("GET", path, admin=True)
+                    self.assertEqual(r.status, 200, r)
+                    return json.loads(r.body)
+                page = get("/api/events?limit=2")
+                self.assertEqual(len(page["events"]), 2)
+                rest = get("/api/events?limit=2&before=%d" % page["next"])
+                self.assertEqual(len(rest["events"]), 1)
+                self.assertIsNone(rest["next"])
+                deadline = time.time() + harness.REQUEST_TIMEOUT
+                while len(get("/api/deliveries?status=dead&target=hook")["deliveries"]) < 3:
+                    self.assertLess(time.time(), deadline, "three dead deliveries")
+                    time.sleep(0.1)
+                r = b.request("POST", "/api/deliveries/retry",
+                              '{"all": true, "status": "dead", "target": "hook"}', h, admin=True)
+                self.assertEqual((r.status, json.loads(r.body)), (200, {"ok": True, "changed": 3}))
+                m.wait_for(lambda reqs: len(reqs) == 6, path="/hook")
+                while len(get("/api/deliveries?status=done")["deliveries"]) < 3:
+                    self.assertLess(time.time(), deadline, "three done deliveries")
+                    time.sleep(0.1)
+                d = get("/api/delivery?id=%d" % get("/api/deliveries?status=done")["deliveries"][0]["id"])
+                self.assertEqual([a["status"] for a in d["attempts"]], [200, 404])
+                self.assertEqual(d["attempts"][1]["answer"], "no such hook")
+                self.assertIsNone(d["request"])  # a done delivery keeps no request
+                # Done ones stay (their keys stop re-runs); a filter must say which.
+                r = b.request("POST", "/api/deliveries/drop", '{"all": true, "status": "done"}', h,
+                              admin=True)
+                self.assertEqual(r.status, 400)
+                r = b.request("POST", "/api/deliveries/drop", '{"all": true}', h, admin=True)
+                self.assertEqual(r.status, 400)
+                self.assertEqual(b.request("POST", "/api/deliveries/retry", "[1]", h,
+                                           admin=True).status, 400)
 
 
 class Token(unittest.TestCase):
