@@ -481,6 +481,16 @@
 
   /* ---- playground ------------------------------------------------------- */
 
+  /* A request as brume test shows it, its body decoded when it is JSON. */
+  function showRequest(r) {
+    var copy = {};
+    for (var k in r || {}) copy[k] = r[k];
+    if (typeof copy.body === 'string') {
+      try { copy.body = JSON.parse(copy.body); } catch (e) { /* not JSON: as it is */ }
+    }
+    return JSON.stringify(copy, null, 2);
+  }
+
   function playground(eventId) {
     var source = el('select', { id: 'pg-source' }, el('option', { value: 'event', text: 'a stored body' }),
       el('option', { value: 'payload', text: 'a pasted payload' }));
@@ -534,7 +544,7 @@
           list.appendChild(el('div', { cls: 'row pg-message' },
             el('div', null, el('h3', { text: m.rule + ' \u2192 ' + m.target + ' (' + m.event + ')' }),
               el('pre', { cls: 'pg-message-body', text: JSON.stringify(m.message, null, 2) })),
-            el('div', null, el('h3', { text: 'request' }), el('pre', { cls: 'pg-request', text: JSON.stringify(m.request, null, 2) }))));
+            el('div', null, el('h3', { text: 'request' }), el('pre', { cls: 'pg-request', text: showRequest(m.request) }))));
         });
         if (!r.messages.length) list.appendChild(el('p', { cls: 'muted', text: 'No message.' }));
         result.appendChild(list);
