@@ -20,7 +20,10 @@ FUZZ_DEPS="clang libclang-rt-14-dev"
 FUZZ_TARGETS="wire verify json config pattern api" # tests/fuzz/fuzz_*.c
 RUN_DEPS="curl" # the README's quick start posts with it
 DEB_DEPS="dpkg-dev file" # cpack's DEB generator runs dpkg-shlibdeps and file
-TEST_DEPS="$DEB_DEPS lintian" # the package's test builds one and checks it
+# The package's test builds one and checks it; the console's browser test
+# (tests/integration/browser_console.py) drives headless Chromium through
+# chromedriver from Debian's python3.
+TEST_DEPS="$DEB_DEPS lintian chromium chromium-driver python3-selenium"
 
 need() {
     missing=""

@@ -40,8 +40,9 @@ struct rule {
     struct brm_histogram *seconds;
     uint64_t log_window; /* start of the current failure-log window, ms */
     unsigned logged, suppressed;
-    uint64_t event; /* the posted event SENT counts for */
-    size_t sent;    /* messages this rule sent for it, emitted events included */
+    uint64_t event;  /* the posted event SENT counts for */
+    size_t sent;     /* messages this rule sent for it, emitted events included */
+    char *json_name; /* NAME as a JSON string, for run logs */
 };
 
 /* The rules one topic runs, in file-name order. */
@@ -63,6 +64,7 @@ struct brm_engine {
     uint64_t event;   /* posted events dispatched so far */
     int queue;        /* registry reference to the brume.emit queue */
     int exhausted;
+    int quiet; /* a dry engine in the daemon: no metrics, no failure logs */
     struct brm_state *state;
     struct brm_fingerprint *fp; /* made at the first event deduped */
     const char *payload;        /* brume test: the payload file being run */
@@ -376,8 +378,12 @@ static void load_rule(struct brm_engine *e, const char *fname, struct brm_errors
             goto fail;
         }
     }
-    rule_metrics(&r);
+    if (!e->quiet) rule_metrics(&r);
     r.key_name = key_name(r.name);
+    struct brm_buf jn;
+    brm_buf_init(&jn);
+    brm_buf_json_string(&jn, r.name, strlen(r.name));
+    r.json_name = jn.data;
     e->rules = brm_xrealloc(e->rules, (e->nrules + 1) * sizeof(*e->rules));
     e->rules[e->nrules++] = r; /* with PATH */
     lua_settop(L, top);
@@ -427,10 +433,11 @@ struct brm_engine *brm_engine_new(const struct brm_config *cfg, struct brm_error
     return brm_engine_build(cfg, NULL, errs);
 }
 
-struct brm_engine *brm_engine_build(const struct brm_config *cfg, struct brm_snapshot *files,
-                                    struct brm_errors *errs) {
+static struct brm_engine *build(const struct brm_config *cfg, struct brm_snapshot *files,
+                                struct brm_errors *errs, int quiet) {
     struct brm_engine *e = brm_xcalloc(1, sizeof(*e));
     size_t errs_before = errs->n;
+    e->quiet = quiet;
     e->cfg = brm_config_ref(cfg);
     struct brm_sandbox_opts o = {
         .instructions = cfg->instructions,
@@ -466,6 +473,18 @@ struct brm_engine *brm_engine_build(const struct brm_config *cfg, struct brm_sna
     return e;
 }
 
+struct brm_engine *brm_engine_build(const struct brm_config *cfg, struct brm_snapshot *files,
+                                    struct brm_errors *errs) {
+    return build(cfg, files, errs, 0);
+}
+
+struct brm_engine *brm_engine_build_dry(const struct brm_config *cfg, struct brm_snapshot *files,
+                                        struct brm_errors *errs) {
+    struct brm_engine *e = build(cfg, files, errs, 1);
+    if (e) brm_engine_set_dry_run(e, 1);
+    return e;
+}
+
 void brm_engine_free(struct brm_engine *e) {
     if (!e) return;
     for (size_t i = 0; i < e->nrules; i++) {
@@ -474,6 +493,7 @@ void brm_engine_free(struct brm_engine *e) {
         free(r->topics);
         free(r->name);
         free(r->key_name);
+        free(r->json_name);
         free(r->file);
         free(r->path);
     }
@@ -559,6 +579,23 @@ void brm_engine_lint(struct brm_engine *e, struct brm_errors *warnings) {
             brm_lint_sends(text.data ? text.data : "", text.len, lint_send, &l);
     }
     brm_buf_reset(&text);
+}
+
+void brm_engine_describe(const struct brm_engine *e, struct brm_buf *out) {
+    brm_buf_puts(out, "[");
+    for (size_t i = 0; i < e->nrules; i++) {
+        const struct rule *r = &e->rules[i];
+        brm_buf_printf(out, "%s{\"name\":%s,\"file\":", i ? "," : "", r->json_name);
+        brm_buf_json_string(out, r->file, strlen(r->file));
+        brm_buf_puts(out, ",\"topics\":[");
+        if (r->all) brm_buf_puts(out, "\"*\"");
+        for (size_t j = 0; j < r->ntopics; j++) {
+            if (j || r->all) brm_buf_puts(out, ",");
+            brm_buf_json_string(out, r->topics[j], strlen(r->topics[j]));
+        }
+        brm_buf_printf(out, "],\"where\":%s}", r->where != LUA_NOREF ? "true" : "false");
+    }
+    brm_buf_puts(out, "]");
 }
 
 void brm_engine_set_dry_run(struct brm_engine *e, int on) {
@@ -671,6 +708,9 @@ static void log_failure(struct rule *r, const struct brm_scope *s, enum brm_call
                   payload);
 }
 
+static void log_run(struct brm_run_log *log, const struct rule *r, const struct brm_scope *scope,
+                    enum brm_call_status st, const struct brm_err *err);
+
 /* Calls the function of rule R below its NARGS arguments on the stack
  * through the sandbox's door, in SCOPE; counts and logs how it went. */
 static void call_rule(struct brm_engine *e, struct rule *r, int nargs, struct brm_scope *scope,
@@ -683,19 +723,22 @@ static void call_rule(struct brm_engine *e, struct rule *r, int nargs, struct br
     brm_api_set_scope(e->api, scope);
     uint64_t t0 = brm_time_mono_ns();
     enum brm_call_status st = brm_sandbox_call(e->sb, nargs, 0, &err);
-    brm_histogram_observe(r->seconds, (double)(brm_time_mono_ns() - t0) / 1e9);
+    if (!e->quiet) brm_histogram_observe(r->seconds, (double)(brm_time_mono_ns() - t0) / 1e9);
     brm_api_set_scope(e->api, NULL);
     r->sent = scope->rule_sent;
     if (*scope->busy) return;
-    brm_counter_add(r->runs, 1);
+    if (!e->quiet) brm_counter_add(r->runs, 1);
     stats->runs++;
+    if (stats->log) log_run(stats->log, r, scope, st, &err);
     if (st == BRM_CALL_OK) return;
     stats->errors++;
-    brm_counter_add(st == BRM_CALL_BUDGET   ? r->budget
-                    : st == BRM_CALL_MEMORY ? r->memory
-                                            : r->errors,
-                    1);
-    log_failure(r, scope, st, &err, e->payload);
+    if (!e->quiet) {
+        brm_counter_add(st == BRM_CALL_BUDGET   ? r->budget
+                        : st == BRM_CALL_MEMORY ? r->memory
+                                                : r->errors,
+                        1);
+        log_failure(r, scope, st, &err, e->payload);
+    }
     if (st == BRM_CALL_MEMORY) {
         /* Collect what the failed call left; if the VM is still nearly
          * full, something holds on to it and only a fresh VM helps. */
@@ -703,6 +746,74 @@ static void call_rule(struct brm_engine *e, struct rule *r, int nargs, struct br
         size_t limit = brm_sandbox_memory_limit(e->sb);
         if (limit && brm_sandbox_memory(e->sb) > limit / 10 * 9) e->exhausted = 1;
     }
+}
+
+/* ---- run log ------------------------------------------------------------ */
+
+void brm_run_log_end(struct brm_run_log *log) {
+    if (log->more) {
+        brm_buf_printf(&log->text, "%s{\"more\":%zu}", log->text.len ? "," : "[", log->more);
+        log->more = 0;
+    }
+    if (log->text.len) brm_buf_puts(&log->text, "]");
+}
+
+void brm_run_log_clear(struct brm_run_log *log) {
+    log->text.len = 0;
+    if (log->text.data) log->text.data[0] = '\0';
+    log->more = 0;
+}
+
+static void put_index(struct brm_buf *b, size_t v) {
+    char digits[24];
+    size_t n = 0;
+    do digits[sizeof(digits) - ++n] = (char)('0' + v % 10);
+    while ((v /= 10) && n < sizeof(digits));
+    brm_buf_append(b, digits + sizeof(digits) - n, n);
+}
+
+/* Notes rule R's call on the event of SCOPE: compact when it went well on
+ * a posted event (the common case costs a few bytes and no formatting). */
+static void log_run(struct brm_run_log *log, const struct rule *r, const struct brm_scope *scope,
+                    enum brm_call_status st, const struct brm_err *err) {
+    static const char *const statuses[] = { "ok", "error", "budget", "memory" };
+    struct brm_buf *b = &log->text;
+    if (b->len >= BRM_RUN_LOG_MAX) {
+        log->more++;
+        return;
+    }
+    brm_buf_puts(b, b->len ? "," : "[");
+    if (st == BRM_CALL_OK && scope->depth == 0) {
+        brm_buf_puts(b, "[");
+        put_index(b, scope->index);
+        brm_buf_puts(b, ",");
+        brm_buf_puts(b, r->json_name);
+        brm_buf_puts(b, "]");
+        return;
+    }
+    brm_buf_printf(b, "{\"i\":%zu,\"rule\":%s", scope->index, r->json_name);
+    if (scope->depth > 0) {
+        brm_buf_puts(b, ",\"topic\":");
+        brm_buf_json_string(b, scope->topic, strlen(scope->topic));
+    }
+    if (st != BRM_CALL_OK) {
+        char at[300];
+        const char *file = err->file[0] ? err->file : r->file;
+        if (err->line > 0)
+            snprintf(at, sizeof(at), "%s:%d", file, err->line);
+        else
+            snprintf(at, sizeof(at), "%s", file);
+        size_t n = strlen(err->msg);
+        if (n > BRM_RUN_LOG_MSG) { /* cut, but not inside a UTF-8 sequence */
+            n = BRM_RUN_LOG_MSG;
+            while (n > 0 && ((unsigned char)err->msg[n] & 0xC0) == 0x80) n--;
+        }
+        brm_buf_printf(b, ",\"status\":\"%s\",\"at\":", statuses[st]);
+        brm_buf_json_string(b, at, strlen(at));
+        brm_buf_puts(b, ",\"msg\":");
+        brm_buf_json_string(b, err->msg, n);
+    }
+    brm_buf_puts(b, "}");
 }
 
 /* Runs the rules of topic T on the event at EV with the ctx at CTX. */
@@ -835,7 +946,9 @@ int brm_engine_dispatch(struct brm_engine *e, const struct brm_envelope *env,
     int envelope = lua_gettop(L);
     const struct topic *t = find_topic(e, env->name);
     int busy = 0, dedupe = batch->dedupe && batch->dedupe->window > 0 && e->state;
+    struct brm_run_log *log = stats->log;
     memset(stats, 0, sizeof(*stats));
+    stats->log = log;
     if (t->n == 0 && !dedupe) {
         lua_pop(L, 1);
         return 0;

@@ -36,11 +36,33 @@ struct brm_batch {
     struct brm_state_txn *txn;       /* the transaction state changes belong to (NULL: none) */
 };
 
+/*
+ * What the rules did with a body's events, kept with the body (the
+ * console shows it): a JSON list, one element per rule call. A call that
+ * went well is [index, "rule"] (index: the event's position, from 1); one
+ * that failed, and any call on an emitted event, is an object {"i": index,
+ * "rule": ..., "topic": the emitted event's topic, "status": "error" |
+ * "budget" | "memory", "at": "rules/x.lua:12", "msg": the error, cut to
+ * BRM_RUN_LOG_MSG bytes} (the members that apply). Calls past
+ * BRM_RUN_LOG_MAX bytes are counted, not listed: {"more": n} ends the list.
+ */
+#define BRM_RUN_LOG_MAX 4096
+#define BRM_RUN_LOG_MSG 200
+struct brm_run_log {
+    struct brm_buf text; /* the list once ended; empty when no rule ran */
+    size_t more;
+};
+/* Closes LOG's list (nothing when no call was logged). */
+void brm_run_log_end(struct brm_run_log *log);
+/* Forgets every call (a body that runs again), keeping the buffer. */
+void brm_run_log_clear(struct brm_run_log *log);
+
 struct brm_dispatch_stats {
-    size_t events;     /* posted and emitted events handled */
-    size_t runs;       /* rule calls */
-    size_t errors;     /* rule calls that failed */
-    size_t duplicates; /* posted events not handed to rules: seen already */
+    size_t events;           /* posted and emitted events handled */
+    size_t runs;             /* rule calls */
+    size_t errors;           /* rule calls that failed */
+    size_t duplicates;       /* posted events not handed to rules: seen already */
+    struct brm_run_log *log; /* in (zero the rest): where rule calls are noted, or NULL */
 };
 
 /*
@@ -53,6 +75,12 @@ struct brm_engine *brm_engine_new(const struct brm_config *cfg, struct brm_error
  * the engines of one rule set are then built from the same bytes. */
 struct brm_engine *brm_engine_build(const struct brm_config *cfg, struct brm_snapshot *files,
                                     struct brm_errors *errs);
+/* The same for a dry run in a running daemon (the console's playground):
+ * actions carry their requests masked for showing (brm_engine_set_dry_run),
+ * and rule calls count in no metric and log no failure (the run log has
+ * them). */
+struct brm_engine *brm_engine_build_dry(const struct brm_config *cfg, struct brm_snapshot *files,
+                                        struct brm_errors *errs);
 void brm_engine_free(struct brm_engine *e);
 /* The config the engine runs on (borrowed for as long as the engine). */
 const struct brm_config *brm_engine_config(const struct brm_engine *e);
@@ -116,6 +144,9 @@ const char *brm_engine_rule_name(const struct brm_engine *e, size_t i);
  * config lacks ("rules/x.lua:12: brume.send to 'secop': no such target
  * (did you mean 'secops'?)"). */
 void brm_engine_lint(struct brm_engine *e, struct brm_errors *warnings);
+/* Appends the rules, in the order they run, as a JSON list of {"name",
+ * "file", "topics": [...] ("*" for every topic), "where": bool}. */
+void brm_engine_describe(const struct brm_engine *e, struct brm_buf *out);
 /* In a dry run (brume test) actions also carry their requests with
  * secrets masked, for showing. */
 void brm_engine_set_dry_run(struct brm_engine *e, int on);

@@ -492,6 +492,14 @@ static void refuse_unverified(struct conn *c) {
 static void materialize(struct conn *c) {
     c->req.path = c->buf + c->head.path;
     c->req.path_len = c->head.path_len;
+    c->req.query = NULL;
+    c->req.query_len = 0;
+    const char *end = c->req.path + c->req.path_len; /* the target ends at a space (wire) */
+    if (*end == '?') {
+        const char *sp = memchr(end, ' ', (size_t)(c->buf + c->head_len - end));
+        c->req.query = end + 1;
+        c->req.query_len = sp ? (size_t)(sp - end - 1) : 0;
+    }
     c->req.nheaders = c->head.nfields;
     for (size_t i = 0; i < c->head.nfields; i++) {
         const struct brm_wire_field *f = &c->head.fields[i];

@@ -53,6 +53,8 @@ struct brm_http_req {
     enum brm_http_method method;
     const char *path; /* without the query; not NUL-terminated */
     size_t path_len;
+    const char *query; /* what follows the path's '?' (not NUL-terminated), or NULL */
+    size_t query_len;
     struct brm_http_header headers[BRM_HTTP_MAX_HEADERS];
     size_t nheaders;
     const char *body;

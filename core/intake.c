@@ -36,6 +36,7 @@ struct held {
     size_t len;
     char *copy; /* or a copy, when it was answered first */
     struct brm_actions actions;
+    struct brm_run_log runs; /* what its rules did, stored with it */
     int fired; /* not a body: what a timer's or digest's handler did */
 };
 
@@ -195,6 +196,7 @@ struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *
 static void free_held(struct held *h, size_t n) {
     for (size_t i = 0; i < n; i++) {
         brm_actions_reset(&h[i].actions);
+        brm_buf_reset(&h[i].runs.text);
         free(h[i].copy);
     }
     free(h);
@@ -337,7 +339,7 @@ enum brm_status brm_intake_run(struct brm_engine *e, const char *body, size_t le
                                struct brm_envelope *env, struct brm_dispatch_stats *stats,
                                struct brm_err *err) {
     struct brm_envelope env_local;
-    struct brm_dispatch_stats stats_local;
+    struct brm_dispatch_stats stats_local = { 0 };
     if (!env) env = &env_local;
     if (!stats) stats = &stats_local;
     int rc = brm_engine_decode(e, body, len, env, err);
@@ -383,7 +385,8 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
                  char *copy) {
     struct brm_err err;
     struct brm_envelope env;
-    struct brm_dispatch_stats stats;
+    struct brm_run_log runs = { 0 };
+    struct brm_dispatch_stats stats = { .log = &runs };
     struct brm_actions actions = { 0 };
     const struct brm_source *src = b->source;
     char rid[32];
@@ -398,6 +401,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
          * holds the state is done. */
         if (brm_state_rollback(in->txn, mark)) in->wake(in->wake_arg);
         brm_actions_reset(&actions);
+        brm_buf_reset(&runs.text);
         if (!copy && !src->durable) {
             copy = brm_xstrndup(b->body, b->len);
             done(arg, BRM_OK, "ok"); /* answered at once, as the source chose */
@@ -414,6 +418,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
                                          : "refused a post: not a Mist webhook body",
                      "request", rid, "source", src->name, "peer", b->peer, "reason", err.msg);
         brm_actions_reset(&actions);
+        brm_buf_reset(&runs.text);
         free(copy);
         if (done) done(arg, st, err.msg);
         return;
@@ -436,6 +441,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
         in->held = brm_xrealloc(in->held, in->capheld * sizeof(*in->held));
     }
     struct held *h = &in->held[in->nheld++];
+    brm_run_log_end(&runs);
     *h = (struct held){ .done = done,
                         .arg = arg,
                         .id = b->id,
@@ -445,7 +451,8 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
                         .body = b->body,
                         .len = b->len,
                         .copy = copy,
-                        .actions = actions };
+                        .actions = actions,
+                        .runs = runs };
     snprintf(h->topic, sizeof(h->topic), "%s", env.name);
     if (!src->durable && h->done) {
         /* Answered now: the request's buffer moves on, so keep a copy. */
@@ -724,6 +731,7 @@ static void on_commit(evutil_socket_t fd, short what, void *arg) {
             h->topic,  h->received,
             h->events, h->body,
             h->len,    &h->actions,
+            h->runs.text.data, h->runs.text.len,
         };
     }
     g->jg.cfg = brm_config_ref(in->cfg); /* source names and targets, while it is written */

@@ -92,7 +92,8 @@ static int write_group(struct brm_journal_job *job, struct brm_store *st, struct
     g->messages = 0;
     for (size_t i = 0; i < g->n; i++) {
         const struct brm_journal_entry *e = &g->entries[i];
-        struct brm_body b = { e->id, e->source, e->topic, e->received, e->events, e->body, e->len };
+        struct brm_body b = { e->id,   e->source, e->topic, e->received, e->events,
+                              e->body, e->len,    e->runs,  e->runs_len };
         if (e->body && brm_store_add_body(st, &b, err) < 0) return -1;
         int added = brm_journal_add_deliveries(g->cfg, st, e->actions, now, err);
         if (added < 0) return -1;
@@ -112,7 +113,7 @@ void brm_journal_group_init(struct brm_journal_group *g, int durable) {
          * ids must not start again below it after a restart. */
         if (g->entries[i].id > g->job.last_id) g->job.last_id = g->entries[i].id;
         if (!g->entries[i].body) continue; /* a timer's: its deliveries only */
-        g->job.bytes += g->entries[i].len;
+        g->job.bytes += g->entries[i].len + g->entries[i].runs_len; /* as the ring counts */
         g->job.rows++;
     }
 }

@@ -70,6 +70,8 @@ struct brm_journal_entry {
                          fired (only what its handler did is stored) */
     size_t len;
     const struct brm_actions *actions;
+    const char *runs; /* what its rules did (engine.h's run log), or NULL; borrowed too */
+    size_t runs_len;
 };
 
 /* A worker's group: bodies, the deliveries their rules made, the state

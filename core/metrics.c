@@ -221,3 +221,13 @@ void brm_metrics_render(struct brm_buf *out) {
     free(v);
     pthread_mutex_unlock(&lock);
 }
+
+void brm_metrics_each_counter(void (*fn)(void *arg, const char *name, const char *labels,
+                                         uint64_t value),
+                              void *arg) {
+    pthread_mutex_lock(&lock);
+    for (struct series *s = all; s; s = s->next)
+        if (s->kind == COUNTER)
+            fn(arg, s->name, s->labels, brm_counter_value((struct brm_counter *)s));
+    pthread_mutex_unlock(&lock);
+}

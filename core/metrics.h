@@ -41,4 +41,10 @@ void brm_metrics_gauge(const char *name, const char *help, double (*fn)(void *),
 /* Appends every series in the text exposition format. */
 void brm_metrics_render(struct brm_buf *out);
 
+/* Calls FN with every counter's name, labels (`a="x",b="y"`, or "") and
+ * value, under the registry's lock: FN must not create a series. */
+void brm_metrics_each_counter(void (*fn)(void *arg, const char *name, const char *labels,
+                                         uint64_t value),
+                              void *arg);
+
 #endif

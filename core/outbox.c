@@ -24,6 +24,7 @@
 #define BACKOFF_CAP   600.0 /* the longest wait between two attempts */
 #define POLL_INTERVAL 5.0   /* look at the store at least this often */
 #define FILE_BATCH    256   /* kind-file deliveries one pass may make */
+#define ANSWER_LOGGED 256   /* bytes of an answer kept in the attempts log */
 
 struct target_rt {
     const struct brm_target *t;
@@ -48,16 +49,19 @@ struct job {
     enum brm_step step;
     char ref[BRM_PLAN_MAX_REF];
     struct brm_transfer *x;
-    char **sign; /* Standard Webhooks headers of the current step */
+    char **sign;                    /* Standard Webhooks headers of the current step */
+    char answer[ANSWER_LOGGED + 1]; /* the start of the last step's answer */
 };
 
-/* The outcome of an attempt, on its way to the store. */
+/* The outcome of an attempt, on its way to the store (and its log). */
 struct result {
     int64_t id;
     enum brm_delivery_state state;
     double next_at;
     int status;
     char *error;
+    double at;    /* when it ended */
+    char *answer; /* the start of the answer, masked, or NULL */
 };
 
 /* A ticket's id learnt (REF) or forgotten (NULL), on its way to the store. */
@@ -114,16 +118,29 @@ static void schedule(struct brm_outbox *ob);
 
 /* ---- masking ------------------------------------------------------------ */
 
+/* How much of secret URL S may show: its scheme and host, as the adapters'
+ * masking in `brume test` shows them: "https://hooks.slack.com/" then "****". */
+static size_t shown_part(const char *s) {
+    size_t scheme = strncmp(s, "https://", 8) == 0 ? 8 : strncmp(s, "http://", 7) == 0 ? 7 : 0;
+    if (!scheme) return 0;
+    size_t host = strcspn(s + scheme, "/@");
+    return s[scheme + host] == '/' ? scheme + host + 1 : 0;
+}
+
 void brm_outbox_mask(const struct brm_target *t, const char *s, struct brm_buf *out) {
     out->len = 0;
     brm_buf_puts(out, "");
     while (*s) {
-        size_t best = 0;
+        size_t best = 0, shown = 0;
         for (size_t i = 0; t && i < t->nsecrets; i++) {
             size_t n = strlen(t->secrets[i]);
-            if (n >= 4 && strncmp(s, t->secrets[i], n) == 0 && n > best) best = n;
+            if (n >= 4 && strncmp(s, t->secrets[i], n) == 0 && n > best) {
+                best = n;
+                shown = shown_part(t->secrets[i]);
+            }
         }
         if (best) {
+            brm_buf_append(out, s, shown);
             brm_buf_puts(out, "****");
             s += best;
         } else {
@@ -150,13 +167,19 @@ char *brm_outbox_store_path(const struct brm_config *cfg) {
 /* ---- what is learnt: outcomes and tickets ----------------------------------- */
 
 static void add_result(struct brm_outbox *ob, int64_t id, enum brm_delivery_state state,
-                       double next_at, int status, const char *error) {
+                       double next_at, int status, const char *error, double at,
+                       const char *answer) {
     if (ob->nresults == ob->cap_results) {
         ob->cap_results = ob->cap_results ? ob->cap_results * 2 : 16;
         ob->results = brm_xrealloc(ob->results, ob->cap_results * sizeof(*ob->results));
     }
-    ob->results[ob->nresults++] =
-        (struct result){ id, state, next_at, status, error ? brm_xstrdup(error) : NULL };
+    ob->results[ob->nresults++] = (struct result){ id,
+                                                   state,
+                                                   next_at,
+                                                   status,
+                                                   error ? brm_xstrdup(error) : NULL,
+                                                   at,
+                                                   answer && *answer ? brm_xstrdup(answer) : NULL };
     event_active(ob->work, 0, 0);
 }
 
@@ -171,7 +194,10 @@ static void add_ticket(struct brm_outbox *ob, const char *target, const char *ke
 }
 
 static void free_record(struct record *r) {
-    for (size_t i = 0; i < r->n; i++) free(r->results[i].error);
+    for (size_t i = 0; i < r->n; i++) {
+        free(r->results[i].error);
+        free(r->results[i].answer);
+    }
     for (size_t i = 0; i < r->ntickets; i++) {
         free(r->tickets[i].target);
         free(r->tickets[i].key);
@@ -220,7 +246,9 @@ static int write_record(struct brm_journal_job *job, struct brm_store *st, struc
     struct record *r = (struct record *)job;
     for (size_t i = 0; i < r->n; i++) {
         struct result *x = &r->results[i];
-        if (brm_store_finish(st, x->id, x->state, x->next_at, x->status, x->error, err) < 0)
+        struct brm_attempt a = { x->at, x->status, x->answer, x->error };
+        if (brm_store_finish(st, x->id, x->state, x->next_at, x->status, x->error, err) < 0 ||
+            brm_store_add_attempt(st, x->id, &a, err) < 0)
             return -1;
     }
     for (size_t i = 0; i < r->ntickets; i++) {
@@ -282,7 +310,7 @@ static void take_recorded(struct brm_outbox *ob) {
         ob->paused_until = brm_time_now() + POLL_INTERVAL;
         for (size_t i = 0; i < r->n; i++) {
             struct result *x = &r->results[i];
-            add_result(ob, x->id, x->state, x->next_at, x->status, x->error);
+            add_result(ob, x->id, x->state, x->next_at, x->status, x->error, x->at, x->answer);
         }
         for (size_t i = 0; i < r->ntickets; i++)
             add_ticket(ob, r->tickets[i].target, r->tickets[i].key, r->tickets[i].ref);
@@ -348,17 +376,20 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
     snprintf(request, sizeof(request), "%.*s", (int)strcspn(job->key, ":"), job->key);
     snprintf(attempt, sizeof(attempt), "%d", job->attempts + 1);
     snprintf(st, sizeof(st), "%d", status);
-    struct brm_buf masked;
+    struct brm_buf masked, answer;
     brm_buf_init(&masked);
+    brm_buf_init(&answer);
     brm_outbox_mask(tr->t, reason ? reason : "", &masked);
+    brm_outbox_mask(tr->t, job->answer, &answer);
     double delay = done ? 0 : backoff(tr->t, job->attempts, retry_after);
     if (done) {
-        add_result(ob, job->id, BRM_DELIVERY_DONE, now, status, NULL);
+        add_result(ob, job->id, BRM_DELIVERY_DONE, now, status, NULL, now, answer.data);
         brm_counter_add(tr->done, 1);
         brm_log_debug("delivered", "target", tr->t->name, "delivery", id, "request", request,
                       "event", job->event, "status", st);
     } else if (retry && now + delay <= job->expires) {
-        add_result(ob, job->id, BRM_DELIVERY_PENDING, now + delay, status, masked.data);
+        add_result(ob, job->id, BRM_DELIVERY_PENDING, now + delay, status, masked.data, now,
+                   answer.data);
         brm_counter_add(tr->retried, 1);
         char in[32];
         snprintf(in, sizeof(in), "%.0fs", delay);
@@ -371,13 +402,14 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
             snprintf(why, sizeof(why), "gave up after %.0fs: %s", now - job->created, masked.data);
         else
             snprintf(why, sizeof(why), "%s", masked.data);
-        add_result(ob, job->id, BRM_DELIVERY_DEAD, now, status, why);
+        add_result(ob, job->id, BRM_DELIVERY_DEAD, now, status, why, now, answer.data);
         brm_counter_add(tr->dead, 1);
         brm_log_error("delivery dead", "target", tr->t->name, "delivery", id, "request", request,
                       "rule", job->rule, "event", job->event, "attempts", attempt, "status", st,
                       "error", why);
     }
     brm_buf_reset(&masked);
+    brm_buf_reset(&answer);
     unlink_job(job); /* may free TR */
     job_free(job);
 }
@@ -451,6 +483,9 @@ static void next_step(struct job *job, int status) {
 static void step_done(void *arg, const struct brm_transfer_result *res) {
     struct job *job = arg;
     job->x = NULL; /* the transfer frees itself */
+    size_t kept = res->answer_len < ANSWER_LOGGED ? res->answer_len : ANSWER_LOGGED;
+    memcpy(job->answer, res->answer ? res->answer : "", res->answer ? kept : 0);
+    job->answer[res->answer ? kept : 0] = '\0';
     if (res->failed || res->status < 200 || res->status > 299) {
         char why[512];
         if (res->failed)
@@ -598,7 +633,7 @@ static int bury_orphan(void *arg, const struct brm_delivery *d) {
     if (target_rt(ob, d->target) || is_busy(ob, d->id)) return 0;
     char why[300];
     snprintf(why, sizeof(why), "no target named %s in the config", d->target);
-    add_result(ob, d->id, BRM_DELIVERY_DEAD, brm_time_now(), 0, why);
+    add_result(ob, d->id, BRM_DELIVERY_DEAD, brm_time_now(), 0, why, brm_time_now(), NULL);
     return 0;
 }
 
@@ -925,7 +960,10 @@ void brm_outbox_free(struct brm_outbox *ob) {
         unlink_job(j);
         job_free(j);
     }
-    for (size_t i = 0; i < ob->nresults; i++) free(ob->results[i].error);
+    for (size_t i = 0; i < ob->nresults; i++) {
+        free(ob->results[i].error);
+        free(ob->results[i].answer);
+    }
     free(ob->results);
     for (size_t i = 0; i < ob->ntickets; i++) {
         free(ob->tickets[i].target);

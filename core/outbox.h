@@ -64,7 +64,8 @@ char *brm_outbox_store_path(const struct brm_config *cfg);
  * event, message, and the request with secrets masked. */
 void brm_action_json(const struct brm_action *action, struct brm_buf *out);
 
-/* S with every secret of target T replaced by ****. */
+/* S with every secret of target T replaced by "****" (a secret URL keeps its
+ * scheme and host: "https://hooks.slack.com/" and "****"). */
 void brm_outbox_mask(const struct brm_target *t, const char *s, struct brm_buf *out);
 
 #endif

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "console.h"
 #include "engine.h"
 #include "http.h"
 #include "intake.h"
@@ -36,6 +37,14 @@
 #define DUE_RETRY     0.02 /* seconds before looking again at a due timer a group holds */
 #define DEBOUNCE      0.3  /* seconds of quiet after a file change before reloading */
 #define MAX_REPORT    (64u << 10)
+/* The attempts log keeps a week (as long as done deliveries, by default)
+ * and at most this many rows. The upkeep looks at the oldest in steps, up
+ * to 8 a second while steps find a full one to remove: it keeps up with
+ * 4,000 attempts a second, and costs one short look when nothing is due. */
+#define ATTEMPTS_KEEP  (7 * 86400.0)
+#define ATTEMPTS_MAX   200000
+#define ATTEMPTS_STEP  512
+#define ATTEMPTS_STEPS 8
 
 struct server;
 
@@ -90,6 +99,7 @@ struct server {
     struct brm_counter *reloads, *reload_failures;
     struct brm_state *state;
     struct brm_buf last_reload; /* the last reload's outcome, a JSON object (/healthz) */
+    struct brm_console *console; /* on the admin listener, or NULL */
 };
 
 static void post(int fd) {
@@ -512,6 +522,10 @@ static int reload(struct server *s, const char *trigger, struct brm_buf *report)
         snprintf(n, sizeof(n), "%zu", rules);
         snprintf(v, sizeof(v), "%ld", version);
         brm_log_info("reloaded", "trigger", trigger, "rules", n, "rule_set", v);
+        if (s->console) {
+            brm_console_configure(s->console, s->cfg, s->files, version);
+            brm_console_reloaded(s->console, trigger, NULL);
+        }
         if (report)
             brm_buf_printf(report, "{\"ok\":true,\"rule_set\":%ld,\"rules\":%zu,\"warnings\":[",
                            version, rules);
@@ -524,6 +538,7 @@ static int reload(struct server *s, const char *trigger, struct brm_buf *report)
             brm_log_error("reload refused", "error", msg);
         }
         brm_log_error("reload failed: the running rule set stays", "trigger", trigger);
+        if (s->console) brm_console_reloaded(s->console, trigger, &errs);
         if (report) brm_buf_puts(report, "{\"ok\":false,\"errors\":[");
     }
     const struct brm_errors *list = rc == 0 ? &warnings : &errs;
@@ -701,10 +716,18 @@ static void on_hup(evutil_socket_t sig, short what, void *arg) {
 }
 
 /* The journal writer's upkeep hook: expired rule state goes, a slice of the
- * table at a time, so that no step holds the state's lock for long. */
+ * table at a time, so that no step holds the state's lock for long; and a
+ * step of the attempts log, by age and count. */
 static int sweep_state(void *arg, struct brm_store *st, double now, struct brm_err *err) {
     struct server *s = arg;
-    return brm_state_sweep(s->state, SWEEP_BUCKETS, now, st, err) < 0 ? -1 : 0;
+    if (brm_state_sweep(s->state, SWEEP_BUCKETS, now, st, err) < 0) return -1;
+    for (int i = 0; i < ATTEMPTS_STEPS; i++) {
+        long removed =
+            brm_store_prune_attempts(st, now - ATTEMPTS_KEEP, ATTEMPTS_MAX, ATTEMPTS_STEP, err);
+        if (removed < 0) return -1;
+        if (removed < ATTEMPTS_STEP) break;
+    }
+    return 0;
 }
 
 /* Opens the store: loads the rules' state, continues the journal's ids
@@ -789,6 +812,12 @@ static void admin_reload(void *arg, struct brm_http_req *req) {
         refuse(req);
         return;
     }
+    /* A browser sends Origin with a cross-site POST, which needs no
+     * preflight: a page elsewhere must not make a loopback brume reload. */
+    if (!brm_console_same_origin(req)) {
+        brm_http_respond(req, 403, NULL, "Origin is not this host\n", 24, NULL);
+        return;
+    }
     struct brm_buf b;
     brm_buf_init(&b);
     int rc = reload(arg, "admin", &b);
@@ -822,13 +851,15 @@ static void server_metrics(struct server *s) {
                       OPENSSL_VERSION_STR, NULL);
 }
 
+/* The admin listener: /metrics, /healthz, /reload, and the console (its
+ * own read-only connection to the store). */
 static int open_admin(struct server *s) {
     static const struct brm_http_route proto[] = {
         { "/metrics", "admin", BRM_HTTP_GET, 0, NULL, admin_metrics, NULL },
         { "/healthz", "admin", BRM_HTTP_GET, 0, NULL, admin_healthz, NULL },
         { "/reload", "admin", BRM_HTTP_POST, 1024, NULL, admin_reload, NULL },
     };
-    struct brm_http_route routes[BRM_ARRAY_LEN(proto)];
+    struct brm_http_route routes[BRM_ARRAY_LEN(proto) + BRM_CONSOLE_MAX_ROUTES];
     struct brm_err err;
     int port;
     if (!s->started->admin) return 0;
@@ -836,10 +867,19 @@ static int open_admin(struct server *s) {
         routes[i] = proto[i];
         routes[i].arg = s;
     }
+    char *path = brm_outbox_store_path(s->cfg);
+    s->console = brm_console_new(s->base, path, s->journal, s->outbox, &err);
+    free(path);
+    if (!s->console) {
+        brm_log_error("cannot open the console", "error", err.msg);
+        return -1;
+    }
+    brm_console_configure(s->console, s->cfg, s->files, atomic_load(&s->generation));
+    size_t n = BRM_ARRAY_LEN(proto) + brm_console_routes(s->console, routes + BRM_ARRAY_LEN(proto));
     struct brm_http_opts o = {
         .header_timeout = 5, .body_timeout = 5, .idle_timeout = 30, .max_connections = 64
     };
-    s->admin = brm_http_new(s->base, &o, routes, BRM_ARRAY_LEN(routes));
+    s->admin = brm_http_new(s->base, &o, routes, n);
     int fd = brm_http_listen(s->started->admin, 0, &port, &err);
     if (fd < 0) {
         brm_log_error("cannot open the admin listener", "error", err.msg);
@@ -939,6 +979,7 @@ static void free_server(struct server *s, struct rule_set *rs) {
     rule_set_reset(rs, s->nworkers, s->started->nlisten);
     for (int i = 0; s->workers && i < s->nworkers; i++) free_worker(&s->workers[i]);
     free(s->workers);
+    brm_console_free(s->console); /* the journal has stopped: no change is in flight */
     brm_http_free(s->admin);
     brm_watch_free(s->watch);
     if (s->mail) event_free(s->mail);

@@ -5,8 +5,9 @@
  * made meanwhile would give workers different code under one rule set.
  * Through a snapshot, the first read of a file, or of a folder's listing,
  * is what every later one gets, missing files included. Reference-counted:
- * every engine built from it holds one. Reads happen on one thread (the one
- * that builds the engines). Depends on util.
+ * every engine built from it holds one. Reads are serialised by a lock (the
+ * engines are built on one thread, but a rule may require a module while
+ * it runs). Depends on util.
  */
 #ifndef BRM_SNAPSHOT_H
 #define BRM_SNAPSHOT_H
@@ -28,5 +29,11 @@ int brm_snapshot_read(struct brm_snapshot *s, const char *path, size_t max, stru
 /* The names in folder DIR as first listed, '\n'-separated, in the order
  * readdir gave them (a copy in OUT). 0, or -1 with errno. */
 int brm_snapshot_list(struct brm_snapshot *s, const char *dir, struct brm_buf *out);
+
+/* A new snapshot holding what S read so far, except that file PATH holds
+ * TEXT (LEN bytes): an edited rule tried without saving it. What S did not
+ * read yet is read from disk at first use, as in any snapshot. */
+struct brm_snapshot *brm_snapshot_with(struct brm_snapshot *s, const char *path, const char *text,
+                                       size_t len);
 
 #endif

@@ -109,6 +109,27 @@ static const char *const migrations[] = {
     "  seq INTEGER NOT NULL,"
     "  item TEXT NOT NULL,"
     "  PRIMARY KEY (key, seq)) WITHOUT ROWID;",
+    /* 6: what the console reads. A body's row keeps what its rules did
+     * (runs: compact JSON, engine.h), written by the same INSERT, a blob so
+     * that length() is its size in bytes (it counts in the journal's size).
+     * bodies_topic (the rowid is its second column) makes a page of one
+     * topic's bodies a range: one entry of a few dozen bytes per body, put
+     * at the end of its topic's range (ids grow), beside the row's hundreds
+     * of bytes. A delivery enters deliveries_dead only when it dies (rare),
+     * and leaves it when it is retried or dropped. attempts: one row per
+     * attempt's outcome, written with the outcomes' batch (a few per
+     * delivery), pruned by age and count in the writer's upkeep. */
+    "ALTER TABLE bodies ADD COLUMN runs BLOB;"
+    "CREATE INDEX bodies_topic ON bodies(topic);"
+    "CREATE INDEX deliveries_dead ON deliveries(state) WHERE state = 2;"
+    "CREATE TABLE attempts ("
+    "  id INTEGER PRIMARY KEY,"
+    "  delivery INTEGER NOT NULL,"
+    "  at REAL NOT NULL,"
+    "  status INTEGER NOT NULL,"
+    "  answer TEXT,"
+    "  error TEXT);"
+    "CREATE INDEX attempts_delivery ON attempts(delivery);",
 };
 
 enum stmt {
@@ -143,6 +164,21 @@ enum stmt {
     S_PUT_ITEM,
     S_DROP_ITEMS,
     S_ITEMS,
+    S_ADD_ATTEMPT,
+    S_PRUNE_ATTEMPTS,
+    S_DROP_ATTEMPTS,
+    S_C_BODIES,
+    S_C_BODIES_TOPIC,
+    S_C_ID_FROM,
+    S_C_ID_BEFORE,
+    S_C_BODY,
+    S_C_FIELD,
+    S_C_DELIVERIES,
+    S_C_PENDING,
+    S_C_DEAD,
+    S_C_DELIVERY,
+    S_C_OF_BODY,
+    S_C_ATTEMPTS,
     NSTMT
 };
 
@@ -150,6 +186,9 @@ enum stmt {
     "id, key, target, rule, topic, event, ticket, state, attempts, created, next_at, expires, "    \
     "last_status, last_error, method, url, headers, body, sign, plan, finished"
 #define DELIVERY_JOIN " FROM deliveries d"
+/* The console's listings. */
+#define CONSOLE_DELIVERY "SELECT " DELIVERY_COLUMNS " FROM deliveries"
+#define CONSOLE_BODY     "SELECT id, source, topic, received, events, length(body), runs FROM bodies"
 
 static const char *const sql[NSTMT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
@@ -190,8 +229,8 @@ static const char *const sql[NSTMT] = {
     [S_SET_TICKET] = "INSERT INTO tickets (target, key, ref, created) VALUES (?, ?, ?, ?)"
                      " ON CONFLICT (target, key) DO UPDATE SET ref = excluded.ref",
     [S_FORGET_TICKET] = "DELETE FROM tickets WHERE target = ? AND key = ?",
-    [S_ADD_BODY] = "INSERT INTO bodies (id, source, topic, received, events, body)"
-                   " VALUES (?, ?, ?, ?, ?, ?)",
+    [S_ADD_BODY] = "INSERT INTO bodies (id, source, topic, received, events, body, runs)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?)",
     [S_SET_META] = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
     [S_META] = "SELECT value FROM meta WHERE key = ?",
     [S_MAX_BODY] = "SELECT max(coalesce((SELECT max(id) FROM bodies), 0),"
@@ -199,8 +238,8 @@ static const char *const sql[NSTMT] = {
     [S_BODIES] = "SELECT id, source, topic, received, events, body FROM bodies"
                  " WHERE received >= ? AND received < ? ORDER BY id",
     /* length() of a blob reads its size from the record, not its pages. */
-    [S_OLDEST_BODIES] = "SELECT id, received, length(body) FROM bodies WHERE id > ?"
-                        " ORDER BY id LIMIT ?",
+    [S_OLDEST_BODIES] = "SELECT id, received, length(body) + coalesce(length(runs), 0) FROM bodies"
+                        " WHERE id > ? ORDER BY id LIMIT ?",
     [S_PRUNE_BODIES] = "DELETE FROM bodies WHERE id > ? AND id <= ?",
     /* A body's deliveries have keys "<body>:...": its done ones go with it
      * (their keys are what keeps a replay of it from queueing them again). */
@@ -215,6 +254,38 @@ static const char *const sql[NSTMT] = {
     [S_PUT_ITEM] = "INSERT OR REPLACE INTO group_items (key, seq, item) VALUES (?, ?, ?)",
     [S_DROP_ITEMS] = "DELETE FROM group_items WHERE key = ?",
     [S_ITEMS] = "SELECT key, seq, item FROM group_items ORDER BY key, seq",
+    [S_ADD_ATTEMPT] = "INSERT INTO attempts (delivery, at, status, answer, error)"
+                      " VALUES (?, ?, ?, ?, ?)",
+    /* A step looks at the oldest rows only: ids grow with time, so what is
+     * too old or past the count is at the front. */
+    [S_PRUNE_ATTEMPTS] = "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts ORDER BY id"
+                         " LIMIT ?3) AND (at < ?1 OR id <= (SELECT max(id) FROM attempts) - ?2)",
+    [S_DROP_ATTEMPTS] = "DELETE FROM attempts WHERE delivery = ?",
+    /* The console reads pages by id, newest first: a range of the rowid or
+     * of bodies_topic, stepped row by row so that a page looks at a bounded
+     * number of rows whatever its filters. */
+    [S_C_BODIES] = CONSOLE_BODY " WHERE id < ?1 AND id > ?2 ORDER BY id DESC",
+    [S_C_BODIES_TOPIC] = CONSOLE_BODY " INDEXED BY bodies_topic WHERE topic = ?3 AND id < ?1"
+                                      " AND id > ?2 ORDER BY id DESC",
+    [S_C_ID_FROM] = "SELECT id FROM bodies WHERE received >= ? ORDER BY received LIMIT 1",
+    [S_C_ID_BEFORE] = "SELECT id FROM bodies WHERE received < ? ORDER BY received DESC LIMIT 1",
+    [S_C_BODY] = "SELECT id, source, topic, received, events, body, runs FROM bodies WHERE id = ?",
+    /* SQLite's JSON functions; a body that is not JSON to them matches
+     * nothing. */
+    [S_C_FIELD] = "SELECT 1 FROM bodies, json_each(CAST(bodies.body AS TEXT), '$.events') AS e"
+                  " WHERE bodies.id = ?1 AND CAST(json_extract(e.value, ?2) AS TEXT) = ?3 LIMIT 1",
+    [S_C_DELIVERIES] = CONSOLE_DELIVERY " WHERE id < ?1 ORDER BY id DESC",
+    /* Pending and dead ones come from the partial indexes that hold only
+     * them (the outbox's own working set, and the dead letters). */
+    [S_C_PENDING] = CONSOLE_DELIVERY " INDEXED BY deliveries_target WHERE state = 0 AND id < ?1"
+                                     " ORDER BY id DESC",
+    [S_C_DEAD] = CONSOLE_DELIVERY " INDEXED BY deliveries_dead WHERE state = 2 AND id < ?1"
+                                  " ORDER BY id DESC",
+    [S_C_DELIVERY] = CONSOLE_DELIVERY " WHERE id = ?",
+    [S_C_OF_BODY] = CONSOLE_DELIVERY " WHERE key >= ?1 || ':' AND key < ?1 || ';' ORDER BY id"
+                                     " LIMIT ?2",
+    [S_C_ATTEMPTS] = "SELECT at, status, answer, error FROM attempts WHERE delivery = ?"
+                     " ORDER BY id DESC LIMIT ?",
 };
 
 struct brm_store {
@@ -299,6 +370,39 @@ struct brm_store *brm_store_open(const char *path, struct brm_err *err) {
              err) < 0)
         goto fail;
     if (migrate(s, err) < 0) goto fail;
+    for (int i = 0; i < NSTMT; i++) {
+        if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL) !=
+            SQLITE_OK) {
+            fail(s, err, "preparing a statement");
+            goto fail;
+        }
+    }
+    return s;
+fail:
+    brm_store_close(s);
+    return NULL;
+}
+
+struct brm_store *brm_store_open_reader(const char *path, struct brm_err *err) {
+    struct brm_store *s = brm_xcalloc(1, sizeof(*s));
+    sqlite3_stmt *st = NULL;
+    int version = -1;
+    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        brm_err_set(err, "store: cannot open %s: %s", path,
+                    s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        goto fail;
+    }
+    sqlite3_busy_handler(s->db, busy, NULL);
+    if (sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (version != (int)BRM_ARRAY_LEN(migrations)) { /* the writer migrates, first */
+        brm_err_set(err, "store: %s has schema %d, not %d", path, version,
+                    (int)BRM_ARRAY_LEN(migrations));
+        goto fail;
+    }
     for (int i = 0; i < NSTMT; i++) {
         if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL) !=
             SQLITE_OK) {
@@ -486,7 +590,10 @@ int brm_store_retry(struct brm_store *s, int64_t id, struct brm_err *err) {
 int brm_store_drop(struct brm_store *s, int64_t id, struct brm_err *err) {
     sqlite3_bind_int64(s->stmt[S_DROP], 1, id);
     if (run(s, S_DROP, err, "dropping a delivery") < 0) return -1;
-    return sqlite3_changes(s->db) > 0;
+    int dropped = sqlite3_changes(s->db) > 0;
+    sqlite3_bind_int64(s->stmt[S_DROP_ATTEMPTS], 1, id);
+    if (dropped && run(s, S_DROP_ATTEMPTS, err, "dropping a delivery's attempts") < 0) return -1;
+    return dropped;
 }
 
 int brm_store_pending(struct brm_store *s, double now, long *count, double *oldest) {
@@ -545,6 +652,10 @@ int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm
     sqlite3_bind_double(st, 4, b->received);
     sqlite3_bind_int64(st, 5, (sqlite3_int64)b->events);
     sqlite3_bind_blob(st, 6, b->body ? b->body : "", (int)b->len, SQLITE_STATIC);
+    if (b->runs)
+        sqlite3_bind_blob(st, 7, b->runs, (int)b->runs_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 7);
     return run(s, S_ADD_BODY, err, "journaling a body");
 }
 
@@ -732,4 +843,261 @@ int brm_store_limit(struct brm_store *s, uint64_t max_bytes, struct brm_err *err
     snprintf(sqltext, sizeof(sqltext), "PRAGMA max_page_count = %llu",
              (unsigned long long)(max_bytes / 4096 ? max_bytes / 4096 : 1));
     return exec(s, sqltext, err);
+}
+
+/* ---- attempts ----------------------------------------------------------- */
+
+int brm_store_add_attempt(struct brm_store *s, int64_t delivery, const struct brm_attempt *a,
+                          struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_ADD_ATTEMPT];
+    sqlite3_bind_int64(st, 1, delivery);
+    sqlite3_bind_double(st, 2, a->at);
+    sqlite3_bind_int(st, 3, a->status);
+    bind_text(st, 4, a->answer);
+    bind_text(st, 5, a->error);
+    return run(s, S_ADD_ATTEMPT, err, "recording an attempt");
+}
+
+long brm_store_prune_attempts(struct brm_store *s, double before, int64_t keep, int limit,
+                              struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_PRUNE_ATTEMPTS];
+    sqlite3_bind_double(st, 1, before);
+    sqlite3_bind_int64(st, 2, keep);
+    sqlite3_bind_int(st, 3, limit);
+    if (run(s, S_PRUNE_ATTEMPTS, err, "pruning attempts") < 0) return -1;
+    return (long)sqlite3_changes(s->db);
+}
+
+int brm_store_attempts(struct brm_store *s, int64_t delivery, int limit,
+                       int (*fn)(void *arg, const struct brm_attempt *a), void *arg,
+                       struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_C_ATTEMPTS];
+    int rc;
+    sqlite3_bind_int64(st, 1, delivery);
+    sqlite3_bind_int(st, 2, limit);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct brm_attempt a = { sqlite3_column_double(st, 0), sqlite3_column_int(st, 1),
+                                 column_text(st, 2), column_text(st, 3) };
+        if (fn(arg, &a)) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? 0 : fail(s, err, "reading attempts");
+}
+
+/* ---- the console's reads ------------------------------------------------ */
+
+/* The first id of a body received at or after T (FROM), or before it: the
+ * received index, one descent. 0 when there is none. */
+static int64_t id_at(struct brm_store *s, enum stmt i, double t) {
+    sqlite3_stmt *st = s->stmt[i];
+    int64_t id = 0;
+    sqlite3_bind_double(st, 1, t);
+    if (sqlite3_step(st) == SQLITE_ROW) id = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return id;
+}
+
+/* 1 when HAY[0, N) holds NEEDLE, ASCII letters in either case. */
+static int contains(const char *hay, size_t n, const char *needle) {
+    size_t m = strlen(needle);
+    if (m == 0) return 1;
+    for (size_t i = 0; i + m <= n; i++) {
+        size_t k = 0;
+        while (k < m) {
+            unsigned char a = (unsigned char)hay[i + k], b = (unsigned char)needle[k];
+            if (a >= 'A' && a <= 'Z') a = (unsigned char)(a + 32);
+            if (b >= 'A' && b <= 'Z') b = (unsigned char)(b + 32);
+            if (a != b) break;
+            k++;
+        }
+        if (k == m) return 1;
+    }
+    return 0;
+}
+
+/* 1 when body ID matches Q's text and field: the body is read (by rowid) only
+ * for those. */
+static int body_matches(struct brm_store *s, int64_t id, const struct brm_body_query *q) {
+    int hit = 1;
+    if (q->text && q->text[0]) {
+        sqlite3_stmt *st = s->stmt[S_C_BODY];
+        sqlite3_bind_int64(st, 1, id);
+        hit = sqlite3_step(st) == SQLITE_ROW &&
+              contains(sqlite3_column_blob(st, 5), (size_t)sqlite3_column_bytes(st, 5), q->text);
+        sqlite3_reset(st);
+    }
+    if (hit && q->field && q->field[0]) {
+        char path[300];
+        snprintf(path, sizeof(path), "$.%s", q->field);
+        sqlite3_stmt *st = s->stmt[S_C_FIELD];
+        sqlite3_bind_int64(st, 1, id);
+        bind_text(st, 2, path);
+        bind_text(st, 3, q->value ? q->value : "");
+        hit = sqlite3_step(st) == SQLITE_ROW;
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+    }
+    return hit;
+}
+
+/*
+ * Ids are handed out in arrival order, at most SKEW seconds after a body's
+ * first byte came (its received time): so a body received before T - SKEW
+ * has a smaller id than any body received at T or later. The time range
+ * becomes a range of ids, found through the received index; rows in it are
+ * still checked against the times.
+ */
+static void id_range(struct brm_store *s, const struct brm_body_query *q, int64_t *lo,
+                     int64_t *hi) {
+    *hi = q->before > 0 ? q->before : INT64_MAX;
+    *lo = 0;
+    if (q->until > 0) {
+        int64_t id = id_at(s, S_C_ID_FROM, q->until + q->skew);
+        if (id > 0 && id < *hi) *hi = id;
+    }
+    if (q->since > 0) *lo = id_at(s, S_C_ID_BEFORE, q->since - q->skew);
+}
+
+int brm_store_find_bodies(struct brm_store *s, struct brm_body_query *q,
+                          int (*fn)(void *arg, const struct brm_body *b), void *arg,
+                          struct brm_err *err) {
+    int64_t lo, hi;
+    id_range(s, q, &lo, &hi);
+    enum stmt i = q->topic ? S_C_BODIES_TOPIC : S_C_BODIES;
+    sqlite3_stmt *st = s->stmt[i];
+    sqlite3_bind_int64(st, 1, hi);
+    sqlite3_bind_int64(st, 2, lo);
+    if (q->topic) bind_text(st, 3, q->topic);
+    int rc, found = 0, looked = 0;
+    q->next = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t id = sqlite3_column_int64(st, 0);
+        if (found >= q->limit || (q->scan > 0 && looked >= q->scan)) {
+            q->next = id + 1; /* the next page starts at this row */
+            break;
+        }
+        looked++;
+        struct brm_body b = {
+            .id = id,
+            .source = column_text(st, 1),
+            .topic = column_text(st, 2),
+            .received = sqlite3_column_double(st, 3),
+            .events = (size_t)sqlite3_column_int64(st, 4),
+            .len = (size_t)sqlite3_column_int64(st, 5),
+            .runs = sqlite3_column_blob(st, 6),
+            .runs_len = (size_t)sqlite3_column_bytes(st, 6),
+        };
+        if (q->source && strcmp(b.source, q->source) != 0) continue;
+        if ((q->since > 0 && b.received < q->since) || (q->until > 0 && b.received >= q->until))
+            continue;
+        if (!body_matches(s, id, q)) continue;
+        found++;
+        if (fn(arg, &b)) {
+            q->next = id;
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : fail(s, err, "reading the journal");
+}
+
+int brm_store_body(struct brm_store *s, int64_t id, int (*fn)(void *arg, const struct brm_body *b),
+                   void *arg, struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_C_BODY];
+    sqlite3_bind_int64(st, 1, id);
+    int rc = sqlite3_step(st), found = rc == SQLITE_ROW;
+    if (found) {
+        struct brm_body b = {
+            .id = sqlite3_column_int64(st, 0),
+            .source = column_text(st, 1),
+            .topic = column_text(st, 2),
+            .received = sqlite3_column_double(st, 3),
+            .events = (size_t)sqlite3_column_int64(st, 4),
+            .body = sqlite3_column_blob(st, 5),
+            .len = (size_t)sqlite3_column_bytes(st, 5),
+            .runs = sqlite3_column_blob(st, 6),
+            .runs_len = (size_t)sqlite3_column_bytes(st, 6),
+        };
+        if (!b.body) b.body = "";
+        fn(arg, &b);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "reading a body");
+    return found;
+}
+
+int brm_store_find_deliveries(struct brm_store *s, struct brm_delivery_query *q,
+                              int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                              struct brm_err *err) {
+    enum stmt i = q->state == BRM_DELIVERY_PENDING ? S_C_PENDING
+                  : q->state == BRM_DELIVERY_DEAD  ? S_C_DEAD
+                                                   : S_C_DELIVERIES;
+    sqlite3_stmt *st = s->stmt[i];
+    sqlite3_bind_int64(st, 1, q->before > 0 ? q->before : INT64_MAX);
+    int rc, found = 0, looked = 0;
+    q->next = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct brm_delivery d = { 0 };
+        read_delivery(st, &d);
+        if (found >= q->limit || (q->scan > 0 && looked >= q->scan)) {
+            q->next = d.id + 1;
+            break;
+        }
+        looked++;
+        /* Deliveries are created in id order: older ones cannot match. */
+        if (q->since > 0 && d.created < q->since - 60) break;
+        if (q->state >= 0 && (int)d.state != q->state) continue;
+        if (q->target && strcmp(d.target, q->target) != 0) continue;
+        if ((q->since > 0 && d.created < q->since) || (q->until > 0 && d.created >= q->until))
+            continue;
+        found++;
+        if (fn(arg, &d)) {
+            q->next = d.id;
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : fail(s, err, "reading deliveries");
+}
+
+int brm_store_delivery(struct brm_store *s, int64_t id,
+                       int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                       struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_C_DELIVERY];
+    sqlite3_bind_int64(st, 1, id);
+    int rc = sqlite3_step(st), found = rc == SQLITE_ROW;
+    if (found) {
+        struct brm_delivery d = { 0 };
+        read_delivery(st, &d);
+        fn(arg, &d);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "reading a delivery");
+    return found;
+}
+
+int brm_store_body_deliveries(struct brm_store *s, int64_t body, int limit,
+                              int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                              struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_C_OF_BODY];
+    int rc;
+    sqlite3_bind_int64(st, 1, body);
+    sqlite3_bind_int(st, 2, limit);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct brm_delivery d = { 0 };
+        read_delivery(st, &d);
+        if (fn(arg, &d)) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : fail(s, err, "reading a body's deliveries");
 }

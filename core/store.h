@@ -11,7 +11,11 @@
  * and time), deliveries (every message a rule sent, from before its first
  * attempt until it is done or dead), tickets (the ticket a target opened
  * for a dedup key, so later messages update it), rule state (brume.once,
- * throttle, state) and dedupe marks. Depends on util.
+ * throttle, state) and dedupe marks; for the console, what each body's
+ * rules did (runs) and every attempt's outcome. A reader connection
+ * (brm_store_open_reader) serves the console's pages: by id, newest
+ * first, through indexes, each looking at a bounded number of rows.
+ * Depends on util.
  */
 #ifndef BRM_STORE_H
 #define BRM_STORE_H
@@ -52,6 +56,10 @@ struct brm_store;
 /* Opens (creating and migrating) the database at PATH. NULL with ERR set
  * when it cannot. */
 struct brm_store *brm_store_open(const char *path, struct brm_err *err);
+/* A read-only connection to the database at PATH, which its writer has
+ * made (and migrated) already. NULL with ERR set when it cannot. WAL: its
+ * reads never wait for the writer, nor the writer for them. */
+struct brm_store *brm_store_open_reader(const char *path, struct brm_err *err);
 void brm_store_close(struct brm_store *s);
 /* With RELAXED, commits on this connection stop waiting for fsync (WAL
  * stays consistent; the last commits may be lost in a power cut); 0 goes
@@ -95,7 +103,7 @@ int brm_store_list(struct brm_store *s, int all, int limit,
  * now and its attempts (so its backoff) from zero. Returns 1, 0 when there
  * is no such pending or dead delivery, -1. */
 int brm_store_retry(struct brm_store *s, int64_t id, struct brm_err *err);
-/* Deletes delivery ID. Returns 1, 0 when there is none, -1. */
+/* Deletes delivery ID and its attempts. Returns 1, 0 when there is none, -1. */
 int brm_store_drop(struct brm_store *s, int64_t id, struct brm_err *err);
 /* Counts pending deliveries; the age in seconds of the oldest in *OLDEST. */
 int brm_store_pending(struct brm_store *s, double now, long *count, double *oldest);
@@ -110,15 +118,17 @@ int brm_store_set_ticket(struct brm_store *s, const char *target, const char *ke
 int brm_store_forget_ticket(struct brm_store *s, const char *target, const char *key,
                             struct brm_err *err);
 
-/* A journaled body. Strings and BODY are borrowed (from the caller, or
- * from the store until the callback returns). */
+/* A journaled body. Strings, BODY and RUNS are borrowed (from the caller,
+ * or from the store until the callback returns). */
 struct brm_body {
     int64_t id;
     const char *source, *topic; /* topic as normalised */
     double received;
     size_t events;
-    const void *body;
+    const void *body; /* NULL in a listing (brm_store_find_bodies): LEN is still its size */
     size_t len;
+    const char *runs; /* what its rules did, JSON (engine.h), RUNS_LEN bytes; or NULL */
+    size_t runs_len;
 };
 
 int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm_err *err);
@@ -185,5 +195,80 @@ int brm_store_checkpoint(struct brm_store *s, struct brm_err *err);
 /* Caps the database file at MAX_BYTES (0: no cap): past it writes fail as
  * on a full disk. */
 int brm_store_limit(struct brm_store *s, uint64_t max_bytes, struct brm_err *err);
+
+/* One attempt's outcome. Strings borrowed, as for deliveries. */
+struct brm_attempt {
+    double at;
+    int status;         /* HTTP status; 0: none (a network error, a file target) */
+    const char *answer; /* the start of the answer, masked, or NULL */
+    const char *error;  /* why it failed, or NULL */
+};
+/* Logs an attempt of DELIVERY (the outbox's outcomes, in their batch). */
+int brm_store_add_attempt(struct brm_store *s, int64_t delivery, const struct brm_attempt *a,
+                          struct brm_err *err);
+/* Deletes, among the oldest LIMIT attempts, those made before BEFORE or
+ * past the newest KEEP. Returns how many went, or -1. */
+long brm_store_prune_attempts(struct brm_store *s, double before, int64_t keep, int limit,
+                              struct brm_err *err);
+/* Hands FN the attempts of DELIVERY, newest first, at most LIMIT. */
+int brm_store_attempts(struct brm_store *s, int64_t delivery, int limit,
+                       int (*fn)(void *arg, const struct brm_attempt *a), void *arg,
+                       struct brm_err *err);
+
+/*
+ * A page of the journal, newest first: bodies below BEFORE that match every
+ * filter given. TOPIC goes through its index; the time range becomes a
+ * range of ids through the received index (SKEW: the most seconds after its
+ * first byte a body may get its id; the live path's header and body
+ * timeouts); SOURCE, TEXT (in the body, ASCII letters in either case) and
+ * FIELD = VALUE (an event whose field at that dotted path, as SQLite's
+ * json_extract reads "$.FIELD", is VALUE as text) are checked row by row. At
+ * most SCAN rows (0: no bound) are looked at, so a page costs a bounded
+ * amount whatever the journal's size; NEXT then says where to go on.
+ */
+struct brm_body_query {
+    int64_t before;             /* 0: from the newest */
+    const char *topic, *source; /* NULL: any */
+    double since, until;        /* received in [SINCE, UNTIL); 0: no bound */
+    double skew;
+    const char *text;          /* or NULL */
+    const char *field, *value; /* or NULL */
+    int limit;                 /* bodies handed to FN, at most */
+    int scan;
+    int64_t next; /* out: BEFORE of the next page; 0 when nothing older can match */
+};
+/* Hands FN each body of Q's page (without its BODY); FN returning nonzero
+ * ends the page there. Returns 0, or -1 with ERR set. */
+int brm_store_find_bodies(struct brm_store *s, struct brm_body_query *q,
+                          int (*fn)(void *arg, const struct brm_body *b), void *arg,
+                          struct brm_err *err);
+/* Hands FN body ID, whole. Returns 1, 0 when there is none, -1. */
+int brm_store_body(struct brm_store *s, int64_t id, int (*fn)(void *arg, const struct brm_body *b),
+                   void *arg, struct brm_err *err);
+
+/* A page of deliveries, newest first, like struct brm_body_query: pending
+ * and dead ones come from the indexes that hold only them (a page of
+ * pending ones sorts them all: they are the outbox's working set), the
+ * others from the rowid; target and times are checked row by row. */
+struct brm_delivery_query {
+    int64_t before; /* 0: from the newest */
+    int state;      /* an enum brm_delivery_state, or -1 for any */
+    const char *target;
+    double since, until; /* created in [SINCE, UNTIL); 0: no bound */
+    int limit, scan;
+    int64_t next; /* out */
+};
+int brm_store_find_deliveries(struct brm_store *s, struct brm_delivery_query *q,
+                              int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                              struct brm_err *err);
+/* Hands FN delivery ID (FINISHED set too). Returns 1, 0 when there is none, -1. */
+int brm_store_delivery(struct brm_store *s, int64_t id,
+                       int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                       struct brm_err *err);
+/* Hands FN the deliveries body BODY's rules made (by their keys), oldest
+ * first, at most LIMIT. */
+int brm_store_body_deliveries(struct brm_store *s, int64_t body, int limit,
+                              int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                              struct brm_err *err);
 
 #endif

@@ -12,6 +12,7 @@
 #include "state.h"
 #include "intake.h"
 #include "log.h"
+#include "metrics.h"
 #include "test.h"
 
 static char dir[64];
@@ -629,6 +630,115 @@ static void check_snapshot(void) {
     clear_rules();
 }
 
+/* The run log: compact for calls that went well, the failures with where
+ * and why, emitted events with their topic, and a bound on its size. */
+static void check_run_log(void) {
+    clear_rules();
+    write_file("rules/10-ok.lua", "return { topics = 'alarms', on_event = function(ev) end }");
+    write_file("rules/20-fails.lua", "return { topics = 'alarms', on_event = function(ev)\n"
+                                     "  if ev.type == 'boom' then error(('x'):rep(300)) end\n"
+                                     "  if ev.type == 'loop' then while true do end end\n"
+                                     "  if ev.type == 'emit' then brume.emit('derived', {}) end\n"
+                                     "end }");
+    write_file("rules/30-derived.lua", "return { name = 'on \"derived\"', topics = 'derived', "
+                                       "on_event = function(ev) end }");
+    struct brm_engine *e = engine(NULL);
+    CHECK(e != NULL);
+    if (!e) return;
+    struct brm_run_log log = { 0 };
+    struct brm_actions a = { 0 };
+    struct brm_dispatch_stats st = { .log = &log };
+    struct brm_err err;
+    struct brm_batch b = { "mist", 42, 1700000000.5, 0, NULL };
+    const char *body = "{\"topic\":\"alarms\",\"events\":[{\"type\":\"x\"},{\"type\":\"boom\"},"
+                       "{\"type\":\"loop\"},{\"type\":\"emit\"}]}";
+    CHECK_INT(brm_intake_run(e, body, strlen(body), &b, &a, NULL, &st, &err), BRM_OK);
+    brm_run_log_end(&log);
+    char cut[BRM_RUN_LOG_MSG + 1];
+    memset(cut, 'x', BRM_RUN_LOG_MSG);
+    cut[BRM_RUN_LOG_MSG] = '\0';
+    char *want = brm_xasprintf(
+        "[[1,\"10-ok\"],[1,\"20-fails\"],[2,\"10-ok\"],{\"i\":2,\"rule\":\"20-fails\",\"status\":"
+        "\"error\",\"at\":\"%s/rules/20-fails.lua:2\",\"msg\":\"%s\"},[3,\"10-ok\"],{\"i\":3,"
+        "\"rule\":\"20-fails\",\"status\":\"budget\",\"at\":\"%s/rules/20-fails.lua:3\",\"msg\":"
+        "\"instruction budget exceeded (100000 instructions)\"},[4,\"10-ok\"],[4,\"20-fails\"],"
+        "{\"i\":4,\"rule\":\"on \\\"derived\\\"\",\"topic\":\"derived\"}]",
+        dir, cut, dir);
+    CHECK_STR(log.text.data, want);
+    CHECK_INT(st.runs, 9);
+    CHECK_INT(st.errors, 2);
+    free(want);
+    /* Past its cap the log counts what it does not list. */
+    struct brm_buf many;
+    brm_buf_init(&many);
+    brm_buf_puts(&many, "{\"topic\":\"alarms\",\"events\":[");
+    for (int i = 0; i < 500; i++) brm_buf_puts(&many, i ? ",{}" : "{}");
+    brm_buf_puts(&many, "]}");
+    brm_run_log_clear(&log);
+    CHECK_INT(brm_intake_run(e, many.data, many.len, &b, &a, NULL, &st, &err), BRM_OK);
+    brm_run_log_end(&log);
+    CHECK(log.text.len < BRM_RUN_LOG_MAX + 64);
+    CHECK_HAS(log.text.data, "{\"more\":");
+    CHECK(log.text.data[log.text.len - 1] == ']');
+    /* A dry engine counts nothing into the daemon's metrics. */
+    struct brm_buf before, after;
+    brm_buf_init(&before);
+    brm_buf_init(&after);
+    write_file("rules/40-dry.lua", "return { name = 'only-dry', topics = 'alarms', "
+                                   "on_event = function(ev) error('no') end }");
+    struct brm_errors errs = { 0 };
+    struct brm_snapshot *files = brm_snapshot_new();
+    struct brm_engine *dry = brm_engine_build_dry(cfg, files, &errs);
+    CHECK(dry != NULL);
+    if (dry) {
+        brm_run_log_clear(&log);
+        CHECK_INT(brm_intake_run(dry, ALARM("x"), strlen(ALARM("x")), &b, &a, NULL, &st, &err),
+                  BRM_OK);
+        CHECK_INT(st.errors, 1);
+        brm_metrics_render(&after);
+        CHECK(strstr(after.data, "only-dry") == NULL);
+        CHECK(a.n == 0);
+        brm_engine_describe(dry, &before);
+        CHECK_HAS(before.data, "{\"name\":\"only-dry\",\"file\":");
+        CHECK_HAS(before.data, "\"topics\":[\"alarms\"],\"where\":false}]");
+        /* The same set with an edited rule, never written to disk. */
+        char *path = brm_xasprintf("%s/rules/40-dry.lua", dir);
+        const char *edit = "return { name = 'edited', topics = '*', on_event = function() end }";
+        struct brm_snapshot *with = brm_snapshot_with(files, path, edit, strlen(edit));
+        struct brm_engine *ed = brm_engine_build_dry(cfg, with, &errs);
+        CHECK(ed != NULL);
+        if (ed) {
+            before.len = 0;
+            brm_engine_describe(ed, &before);
+            CHECK_HAS(before.data, "\"edited\"");
+            CHECK(strstr(before.data, "only-dry") == NULL);
+        }
+        struct brm_buf disk;
+        brm_buf_init(&disk);
+        CHECK_INT(brm_read_file(path, 1 << 20, &disk), 0);
+        CHECK_HAS(disk.data, "only-dry");
+        brm_buf_reset(&disk);
+        brm_engine_free(ed);
+        brm_snapshot_free(with);
+        free(path);
+        struct brm_engine *live = brm_engine_build(cfg, files, &errs); /* the same rules */
+        after.len = 0;
+        brm_metrics_render(&after);
+        CHECK_HAS(after.data, "rule=\"only-dry\"");
+        brm_engine_free(live);
+    }
+    brm_errors_reset(&errs);
+    brm_engine_free(dry);
+    brm_snapshot_free(files);
+    brm_actions_reset(&a);
+    brm_buf_reset(&log.text);
+    brm_buf_reset(&many);
+    brm_buf_reset(&before);
+    brm_buf_reset(&after);
+    brm_engine_free(e);
+    clear_rules();
+}
+
 int main(void) {
     snprintf(dir, sizeof(dir), "/tmp/brume-engine-XXXXXX");
     CHECK(mkdtemp(dir) != NULL);
@@ -651,6 +761,7 @@ int main(void) {
     check_dedupe();
     check_kept_memory();
     check_snapshot();
+    check_run_log();
     brm_config_free(cfg);
     char *cmd = brm_xasprintf("rm -rf %s", dir);
     CHECK_INT(system(cmd), 0);

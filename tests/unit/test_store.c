@@ -35,6 +35,12 @@ static int collect_body(void *arg, const struct brm_body *b) {
     return 0;
 }
 
+static int collect_attempt(void *arg, const struct brm_attempt *a) {
+    (void)arg;
+    ids[nids++] = a->status;
+    return 0;
+}
+
 static void due_for(struct brm_store *s, const char *target, double now) {
     struct brm_err err;
     nids = 0;
@@ -59,6 +65,149 @@ static int add(struct brm_store *s, const char *key, const char *target, const c
     int rc = brm_store_add_delivery(s, &d, &err);
     if (rc < 0) fprintf(stderr, "add: %s\n", err.msg);
     return rc;
+}
+
+/* A page of bodies for Q: their ids in IDS, NIDS. */
+static void page(struct brm_store *s, struct brm_body_query *q) {
+    struct brm_err err;
+    nids = 0;
+    CHECK_INT(brm_store_find_bodies(s, q, collect_body, NULL, &err), 0);
+}
+
+/* The console's reads: pages by id through the indexes, bounded scans with
+ * a place to go on from, times through the received index, text and JSON
+ * field matches; deliveries by state; the attempts log and its pruning; a
+ * read-only connection. */
+static void console_reads(const char *path) {
+    struct brm_err err;
+    struct brm_store *s = brm_store_open(path, &err);
+    CHECK(s != NULL);
+    if (!s) return;
+    static const char *const topics[] = { "alarms", "audits", "device-updowns" };
+    char text[200];
+    for (int i = 1; i <= 30; i++) {
+        snprintf(text, sizeof(text),
+                 "{\"topic\":\"%s\",\"events\":[{\"type\":\"t%d\",\"n\":%d%s}]}", topics[i % 3],
+                 i % 5, i, i == 17 ? ",\"note\":\"Needle here\"" : "");
+        struct brm_body b = { .id = i,
+                              .source = i % 2 ? "mist" : "lab",
+                              .topic = topics[i % 3],
+                              .received = 1000 + i * 10,
+                              .events = 1,
+                              .body = text,
+                              .len = strlen(text),
+                              .runs = "[[1,\"r\"]]",
+                              .runs_len = 9 };
+        CHECK_INT(brm_store_add_body(s, &b, &err), 0);
+    }
+    struct brm_store *r = brm_store_open_reader(path, &err);
+    CHECK(r != NULL);
+    if (!r) {
+        brm_store_close(s);
+        return;
+    }
+    /* Newest first, a page at a time. */
+    struct brm_body_query q = { .limit = 4 };
+    page(r, &q);
+    CHECK(nids == 4 && ids[0] == 30 && ids[3] == 27);
+    CHECK_INT(q.next, 27);
+    q.before = q.next;
+    page(r, &q);
+    CHECK(nids == 4 && ids[0] == 26);
+    /* One topic, through its index; a source; both. */
+    q = (struct brm_body_query){ .limit = 100, .topic = "audits" };
+    page(r, &q);
+    CHECK(nids == 10 && ids[0] == 28 && ids[9] == 1);
+    CHECK_INT(q.next, 0);
+    q.source = "lab";
+    page(r, &q);
+    CHECK(nids == 5 && ids[0] == 28 && ids[1] == 22);
+    /* A bounded scan says where it stopped, even with nothing found. */
+    q = (struct brm_body_query){ .limit = 100, .source = "nowhere", .scan = 10 };
+    page(r, &q);
+    CHECK_INT(nids, 0);
+    CHECK_INT(q.next, 21);
+    q.before = q.next;
+    page(r, &q);
+    CHECK_INT(q.next, 11);
+    /* Times: [since, until), whatever the skew allowed for. */
+    q = (struct brm_body_query){ .limit = 100, .since = 1100, .until = 1150, .skew = 15 };
+    page(r, &q);
+    CHECK(nids == 5 && ids[0] == 14 && ids[4] == 10);
+    /* Text (ASCII letters in either case) and a field of an event. */
+    q = (struct brm_body_query){ .limit = 100, .text = "needle HERE" };
+    page(r, &q);
+    CHECK(nids == 1 && ids[0] == 17);
+    q = (struct brm_body_query){ .limit = 100, .field = "type", .value = "t3" };
+    page(r, &q);
+    CHECK(nids == 6 && ids[0] == 28 && ids[5] == 3);
+    q.field = "n";
+    q.value = "12"; /* a number, compared as text */
+    page(r, &q);
+    CHECK(nids == 1 && ids[0] == 12);
+    q.field = "missing";
+    page(r, &q);
+    CHECK_INT(nids, 0);
+    /* One body, whole, with its runs. */
+    CHECK_INT(brm_store_body(r, 17, collect_body, NULL, &err), 1);
+    CHECK_INT(brm_store_body(r, 99, collect_body, NULL, &err), 0);
+
+    /* Deliveries: pending and dead come from their indexes. */
+    CHECK_INT(add(s, "17:1:r:1", "slack", NULL, 100), 1);
+    CHECK_INT(add(s, "17:1:r:2", "slack", NULL, 100), 1);
+    CHECK_INT(add(s, "18:1:r:1", "jira", NULL, 100), 1);
+    int64_t first = 0;
+    struct brm_delivery_query dq = { .state = -1, .limit = 10 };
+    nids = 0;
+    CHECK_INT(brm_store_find_deliveries(r, &dq, collect, NULL, &err), 0);
+    CHECK_INT(nids, 3);
+    if (nids == 3) first = ids[2];
+    CHECK_INT(brm_store_finish(s, first, BRM_DELIVERY_DEAD, 200, 400, "HTTP 400", &err), 0);
+    struct brm_attempt at = { 150, 503, "busy", "HTTP 503" }, at2 = { 200, 400, NULL, "HTTP 400" };
+    CHECK_INT(brm_store_add_attempt(s, first, &at, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, first, &at2, &err), 0);
+    CHECK_INT(brm_store_finish(s, first + 2, BRM_DELIVERY_DONE, 200, 200, NULL, &err), 0);
+    dq = (struct brm_delivery_query){ .state = BRM_DELIVERY_DEAD, .limit = 10 };
+    nids = 0;
+    brm_store_find_deliveries(r, &dq, collect, NULL, &err);
+    CHECK(nids == 1 && ids[0] == first);
+    dq = (struct brm_delivery_query){ .state = BRM_DELIVERY_PENDING, .limit = 10 };
+    nids = 0;
+    brm_store_find_deliveries(r, &dq, collect, NULL, &err);
+    CHECK(nids == 1 && ids[0] == first + 1);
+    dq = (struct brm_delivery_query){ .state = -1, .target = "jira", .limit = 10 };
+    nids = 0;
+    brm_store_find_deliveries(r, &dq, collect, NULL, &err);
+    CHECK(nids == 1 && ids[0] == first + 2);
+    dq = (struct brm_delivery_query){ .state = -1, .limit = 1 };
+    nids = 0;
+    brm_store_find_deliveries(r, &dq, collect, NULL, &err);
+    CHECK(nids == 1 && dq.next == first + 2);
+    nids = 0;
+    CHECK_INT(brm_store_body_deliveries(r, 17, 10, collect, NULL, &err), 0);
+    CHECK(nids == 2 && ids[0] == first && ids[1] == first + 1);
+    CHECK_INT(brm_store_delivery(r, first, collect, NULL, &err), 1);
+    /* Attempts, newest first; pruned by age and count; dropped with theirs. */
+    nids = 0;
+    CHECK_INT(brm_store_attempts(r, first, 10, collect_attempt, NULL, &err), 0);
+    CHECK(nids == 2 && ids[0] == 400 && ids[1] == 503);
+    CHECK_INT(brm_store_prune_attempts(s, 160, 100, 10, &err), 1); /* the one before 160 */
+    CHECK_INT(brm_store_add_attempt(s, first + 1, &at2, &err), 0);
+    CHECK_INT(brm_store_prune_attempts(s, 0, 1, 10, &err), 1); /* all but the newest */
+    nids = 0;
+    brm_store_attempts(r, first + 1, 10, collect_attempt, NULL, &err);
+    CHECK_INT(nids, 1);
+    CHECK_INT(brm_store_drop(s, first + 1, &err), 1);
+    nids = 0;
+    brm_store_attempts(r, first + 1, 10, collect_attempt, NULL, &err);
+    CHECK_INT(nids, 0);
+    /* The reader cannot write. */
+    struct brm_body b = {
+        .id = 500, .source = "x", .topic = "y", .received = 1, .body = "{}", .len = 2
+    };
+    CHECK_INT(brm_store_add_body(r, &b, &err), -1);
+    brm_store_close(r);
+    brm_store_close(s);
 }
 
 int main(void) {
@@ -130,7 +279,7 @@ int main(void) {
     CHECK_INT(brm_store_drop(s, 3, &err), 0);
     /* Done deliveries go with their body, keys and all; pending ones stay. */
     char small[] = "{}";
-    struct brm_body two = { 2, "mist", "alarms", 500, 1, small, 2 };
+    struct brm_body two = { 2, "mist", "alarms", 500, 1, small, 2, NULL, 0 };
     CHECK_INT(brm_store_add_body(s, &two, &err), 0);
     struct brm_prune p = { .before = 600, .limit = 10, .bytes = 2, .rows = 1 };
     CHECK_INT(brm_store_prune_bodies(s, &p, &err), 0);
@@ -228,6 +377,9 @@ int main(void) {
         CHECK_HAS(err.msg, "from a newer brume");
     }
     free(cmd);
+    free(path);
+    path = brm_xasprintf("%s/console.db", dir);
+    console_reads(path);
     free(path);
     cmd = brm_xasprintf("rm -rf %s", dir);
     CHECK_INT(system(cmd), 0);
