@@ -463,7 +463,7 @@
     var root = el('section', { id: 'view-timers' }, el('h2', { text: 'Timers and digests' }));
     view.appendChild(root);
     function act(what, t) {
-      api('/api/timers/' + what, { rule: t.rule, key: t.key }).then(function () { root.textContent = ''; timers(); }).catch(failed);
+      api('/api/timers/' + what, { kind: t.kind, rule: t.rule, key: t.key }).then(function () { root.textContent = ''; timers(); }).catch(failed);
     }
     api('/api/timers').then(function (r) {
       if (!r.timers.length) {

@@ -25,6 +25,7 @@
 #define SAMPLES           60   /* per-minute samples: the overview's hour */
 #define SAMPLE_EVERY      60.0 /* seconds */
 #define MAX_TOPICS        24   /* topics the overview charts; later ones count as "other" */
+#define MAX_TIMERS_SHOWN  200  /* the soonest timers and digests the list shows */
 #define PAGE_DEFAULT      50
 #define PAGE_MAX          200
 #define SCAN_ROWS         5000        /* rows a page of the journal looks at, at most... */
@@ -59,6 +60,7 @@ struct change {
     struct brm_delivery_query q;
     char *target;
     long changed;
+    struct brm_state_txn *txn; /* a timer's or digest's change (then nothing below) */
     /* What the writer's last try of this step did (a failed batch is tried
      * again job by job, so a step counts only once it is stored). */
     long step_changed;
@@ -73,6 +75,7 @@ struct brm_console {
     struct brm_store *store; /* read-only, this thread's */
     struct brm_journal *journal;
     struct brm_outbox *outbox;
+    struct brm_state *state;      /* rule state: timers and digests */
     const struct brm_config *cfg; /* the running one (a reference) */
     struct brm_snapshot *files;   /* its rule set's files (a reference) */
     long generation;
@@ -890,6 +893,7 @@ static int collect_id(void *arg, const struct brm_delivery *d) {
 /* On the writer's thread, in its open transaction: one step. */
 static int write_change(struct brm_journal_job *job, struct brm_store *st, struct brm_err *err) {
     struct change *ch = (struct change *)job;
+    if (ch->txn) return brm_state_save(ch->txn, st, err);
     struct ids *ids = brm_xcalloc(1, sizeof(*ids));
     int rc = 0;
     ch->step_changed = 0;
@@ -917,6 +921,8 @@ static void change_done(struct brm_journal_job *job, int stored, const struct br
     struct change *ch = (struct change *)job;
     struct brm_console *c = ch->c;
     ch->stored = stored;
+    if (ch->txn) brm_state_release(ch->txn, stored); /* refused: undone */
+    ch->txn = NULL;
     if (!stored) snprintf(ch->error, sizeof(ch->error), "%s", err ? err->msg : "not stored");
     pthread_mutex_lock(&c->lock);
     ch->next = c->done;
@@ -948,6 +954,15 @@ static void step_back(struct brm_console *c, struct change *ch) {
         return;
     }
     ch->changed += ch->step_changed;
+    if (ch->q.limit < 0) { /* a timer's or digest's change */
+        struct brm_buf b;
+        brm_buf_init(&b);
+        brm_buf_puts(&b, "{\"ok\":true}");
+        reply_json(ch->req, 200, &b);
+        brm_buf_reset(&b);
+        free_change(ch);
+        return;
+    }
     if (!ch->drop && ch->step_changed) brm_outbox_wake(c->outbox);
     if (!ch->id && ch->step_next) { /* a full step: the next one below it */
         ch->q.before = ch->step_next;
@@ -1036,23 +1051,62 @@ static void api_change(void *arg, struct brm_http_req *req) {
 
 /* ---- timers and digests -------------------------------------------------- */
 
+/* One pending timer or digest, as the list shows it. */
+static void list_timer(void *arg, int kind, const char *fullkey, const char *rule, size_t rule_len,
+                       const char *name, double due, const char *data, long count) {
+    struct brm_buf *b = arg;
+    (void)fullkey;
+    if (b->data[b->len - 1] != '[') brm_buf_puts(b, ",");
+    brm_buf_printf(b, "{\"kind\":\"%s\",\"rule\":", kind == BRM_FIRED_TIMER ? "timer" : "digest");
+    brm_buf_json_string(b, rule, rule_len);
+    brm_buf_puts(b, ",\"key\":");
+    brm_buf_json_string(b, name, strlen(name));
+    brm_buf_printf(b, ",\"due\":%.3f", due);
+    if (kind == BRM_FIRED_TIMER)
+        brm_buf_printf(b, ",\"data\":%s}", data ? data : "null");
+    else
+        brm_buf_printf(b, ",\"count\":%ld}", count);
+}
+
 /*
- * The timers and digests rules armed: GET lists them ({"timers": [{"kind":
- * "timer"|"digest", "rule", "key", "due", "data"|"count"}], "store": bool}),
- * POST cancel and fire one ({"rule", "key"}: {"ok":true} or 404). brume has
- * no timer store yet: this is the one place to wire it, and until then the
- * list is empty and says so.
+ * The timers and digests rules armed: GET lists the soonest ({"timers":
+ * [{"kind": "timer"|"digest", "rule", "key", "due", "data"|"count"}],
+ * "store": true}), POST cancel and fire one ({"kind", "rule", "key"}: its
+ * change goes through the writer like a rule's; {"ok": true} once stored, or
+ * 404 when there is none). Returns the status, or 0 when the answer comes
+ * once the change is stored.
  */
-static int timers(struct brm_console *c, const char *op, const char *rule, const char *key,
-                  struct brm_buf *out) {
-    (void)c, (void)rule, (void)key;
+static int timers(struct brm_console *c, struct brm_http_req *req, const char *op, const char *kind,
+                  const char *rule, const char *key, struct brm_buf *out) {
     if (strcmp(op, "list") == 0) {
-        brm_buf_puts(out, "{\"store\":false,\"timers\":[],\"note\":\"no timers yet: this brume "
-                          "keeps no timers or digests\"}");
+        brm_buf_puts(out, "{\"store\":true,\"timers\":[");
+        brm_state_each_due(c->state, MAX_TIMERS_SHOWN, list_timer, out);
+        brm_buf_puts(out, "]}");
         return 200;
     }
-    brm_buf_puts(out, "{\"ok\":false,\"error\":\"no such timer or digest\"}");
-    return 404;
+    char *full = brm_xasprintf("%s\x1f%s\x1f%s",
+                               kind && strcmp(kind, "digest") == 0 ? "group" : "timer", rule, key);
+    struct brm_state_txn *t = brm_state_begin(c->state);
+    int rc = strcmp(op, "fire") == 0 ? brm_state_due_now(c->state, full, brm_time_now(), t)
+                                     : brm_state_cancel_due(c->state, full, t);
+    free(full);
+    if (rc != 1) {
+        brm_state_release(t, 0);
+        brm_buf_puts(out, rc == BRM_STATE_BUSY
+                              ? "{\"ok\":false,\"error\":\"a rule is changing it: try again\"}"
+                              : "{\"ok\":false,\"error\":\"no such timer or digest\"}");
+        return rc == BRM_STATE_BUSY ? 409 : 404;
+    }
+    struct change *ch = brm_xcalloc(1, sizeof(*ch));
+    ch->c = c;
+    ch->req = req;
+    ch->txn = t;
+    ch->q.limit = -1; /* step_back: answers a timer's change */
+    brm_log_info(strcmp(op, "fire") == 0 ? "console: firing a timer now"
+                                         : "console: cancelling a timer",
+                 "rule", rule, "timer", key, "peer", req->peer);
+    submit_change(c, ch);
+    return 0;
 }
 
 static void api_timers(void *arg, struct brm_http_req *req) {
@@ -1071,8 +1125,9 @@ static void api_timers(void *arg, struct brm_http_req *req) {
     if (writes && (!rule || !key)) {
         reply_error(req, 400, "rule and key: the timer's or digest's");
     } else {
-        int st = timers(c, op, rule, key, &b);
-        reply_json(req, st, &b);
+        const char *kind = writes ? member_string(c->L, "kind", &n) : NULL;
+        int st = timers(c, req, op, kind, rule, key, &b);
+        if (st) reply_json(req, st, &b);
     }
     lua_settop(c->L, 0);
     brm_buf_reset(&b);
@@ -1347,6 +1402,10 @@ struct brm_console *brm_console_new(struct event_base *base, const char *path,
 fail:
     brm_console_free(c);
     return NULL;
+}
+
+void brm_console_set_state(struct brm_console *c, struct brm_state *state) {
+    c->state = state;
 }
 
 void brm_console_free(struct brm_console *c) {

@@ -39,6 +39,7 @@
 #include "journal.h"
 #include "outbox.h"
 #include "snapshot.h"
+#include "state.h"
 
 struct event_base;
 struct brm_console;
@@ -55,6 +56,8 @@ struct brm_console *brm_console_new(struct event_base *base, const char *path,
 /* Call once the journal has stopped: changes still waiting for their
  * answer are dropped with their requests. NULL is fine. */
 void brm_console_free(struct brm_console *c);
+/* The rule state whose timers and digests the console shows (borrowed). */
+void brm_console_set_state(struct brm_console *c, struct brm_state *state);
 
 /* The running config, the files its rule set was built from (references
  * are taken) and the set's version: at start and after each reload. */

@@ -540,7 +540,7 @@ static void fire(struct brm_intake *in, const char *key) {
     int64_t id = brm_journal_next_id();
     struct brm_batch batch = { "timer", (uint64_t)id, now, 0, in->txn };
     struct brm_actions actions = { 0 };
-    struct brm_dispatch_stats stats;
+    struct brm_dispatch_stats stats = { 0 };
     enum brm_fire_outcome out;
     if (brm_engine_fire(in->engine, &f, &batch, &actions, &stats, &out) == BRM_STATE_BUSY) {
         if (brm_state_rollback(in->txn, mark)) in->wake(in->wake_arg);

@@ -98,7 +98,7 @@ struct server {
     int lockfd;
     struct brm_counter *reloads, *reload_failures;
     struct brm_state *state;
-    struct brm_buf last_reload; /* the last reload's outcome, a JSON object (/healthz) */
+    struct brm_buf last_reload;  /* the last reload's outcome, a JSON object (/healthz) */
     struct brm_console *console; /* on the admin listener, or NULL */
 };
 
@@ -874,6 +874,7 @@ static int open_admin(struct server *s) {
         brm_log_error("cannot open the console", "error", err.msg);
         return -1;
     }
+    brm_console_set_state(s->console, s->state);
     brm_console_configure(s->console, s->cfg, s->files, atomic_load(&s->generation));
     size_t n = BRM_ARRAY_LEN(proto) + brm_console_routes(s->console, routes + BRM_ARRAY_LEN(proto));
     struct brm_http_opts o = {

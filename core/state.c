@@ -720,6 +720,54 @@ long brm_state_drop_rule(struct brm_state *s, const char *rule, struct brm_state
     return dropped;
 }
 
+int brm_state_cancel_due(struct brm_state *s, const char *key, struct brm_state_txn *t) {
+    struct entry *e;
+    int rc = lookup(s, key, 0, t, &e);
+    if (rc == 0 && e && e->due) {
+        close_entry(s, t, e);
+        rc = 1;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int brm_state_due_now(struct brm_state *s, const char *key, double now, struct brm_state_txn *t) {
+    struct entry *e;
+    int rc = lookup(s, key, 0, t, &e);
+    if (rc == 0 && e && e->due) {
+        take(t, e);
+        set_due(s, e, now);
+        rc = 1;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+void brm_state_each_due(struct brm_state *s, size_t limit, brm_state_due_fn *fn, void *arg) {
+    /* The LIMIT soonest of a binary heap, without sorting it all: a small
+     * heap of candidates, the root first, each popped one adding its two
+     * children (O(limit log limit) under the lock, however many there are). */
+    pthread_mutex_lock(&s->lock);
+    size_t *cand = brm_xmalloc((2 * limit + 2) * sizeof(size_t)), n = 0, shown = 0;
+    if (s->nheap) cand[n++] = 0;
+    while (n && shown < limit) {
+        size_t best = 0;
+        for (size_t i = 1; i < n; i++)
+            if (s->heap[cand[i]]->due < s->heap[cand[best]]->due) best = i;
+        size_t at = cand[best];
+        cand[best] = cand[--n];
+        struct entry *e = s->heap[at];
+        const char *rule = strchr(e->key, '\x1f') + 1, *key = strchr(rule, '\x1f') + 1;
+        fn(arg, e->group ? BRM_FIRED_GROUP : BRM_FIRED_TIMER, e->key, rule,
+           (size_t)(key - rule - 1), key, e->due, e->group ? NULL : e->value,
+           e->group ? e->group->count : 0);
+        shown++;
+        for (size_t c = 2 * at + 1; c <= 2 * at + 2 && c < s->nheap; c++) cand[n++] = c;
+    }
+    free(cand);
+    pthread_mutex_unlock(&s->lock);
+}
+
 size_t brm_state_pending(struct brm_state *s) {
     pthread_mutex_lock(&s->lock);
     size_t n = s->nheap;

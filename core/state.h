@@ -164,6 +164,19 @@ int brm_state_fire(struct brm_state *s, const char *key, double now, struct brm_
 long brm_state_drop_rule(struct brm_state *s, const char *rule, struct brm_state_txn *t);
 /* Timers and digests pending. */
 size_t brm_state_pending(struct brm_state *s);
+/* For the console: KEY is a timer's or digest's key as brm_state_pop_due
+ * gives it. Cancels it within T (1, 0 when there is none, or BUSY); makes
+ * it due at NOW within T, so that it fires now (the same). */
+int brm_state_cancel_due(struct brm_state *s, const char *key, struct brm_state_txn *t);
+int brm_state_due_now(struct brm_state *s, const char *key, double now, struct brm_state_txn *t);
+/* Calls FN (with the state's lock held: be quick) for the LIMIT soonest
+ * timers and digests: KIND (BRM_FIRED_TIMER or _GROUP), their key, RULE
+ * (RULE_LEN bytes), NAME within it, DUE, a timer's DATA or a digest's
+ * COUNT. */
+typedef void brm_state_due_fn(void *arg, int kind, const char *key, const char *rule,
+                              size_t rule_len, const char *name, double due, const char *data,
+                              long count);
+void brm_state_each_due(struct brm_state *s, size_t limit, brm_state_due_fn *fn, void *arg);
 
 /* Writes the current value of every key T changed to the store, in the
  * caller's store transaction. */

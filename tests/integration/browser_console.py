@@ -49,7 +49,9 @@ RULES = {
                     '  topics = "*",\n'
                     '  on_event = function(ev, ctx)\n'
                     '    if ev.type == "broken" then error("this event is broken") end\n'
+                    '    if ev.type == "hold" then brume.timer.set(ev.id, "1h", { why = "held" }) end\n'
                     '  end,\n'
+                    '  on_timer = function(key, data) end,\n'
                     '}\n',
 }
 
@@ -236,10 +238,17 @@ class Console(unittest.TestCase):
         w.wait(lambda: w.text("#dv-state") == "done", "the retried delivery done")
         self.assertEqual(len(w.finds("#attempts-table tbody tr")), 2)
 
-        # Timers and digests: none kept yet, and the page says so.
+        # Timers and digests: one a rule armed, cancelled from the page.
+        self.assertEqual(self.b.post(body("audits", {"type": "hold", "id": "h1"})).status, 200)
         self.go("timers")
-        w.wait(lambda: w.finds("#timers-empty"), "the empty timers view")
-        self.assertIn("no timers yet", w.text("#timers-empty"))
+        w.wait(lambda: w.finds("#timers-table tbody tr"), "the armed timer")
+        row = w.text("#timers-table")
+        self.assertIn("h1", row)
+        self.assertIn("20_check", row)
+        self.assertIn('"why":"held"', row.replace(" ", ""))
+        w.find("#timers-table tbody tr button.danger").click()
+        w.wait(lambda: w.finds("#timers-empty"), "the timers view, empty after the cancel")
+        self.assertIn("Nothing is pending", w.text("#timers-empty"))
 
         # Playground: a pasted payload through the running rules, then
         # through an edited copy of one, which is never saved.

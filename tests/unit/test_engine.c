@@ -516,7 +516,7 @@ static void check_dedupe(void) {
     const struct brm_dedupe *plain = &brm_config_source(dc, "plain")->dedupe;
     const struct brm_dedupe *named = &brm_config_source(dc, "named")->dedupe;
     double t0 = 1700000000;
-    struct brm_dispatch_stats st;
+    struct brm_dispatch_stats st = { 0 };
 
     /* Org and site copies of an event without id: it runs once, however
      * the copy is written. */
