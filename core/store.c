@@ -131,6 +131,8 @@ enum stmt {
     S_DEL_STATE,
     S_STATE,
     S_PRUNE_STATE,
+    S_PROBE_ADD,
+    S_PROBE_DROP,
     NSTMT
 };
 
@@ -198,6 +200,11 @@ static const char *const sql[NSTMT] = {
     [S_DEL_STATE] = "DELETE FROM state WHERE key = ?",
     [S_STATE] = "SELECT key, value, expires FROM state WHERE expires = 0 OR expires > ?",
     [S_PRUNE_STATE] = "DELETE FROM state WHERE expires <> 0 AND expires <= ?",
+    /* Body ids start at 1: id 0 is the probe's, and never outlives its
+     * transaction. */
+    [S_PROBE_ADD] = "INSERT INTO bodies (id, source, topic, received, events, body)"
+                    " VALUES (0, '', '', 0, 0, zeroblob(?))",
+    [S_PROBE_DROP] = "DELETE FROM bodies WHERE id = 0",
 };
 
 struct brm_store {
@@ -410,7 +417,8 @@ static int each(struct brm_store *s, enum stmt i, int (*fn)(void *, const struct
 }
 
 int brm_store_due(struct brm_store *s, double now, int limit,
-                  int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err) {
+                  int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                  struct brm_err *err) {
     sqlite3_bind_double(s->stmt[S_DUE], 1, now);
     sqlite3_bind_int(s->stmt[S_DUE], 2, limit);
     return each(s, S_DUE, fn, arg, err, "reading due deliveries");
@@ -449,7 +457,8 @@ int brm_store_finish(struct brm_store *s, int64_t id, enum brm_delivery_state st
 }
 
 int brm_store_list(struct brm_store *s, int all, int limit,
-                   int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err) {
+                   int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                   struct brm_err *err) {
     enum stmt i = all ? S_LIST_ALL : S_LIST;
     sqlite3_bind_int(s->stmt[i], 1, limit);
     return each(s, i, fn, arg, err, "listing deliveries");
@@ -528,12 +537,20 @@ int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm
     return run(s, S_ADD_BODY, err, "journaling a body");
 }
 
-int64_t brm_store_last_body(struct brm_store *s) {
-    sqlite3_stmt *st = s->stmt[S_MAX_BODY];
-    int64_t id = 0;
-    if (sqlite3_step(st) == SQLITE_ROW) id = sqlite3_column_int64(st, 0);
+/* A value the query I returns in its first row's first column, 0 when it
+ * returns no row, -1 on error. Resets it. */
+static int64_t one_value(struct brm_store *s, enum stmt i, struct brm_err *err, const char *what) {
+    sqlite3_stmt *st = s->stmt[i];
+    int64_t v = 0;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
-    return id;
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? v : fail(s, err, what);
+}
+
+int64_t brm_store_last_body(struct brm_store *s, struct brm_err *err) {
+    return one_value(s, S_MAX_BODY, err, "reading the journal's last id");
 }
 
 int brm_store_set_meta(struct brm_store *s, const char *key, int64_t value, struct brm_err *err) {
@@ -543,14 +560,9 @@ int brm_store_set_meta(struct brm_store *s, const char *key, int64_t value, stru
     return run(s, S_SET_META, err, "saving the journal's size");
 }
 
-int64_t brm_store_meta(struct brm_store *s, const char *key) {
-    sqlite3_stmt *st = s->stmt[S_META];
-    int64_t v = 0;
-    bind_text(st, 1, key);
-    if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return v;
+int64_t brm_store_meta(struct brm_store *s, const char *key, struct brm_err *err) {
+    bind_text(s->stmt[S_META], 1, key);
+    return one_value(s, S_META, err, "reading the journal's size");
 }
 
 int brm_store_bodies(struct brm_store *s, double since, double until,
@@ -612,6 +624,12 @@ int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_
     if (run(s, S_PRUNE_BODIES, err, "pruning the journal") < 0) return -1;
     p->after = upto;
     return 0;
+}
+
+int brm_store_probe(struct brm_store *s, size_t bytes, struct brm_err *err) {
+    sqlite3_bind_int64(s->stmt[S_PROBE_ADD], 1, (sqlite3_int64)bytes);
+    if (run(s, S_PROBE_ADD, err, "probing the store") < 0) return -1;
+    return run(s, S_PROBE_DROP, err, "probing the store");
 }
 
 /* ---- rule state and dedupe marks ---------------------------------------- */

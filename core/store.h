@@ -69,11 +69,13 @@ int brm_store_add_delivery(struct brm_store *s, const struct brm_delivery *d, st
 /* Calls FN for each pending delivery due by NOW, oldest first, at most
  * LIMIT; stops early when FN returns nonzero. Returns 0 or -1. */
 int brm_store_due(struct brm_store *s, double now, int limit,
-                  int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err);
+                  int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                  struct brm_err *err);
 /* The same for one target; a ticket's deliveries come only when no older
  * one of the same ticket is pending. */
 int brm_store_due_for(struct brm_store *s, const char *target, double now, int limit,
-                      int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err);
+                      int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                      struct brm_err *err);
 /* The earliest next_at after AFTER among pending deliveries, or 0 when
  * none. (Those due already wait for something that reschedules anyway: an
  * attempt to end, a rate token, an older message of the same ticket.) */
@@ -86,7 +88,8 @@ int brm_store_finish(struct brm_store *s, int64_t id, enum brm_delivery_state st
 /* Deliveries for `brume outbox list`: pending and dead (DONE too when
  * ALL), newest first, at most LIMIT. */
 int brm_store_list(struct brm_store *s, int all, int limit,
-                   int (*fn)(void *arg, const struct brm_delivery *d), void *arg, struct brm_err *err);
+                   int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
+                   struct brm_err *err);
 /* Makes delivery ID pending again: due now, with its max_age counted from
  * now and its attempts (so its backoff) from zero. Returns 1, 0 when there
  * is no such pending or dead delivery, -1. */
@@ -119,12 +122,13 @@ struct brm_body {
 
 int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm_err *err);
 /* The highest body id ever journaled, even if retention removed it since
- * (0 for a new store). */
-int64_t brm_store_last_body(struct brm_store *s);
+ * (0 for a new store), or -1 with ERR set when the store cannot be read. */
+int64_t brm_store_last_body(struct brm_store *s, struct brm_err *err);
 /* The journal's bookkeeping, kept with the data: "last_body" (the highest
- * id journaled), "journal_bytes" and "journal_rows". */
+ * id journaled), "journal_bytes" and "journal_rows". Reading returns the
+ * value (0 when there is none), or -1 with ERR set. */
 int brm_store_set_meta(struct brm_store *s, const char *key, int64_t value, struct brm_err *err);
-int64_t brm_store_meta(struct brm_store *s, const char *key);
+int64_t brm_store_meta(struct brm_store *s, const char *key, struct brm_err *err);
 /* Calls FN for each body received in [SINCE, UNTIL), oldest first; stops
  * when FN returns nonzero. */
 int brm_store_bodies(struct brm_store *s, double since, double until,
@@ -146,6 +150,11 @@ struct brm_prune {
  * go, with their done deliveries, at most P->limit of them. Returns 0 with
  * P updated, or -1. */
 int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_err *err);
+
+/* Writes a body of BYTES (zeros) and deletes it again, in the open
+ * transaction: it fails as journaling a body that size would, on a failing
+ * or full disk or past the store's cap, and leaves nothing behind. */
+int brm_store_probe(struct brm_store *s, size_t bytes, struct brm_err *err);
 
 /* Saves state KEY (VALUE NULL deletes it); EXPIRES 0 is never. */
 int brm_store_put_state(struct brm_store *s, const char *key, const char *value, double expires,
