@@ -282,6 +282,13 @@ struct brm_store *brm_store_open(const char *path, struct brm_err *err) {
                     s->db ? sqlite3_errmsg(s->db) : "out of memory");
         goto fail;
     }
+    /* SQLite opens a file it cannot open for writing read-only, and says
+     * nothing: after one failed open (EIO) the writer would hold a store
+     * that refuses every body until a restart. */
+    if (sqlite3_db_readonly(s->db, "main") == 1) {
+        brm_err_set(err, "store: cannot open %s for writing", path);
+        goto fail;
+    }
     sqlite3_busy_handler(s->db, busy, NULL);
     /* WAL: readers never wait for the writer. synchronous=FULL: a commit
      * is on disk when it returns, which is what a 200 promises. */
