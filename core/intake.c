@@ -96,8 +96,7 @@ struct brm_intake {
     size_t inflight; /* groups handed over and not yet answered (worker's thread) */
     int donefd;      /* eventfd: the journal's thread, or a wake -> this worker */
     struct event *done_ev;
-    _Atomic int retry;    /* parked bodies should run again */
-    _Atomic int store_ok; /* the store took the last group */
+    _Atomic int retry; /* parked bodies should run again */
 
     uint64_t failure_logged; /* when the last refused group was logged (ms) */
     size_t failed_bodies, failed_lost;
@@ -176,7 +175,6 @@ struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *
     }
     in->done_ev = event_new(base, in->donefd, EV_READ | EV_PERSIST, on_done, in);
     event_add(in->done_ev, NULL);
-    in->store_ok = 1;
     install(in, engine);
     in->lag = brm_metrics_histogram("brume_journal_lag_seconds",
                                     "From a body's arrival to its commit with its outcome.", NULL);
@@ -250,10 +248,6 @@ void brm_intake_swap(struct brm_intake *in, struct brm_engine *engine) {
 
 struct brm_engine *brm_intake_engine(struct brm_intake *in) {
     return in->engine;
-}
-
-int brm_intake_store_ok(const struct brm_intake *in) {
-    return atomic_load(&in->store_ok);
 }
 
 const struct brm_source *brm_intake_source(const struct brm_intake *in, const char *name) {
@@ -663,7 +657,6 @@ static void log_refused(struct brm_intake *in, const struct group *g, size_t los
 static void answer(struct brm_intake *in, struct group *g) {
     size_t lost = 0;
     double now = brm_time_now();
-    atomic_store(&in->store_ok, g->stored);
     for (size_t i = 0; i < g->jg.n; i++) {
         struct held *h = &g->held[i];
         if (g->stored && !h->fired) brm_histogram_observe(in->lag, now - h->received);

@@ -76,8 +76,6 @@ void brm_intake_flush(struct brm_intake *in);
  * other's config. */
 void brm_intake_swap(struct brm_intake *in, struct brm_engine *engine);
 struct brm_engine *brm_intake_engine(struct brm_intake *in);
-/* 1 when the store took the last group (any thread may ask). */
-int brm_intake_store_ok(const struct brm_intake *in);
 /* The source NAME of the config in place, or NULL (a reload removed it). */
 const struct brm_source *brm_intake_source(const struct brm_intake *in, const char *name);
 

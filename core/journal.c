@@ -16,6 +16,8 @@
 #define CHECKPOINT_FRAMES 1024 /* WAL pages (4 MB) that make the writer checkpoint, at most */
 #define WAL_LIMIT         (16u << 20) /* a WAL file left larger is cut back to this */
 #define UPKEEP_INTERVAL   1.0         /* seconds between two rounds of upkeep */
+#define PROBE_MIN         (64u << 10) /* bytes a probe of a failing store writes, at least */
+#define PROBE_MAX         (8u << 20)  /* and at most */
 
 static _Atomic int64_t next_id = 1;
 
@@ -49,6 +51,7 @@ struct brm_journal {
     int64_t pruned_upto; /* the highest body id the ring removed */
     double next_upkeep;
     uint64_t failure_logged;
+    uint64_t probe_bytes; /* what a probe of the store writes */
     long pruned;          /* bodies the ring removed since the last log line */
     double pruned_logged; /* when that was */
 };
@@ -166,11 +169,18 @@ static int commit_jobs(struct brm_journal *j, struct brm_journal_job *jobs, size
     struct brm_journal_stats before;
     brm_journal_stats(j, &before);
     struct brm_prune p = { .bytes = before.bytes, .rows = before.rows };
-    int durable = 0;
+    /* Upkeep while the store is failing writes more than the bodies that
+     * failed (and takes it out again), and waits for the fsync, as they
+     * would: when that succeeds the store is back, even if no body comes to
+     * show it (a load balancer that believes /healthz sends none). */
+    int probe = n == 0 && !before.ok;
+    int durable = probe;
+    uint64_t added = 0;
     int64_t last = j->last_body;
     struct brm_journal_job *job = jobs;
     for (size_t i = 0; i < n; i++, job = job->next) {
         durable |= job->durable;
+        added += job->bytes;
         p.bytes += job->bytes;
         p.rows += job->rows;
         if (job->last_id > last) last = job->last_id;
@@ -180,8 +190,8 @@ static int commit_jobs(struct brm_journal *j, struct brm_journal_job *jobs, size
     for (size_t i = 0; i < n; i++, job = job->next)
         if (job->write(job, j->store, err) < 0) goto fail;
     long removed = prune(j, &p, aged, steps, err);
-    if (removed < 0) goto fail;
-    if (n == 0 && removed == 0) { /* upkeep that found nothing to do */
+    if (removed < 0 || (probe && brm_store_probe(j->store, j->probe_bytes, err) < 0)) goto fail;
+    if (n == 0 && removed == 0 && !probe) { /* upkeep that found nothing to do */
         brm_store_rollback(j->store);
         return 0;
     }
@@ -189,7 +199,7 @@ static int commit_jobs(struct brm_journal *j, struct brm_journal_job *jobs, size
         brm_store_set_meta(j->store, "journal_bytes", (int64_t)p.bytes, err) < 0 ||
         brm_store_set_meta(j->store, "journal_rows", p.rows, err) < 0)
         goto fail;
-    if (brm_store_commit(j->store, err) < 0) return -1;
+    if (brm_store_commit(j->store, err) < 0) goto failed;
     j->last_body = last;
     j->pruned_upto = p.after;
     j->pruned += removed;
@@ -200,6 +210,13 @@ static int commit_jobs(struct brm_journal *j, struct brm_journal_job *jobs, size
     return 0;
 fail:
     brm_store_rollback(j->store);
+failed:
+    /* Their deliveries and state were stored with them, and a full store
+     * must have room for more than one group: four times their bodies. */
+    if (n)
+        j->probe_bytes = added * 4 < PROBE_MIN   ? PROBE_MIN
+                         : added * 4 > PROBE_MAX ? PROBE_MAX
+                                                 : added * 4;
     return -1;
 }
 
@@ -216,19 +233,27 @@ static void set_ok(struct brm_journal *j, int ok, const struct brm_err *err) {
     }
 }
 
+/* A transaction that failed says the store is failing; one that stored
+ * bodies (or upkeep's probe) that it is not: the outbox's small updates of
+ * rows it has say nothing of room for bodies. */
+static void outcome(struct brm_journal *j, int ok, int64_t rows, const struct brm_err *err) {
+    if (!ok || rows > 0) set_ok(j, ok, err);
+}
+
 /* Writes a batch of jobs. When the batch fails, each job is tried alone, so
  * that one job the store refuses does not take the others down with it. */
 static void write_batch(struct brm_journal *j, struct brm_journal_job *jobs, int aged) {
     struct brm_err err;
     size_t n = 0;
-    for (struct brm_journal_job *x = jobs; x; x = x->next) n++;
+    int64_t rows = 0;
+    for (struct brm_journal_job *x = jobs; x; x = x->next) n++, rows += x->rows;
     int rc = commit_jobs(j, jobs, n, aged, PRUNE_STEPS, &err);
-    set_ok(j, rc == 0, &err);
+    outcome(j, rc == 0, rows, &err);
     if (rc < 0 && n > 1) {
         for (struct brm_journal_job *x = jobs, *next; x; x = next) {
             next = x->next;
             int one = commit_jobs(j, x, 1, 0, PRUNE_STEPS, &err);
-            set_ok(j, one == 0, &err);
+            outcome(j, one == 0, x->rows, &err);
             x->done(x, one == 0, &err);
         }
         return;
@@ -270,9 +295,16 @@ static int over_cap(struct brm_journal *j) {
  * has grown. */
 static void upkeep(struct brm_journal *j, int due, int idle) {
     struct brm_err err;
-    if ((due || over_cap(j)) && commit_jobs(j, NULL, 0, due, 1, &err) < 0) {
-        brm_log_warn("cannot prune the journal", "error", err.msg);
-        set_ok(j, 0, &err); /* no step after step on a failing disk: once a second */
+    if (due || over_cap(j)) {
+        struct brm_journal_stats was;
+        brm_journal_stats(j, &was);
+        if (commit_jobs(j, NULL, 0, due, 1, &err) < 0) {
+            /* A failing store's probe failed: set_ok says so, once a second. */
+            if (was.ok) brm_log_warn("cannot prune the journal", "error", err.msg);
+            set_ok(j, 0, &err); /* no step after step on a failing disk: once a second */
+        } else {
+            set_ok(j, 1, &err); /* it wrote, if the store was failing */
+        }
     }
     if (due) {
         log_pruned(j, idle);
@@ -344,17 +376,22 @@ struct brm_journal *brm_journal_new(const char *path, const struct brm_config *c
     j->upkeep_arg = arg;
     j->synced = 1;
     j->stats.ok = 1;
+    j->probe_bytes = PROBE_MIN;
     j->slot = cfg->workers + 2; /* after the main thread, the workers and the outbox */
     brm_journal_configure(j, cfg);
     j->store = brm_store_open(path, err);
+    /* A size read as 0 would be saved with the next body: the ring would
+     * hold what it held, past its cap, for good. */
+    int64_t bytes = 0;
     if (!j->store || brm_store_limit(j->store, cfg->store_max, err) < 0 ||
-        brm_store_own_checkpoints(j->store, WAL_LIMIT, err) < 0) {
+        brm_store_own_checkpoints(j->store, WAL_LIMIT, err) < 0 ||
+        (j->last_body = brm_store_meta(j->store, "last_body", err)) < 0 ||
+        (bytes = brm_store_meta(j->store, "journal_bytes", err)) < 0 ||
+        (j->stats.rows = brm_store_meta(j->store, "journal_rows", err)) < 0) {
         brm_journal_free(j);
         return NULL;
     }
-    j->last_body = brm_store_meta(j->store, "last_body");
-    j->stats.bytes = (uint64_t)brm_store_meta(j->store, "journal_bytes");
-    j->stats.rows = brm_store_meta(j->store, "journal_rows");
+    j->stats.bytes = (uint64_t)bytes;
     j->next_upkeep = brm_time_now(); /* prune what retention says at once */
     return j;
 }

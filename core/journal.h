@@ -110,7 +110,10 @@ void brm_journal_configure(struct brm_journal *j, const struct brm_config *cfg);
 void brm_journal_stop(struct brm_journal *j);
 void brm_journal_free(struct brm_journal *j);
 
-/* The journal's size now, and whether the last transaction was stored. */
+/* The journal's size now, and whether the store takes bodies: OK is 0 from
+ * a transaction that fails until one that stores bodies goes through, or
+ * the writer's probe (once a second while failing, a durable write larger
+ * than the bodies that failed, taken out again) does. */
 struct brm_journal_stats {
     uint64_t bytes;
     int64_t rows;

@@ -736,9 +736,13 @@ static int open_store(struct server *s) {
     struct brm_err err;
     char *path = brm_outbox_store_path(s->cfg);
     struct brm_store *st = brm_store_open(path, &err);
+    /* Ids must go on after the last: one handed out again would take the
+     * keys of deliveries still in the store (and be dropped as queued). */
+    int64_t last = -1;
     int ok = st && brm_store_prune_state(st, brm_time_now(), &err) == 0 &&
-             brm_state_load(s->state, st, brm_time_now(), &err) == 0;
-    if (ok) brm_journal_start(brm_store_last_body(st));
+             brm_state_load(s->state, st, brm_time_now(), &err) == 0 &&
+             (last = brm_store_last_body(st, &err)) >= 0;
+    if (ok) brm_journal_start(last);
     brm_store_close(st);
     if (ok) s->journal = brm_journal_new(path, s->cfg, sweep_state, s, &err);
     free(path);
@@ -780,8 +784,10 @@ static void admin_metrics(void *arg, struct brm_http_req *req) {
     brm_buf_reset(&b);
 }
 
-/* Up (200) while the store takes bodies; 503 when the last commit of any
- * worker failed, so that a load balancer sends Mist elsewhere. After a
+/* Up (200) while the store takes bodies; 503 when the journal's writer,
+ * which makes every commit, saw its last one fail, so that a load balancer
+ * sends Mist elsewhere. A failing store is tried again every second with
+ * no body needed, so health comes back when the store does. After a
  * reload, "reload" says how the last one went: a failed one keeps the
  * running set, so it is still 200. */
 static void admin_healthz(void *arg, struct brm_http_req *req) {
@@ -789,7 +795,6 @@ static void admin_healthz(void *arg, struct brm_http_req *req) {
     struct brm_journal_stats js;
     brm_journal_stats(s->journal, &js);
     int store_ok = js.ok;
-    for (int i = 0; i < s->nworkers; i++) store_ok &= brm_intake_store_ok(s->workers[i].intake);
     double oldest;
     long pending = brm_outbox_pending(s->outbox, &oldest);
     struct brm_buf b;

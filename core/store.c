@@ -179,6 +179,8 @@ enum stmt {
     S_C_DELIVERY,
     S_C_OF_BODY,
     S_C_ATTEMPTS,
+    S_PROBE_ADD,
+    S_PROBE_DROP,
     NSTMT
 };
 
@@ -286,6 +288,11 @@ static const char *const sql[NSTMT] = {
                                      " LIMIT ?2",
     [S_C_ATTEMPTS] = "SELECT at, status, answer, error FROM attempts WHERE delivery = ?"
                      " ORDER BY id DESC LIMIT ?",
+    /* Body ids start at 1: id 0 is the probe's, and never outlives its
+     * transaction. */
+    [S_PROBE_ADD] = "INSERT INTO bodies (id, source, topic, received, events, body)"
+                    " VALUES (0, '', '', 0, 0, zeroblob(?))",
+    [S_PROBE_DROP] = "DELETE FROM bodies WHERE id = 0",
 };
 
 struct brm_store {
@@ -361,6 +368,13 @@ struct brm_store *brm_store_open(const char *path, struct brm_err *err) {
     if (rc != SQLITE_OK) {
         brm_err_set(err, "store: cannot open %s: %s", path,
                     s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        goto fail;
+    }
+    /* SQLite opens a file it cannot open for writing read-only, and says
+     * nothing: after one failed open (EIO) the writer would hold a store
+     * that refuses every body until a restart. */
+    if (sqlite3_db_readonly(s->db, "main") == 1) {
+        brm_err_set(err, "store: cannot open %s for writing", path);
         goto fail;
     }
     sqlite3_busy_handler(s->db, busy, NULL);
@@ -659,12 +673,20 @@ int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm
     return run(s, S_ADD_BODY, err, "journaling a body");
 }
 
-int64_t brm_store_last_body(struct brm_store *s) {
-    sqlite3_stmt *st = s->stmt[S_MAX_BODY];
-    int64_t id = 0;
-    if (sqlite3_step(st) == SQLITE_ROW) id = sqlite3_column_int64(st, 0);
+/* A value the query I returns in its first row's first column, 0 when it
+ * returns no row, -1 on error. Resets it. */
+static int64_t one_value(struct brm_store *s, enum stmt i, struct brm_err *err, const char *what) {
+    sqlite3_stmt *st = s->stmt[i];
+    int64_t v = 0;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
-    return id;
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? v : fail(s, err, what);
+}
+
+int64_t brm_store_last_body(struct brm_store *s, struct brm_err *err) {
+    return one_value(s, S_MAX_BODY, err, "reading the journal's last id");
 }
 
 int brm_store_set_meta(struct brm_store *s, const char *key, int64_t value, struct brm_err *err) {
@@ -674,14 +696,9 @@ int brm_store_set_meta(struct brm_store *s, const char *key, int64_t value, stru
     return run(s, S_SET_META, err, "saving the journal's size");
 }
 
-int64_t brm_store_meta(struct brm_store *s, const char *key) {
-    sqlite3_stmt *st = s->stmt[S_META];
-    int64_t v = 0;
-    bind_text(st, 1, key);
-    if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return v;
+int64_t brm_store_meta(struct brm_store *s, const char *key, struct brm_err *err) {
+    bind_text(s->stmt[S_META], 1, key);
+    return one_value(s, S_META, err, "reading the journal's size");
 }
 
 int brm_store_bodies(struct brm_store *s, double since, double until,
@@ -743,6 +760,12 @@ int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_
     if (run(s, S_PRUNE_BODIES, err, "pruning the journal") < 0) return -1;
     p->after = upto;
     return 0;
+}
+
+int brm_store_probe(struct brm_store *s, size_t bytes, struct brm_err *err) {
+    sqlite3_bind_int64(s->stmt[S_PROBE_ADD], 1, (sqlite3_int64)bytes);
+    if (run(s, S_PROBE_ADD, err, "probing the store") < 0) return -1;
+    return run(s, S_PROBE_DROP, err, "probing the store");
 }
 
 /* ---- rule state and dedupe marks ---------------------------------------- */

@@ -133,12 +133,13 @@ struct brm_body {
 
 int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm_err *err);
 /* The highest body id ever journaled, even if retention removed it since
- * (0 for a new store). */
-int64_t brm_store_last_body(struct brm_store *s);
+ * (0 for a new store), or -1 with ERR set when the store cannot be read. */
+int64_t brm_store_last_body(struct brm_store *s, struct brm_err *err);
 /* The journal's bookkeeping, kept with the data: "last_body" (the highest
- * id journaled), "journal_bytes" and "journal_rows". */
+ * id journaled), "journal_bytes" and "journal_rows". Reading returns the
+ * value (0 when there is none), or -1 with ERR set. */
 int brm_store_set_meta(struct brm_store *s, const char *key, int64_t value, struct brm_err *err);
-int64_t brm_store_meta(struct brm_store *s, const char *key);
+int64_t brm_store_meta(struct brm_store *s, const char *key, struct brm_err *err);
 /* Calls FN for each body received in [SINCE, UNTIL), oldest first; stops
  * when FN returns nonzero. */
 int brm_store_bodies(struct brm_store *s, double since, double until,
@@ -160,6 +161,11 @@ struct brm_prune {
  * go, with their done deliveries, at most P->limit of them. Returns 0 with
  * P updated, or -1. */
 int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_err *err);
+
+/* Writes a body of BYTES (zeros) and deletes it again, in the open
+ * transaction: it fails as journaling a body that size would, on a failing
+ * or full disk or past the store's cap, and leaves nothing behind. */
+int brm_store_probe(struct brm_store *s, size_t bytes, struct brm_err *err);
 
 /* Saves state KEY (VALUE NULL deletes it); EXPIRES 0 is never; DUE is a
  * timer's or a digest's due time (0: neither). */

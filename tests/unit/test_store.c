@@ -298,7 +298,7 @@ int main(void) {
     brm_store_ticket(s, "snow", "K", ref, sizeof(ref));
     CHECK_STR(ref, "SYS2");
     /* The journal: bodies by time, the last id, pruning by age and size. */
-    CHECK_INT(brm_store_last_body(s), 0);
+    CHECK_INT(brm_store_last_body(s, &err), 0);
     char blob[1000];
     memset(blob, 'x', sizeof(blob));
     for (int i = 1; i <= 10; i++) {
@@ -311,7 +311,7 @@ int main(void) {
                               .len = 1000 };
         CHECK_INT(brm_store_add_body(s, &b, &err), 0);
     }
-    CHECK_INT(brm_store_last_body(s), 100);
+    CHECK_INT(brm_store_last_body(s, &err), 100);
     nids = 0;
     CHECK_INT(brm_store_bodies(s, 1003, 1006, collect_body, NULL, &err), 0);
     CHECK_INT(nids, 3); /* received 1003, 1004, 1005 */
@@ -339,10 +339,16 @@ int main(void) {
     CHECK_INT(p.removed, 5);
     CHECK(p.exhausted && p.rows == 0);
     CHECK_INT(brm_store_set_meta(s, "last_body", 100, &err), 0);
-    CHECK_INT(brm_store_last_body(s), 100);
-    CHECK_INT(brm_store_meta(s, "journal_rows"), 0);
+    CHECK_INT(brm_store_last_body(s, &err), 100);
+    CHECK_INT(brm_store_meta(s, "journal_rows", &err), 0);
     CHECK_INT(brm_store_set_meta(s, "journal_rows", 7, &err), 0);
-    CHECK_INT(brm_store_meta(s, "journal_rows"), 7);
+    CHECK_INT(brm_store_meta(s, "journal_rows", &err), 7);
+
+    /* A probe writes a body's worth and leaves no body behind. */
+    CHECK_INT(brm_store_probe(s, 5000, &err), 0);
+    nids = 0;
+    CHECK_INT(brm_store_bodies(s, 0, 1e12, collect_body, NULL, &err), 0);
+    CHECK_INT(nids, 0);
 
     /* A cap on the file: writes past it fail as on a full disk. */
     CHECK_INT(brm_store_limit(s, 64 * 4096, &err), 0);
@@ -358,6 +364,8 @@ int main(void) {
         if (brm_store_add_body(s, &b, &err) < 0) full = 1;
     }
     CHECK(full);
+    CHECK_HAS(err.msg, "full");
+    CHECK_INT(brm_store_probe(s, 1000, &err), -1); /* so /healthz does not say it is back */
     CHECK_HAS(err.msg, "full");
     brm_store_close(s);
 
