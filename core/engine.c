@@ -636,6 +636,11 @@ static void run_rules(struct brm_engine *e, const struct topic *t, int ev, int c
             lua_pop(L, 1);
             if (!hit) continue;
         }
+        /* ctx.rule: helpers that build rules (brume.holddown...) name
+         * their state by it. Raw: a rule may have given ctx a metatable. */
+        lua_pushliteral(L, "rule");
+        lua_pushstring(L, r->name);
+        lua_rawset(L, ctx);
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->fn);
         lua_pushvalue(L, ev);
         lua_pushvalue(L, ctx);
