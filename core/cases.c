@@ -29,6 +29,8 @@
 #define MAX_FIRES_PER_STEP 100000
 /* How much of a value a diff line shows. */
 #define SHOW_MAX 300
+/* How much of two long strings a diff line shows around where they differ. */
+#define SHOW_CONTEXT 60
 
 struct step {
     double at; /* seconds after the start */
@@ -633,6 +635,36 @@ static void push_key(lua_State *L, const struct key *k) {
         lua_pushstring(L, k->s);
 }
 
+/* Two long strings that differ: where, and a little around it, so that
+ * the difference shows however long they are. */
+static int compare_strings(lua_State *L, int want, int got, struct brm_buf *path,
+                           const char *prefix, struct brm_buf *diffs) {
+    size_t wlen, glen, at = 0;
+    const char *w = lua_tolstring(L, want, &wlen), *g = lua_tolstring(L, got, &glen);
+    brm_buf_printf(diffs, "%s%s: got ", prefix, path->len ? path->data : "message");
+    if (wlen + glen <= 2 * SHOW_CONTEXT) {
+        brm_buf_json_string(diffs, g, glen);
+        brm_buf_puts(diffs, ", want ");
+        brm_buf_json_string(diffs, w, wlen);
+        brm_buf_puts(diffs, "\n");
+        return 1;
+    }
+    while (at < wlen && at < glen && w[at] == g[at]) at++;
+    size_t from = at > SHOW_CONTEXT / 2 ? at - SHOW_CONTEXT / 2 : 0;
+    const char *sides[2] = { g, w };
+    size_t lens[2] = { glen, wlen };
+    for (int i = 0; i < 2; i++) {
+        size_t n = lens[i] > from ? lens[i] - from : 0;
+        if (n > SHOW_CONTEXT) n = SHOW_CONTEXT;
+        if (i) brm_buf_puts(diffs, ", want ");
+        if (from) brm_buf_puts(diffs, "...");
+        brm_buf_json_string(diffs, sides[i] + from, n);
+        if (from + n < lens[i]) brm_buf_puts(diffs, "...");
+    }
+    brm_buf_printf(diffs, " (they differ from byte %zu)\n", at + 1);
+    return 1;
+}
+
 /*
  * Compares what was expected (WANT) with what was sent (GOT): a table
  * matches a table holding at least its keys, each matching (a JSON text
@@ -661,6 +693,8 @@ static int compare(lua_State *L, int want, int got, struct brm_buf *path, const 
     }
     if (!lua_istable(L, want) || !lua_istable(L, got)) {
         if (lua_rawequal(L, want, got)) return 0;
+        if (lua_type(L, want) == LUA_TSTRING && lua_type(L, got) == LUA_TSTRING)
+            return compare_strings(L, want, got, path, prefix, diffs);
         brm_buf_printf(diffs, "%s%s: got ", prefix, path->len ? path->data : "message");
         show(L, got, diffs);
         brm_buf_puts(diffs, ", want ");
