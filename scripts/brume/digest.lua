@@ -21,7 +21,8 @@
 -- and `fields` (a table, or a function(key, items, ctx)) go into the
 -- message. Instead of `target`, `send = function(key, items, ctx, message)`
 -- gets the message made as above to send (or change) itself. ctx holds
--- count (every event added), opened_at and due.
+-- count (every event added), opened_at and due. `late` defaults to "fire":
+-- a digest that closed while brume was stopped is still sent.
 local kit = require "brume.rulekit"
 
 local function text(items, count, line)
@@ -43,7 +44,7 @@ return function(spec)
   if (spec.target == nil) == (spec.send == nil) then
     error("brume.digest: give target, or send = function(key, items, ctx, message)", 2)
   end
-  local rule = kit.rule(spec)
+  local rule = kit.rule(spec, "fire")
   local opts = { debounce = spec.debounce, max_wait = spec.max_wait, max_items = spec.max_items }
   local item = spec.item or function(ev) return ev end
   local line = spec.line or function(it) return brume.json.encode(it) end

@@ -19,6 +19,8 @@
 -- the event and ctx with `key` and `changes`. Each change while flapping
 -- arms a timer for `quiet`; when it fires, `send` gets "resolve" with the
 -- last change's event (`keep = function(ev)` chooses what of it is kept).
+-- `late` defaults to "fire": a resolve that came due while brume was
+-- stopped is still sent.
 local kit = require "brume.rulekit"
 
 return function(spec)
