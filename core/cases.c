@@ -27,6 +27,8 @@
 /* Timers fired on the way to one step: past this a handler that arms its
  * own timer with no delay would loop for ever. */
 #define MAX_FIRES_PER_STEP 100000
+/* Top-level settings whose lines the report knows (a case file has four). */
+#define MAX_KEYS 16
 /* How much of a value a diff line shows. */
 #define SHOW_MAX 300
 /* How much of two long strings a diff line shows around where they differ. */
@@ -55,6 +57,12 @@ struct run {
     struct step *steps;
     size_t nsteps;
     int steps_line;
+    struct {
+        const char *name; /* in the case file's text */
+        size_t len;
+        int line;
+    } keys[MAX_KEYS]; /* where the top-level settings were written */
+    size_t nkeys;
     long messages, failed;
     FILE *out;
 };
@@ -162,8 +170,17 @@ static void find_steps(struct run *r, const char *s, size_t n, int *lines, size_
             while (p < end && (*p == '_' || ((*p | 32) >= 'a' && (*p | 32) <= 'z') ||
                                (*p >= '0' && *p <= '9')))
                 p++;
-            pending = !steps_depth && !r->steps_line && p - w == 5 && memcmp(w, "steps", 5) == 0;
+            size_t len = (size_t)(p - w);
+            /* The file's table is its last `return`'s: forget what came before. */
+            if (depth == 0 && len == 6 && memcmp(w, "return", 6) == 0)
+                r->nkeys = 0, r->steps_line = 0, steps_depth = 0, found = 0;
+            pending = depth == 1 && !steps_depth && len == 5 && memcmp(w, "steps", 5) == 0;
             if (pending) r->steps_line = line;
+            const char *q = p;
+            while (q < end && (*q == ' ' || *q == '\t')) q++;
+            if (depth == 1 && q + 1 < end && q[0] == '=' && q[1] != '=' && r->nkeys < MAX_KEYS)
+                r->keys[r->nkeys].name = w, r->keys[r->nkeys].len = len,
+                r->keys[r->nkeys++].line = line;
         } else if (c == '=' && pending == 1 && !(p + 1 < end && p[1] == '=')) {
             pending = 2, p++;
         } else if (c == '{') {
@@ -207,20 +224,31 @@ static int case_json_read(lua_State *L) {
     return 1;
 }
 
-/* Sets ERR at step I's line (I from 1; 0: the file). Returns -1. */
-static int bad(struct run *r, struct brm_err *err, size_t i, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int bad(struct run *r, struct brm_err *err, size_t i, const char *fmt, ...) {
-    int line = i && i <= r->nsteps && r->steps[i - 1].line ? r->steps[i - 1].line : r->steps_line;
+/* The line the top-level setting NAME was written on, or 0. */
+static int key_line(const struct run *r, const char *name) {
+    for (size_t i = 0; i < r->nkeys; i++)
+        if (r->keys[i].len == strlen(name) && memcmp(r->keys[i].name, name, r->keys[i].len) == 0)
+            return r->keys[i].line;
+    return 0;
+}
+
+/* Sets ERR at step I's line (I from 1), or for I = 0 at the line of the
+ * setting KEY (NULL: none). Returns -1. */
+static int bad(struct run *r, struct brm_err *err, size_t i, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int bad(struct run *r, struct brm_err *err, size_t i, const char *key, const char *fmt,
+               ...) {
     char msg[400];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    if (i)
+    if (i) {
+        int line = r->steps[i - 1].line ? r->steps[i - 1].line : r->steps_line;
         brm_err_at(err, r->display, line, "step %zu: %s", i, msg);
-    else
-        brm_err_at(err, r->display, 0, "%s", msg);
+    } else {
+        brm_err_at(err, r->display, key ? key_line(r, key) : 0, "%s", msg);
+    }
     return -1;
 }
 
@@ -245,9 +273,9 @@ static int only_keys(lua_State *L, int idx, const char *const *names, char *badk
                 ok = strcmp(*n, lua_tostring(L, -1)) == 0;
         if (!ok) {
             if (lua_type(L, -1) == LUA_TSTRING)
-                snprintf(badkey, size, "'%s'", lua_tostring(L, -1));
+                snprintf(badkey, size, "%s", lua_tostring(L, -1));
             else
-                snprintf(badkey, size, "a key of type %s", luaL_typename(L, -1));
+                snprintf(badkey, size, "[%s]", luaL_typename(L, -1));
             lua_pop(L, 1);
             return 0;
         }
@@ -273,26 +301,28 @@ static int read_settings(struct run *r, struct brm_err *err) {
     lua_State *L = r->L;
     char key[300];
     if (!only_keys(L, r->spec, keys, key, sizeof(key)))
-        return bad(r, err, 0, "unknown setting %s (start, source, rules, steps)", key);
+        return bad(r, err, 0, key, "unknown setting '%s' (start, source, rules, steps)", key);
     int t = rawfield(L, r->spec, "start");
     if (t == LUA_TNUMBER)
         r->start = lua_tonumber(L, -1);
     else if (t == LUA_TSTRING && brm_cases_parse_time(lua_tostring(L, -1), &r->start) < 0)
-        return bad(r, err, 0, "start: '%s' is not a time like \"2026-11-01T00:00:00Z\"",
+        return bad(r, err, 0, "start", "start: '%s' is not a time like \"2026-11-01T00:00:00Z\"",
                    lua_tostring(L, -1));
     else if (t != LUA_TNIL && t != LUA_TSTRING)
-        return bad(r, err, 0, "start: expected a time, not a %s", lua_typename(L, t));
+        return bad(r, err, 0, "start", "start: expected a time, not a %s", lua_typename(L, t));
     lua_pop(L, 1);
     t = rawfield(L, r->spec, "source"); /* stays on the stack: r->source points into it */
     if (t == LUA_TSTRING) {
         r->source = lua_tostring(L, -1);
     } else if (t != LUA_TNIL) {
-        return bad(r, err, 0, "source: expected a source's name, not a %s", lua_typename(L, t));
+        return bad(r, err, 0, "source", "source: expected a source's name, not a %s",
+                   lua_typename(L, t));
     } else if (r->cfg->nsources == 1) {
         r->source = r->cfg->sources[0].name;
     }
     const struct brm_source *src = r->source ? brm_config_source(r->cfg, r->source) : NULL;
-    if (r->source && !src) return bad(r, err, 0, "source: the config has no source %s", r->source);
+    if (r->source && !src)
+        return bad(r, err, 0, "source", "source: the config has no source %s", r->source);
     r->dedupe = src ? src->dedupe : 0;
     t = rawfield(L, r->spec, "rules");
     if (t == LUA_TSTRING) {
@@ -300,7 +330,7 @@ static int read_settings(struct run *r, struct brm_err *err) {
         lua_insert(L, -2);
         lua_rawseti(L, -2, 1);
     } else if (t != LUA_TTABLE && t != LUA_TNIL) {
-        return bad(r, err, 0, "rules: expected a rule's name or a list of them, not a %s",
+        return bad(r, err, 0, "rules", "rules: expected a rule's name or a list of them, not a %s",
                    lua_typename(L, t));
     }
     if (t != LUA_TNIL) {
@@ -308,12 +338,13 @@ static int read_settings(struct run *r, struct brm_err *err) {
         r->rules = brm_xcalloc(r->nrules + 1, sizeof(char *));
         for (size_t i = 0; i < r->nrules; i++) {
             if (lua_rawgeti(L, -1, (lua_Integer)i + 1) != LUA_TSTRING)
-                return bad(r, err, 0, "rules: expected names of rules, not a %s",
+                return bad(r, err, 0, "rules", "rules: expected names of rules, not a %s",
                            luaL_typename(L, -1));
             r->rules[i] = brm_xstrdup(lua_tostring(L, -1));
             lua_pop(L, 1);
             if (!brm_engine_has_rule(r->engine, r->rules[i]))
-                return bad(r, err, 0, "rules: the rules folder has no rule named %s", r->rules[i]);
+                return bad(r, err, 0, "rules", "rules: the rules folder has no rule named %s",
+                           r->rules[i]);
         }
     }
     lua_pop(L, 1);
@@ -326,7 +357,7 @@ static int check_payload(struct run *r, int idx, size_t i, int nested, struct br
     int t = lua_type(L, idx);
     if (t == LUA_TSTRING) return 0;
     if (t != LUA_TTABLE)
-        return bad(r, err, i,
+        return bad(r, err, i, NULL,
                    "payload: expected a file's path, a body { topic =, events = } "
                    "or a list of them, not a %s",
                    lua_typename(L, t));
@@ -335,7 +366,8 @@ static int check_payload(struct run *r, int idx, size_t i, int nested, struct br
         return 0;
     }
     lua_pop(L, 1);
-    if (nested || lua_rawlen(L, idx) == 0) return bad(r, err, i, "payload: a body needs a topic");
+    if (nested || lua_rawlen(L, idx) == 0)
+        return bad(r, err, i, NULL, "payload: a body needs a topic");
     for (lua_Integer k = 1; k <= (lua_Integer)lua_rawlen(L, idx); k++) {
         lua_rawgeti(L, idx, k);
         int rc = check_payload(r, lua_gettop(L), i, 1, err);
@@ -352,34 +384,37 @@ static int check_step(struct run *r, size_t i, struct brm_err *err) {
     int s = lua_gettop(L);
     char key[300];
     if (!lua_istable(L, s))
-        return bad(r, err, i, "expected a table { at =, payload =, expect = }, not a %s",
+        return bad(r, err, i, NULL, "expected a table { at =, payload =, expect = }, not a %s",
                    luaL_typename(L, s));
     if (!only_keys(L, s, keys, key, sizeof(key)))
-        return bad(r, err, i, "unknown key %s (at, name, source, payload, expect)", key);
+        return bad(r, err, i, NULL, "unknown key '%s' (at, name, source, payload, expect)", key);
     rawfield(L, s, "at");
     if (read_offset(L, -1, &r->steps[i - 1].at) < 0)
-        return bad(r, err, i, "at: expected a time after the start (\"0s\", \"5m\", 90), not %s",
+        return bad(r, err, i, NULL,
+                   "at: expected a time after the start (\"0s\", \"5m\", 90), not %s",
                    lua_isnil(L, -1)      ? "nothing"
                    : lua_isstring(L, -1) ? lua_tostring(L, -1)
                                          : luaL_typename(L, -1));
     if (i > 1 && r->steps[i - 1].at < r->steps[i - 2].at)
-        return bad(r, err, i, "at: %s is before the previous step's (steps go forward in time)",
+        return bad(r, err, i, NULL,
+                   "at: %s is before the previous step's (steps go forward in time)",
                    lua_tostring(L, -1));
     if (rawfield(L, s, "name") > LUA_TNIL && !lua_isstring(L, -1))
-        return bad(r, err, i, "name: expected a string, not a %s", luaL_typename(L, -1));
+        return bad(r, err, i, NULL, "name: expected a string, not a %s", luaL_typename(L, -1));
     int t = rawfield(L, s, "source");
     if (t != LUA_TNIL && (t != LUA_TSTRING || !brm_config_source(r->cfg, lua_tostring(L, -1))))
-        return bad(r, err, i, "source: the config has no source %s",
+        return bad(r, err, i, NULL, "source: the config has no source %s",
                    t == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
     if (rawfield(L, s, "payload") != LUA_TNIL && check_payload(r, lua_gettop(L), i, 0, err))
         return -1;
     t = rawfield(L, s, "expect");
     if (t != LUA_TNIL && t != LUA_TTABLE)
-        return bad(r, err, i, "expect: expected a list of messages' fields, not a %s",
+        return bad(r, err, i, NULL, "expect: expected a list of messages' fields, not a %s",
                    lua_typename(L, t));
     for (lua_Integer k = 1; t == LUA_TTABLE && k <= (lua_Integer)lua_rawlen(L, -1); k++) {
         if (lua_rawgeti(L, -1, k) != LUA_TTABLE)
-            return bad(r, err, i, "expect: each entry is a table of a message's fields, not a %s",
+            return bad(r, err, i, NULL,
+                       "expect: each entry is a table of a message's fields, not a %s",
                        luaL_typename(L, -1));
         lua_pop(L, 1);
     }
@@ -526,7 +561,7 @@ static int run_body(struct run *r, size_t i, const char *source, struct brm_acti
     struct brm_dispatch_stats stats = { 0 };
     struct brm_err why;
     if (brm_intake_run(r->engine, body, len, &batch, sink, NULL, &stats, &why) != BRM_OK)
-        return bad(r, err, i, "payload: not a Mist webhook body: %s", why.msg);
+        return bad(r, err, i, NULL, "payload: not a Mist webhook body: %s", why.msg);
     *errors += stats.errors;
     return 0;
 }
@@ -543,7 +578,7 @@ static int run_payload(struct run *r, int idx, size_t i, const char *source,
         if (brm_read_file(path, MAX_PAYLOAD, &b) < 0) {
             char what[600];
             snprintf(what, sizeof(what), "%s: %s", lua_tostring(L, idx), strerror(errno));
-            rc = bad(r, err, i, "payload: %s", what);
+            rc = bad(r, err, i, NULL, "payload: %s", what);
         } else {
             lua_pushlstring(L, b.data ? b.data : "", b.len);
             rc = run_body(r, i, source, sink, errors, err);
@@ -557,7 +592,7 @@ static int run_payload(struct run *r, int idx, size_t i, const char *source,
         struct brm_err why;
         lua_pop(L, 1);
         if (brm_json_encode(L, idx, &why) < 0)
-            return bad(r, err, i, "payload: cannot be made JSON: %s", why.msg);
+            return bad(r, err, i, NULL, "payload: cannot be made JSON: %s", why.msg);
         rc = run_body(r, i, source, sink, errors, err);
         lua_pop(L, 1);
         return rc;
