@@ -367,7 +367,13 @@ static void load_rule(struct brm_engine *e, const char *fname, struct brm_errors
     int top = lua_gettop(L);
     if (brm_sandbox_loadfile(e->sb, path, r.file, &err) < 0 ||
         brm_sandbox_call(e->sb, 0, 1, &err) != BRM_CALL_OK) {
-        brm_errors_add(errs, &err);
+        /* A shipped script that refuses how the rule called it (a rule
+         * builder: `return require "brume.holddown" { ... }`, a tail call,
+         * so no line of the rule's is left) is the rule's error. */
+        if (strncmp(err.file, "builtin/", 8) == 0)
+            brm_errors_addf(errs, r.file, 0, "%s (raised at %s:%d)", err.msg, err.file, err.line);
+        else
+            brm_errors_add(errs, &err);
         goto fail;
     }
     if (!read_rule(e, &r, errs)) goto fail;
@@ -829,6 +835,11 @@ static void run_rules(struct brm_engine *e, const struct topic *t, int ev, int c
             lua_pop(L, 1);
             if (!hit) continue;
         }
+        /* ctx.rule: helpers that build rules (brume.holddown...) name
+         * their state by it. Raw: a rule may have given ctx a metatable. */
+        lua_pushliteral(L, "rule");
+        lua_pushstring(L, r->name);
+        lua_rawset(L, ctx);
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->fn);
         lua_pushvalue(L, ev);
         lua_pushvalue(L, ctx);

@@ -3,7 +3,7 @@
  * hands over to the server (run) or does a one-shot job: check the config
  * and rules, run payload files through the rules (test), sign a body.
  * Exit codes: 0 success, 1 a user error (bad config, bad rule, bad payload),
- * 2 a usage error. Depends on config, engine, intake, server, verify.
+ * 2 a usage error. Depends on config, engine, intake, cases, server, verify.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cases.h"
 #include "config.h"
 #include "engine.h"
 #include "intake.h"
@@ -40,8 +41,10 @@ static const char usage_main[] =
     "\n"
     "  run     [-c brume.lua]             start the daemon (logs to stderr)\n"
     "  check   [-c brume.lua]             load the config and rules, report every error\n"
-    "  test    [-c brume.lua] PAYLOAD...  run payload files through the rules offline and\n"
-    "                                     print the messages they would send, as JSON lines\n"
+    "  test    [-c brume.lua] [--at T] PAYLOAD...  run payload files through the rules\n"
+    "                                     offline and print the messages they would send\n"
+    "  test    [-c brume.lua] CASES.lua   run a clock test: timed steps and the messages\n"
+    "                                     expected at each; a diff and exit 1 on a mismatch\n"
     "  sign    --secret S [FILE]          print the X-Mist-Signature-v2 value of a body\n"
     "  replay  [-c brume.lua] [--since T] [--until T] [--topic X] [--send]\n"
     "                                     re-run journaled bodies through the current rules\n"
@@ -68,16 +71,22 @@ static const char usage_check[] =
     "warns, without failing, of a brume.send to a target name the config lacks.\n";
 
 static const char usage_test[] =
-    "usage: brume test [-c brume.lua] PAYLOAD...\n"
+    "usage: brume test [-c brume.lua] [--at T] PAYLOAD|CASES.lua...\n"
     "\n"
     "Runs each payload file (a whole webhook body, or - for stdin) through the\n"
     "rules, offline: nothing is written and nothing is sent. Prints one JSON\n"
     "line per message a rule sends:\n"
     "  {\"rule\":..., \"target\":..., \"topic\":..., \"event\":..., \"message\":{...}}\n"
-    "Rule logs and errors go to stderr, naming the payload file. Exits 1 when\n"
-    "a payload is not a Mist body or a rule fails. Secrets (env() in a source's\n"
-    "secret, the admin token, targets' options) need not be set: only a message\n"
-    "to a target whose variable is missing fails.\n";
+    "--at T runs them as if it were T (\"2026-11-21T10:00Z\", seconds since the\n"
+    "epoch, or \"24h\" ago): brume.now(), timers, once and dedupe read it.\n"
+    "A file ending in .lua is a clock test: timed steps (payloads, time passing)\n"
+    "and the messages expected at each, run on a simulated clock that fires\n"
+    "timers and digests as it passes them (see the README). It prints ok, or a\n"
+    "diff per failing step. Rule logs and errors go to stderr, naming the payload\n"
+    "file. Exits 1 when a payload is not a Mist body, a rule fails or a clock\n"
+    "test does not pass. Secrets (env() in a source's secret, the admin token,\n"
+    "targets' options) need not be set: only a message to a target whose\n"
+    "variable is missing fails.\n";
 
 static const char usage_sign[] =
     "usage: brume sign --secret S [--sha1] [FILE]\n"
@@ -123,6 +132,7 @@ struct args {
     const char *secret;
     const char *source;
     const char *since, *until, *topic;
+    const char *at; /* brume test --at */
     int sha1, all, send;
     const char **rest;
     int nrest;
@@ -158,6 +168,8 @@ static int parse_args(int argc, char **argv, const char *accepts, struct args *a
             target = &a->until;
         } else if (strchr(accepts, 'r') && strcmp(arg, "--topic") == 0) {
             target = &a->topic;
+        } else if (strchr(accepts, 't') && strcmp(arg, "--at") == 0) {
+            target = &a->at;
         } else if (strcmp(arg, "--") == 0) {
             while (++i < argc) a->rest[a->nrest++] = argv[i];
             break;
@@ -245,7 +257,35 @@ static int read_input(const char *path, struct brm_buf *out) {
     return 0;
 }
 
+/* Reads the time option OPTION's VALUE into *OUT; on a bad one says why and
+ * what a time can be, and returns -1 (a usage error). */
+static int parse_time_option(const char *option, const char *value, double now, double *out) {
+    struct brm_err err;
+    if (brm_parse_time(value, now, out, &err) == 0) return 0;
+    fprintf(stderr, "brume: %s '%s': %s\nbrume: %s takes %s\n", option, value, err.msg, option,
+            BRM_TIME_FORMS);
+    return -1;
+}
+
+static double fixed_clock(void *arg) {
+    return *(const double *)arg;
+}
+
+/* Runs the clock test PATH; 0 when it passed. */
+static int run_cases(const struct brm_config *cfg, const char *path, double start) {
+    struct brm_err err;
+    int rc = brm_cases_run(cfg, path, start, stdout, &err);
+    if (rc < 0) {
+        char msg[1024];
+        brm_err_format(&err, msg, sizeof(msg));
+        fprintf(stderr, "%s\n", msg);
+    }
+    return rc;
+}
+
 static int cmd_test(struct args *a) {
+    double at = brm_time_now();
+    if (a->at && parse_time_option("--at", a->at, at, &at) < 0) return EXIT_USAGE;
     if (a->nrest == 0) {
         fputs(usage_test, stderr);
         return EXIT_USAGE;
@@ -262,15 +302,21 @@ static int cmd_test(struct args *a) {
     if (e) {
         brm_engine_set_dry_run(e, 1);
         brm_engine_set_state(e, state);
+        if (a->at) brm_engine_set_clock(e, fixed_clock, &at);
     }
     for (int i = 0; e && i < a->nrest; i++) {
+        if (brm_cases_is_file(a->rest[i])) {
+            if (run_cases(cfg, a->rest[i], a->at ? at : BRM_CASES_START) != 0) rc = EXIT_USER;
+            continue;
+        }
         struct brm_buf body, line;
         struct brm_actions actions = { 0 };
         struct brm_dispatch_stats stats = { 0 };
         struct brm_err err;
         brm_buf_init(&body);
         brm_buf_init(&line);
-        struct brm_batch batch = { "test", (uint64_t)i + 1, brm_time_now(), NULL, NULL };
+        struct brm_batch batch = { "test", (uint64_t)i + 1, a->at ? at : brm_time_now(), NULL,
+                                   NULL };
         brm_engine_set_payload(e, a->rest[i]);
         if (read_input(a->rest[i], &body) < 0) {
             rc = EXIT_USER;
@@ -295,16 +341,6 @@ static int cmd_test(struct args *a) {
     brm_state_free(state);
     brm_config_free(cfg);
     return rc;
-}
-
-/* Reads the time option OPTION's VALUE into *OUT; on a bad one says why and
- * what a time can be, and returns -1 (a usage error). */
-static int parse_time_option(const char *option, const char *value, double now, double *out) {
-    struct brm_err err;
-    if (brm_parse_time(value, now, out, &err) == 0) return 0;
-    fprintf(stderr, "brume: %s '%s': %s\nbrume: %s takes %s\n", option, value, err.msg, option,
-            BRM_TIME_FORMS);
-    return -1;
 }
 
 /* The store of CFG, with its size cap, or NULL with ERR set. */
@@ -767,7 +803,7 @@ int main(int argc, char **argv) {
         const char *name, *accepts, *usage;
     } commands[] = {
         { "run", "c", usage_run },        { "check", "c", usage_check },
-        { "test", "c", usage_test },      { "sign", "cs1", usage_sign },
+        { "test", "ct", usage_test },     { "sign", "cs1", usage_sign },
         { "outbox", "ca", usage_outbox }, { "replay", "cr", usage_replay },
         { "version", "", usage_version },
     };

@@ -85,6 +85,9 @@ local function decode_field(v)
 end
 
 local function flatten(prefix, v, out)
+  if prefix == "" and type(v) == "table" and next(v) == nil then
+    return out -- no state at all (an audit without before or after): no path ""
+  end
   if type(v) == "table" and next(v) ~= nil and v ~= brume.null then
     for k, x in pairs(v) do
       flatten(prefix == "" and tostring(k) or (prefix .. "." .. tostring(k)), x, out)

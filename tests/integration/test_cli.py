@@ -262,6 +262,46 @@ targets = {
         self.assertEqual(len(r.stdout.splitlines()), 1)
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "out")))
 
+    def test_test_at_and_clock_tests(self):
+        self.write("rules/r.lua", "return { topics = '*', on_event = function(ev, ctx)\n"
+                                  "  if brume.once('k', '1h') then brume.send('f', {"
+                                  " now = brume.now(), at = ctx.received_at }) end\n"
+                                  "  brume.timer.set('t', 60)\n"
+                                  "end, on_timer = function(key, data, ctx)\n"
+                                  "  brume.send('f', { fired = brume.now() }) end }\n")
+        cfg = self.write("brume.lua", "sources = { m = { path = '/m', insecure = true } }\n"
+                                      "targets = { f = { kind = 'file', path = 'out/f.jsonl' } }\n")
+        # --at: the time to pretend it is, for brume.now(), ctx and once.
+        r = run_cli("test", "-c", cfg, "--at", "2026-11-01T10:00Z", PING, PING)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = [harness.json.loads(line) for line in r.stdout.splitlines()]
+        self.assertEqual([x["message"] for x in lines], [{"now": 1793527200, "at": 1793527200}])
+        r = run_cli("test", "-c", cfg, "--at", "1700000000", PING)
+        self.assertEqual(harness.json.loads(r.stdout)["message"]["now"], 1700000000)
+        r = run_cli("test", "-c", cfg, "--at", "someday", PING)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--at 'someday': not a time", r.stderr)
+        # A clock test: passes, fails with a diff, or names a bad line.
+        case = ("local P = %r\nreturn { steps = {\n"
+                "  { at = '0s', payload = P, expect = { { target = 'f', now = %s } } },\n"
+                "  { at = '1m', expect = { { fired = %s } } } } }\n")
+        good = self.write("good.lua", case % (PING, "1767225600", "1767225660"))
+        r = run_cli("test", "-c", cfg, good)
+        self.assertEqual((r.returncode, r.stdout), (0, "ok   %s: 2 steps, 2 messages\n" % good))
+        r = run_cli("test", "-c", cfg, "--at", "2026-11-01", good)  # --at moves the start
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("step 1 (at 0s)\n  message 1: now: got 1793491200, want 1767225600\n",
+                      r.stdout)
+        self.assertIn("step 2 (at 1m)\n  message 1: fired: got 1793491260, want 1767225660\n",
+                      r.stdout)
+        self.assertTrue(r.stdout.endswith("good.lua: 2 of 2 steps failed\n"), r.stdout)
+        bad = self.write("bad.lua", "return { steps = {\n  { at = '1m' },\n  { at = '0s' } } }\n")
+        r = run_cli("test", "-c", cfg, bad, PING)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("bad.lua:3: step 2: at: 0s is before the previous step's", r.stderr)
+        self.assertEqual(len(r.stdout.splitlines()), 1)  # the payload after it still ran
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "out")))
+
     def test_run_refuses_to_start(self):
         cfg = self.write("bad.lua", "sources = {}\n")
         r = run_cli("run", "-c", cfg, timeout=30)

@@ -52,7 +52,7 @@ end }""",
         cls.b.cleanup()
 
     def test_every_fixture_is_accepted(self):
-        self.assertEqual(len(self.sent), 61)
+        self.assertEqual(len(self.sent), 62)
         for name, (r, _) in self.sent.items():
             self.assertEqual((name, r.status, r.body), (name, 200, "ok\n"))
 
@@ -96,12 +96,14 @@ end }""",
 
     def test_unknown_topics_are_counted_and_logged_once(self):
         m = self.b.metrics()
-        self.assertEqual(m['brume_unknown_topic_bodies_total'], 2)  # the two "string" topics
+        # The two "string" topics (not among the topics brume knows).
+        self.assertEqual(m["brume_unknown_topic_bodies_total"], 2)
         self.assertEqual(m['brume_events_total{topic="other"}'], 2)
+        self.assertEqual(m['brume_events_total{topic="vbeacon"}'], 2)
         self.assertEqual(m['brume_events_total{topic="alarms"}'], 10)
         log = self.b.log()
-        self.assertEqual(log.count("accepted a topic Mist does not document"), 1)
-        self.assertEqual(m['brume_http_requests_total{route="mist",status="200"}'], 61)
+        self.assertEqual(log.count("accepted a topic Mist does not document"), 1)  # once a topic
+        self.assertEqual(m['brume_http_requests_total{route="mist",status="200"}'], 62)
 
     def test_compact_ping_test_vector(self):
         body = json.dumps(json.loads(read(os.path.join(harness.FIXTURES,

@@ -191,7 +191,7 @@ static void check_fixtures(void) {
         n++;
     }
     if (d) closedir(d);
-    CHECK_INT(n, 61);
+    CHECK_INT(n, 62);
 }
 
 static void check_counts(void) {
