@@ -500,6 +500,22 @@ struct page {
     size_t n;
 };
 
+/* Ends page B (its list open) with the id the next page starts before, and
+ * answers it; or, when ERR is set, answers that instead. Frees B. */
+static void reply_page(struct brm_http_req *req, struct brm_buf *b, const struct brm_err *err,
+                       int64_t next) {
+    if (err) {
+        reply_error(req, 500, err->msg);
+    } else {
+        if (next)
+            brm_buf_printf(b, "],\"next\":%lld}", (long long)next);
+        else
+            brm_buf_puts(b, "],\"next\":null}");
+        reply_json(req, 200, b);
+    }
+    brm_buf_reset(b);
+}
+
 static int list_body(void *arg, const struct brm_body *body) {
     struct page *p = arg;
     struct brm_buf *b = p->out;
@@ -558,17 +574,8 @@ static void api_events(void *arg, struct brm_http_req *req) {
     brm_buf_init(&b);
     brm_buf_puts(&b, "{\"events\":[");
     struct page p = { &b, 0 };
-    if (brm_store_find_bodies(c->store, &q, list_body, &p, &err) < 0) {
-        brm_buf_reset(&b);
-        reply_error(req, 500, err.msg);
-        return;
-    }
-    if (q.next)
-        brm_buf_printf(&b, "],\"next\":%lld}", (long long)q.next);
-    else
-        brm_buf_puts(&b, "],\"next\":null}");
-    reply_json(req, 200, &b);
-    brm_buf_reset(&b);
+    int rc = brm_store_find_bodies(c->store, &q, list_body, &p, &err);
+    reply_page(req, &b, rc < 0 ? &err : NULL, q.next);
 }
 
 /* A delivery's state as a word. */
@@ -693,17 +700,8 @@ static void api_deliveries(void *arg, struct brm_http_req *req) {
     brm_buf_init(&b);
     brm_buf_puts(&b, "{\"deliveries\":[");
     struct page p = { &b, 0 };
-    if (brm_store_find_deliveries(c->store, &q, list_delivery, &p, &err) < 0) {
-        brm_buf_reset(&b);
-        reply_error(req, 500, err.msg);
-        return;
-    }
-    if (q.next)
-        brm_buf_printf(&b, "],\"next\":%lld}", (long long)q.next);
-    else
-        brm_buf_puts(&b, "],\"next\":null}");
-    reply_json(req, 200, &b);
-    brm_buf_reset(&b);
+    int rc = brm_store_find_deliveries(c->store, &q, list_delivery, &p, &err);
+    reply_page(req, &b, rc < 0 ? &err : NULL, q.next);
 }
 
 /* Appends "KEY": S masked with target T's secrets and cut to

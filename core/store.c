@@ -358,6 +358,16 @@ static int busy(void *arg, int n) {
     return 1;
 }
 
+/* Prepares every statement of sql[] on S's connection. */
+static int prepare(struct brm_store *s, struct brm_err *err) {
+    for (int i = 0; i < NSTMT; i++) {
+        if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL) !=
+            SQLITE_OK)
+            return fail(s, err, "preparing a statement");
+    }
+    return 0;
+}
+
 struct brm_store *brm_store_open(const char *path, struct brm_err *err) {
     struct brm_store *s = brm_xcalloc(1, sizeof(*s));
     /* Stored requests carry targets' credentials: the file is the owner's. */
@@ -384,13 +394,7 @@ struct brm_store *brm_store_open(const char *path, struct brm_err *err) {
              err) < 0)
         goto fail;
     if (migrate(s, err) < 0) goto fail;
-    for (int i = 0; i < NSTMT; i++) {
-        if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL) !=
-            SQLITE_OK) {
-            fail(s, err, "preparing a statement");
-            goto fail;
-        }
-    }
+    if (prepare(s, err) < 0) goto fail;
     return s;
 fail:
     brm_store_close(s);
@@ -417,13 +421,7 @@ struct brm_store *brm_store_open_reader(const char *path, struct brm_err *err) {
                     (int)BRM_ARRAY_LEN(migrations));
         goto fail;
     }
-    for (int i = 0; i < NSTMT; i++) {
-        if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL) !=
-            SQLITE_OK) {
-            fail(s, err, "preparing a statement");
-            goto fail;
-        }
-    }
+    if (prepare(s, err) < 0) goto fail;
     return s;
 fail:
     brm_store_close(s);
