@@ -617,6 +617,10 @@ void brm_engine_set_state(struct brm_engine *e, struct brm_state *state) {
     brm_api_set_state(e->api, state);
 }
 
+void brm_engine_set_cancel(struct brm_engine *e, const _Atomic int *flag) {
+    brm_sandbox_set_cancel(e->sb, flag);
+}
+
 int brm_engine_exhausted(const struct brm_engine *e) {
     return e->exhausted;
 }
