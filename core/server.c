@@ -655,6 +655,7 @@ static void on_due(evutil_socket_t fd, short what, void *arg) {
     evtimer_del(s->due_timer);
     if (!next) return;
     double wait = next > now ? next - now : DUE_RETRY; /* a group holds the first */
+    if (wait > 86400) wait = 86400;                    /* looked at again then: a time_t holds it */
     struct timeval tv = { (time_t)wait, (suseconds_t)((wait - (double)(time_t)wait) * 1e6) };
     evtimer_add(s->due_timer, &tv);
 }
@@ -682,28 +683,66 @@ static void drop_done(struct brm_journal_job *job, int stored, const struct brm_
     free(d);
 }
 
+/* Drops RULE's timers and digests (the rule is gone), saying so with WHY. */
+static void drop_rule_timers(struct server *s, const char *rule, const char *why) {
+    struct brm_state_txn *t = brm_state_begin(s->state);
+    long n = brm_state_drop_rule(s->state, rule, t);
+    if (n == 0) {
+        brm_state_release(t, 1);
+        return;
+    }
+    char count[32];
+    snprintf(count, sizeof(count), "%ld", n);
+    brm_log_info(why, "rule", rule, "count", count);
+    struct drop *d = brm_xcalloc(1, sizeof(*d));
+    d->jg.cfg = brm_config_ref(s->cfg);
+    d->jg.txn = t;
+    d->jg.job.done = drop_done;
+    brm_journal_group_init(&d->jg, 0);
+    brm_journal_submit(s->journal, &d->jg.job);
+}
+
 /* A reload that removes a rule drops its timers and digests, with a line. */
 static void drop_removed_timers(struct server *s, const struct brm_engine *e) {
-    for (size_t i = 0; i < s->nrule_names; i++) {
-        if (brm_engine_has_rule(e, s->rule_names[i])) continue;
-        struct brm_state_txn *t = brm_state_begin(s->state);
-        long n = brm_state_drop_rule(s->state, s->rule_names[i], t);
-        if (n == 0) {
-            brm_state_release(t, 1);
-            continue;
-        }
-        char count[32];
-        snprintf(count, sizeof(count), "%ld", n);
-        brm_log_info("a reload removed a rule: its timers and digests are dropped", "rule",
-                     s->rule_names[i], "count", count);
-        struct drop *d = brm_xcalloc(1, sizeof(*d));
-        d->jg.cfg = brm_config_ref(s->cfg);
-        d->jg.txn = t;
-        d->jg.job.done = drop_done;
-        brm_journal_group_init(&d->jg, 0);
-        brm_journal_submit(s->journal, &d->jg.job);
-    }
+    for (size_t i = 0; i < s->nrule_names; i++)
+        if (!brm_engine_has_rule(e, s->rule_names[i]))
+            drop_rule_timers(s, s->rule_names[i],
+                             "a reload removed a rule: its timers and digests are dropped");
     keep_rule_names(s, e);
+}
+
+struct gone {
+    struct server *s;
+    char **names; /* rules of the store's timers that the running set lacks */
+    size_t n;
+};
+
+static void note_gone(void *arg, int kind, const char *key, const char *rule, size_t rule_len,
+                      const char *name, double due, const char *data, long count) {
+    struct gone *g = arg;
+    (void)kind, (void)key, (void)name, (void)due, (void)data, (void)count;
+    for (size_t i = 0; i < g->s->nrule_names; i++)
+        if (strlen(g->s->rule_names[i]) == rule_len &&
+            memcmp(g->s->rule_names[i], rule, rule_len) == 0)
+            return;
+    for (size_t i = 0; i < g->n; i++)
+        if (strlen(g->names[i]) == rule_len && memcmp(g->names[i], rule, rule_len) == 0) return;
+    g->names = brm_xrealloc(g->names, (g->n + 1) * sizeof(char *));
+    g->names[g->n++] = brm_xstrndup(rule, rule_len);
+}
+
+/* At start: the timers and digests of rules removed while brume was
+ * stopped go, with a line each, as a reload would drop them. */
+static void drop_gone_timers(struct server *s) {
+    struct gone g = { s, NULL, 0 };
+    brm_state_each_due(s->state, brm_state_pending(s->state), note_gone, &g);
+    for (size_t i = 0; i < g.n; i++) {
+        drop_rule_timers(s, g.names[i],
+                         "a rule removed while brume was stopped had timers or digests: they are "
+                         "dropped");
+        free(g.names[i]);
+    }
+    free(g.names);
 }
 
 static double gauge_timers(void *arg) {
@@ -1068,6 +1107,7 @@ int brm_server_run(const struct brm_config *cfg) {
     start_workers(&s);
     brm_metrics_gauge("brume_timers_pending", "Timers and digests not yet due.", gauge_timers, &s,
                       NULL);
+    drop_gone_timers(&s);
     on_due(-1, 0, &s); /* what came due while brume was stopped fires now, in due order */
     char n[32];
     snprintf(n, sizeof(n), "%ld", atomic_load(&s.rules));
