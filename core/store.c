@@ -728,13 +728,14 @@ int brm_store_bodies(struct brm_store *s, double since, double until,
 int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_OLDEST_BODIES];
     int64_t upto = p->after;
-    int rc;
+    int rc, looked = 0;
     p->removed = 0;
     sqlite3_bind_int64(st, 1, p->after);
     sqlite3_bind_int(st, 2, p->limit);
     /* The oldest go while they are older than BEFORE or the journal is over
      * its size; each of their done deliveries goes with it. */
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        looked++;
         int64_t id = sqlite3_column_int64(st, 0), len = sqlite3_column_int64(st, 2);
         double received = sqlite3_column_double(st, 1);
         if (received >= p->before && (p->max_bytes == 0 || p->bytes <= p->max_bytes)) break;
@@ -751,7 +752,8 @@ int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_
     }
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "pruning the journal");
-    p->exhausted = rc == SQLITE_DONE; /* nothing older is left to look at */
+    /* Nothing older is left to look at: the query ran out before its limit. */
+    p->exhausted = rc == SQLITE_DONE && looked < p->limit;
     if (upto == p->after) return 0;
     sqlite3_bind_int64(s->stmt[S_PRUNE_BODIES], 1, p->after);
     sqlite3_bind_int64(s->stmt[S_PRUNE_BODIES], 2, upto);

@@ -131,6 +131,46 @@ class Ring(unittest.TestCase):
             b.cleanup()
 
 
+    def test_retention_keeps_up_with_a_backlog_of_old_bodies(self):
+        b = Brume(SOURCE, rules={"n.lua": NOTHING})
+        try:
+            b.start()
+            self.assertEqual(b.stop(), 0)
+            # 20 000 bodies two days old, written behind brume's back, then a
+            # retention of a day: far more than one step a second removes.
+            db = sqlite3.connect(b.path("var", "brume.db"))
+            blob = json.dumps({"topic": "alarms", "events": [{"id": "old"}]})
+            then = time.time() - 2 * 86400
+            db.executemany("INSERT INTO bodies (id, source, topic, received, events, body)"
+                           " VALUES (?, 'mist', 'alarms', ?, 1, ?)",
+                           ((i, then, blob) for i in range(1, 20001)))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('journal_bytes', ?)",
+                       (20000 * len(blob),))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('journal_rows', 20000)")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('last_body', 20000)")
+            db.commit()
+            db.close()
+            with open(b.config_path, "a") as f:
+                f.write('journal = { retention = "1d" }\n')
+            b.start()
+            self.assertEqual(b.post(json.dumps({"topic": "alarms", "events": [{"id": "new"}]}))
+                             .status, 200)
+            deadline = time.time() + 20  # one step of 256 a second would take 78 s
+            while time.time() < deadline:
+                db = sqlite3.connect(b.path("var", "brume.db"))
+                old = db.execute("SELECT count(*) FROM bodies WHERE received < ?",
+                                 (time.time() - 86400,)).fetchone()[0]
+                db.close()
+                if old == 0:
+                    break
+                time.sleep(0.2)
+            self.assertEqual(old, 0)
+            self.assertEqual(b.stop(), 0)
+            self.assertEqual(journal_ids(b), ["new"])
+        finally:
+            b.cleanup()
+
+
 class KillDuringCommit(unittest.TestCase):
     def test_kill_9_while_the_writer_syncs_loses_nothing_acknowledged(self):
         """Every sync of the store takes 150 ms longer, so the kill lands in
