@@ -118,7 +118,8 @@ static const char *const migrations[] = {
      * of bytes. A delivery enters deliveries_dead only when it dies (rare),
      * and leaves it when it is retried or dropped. attempts: one row per
      * attempt's outcome, written with the outcomes' batch (a few per
-     * delivery), pruned by age and count in the writer's upkeep. */
+     * delivery), pruned by age and count in the writer's upkeep, and with
+     * their done delivery when the ring removes its body. */
     "ALTER TABLE bodies ADD COLUMN runs BLOB;"
     "CREATE INDEX bodies_topic ON bodies(topic);"
     "CREATE INDEX deliveries_dead ON deliveries(state) WHERE state = 2;"
@@ -156,6 +157,7 @@ enum stmt {
     S_BODIES,
     S_OLDEST_BODIES,
     S_PRUNE_BODIES,
+    S_PRUNE_DONE_ATTEMPTS,
     S_PRUNE_DONE,
     S_PUT_STATE,
     S_DEL_STATE,
@@ -245,6 +247,8 @@ static const char *const sql[NSTMT] = {
     [S_PRUNE_BODIES] = "DELETE FROM bodies WHERE id > ? AND id <= ?",
     /* A body's deliveries have keys "<body>:...": its done ones go with it
      * (their keys are what keeps a replay of it from queueing them again). */
+    [S_PRUNE_DONE_ATTEMPTS] = "DELETE FROM attempts WHERE delivery IN (SELECT id FROM deliveries"
+                              " WHERE key >= ?1 || ':' AND key < ?1 || ';' AND state = 1)",
     [S_PRUNE_DONE] = "DELETE FROM deliveries WHERE key >= ?1 || ':' AND key < ?1 || ';'"
                      " AND state = 1",
     [S_PUT_STATE] = "INSERT INTO state (key, value, expires, due) VALUES (?, ?, ?, ?)"
@@ -739,9 +743,10 @@ int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_
         int64_t id = sqlite3_column_int64(st, 0), len = sqlite3_column_int64(st, 2);
         double received = sqlite3_column_double(st, 1);
         if (received >= p->before && (p->max_bytes == 0 || p->bytes <= p->max_bytes)) break;
-        sqlite3_stmt *done = s->stmt[S_PRUNE_DONE];
-        sqlite3_bind_int64(done, 1, id);
-        if (run(s, S_PRUNE_DONE, err, "pruning the journal") < 0) {
+        sqlite3_bind_int64(s->stmt[S_PRUNE_DONE_ATTEMPTS], 1, id);
+        sqlite3_bind_int64(s->stmt[S_PRUNE_DONE], 1, id);
+        if (run(s, S_PRUNE_DONE_ATTEMPTS, err, "pruning the journal") < 0 ||
+            run(s, S_PRUNE_DONE, err, "pruning the journal") < 0) {
             sqlite3_reset(st);
             return -1;
         }

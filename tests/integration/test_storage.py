@@ -83,6 +83,36 @@ class Ring(unittest.TestCase):
         finally:
             b.cleanup()
 
+    def test_deliveries_and_their_attempts_go_with_their_bodies(self):
+        b = Brume(SOURCE + 'journal = { max_size = "256KB" }\n'
+                  'targets = { out = { kind = "file", path = "var/out.jsonl" } }\n',
+                  rules={"s.lua": """
+return { topics = "alarms", on_event = function(ev, ctx)
+  for i = 1, 5 do brume.send("out", { title = ev.id .. ":" .. i }) end
+end }"""}, workers=2).start()
+        try:
+            conn = b.connection()
+            for i in range(3000):  # 15 000 deliveries, each with an attempt
+                body = json.dumps({"topic": "alarms", "events": [{"id": "e%05d" % i,
+                                                                   "p": "x" * 200}]})
+                self.assertEqual(b.post(body, conn=conn).status, 200)
+            conn.close()
+            b.wait_lines("out.jsonl", 15000, timeout=120)
+            time.sleep(1.5)
+            self.assertEqual(b.stop(), 0)
+            db = sqlite3.connect(b.path("var", "brume.db"))
+            bodies = db.execute("SELECT count(*) FROM bodies").fetchone()[0]
+            deliveries = db.execute("SELECT count(*) FROM deliveries").fetchone()[0]
+            attempts = db.execute("SELECT count(*) FROM attempts").fetchone()[0]
+            db.close()
+            # What is kept follows the bodies the ring keeps, not what went
+            # through: 5 deliveries a body, an attempt each.
+            self.assertLess(bodies, 3000)
+            self.assertLessEqual(deliveries, 5 * bodies)
+            self.assertLessEqual(attempts, 5 * bodies)
+        finally:
+            b.cleanup()
+
     def test_sigterm_during_a_long_prune_is_prompt(self):
         b = Brume(SOURCE + 'http = { drain_timeout = "2s" }\n', rules={"n.lua": NOTHING})
         try:
