@@ -580,9 +580,24 @@ void brm_engine_lint(struct brm_engine *e, struct brm_errors *warnings) {
     for (size_t i = 0; i < e->nrules; i++) {
         struct lint l = { e->cfg, &e->rules[i], warnings };
         text.len = 0;
-        if (brm_snapshot_read(brm_sandbox_files(e->sb), e->rules[i].path, MAX_RULE_FILE, &text) ==
+        if (brm_snapshot_read(brm_sandbox_files(e->sb), e->rules[i].path, MAX_RULE_FILE, &text) !=
             0)
-            brm_lint_sends(text.data ? text.data : "", text.len, lint_send, &l);
+            continue;
+        const char *t = text.data ? text.data : "";
+        brm_lint_sends(t, text.len, lint_send, &l);
+        /* A timer or digest with nothing to run when it comes due is
+         * dropped then: say so now. */
+        int line;
+        if (e->rules[i].on_timer == LUA_NOREF &&
+            (line = brm_lint_call_line(t, text.len, "timer", "set")))
+            brm_errors_addf(warnings, e->rules[i].file, line,
+                            "brume.timer.set in a rule without on_timer: its timers will be "
+                            "dropped when they come due");
+        if (e->rules[i].on_group == LUA_NOREF &&
+            (line = brm_lint_call_line(t, text.len, "group", "add")))
+            brm_errors_addf(warnings, e->rules[i].file, line,
+                            "brume.group.add in a rule without on_group: its digests will be "
+                            "dropped when they close");
     }
     brm_buf_reset(&text);
 }
