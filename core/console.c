@@ -1228,7 +1228,7 @@ static void play(struct brm_console *c, struct brm_http_req *req, struct brm_sna
     struct brm_actions actions = { 0 };
     struct brm_envelope env;
     struct brm_err err;
-    struct brm_batch batch = { "console", (uint64_t)id, brm_time_now(), 0, NULL };
+    struct brm_batch batch = { "console", (uint64_t)id, brm_time_now(), 0, NULL, 0 };
     lua_State *L = brm_engine_state(e);
     if (brm_json_envelope(L, payload, len, &env, &err) != 0) {
         brm_errors_addf(&errs, NULL, 0, "not a Mist webhook body: %s", err.msg);

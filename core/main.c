@@ -315,8 +315,8 @@ static int cmd_test(struct args *a) {
         struct brm_err err;
         brm_buf_init(&body);
         brm_buf_init(&line);
-        struct brm_batch batch = { "test", (uint64_t)i + 1, a->at ? at : brm_time_now(), NULL,
-                                   NULL };
+        struct brm_batch batch = { "test", (uint64_t)i + 1, a->at ? at : brm_time_now(), NULL, NULL,
+                                   0 };
         brm_engine_set_payload(e, a->rest[i]);
         if (read_input(a->rest[i], &body) < 0) {
             rc = EXIT_USER;
@@ -411,8 +411,9 @@ static int replay_body(void *arg, const struct brm_body *b) {
     }
     r->of_topic++;
     const struct brm_source *src = brm_config_source(r->cfg, b->source);
-    struct brm_batch batch = { b->source, (uint64_t)b->id, b->received, src ? &src->dedupe : NULL,
-                               NULL };
+    struct brm_batch batch = { b->source,   (uint64_t)b->id,
+                               b->received, src ? &src->dedupe : NULL,
+                               NULL,        0 };
     if (brm_intake_run(r->engine, b->body, b->len, &batch, &actions, NULL, &stats, &err) !=
         BRM_OK) {
         fprintf(stderr, "brume: body %lld no longer decodes: %s\n", (long long)b->id, err.msg);
