@@ -427,7 +427,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
     }
     count_events(in, &env);
     if (stats.duplicates) brm_counter_add(in->duplicates, stats.duplicates);
-    if (b->tally) *b->tally = (struct brm_intake_tally){ env.nevents, stats.duplicates };
+    if (b->tally) *b->tally = (struct brm_intake_tally){ env.nevents, stats.duplicates, actions.n };
     if (!env.known) note_unknown_topic(&env, src->name);
     if (brm_log_enabled(BRM_LOG_DEBUG)) {
         char n[32], sent[32];
@@ -648,7 +648,7 @@ static void group_done(struct brm_journal_job *job, int stored, const struct brm
     if (!stored) snprintf(g->error, sizeof(g->error), "%s", err->msg);
     if (brm_state_release(g->jg.txn, stored)) in->wake(in->wake_arg);
     g->jg.txn = NULL;
-    if (stored && g->jg.messages) brm_outbox_wake(in->outbox);
+    if (stored && g->jg.messages && in->outbox) brm_outbox_wake(in->outbox);
     pthread_mutex_lock(&in->lock);
     g->next = in->done;
     in->done = g;

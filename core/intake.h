@@ -49,9 +49,10 @@ struct brm_intake;
 typedef void brm_intake_wake_fn(void *arg);
 
 /* An intake running ENGINE's rules on the sources of ENGINE's config (it
- * takes ownership of ENGINE), journaling through J, waking OB, with the
- * shared STATE (all borrowed), on the worker's BASE. WAKE(ARG) is how it
- * asks for parked bodies to be tried again. */
+ * takes ownership of ENGINE), journaling through J, waking OB (or NULL: no
+ * outbox runs, what is queued waits for the next start), with the shared
+ * STATE (all borrowed), on the worker's BASE. WAKE(ARG) is how it asks for
+ * parked bodies to be tried again. */
 struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *ob,
                                   struct brm_journal *j, struct brm_state *state,
                                   struct event_base *base, brm_intake_wake_fn *wake, void *arg);
@@ -105,6 +106,7 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *req,
 struct brm_intake_tally {
     size_t events;     /* in the body */
     size_t duplicates; /* of those, not run: seen already within the source's dedupe window */
+    size_t messages;   /* its rules sent */
 };
 
 /*
