@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "json.h"
 #include "log.h"
@@ -915,10 +916,15 @@ static struct brm_backfill_report *run_ask(struct brm_backfill *bf, const struct
         report->ok = 0;
         return report;
     }
-    struct brm_store *journal = brm_store_open_reader(bf->store_path, &err);
-    if (!journal && !ask->dry_run && bf->take)
+    /* No store yet is no body yet; one that cannot be read is said. */
+    struct brm_store *journal = NULL;
+    if (access(bf->store_path, F_OK) == 0 &&
+        !(journal = brm_store_open_reader(bf->store_path, &err))) {
         brm_log_warn("backfill: cannot read the journal: bodies it holds are not skipped", "error",
                      err.msg);
+        report_line(report, "note: cannot read the journal (%s): bodies it holds are not skipped",
+                    err.msg);
+    }
     double now = brm_time_now();
     int sources = 0;
     for (size_t i = 0; i < cfg->nsources && !atomic_load(&bf->stopping); i++) {
