@@ -330,11 +330,16 @@ class Backfill(unittest.TestCase):
         for i in range(3):
             topic, body = sample(i, "down-%d" % i)
             self.mist.add(webhook=WH_ORG, org=ORG, topic=topic, ts=now - 100 + i, body=body)
-        r = backfill(b, "--since", "1h")
+        self.mist.fault(503, at=0)  # tried again, after a second
+        r = backfill(b, "--since", "1h", "--source", "org")
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertRegex(r.stdout, r"source org: .*: 3 found, 3 taken, 0 skipped, 0 failed")
+        self.assertRegex(r.stdout, r"source org: .*: 3 found, 3 taken, 0 skipped, 0 failed "
+                                   r"\(2 requests, 3 messages queued\)")
         self.assertIn("note: brume is not running: the 3 messages queued go out when it starts",
                       r.stdout)
+        self.assertIn("backfill: Mist's API failed: trying again", r.stderr)
+        org = [x for x in self.mist.searches() if "/orgs/" in x.path]
+        self.assertGreaterEqual(org[1].time - org[0].time, 0.95)
         self.assertEqual(bodies_in_store(b), (3, 3))
         self.assertEqual(b.lines("out.jsonl"), [])
         b.start()
@@ -343,6 +348,25 @@ class Backfill(unittest.TestCase):
         r = backfill(b, "--since", "1h")  # through the running brume now: all in the journal
         self.assertRegex(r.stdout, r"source org: .*: 3 found, 0 taken, 3 skipped")
         self.no_token_anywhere(b, r.stdout, r.stderr)
+
+    def test_a_second_with_more_than_a_page_moves_on_and_says_so(self):
+        b = self.brume()
+        base = int(time.time()) - 600
+        for i in range(130):
+            self.mist.add(webhook=WH_ORG, org=ORG, topic="alarms", ts=base + 0.5,
+                          body=sample(0, "burst-%d" % i)[1])
+        self.mist.add(webhook=WH_ORG, org=ORG, topic="alarms", ts=base + 10.5,
+                      body=sample(0, "after")[1])
+        r = backfill(b, "--dry-run", "--source", "org", "--since", "20m")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"note: source org: more than 100 failures in the second of "
+                                   r"\S+: some of them may be missed")
+        self.assertRegex(r.stdout, r"source org: .*: 101 found, 101 to take, 0 skipped, 0 failed "
+                                   r"\(3 requests\)")
+        self.assertIn("a whole page of failures in one second", r.stderr)
+        # On to the burst's second, which fills a page again: on by a second.
+        starts = [int(x.params["start"]) for x in self.mist.searches()]
+        self.assertEqual(starts[1:], [base, base + 1])
 
     def test_usage_and_config_errors(self):
         b = self.brume()
