@@ -435,9 +435,8 @@ static int replay_body(void *arg, const struct brm_body *b) {
     }
     r->of_topic++;
     const struct brm_source *src = brm_config_source(r->cfg, b->source);
-    struct brm_batch batch = { b->source,   (uint64_t)b->id,
-                               b->received, src ? &src->dedupe : NULL,
-                               NULL,        0 };
+    struct brm_batch batch = { b->source, (uint64_t)b->id, b->received, src ? &src->dedupe : NULL,
+                               NULL,      b->backfilled };
     if (brm_intake_run(r->engine, b->body, b->len, &batch, &actions, NULL, &stats, &err) !=
         BRM_OK) {
         fprintf(stderr, "brume: body %lld no longer decodes: %s\n", (long long)b->id, err.msg);

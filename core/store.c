@@ -247,7 +247,7 @@ static const char *const sql[NSTMT] = {
     [S_META] = "SELECT value FROM meta WHERE key = ?",
     [S_MAX_BODY] = "SELECT max(coalesce((SELECT max(id) FROM bodies), 0),"
                    " coalesce((SELECT value FROM meta WHERE key = 'last_body'), 0))",
-    [S_BODIES] = "SELECT id, source, topic, received, events, body FROM bodies"
+    [S_BODIES] = "SELECT id, source, topic, received, events, body, backfilled FROM bodies"
                  " WHERE received >= ? AND received < ? ORDER BY id",
     /* length() of a blob reads its size from the record, not its pages. */
     [S_OLDEST_BODIES] = "SELECT id, received, length(body) + coalesce(length(runs), 0) FROM bodies"
@@ -764,6 +764,7 @@ int brm_store_bodies(struct brm_store *s, double since, double until,
             .events = (size_t)sqlite3_column_int64(st, 4),
             .body = sqlite3_column_blob(st, 5),
             .len = (size_t)sqlite3_column_bytes(st, 5),
+            .backfilled = sqlite3_column_int(st, 6),
         };
         if (fn(arg, &b)) {
             rc = SQLITE_DONE;

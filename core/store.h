@@ -131,7 +131,7 @@ struct brm_body {
     const char *runs; /* what its rules did, JSON (engine.h), RUNS_LEN bytes; or NULL */
     size_t runs_len;
     uint64_t digest; /* brm_hash64 of BODY (written; not read back) */
-    int backfilled;  /* taken from Mist's delivery log, not posted (written; not read back) */
+    int backfilled;  /* taken from Mist's delivery log, not posted (read by brm_store_bodies) */
 };
 
 int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm_err *err);

@@ -347,6 +347,13 @@ class Backfill(unittest.TestCase):
         self.assertEqual(sorted(x["message"]["id"] for x in got), ["down-0", "down-1", "down-2"])
         r = backfill(b, "--since", "1h")  # through the running brume now: all in the journal
         self.assertRegex(r.stdout, r"source org: .*: 3 found, 0 taken, 3 skipped")
+        # A replay of them says they were backfilled, as the first run did.
+        p = harness.run_cli("replay", "-c", b.config_path, "--since", "1h",
+                            env={"MIST_API_TOKEN": TOKEN})
+        self.assertEqual(p.returncode, 0, p.stderr)
+        replayed = [json.loads(line)["message"] for line in p.stdout.splitlines()]
+        self.assertEqual(len(replayed), 3)
+        self.assertEqual({x["backfilled"] for x in replayed}, {True})
         self.no_token_anywhere(b, r.stdout, r.stderr)
 
     def test_a_second_with_more_than_a_page_moves_on_and_says_so(self):
