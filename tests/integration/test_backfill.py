@@ -263,7 +263,21 @@ class Backfill(unittest.TestCase):
         b.wait_log(r'msg="backfill done" source=site run=schedule .*taken=1')
         time.sleep(2.5)  # later runs find it again, in the journal
         self.assertEqual(len(b.lines("out.jsonl")), 1)
-        self.no_token_anywhere(b)
+        # The admin endpoint `brume backfill` uses: a change, as the console's.
+        r = b.request("POST", "/backfill?dry_run=1", admin=True)
+        self.assertEqual(r.status, 403)
+        self.assertIn("X-Brume-Console", r.body)
+        h = {"X-Brume-Console": "1"}
+        r = b.request("POST", "/backfill?since=soon", headers=h, admin=True)
+        self.assertEqual((r.status, r.body.split(":")[0]), (400, "error"))
+        r = b.request("POST", "/backfill?source=nope", headers=h, admin=True)
+        self.assertEqual(r.status, 400)
+        self.assertIn("no source named nope", r.body)
+        r = b.request("POST", "/backfill?dry_run=1&source=site&since=%d" % (time.time() - 600),
+                      headers=h, admin=True)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertRegex(r.body, r"would skip +site +audits .* in the journal already")
+        self.no_token_anywhere(b, r.body)
 
     def test_a_bad_token_says_what_it_lacks_and_exits_1(self):
         b = self.brume(token="wrong-token-77aa")
@@ -287,6 +301,16 @@ class Backfill(unittest.TestCase):
         self.assertNotIn("wrong-token-77aa", r.stdout + r.stderr)
         searches = [x for x in self.mist.searches() if SITE in x.path]
         self.assertEqual(len(searches), 2)  # one at the catch-up, one now: no retry
+
+    def test_a_stop_does_not_wait_for_the_rate_limit(self):
+        self.mist.fault(429, {"Retry-After": "600"}, at=0)
+        b = self.brume().start()
+        b.wait_log("answered 429 \\(rate limit\\): waiting")
+        t = time.time()
+        self.assertEqual(b.stop(), 0)
+        self.assertLess(time.time() - t, 10)
+        self.assertRegex(b.log(), r'msg="backfill stopped" source=\w+ run=catch-up .*brume is '
+                                  r'stopping')
 
     def test_an_api_that_cannot_be_reached_exits_1(self):
         b = self.brume(api="http://127.0.0.1:1")
