@@ -194,7 +194,7 @@ class Backfill(unittest.TestCase):
         starts = [int(x.params["start"]) for x in org]
         again = [i for i in range(3) if starts[i] == starts[i + 1]]
         self.assertEqual(len(again), 1)  # the 429's page, asked for again...
-        self.assertGreaterEqual(org[again[0] + 1].time - org[again[0]].time, 0.9)  # ...after Retry-After
+        self.assertGreaterEqual(org[again[0] + 1].time - org[again[0]].time, 0.9)  # ...after its wait
         pages = sorted(set(starts))
         self.assertEqual(len(pages), 3)
         self.assertEqual(pages[1], int(base) + 33)  # the second of page 1's last result
