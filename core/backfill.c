@@ -630,6 +630,7 @@ static int read_page(struct run *r, const struct answer *a, struct result **out,
     *n = *listed = 0;
     *last = NAN;
     lua_settop(L, 0);
+    brm_err_set(&why, "out of memory decoding it");
     int rc = brm_json_decode(L, a->body.data ? a->body.data : "", a->body.len, &why);
     if (rc != 0 || !lua_istable(L, 1)) {
         brm_err_set(err, "source %s: Mist's API answered something that is not a search result%s%s",
