@@ -1304,7 +1304,7 @@ static void play(struct play *p) {
     struct brm_actions actions = { 0 };
     struct brm_envelope env;
     struct brm_err err;
-    struct brm_batch batch = { "console", (uint64_t)p->id, brm_time_now(), 0, NULL };
+    struct brm_batch batch = { "console", (uint64_t)p->id, brm_time_now(), 0, NULL, 0 };
     lua_State *L = brm_engine_state(e);
     const char *payload = p->payload.data ? p->payload.data : "";
     if (brm_json_envelope(L, payload, p->payload.len, &env, &err) != 0) {

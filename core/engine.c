@@ -872,7 +872,8 @@ static void run_rules(struct brm_engine *e, const struct topic *t, int ev, int c
 }
 
 /* Pushes ctx for event INDEX: the envelope's fields other than topic and
- * events, then topic, source, received_at, delivery and index. [-0, +1] */
+ * events, then topic, source, received_at, delivery, index, and backfilled
+ * (true, for a body taken from Mist's delivery log). [-0, +1] */
 static void push_ctx(lua_State *L, int envelope, const char *topic, const struct brm_batch *b,
                      size_t index) {
     lua_createtable(L, 0, 6);
@@ -898,6 +899,10 @@ static void push_ctx(lua_State *L, int envelope, const char *topic, const struct
     lua_setfield(L, ctx, "delivery");
     lua_pushinteger(L, (lua_Integer)index);
     lua_setfield(L, ctx, "index");
+    if (b->backfilled) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, ctx, "backfilled");
+    }
 }
 
 /* Empties the queue brume.emit fills. */

@@ -34,6 +34,7 @@ struct brm_batch {
     double received_at;
     const struct brm_dedupe *dedupe; /* the source's (NULL, or a window of 0: no dedupe) */
     struct brm_state_txn *txn;       /* the transaction state changes belong to (NULL: none) */
+    int backfilled; /* taken from Mist's delivery log, not posted: ctx.backfilled = true */
 };
 
 /*

@@ -37,7 +37,8 @@ struct held {
     char *copy; /* or a copy, when it was answered first */
     struct brm_actions actions;
     struct brm_run_log runs; /* what its rules did, stored with it */
-    int fired; /* not a body: what a timer's or digest's handler did */
+    int fired;               /* not a body: what a timer's or digest's handler did */
+    int backfilled;
 };
 
 /* The bodies of one turn, handed to the journal together. */
@@ -71,6 +72,8 @@ struct parked {
     char *copy;
     double received;
     char *peer;
+    int backfilled;
+    struct brm_intake_tally *tally;
 };
 
 struct brm_intake {
@@ -350,6 +353,8 @@ struct body {
     size_t len;
     double received;
     const char *peer;
+    int backfilled; /* from Mist's delivery log: answered once stored, whatever the source says */
+    struct brm_intake_tally *tally; /* or NULL */
 };
 
 static void park(struct brm_intake *in, const struct body *b, brm_intake_done_fn *done, void *arg,
@@ -363,7 +368,9 @@ static void park(struct brm_intake *in, const struct body *b, brm_intake_done_fn
                           .len = b->len,
                           .copy = copy,
                           .received = b->received,
-                          .peer = brm_xstrdup(b->peer) };
+                          .peer = brm_xstrdup(b->peer),
+                          .backfilled = b->backfilled,
+                          .tally = b->tally };
     *in->parked_tail = p;
     in->parked_tail = &p->next;
     brm_counter_add(in->parked_count, 1);
@@ -387,7 +394,8 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
     snprintf(rid, sizeof(rid), "%lld", (long long)b->id);
     if (!in->txn) in->txn = brm_state_begin(in->state);
     size_t mark = brm_state_mark(in->txn);
-    struct brm_batch batch = { src->name, (uint64_t)b->id, b->received, &src->dedupe, in->txn };
+    struct brm_batch batch = { src->name,    (uint64_t)b->id, b->received,
+                               &src->dedupe, in->txn,         b->backfilled };
     enum brm_status st =
         brm_intake_run(in->engine, b->body, b->len, &batch, &actions, &env, &stats, &err);
     if (st == BRM_BUSY) {
@@ -396,7 +404,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
         if (brm_state_rollback(in->txn, mark)) in->wake(in->wake_arg);
         brm_actions_reset(&actions);
         brm_buf_reset(&runs.text);
-        if (!copy && !src->durable) {
+        if (!copy && !src->durable && !b->backfilled) {
             copy = brm_xstrndup(b->body, b->len);
             done(arg, BRM_OK, "ok"); /* answered at once, as the source chose */
             done = NULL;
@@ -419,6 +427,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
     }
     count_events(in, &env);
     if (stats.duplicates) brm_counter_add(in->duplicates, stats.duplicates);
+    if (b->tally) *b->tally = (struct brm_intake_tally){ env.nevents, stats.duplicates, actions.n };
     if (!env.known) note_unknown_topic(&env, src->name);
     if (brm_log_enabled(BRM_LOG_DEBUG)) {
         char n[32], sent[32];
@@ -446,9 +455,10 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
                         .len = b->len,
                         .copy = copy,
                         .actions = actions,
-                        .runs = runs };
+                        .runs = runs,
+                        .backfilled = b->backfilled };
     snprintf(h->topic, sizeof(h->topic), "%s", env.name);
-    if (!src->durable && h->done) {
+    if (!src->durable && h->done && !b->backfilled) {
         /* Answered now: the request's buffer moves on, so keep a copy. */
         h->copy = brm_xstrndup(b->body, b->len);
         h->body = h->copy;
@@ -462,7 +472,9 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
                        brm_intake_done_fn *done, void *arg) {
     const struct brm_source *src = r->source;
     /* The body's id is its request's in every log line about it. */
-    struct body b = { src, brm_journal_next_id(), r->body, r->len, r->received_at, r->peer };
+    struct body b = {
+        src, brm_journal_next_id(), r->body, r->len, r->received_at, r->peer, 0, NULL
+    };
     if (!signature_ok(in, r)) {
         char rid[32];
         snprintf(rid, sizeof(rid), "%lld", (long long)b.id);
@@ -471,6 +483,14 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
         done(arg, BRM_UNAUTHORIZED, "signature missing or wrong");
         return;
     }
+    take(in, &b, done, arg, NULL);
+}
+
+void brm_intake_submit_backfilled(struct brm_intake *in, const struct brm_intake_req *r,
+                                  struct brm_intake_tally *tally, brm_intake_done_fn *done,
+                                  void *arg) {
+    struct body b = { r->source, brm_journal_next_id(), r->body, r->len, r->received_at, r->peer, 1,
+                      tally };
     take(in, &b, done, arg, NULL);
 }
 
@@ -532,7 +552,7 @@ static void fire(struct brm_intake *in, const char *key) {
     }
     if (rc == 0) return; /* cancelled, or armed again for later */
     int64_t id = brm_journal_next_id();
-    struct brm_batch batch = { "timer", (uint64_t)id, now, 0, in->txn };
+    struct brm_batch batch = { "timer", (uint64_t)id, now, 0, in->txn, 0 };
     struct brm_actions actions = { 0 };
     struct brm_dispatch_stats stats = { 0 };
     enum brm_fire_outcome out;
@@ -600,7 +620,9 @@ static void run_parked(struct brm_intake *in) {
             free_parked(p);
             continue;
         }
-        struct body b = { src, p->id, p->body, p->len, p->received, p->peer };
+        struct body b = {
+            src, p->id, p->body, p->len, p->received, p->peer, p->backfilled, p->tally
+        };
         take(in, &b, p->done, p->arg, p->copy);
         p->copy = NULL; /* take owns it now */
         free_parked(p);
@@ -626,7 +648,7 @@ static void group_done(struct brm_journal_job *job, int stored, const struct brm
     if (!stored) snprintf(g->error, sizeof(g->error), "%s", err->msg);
     if (brm_state_release(g->jg.txn, stored)) in->wake(in->wake_arg);
     g->jg.txn = NULL;
-    if (stored && g->jg.messages) brm_outbox_wake(in->outbox);
+    if (stored && g->jg.messages && in->outbox) brm_outbox_wake(in->outbox);
     pthread_mutex_lock(&in->lock);
     g->next = in->done;
     in->done = g;
@@ -720,11 +742,18 @@ static void on_commit(evutil_socket_t fd, short what, void *arg) {
         struct held *h = &g->held[i];
         durable |= h->done != NULL;
         g->entries[i] = (struct brm_journal_entry){
-            h->id,     h->source ? h->source->name : "timer",
-            h->topic,  h->received,
-            h->events, h->body,
-            h->len,    &h->actions,
-            h->runs.text.data, h->runs.text.len,
+            h->id,
+            h->source ? h->source->name : "timer",
+            h->topic,
+            h->received,
+            h->events,
+            h->body,
+            h->len,
+            &h->actions,
+            h->runs.text.data,
+            h->runs.text.len,
+            h->body ? brm_hash64(h->body, h->len) : 0,
+            h->backfilled,
         };
     }
     g->jg.cfg = brm_config_ref(in->cfg); /* source names and targets, while it is written */

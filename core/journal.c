@@ -96,8 +96,8 @@ static int write_group(struct brm_journal_job *job, struct brm_store *st, struct
     g->messages = 0;
     for (size_t i = 0; i < g->n; i++) {
         const struct brm_journal_entry *e = &g->entries[i];
-        struct brm_body b = { e->id,   e->source, e->topic, e->received, e->events,
-                              e->body, e->len,    e->runs,  e->runs_len };
+        struct brm_body b = { e->id,  e->source, e->topic,    e->received, e->events,    e->body,
+                              e->len, e->runs,   e->runs_len, e->digest,   e->backfilled };
         if (e->body && brm_store_add_body(st, &b, err) < 0) return -1;
         int added = brm_journal_add_deliveries(g->cfg, st, e->actions, now, err);
         if (added < 0) return -1;

@@ -72,6 +72,8 @@ struct brm_journal_entry {
     const struct brm_actions *actions;
     const char *runs; /* what its rules did (engine.h's run log), or NULL; borrowed too */
     size_t runs_len;
+    uint64_t digest; /* brm_hash64 of BODY */
+    int backfilled;  /* taken from Mist's delivery log (backfill), not posted */
 };
 
 /* A worker's group: bodies, the deliveries their rules made, the state

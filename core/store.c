@@ -131,6 +131,14 @@ static const char *const migrations[] = {
     "  answer TEXT,"
     "  error TEXT);"
     "CREATE INDEX attempts_delivery ON attempts(delivery);",
+    /* 7: backfill. A body keeps a 64-bit digest of its bytes, so that one
+     * taken again from Mist's delivery log is known by a look in an index
+     * (the bytes are compared too: the digest only finds the row), and
+     * whether it came from that log. The index leaves out the rows journaled
+     * before this version, which have no digest. */
+    "ALTER TABLE bodies ADD COLUMN digest INTEGER;"
+    "ALTER TABLE bodies ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX bodies_digest ON bodies(digest) WHERE digest IS NOT NULL;",
 };
 
 enum stmt {
@@ -183,6 +191,8 @@ enum stmt {
     S_C_ATTEMPTS,
     S_PROBE_ADD,
     S_PROBE_DROP,
+    S_HAS_BODY,
+    S_SOURCE_LAST,
     NSTMT
 };
 
@@ -233,13 +243,13 @@ static const char *const sql[NSTMT] = {
     [S_SET_TICKET] = "INSERT INTO tickets (target, key, ref, created) VALUES (?, ?, ?, ?)"
                      " ON CONFLICT (target, key) DO UPDATE SET ref = excluded.ref",
     [S_FORGET_TICKET] = "DELETE FROM tickets WHERE target = ? AND key = ?",
-    [S_ADD_BODY] = "INSERT INTO bodies (id, source, topic, received, events, body, runs)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?)",
+    [S_ADD_BODY] = "INSERT INTO bodies (id, source, topic, received, events, body, runs, digest,"
+                   " backfilled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     [S_SET_META] = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
     [S_META] = "SELECT value FROM meta WHERE key = ?",
     [S_MAX_BODY] = "SELECT max(coalesce((SELECT max(id) FROM bodies), 0),"
                    " coalesce((SELECT value FROM meta WHERE key = 'last_body'), 0))",
-    [S_BODIES] = "SELECT id, source, topic, received, events, body FROM bodies"
+    [S_BODIES] = "SELECT id, source, topic, received, events, body, backfilled FROM bodies"
                  " WHERE received >= ? AND received < ? ORDER BY id",
     /* length() of a blob reads its size from the record, not its pages. */
     [S_OLDEST_BODIES] = "SELECT id, received, length(body) + coalesce(length(runs), 0) FROM bodies"
@@ -297,6 +307,14 @@ static const char *const sql[NSTMT] = {
     [S_PROBE_ADD] = "INSERT INTO bodies (id, source, topic, received, events, body)"
                     " VALUES (0, '', '', 0, 0, zeroblob(?))",
     [S_PROBE_DROP] = "DELETE FROM bodies WHERE id = 0",
+    [S_HAS_BODY] = "SELECT 1 FROM bodies INDEXED BY bodies_digest WHERE digest = ?1 AND body = ?2"
+                   " LIMIT 1",
+    /* The newest of the last ?3 bodies (through bodies_received), not
+     * every body of the window: a rare source among busy ones is looked
+     * for that far back only. */
+    [S_SOURCE_LAST] = "SELECT max(received) FROM (SELECT source, received FROM bodies"
+                      " INDEXED BY bodies_received WHERE received >= ?2 ORDER BY received DESC"
+                      " LIMIT ?3) WHERE source = ?1",
 };
 
 struct brm_store {
@@ -672,7 +690,36 @@ int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm
         sqlite3_bind_blob(st, 7, b->runs, (int)b->runs_len, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 7);
+    sqlite3_bind_int64(st, 8, (sqlite3_int64)b->digest);
+    sqlite3_bind_int(st, 9, b->backfilled != 0);
     return run(s, S_ADD_BODY, err, "journaling a body");
+}
+
+int brm_store_has_body(struct brm_store *s, uint64_t digest, const void *body, size_t len,
+                       struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_HAS_BODY];
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)digest);
+    sqlite3_bind_blob(st, 2, body ? body : "", (int)len, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "looking for a body");
+    return rc == SQLITE_ROW;
+}
+
+int brm_store_source_last(struct brm_store *s, const char *source, double after, long scan,
+                          double *received, struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_SOURCE_LAST];
+    bind_text(st, 1, source);
+    sqlite3_bind_double(st, 2, after);
+    sqlite3_bind_int64(st, 3, scan);
+    int rc = sqlite3_step(st);
+    int found = rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL;
+    *received = found ? sqlite3_column_double(st, 0) : 0;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "reading a source's last body");
+    return found;
 }
 
 /* A value the query I returns in its first row's first column, 0 when it
@@ -719,6 +766,7 @@ int brm_store_bodies(struct brm_store *s, double since, double until,
             .events = (size_t)sqlite3_column_int64(st, 4),
             .body = sqlite3_column_blob(st, 5),
             .len = (size_t)sqlite3_column_bytes(st, 5),
+            .backfilled = sqlite3_column_int(st, 6),
         };
         if (fn(arg, &b)) {
             rc = SQLITE_DONE;
