@@ -14,8 +14,8 @@ set -eu
 cd "$(dirname "$0")"
 
 DEPS="cmake make gcc pkg-config python3 liblua5.4-dev libevent-dev libssl-dev
-      libsqlite3-dev libcurl4-openssl-dev openssl"
-BENCH_DEPS="wrk nginx libnginx-mod-http-lua lua-cjson" # wrk, and the nginx+Lua peer
+      libsqlite3-dev libcurl4-openssl-dev libhiredis-dev openssl"
+BENCH_DEPS="wrk nginx libnginx-mod-http-lua lua-cjson redis-server" # wrk, the nginx+Lua peer, Redis
 FUZZ_DEPS="clang libclang-rt-14-dev"
 FUZZ_TARGETS="wire verify json config pattern api" # tests/fuzz/fuzz_*.c
 RUN_DEPS="curl" # the README's quick start posts with it
@@ -23,7 +23,9 @@ DEB_DEPS="dpkg-dev file" # cpack's DEB generator runs dpkg-shlibdeps and file
 # The package's test builds one and checks it; the console's browser test
 # (tests/integration/browser_console.py) drives headless Chromium through
 # chromedriver from Debian's python3.
-TEST_DEPS="$DEB_DEPS lintian chromium chromium-driver python3-selenium"
+# The shared-state tests start Debian's redis-server (TLS and Sentinel
+# included) on 127.0.0.1.
+TEST_DEPS="$DEB_DEPS lintian chromium chromium-driver python3-selenium redis-server"
 
 need() {
     missing=""

@@ -1,0 +1,329 @@
+"""Rule state shared through Redis (state = "redis://..."): two brume
+instances on one redis-server (Debian's, started here on 127.0.0.1 and a
+free port, stopped by its pid) act as one. brume.once and throttle hold
+across them, even when they race; the org and the site copy of an event
+posted to different instances run the rules once; a hold-down armed on one
+instance fires on the other after the first is killed with kill -9, and a
+digest gathers what both added; Redis stopped and started again under
+load loses nothing acknowledged, holds what needs the state (and says so
+in /healthz, the metrics and the log) and runs it, in order, once Redis is
+back. Skipped (77) where redis-server is not installed."""
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import unittest
+import uuid
+
+import harness
+from harness import Brume, Redis
+
+SOURCES = """
+sources = { mist = { path = "/mist", secret = "%s"%s } }
+targets = { out = { kind = "file", path = "var/out.jsonl" } }
+""" % (harness.SECRET, "%s")
+
+# once per key, throttle per key, and a counter of every event, shared.
+COUNT_RULE = """
+return {
+  topics = "alarms",
+  on_event = function(ev, ctx)
+    local n = brume.state.incr("seen")
+    if ev.once and brume.once("once:" .. ev.once, "1h") then
+      brume.send("out", { once = ev.once, n = n })
+    end
+    if ev.throttle and brume.throttle("t:" .. ev.throttle, 3, "1h") then
+      brume.send("out", { throttled = ev.throttle, id = ev.id })
+    end
+    if ev.plain then brume.send("out", { plain = ev.plain }) end
+  end,
+}"""
+
+HOLDDOWN_RULE = """
+return {
+  topics = "device-updowns",
+  on_event = function(ev, ctx)
+    if ev.type == "AP_DISCONNECTED" then
+      brume.timer.set(ev.ap, ev.delay or 2, { ap = ev.ap, at = ctx.delivery })
+    else
+      brume.timer.cancel(ev.ap)
+    end
+    brume.group.add("flaps", 3, ev.ap .. ":" .. ev.type)
+  end,
+  on_timer = function(key, data, ctx)
+    brume.send("out", { down = key, late = ctx.late })
+  end,
+  on_group = function(key, items, ctx)
+    brume.send("out", { digest = items, count = ctx.count })
+  end,
+}"""
+
+
+def alarm(**fields):
+    fields.setdefault("id", uuid.uuid4().hex)
+    return json.dumps({"topic": "alarms", "events": [fields]})
+
+
+def updown(ap, kind, **more):
+    ev = dict(ap=ap, type=kind, id=uuid.uuid4().hex, **more)
+    return json.dumps({"topic": "device-updowns", "events": [ev]})
+
+
+def messages(*instances):
+    return [x["message"] for b in instances for x in b.lines("out.jsonl")]
+
+
+def wait_for(pred, timeout=20, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("%s not met within %ss" % (what, timeout))
+
+
+class Shared(unittest.TestCase):
+    def setUp(self):
+        self.redis = Redis().start()
+        self.brumes = []
+
+    def tearDown(self):
+        for b in self.brumes:
+            b.cleanup()
+        self.redis.cleanup()
+
+    def brume(self, rules, state=None, source_extra="", workers=2):
+        state = state or 'state = { url = "%s", timeout = "1s" }' % self.redis.url()
+        b = Brume(SOURCES % source_extra + state, rules=rules, workers=workers)
+        self.brumes.append(b)
+        return b.start()
+
+    def pair(self, rules, **kw):
+        return self.brume(rules, **kw), self.brume(rules, **kw)
+
+    def test_once_throttle_and_state_hold_across_instances(self):
+        a, b = self.pair({"c.lua": COUNT_RULE})
+        for i in range(12):
+            target = a if i % 2 else b
+            self.assertEqual(target.post(alarm(once="k%d" % (i % 4), throttle="site")).status, 200)
+        got = wait_for(lambda: len(messages(a, b)) >= 7 and messages(a, b), what="7 messages")
+        time.sleep(0.5)
+        got = messages(a, b)
+        self.assertEqual(sorted(m["once"] for m in got if "once" in m), ["k0", "k1", "k2", "k3"])
+        self.assertEqual(len([m for m in got if "throttled" in m]), 3)
+        self.assertEqual(sorted(m["n"] for m in got if "once" in m), [1, 2, 3, 4])
+        self.assertEqual(self.redis.cli("HGET", "brume:s:state\x1fseen", "v").strip(), "12")
+        for x in (a, b):
+            h = json.loads(x.request("GET", "/healthz", admin=True).body)
+            self.assertEqual(h["state"]["backend"], "redis")
+            self.assertEqual(h["state"]["redis"], "up")
+            self.assertEqual(h["state"]["at"], self.redis.url())
+            self.assertEqual(x.metrics().get("brume_state_redis_up"), 1)
+
+    def test_racing_instances_keep_once_and_throttle(self):
+        """Both instances, four workers each, hit the same keys at once: the
+        commits that lose a race run again with what won."""
+        a, b = self.pair({"c.lua": COUNT_RULE}, workers=4)
+        errors = []
+
+        def post(target, n):
+            conn = target.connection()
+            for i in range(n):
+                r = target.post(alarm(once="same", throttle="hot"), conn=conn)
+                if r.status != 200:
+                    errors.append(r)
+            conn.close()
+
+        threads = [threading.Thread(target=post, args=(x, 25)) for x in (a, b, a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        wait_for(lambda: len(messages(a, b)) >= 4, what="4 messages")
+        time.sleep(1)
+        got = messages(a, b)
+        self.assertEqual(len([m for m in got if m.get("once") == "same"]), 1, got)
+        self.assertEqual(len([m for m in got if m.get("throttled") == "hot"]), 3, got)
+        self.assertEqual(self.redis.cli("HGET", "brume:s:state\x1fseen", "v").strip(), "100")
+        conflicts = sum(x.metrics().get("brume_state_conflicts_total", 0) for x in (a, b))
+        self.assertGreater(conflicts, 0)
+
+    def test_org_and_site_copies_on_different_instances_run_once(self):
+        a, b = self.pair({"c.lua": COUNT_RULE}, source_extra=', dedupe = "10m"')
+        for i in range(10):
+            ev = {"plain": "e%d" % i, "id": "ev%d" % i, "type": "AP_DOWN"}
+            org = json.dumps({"topic": "alarms", "org_id": "o1", "events": [ev]})
+            site = json.dumps({"topic": "alarms", "site_id": "s1", "events": [ev]})
+            first, second = (a, b) if i % 2 else (b, a)
+            results = []
+            ts = [threading.Thread(target=lambda x=x, body=body: results.append(x.post(body)))
+                  for x, body in ((first, org), (second, site))]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            self.assertEqual([r.status for r in results], [200, 200])
+        wait_for(lambda: len(messages(a, b)) >= 10, what="10 messages")
+        time.sleep(1)
+        got = sorted(m["plain"] for m in messages(a, b))
+        self.assertEqual(got, ["e%d" % i for i in range(10)])
+        dupes = sum(x.metrics().get("brume_duplicate_events_total", 0) for x in (a, b))
+        self.assertEqual(dupes, 10)
+
+    def test_holddown_armed_on_a_fires_on_b_after_kill_9(self):
+        a, b = self.pair({"h.lua": HOLDDOWN_RULE})
+        self.assertEqual(a.post(updown("ap1", "AP_DISCONNECTED")).status, 200)
+        self.assertEqual(a.post(updown("ap2", "AP_DISCONNECTED")).status, 200)
+        self.assertEqual(b.post(updown("ap2", "AP_CONNECTED")).status, 200)  # cancelled on B
+        a.send_signal(signal.SIGKILL)
+        a.wait_exit(10)
+        got = wait_for(lambda: [m for m in messages(b) if "down" in m], what="the timer on B")
+        digest = wait_for(lambda: [m for m in messages(b) if "digest" in m], what="the digest")
+        time.sleep(1)
+        self.assertEqual([m["down"] for m in messages(b) if "down" in m], ["ap1"])
+        self.assertLess(got[0]["late"], 2)
+        self.assertEqual(digest[0]["count"], 3)
+        self.assertEqual(sorted(digest[0]["digest"]),
+                         ["ap1:AP_DISCONNECTED", "ap2:AP_CONNECTED", "ap2:AP_DISCONNECTED"])
+        self.assertEqual(messages(a), [])
+        self.assertEqual(self.redis.cli("ZCARD", "brume:due").strip(), "0")
+        self.assertEqual(b.metrics().get('brume_timers_total{rule="h",outcome="fired"}'), 2)
+
+    def test_a_timer_fires_on_one_instance_only(self):
+        """Ten timers armed through both instances, both running: each fires
+        once, on one of them."""
+        a, b = self.pair({"h.lua": HOLDDOWN_RULE})
+        for i in range(10):
+            x = a if i % 2 else b
+            self.assertEqual(x.post(updown("ap%d" % i, "AP_DISCONNECTED", delay=1)).status, 200)
+        wait_for(lambda: len([m for m in messages(a, b) if "down" in m]) >= 10, what="10 timers")
+        time.sleep(1.5)
+        fired = sorted(m["down"] for m in messages(a, b) if "down" in m)
+        self.assertEqual(fired, sorted("ap%d" % i for i in range(10)))
+
+
+class RedisAway(unittest.TestCase):
+    """Redis stopped and started again while bodies come."""
+
+    def setUp(self):
+        self.redis = Redis().start()
+        state = 'state = { url = "%s", timeout = "0.5s" }' % self.redis.url()
+        self.b = Brume(SOURCES % "" + state, rules={"c.lua": COUNT_RULE}).start()
+
+    def tearDown(self):
+        self.b.cleanup()
+        self.redis.cleanup()
+
+    def health(self):
+        return json.loads(self.b.request("GET", "/healthz", admin=True).body)
+
+    def test_bodies_are_held_answered_and_run_in_order_when_redis_is_back(self):
+        b = self.b
+        keys = []
+        stop = threading.Event()
+        statuses = []
+
+        def load():
+            conn = b.connection()
+            i = 0
+            while not stop.is_set():
+                k = "k%d" % (i % 40)  # each key twice: once must hold across the outage
+                r = b.post(alarm(once=k, plain="p%d" % i), conn=conn)
+                statuses.append(r.status)
+                if r.status == 200:
+                    keys.append(k)
+                i += 1
+                time.sleep(0.01)
+            conn.close()
+
+        t = threading.Thread(target=load)
+        t.start()
+        try:
+            time.sleep(0.5)
+            self.redis.stop()
+            b.wait_log(r"shared state: Redis unreachable", 10)
+            wait_for(lambda: self.health()["state"]["redis"] == "down", what="healthz down")
+            h = wait_for(lambda: self.health()["state"]["held"] > 0 and self.health(),
+                         what="held bodies")
+            self.assertEqual(h["status"], "ok")  # still taking what Mist sends
+            self.assertTrue(h["state"]["draining"])
+            m = b.metrics()
+            self.assertEqual(m.get("brume_state_redis_up"), 0)
+            self.assertGreater(m.get("brume_state_held_bodies"), 0)
+            time.sleep(0.5)
+            self.redis.start()
+            b.wait_log(r"shared state: Redis reachable", 10)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            t.join()
+        self.assertEqual(set(statuses), {200})
+        wait_for(lambda: not self.health()["state"]["draining"], what="the backlog drained")
+        n = len(statuses)
+        got = wait_for(lambda: len([m for m in messages(b) if "plain" in m]) >= n and messages(b),
+                       what="every plain message")
+        time.sleep(0.5)
+        got = messages(b)
+        self.assertEqual(sorted(int(m["plain"][1:]) for m in got if "plain" in m), list(range(n)))
+        onces = [m["once"] for m in got if "once" in m]
+        self.assertEqual(sorted(onces), sorted(set(keys)))  # once each, the outage or not
+        # The held bodies ran in the order they came: "seen" counts up with the ids.
+        ns = [m["n"] for m in got if "once" in m]
+        self.assertEqual(ns, sorted(ns))
+        self.assertEqual(self.redis.cli("HGET", "brume:s:state\x1fseen", "v").strip(), str(n))
+        self.assertEqual(self.health()["state"]["held"], 0)
+        self.assertEqual(b.metrics().get("brume_state_held_bodies"), 0)
+        self.assertGreater(b.metrics().get("brume_state_held_total"), 0)
+        b.wait_log(r"every held body has run", 5)
+
+    def test_a_commit_whose_answer_is_lost_is_applied_once(self):
+        """Redis frozen (SIGSTOP) while a commit is on its way: the body is
+        answered within the timeout (held), the commit runs when Redis
+        thaws though brume gave up on its answer, and brume, sending it
+        again, learns from its marker that it ran: the message goes once,
+        with the state it set."""
+        b = self.b
+        self.assertEqual(b.post(alarm(once="warm")).status, 200)
+        self.redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.time()
+            self.assertEqual(b.post(alarm(once="frozen")).status, 200)
+            self.assertLess(time.time() - t0, 5)
+            b.wait_log(r"shared state: Redis unreachable", 10)
+            self.assertEqual(self.health()["state"]["held"], 1)
+        finally:
+            self.redis.proc.send_signal(signal.SIGCONT)
+        b.wait_log(r"shared state: Redis reachable", 10)
+        wait_for(lambda: not self.health()["state"]["draining"], what="the backlog drained")
+        got = wait_for(lambda: len(messages(b)) >= 2 and messages(b), what="two messages")
+        time.sleep(0.5)
+        self.assertEqual(sorted(m["once"] for m in messages(b)), ["frozen", "warm"])
+        self.assertEqual(self.redis.cli("HGET", "brume:s:state\x1fseen", "v").strip(), "2")
+        self.assertEqual([m["n"] for m in got], [1, 2])
+        self.assertEqual(self.health()["state"]["held"], 0)
+
+    def test_held_bodies_survive_a_restart_of_brume(self):
+        b = self.b
+        self.redis.stop()
+        b.wait_log(r"shared state: Redis unreachable", 10)
+        for i in range(5):
+            self.assertEqual(b.post(alarm(once="r%d" % i)).status, 200)
+        wait_for(lambda: self.health()["state"]["held"] == 5, what="5 held")
+        self.assertEqual(b.stop(), 0)
+        self.redis.start()
+        b.start()
+        wait_for(lambda: len(messages(b)) >= 5, what="the held bodies' messages")
+        time.sleep(0.5)
+        self.assertEqual(sorted(m["once"] for m in messages(b)), ["r%d" % i for i in range(5)])
+        self.assertEqual(self.health()["state"]["held"], 0)
+
+
+if __name__ == "__main__":
+    if not harness.have_redis():
+        print("redis-server is not installed: skipped")
+        sys.exit(77)
+    unittest.main(verbosity=2)
