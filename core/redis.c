@@ -593,11 +593,12 @@ static void set_state(struct brm_redis *r, int up, const char *why) {
     int was = atomic_exchange(&r->up, up);
     pthread_mutex_lock(&r->lock);
     int told = r->told;
+    pthread_mutex_unlock(&r->lock);
+    if ((!told || was != up) && r->state_fn) r->state_fn(r->state_arg, up, why);
+    pthread_mutex_lock(&r->lock); /* brm_redis_wait returns once the callback is done */
     r->told = 1;
     pthread_cond_broadcast(&r->wake);
     pthread_mutex_unlock(&r->lock);
-    if (told && was == up) return;
-    if (r->state_fn) r->state_fn(r->state_arg, up, why);
 }
 
 static void complete(struct brm_redis_req *req, enum brm_redis_status st) {

@@ -1025,6 +1025,13 @@ size_t brm_state_changes(struct brm_state_txn *t, struct brm_state_change **out)
     for (size_t i = 0; i < t->nreads; i++) {
         struct read *r = &t->reads[i];
         struct brm_state_change *c = change_of(r->e, save, &v, &n, &cap);
+        if (c->read && (c->read_live != r->live || c->read_version != r->version)) {
+            /* Two bodies saw it change in between: no version matches both,
+             * and the shared store answers with what it holds now. */
+            c->read_live = 1;
+            c->read_version = UINT64_MAX;
+            continue;
+        }
         c->read = 1;
         c->read_live = r->live;
         c->read_version = r->version;

@@ -10,8 +10,11 @@ in /healthz, the metrics and the log) and runs it, in order, once Redis is
 back. Skipped (77) where redis-server is not installed."""
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -320,6 +323,102 @@ class RedisAway(unittest.TestCase):
         time.sleep(0.5)
         self.assertEqual(sorted(m["once"] for m in messages(b)), ["r%d" % i for i in range(5)])
         self.assertEqual(self.health()["state"]["held"], 0)
+
+
+class Connection(unittest.TestCase):
+    """How brume reaches Redis: a password from env() (never shown), TLS
+    (rediss://, the server's certificate checked), Sentinel."""
+
+    def setUp(self):
+        self.redises, self.brumes = [], []
+
+    def tearDown(self):
+        for b in self.brumes:
+            b.cleanup()
+        for r in self.redises:
+            r.cleanup()
+
+    def redis(self, extra=""):
+        r = Redis(extra)
+        self.redises.append(r)
+        return r.start()
+
+    def brume(self, state, env=None):
+        b = Brume(SOURCES % "" + state, rules={"c.lua": COUNT_RULE}, env=env)
+        self.brumes.append(b)
+        return b.start()
+
+    def works(self, b, key):
+        self.assertEqual(b.post(alarm(once=key)).status, 200)
+        wait_for(lambda: [m for m in messages(b) if m.get("once") == key], what="the message")
+
+    def test_a_password_from_env_reaches_redis_and_is_never_shown(self):
+        r = self.redis("requirepass pa55-w0rd-xyz")
+        b = self.brume('state = { url = "redis://127.0.0.1:%d/2", password = env("REDIS_PW") }'
+                       % r.port, env={"REDIS_PW": "pa55-w0rd-xyz"})
+        self.works(b, "p1")
+        self.assertEqual(r.cli("-a", "pa55-w0rd-xyz", "--no-auth-warning", "-n", "2", "EXISTS",
+                               "brume:s:once\x1fonce:p1").strip(), "1")
+        health = b.request("GET", "/healthz", admin=True).body
+        self.assertIn("redis://127.0.0.1:%d/2" % r.port, health)
+        for text in (health, b.log(), b.request("GET", "/metrics", admin=True).body):
+            self.assertNotIn("pa55-w0rd-xyz", text)
+
+    def test_a_wrong_password_says_why_and_holds(self):
+        r = self.redis("requirepass right-one")
+        b = self.brume('state = "redis://:wrong-one@127.0.0.1:%d/0"' % r.port)
+        b.wait_log(r"Redis unreachable.*error=\"?AUTH: WRONGPASS", 10)
+        self.assertEqual(b.post(alarm(once="w")).status, 200)
+        h = json.loads(b.request("GET", "/healthz", admin=True).body)
+        self.assertEqual((h["state"]["redis"], h["state"]["held"]), ("down", 1))
+        self.assertNotIn("wrong-one", b.log() + json.dumps(h))
+
+    def tls_redis(self):
+        d = tempfile.mkdtemp(prefix="brume-tls-")
+        self.addCleanup(shutil.rmtree, d, True)
+        cert, key = os.path.join(d, "redis.pem"), os.path.join(d, "redis.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-keyout", key, "-out", cert, "-subj", "/CN=brume-test",
+                        "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        port = harness.free_port()  # TLS there; the plain port stays for redis-cli
+        r = self.redis("tls-port %d\ntls-cert-file %s\ntls-key-file %s\n"
+                       "tls-ca-cert-file %s\ntls-auth-clients no" % (port, cert, key, cert))
+        return r, port, cert
+
+    def test_tls_with_the_servers_certificate_checked(self):
+        r, port, cert = self.tls_redis()
+        b = self.brume('state = { url = "rediss://127.0.0.1:%d/0", ca = "%s" }' % (port, cert))
+        self.works(b, "t1")
+        h = json.loads(b.request("GET", "/healthz", admin=True).body)
+        self.assertEqual(h["state"]["at"], "rediss://127.0.0.1:%d/0" % port)
+        # Against the system's CAs the self-signed certificate does not pass.
+        other = self.brume('state = "rediss://127.0.0.1:%d/0"' % port)
+        other.wait_log(r"Redis unreachable.*certificate verify failed", 10)
+        # Nor does a name the certificate does not hold (it holds 127.0.0.1).
+        named = self.brume('state = { url = "rediss://localhost:%d/0", ca = "%s" }'
+                           % (port, cert))
+        named.wait_log(r"Redis unreachable.*certificate verify failed", 10)
+
+    def test_sentinel_names_the_master(self):
+        r = self.redis()
+        sport = harness.free_port()
+        conf = os.path.join(r.dir, "sentinel.conf")
+        with open(conf, "w") as f:
+            f.write("bind 127.0.0.1\nport %d\ndir %s\nprotected-mode no\n"
+                    "sentinel monitor brume 127.0.0.1 %d 1\n" % (sport, r.dir, r.port))
+        sentinel = subprocess.Popen(["redis-server", conf, "--sentinel"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.addCleanup(lambda: (sentinel.terminate(), sentinel.wait(10)))
+        b = self.brume('state = { sentinels = { "127.0.0.1:%d", "127.0.0.1:%d" }, '
+                       'master = "brume" }' % (harness.free_port(), sport))
+        self.works(b, "s1")
+        self.assertEqual(r.cli("EXISTS", "brume:s:once\x1fonce:s1").strip(), "1")
+        h = json.loads(b.request("GET", "/healthz", admin=True).body)
+        self.assertEqual(h["state"]["at"], "redis://sentinel:brume(2 sentinels)/0")
+        unknown = self.brume('state = { sentinels = { "127.0.0.1:%d" }, master = "nope" }'
+                             % sport)
+        unknown.wait_log(r"Redis unreachable.*does not know the master set", 10)
 
 
 if __name__ == "__main__":
