@@ -4,8 +4,9 @@
 #   ./build.sh run    install what is missing, build, start brume on examples/brume.lua
 #   ./build.sh test   install what is missing, build with ASan+UBSan, run the whole suite
 #   ./build.sh bench  build Release and run the benchmark (tests/bench/run.sh [seconds])
-#   ./build.sh fuzz [S]  build the fuzz targets with clang and libFuzzer, run each for S
-#                     seconds (default 60); new inputs go to build-fuzz/corpus/
+#   ./build.sh fuzz [S] [--runs N] [TARGET...]  build the fuzz targets with clang and
+#                     libFuzzer, run each (default: all) for S seconds (default 60) or
+#                     for N inputs; new inputs go to build-fuzz/corpus/
 #   ./build.sh deb [DIR] build the Debian package DIR/brume_<version>_<arch>.deb (DIR:
 #                     build-deb); install it with: sudo apt install ./build-deb/brume_*.deb
 #
@@ -53,30 +54,34 @@ build() { # build DIR TYPE [cmake options...]
     cmake --build "$dir" -j "$jobs"
 }
 
-# Builds the fuzz targets with libFuzzer and runs each for $1 seconds, one
-# after the other, from its committed corpus; says how many inputs each ran
-# and where the input of any crash went. Fails when one crashed.
+# Builds the fuzz targets with libFuzzer and runs each of $targets for
+# $seconds seconds or $runs inputs, one after the other, from its committed
+# corpus; says how many inputs each ran, in how long, and where the input of
+# any crash went. Fails when one crashed.
 fuzz_campaigns() {
-    seconds=$1 dir=build-fuzz crashed=""
+    dir=build-fuzz crashed=""
+    limit="-max_total_time=$seconds"
+    [ -z "$runs" ] || limit="-runs=$runs"
     cmake -S . -B $dir -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
         -DBRUME_SANITIZE=fuzzer-no-link,address,undefined -DBRUME_WERROR=OFF >/dev/null
-    for t in $FUZZ_TARGETS; do
+    for t in $targets; do
         cmake --build $dir -j "$jobs" --target "fuzz_$t" >$dir/build.log 2>&1 ||
             { cat $dir/build.log >&2; exit 1; }
     done
     mkdir -p $dir/crashes
-    for t in $FUZZ_TARGETS; do
+    for t in $targets; do
         mkdir -p "$dir/corpus/$t"
-        log="$dir/fuzz_$t.log" rc=0
-        "$dir/tests/fuzz/fuzz_$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+        log="$dir/fuzz_$t.log" rc=0 start=$(date +%s)
+        "$dir/tests/fuzz/fuzz_$t" "$limit" -timeout=10 -rss_limit_mb=2048 \
             -print_final_stats=1 -artifact_prefix="$dir/crashes/$t-" \
             "$dir/corpus/$t" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
-        runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+        ran=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+        took=$(($(date +%s) - start))
         if [ $rc -eq 0 ]; then
-            echo "fuzz_$t: ${runs:-?} executions in ${seconds}s, no crash"
+            echo "fuzz_$t: ${ran:-?} executions in ${took}s, no crash"
         else
             crashed="$crashed $t"
-            echo "fuzz_$t: CRASH after ${runs:-?} executions (log: $log)"
+            echo "fuzz_$t: CRASH after ${ran:-?} executions (log: $log)"
             grep -E "^SUMMARY|^==[0-9]+==ERROR|property broken|Test unit written" "$log" | sed 's/^/    /'
         fi
     done
@@ -115,7 +120,20 @@ bench)
     ;;
 fuzz)
     need $DEPS $FUZZ_DEPS
-    fuzz_campaigns "${1:-60}"
+    seconds=60 runs="" targets=""
+    case "${1:-}" in [0-9]*) seconds=$1 && shift ;; esac
+    if [ "${1:-}" = --runs ]; then
+        runs=${2:?"build.sh: --runs takes a count"}
+        shift 2
+    fi
+    for t in "$@"; do
+        case " $FUZZ_TARGETS " in
+        *" $t "*) targets="$targets $t" ;;
+        *) echo "build.sh: no fuzz target $t (there are: $FUZZ_TARGETS)" >&2 && exit 2 ;;
+        esac
+    done
+    targets=${targets:-$FUZZ_TARGETS}
+    fuzz_campaigns
     ;;
 deb)
     need $DEPS $DEB_DEPS

@@ -435,6 +435,8 @@ static int api_emit(lua_State *L) {
 /* ---- state --------------------------------------------------------------- */
 
 /* A duration argument: seconds, or "90s", "15m", "24h". */
+#define MAX_DURATION (10 * 365 * 86400.0) /* seconds: a window, a timer's delay */
+
 static double check_duration(lua_State *L, int arg) {
     double d;
     if (lua_type(L, arg) == LUA_TNUMBER) {
@@ -446,6 +448,7 @@ static double check_duration(lua_State *L, int arg) {
                                  "expected a duration (seconds, \"90s\", \"15m\", \"24h\")");
     }
     if (!(d > 0)) return luaL_argerror(L, arg, "a duration must be positive");
+    if (d > MAX_DURATION) return luaL_argerror(L, arg, "a duration is at most 10 years");
     return d;
 }
 

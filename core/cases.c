@@ -496,7 +496,7 @@ static void fire(struct run *r, const char *key, struct brm_actions *sink, struc
                  size_t *errors) {
     struct brm_fired f;
     if (brm_state_fire(r->state, key, r->now, NULL, &f) != 1) return; /* cancelled meanwhile */
-    struct brm_batch batch = { "timer", ++r->delivery, r->now, 0, NULL };
+    struct brm_batch batch = { "timer", ++r->delivery, r->now, 0, NULL, 0 };
     struct brm_dispatch_stats stats;
     enum brm_fire_outcome out;
     brm_engine_fire(r->engine, &f, &batch, sink, &stats, &out);
@@ -556,8 +556,8 @@ static int run_body(struct run *r, size_t i, const char *source, struct brm_acti
     size_t len;
     const char *body = lua_tolstring(r->L, -1, &len);
     const struct brm_source *src = source ? brm_config_source(r->cfg, source) : NULL;
-    struct brm_batch batch = { source ? source : "test", ++r->delivery, r->now,
-                               src ? &src->dedupe : r->dedupe, NULL };
+    struct brm_batch batch = { source ? source : "test",       ++r->delivery, r->now,
+                               src ? &src->dedupe : r->dedupe, NULL,          0 };
     struct brm_dispatch_stats stats = { 0 };
     struct brm_err why;
     if (brm_intake_run(r->engine, body, len, &batch, sink, NULL, &stats, &why) != BRM_OK)

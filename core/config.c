@@ -1276,8 +1276,22 @@ static void release(const struct schema *sc, char *obj) {
 
 /* ---- checks across settings --------------------------------------------- */
 
+/* 1 when URL (http://...) names a loopback host: the token may go there in
+ * the clear (a test's mock, a local proxy), and nowhere else. */
+static int loopback_url(const char *url) {
+    const char *host = url + 7;
+    size_t n = strcspn(host, "/?#");
+    char addr[300];
+    if (n == 0 || n >= sizeof(addr) - 4 || memchr(host, '@', n)) return 0;
+    int ported =
+        host[n - 1] != ']' && memchr(host, ':', n) && (host[0] != '[' || host[n - 1] != ']');
+    snprintf(addr, sizeof(addr), ported ? "%.*s" : "%.*s:80", (int)n, host);
+    return brm_addr_loopback(addr);
+}
+
 /* A source's `mist` needs all of api, token, webhook_id and one of org_id
- * and site_id, or none of them. */
+ * and site_id, or none of them. The token goes to api: https, or http to
+ * a loopback address only. */
 static void check_mist(struct loader *ld, const struct brm_source *s) {
     const char *why = NULL;
     if (!s->mist.api) {
@@ -1285,7 +1299,10 @@ static void check_mist(struct loader *ld, const struct brm_source *s) {
             why = "needs api (\"https://api.mist.com\", or your region's)";
     } else if (strncmp(s->mist.api, "https://", 8) != 0 &&
                strncmp(s->mist.api, "http://", 7) != 0) {
-        why = "api: expected an http:// or https:// URL";
+        why = "api: expected an https:// URL (\"https://api.mist.com\", or your region's)";
+    } else if (strncmp(s->mist.api, "http://", 7) == 0 && !loopback_url(s->mist.api)) {
+        why = "api: the token would go in the clear: use https:// (http:// only to a loopback "
+              "address)";
     } else if (!s->mist.token || !*s->mist.token) {
         why = "needs token (an API token, e.g. env(\"MIST_API_TOKEN\"))";
     } else if (!s->mist.webhook_id) {

@@ -6,6 +6,8 @@
 #include <math.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,6 +97,10 @@ struct brm_console {
     struct change *done;
     int donefd;
     struct event *done_ev;
+
+    struct play *play; /* the playground's run, or NULL */
+    int playfd;        /* its thread says it is done */
+    struct event *play_ev;
 };
 
 /* ---- access and answers ------------------------------------------------- */
@@ -270,20 +276,31 @@ static int param_int(const struct brm_http_req *req, const char *name, long long
     return 0;
 }
 
-/* A time: seconds since the epoch, or a duration ago ("24h"). 0 absent. */
-static int param_time(const struct brm_http_req *req, const char *name, double *out) {
-    char v[64], *end;
-    int rc = param(req, name, v, sizeof(v));
-    double d;
-    *out = 0;
-    if (rc <= 0) return rc;
-    d = strtod(v, &end);
-    if (!*end && d > 1e8 && isfinite(d)) {
-        *out = d;
-        return 0;
+/* Reads time TEXT (brm_parse_time's forms) into *OUT; on a bad one writes
+ * "NAME 'TEXT': why" into MSG and returns -1. */
+static int read_time(const char *name, const char *text, double *out, char *msg, size_t size) {
+    struct brm_err err;
+    if (brm_parse_time(text, brm_time_now(), out, &err) == 0) return 0;
+    snprintf(msg, size, "%s '%.64s': %.200s; a time is %s", name, text, err.msg, BRM_TIME_FORMS);
+    return -1;
+}
+
+/* The since and until parameters (0 when absent); -1 after answering 400
+ * with which one is wrong and why. */
+static int param_times(struct brm_http_req *req, double *since, double *until) {
+    static const char *const names[] = { "since", "until" };
+    double *outs[] = { since, until };
+    for (int i = 0; i < 2; i++) {
+        char v[128], msg[1024];
+        int rc = param(req, names[i], v, sizeof(v));
+        *outs[i] = 0;
+        if (rc < 0) snprintf(v, sizeof(v), "(too long)");
+        if (rc != 0 && (rc < 0 || read_time(names[i], v, outs[i], msg, sizeof(msg)) < 0)) {
+            if (rc < 0) snprintf(msg, sizeof(msg), "%s: too long to be a time", names[i]);
+            reply_error(req, 400, msg);
+            return -1;
+        }
     }
-    if (brm_parse_duration(v, &d) < 0) return -1;
-    *out = brm_time_now() - d;
     return 0;
 }
 
@@ -317,6 +334,41 @@ static int member_number(lua_State *L, const char *name, double *out) {
     if (ok) *out = lua_tonumber(L, -1);
     lua_pop(L, 1);
     return ok;
+}
+
+/* Member NAME as a time (seconds since the epoch, or text brm_parse_time
+ * reads); 0 when absent. -1 with MSG set when it is something else. */
+static int member_time(lua_State *L, const char *name, double *out, char *msg, size_t size) {
+    lua_getfield(L, 1, name);
+    int type = lua_type(L, -1), rc = 0;
+    *out = 0;
+    if (type == LUA_TNUMBER && isfinite(lua_tonumber(L, -1)))
+        *out = lua_tonumber(L, -1);
+    else if (type == LUA_TSTRING)
+        rc = read_time(name, lua_tostring(L, -1), out, msg, size);
+    else if (type != LUA_TNIL)
+        rc = -1,
+        snprintf(msg, size, "%s: a time (seconds since the epoch, or %s)", name, BRM_TIME_FORMS);
+    lua_pop(L, 1);
+    return rc;
+}
+
+/* Whether the object at 1 has only keys among KEYS (NULL-terminated); when
+ * not, writes which one it has into MSG. */
+static int only_keys(lua_State *L, const char *const *keys, char *msg, size_t size) {
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        lua_pop(L, 1);
+        const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+        size_t i = 0;
+        while (keys[i] && strcmp(keys[i], k) != 0) i++;
+        if (!keys[i]) {
+            snprintf(msg, size, "unknown key '%.64s'", k);
+            lua_pop(L, 1);
+            return 0;
+        }
+    }
+    return 1;
 }
 
 /* ---- samples and the overview ------------------------------------------- */
@@ -500,6 +552,22 @@ struct page {
     size_t n;
 };
 
+/* Ends page B (its list open) with the id the next page starts before, and
+ * answers it; or, when ERR is set, answers that instead. Frees B. */
+static void reply_page(struct brm_http_req *req, struct brm_buf *b, const struct brm_err *err,
+                       int64_t next) {
+    if (err) {
+        reply_error(req, 500, err->msg);
+    } else {
+        if (next)
+            brm_buf_printf(b, "],\"next\":%lld}", (long long)next);
+        else
+            brm_buf_puts(b, "],\"next\":null}");
+        reply_json(req, 200, b);
+    }
+    brm_buf_reset(b);
+}
+
 static int list_body(void *arg, const struct brm_body *body) {
     struct page *p = arg;
     struct brm_buf *b = p->out;
@@ -536,15 +604,15 @@ static void api_events(void *arg, struct brm_http_req *req) {
     int rv = param(req, "value", value, sizeof(value));
     if (param_int(req, "before", 1, INT64_MAX, 0, &before) < 0 ||
         param_int(req, "limit", 1, PAGE_MAX, PAGE_DEFAULT, &limit) < 0 || rt < 0 || rs < 0 ||
-        rq < 0 || rf < 0 || rv < 0 || param_time(req, "since", &q.since) < 0 ||
-        param_time(req, "until", &q.until) < 0 ||
+        rq < 0 || rf < 0 || rv < 0 ||
         (rt && brm_topic_normalize(topic, strlen(topic), name, sizeof(name)) < 0) ||
         (rf && !valid_field(field))) {
         reply_error(req, 400,
-                    "bad parameters: before, limit (1-200), topic, source, since, until "
-                    "(seconds since the epoch, or \"24h\" ago), q, field (a dotted path), value");
+                    "bad parameters: before, limit (1-200), topic, source, q, field (a dotted "
+                    "path), value");
         return;
     }
+    if (param_times(req, &q.since, &q.until) < 0) return;
     q.before = before;
     q.limit = (int)limit;
     q.topic = rt ? name : NULL;
@@ -558,17 +626,8 @@ static void api_events(void *arg, struct brm_http_req *req) {
     brm_buf_init(&b);
     brm_buf_puts(&b, "{\"events\":[");
     struct page p = { &b, 0 };
-    if (brm_store_find_bodies(c->store, &q, list_body, &p, &err) < 0) {
-        brm_buf_reset(&b);
-        reply_error(req, 500, err.msg);
-        return;
-    }
-    if (q.next)
-        brm_buf_printf(&b, "],\"next\":%lld}", (long long)q.next);
-    else
-        brm_buf_puts(&b, "],\"next\":null}");
-    reply_json(req, 200, &b);
-    brm_buf_reset(&b);
+    int rc = brm_store_find_bodies(c->store, &q, list_body, &p, &err);
+    reply_page(req, &b, rc < 0 ? &err : NULL, q.next);
 }
 
 /* A delivery's state as a word. */
@@ -678,13 +737,13 @@ static void api_deliveries(void *arg, struct brm_http_req *req) {
     int rt = param(req, "target", target, sizeof(target));
     if (param_int(req, "before", 1, INT64_MAX, 0, &before) < 0 ||
         param_int(req, "limit", 1, PAGE_MAX, PAGE_DEFAULT, &limit) < 0 || rs < 0 || rt < 0 ||
-        parse_state(rs ? status : NULL, &q.state) < 0 || param_time(req, "since", &q.since) < 0 ||
-        param_time(req, "until", &q.until) < 0) {
+        parse_state(rs ? status : NULL, &q.state) < 0) {
         reply_error(req, 400,
-                    "bad parameters: status (pending, dead, done, all), target, since, until, "
-                    "before, limit (1-200)");
+                    "bad parameters: status (pending, dead, done, all), target, before, limit "
+                    "(1-200)");
         return;
     }
+    if (param_times(req, &q.since, &q.until) < 0) return;
     q.before = before;
     q.limit = (int)limit;
     q.target = rt ? target : NULL;
@@ -693,17 +752,8 @@ static void api_deliveries(void *arg, struct brm_http_req *req) {
     brm_buf_init(&b);
     brm_buf_puts(&b, "{\"deliveries\":[");
     struct page p = { &b, 0 };
-    if (brm_store_find_deliveries(c->store, &q, list_delivery, &p, &err) < 0) {
-        brm_buf_reset(&b);
-        reply_error(req, 500, err.msg);
-        return;
-    }
-    if (q.next)
-        brm_buf_printf(&b, "],\"next\":%lld}", (long long)q.next);
-    else
-        brm_buf_puts(&b, "],\"next\":null}");
-    reply_json(req, 200, &b);
-    brm_buf_reset(&b);
+    int rc = brm_store_find_deliveries(c->store, &q, list_delivery, &p, &err);
+    reply_page(req, &b, rc < 0 ? &err : NULL, q.next);
 }
 
 /* Appends "KEY": S masked with target T's secrets and cut to
@@ -1014,30 +1064,43 @@ static void api_change(void *arg, struct brm_http_req *req) {
     ch->req = req;
     ch->drop = req->path_len >= 5 && memcmp(req->path + req->path_len - 5, "/drop", 5) == 0;
     ch->q.state = -1;
+    static const char *const keys[] = { "id", "all", "status", "target", "since", "until", NULL };
+    char msg[1024];
+    const char *bad = NULL;
+    lua_getfield(L, 1, "all");
+    int all = lua_toboolean(L, -1), all_type = lua_type(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "target");
+    int target_type = lua_type(L, -1);
+    lua_pop(L, 1);
     const char *status = member_string(L, "status", &n);
     const char *target = member_string(L, "target", &n);
-    lua_getfield(L, 1, "all");
-    int all = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    const char *bad = NULL;
-    if (member_number(L, "id", &id)) {
+    if (!only_keys(L, keys, msg, sizeof(msg))) {
+        snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg),
+                 " (the keys are id, or all, status, target, since and until)");
+        bad = msg;
+    } else if (member_number(L, "id", &id)) {
         if (id < 1 || id > 9e15 || id != floor(id)) bad = "id: a delivery's id";
+        if (all_type != LUA_TNIL) bad = "id or all, not both";
         ch->id = (int64_t)id;
-    } else if (!all) {
+    } else if (!all || all_type != LUA_TBOOLEAN) {
         bad = "give the delivery's id, or all: true with a status filter";
     } else if (!status || parse_state(status, &ch->q.state) < 0 || ch->q.state == 1 ||
                ch->q.state < 0) {
         bad = "status: \"dead\" or \"pending\" (done deliveries stay: their keys stop re-runs)";
+    } else if (target_type != LUA_TNIL && !target) {
+        bad = "target: a target's name";
+    } else if (member_time(L, "since", &ch->q.since, msg, sizeof(msg)) < 0 ||
+               member_time(L, "until", &ch->q.until, msg, sizeof(msg)) < 0) {
+        bad = msg;
     } else {
         ch->target = target ? brm_xstrdup(target) : NULL;
         ch->q.target = ch->target;
-        member_number(L, "since", &ch->q.since);
-        member_number(L, "until", &ch->q.until);
     }
     if (bad) {
+        reply_error(req, 400, bad);
         lua_settop(L, 0);
         free_change(ch);
-        reply_error(req, 400, bad);
         return;
     }
     char what[64];
@@ -1194,33 +1257,46 @@ static int copy_body(void *arg, const struct brm_body *body) {
     return 0;
 }
 
-/* {"ok":false,"errors":[...]} for what kept the playground from running. */
-static void playground_errors(struct brm_http_req *req, const struct brm_errors *errs) {
-    struct brm_buf b;
-    brm_buf_init(&b);
-    brm_buf_puts(&b, "{\"ok\":false,\"errors\":[");
+/*
+ * A playground run. Rules may take their limits on each of up to
+ * PLAYGROUND_EVENTS events, so the run has a thread of its own: the
+ * console's thread also takes signals, reloads and timers. One at a time.
+ */
+struct play {
+    struct brm_console *c;
+    struct brm_http_req *req;
+    const struct brm_config *cfg; /* references */
+    struct brm_snapshot *files;
+    struct brm_buf payload;
+    int64_t id;
+    _Atomic int cancel; /* brume stops: the rules' calls end at once */
+    struct brm_buf answer;
+    pthread_t thread;
+};
+
+/* {"ok":false,"errors":[...]}: what kept the playground from running. */
+static void play_errors(struct brm_buf *b, const struct brm_errors *errs) {
+    brm_buf_puts(b, "{\"ok\":false,\"errors\":[");
     for (size_t i = 0; i < errs->n; i++) {
         char msg[1024];
         brm_err_format(&errs->v[i], msg, sizeof(msg));
-        if (i) brm_buf_puts(&b, ",");
-        brm_buf_json_string(&b, msg, strlen(msg));
+        if (i) brm_buf_puts(b, ",");
+        brm_buf_json_string(b, msg, strlen(msg));
     }
-    brm_buf_puts(&b, "]}");
-    reply_json(req, 200, &b); /* the run worked: it found these */
-    brm_buf_reset(&b);
+    brm_buf_puts(b, "]}");
 }
 
-/* Runs PAYLOAD through a dry engine of the running set (or of FILES) with a
- * fresh state, as `brume test` does, and answers with what it did. */
-static void play(struct brm_console *c, struct brm_http_req *req, struct brm_snapshot *files,
-                 const char *payload, size_t len, int64_t id) {
+/* Runs the payload through a dry engine of the run's set with a fresh
+ * state, as `brume test` does, and writes what it did into the answer. */
+static void play(struct play *p) {
     struct brm_errors errs = { 0 };
-    struct brm_engine *e = brm_engine_build_dry(c->cfg, files, &errs);
+    struct brm_engine *e = brm_engine_build_dry(p->cfg, p->files, &errs);
     if (!e) {
-        playground_errors(req, &errs);
+        play_errors(&p->answer, &errs);
         brm_errors_reset(&errs);
         return;
     }
+    brm_engine_set_cancel(e, &p->cancel);
     struct brm_state *state = brm_state_new();
     brm_engine_set_state(e, state);
     struct brm_run_log runs = { 0 };
@@ -1228,9 +1304,10 @@ static void play(struct brm_console *c, struct brm_http_req *req, struct brm_sna
     struct brm_actions actions = { 0 };
     struct brm_envelope env;
     struct brm_err err;
-    struct brm_batch batch = { "console", (uint64_t)id, brm_time_now(), 0, NULL };
+    struct brm_batch batch = { "console", (uint64_t)p->id, brm_time_now(), 0, NULL, 0 };
     lua_State *L = brm_engine_state(e);
-    if (brm_json_envelope(L, payload, len, &env, &err) != 0) {
+    const char *payload = p->payload.data ? p->payload.data : "";
+    if (brm_json_envelope(L, payload, p->payload.len, &env, &err) != 0) {
         brm_errors_addf(&errs, NULL, 0, "not a Mist webhook body: %s", err.msg);
     } else if (env.nevents > PLAYGROUND_EVENTS) {
         lua_pop(L, 1);
@@ -1239,31 +1316,59 @@ static void play(struct brm_console *c, struct brm_http_req *req, struct brm_sna
     } else {
         brm_engine_dispatch(e, &env, &batch, &actions, &stats);
     }
+    struct brm_buf *b = &p->answer;
     if (errs.n) {
-        playground_errors(req, &errs);
+        play_errors(b, &errs);
     } else {
-        struct brm_buf b;
-        brm_buf_init(&b);
         brm_run_log_end(&runs);
-        brm_buf_puts(&b, "{\"ok\":true,\"topic\":");
-        brm_buf_json_string(&b, env.name, strlen(env.name));
-        brm_buf_printf(&b, ",\"events\":%zu,\"calls\":%zu,\"failed\":%zu,\"runs\":", env.nevents,
+        brm_buf_puts(b, "{\"ok\":true,\"topic\":");
+        brm_buf_json_string(b, env.name, strlen(env.name));
+        brm_buf_printf(b, ",\"events\":%zu,\"calls\":%zu,\"failed\":%zu,\"runs\":", env.nevents,
                        stats.runs, stats.errors);
-        put_runs(&b, runs.text.data, runs.text.len);
-        brm_buf_puts(&b, ",\"messages\":[");
+        put_runs(b, runs.text.data, runs.text.len);
+        brm_buf_puts(b, ",\"messages\":[");
         for (size_t i = 0; i < actions.n; i++) {
-            if (i) brm_buf_puts(&b, ",");
-            brm_action_json(&actions.v[i], &b);
+            if (i) brm_buf_puts(b, ",");
+            brm_action_json(&actions.v[i], b);
         }
-        brm_buf_puts(&b, "]}");
-        reply_json(req, 200, &b);
-        brm_buf_reset(&b);
+        brm_buf_puts(b, "]}");
     }
     brm_buf_reset(&runs.text);
     brm_actions_reset(&actions);
     brm_errors_reset(&errs);
     brm_engine_free(e);
     brm_state_free(state);
+}
+
+static void *play_main(void *arg) {
+    struct play *p = arg;
+    play(p);
+    uint64_t one = 1;
+    if (write(p->c->playfd, &one, sizeof(one)) < 0) { /* saturated: the loop looks anyway */
+    }
+    return NULL;
+}
+
+static void free_play(struct play *p) {
+    brm_config_free(p->cfg);
+    brm_snapshot_free(p->files);
+    brm_buf_reset(&p->payload);
+    brm_buf_reset(&p->answer);
+    free(p);
+}
+
+/* The run ended: answer it (every answer is 200: the run worked, and says
+ * what it found). */
+static void on_play_done(evutil_socket_t fd, short what, void *arg) {
+    struct brm_console *c = arg;
+    (void)what;
+    uint64_t n;
+    if (read(fd, &n, sizeof(n)) < 0 || !c->play) return;
+    struct play *p = c->play;
+    c->play = NULL;
+    pthread_join(p->thread, NULL);
+    reply_json(p->req, 200, &p->answer);
+    free_play(p);
 }
 
 /*
@@ -1273,7 +1378,14 @@ static void play(struct brm_console *c, struct brm_http_req *req, struct brm_sna
  */
 static void api_playground(void *arg, struct brm_http_req *req) {
     struct brm_console *c = arg;
-    if (!allowed(c, req, 1) || decode_body(c, req) < 0) return;
+    if (!allowed(c, req, 1)) return;
+    if (c->play) {
+        static const char busy[] = "{\"ok\":false,\"error\":\"the playground is busy with "
+                                   "another run\"}\n";
+        reply(req, 503, "application/json", busy, sizeof(busy) - 1, "Retry-After: 1\r\n");
+        return;
+    }
+    if (decode_body(c, req) < 0) return;
     lua_State *L = c->L;
     struct brm_buf payload;
     struct brm_err err;
@@ -1301,16 +1413,34 @@ static void api_playground(void *arg, struct brm_http_req *req) {
     if (bad) {
         reply_error(req, 400, bad);
     } else {
-        struct brm_snapshot *files;
+        struct play *p = brm_xcalloc(1, sizeof(*p));
+        p->c = c;
+        p->req = req;
+        p->cfg = brm_config_ref(c->cfg);
         if (file) {
             char *path = brm_path_join(c->cfg->rules_dir, file);
-            files = brm_snapshot_with(c->files, path, text, text_len);
+            p->files = brm_snapshot_with(c->files, path, text, text_len);
             free(path);
         } else {
-            files = brm_snapshot_ref(c->files);
+            p->files = brm_snapshot_ref(c->files);
         }
-        play(c, req, files, payload.data ? payload.data : "", payload.len, (int64_t)id);
-        brm_snapshot_free(files);
+        p->payload = payload; /* the run's now */
+        brm_buf_init(&payload);
+        p->id = (int64_t)id;
+        sigset_t block, old; /* the signals stay with this thread */
+        sigemptyset(&block);
+        sigaddset(&block, SIGTERM);
+        sigaddset(&block, SIGINT);
+        sigaddset(&block, SIGHUP);
+        pthread_sigmask(SIG_BLOCK, &block, &old);
+        int rc = pthread_create(&p->thread, NULL, play_main, p);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (rc != 0) {
+            reply_error(req, 503, "cannot start the playground's thread");
+            free_play(p);
+        } else {
+            c->play = p;
+        }
     }
     lua_settop(L, 0);
     brm_buf_reset(&payload);
@@ -1378,7 +1508,7 @@ struct brm_console *brm_console_new(struct event_base *base, const char *path,
     c->base = base;
     c->journal = j;
     c->outbox = ob;
-    c->donefd = -1;
+    c->donefd = c->playfd = -1;
     pthread_mutex_init(&c->lock, NULL);
     if (!(c->store = brm_store_open_reader(path, err))) goto fail;
     if (!(c->L = luaL_newstate())) {
@@ -1394,6 +1524,13 @@ struct brm_console *brm_console_new(struct event_base *base, const char *path,
     }
     c->done_ev = event_new(base, c->donefd, EV_READ | EV_PERSIST, on_change_done, c);
     event_add(c->done_ev, NULL);
+    c->playfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (c->playfd < 0) {
+        brm_err_set(err, "console: cannot create an eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    c->play_ev = event_new(base, c->playfd, EV_READ | EV_PERSIST, on_play_done, c);
+    event_add(c->play_ev, NULL);
     c->timer = event_new(base, -1, EV_PERSIST, on_sample, c);
     struct timeval every = { (time_t)SAMPLE_EVERY, 0 };
     event_add(c->timer, &every);
@@ -1414,9 +1551,16 @@ void brm_console_free(struct brm_console *c) {
         next = ch->next;
         free_change(ch); /* its request went with the admin listener */
     }
+    if (c->play) { /* its request went with the admin listener */
+        atomic_store(&c->play->cancel, 1);
+        pthread_join(c->play->thread, NULL);
+        free_play(c->play);
+    }
     if (c->timer) event_free(c->timer);
     if (c->done_ev) event_free(c->done_ev);
     if (c->donefd >= 0) close(c->donefd);
+    if (c->play_ev) event_free(c->play_ev);
+    if (c->playfd >= 0) close(c->playfd);
     if (c->L) lua_close(c->L);
     brm_store_close(c->store);
     brm_config_free(c->cfg);

@@ -580,9 +580,24 @@ void brm_engine_lint(struct brm_engine *e, struct brm_errors *warnings) {
     for (size_t i = 0; i < e->nrules; i++) {
         struct lint l = { e->cfg, &e->rules[i], warnings };
         text.len = 0;
-        if (brm_snapshot_read(brm_sandbox_files(e->sb), e->rules[i].path, MAX_RULE_FILE, &text) ==
+        if (brm_snapshot_read(brm_sandbox_files(e->sb), e->rules[i].path, MAX_RULE_FILE, &text) !=
             0)
-            brm_lint_sends(text.data ? text.data : "", text.len, lint_send, &l);
+            continue;
+        const char *t = text.data ? text.data : "";
+        brm_lint_sends(t, text.len, lint_send, &l);
+        /* A timer or digest with nothing to run when it comes due is
+         * dropped then: say so now. */
+        int line;
+        if (e->rules[i].on_timer == LUA_NOREF &&
+            (line = brm_lint_call_line(t, text.len, "timer", "set")))
+            brm_errors_addf(warnings, e->rules[i].file, line,
+                            "brume.timer.set in a rule without on_timer: its timers will be "
+                            "dropped when they come due");
+        if (e->rules[i].on_group == LUA_NOREF &&
+            (line = brm_lint_call_line(t, text.len, "group", "add")))
+            brm_errors_addf(warnings, e->rules[i].file, line,
+                            "brume.group.add in a rule without on_group: its digests will be "
+                            "dropped when they close");
     }
     brm_buf_reset(&text);
 }
@@ -615,6 +630,10 @@ void brm_engine_set_payload(struct brm_engine *e, const char *file) {
 void brm_engine_set_state(struct brm_engine *e, struct brm_state *state) {
     e->state = state;
     brm_api_set_state(e->api, state);
+}
+
+void brm_engine_set_cancel(struct brm_engine *e, const _Atomic int *flag) {
+    brm_sandbox_set_cancel(e->sb, flag);
 }
 
 int brm_engine_exhausted(const struct brm_engine *e) {
@@ -853,7 +872,8 @@ static void run_rules(struct brm_engine *e, const struct topic *t, int ev, int c
 }
 
 /* Pushes ctx for event INDEX: the envelope's fields other than topic and
- * events, then topic, source, received_at, delivery and index. [-0, +1] */
+ * events, then topic, source, received_at, delivery, index, and backfilled
+ * (true, for a body taken from Mist's delivery log). [-0, +1] */
 static void push_ctx(lua_State *L, int envelope, const char *topic, const struct brm_batch *b,
                      size_t index) {
     lua_createtable(L, 0, 6);
@@ -879,6 +899,10 @@ static void push_ctx(lua_State *L, int envelope, const char *topic, const struct
     lua_setfield(L, ctx, "delivery");
     lua_pushinteger(L, (lua_Integer)index);
     lua_setfield(L, ctx, "index");
+    if (b->backfilled) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, ctx, "backfilled");
+    }
 }
 
 /* Empties the queue brume.emit fills. */

@@ -34,6 +34,7 @@ struct brm_batch {
     double received_at;
     const struct brm_dedupe *dedupe; /* the source's (NULL, or a window of 0: no dedupe) */
     struct brm_state_txn *txn;       /* the transaction state changes belong to (NULL: none) */
+    int backfilled; /* taken from Mist's delivery log, not posted: ctx.backfilled = true */
 };
 
 /*
@@ -155,6 +156,8 @@ void brm_engine_set_dry_run(struct brm_engine *e, int on);
 void brm_engine_set_payload(struct brm_engine *e, const char *file);
 /* The state the rules and dedupe use (borrowed; shared by engines). */
 void brm_engine_set_state(struct brm_engine *e, struct brm_state *state);
+/* Rules stop as out of time once *FLAG is nonzero (see brm_sandbox_set_cancel). */
+void brm_engine_set_cancel(struct brm_engine *e, const _Atomic int *flag);
 /* 1 when a rule kept so much memory that the VM should be rebuilt. */
 int brm_engine_exhausted(const struct brm_engine *e);
 size_t brm_engine_memory(const struct brm_engine *e);

@@ -43,6 +43,7 @@ struct held {
     int held;                /* BRM_JOURNAL_HOLD: journaled without its rules' outcome, for later */
     int was_held;            /* a held body run now (BRM_JOURNAL_RELEASE once it ran) */
     _Atomic long *pending;   /* a held body's: the server counts it done here */
+    int backfilled;          /* from Mist's delivery log */
 };
 
 /* The bodies of one turn, handed to the journal together. */
@@ -83,6 +84,8 @@ struct parked {
     double received;
     char *peer;
     _Atomic long *pending; /* a held body run again (see struct held) */
+    int backfilled;
+    struct brm_intake_tally *tally;
 };
 
 struct brm_intake {
@@ -379,7 +382,9 @@ struct body {
     size_t len;
     double received;
     const char *peer;
-    _Atomic long *pending; /* a held body run now (shared state): counted done there */
+    int backfilled; /* from Mist's delivery log: answered once stored, whatever the source says */
+    struct brm_intake_tally *tally; /* or NULL */
+    _Atomic long *pending;          /* a held body run now (shared state): counted done there */
 };
 
 static void park(struct brm_intake *in, const struct body *b, brm_intake_done_fn *done, void *arg,
@@ -394,6 +399,8 @@ static void park(struct brm_intake *in, const struct body *b, brm_intake_done_fn
                           .copy = copy,
                           .received = b->received,
                           .peer = brm_xstrdup(b->peer ? b->peer : ""),
+                          .backfilled = b->backfilled,
+                          .tally = b->tally,
                           .pending = b->pending };
     *in->parked_tail = p;
     in->parked_tail = &p->next;
@@ -449,7 +456,8 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
     snprintf(rid, sizeof(rid), "%lld", (long long)b->id);
     if (!in->txn) in->txn = brm_state_begin(in->state);
     size_t mark = brm_state_mark(in->txn);
-    struct brm_batch batch = { src->name, (uint64_t)b->id, b->received, &src->dedupe, in->txn };
+    struct brm_batch batch = { src->name,    (uint64_t)b->id, b->received,
+                               &src->dedupe, in->txn,         b->backfilled };
     enum brm_status st =
         brm_intake_run(in->engine, b->body, b->len, &batch, &actions, &env, &stats, &err);
     int hold = 0;
@@ -475,7 +483,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
         if (brm_state_rollback(in->txn, mark)) in->wake(in->wake_arg);
         brm_actions_reset(&actions);
         brm_buf_reset(&runs.text);
-        if (!copy && !src->durable && done) {
+        if (!copy && !src->durable && done && !b->backfilled) {
             copy = brm_xstrndup(b->body, b->len);
             done(arg, BRM_OK, "ok"); /* answered at once, as the source chose */
             done = NULL;
@@ -500,6 +508,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
     }
     count_events(in, &env);
     if (stats.duplicates) brm_counter_add(in->duplicates, stats.duplicates);
+    if (b->tally) *b->tally = (struct brm_intake_tally){ env.nevents, stats.duplicates, actions.n };
     if (!env.known) note_unknown_topic(&env, src->name);
     if (brm_log_enabled(BRM_LOG_DEBUG)) {
         char n[32], sent[32];
@@ -527,9 +536,10 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
                         .stateful = in->shared && brm_state_touched(in->txn, mark),
                         .held = hold ? BRM_JOURNAL_HOLD : 0,
                         .was_held = b->pending != NULL,
-                        .pending = b->pending };
+                        .pending = b->pending,
+                        .backfilled = b->backfilled };
     snprintf(h->topic, sizeof(h->topic), "%s", env.name);
-    if (!src->durable && h->done) {
+    if (!src->durable && h->done && !b->backfilled) {
         /* Answered now: the request's buffer moves on, so keep a copy. */
         h->copy = brm_xstrndup(b->body, b->len);
         h->body = h->copy;
@@ -542,7 +552,12 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
                        brm_intake_done_fn *done, void *arg) {
     const struct brm_source *src = r->source;
     /* The body's id is its request's in every log line about it. */
-    struct body b = { src, brm_journal_next_id(), r->body, r->len, r->received_at, r->peer, NULL };
+    struct body b = { .source = src,
+                      .id = brm_journal_next_id(),
+                      .body = r->body,
+                      .len = r->len,
+                      .received = r->received_at,
+                      .peer = r->peer };
     if (!signature_ok(in, r)) {
         char rid[32];
         snprintf(rid, sizeof(rid), "%lld", (long long)b.id);
@@ -551,6 +566,20 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
         done(arg, BRM_UNAUTHORIZED, "signature missing or wrong");
         return;
     }
+    take(in, &b, done, arg, NULL);
+}
+
+void brm_intake_submit_backfilled(struct brm_intake *in, const struct brm_intake_req *r,
+                                  struct brm_intake_tally *tally, brm_intake_done_fn *done,
+                                  void *arg) {
+    struct body b = { .source = r->source,
+                      .id = brm_journal_next_id(),
+                      .body = r->body,
+                      .len = r->len,
+                      .received = r->received_at,
+                      .peer = r->peer,
+                      .backfilled = 1,
+                      .tally = tally };
     take(in, &b, done, arg, NULL);
 }
 
@@ -612,7 +641,7 @@ static void fire(struct brm_intake *in, const char *key) {
     }
     if (rc == 0) return; /* cancelled, or armed again for later */
     int64_t id = brm_journal_next_id();
-    struct brm_batch batch = { "timer", (uint64_t)id, now, 0, in->txn };
+    struct brm_batch batch = { "timer", (uint64_t)id, now, 0, in->txn, 0 };
     struct brm_actions actions = { 0 };
     struct brm_dispatch_stats stats = { 0 };
     enum brm_fire_outcome out;
@@ -693,7 +722,15 @@ static void run_parked(struct brm_intake *in) {
             free_parked(p);
             continue;
         }
-        struct body b = { src, p->id, p->body, p->len, p->received, p->peer, p->pending };
+        struct body b = { .source = src,
+                          .id = p->id,
+                          .body = p->body,
+                          .len = p->len,
+                          .received = p->received,
+                          .peer = p->peer,
+                          .backfilled = p->backfilled,
+                          .tally = p->tally,
+                          .pending = p->pending };
         take(in, &b, p->done, p->arg, p->copy);
         p->copy = NULL; /* take owns it now */
         free_parked(p);
@@ -759,7 +796,7 @@ static void group_done(struct brm_journal_job *job, int stored, const struct brm
     else if (brm_state_release(g->jg.txn, stored))
         in->wake(in->wake_arg);
     g->jg.txn = NULL;
-    if (stored && g->jg.messages) brm_outbox_wake(in->outbox);
+    if (stored && g->jg.messages && in->outbox) brm_outbox_wake(in->outbox);
     pthread_mutex_lock(&in->lock);
     g->next = in->done;
     in->done = g;
@@ -892,6 +929,8 @@ static void fill_entries(struct group *g) {
             &h->actions,
             h->runs.text.data,
             h->runs.text.len,
+            h->body ? brm_hash64(h->body, h->len) : 0,
+            h->backfilled,
             h->held       ? BRM_JOURNAL_HOLD
             : h->was_held ? BRM_JOURNAL_RELEASE
                           : 0,
@@ -926,7 +965,13 @@ static void not_applied(struct brm_intake *in, struct group *g) {
             free(h.timer);
             continue;
         }
-        struct body b = { h.source, h.id, h.body, h.len, h.received, NULL, h.pending };
+        struct body b = { .source = h.source,
+                          .id = h.id,
+                          .body = h.body,
+                          .len = h.len,
+                          .received = h.received,
+                          .backfilled = h.backfilled,
+                          .pending = h.pending };
         if (out == BRM_SHARED_CONFLICT) {
             park(in, &b, h.done, h.arg, h.copy);
         } else if (out == BRM_SHARED_LOST || h.was_held) {

@@ -53,9 +53,10 @@ struct brm_intake;
 typedef void brm_intake_wake_fn(void *arg);
 
 /* An intake running ENGINE's rules on the sources of ENGINE's config (it
- * takes ownership of ENGINE), journaling through J, waking OB, with the
- * shared STATE (all borrowed), on the worker's BASE. WAKE(ARG) is how it
- * asks for parked bodies to be tried again. */
+ * takes ownership of ENGINE), journaling through J, waking OB (or NULL: no
+ * outbox runs, what is queued waits for the next start), with the shared
+ * STATE (all borrowed), on the worker's BASE. WAKE(ARG) is how it asks for
+ * parked bodies to be tried again. */
 struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *ob,
                                   struct brm_journal *j, struct brm_state *state,
                                   struct event_base *base, brm_intake_wake_fn *wake, void *arg);
@@ -115,6 +116,27 @@ const char *brm_intake_refuse_head(const struct brm_source *src, const char *v2,
  */
 void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *req,
                        brm_intake_done_fn *done, void *arg);
+
+/* What became of a body's events, for whoever handed it in. */
+struct brm_intake_tally {
+    size_t events;     /* in the body */
+    size_t duplicates; /* of those, not run: seen already within the source's dedupe window */
+    size_t messages;   /* its rules sent */
+};
+
+/*
+ * Handles one body taken from Mist's delivery log (backfill) as a post is
+ * handled, but trusted: it came from Mist's API over TLS with the
+ * source's token, so there is no signature to check. It is journaled
+ * marked backfilled, its rules see ctx.backfilled = true, and DONE is
+ * called once it is stored (or refused), whatever the source's durability.
+ * TALLY, when given, is set before DONE for a body that ran. REQ's sig
+ * fields are not read; its strings and body, and TALLY, must stay valid
+ * until DONE. Call it on the intake's worker thread.
+ */
+void brm_intake_submit_backfilled(struct brm_intake *in, const struct brm_intake_req *req,
+                                  struct brm_intake_tally *tally, brm_intake_done_fn *done,
+                                  void *arg);
 
 /*
  * Decodes BODY into E's VM and runs the rules on its events, appending what

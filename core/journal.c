@@ -49,6 +49,7 @@ struct brm_journal {
     int synced;          /* the connection waits for fsync on commit */
     int64_t last_body;   /* as saved in meta */
     int64_t pruned_upto; /* the highest body id the ring removed */
+    int aging;           /* the last step for retention was full: more may be old */
     double next_upkeep;
     uint64_t failure_logged;
     uint64_t probe_bytes; /* what a probe of the store writes */
@@ -95,8 +96,8 @@ static int write_group(struct brm_journal_job *job, struct brm_store *st, struct
     g->messages = 0;
     for (size_t i = 0; i < g->n; i++) {
         const struct brm_journal_entry *e = &g->entries[i];
-        struct brm_body b = { e->id,   e->source, e->topic, e->received, e->events,
-                              e->body, e->len,    e->runs,  e->runs_len };
+        struct brm_body b = { e->id,  e->source, e->topic,    e->received, e->events,    e->body,
+                              e->len, e->runs,   e->runs_len, e->digest,   e->backfilled };
         if (e->held == BRM_JOURNAL_HOLD) {
             b.runs = NULL;
             b.runs_len = 0;
@@ -151,7 +152,9 @@ static void ring_settings(struct brm_journal *j, double *retention, uint64_t *ma
  * Removes the oldest bodies the ring's rules say must go, in steps, inside
  * the open transaction: while over the size cap (at most PRUNE_STEPS steps,
  * so that a transaction stays short; the next one goes on), or one step for
- * retention when AGED. P carries the journal's size in and out.
+ * retention when AGED (when it was full, the writer goes on between
+ * transactions, as it does over the cap). P carries the journal's size in
+ * and out.
  */
 static long prune(struct brm_journal *j, struct brm_prune *p, int aged, int steps,
                   struct brm_err *err) {
@@ -166,6 +169,7 @@ static long prune(struct brm_journal *j, struct brm_prune *p, int aged, int step
         if (!over && !(aged && step == 0)) break;
         if (brm_store_prune_bodies(j->store, p, err) < 0) return -1;
         removed += p->removed;
+        if (aged && step == 0) j->aging = p->removed >= p->limit && !p->exhausted;
         if (p->exhausted || p->removed == 0) break;
     }
     return removed;
@@ -311,10 +315,11 @@ static int over_cap(struct brm_journal *j) {
  * has grown. */
 static void upkeep(struct brm_journal *j, int due, int idle) {
     struct brm_err err;
-    if (due || over_cap(j)) {
+    if (due || j->aging || over_cap(j)) {
         struct brm_journal_stats was;
         brm_journal_stats(j, &was);
-        if (commit_jobs(j, NULL, 0, due, 1, &err) < 0) {
+        if (commit_jobs(j, NULL, 0, due || j->aging, 1, &err) < 0) {
+            j->aging = 0; /* tried again at the next upkeep */
             /* A failing store's probe failed: set_ok says so, once a second. */
             if (was.ok) brm_log_warn("cannot prune the journal", "error", err.msg);
             set_ok(j, 0, &err); /* no step after step on a failing disk: once a second */
@@ -353,7 +358,7 @@ static void *writer_main(void *arg) {
     for (;;) {
         while (!j->queue && !j->stopping) {
             double now = brm_time_now();
-            if (now >= j->next_upkeep || over_locked(j)) break;
+            if (now >= j->next_upkeep || j->aging || over_locked(j)) break;
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
             double wait = j->next_upkeep - now;

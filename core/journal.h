@@ -72,7 +72,9 @@ struct brm_journal_entry {
     const struct brm_actions *actions;
     const char *runs; /* what its rules did (engine.h's run log), or NULL; borrowed too */
     size_t runs_len;
-    int held; /* BRM_JOURNAL_HOLD or _RELEASE (shared state), else 0 */
+    uint64_t digest; /* brm_hash64 of BODY */
+    int backfilled;  /* taken from Mist's delivery log (backfill), not posted */
+    int held;        /* BRM_JOURNAL_HOLD or _RELEASE (shared state), else 0 */
 };
 /* A body held for the shared state: stored with no outcome, marked held
  * (its actions and runs are not written). A held body whose rules ran

@@ -212,3 +212,16 @@ void brm_lint_sends(const char *text, size_t len, brm_lint_send_fn *fn, void *ar
             fn(arg, name->s, name->len, name->line);
     }
 }
+
+int brm_lint_call_line(const char *text, size_t len, const char *module, const char *fn) {
+    struct scan s;
+    scan_init(&s, text, len);
+    while (scan_next(&s)) {
+        const struct token *open = back(&s, 0);
+        if (is(open, T_OTHER, "(") && is(back(&s, 1), T_NAME, fn) &&
+            is(back(&s, 2), T_OTHER, ".") && is(back(&s, 3), T_NAME, module) &&
+            is(back(&s, 4), T_OTHER, ".") && is(back(&s, 5), T_NAME, "brume"))
+            return open->line;
+    }
+    return 0;
+}

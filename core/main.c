@@ -3,7 +3,8 @@
  * hands over to the server (run) or does a one-shot job: check the config
  * and rules, run payload files through the rules (test), sign a body.
  * Exit codes: 0 success, 1 a user error (bad config, bad rule, bad payload),
- * 2 a usage error. Depends on config, engine, intake, cases, server, verify.
+ * 2 a usage error. Depends on config, engine, intake, cases, server,
+ * backfill, verify.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -19,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backfill.h"
 #include "cases.h"
 #include "config.h"
 #include "engine.h"
@@ -49,6 +51,8 @@ static const char usage_main[] =
     "  replay  [-c brume.lua] [--since T] [--until T] [--topic X] [--send]\n"
     "                                     re-run journaled bodies through the current rules\n"
     "  outbox  [-c brume.lua] [list|retry ID|drop ID]   inspect and steer deliveries\n"
+    "  backfill [-c brume.lua] [--source NAME] [--since T] [--until T] [--topic X] [--dry-run]\n"
+    "                                     take in what Mist failed to deliver (its delivery log)\n"
     "  version                            print the version\n"
     "\n"
     "Each command takes --help. Exit codes: 0 success, 1 bad config, rule or payload,\n"
@@ -125,6 +129,23 @@ static const char usage_replay[] =
     "matches no body kept says so, with the topics there are (exit 1). Rule\n"
     "state (brume.once and the like) starts empty.\n";
 
+static const char usage_backfill[] =
+    "usage: brume backfill [-c brume.lua] [--source NAME] [--since T] [--until T] [--topic X]\n"
+    "                      [--dry-run]\n"
+    "\n"
+    "Reads the deliveries Mist failed to make to each source that names Mist's API\n"
+    "(sources.NAME.mist), in [since, until) (default: the last hour), from the\n"
+    "delivery log Mist keeps per webhook, and takes each body in as a post: journal,\n"
+    "dedupe, rules, outbox. A body the journal holds already (its exact bytes) is\n"
+    "skipped; so are events the source's dedupe has seen. Prints a line per body and\n"
+    "per source: found, taken, skipped, failed. While brume runs, the running brume\n"
+    "does it (through the admin listener); otherwise this command does, and what the\n"
+    "rules send is queued for brume's next start. --dry-run reads Mist and says what\n"
+    "would be taken or skipped, and why, storing and sending nothing. --topic keeps\n"
+    "to one topic. Only topics with delivery results are in Mist's log: alarms,\n"
+    "audits, device-updowns, occupancy-alerts, ping. T is as for brume replay.\n"
+    "Exits 1 when Mist refuses the token or cannot be reached.\n";
+
 static const char usage_version[] = "usage: brume version\n";
 
 struct args {
@@ -133,7 +154,7 @@ struct args {
     const char *source;
     const char *since, *until, *topic;
     const char *at; /* brume test --at */
-    int sha1, all, send;
+    int sha1, all, send, dry_run;
     const char **rest;
     int nrest;
 };
@@ -151,9 +172,12 @@ static int parse_args(int argc, char **argv, const char *accepts, struct args *a
             target = &a->config;
         else if (strchr(accepts, 's') && strcmp(arg, "--secret") == 0)
             target = &a->secret;
-        else if (strchr(accepts, 's') && strcmp(arg, "--source") == 0)
+        else if ((strchr(accepts, 's') || strchr(accepts, 'b')) && strcmp(arg, "--source") == 0)
             target = &a->source;
-        else if (strchr(accepts, '1') && strcmp(arg, "--sha1") == 0) {
+        else if (strchr(accepts, 'b') && strcmp(arg, "--dry-run") == 0) {
+            a->dry_run = 1;
+            continue;
+        } else if (strchr(accepts, '1') && strcmp(arg, "--sha1") == 0) {
             a->sha1 = 1;
             continue;
         } else if (strchr(accepts, 'a') && strcmp(arg, "--all") == 0) {
@@ -162,11 +186,11 @@ static int parse_args(int argc, char **argv, const char *accepts, struct args *a
         } else if (strchr(accepts, 'r') && strcmp(arg, "--send") == 0) {
             a->send = 1;
             continue;
-        } else if (strchr(accepts, 'r') && strcmp(arg, "--since") == 0) {
+        } else if (strpbrk(accepts, "rb") && strcmp(arg, "--since") == 0) {
             target = &a->since;
-        } else if (strchr(accepts, 'r') && strcmp(arg, "--until") == 0) {
+        } else if (strpbrk(accepts, "rb") && strcmp(arg, "--until") == 0) {
             target = &a->until;
-        } else if (strchr(accepts, 'r') && strcmp(arg, "--topic") == 0) {
+        } else if (strpbrk(accepts, "rb") && strcmp(arg, "--topic") == 0) {
             target = &a->topic;
         } else if (strchr(accepts, 't') && strcmp(arg, "--at") == 0) {
             target = &a->at;
@@ -315,8 +339,8 @@ static int cmd_test(struct args *a) {
         struct brm_err err;
         brm_buf_init(&body);
         brm_buf_init(&line);
-        struct brm_batch batch = { "test", (uint64_t)i + 1, a->at ? at : brm_time_now(), NULL,
-                                   NULL };
+        struct brm_batch batch = { "test", (uint64_t)i + 1, a->at ? at : brm_time_now(), NULL, NULL,
+                                   0 };
         brm_engine_set_payload(e, a->rest[i]);
         if (read_input(a->rest[i], &body) < 0) {
             rc = EXIT_USER;
@@ -412,7 +436,7 @@ static int replay_body(void *arg, const struct brm_body *b) {
     r->of_topic++;
     const struct brm_source *src = brm_config_source(r->cfg, b->source);
     struct brm_batch batch = { b->source, (uint64_t)b->id, b->received, src ? &src->dedupe : NULL,
-                               NULL };
+                               NULL,      b->backfilled };
     if (brm_intake_run(r->engine, b->body, b->len, &batch, &actions, NULL, &stats, &err) !=
         BRM_OK) {
         fprintf(stderr, "brume: body %lld no longer decodes: %s\n", (long long)b->id, err.msg);
@@ -793,6 +817,80 @@ static int cmd_outbox(struct args *a) {
     return rc;
 }
 
+/* Prints REPORT's text: on stdout when the run went through, else on
+ * stderr (it ends with what went wrong). */
+static int print_report(const char *text, int ok) {
+    fputs(text ? text : "", ok ? stdout : stderr);
+    return ok ? 0 : EXIT_USER;
+}
+
+static int cmd_backfill(struct args *a) {
+    double now = brm_time_now(), since = now - 3600, until = 0;
+    if (a->nrest) {
+        fputs(usage_backfill, stderr);
+        return EXIT_USAGE;
+    }
+    if ((a->since && parse_time_option("--since", a->since, now, &since) < 0) ||
+        (a->until && parse_time_option("--until", a->until, now, &until) < 0))
+        return EXIT_USAGE;
+    if (a->until && until <= since) {
+        fprintf(stderr, "brume: --until '%s' is not after --since '%s'\n", a->until,
+                a->since ? a->since : "1h");
+        return EXIT_USAGE;
+    }
+    struct brm_config *cfg = load_config(a->config); /* the token is needed, even to look */
+    if (!cfg) return EXIT_USER;
+    brm_log_setup(cfg->log_level, cfg->log_format);
+    struct brm_backfill_ask ask = {
+        .source = a->source,
+        .since = since,
+        .until = until,
+        .topic = a->topic,
+        .dry_run = a->dry_run,
+    };
+    struct brm_err err;
+    char admin[300];
+    int rc = EXIT_USER, running = 0;
+    if (brm_backfill_check(cfg, &ask, &err) < 0) {
+        fprintf(stderr, "brume: %s\n", err.msg);
+    } else if ((running = brm_server_running(cfg, admin, sizeof(admin))) < 0) {
+        fprintf(stderr, "brume: cannot read the lock of %s: %s\n", cfg->data_dir, strerror(errno));
+    } else if (running && !*admin) {
+        fprintf(stderr,
+                "brume: a brume runs on %s without an admin listener: set admin (and reload is "
+                "not enough: restart it), or stop it to backfill from here\n",
+                cfg->data_dir);
+    } else if (running) {
+        struct brm_buf out;
+        brm_buf_init(&out);
+        int status = brm_backfill_remote(admin, cfg->admin_token, &ask, &out, &err);
+        if (status < 0)
+            fprintf(stderr, "brume: %s\n", err.msg);
+        else if (status == 200 || status == 502)
+            rc = print_report(out.data, status == 200);
+        else
+            fprintf(stderr, "brume: the running brume answered %d: %s", status,
+                    out.data ? out.data : "\n");
+        brm_buf_reset(&out);
+    } else {
+        struct brm_errors errs = { 0 };
+        struct brm_backfill_report *report = NULL;
+        if (brm_server_backfill(cfg, &ask, &report, &errs) < 0) {
+            print_errors(&errs);
+        } else {
+            rc = print_report(report->text.data, report->ok);
+            if (report->messages)
+                printf("note: brume is not running: the %ld message%s queued go out when it "
+                       "starts\n",
+                       report->messages, report->messages == 1 ? "" : "s");
+        }
+        brm_errors_reset(&errs);
+        brm_backfill_report_free(report);
+    }
+    brm_config_free(cfg);
+    return rc;
+}
+
 static void print_version(void) {
     printf("brume %s (%s, libevent %s, %s)\n", BRM_VERSION, LUA_RELEASE, event_get_version(),
            OPENSSL_VERSION_TEXT);
@@ -802,9 +900,13 @@ int main(int argc, char **argv) {
     static const struct {
         const char *name, *accepts, *usage;
     } commands[] = {
-        { "run", "c", usage_run },        { "check", "c", usage_check },
-        { "test", "ct", usage_test },     { "sign", "cs1", usage_sign },
-        { "outbox", "ca", usage_outbox }, { "replay", "cr", usage_replay },
+        { "run", "c", usage_run },
+        { "check", "c", usage_check },
+        { "test", "ct", usage_test },
+        { "sign", "cs1", usage_sign },
+        { "outbox", "ca", usage_outbox },
+        { "replay", "cr", usage_replay },
+        { "backfill", "cb", usage_backfill },
         { "version", "", usage_version },
     };
     signal(SIGPIPE, SIG_IGN);
@@ -844,6 +946,8 @@ int main(int argc, char **argv) {
             rc = cmd_outbox(&a);
         } else if (strcmp(cmd, "replay") == 0) {
             rc = cmd_replay(&a);
+        } else if (strcmp(cmd, "backfill") == 0) {
+            rc = cmd_backfill(&a);
         } else if (a.nrest) {
             fputs(commands[i].usage, stderr);
             rc = EXIT_USAGE;

@@ -49,6 +49,7 @@ struct brm_sandbox {
     char stop_file[256];
     int stop_line;                 /* where the call was stopped */
     volatile sig_atomic_t time_up; /* set by the ticker's signal handler */
+    const _Atomic int *cancel;     /* see brm_sandbox_set_cancel; NULL: none */
     uint64_t time_limit;           /* CPU ns per outermost call; 0: none */
     unsigned long start_tick, limit_ticks;
     struct brm_sandbox *outside; /* the call this thread ran when this one started */
@@ -201,10 +202,18 @@ static void start_ticker(void) {
     ticker.state = 1;
 }
 
+static int cancelled(const struct brm_sandbox *sb) {
+    return sb->cancel && atomic_load_explicit(sb->cancel, memory_order_relaxed);
+}
+
+void brm_sandbox_set_cancel(struct brm_sandbox *sb, const _Atomic int *flag) {
+    sb->cancel = flag;
+}
+
 /* The clock of an outermost call starts: no system call once the thread
  * ticks. */
 static void start_clock(struct brm_sandbox *sb) {
-    sb->time_up = 0;
+    sb->time_up = cancelled(sb);
     sb->polling = 0;
     if (!sb->time_limit) return;
     if (ticker.state == 0) start_ticker();
@@ -222,7 +231,7 @@ static void stop_clock(struct brm_sandbox *sb) {
 }
 
 static int out_of_time(const struct brm_sandbox *sb) {
-    return sb->time_up || (sb->polling && brm_time_cpu_ns() > sb->deadline);
+    return sb->time_up || cancelled(sb) || (sb->polling && brm_time_cpu_ns() > sb->deadline);
 }
 
 /* ---- memory -------------------------------------------------------------- */
@@ -873,6 +882,7 @@ static int api_require(lua_State *L) {
 
 static void count_hook(lua_State *L, lua_Debug *ar) {
     struct brm_sandbox *sb = brm_sandbox_of(L);
+    if (!sb->time_up && cancelled(sb)) sb->time_up = 1;
     if (!sb->stopped) {
         sb->left -= HOOK_STEP;
         if (sb->time_up)

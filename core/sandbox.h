@@ -58,6 +58,10 @@ struct brm_sandbox;
 /* A new VM with the safe library in place. Aborts when out of memory. */
 struct brm_sandbox *brm_sandbox_new(const struct brm_sandbox_opts *opts);
 void brm_sandbox_free(struct brm_sandbox *sb);
+/* From now on, once *FLAG (set from any thread) is nonzero, every call ends
+ * as out of time: the one in progress within an instruction step (or at
+ * its next charge), later ones at once. NULL: never. FLAG must outlive SB. */
+void brm_sandbox_set_cancel(struct brm_sandbox *sb, const _Atomic int *flag);
 
 lua_State *brm_sandbox_state(struct brm_sandbox *sb);
 /* What the sandbox reads user code through (borrowed). */

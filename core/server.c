@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backfill.h"
 #include "console.h"
 #include "engine.h"
 #include "http.h"
@@ -45,6 +46,10 @@
 #define DRAIN_POLL  0.2
 #define DRAIN_BATCH 64
 #define MAX_REPORT  (64u << 10)
+/* Timers wait for the catch-up from Mist's delivery log at start (so that
+ * a device that came back while brume was stopped cancels its hold-down),
+ * at most this long. */
+#define CATCH_UP_HOLD 120
 /* The attempts log keeps a week (as long as done deliveries, by default)
  * and at most this many rows. The upkeep looks at the oldest in steps, up
  * to 8 a second while steps find a full one to remove: it keeps up with
@@ -55,6 +60,22 @@
 #define ATTEMPTS_STEPS 8
 
 struct server;
+
+/* A body the backfill took from Mist's delivery log, on its way to a
+ * worker's intake. */
+struct handed {
+    struct handed *next;
+    const struct brm_backfill_body *b;
+    struct brm_intake_tally tally;
+};
+
+/* A POST /backfill waiting for its report. */
+struct asked {
+    struct asked *next;
+    struct server *srv;
+    struct brm_http_req *req;
+    struct brm_backfill_report *report;
+};
 
 struct worker {
     struct server *srv;
@@ -71,6 +92,7 @@ struct worker {
     struct brm_tls **next_tls; /* per listen entry (NULL: plain, or no change) */
     int drain;
     uint64_t drain_deadline;
+    struct handed *handed;    /* bodies from Mist's delivery log, to run */
     _Atomic int wants_engine; /* its VM is full of kept memory: build another */
 };
 
@@ -116,7 +138,16 @@ struct server {
     _Atomic long timers_pending;
     struct brm_buf last_reload;  /* the last reload's outcome, a JSON object (/healthz) */
     struct brm_console *console; /* on the admin listener, or NULL */
+    struct brm_backfill *backfill;
+    _Atomic unsigned next_worker; /* the one the next backfilled body goes to */
+    int holding;                  /* timers wait for the catch-up */
+    struct event *hold_timer;
+    _Atomic int caught_up;      /* the catch-up is done: the main thread lets timers go */
+    pthread_mutex_t asked_lock; /* guards ANSWERED */
+    struct asked *answered;     /* POST /backfill reports to send */
 };
+
+static void note_admin(struct server *s, const char *admin);
 
 static void post(int fd) {
     uint64_t one = 1;
@@ -235,6 +266,43 @@ static void on_drain_poll(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
+static void handed_done(void *arg, enum brm_status st, const char *reason) {
+    struct handed *h = arg;
+    struct brm_backfill_outcome o = { st, st == BRM_OK ? NULL : reason, h->tally.events,
+                                      h->tally.duplicates, h->tally.messages };
+    brm_backfill_taken(h->b, &o);
+    free(h);
+}
+
+/* Runs a body from Mist's delivery log through INTAKE as a post, trusted
+ * (it came from Mist's API with the source's token). */
+static void take_handed(struct brm_intake *intake, struct handed *h) {
+    const struct brm_source *src = brm_intake_source(intake, h->b->source);
+    if (!src) {
+        handed_done(h, BRM_UNAVAILABLE, "a reload removed its source");
+        return;
+    }
+    struct brm_intake_req req = { .source = src,
+                                  .body = h->b->body,
+                                  .len = h->b->len,
+                                  .received_at = brm_time_now(),
+                                  .peer = "mist-delivery-log" };
+    brm_intake_submit_backfilled(intake, &req, &h->tally, handed_done, h);
+}
+
+/* The backfill's host (on its thread): a worker runs the body, as a post. */
+static void backfill_take(void *arg, const struct brm_backfill_body *b) {
+    struct server *s = arg;
+    struct handed *h = brm_xcalloc(1, sizeof(*h));
+    h->b = b;
+    struct worker *w = &s->workers[atomic_fetch_add(&s->next_worker, 1) % (unsigned)s->nworkers];
+    pthread_mutex_lock(&w->lock);
+    h->next = w->handed;
+    w->handed = h;
+    pthread_mutex_unlock(&w->lock);
+    post(w->mailfd);
+}
+
 static void on_worker_mail(evutil_socket_t fd, short what, void *arg) {
     struct worker *w = arg;
     (void)what;
@@ -242,9 +310,11 @@ static void on_worker_mail(evutil_socket_t fd, short what, void *arg) {
     pthread_mutex_lock(&w->lock);
     struct brm_engine *e = w->next_engine;
     struct brm_tls **tls = w->next_tls;
+    struct handed *handed = w->handed;
     int drain = w->drain;
     w->next_engine = NULL;
     w->next_tls = NULL;
+    w->handed = NULL;
     pthread_mutex_unlock(&w->lock);
     /* Between two requests: the next body runs on the new set. */
     if (e) {
@@ -258,6 +328,10 @@ static void on_worker_mail(evutil_socket_t fd, short what, void *arg) {
     for (size_t i = 0; tls && i < nlisten; i++)
         if (tls[i]) brm_http_set_tls(w->http, i, tls[i]);
     free_tls(tls, nlisten);
+    for (struct handed *h = handed, *next; h; h = next) {
+        next = h->next;
+        take_handed(w->intake, h);
+    }
     if (drain && !w->drain_timer) {
         brm_http_drain(w->http);
         w->drain_timer = event_new(w->base, -1, EV_PERSIST, on_drain_poll, w);
@@ -335,6 +409,10 @@ static int setup_worker(struct server *s, struct worker *w, int id, struct brm_e
 
 static void free_worker(struct worker *w) {
     if (!w->base) return;
+    for (struct handed *h = w->handed, *next; h; h = next) { /* the backfill stopped first */
+        next = h->next;
+        handed_done(h, BRM_UNAVAILABLE, "brume is stopping");
+    }
     brm_http_free(w->http);
     brm_intake_free(w->intake);
     brm_engine_free(w->next_engine);
@@ -478,6 +556,7 @@ static void apply(struct server *s, struct rule_set *rs) {
     }
     brm_outbox_configure(s->outbox, cfg);
     brm_journal_configure(s->journal, cfg);
+    if (s->backfill) brm_backfill_configure(s->backfill, cfg);
     brm_log_setup(cfg->log_level, cfg->log_format);
     s->cfg = brm_config_ref(cfg);
     brm_config_free(old);
@@ -610,10 +689,15 @@ static void watch_files(struct server *s) {
 
 /* ---- main thread -------------------------------------------------------- */
 
+static void release_timers(struct server *s, const char *why);
+static void answer_backfills(struct server *s);
+
 static void on_main_mail(evutil_socket_t fd, short what, void *arg) {
     struct server *s = arg;
     (void)what;
     drain_mail(fd);
+    if (atomic_exchange(&s->caught_up, 0)) release_timers(s, NULL);
+    answer_backfills(s);
     for (int i = 0; i < s->nworkers; i++) {
         struct worker *w = &s->workers[i];
         if (!atomic_load(&w->wants_engine)) continue;
@@ -637,6 +721,9 @@ static void on_stop(evutil_socket_t sig, short what, void *arg) {
     struct server *s = arg;
     (void)what;
     brm_log_info("stopping: finishing requests in flight", "signal", strsignal((int)sig));
+    /* First, while the workers still take what it hands them: a body it
+     * handed in is waited for. */
+    brm_backfill_stop(s->backfill);
     if (s->shared) brm_shared_finish(s->shared); /* no waiting for a Redis that is away */
     uint64_t deadline = brm_time_mono_ms() + (uint64_t)(s->cfg->http.drain_timeout * 1000);
     for (int i = 0; i < s->nworkers; i++) {
@@ -705,6 +792,7 @@ static void on_due(evutil_socket_t fd, short what, void *arg) {
     struct server *s = arg;
     (void)what;
     if (fd >= 0) drain_mail(fd);
+    if (s->holding) return; /* until the catch-up is done: release_timers */
     if (s->shared) {
         schedule_shared(s, fd < 0);
         return;
@@ -716,6 +804,7 @@ static void on_due(evutil_socket_t fd, short what, void *arg) {
     evtimer_del(s->due_timer);
     if (!next) return;
     double wait = next > now ? next - now : DUE_RETRY; /* a group holds the first */
+    if (wait > 86400) wait = 86400;                    /* looked at again then: a time_t holds it */
     struct timeval tv = { (time_t)wait, (suseconds_t)((wait - (double)(time_t)wait) * 1e6) };
     evtimer_add(s->due_timer, &tv);
 }
@@ -743,30 +832,70 @@ static void drop_done(struct brm_journal_job *job, int stored, const struct brm_
     free(d);
 }
 
+/* Drops RULE's timers and digests (the rule is gone), saying so with WHY. */
+static void drop_rule_timers(struct server *s, const char *rule, const char *why) {
+    struct brm_state_txn *t = brm_state_begin(s->state);
+    long n = brm_state_drop_rule(s->state, rule, t);
+    if (n == 0) {
+        brm_state_release(t, 1);
+        return;
+    }
+    char count[32];
+    snprintf(count, sizeof(count), "%ld", n);
+    brm_log_info(why, "rule", rule, "count", count);
+    struct drop *d = brm_xcalloc(1, sizeof(*d));
+    d->jg.cfg = brm_config_ref(s->cfg);
+    d->jg.txn = t;
+    d->jg.job.done = drop_done;
+    brm_journal_group_init(&d->jg, 0);
+    brm_journal_submit(s->journal, &d->jg.job);
+}
+
 /* A reload that removes a rule drops its timers and digests, with a line.
  * (Shared: other instances may run the rule still, during an upgrade;
  * when one comes due where its rule is gone, it is dropped then.) */
 static void drop_removed_timers(struct server *s, const struct brm_engine *e) {
-    for (size_t i = 0; i < s->nrule_names && !s->shared; i++) {
-        if (brm_engine_has_rule(e, s->rule_names[i])) continue;
-        struct brm_state_txn *t = brm_state_begin(s->state);
-        long n = brm_state_drop_rule(s->state, s->rule_names[i], t);
-        if (n == 0) {
-            brm_state_release(t, 1);
-            continue;
-        }
-        char count[32];
-        snprintf(count, sizeof(count), "%ld", n);
-        brm_log_info("a reload removed a rule: its timers and digests are dropped", "rule",
-                     s->rule_names[i], "count", count);
-        struct drop *d = brm_xcalloc(1, sizeof(*d));
-        d->jg.cfg = brm_config_ref(s->cfg);
-        d->jg.txn = t;
-        d->jg.job.done = drop_done;
-        brm_journal_group_init(&d->jg, 0);
-        brm_journal_submit(s->journal, &d->jg.job);
-    }
+    for (size_t i = 0; i < s->nrule_names && !s->shared; i++)
+        if (!brm_engine_has_rule(e, s->rule_names[i]))
+            drop_rule_timers(s, s->rule_names[i],
+                             "a reload removed a rule: its timers and digests are dropped");
     keep_rule_names(s, e);
+}
+
+struct gone {
+    struct server *s;
+    char **names; /* rules of the store's timers that the running set lacks */
+    size_t n;
+};
+
+static void note_gone(void *arg, int kind, const char *key, const char *rule, size_t rule_len,
+                      const char *name, double due, const char *data, long count) {
+    struct gone *g = arg;
+    (void)kind, (void)key, (void)name, (void)due, (void)data, (void)count;
+    for (size_t i = 0; i < g->s->nrule_names; i++)
+        if (strlen(g->s->rule_names[i]) == rule_len &&
+            memcmp(g->s->rule_names[i], rule, rule_len) == 0)
+            return;
+    for (size_t i = 0; i < g->n; i++)
+        if (strlen(g->names[i]) == rule_len && memcmp(g->names[i], rule, rule_len) == 0) return;
+    g->names = brm_xrealloc(g->names, (g->n + 1) * sizeof(char *));
+    g->names[g->n++] = brm_xstrndup(rule, rule_len);
+}
+
+/* At start: the timers and digests of rules removed while brume was
+ * stopped go, with a line each, as a reload would drop them. (Shared:
+ * they are in Redis, and go when one comes due where its rule is gone.) */
+static void drop_gone_timers(struct server *s) {
+    if (s->shared) return;
+    struct gone g = { s, NULL, 0 };
+    brm_state_each_due(s->state, brm_state_pending(s->state), note_gone, &g);
+    for (size_t i = 0; i < g.n; i++) {
+        drop_rule_timers(s, g.names[i],
+                         "a rule removed while brume was stopped had timers or digests: they are "
+                         "dropped");
+        free(g.names[i]);
+    }
+    free(g.names);
 }
 
 static double gauge_timers(void *arg) {
@@ -950,6 +1079,91 @@ static int start_shared(struct server *s) {
     return 0;
 }
 
+/* ---- backfill (main thread) ------------------------------------------------ */
+
+/* Timers wait no longer: the catch-up is done, or took too long (WHY). */
+static void release_timers(struct server *s, const char *why) {
+    if (!s->holding) return;
+    s->holding = 0;
+    evtimer_del(s->hold_timer);
+    if (why)
+        brm_log_warn(why);
+    else
+        brm_log_info("caught up from Mist's delivery log: timers fire now");
+    on_due(-1, 0, s);
+}
+
+static void on_hold_timeout(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    release_timers(arg, "the catch-up from Mist's delivery log is taking more than 2 minutes: "
+                        "timers fire now, without waiting for it");
+}
+
+/* The catch-up is done (on the backfill's thread): its report was logged. */
+static void caught_up(void *arg, struct brm_backfill_report *report) {
+    struct server *s = arg;
+    brm_backfill_report_free(report);
+    atomic_store(&s->caught_up, 1);
+    post(s->mailfd);
+}
+
+/* Starts the backfill's thread, with the catch-up as its first run when a
+ * source names Mist's API: timers wait for it (CATCH_UP_HOLD at most).
+ * Without it (no thread, no memory) brume runs on, and says so. */
+static void start_backfill(struct server *s) {
+    struct brm_err err;
+    char *path = brm_outbox_store_path(s->cfg);
+    s->backfill = brm_backfill_new(s->cfg, path, backfill_take, s, s->nworkers + 3);
+    free(path);
+    if (brm_backfill_start(s->backfill, 1, &err) < 0) {
+        brm_log_error("cannot start the backfill: brume runs without it", "error", err.msg);
+        brm_backfill_free(s->backfill);
+        s->backfill = NULL;
+        return;
+    }
+    int catch_up = 0;
+    for (size_t i = 0; i < s->cfg->nsources; i++)
+        catch_up |= s->cfg->sources[i].mist.api && s->cfg->sources[i].mist.catch_up > 0;
+    if (!catch_up) return;
+    struct brm_backfill_ask ask = { .catch_up = 1 };
+    s->holding = 1;
+    s->hold_timer = evtimer_new(s->base, on_hold_timeout, s);
+    struct timeval tv = { CATCH_UP_HOLD, 0 };
+    evtimer_add(s->hold_timer, &tv);
+    brm_log_info("catching up from Mist's delivery log: timers wait for it");
+    brm_backfill_ask(s->backfill, &ask, caught_up, s);
+}
+
+/* A run POST /backfill asked for is done (on the backfill's thread): the
+ * main thread answers it. */
+static void backfill_answered(void *arg, struct brm_backfill_report *report) {
+    struct asked *a = arg;
+    struct server *s = a->srv;
+    a->report = report;
+    pthread_mutex_lock(&s->asked_lock);
+    a->next = s->answered;
+    s->answered = a;
+    pthread_mutex_unlock(&s->asked_lock);
+    post(s->mailfd);
+}
+
+/* Sends the reports of the runs that are done: 200 when every source's run
+ * went through, 502 when one stopped on Mist's answer (or on none). */
+static void answer_backfills(struct server *s) {
+    pthread_mutex_lock(&s->asked_lock);
+    struct asked *list = s->answered;
+    s->answered = NULL;
+    pthread_mutex_unlock(&s->asked_lock);
+    for (struct asked *a = list, *next; a; a = next) {
+        next = a->next;
+        const struct brm_buf *t = &a->report->text;
+        brm_http_respond(a->req, a->report->ok ? 200 : 502, "text/plain; charset=utf-8", t->data,
+                         t->len, NULL);
+        brm_backfill_report_free(a->report);
+        free(a);
+    }
+}
+
 /* ---- admin endpoints ---------------------------------------------------- */
 
 /* 1 when REQ may use /metrics and /reload: the config has no admin token,
@@ -1045,6 +1259,38 @@ static void admin_reload(void *arg, struct brm_http_req *req) {
     brm_buf_reset(&b);
 }
 
+/* POST /backfill?source=&since=&until=&topic=&dry_run=1: `brume backfill`
+ * asks the running brume to read Mist's delivery log, and waits for the
+ * report (text, as the command prints it). As the console's changes: the
+ * admin token, or without one a loopback peer and X-Brume-Console. */
+static void admin_backfill(void *arg, struct brm_http_req *req) {
+    struct server *s = arg;
+    const char *why;
+    int code = brm_console_check(s->cfg->admin_token, req, 1, &why);
+    struct brm_backfill_ask ask;
+    char source[BRM_TOPIC_MAX], topic[BRM_TOPIC_MAX], msg[600];
+    struct brm_err err;
+    if (code == 0 && !s->backfill) {
+        code = 503;
+        why = "the backfill is not running (see the log at start)";
+    } else if (code == 0 && (brm_backfill_parse(req->query, req->query_len, &ask, source, topic,
+                                                sizeof(topic), &err) < 0 ||
+                             brm_backfill_check(s->cfg, &ask, &err) < 0)) {
+        code = 400;
+        why = err.msg;
+    }
+    if (code) {
+        int n = snprintf(msg, sizeof(msg), "error: %s\n", why);
+        brm_http_respond(req, code, "text/plain; charset=utf-8", msg,
+                         n > 0 && (size_t)n < sizeof(msg) ? (size_t)n : strlen(msg), NULL);
+        return;
+    }
+    struct asked *a = brm_xcalloc(1, sizeof(*a));
+    a->srv = s;
+    a->req = req;
+    brm_backfill_ask(s->backfill, &ask, backfill_answered, a);
+}
+
 static double gauge_generation(void *arg) {
     return (double)atomic_load(&((struct server *)arg)->generation);
 }
@@ -1078,6 +1324,7 @@ static int open_admin(struct server *s) {
         { "/metrics", "admin", BRM_HTTP_GET, 0, NULL, admin_metrics, NULL },
         { "/healthz", "admin", BRM_HTTP_GET, 0, NULL, admin_healthz, NULL },
         { "/reload", "admin", BRM_HTTP_POST, 1024, NULL, admin_reload, NULL },
+        { "/backfill", "admin", BRM_HTTP_POST, 1024, NULL, admin_backfill, NULL },
     };
     struct brm_http_route routes[BRM_ARRAY_LEN(proto) + BRM_CONSOLE_MAX_ROUTES];
     struct brm_err err;
@@ -1110,10 +1357,21 @@ static int open_admin(struct server *s) {
     char addr[300];
     format_addr(s->started->admin, port, addr, sizeof(addr));
     brm_log_info("admin listening", "addr", addr);
+    note_admin(s, addr);
     return 0;
 }
 
 /* ---- life --------------------------------------------------------------- */
+
+/* The lock file says who holds it: our pid, and ADMIN, the admin
+ * listener's address (port 0 resolved), for `brume backfill` to ask. */
+static void note_admin(struct server *s, const char *admin) {
+    char text[400];
+    int n = snprintf(text, sizeof(text), "%d\n%s\n", (int)getpid(), admin ? admin : "");
+    if (n < 0 || (size_t)n >= sizeof(text)) return;
+    if (ftruncate(s->lockfd, 0) < 0 || pwrite(s->lockfd, text, (size_t)n, 0) < 0) { /* advisory */
+    }
+}
 
 /* mkdir -p DIR, then an exclusive lock on DIR/brume.lock: a second brume on
  * the same data would share its ports (SO_REUSEPORT) and its store. */
@@ -1197,7 +1455,9 @@ static void add_events(struct server *s) {
 }
 
 static void free_server(struct server *s, struct rule_set *rs) {
-    brm_shared_free(s->shared); /* what it hands back goes to workers still there */
+    brm_backfill_free(s->backfill); /* first: it hands bodies to the workers */
+    answer_backfills(s);            /* what it ended as it stopped: dropped with their requests */
+    brm_shared_free(s->shared);     /* what it hands back goes to workers still there */
     s->shared = NULL;
     if (s->drain_timer) event_free(s->drain_timer);
     brm_store_close(s->held_reader);
@@ -1214,6 +1474,7 @@ static void free_server(struct server *s, struct rule_set *rs) {
     if (s->state) brm_state_set_due_hook(s->state, NULL, NULL);
     if (s->due_mail) event_free(s->due_mail);
     if (s->due_timer) event_free(s->due_timer);
+    if (s->hold_timer) event_free(s->hold_timer);
     if (s->duefd >= 0) close(s->duefd);
     for (size_t i = 0; i < s->nrule_names; i++) free(s->rule_names[i]);
     free(s->rule_names);
@@ -1227,6 +1488,7 @@ static void free_server(struct server *s, struct rule_set *rs) {
     brm_config_free(s->started);
     brm_snapshot_free(s->files);
     brm_buf_reset(&s->last_reload);
+    pthread_mutex_destroy(&s->asked_lock);
 }
 
 int brm_server_run(const struct brm_config *cfg) {
@@ -1242,7 +1504,8 @@ int brm_server_run(const struct brm_config *cfg) {
     struct brm_err err;
     int rc = 1;
 
-    brm_metrics_init(cfg->workers + 3); /* main, workers, outbox, journal */
+    pthread_mutex_init(&s.asked_lock, NULL);
+    brm_metrics_init(cfg->workers + 4); /* main, workers, outbox, journal, backfill */
     brm_metrics_set_slot(0);
     server_metrics(&s);
     char workers[16];
@@ -1286,14 +1549,17 @@ int brm_server_run(const struct brm_config *cfg) {
     if (start_shared(&s) < 0) goto done;
     watch_files(&s);
     start_workers(&s);
+    start_backfill(&s);
     brm_metrics_gauge("brume_timers_pending", "Timers and digests not yet due.", gauge_timers, &s,
                       NULL);
+    drop_gone_timers(&s);
     on_due(-1, 0, &s); /* what came due while brume was stopped fires now, in due order */
     char n[32];
     snprintf(n, sizeof(n), "%ld", atomic_load(&s.rules));
     brm_log_info("brume ready", "rules", n);
     event_base_dispatch(s.base);
     rc = 0;
+    brm_backfill_stop(s.backfill); /* when the loop ended on its own */
     stop_workers(&s);
     /* Workers are done storing: attempts in flight get a moment, the rest
      * stays pending in the store for the next start. */
@@ -1302,6 +1568,158 @@ int brm_server_run(const struct brm_config *cfg) {
     brm_log_info("brume stopped");
 done:
     brm_errors_reset(&errs);
+    free_server(&s, &rs);
+    return rc;
+}
+
+/* ---- brume backfill, with no daemon ----------------------------------------- */
+
+int brm_server_running(const struct brm_config *cfg, char *admin, size_t size) {
+    char *path = brm_path_join(cfg->data_dir, "brume.lock");
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    free(path);
+    admin[0] = '\0';
+    if (fd < 0) return errno == ENOENT ? 0 : -1;
+    int running = 0;
+    if (flock(fd, LOCK_SH | LOCK_NB) < 0) {
+        running = errno == EWOULDBLOCK ? 1 : -1;
+    } else {
+        flock(fd, LOCK_UN);
+    }
+    char text[400];
+    ssize_t n = running == 1 ? pread(fd, text, sizeof(text) - 1, 0) : 0;
+    close(fd);
+    if (n > 0) { /* "pid\nadmin\n" */
+        text[n] = '\0';
+        char *line = strchr(text, '\n');
+        if (line) snprintf(admin, size, "%.*s", (int)strcspn(line + 1, "\n"), line + 1);
+    }
+    return running;
+}
+
+/* A run of `brume backfill` on this thread: one intake, the journal's
+ * writer, the backfill's thread handing it bodies. */
+struct offline {
+    struct server *srv;
+    struct event_base *base;
+    struct brm_intake *intake;
+    int mailfd;
+    pthread_mutex_t lock; /* guards the two below */
+    struct handed *handed;
+    struct brm_backfill_report *report; /* set when the run is done */
+};
+
+static void offline_take(void *arg, const struct brm_backfill_body *b) {
+    struct offline *o = arg;
+    struct handed *h = brm_xcalloc(1, sizeof(*h));
+    h->b = b;
+    pthread_mutex_lock(&o->lock);
+    h->next = o->handed;
+    o->handed = h;
+    pthread_mutex_unlock(&o->lock);
+    post(o->mailfd);
+}
+
+static void offline_done(void *arg, struct brm_backfill_report *report) {
+    struct offline *o = arg;
+    pthread_mutex_lock(&o->lock);
+    o->report = report;
+    pthread_mutex_unlock(&o->lock);
+    post(o->mailfd);
+}
+
+static void on_offline_mail(evutil_socket_t fd, short what, void *arg) {
+    struct offline *o = arg;
+    (void)what;
+    drain_mail(fd);
+    pthread_mutex_lock(&o->lock);
+    struct handed *list = o->handed;
+    int done = o->report != NULL;
+    o->handed = NULL;
+    pthread_mutex_unlock(&o->lock);
+    for (struct handed *h = list, *next; h; h = next) {
+        next = h->next;
+        take_handed(o->intake, h);
+    }
+    if (done) event_base_loopbreak(o->base);
+}
+
+static void offline_wake(void *arg) {
+    struct offline *o = arg;
+    if (o->intake) brm_intake_wake(o->intake);
+}
+
+/* Takes the data folder, its store and rule state, and an intake for S. */
+static int offline_open(struct server *s, struct offline *o, struct brm_errors *errs) {
+    if (lock_data_dir(s) < 0) {
+        brm_errors_addf(errs, NULL, 0, "cannot take the data folder %s (see above)",
+                        s->cfg->data_dir);
+        return -1;
+    }
+    s->state = brm_state_new();
+    if (open_store(s) < 0) {
+        brm_errors_addf(errs, NULL, 0, "cannot open the store (see above)");
+        return -1;
+    }
+    struct brm_engine *e = brm_engine_new(s->cfg, errs);
+    if (!e) return -1;
+    o->base = new_base();
+    o->mailfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    o->intake = brm_intake_new(e, NULL, s->journal, s->state, o->base, offline_wake, o);
+    return 0;
+}
+
+int brm_server_backfill(const struct brm_config *cfg, const struct brm_backfill_ask *ask,
+                        struct brm_backfill_report **out, struct brm_errors *errs) {
+    struct server s = { .cfg = brm_config_ref(cfg),
+                        .started = brm_config_ref(cfg),
+                        .mailfd = -1,
+                        .duefd = -1,
+                        .lockfd = -1 };
+    struct offline o = { .srv = &s, .mailfd = -1 };
+    struct brm_err err;
+    struct event *mail = NULL;
+    int rc = -1;
+    pthread_mutex_init(&s.asked_lock, NULL);
+    pthread_mutex_init(&o.lock, NULL);
+    brm_metrics_init(cfg->workers + 4);
+    brm_metrics_set_slot(1); /* the intake's, as a worker's */
+    *out = NULL;
+    /* A dry run only reads: Mist, and the journal (for what it holds). */
+    if (!ask->dry_run && offline_open(&s, &o, errs) < 0) goto done;
+    if (ask->dry_run) {
+        o.base = new_base();
+        o.mailfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    }
+    mail = event_new(o.base, o.mailfd, EV_READ | EV_PERSIST, on_offline_mail, &o);
+    event_add(mail, NULL);
+    char *path = brm_outbox_store_path(cfg);
+    s.backfill =
+        brm_backfill_new(cfg, path, ask->dry_run ? NULL : offline_take, &o, cfg->workers + 3);
+    free(path);
+    if (brm_backfill_start(s.backfill, 0, &err) < 0) {
+        brm_errors_add(errs, &err);
+        goto done;
+    }
+    brm_backfill_ask(s.backfill, ask, offline_done, &o);
+    event_base_dispatch(o.base);
+    brm_backfill_stop(s.backfill);
+    if (o.intake) brm_intake_flush(o.intake); /* every body was stored: this is quick */
+    *out = o.report;
+    o.report = NULL;
+    rc = 0;
+done:
+    brm_backfill_free(s.backfill);
+    s.backfill = NULL;
+    brm_intake_free(o.intake);
+    if (mail) event_free(mail);
+    if (o.mailfd >= 0) close(o.mailfd);
+    if (o.base) event_base_free(o.base);
+    brm_backfill_report_free(o.report);
+    pthread_mutex_destroy(&o.lock);
+    brm_journal_free(s.journal); /* writes what is queued first */
+    s.journal = NULL;
+    struct rule_set rs = { 0 };
     free_server(&s, &rs);
     return rc;
 }

@@ -118,7 +118,8 @@ static const char *const migrations[] = {
      * of bytes. A delivery enters deliveries_dead only when it dies (rare),
      * and leaves it when it is retried or dropped. attempts: one row per
      * attempt's outcome, written with the outcomes' batch (a few per
-     * delivery), pruned by age and count in the writer's upkeep. */
+     * delivery), pruned by age and count in the writer's upkeep, and with
+     * their done delivery when the ring removes its body. */
     "ALTER TABLE bodies ADD COLUMN runs BLOB;"
     "CREATE INDEX bodies_topic ON bodies(topic);"
     "CREATE INDEX deliveries_dead ON deliveries(state) WHERE state = 2;"
@@ -130,7 +131,15 @@ static const char *const migrations[] = {
     "  answer TEXT,"
     "  error TEXT);"
     "CREATE INDEX attempts_delivery ON attempts(delivery);",
-    /* 7: bodies journaled while the shared state (Redis) was unreachable,
+    /* 7: backfill. A body keeps a 64-bit digest of its bytes, so that one
+     * taken again from Mist's delivery log is known by a look in an index
+     * (the bytes are compared too: the digest only finds the row), and
+     * whether it came from that log. The index leaves out the rows journaled
+     * before this version, which have no digest. */
+    "ALTER TABLE bodies ADD COLUMN digest INTEGER;"
+    "ALTER TABLE bodies ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX bodies_digest ON bodies(digest) WHERE digest IS NOT NULL;",
+    /* 8: bodies journaled while the shared state (Redis) was unreachable,
      * their rules not run yet: they run, in id order, when it is back, and
      * their outcome (deliveries, runs) is stored then. */
     "CREATE TABLE held (id INTEGER PRIMARY KEY);",
@@ -160,6 +169,7 @@ enum stmt {
     S_BODIES,
     S_OLDEST_BODIES,
     S_PRUNE_BODIES,
+    S_PRUNE_DONE_ATTEMPTS,
     S_PRUNE_DONE,
     S_PUT_STATE,
     S_DEL_STATE,
@@ -185,6 +195,8 @@ enum stmt {
     S_C_ATTEMPTS,
     S_PROBE_ADD,
     S_PROBE_DROP,
+    S_HAS_BODY,
+    S_SOURCE_LAST,
     S_HOLD,
     S_UNHOLD,
     S_SET_RUNS,
@@ -241,13 +253,13 @@ static const char *const sql[NSTMT] = {
     [S_SET_TICKET] = "INSERT INTO tickets (target, key, ref, created) VALUES (?, ?, ?, ?)"
                      " ON CONFLICT (target, key) DO UPDATE SET ref = excluded.ref",
     [S_FORGET_TICKET] = "DELETE FROM tickets WHERE target = ? AND key = ?",
-    [S_ADD_BODY] = "INSERT INTO bodies (id, source, topic, received, events, body, runs)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?)",
+    [S_ADD_BODY] = "INSERT INTO bodies (id, source, topic, received, events, body, runs, digest,"
+                   " backfilled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     [S_SET_META] = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
     [S_META] = "SELECT value FROM meta WHERE key = ?",
     [S_MAX_BODY] = "SELECT max(coalesce((SELECT max(id) FROM bodies), 0),"
                    " coalesce((SELECT value FROM meta WHERE key = 'last_body'), 0))",
-    [S_BODIES] = "SELECT id, source, topic, received, events, body FROM bodies"
+    [S_BODIES] = "SELECT id, source, topic, received, events, body, backfilled FROM bodies"
                  " WHERE received >= ? AND received < ? ORDER BY id",
     /* length() of a blob reads its size from the record, not its pages. */
     [S_OLDEST_BODIES] = "SELECT id, received, length(body) + coalesce(length(runs), 0) FROM bodies"
@@ -255,6 +267,8 @@ static const char *const sql[NSTMT] = {
     [S_PRUNE_BODIES] = "DELETE FROM bodies WHERE id > ? AND id <= ?",
     /* A body's deliveries have keys "<body>:...": its done ones go with it
      * (their keys are what keeps a replay of it from queueing them again). */
+    [S_PRUNE_DONE_ATTEMPTS] = "DELETE FROM attempts WHERE delivery IN (SELECT id FROM deliveries"
+                              " WHERE key >= ?1 || ':' AND key < ?1 || ';' AND state = 1)",
     [S_PRUNE_DONE] = "DELETE FROM deliveries WHERE key >= ?1 || ':' AND key < ?1 || ';'"
                      " AND state = 1",
     [S_PUT_STATE] = "INSERT INTO state (key, value, expires, due) VALUES (?, ?, ?, ?)"
@@ -303,6 +317,14 @@ static const char *const sql[NSTMT] = {
     [S_PROBE_ADD] = "INSERT INTO bodies (id, source, topic, received, events, body)"
                     " VALUES (0, '', '', 0, 0, zeroblob(?))",
     [S_PROBE_DROP] = "DELETE FROM bodies WHERE id = 0",
+    [S_HAS_BODY] = "SELECT 1 FROM bodies INDEXED BY bodies_digest WHERE digest = ?1 AND body = ?2"
+                   " LIMIT 1",
+    /* The newest of the last ?3 bodies (through bodies_received), not
+     * every body of the window: a rare source among busy ones is looked
+     * for that far back only. */
+    [S_SOURCE_LAST] = "SELECT max(received) FROM (SELECT source, received FROM bodies"
+                      " INDEXED BY bodies_received WHERE received >= ?2 ORDER BY received DESC"
+                      " LIMIT ?3) WHERE source = ?1",
     [S_HOLD] = "INSERT OR IGNORE INTO held (id) VALUES (?)",
     [S_UNHOLD] = "DELETE FROM held WHERE id = ?",
     [S_SET_RUNS] = "UPDATE bodies SET runs = ? WHERE id = ?",
@@ -375,6 +397,16 @@ static int busy(void *arg, int n) {
     return 1;
 }
 
+/* Prepares every statement of sql[] on S's connection. */
+static int prepare(struct brm_store *s, struct brm_err *err) {
+    for (int i = 0; i < NSTMT; i++) {
+        if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL) !=
+            SQLITE_OK)
+            return fail(s, err, "preparing a statement");
+    }
+    return 0;
+}
+
 struct brm_store *brm_store_open(const char *path, struct brm_err *err) {
     struct brm_store *s = brm_xcalloc(1, sizeof(*s));
     /* Stored requests carry targets' credentials: the file is the owner's. */
@@ -401,13 +433,7 @@ struct brm_store *brm_store_open(const char *path, struct brm_err *err) {
              err) < 0)
         goto fail;
     if (migrate(s, err) < 0) goto fail;
-    for (int i = 0; i < NSTMT; i++) {
-        if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL) !=
-            SQLITE_OK) {
-            fail(s, err, "preparing a statement");
-            goto fail;
-        }
-    }
+    if (prepare(s, err) < 0) goto fail;
     return s;
 fail:
     brm_store_close(s);
@@ -434,13 +460,7 @@ struct brm_store *brm_store_open_reader(const char *path, struct brm_err *err) {
                     (int)BRM_ARRAY_LEN(migrations));
         goto fail;
     }
-    for (int i = 0; i < NSTMT; i++) {
-        if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL) !=
-            SQLITE_OK) {
-            fail(s, err, "preparing a statement");
-            goto fail;
-        }
-    }
+    if (prepare(s, err) < 0) goto fail;
     return s;
 fail:
     brm_store_close(s);
@@ -687,7 +707,36 @@ int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm
         sqlite3_bind_blob(st, 7, b->runs, (int)b->runs_len, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 7);
+    sqlite3_bind_int64(st, 8, (sqlite3_int64)b->digest);
+    sqlite3_bind_int(st, 9, b->backfilled != 0);
     return run(s, S_ADD_BODY, err, "journaling a body");
+}
+
+int brm_store_has_body(struct brm_store *s, uint64_t digest, const void *body, size_t len,
+                       struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_HAS_BODY];
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)digest);
+    sqlite3_bind_blob(st, 2, body ? body : "", (int)len, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "looking for a body");
+    return rc == SQLITE_ROW;
+}
+
+int brm_store_source_last(struct brm_store *s, const char *source, double after, long scan,
+                          double *received, struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_SOURCE_LAST];
+    bind_text(st, 1, source);
+    sqlite3_bind_double(st, 2, after);
+    sqlite3_bind_int64(st, 3, scan);
+    int rc = sqlite3_step(st);
+    int found = rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL;
+    *received = found ? sqlite3_column_double(st, 0) : 0;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "reading a source's last body");
+    return found;
 }
 
 /* A value the query I returns in its first row's first column, 0 when it
@@ -734,6 +783,7 @@ int brm_store_bodies(struct brm_store *s, double since, double until,
             .events = (size_t)sqlite3_column_int64(st, 4),
             .body = sqlite3_column_blob(st, 5),
             .len = (size_t)sqlite3_column_bytes(st, 5),
+            .backfilled = sqlite3_column_int(st, 6),
         };
         if (fn(arg, &b)) {
             rc = SQLITE_DONE;
@@ -794,19 +844,21 @@ int64_t brm_store_held_count(struct brm_store *s, struct brm_err *err) {
 int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_OLDEST_BODIES];
     int64_t upto = p->after;
-    int rc;
+    int rc, looked = 0;
     p->removed = 0;
     sqlite3_bind_int64(st, 1, p->after);
     sqlite3_bind_int(st, 2, p->limit);
     /* The oldest go while they are older than BEFORE or the journal is over
      * its size; each of their done deliveries goes with it. */
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        looked++;
         int64_t id = sqlite3_column_int64(st, 0), len = sqlite3_column_int64(st, 2);
         double received = sqlite3_column_double(st, 1);
         if (received >= p->before && (p->max_bytes == 0 || p->bytes <= p->max_bytes)) break;
-        sqlite3_stmt *done = s->stmt[S_PRUNE_DONE];
-        sqlite3_bind_int64(done, 1, id);
-        if (run(s, S_PRUNE_DONE, err, "pruning the journal") < 0) {
+        sqlite3_bind_int64(s->stmt[S_PRUNE_DONE_ATTEMPTS], 1, id);
+        sqlite3_bind_int64(s->stmt[S_PRUNE_DONE], 1, id);
+        if (run(s, S_PRUNE_DONE_ATTEMPTS, err, "pruning the journal") < 0 ||
+            run(s, S_PRUNE_DONE, err, "pruning the journal") < 0) {
             sqlite3_reset(st);
             return -1;
         }
@@ -817,7 +869,8 @@ int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_
     }
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "pruning the journal");
-    p->exhausted = rc == SQLITE_DONE; /* nothing older is left to look at */
+    /* Nothing older is left to look at: the query ran out before its limit. */
+    p->exhausted = rc == SQLITE_DONE && looked < p->limit;
     if (upto == p->after) return 0;
     sqlite3_bind_int64(s->stmt[S_PRUNE_BODIES], 1, p->after);
     sqlite3_bind_int64(s->stmt[S_PRUNE_BODIES], 2, upto);

@@ -7,8 +7,9 @@
  * queue on SQLite's lock). The schema is versioned (PRAGMA user_version)
  * and migrated forward on open.
  *
- * What it holds: the journal (every accepted body, with its topic, source
- * and time), deliveries (every message a rule sent, from before its first
+ * What it holds: the journal (every accepted body, with its topic, source,
+ * time, a digest of its bytes, and whether it was taken from Mist's
+ * delivery log rather than posted), deliveries (every message a rule sent, from before its first
  * attempt until it is done or dead), tickets (the ticket a target opened
  * for a dedup key, so later messages update it), rule state (brume.once,
  * throttle, state) and dedupe marks; for the console, what each body's
@@ -130,9 +131,21 @@ struct brm_body {
     size_t len;
     const char *runs; /* what its rules did, JSON (engine.h), RUNS_LEN bytes; or NULL */
     size_t runs_len;
+    uint64_t digest; /* brm_hash64 of BODY (written; not read back) */
+    int backfilled;  /* taken from Mist's delivery log, not posted (read by brm_store_bodies) */
 };
 
 int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm_err *err);
+/* 1 when the journal holds a body of exactly these LEN bytes, whose
+ * brm_hash64 is DIGEST (found through its index, then compared), 0 when
+ * not, -1 with ERR set. */
+int brm_store_has_body(struct brm_store *s, uint64_t digest, const void *body, size_t len,
+                       struct brm_err *err);
+/* When the newest body of SOURCE received at AFTER or later was received,
+ * looking at the newest SCAN bodies only: 1 with it in *RECEIVED, 0 when
+ * none of them is of SOURCE, -1 with ERR set. */
+int brm_store_source_last(struct brm_store *s, const char *source, double after, long scan,
+                          double *received, struct brm_err *err);
 /* The highest body id ever journaled, even if retention removed it since
  * (0 for a new store), or -1 with ERR set when the store cannot be read. */
 int64_t brm_store_last_body(struct brm_store *s, struct brm_err *err);

@@ -258,6 +258,45 @@ int brm_parse_duration(const char *s, double *out) {
     return -1;
 }
 
+/* MurmurHash3's finalizer: every input bit moves every output bit. */
+static uint64_t fmix64(uint64_t h) {
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return h;
+}
+
+/* 8 bytes as a little-endian number: the same digest on every machine. */
+static uint64_t load8(const unsigned char *s) {
+    uint64_t w;
+    memcpy(&w, s, sizeof(w));
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    w = __builtin_bswap64(w);
+#endif
+    return w;
+}
+
+static uint64_t load_le64(const unsigned char *s, size_t n) {
+    uint64_t w = 0;
+    for (size_t i = 0; i < n; i++) w |= (uint64_t)s[i] << (8 * i);
+    return w;
+}
+
+uint64_t brm_hash64(const void *p, size_t n) {
+    const unsigned char *s = p;
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ ((uint64_t)n * 0x87c37b91114253d5ull);
+    for (; n >= 8; s += 8, n -= 8) {
+        uint64_t w = load8(s) * 0x87c37b91114253d5ull;
+        w = (w << 31) | (w >> 33);
+        h ^= w * 0x4cf5ad432745937full;
+        h = ((h << 27) | (h >> 37)) * 5 + 0x52dce729;
+    }
+    if (n) h ^= fmix64(load_le64(s, n) ^ 0x2545f4914f6cdd1dull);
+    return fmix64(h);
+}
+
 void brm_hex_encode(const unsigned char *in, size_t n, char *out) {
     static const char hex[] = "0123456789abcdef";
     for (size_t i = 0; i < n; i++) {

@@ -97,6 +97,12 @@ int brm_parse_time(const char *s, double now, double *out, struct brm_err *err);
     "a time ago (90s, 30m, 2h, 7d), an ISO 8601 date or time (2026-11-21, 2026-11-21T10:00, "      \
     "UTC unless it ends in an offset such as +02:00), or seconds since the epoch (1763719200)"
 
+/* A 64-bit digest of N bytes at P, the same on every machine: what the
+ * journal knows a body's exact bytes by. Fast (8 bytes a step), not
+ * cryptographic: whoever relies on it for equality compares the bytes
+ * too. */
+uint64_t brm_hash64(const void *p, size_t n);
+
 void brm_hex_encode(const unsigned char *in, size_t n, char *out); /* writes 2n chars + NUL */
 /* Decodes 2n hex digits of either case into N bytes; -1 on a non-hex digit. */
 int brm_hex_decode(const char *in, size_t n, unsigned char *out);

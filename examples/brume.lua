@@ -22,6 +22,11 @@ sources = {
   -- In Mist: Organization > Settings > Webhooks, URL http://<this host>:8080/mist,
   -- with the same secret. Mist signs every post with it (X-Mist-Signature-v2).
   mist = { path = "/mist", secret = env("MIST_WEBHOOK_SECRET"), max_body = "8MB" },
+  -- To take in what Mist failed to post while brume was down (README: Backfill),
+  -- add to the source above an API token with read access (Observer) and the
+  -- webhook's id:
+  --   mist = { api = "https://api.mist.com", token = env("MIST_API_TOKEN"),
+  --            org_id = "...", webhook_id = "..." },
 }
 
 targets = {

@@ -32,7 +32,7 @@ static double now(void) {
 /* One body through intake: decode, then the rules of E on each event. */
 static void run_rules(struct brm_engine *e, const struct brm_buf *body, struct brm_err *err) {
     struct brm_actions a = { 0 };
-    struct brm_batch b = { "m", 1, 1.0, 0, NULL };
+    struct brm_batch b = { "m", 1, 1.0, 0, NULL, 0 };
     brm_intake_run(e, body->data, body->len, &b, &a, NULL, NULL, err);
     brm_actions_reset(&a);
 }

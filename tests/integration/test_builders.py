@@ -1,7 +1,10 @@
 """The rule builders in the real daemon: brume.holddown's wait is a durable
 timer and its raised mark rule state, named by ctx.rule, so a restart in
 the middle loses nothing and two rules built alike keep apart; a
-brume.digest's items come out in one message."""
+brume.digest's items come out in one message, after a kill -9 too;
+brume.absence fires on a silence that spans a restart and resolves when
+the key is heard again; brume.flap triggers once and resolves once quiet."""
+import signal
 import json
 import time
 import unittest
@@ -32,6 +35,27 @@ return require "brume.digest" {
   topics = "client-join", window = "1s", target = "out", title = "joins at %s",
   key = function(ev) return ev.site end, line = function(mac) return mac end,
   item = function(ev) return ev.mac end,
+}"""
+
+
+ABSENCE = """
+return require "brume.absence" {
+  topics = "device-events",
+  key = function(ev) return ev.site end,
+  within = "2s",
+  send = function(ev, action, ctx)
+    brume.send("out", { action = action, key = ctx.key, last = ev.id })
+  end,
+}"""
+
+FLAP = """
+return require "brume.flap" {
+  topics = "device-events",
+  key = function(ev) return ev.ap end,
+  count = 3, within = "10s", quiet = "2s",
+  send = function(ev, action, ctx)
+    brume.send("out", { action = action, key = ctx.key })
+  end,
 }"""
 
 
@@ -82,3 +106,56 @@ class Builders(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class MoreBuilders(unittest.TestCase):
+    def test_digest_survives_a_kill_9_and_sends_once(self):
+        b = Brume(CONFIG, rules={"joins.lua": DIGEST.replace('"1s"', '"3s"')}).start()
+        try:
+            for mac in ("m1", "m2"):
+                self.assertEqual(b.post(body("client-join", site="HQ", mac=mac)).status, 200)
+            b.stop(sig=signal.SIGKILL)
+            b.start()
+            self.assertEqual(b.post(body("client-join", site="HQ", mac="m3")).status, 200)
+            b.wait_lines("out.jsonl", 1, timeout=20)
+            time.sleep(4)  # a second window would have closed by now
+            got = b.lines("out.jsonl")
+            self.assertEqual(len(got), 1)
+            self.assertEqual(got[0]["message"]["text"], "- m1\n- m2\n- m3")
+        finally:
+            b.cleanup()
+
+    def test_absence_fires_across_a_restart_and_resolves(self):
+        b = Brume(CONFIG, rules={"quiet.lua": ABSENCE}).start()
+        try:
+            self.assertEqual(b.post(body("device-events", site="HQ", id="last")).status, 200)
+            self.assertEqual(b.post(body("device-events", site="B1")).status, 200)
+            self.assertEqual(b.post(body("device-events", site="B1")).status, 200)
+            self.assertEqual(b.stop(), 0)  # silent through the stop
+            b.start()
+            got = [m["message"] for m in b.wait_lines("out.jsonl", 2, timeout=20)]
+            self.assertEqual(sorted((m["action"], m["key"]) for m in got),
+                             [("trigger", "B1"), ("trigger", "HQ")])
+            self.assertEqual([m["last"] for m in got if m["key"] == "HQ"], ["last"])
+            time.sleep(3)
+            self.assertEqual(len(b.lines("out.jsonl")), 2)  # once per silence
+            self.assertEqual(b.post(body("device-events", site="HQ")).status, 200)
+            got = [m["message"] for m in b.wait_lines("out.jsonl", 3, timeout=20)]
+            self.assertEqual((got[2]["action"], got[2]["key"]), ("resolve", "HQ"))
+        finally:
+            b.cleanup()
+
+    def test_flap_triggers_once_and_resolves_once_quiet(self):
+        b = Brume(CONFIG, rules={"flap.lua": FLAP}).start()
+        try:
+            for kind in ("AP_DISCONNECTED", "AP_CONNECTED", "AP_DISCONNECTED", "AP_CONNECTED"):
+                self.assertEqual(b.post(body("device-events", type=kind, ap="ap1")).status, 200)
+            self.assertEqual(b.post(body("device-events", type="AP_CONNECTED", ap="ap2")).status,
+                             200)  # one change of another AP: not flapping
+            got = [m["message"] for m in b.wait_lines("out.jsonl", 2, timeout=20)]
+            self.assertEqual([(m["action"], m["key"]) for m in got],
+                             [("trigger", "ap1"), ("resolve", "ap1")])
+            time.sleep(3)
+            self.assertEqual(len(b.lines("out.jsonl")), 2)
+        finally:
+            b.cleanup()

@@ -122,6 +122,26 @@ end }""")
             os.path.join(self.tmp, "rules", "typo.lua") +
             ":4: brume.send to 'secop': no such target (did you mean 'secops'?)"])
 
+    def test_check_warns_of_timers_and_digests_with_no_handler(self):
+        cfg = self.write("brume.lua", """sources = { mist = { path = '/m', secret = 's' } }
+""")
+        self.write("rules/t.lua", """return { topics = "alarms", on_event = function(ev)
+  -- brume.timer.set("in-a-comment", 1)
+  brume.timer.set(ev.id, 60)
+  brume.group.add(ev.id, "5m", ev.type)
+end }""")
+        self.write("rules/ok.lua", """return { topics = "alarms",
+  on_event = function(ev) brume.timer.set(ev.id, 60); brume.group.add(ev.id, "5m") end,
+  on_timer = function() end, on_group = function() end }""")
+        r = run_cli("check", "-c", cfg)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        t = os.path.join(self.tmp, "rules", "t.lua")
+        self.assertEqual(sorted(r.stderr.strip().splitlines()), [
+            t + ":3: brume.timer.set in a rule without on_timer: its timers will be dropped "
+            "when they come due",
+            t + ":4: brume.group.add in a rule without on_group: its digests will be dropped "
+            "when they close"])
+
     def test_check_targets(self):
         cfg = self.write("brume.lua", """sources = { mist = { path = '/m', secret = 's' } }
 targets = {

@@ -83,6 +83,36 @@ class Ring(unittest.TestCase):
         finally:
             b.cleanup()
 
+    def test_deliveries_and_their_attempts_go_with_their_bodies(self):
+        b = Brume(SOURCE + 'journal = { max_size = "256KB" }\n'
+                  'targets = { out = { kind = "file", path = "var/out.jsonl" } }\n',
+                  rules={"s.lua": """
+return { topics = "alarms", on_event = function(ev, ctx)
+  for i = 1, 5 do brume.send("out", { title = ev.id .. ":" .. i }) end
+end }"""}, workers=2).start()
+        try:
+            conn = b.connection()
+            for i in range(3000):  # 15 000 deliveries, each with an attempt
+                body = json.dumps({"topic": "alarms", "events": [{"id": "e%05d" % i,
+                                                                   "p": "x" * 200}]})
+                self.assertEqual(b.post(body, conn=conn).status, 200)
+            conn.close()
+            b.wait_lines("out.jsonl", 15000, timeout=120)
+            time.sleep(1.5)
+            self.assertEqual(b.stop(), 0)
+            db = sqlite3.connect(b.path("var", "brume.db"))
+            bodies = db.execute("SELECT count(*) FROM bodies").fetchone()[0]
+            deliveries = db.execute("SELECT count(*) FROM deliveries").fetchone()[0]
+            attempts = db.execute("SELECT count(*) FROM attempts").fetchone()[0]
+            db.close()
+            # What is kept follows the bodies the ring keeps, not what went
+            # through: 5 deliveries a body, an attempt each.
+            self.assertLess(bodies, 3000)
+            self.assertLessEqual(deliveries, 5 * bodies)
+            self.assertLessEqual(attempts, 5 * bodies)
+        finally:
+            b.cleanup()
+
     def test_sigterm_during_a_long_prune_is_prompt(self):
         b = Brume(SOURCE + 'http = { drain_timeout = "2s" }\n', rules={"n.lua": NOTHING})
         try:
@@ -127,6 +157,46 @@ class Ring(unittest.TestCase):
             self.assertLessEqual(rows[0], 64 * 1024)
             self.assertEqual(b.stop(), 0)
             self.assertIn("n", journal_ids(b))  # the newest stays
+        finally:
+            b.cleanup()
+
+
+    def test_retention_keeps_up_with_a_backlog_of_old_bodies(self):
+        b = Brume(SOURCE, rules={"n.lua": NOTHING})
+        try:
+            b.start()
+            self.assertEqual(b.stop(), 0)
+            # 20 000 bodies two days old, written behind brume's back, then a
+            # retention of a day: far more than one step a second removes.
+            db = sqlite3.connect(b.path("var", "brume.db"))
+            blob = json.dumps({"topic": "alarms", "events": [{"id": "old"}]})
+            then = time.time() - 2 * 86400
+            db.executemany("INSERT INTO bodies (id, source, topic, received, events, body)"
+                           " VALUES (?, 'mist', 'alarms', ?, 1, ?)",
+                           ((i, then, blob) for i in range(1, 20001)))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('journal_bytes', ?)",
+                       (20000 * len(blob),))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('journal_rows', 20000)")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('last_body', 20000)")
+            db.commit()
+            db.close()
+            with open(b.config_path, "a") as f:
+                f.write('journal = { retention = "1d" }\n')
+            b.start()
+            self.assertEqual(b.post(json.dumps({"topic": "alarms", "events": [{"id": "new"}]}))
+                             .status, 200)
+            deadline = time.time() + 20  # one step of 256 a second would take 78 s
+            while time.time() < deadline:
+                db = sqlite3.connect(b.path("var", "brume.db"))
+                old = db.execute("SELECT count(*) FROM bodies WHERE received < ?",
+                                 (time.time() - 86400,)).fetchone()[0]
+                db.close()
+                if old == 0:
+                    break
+                time.sleep(0.2)
+            self.assertEqual(old, 0)
+            self.assertEqual(b.stop(), 0)
+            self.assertEqual(journal_ids(b), ["new"])
         finally:
             b.cleanup()
 

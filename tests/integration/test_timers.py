@@ -147,6 +147,26 @@ class Timers(unittest.TestCase):
         finally:
             b.cleanup()
 
+    def test_a_rule_removed_while_stopped_has_its_timers_dropped_at_start(self):
+        b = self.brume().start()
+        try:
+            for i in range(2):
+                self.assertEqual(b.post(alarm(key="k%d" % i, delay=3600)).status, 200)
+            self.assertEqual(b.stop(), 0)
+            import os
+            os.rename(b.path("rules", "t.lua"), b.path("rules", "other.lua"))
+            b.write_rule("other.lua", "return { topics = 'audits', on_event = function() end }")
+            b.start()
+            b.wait_log(r'removed while brume was stopped had timers or digests: they are dropped" '
+                       r'rule=t count=2')
+            self.assertEqual(b.metrics().get("brume_timers_pending"), 0)
+            self.assertEqual(b.stop(), 0)
+            b.start()
+            self.assertEqual(b.metrics().get("brume_timers_pending"), 0)  # stored as gone
+            self.assertEqual(b.log().count("removed while brume was stopped"), 1)
+        finally:
+            b.cleanup()
+
     def test_a_handler_that_fails_is_reported_and_the_timer_is_gone(self):
         b = Brume(CONFIG, rules={"f.lua": """
 return {
@@ -184,16 +204,23 @@ return {
     brume.send("out", { opts = err })
     ok, err = pcall(brume.group.add, ev.key, "1m", nil, { colour = "red" })
     brume.send("out", { unknown = err })
+    ok, err = pcall(brume.timer.set, ev.key, 1e300)
+    brume.send("out", { far = err })
+    ok, err = pcall(brume.group.add, ev.key, 1/0)
+    brume.send("out", { endless = err })
   end,
 }"""}).start()
         try:
             self.assertEqual(b.post(alarm(key="x")).status, 200)
-            got = {k: v for m in (x["message"] for x in b.wait_lines("out.jsonl", 4))
+            got = {k: v for m in (x["message"] for x in b.wait_lines("out.jsonl", 6))
                    for k, v in m.items()}
             self.assertIn("a duration must be positive", got["negative"])
             self.assertIn("more than 16384", got["big"])
             self.assertIn("max_items: 0 to 10000", got["opts"])
             self.assertIn("unknown option 'colour'", got["unknown"])
+            self.assertIn("a duration is at most 10 years", got["far"])
+            self.assertIn("a duration is at most 10 years", got["endless"])
+            self.assertEqual(b.metrics().get("brume_timers_pending", 0), 0)
         finally:
             b.cleanup()
 

@@ -256,6 +256,51 @@ static void check_errors(void) {
     c = try_load("sources = { mist = { path = '/m', secret = '' } }\n", &e);
     CHECK_HAS(e.data, "a secret cannot be empty");
 
+    /* Where Mist keeps the delivery log: all of it or none, and the token
+     * goes over https, or over http to this host only. */
+#define MIST(x) "sources = { m = { path = '/m', secret = 's', mist = { " x " } } }\n"
+#define IDS     "token = 'tok', org_id = 'o1', webhook_id = 'w1'"
+    static const struct {
+        const char *text, *error; /* NULL: accepted */
+    } mists[] = {
+        { MIST("api = 'https://api.eu.mist.com', " IDS), NULL },
+        { MIST("api = 'https://api.mist.com', token = 'tok', site_id = 's1', webhook_id = 'w1', "
+               "every = '15m', catch_up = '2h'"),
+          NULL },
+        { MIST("api = 'http://127.0.0.1:8080', " IDS), NULL },
+        { MIST("api = 'http://localhost/', " IDS), NULL },
+        { MIST("api = 'http://[::1]:9000', " IDS), NULL },
+        { MIST("api = 'http://api.mist.com', " IDS), "the token would go in the clear" },
+        { MIST("api = 'http://127.0.0.1.example.com', " IDS), "the token would go in the clear" },
+        { MIST("api = 'http://user@127.0.0.1', " IDS), "the token would go in the clear" },
+        { MIST("api = 'ftp://api.mist.com', " IDS), "api: expected an https:// URL" },
+        { MIST(IDS), "needs api" },
+        { MIST("api = 'https://api.mist.com', org_id = 'o1', webhook_id = 'w1'"), "needs token" },
+        { MIST("api = 'https://api.mist.com', token = 'tok', org_id = 'o1'"), "needs webhook_id" },
+        { MIST("api = 'https://api.mist.com', token = 'tok', webhook_id = 'w1'"),
+          "needs one of org_id" },
+        { MIST("api = 'https://api.mist.com', " IDS ", site_id = 's1'"), "needs one of org_id" },
+        { MIST("api = 'https://api.mist.com', " IDS ", every = -1"), "mist.every" },
+    };
+    for (size_t i = 0; i < BRM_ARRAY_LEN(mists); i++) {
+        c = try_load(mists[i].text, &e);
+        if (!mists[i].error) {
+            CHECK_STR(e.data, "");
+        } else {
+            CHECK(c == NULL);
+            CHECK_HAS(e.data, mists[i].error);
+            CHECK(!strstr(e.data, "'tok'") && !strstr(e.data, "= tok")); /* never the token */
+        }
+        if (c && i == 1) {
+            const struct brm_source *m = brm_config_source(c, "m");
+            CHECK(m && m->mist.every == 900 && m->mist.catch_up == 7200 && m->mist.site_id);
+        }
+        if (c && i == 0) CHECK(brm_config_source(c, "m")->mist.catch_up == 86400);
+        brm_config_free(c);
+    }
+#undef MIST
+#undef IDS
+
     c = try_load("sources = {\n"
                  "  a = { path = '/m', secret = 's' },\n"
                  "  b = { path = '/m', secret = 's' },\n"

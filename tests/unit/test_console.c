@@ -102,10 +102,15 @@ static void check_params(void) {
     CHECK_INT(param_int(&r, "absent", 1, 100, 7, &n), 0);
     CHECK_INT(n, 7);
     CHECK_INT(param_int(&r, "limit", 1, 10, 5, &n), -1); /* out of range */
-    CHECK_INT(param_time(&r, "since", &t), 0);
+    char msg[1024];
+    CHECK_INT(read_time("since", "1700000000", &t, msg, sizeof(msg)), 0);
     CHECK(t == 1700000000);
-    CHECK_INT(param_time(&r, "until", &t), 0);
+    CHECK_INT(read_time("until", "2h", &t, msg, sizeof(msg)), 0);
     CHECK(fabs(brm_time_now() - 7200 - t) < 5);
+    CHECK_INT(read_time("since", "2030-01-01", &t, msg, sizeof(msg)), 0);
+    CHECK(t == 1893456000);
+    CHECK_INT(read_time("since", "2026-13-45", &t, msg, sizeof(msg)), -1);
+    CHECK(strncmp(msg, "since '2026-13-45': ", 20) == 0 && strstr(msg, "a time is a time ago"));
     CHECK(valid_field("device.name") && valid_field("bssids[0]") && valid_field("type"));
     CHECK(!valid_field("a'b") && !valid_field(".x") && !valid_field("") && !valid_field("a b"));
 }

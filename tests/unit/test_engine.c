@@ -54,7 +54,7 @@ static struct brm_dispatch_stats run(struct brm_engine *e, const char *body, str
     struct brm_actions a = { 0 };
     struct brm_dispatch_stats st = { 0 };
     struct brm_err err;
-    struct brm_batch b = { "mist", 42, 1700000000.5, 0, NULL };
+    struct brm_batch b = { "mist", 42, 1700000000.5, 0, NULL, 0 };
     out->len = 0;
     brm_buf_puts(out, "");
     int rc = brm_intake_run(e, body, strlen(body), &b, &a, NULL, &st, &err);
@@ -271,7 +271,7 @@ static void check_api(void) {
     {
         struct brm_actions a = { 0 };
         struct brm_err err;
-        struct brm_batch b = { "mist", 7, 1.0, 0, NULL };
+        struct brm_batch b = { "mist", 7, 1.0, 0, NULL, 0 };
         const char *alarm = ALARM("x");
         write_file("rules/also.lua", "return { topics = 'alarms', on_event = function(ev)"
                                      " brume.send('t', { parent = true }) end }");
@@ -407,7 +407,7 @@ static size_t run_deduped(struct brm_engine *e, const char *body, const struct b
                           double at, struct brm_dispatch_stats *st) {
     struct brm_actions a = { 0 };
     struct brm_err err;
-    struct brm_batch b = { "mist", 1, at, d, NULL };
+    struct brm_batch b = { "mist", 1, at, d, NULL, 0 };
     CHECK_INT(brm_intake_run(e, body, strlen(body), &b, &a, NULL, st, &err), BRM_OK);
     size_t n = a.n;
     brm_actions_reset(&a);
@@ -649,7 +649,7 @@ static void check_run_log(void) {
     struct brm_actions a = { 0 };
     struct brm_dispatch_stats st = { .log = &log };
     struct brm_err err;
-    struct brm_batch b = { "mist", 42, 1700000000.5, 0, NULL };
+    struct brm_batch b = { "mist", 42, 1700000000.5, 0, NULL, 0 };
     const char *body = "{\"topic\":\"alarms\",\"events\":[{\"type\":\"x\"},{\"type\":\"boom\"},"
                        "{\"type\":\"loop\"},{\"type\":\"emit\"}]}";
     CHECK_INT(brm_intake_run(e, body, strlen(body), &b, &a, NULL, &st, &err), BRM_OK);

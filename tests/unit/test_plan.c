@@ -679,7 +679,7 @@ static void check_adapters(void) {
         static const char body[] = "{\"topic\":\"alarms\",\"events\":[{\"action\":\"trigger\"},"
                                    "{\"action\":\"resolve\"}]}";
         struct brm_actions a = { 0 };
-        struct brm_batch b = { "mist", 42, 1700000000.5, 0, NULL };
+        struct brm_batch b = { "mist", 42, 1700000000.5, 0, NULL, 0 };
         struct brm_err err;
         CHECK_INT(brm_intake_run(e, body, strlen(body), &b, &a, NULL, NULL, &err), BRM_OK);
         CHECK_INT(a.n, 9);

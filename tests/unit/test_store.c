@@ -279,7 +279,13 @@ int main(void) {
     CHECK_INT(brm_store_drop(s, 3, &err), 0);
     /* Done deliveries go with their body, keys and all; pending ones stay. */
     char small[] = "{}";
-    struct brm_body two = { 2, "mist", "alarms", 500, 1, small, 2, NULL, 0 };
+    struct brm_body two = { .id = 2,
+                            .source = "mist",
+                            .topic = "alarms",
+                            .received = 500,
+                            .events = 1,
+                            .body = small,
+                            .len = 2 };
     CHECK_INT(brm_store_add_body(s, &two, &err), 0);
     struct brm_prune p = { .before = 600, .limit = 10, .bytes = 2, .rows = 1 };
     CHECK_INT(brm_store_prune_bodies(s, &p, &err), 0);
@@ -343,6 +349,47 @@ int main(void) {
     CHECK_INT(brm_store_meta(s, "journal_rows", &err), 0);
     CHECK_INT(brm_store_set_meta(s, "journal_rows", 7, &err), 0);
     CHECK_INT(brm_store_meta(s, "journal_rows", &err), 7);
+
+    /* Backfill: a body is found by its exact bytes (the digest finds the
+     * row, the bytes decide), and a source's newest body in a bounded look. */
+    const char *live = "{\"topic\":\"alarms\",\"events\":[{\"id\":\"a\"}]}";
+    const char *other = "{\"topic\":\"alarms\",\"events\":[{\"id\":\"b\"}]}";
+    uint64_t d = brm_hash64(live, strlen(live));
+    CHECK_INT(brm_store_has_body(s, d, live, strlen(live), &err), 0);
+    struct brm_body lb = { .id = 200,
+                           .source = "org",
+                           .topic = "alarms",
+                           .received = 3000,
+                           .events = 1,
+                           .body = live,
+                           .len = strlen(live),
+                           .digest = d };
+    CHECK_INT(brm_store_add_body(s, &lb, &err), 0);
+    struct brm_body ob = { .id = 201,
+                           .source = "site",
+                           .topic = "alarms",
+                           .received = 3100,
+                           .events = 1,
+                           .body = other,
+                           .len = strlen(other),
+                           .digest = brm_hash64(other, strlen(other)),
+                           .backfilled = 1 };
+    CHECK_INT(brm_store_add_body(s, &ob, &err), 0);
+    CHECK_INT(brm_store_has_body(s, d, live, strlen(live), &err), 1);
+    CHECK_INT(brm_store_has_body(s, d, live, strlen(live) - 1, &err), 0); /* not the same bytes */
+    CHECK_INT(brm_store_has_body(s, d, other, strlen(other), &err), 0);   /* nor the same digest */
+    double last = -1;
+    CHECK_INT(brm_store_source_last(s, "org", 0, 100, &last, &err), 1);
+    CHECK(last == 3000);
+    CHECK_INT(brm_store_source_last(s, "site", 0, 100, &last, &err), 1);
+    CHECK(last == 3100);
+    CHECK_INT(brm_store_source_last(s, "org", 3050, 100, &last, &err), 0); /* too old */
+    CHECK_INT(brm_store_source_last(s, "org", 0, 1, &last, &err), 0);      /* past the look */
+    CHECK(last == 0);
+    CHECK_INT(brm_store_source_last(s, "nobody", 0, 100, &last, &err), 0);
+    p = (struct brm_prune){ .before = 1e12, .limit = 100, .after = 100, .bytes = 1000, .rows = 2 };
+    CHECK_INT(brm_store_prune_bodies(s, &p, &err), 0);
+    CHECK_INT(p.removed, 2);
 
     /* A probe writes a body's worth and leaves no body behind. */
     CHECK_INT(brm_store_probe(s, 5000, &err), 0);

@@ -5,6 +5,9 @@
 #include "test.h"
 #include "util.h"
 
+#define HASH64_EMPTY 0x9ca066f1a4ab2eeaull
+#define HASH64_TOPIC 0x212fde032afb7fc7ull
+
 static double duration(const char *s) {
     double v = -1;
     return brm_parse_duration(s, &v) == 0 ? v : -1;
@@ -197,5 +200,22 @@ int main(void) {
     brm_err_set(&e, "plain");
     brm_err_format(&e, msg, sizeof(msg));
     CHECK_STR(msg, "plain");
+
+    /* The journal's digest: pinned (a store moved between machines keeps
+     * finding its bodies), and any change of a byte or of the length moves it. */
+    CHECK(brm_hash64("", 0) == HASH64_EMPTY);
+    CHECK(brm_hash64("{\"topic\":\"alarms\"}", 18) == HASH64_TOPIC);
+    char buf[21] = "0123456789abcdefghij";
+    uint64_t base = brm_hash64(buf, 20);
+    int moved = 0;
+    for (int i = 0; i < 20; i++) {
+        buf[i] ^= 1;
+        moved += brm_hash64(buf, 20) != base;
+        buf[i] ^= 1;
+    }
+    CHECK_INT(moved, 20);
+    CHECK(brm_hash64("a", 1) != brm_hash64("a\0", 2));
+    CHECK(brm_hash64(buf, 8) != brm_hash64(buf, 9));
+    CHECK(brm_hash64(buf, 16) != brm_hash64(buf, 17));
     return test_done();
 }
