@@ -25,8 +25,8 @@ DEB_DEPS="dpkg-dev file" # cpack's DEB generator runs dpkg-shlibdeps and file
 # (tests/integration/browser_console.py) drives headless Chromium through
 # chromedriver from Debian's python3.
 # The shared-state tests start Debian's redis-server (TLS and Sentinel
-# included) on 127.0.0.1.
-TEST_DEPS="$DEB_DEPS lintian chromium chromium-driver python3-selenium redis-server"
+# included) on 127.0.0.1, and haproxy in front of two instances (deploy/).
+TEST_DEPS="$DEB_DEPS lintian chromium chromium-driver python3-selenium redis-server haproxy"
 
 need() {
     missing=""

@@ -7,9 +7,13 @@ instance fires on the other after the first is killed with kill -9, and a
 digest gathers what both added; Redis stopped and started again under
 load loses nothing acknowledged, holds what needs the state (and says so
 in /healthz, the metrics and the log) and runs it, in order, once Redis is
-back. Skipped (77) where redis-server is not installed."""
+back. deploy/ (haproxy in front of two instances) does what it says.
+Skipped (77) where redis-server is not installed (build.sh test installs
+it, and haproxy)."""
+import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -419,6 +423,103 @@ class Connection(unittest.TestCase):
         unknown = self.brume('state = { sentinels = { "127.0.0.1:%d" }, master = "nope" }'
                              % sport)
         unknown.wait_log(r"Redis unreachable.*does not know the master set", 10)
+
+
+class Deployment(unittest.TestCase):
+    """deploy/: haproxy (Debian's) in front of two instances that run
+    deploy/brume.lua with their env files' settings and share one Redis.
+    Posts through haproxy run the rules once whichever instance takes them,
+    and go on being answered 200 when one instance is killed with kill -9."""
+
+    def setUp(self):
+        if not shutil.which("haproxy"):
+            self.skipTest("haproxy is not installed")
+        self.redis = Redis().start()
+        self.brumes, self.haproxy = [], None
+        deploy = os.path.join(harness.SRC, "deploy")
+        with open(os.path.join(deploy, "brume.lua")) as f:
+            config = f.read()
+        self.assertIn('secops = { kind = "slack", url = env("SLACK_WEBHOOK_URL") }', config)
+        config = config.replace('"/etc/brume/rules"', '"rules"').replace(
+            'secops = { kind = "slack", url = env("SLACK_WEBHOOK_URL") }',
+            'out = { kind = "file", path = "var/out.jsonl" }')
+        ports = {}
+        for name in ("a", "b"):
+            env = {}
+            with open(os.path.join(deploy, name + ".env")) as f:
+                for line in f:
+                    if line.strip() and not line.startswith("#"):
+                        k, v = line.strip().split("=", 1)
+                        env[k] = v
+            port, admin = harness.free_port(), harness.free_port()
+            ports[env["BRUME_LISTEN"]], ports[env["BRUME_ADMIN"]] = port, admin
+            env.update(BRUME_LISTEN="127.0.0.1:%d" % port, BRUME_ADMIN="127.0.0.1:%d" % admin,
+                       BRUME_DATA="var", BRUME_REDIS=self.redis.url(),
+                       MIST_WEBHOOK_SECRET=harness.SECRET)
+            b = Brume(config, rules={"c.lua": COUNT_RULE}, env=env)
+            self.brumes.append(b)
+            b.start()
+        with open(os.path.join(deploy, "haproxy.cfg")) as f:
+            cfg = f.read()
+        self.front = harness.free_port()
+        cfg = cfg.replace("bind :8080", "bind 127.0.0.1:%d" % self.front)
+        for where, port in ports.items():
+            old = where.rsplit(":", 1)[1]
+            cfg = re.sub(r"\b%s\b" % old, str(port), cfg)
+        # Here haproxy runs in the foreground, as this user, logging nowhere.
+        cfg = re.sub(r"^\s*(user|group|daemon|log /dev/log).*$", "", cfg, flags=re.M)
+        self.cfg = os.path.join(self.brumes[0].dir, "haproxy.cfg")
+        with open(self.cfg, "w") as f:
+            f.write(cfg)
+        check = subprocess.run(["haproxy", "-c", "-f", self.cfg], capture_output=True, text=True)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+        self.haproxy = subprocess.Popen(["haproxy", "-db", "-f", self.cfg],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def tearDown(self):
+        if self.haproxy:
+            self.haproxy.terminate()
+            self.haproxy.wait(10)
+        for b in self.brumes:
+            b.cleanup()
+        self.redis.cleanup()
+
+    def post(self, body):
+        conn = http.client.HTTPConnection("127.0.0.1", self.front, timeout=harness.REQUEST_TIMEOUT)
+        try:
+            h = {"Content-Type": "application/json", "User-Agent": "Mist-webhook",
+                 "X-Mist-Signature-v2": harness.sign(body)}
+            conn.request("POST", "/mist", body.encode(), h)
+            r = conn.getresponse()
+            r.read()
+            return r.status
+        except OSError:
+            return None
+        finally:
+            conn.close()
+
+    def test_through_haproxy_once_each_and_one_instance_lost(self):
+        a, b = self.brumes
+        wait_for(lambda: self.post(alarm(plain="warm")) == 200, what="haproxy up")
+        for i in range(10):
+            ev = {"plain": "e%d" % i, "id": "ev%d" % i, "type": "AP_DOWN", "once": "o%d" % (i % 3)}
+            for copy in ({"org_id": "o1"}, {"site_id": "s1"}):
+                body = dict(topic="alarms", events=[ev], **copy)
+                self.assertEqual(self.post(json.dumps(body)), 200)
+        wait_for(lambda: len(messages(a, b)) >= 14, what="14 messages")
+        a.send_signal(signal.SIGKILL)
+        a.wait_exit(10)
+        statuses = [self.post(alarm(plain="after%d" % i)) for i in range(10)]
+        self.assertEqual(statuses, [200] * 10)
+        wait_for(lambda: len(messages(a, b)) >= 24, what="24 messages")
+        time.sleep(0.5)
+        got = messages(a, b)
+        plain = sorted(m["plain"] for m in got if "plain" in m)
+        self.assertEqual(plain, sorted(["warm"] + ["e%d" % i for i in range(10)] +
+                                       ["after%d" % i for i in range(10)]))
+        self.assertEqual(sorted(m["once"] for m in got if "once" in m), ["o0", "o1", "o2"])
+        # Both instances took posts: the balancer spread them.
+        self.assertTrue(a.lines("out.jsonl") and b.lines("out.jsonl"))
 
 
 if __name__ == "__main__":
