@@ -4,6 +4,7 @@
 #   ./build.sh run    install what is missing, build, start brume on examples/brume.lua
 #   ./build.sh test   install what is missing, build with ASan+UBSan, run the whole suite
 #   ./build.sh bench  build Release and run the benchmark (tests/bench/run.sh [seconds])
+#   ./build.sh bench shared [S]  the cost of shared rule state in Redis (tests/bench/shared.py)
 #   ./build.sh fuzz [S] [--runs N] [TARGET...]  build the fuzz targets with clang and
 #                     libFuzzer, run each (default: all) for S seconds (default 60) or
 #                     for N inputs; new inputs go to build-fuzz/corpus/
