@@ -21,6 +21,19 @@
  * script that knows whether it ran before). While the connection is idle
  * a PING a second says whether the server is still there.
  *
+ * The client knows nothing of rule state: shared.c is one user, and any
+ * other module that talks to Redis (a target that XADDs to a stream, say)
+ * opens a client of its own with the same configuration (its own
+ * connection and thread, so neither waits behind the other's requests):
+ *
+ *     struct brm_redis *r = brm_redis_new(&cfg, NULL, 0, NULL, NULL);
+ *     brm_redis_start(r, &err);
+ *     struct brm_redis_req *q = brm_redis_req_new();
+ *     brm_redis_arg_str(q, "XADD"); ... q->done = on_answer; q->arg = ...;
+ *     brm_redis_call(r, q);   // on_answer runs on the client's thread
+ *
+ * A state callback, scripts and retry are each optional.
+ *
  * Replies are read with hiredis's protocol reader (Debian's libhiredis
  * 0.14, which has no TLS and no timeouts of its own: the connection is
  * this module's). brm_redis_parse_url is pure. Depends on tls, util,
@@ -125,8 +138,8 @@ typedef void brm_redis_state_fn(void *arg, int up, const char *why);
 struct brm_redis;
 
 /* A client of CFG (copied) that loads the N SCRIPTS (borrowed for its
- * life) on every connection; STATE(ARG) hears of its connection. Nothing
- * happens before brm_redis_start. */
+ * life; none: NULL, 0) on every connection; STATE(ARG), or NULL, hears of
+ * its connection. Nothing happens before brm_redis_start. */
 struct brm_redis *brm_redis_new(const struct brm_redis_cfg *cfg,
                                 const struct brm_redis_script *const *scripts, size_t n,
                                 brm_redis_state_fn *state, void *arg);

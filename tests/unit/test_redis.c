@@ -2,7 +2,8 @@
  * protocol a request is written in, script digests; and the client against
  * a small fake server on a thread of its own: pipelined replies in order,
  * an unknown script sent again as its text, an unreachable server (UNSENT),
- * an answer that never comes (LOST, or sent again after reconnecting). */
+ * an answer that never comes (LOST, or sent again after reconnecting); a
+ * second user's client with no scripts. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -339,6 +340,20 @@ static void check_client(void) {
     brm_redis_call(r, command("HANG", NULL));
     wait_done(1);
     CHECK_INT(seen.last, BRM_REDIS_LOST);
+    brm_redis_free(r);
+
+    /* Another user's client (a target, say): no scripts, no state
+     * callback; its commands go and come back as the state's do. */
+    reset_seen();
+    r = brm_redis_new(&cfg, NULL, 0, NULL, NULL);
+    CHECK_INT(brm_redis_start(r, &err), 0);
+    CHECK_INT(brm_redis_wait(r, 5), 1);
+    brm_redis_call(r, command("ECHO", "a"));
+    brm_redis_call(r, command("PING", NULL));
+    brm_redis_call(r, command("ECHO", "b"));
+    wait_done(3);
+    CHECK_STR(seen.order, "aPONGb");
+    CHECK_INT(seen.ups, 0); /* nobody to tell */
     brm_redis_free(r);
     fake_stop(&f);
 
