@@ -23,9 +23,11 @@
  *
  * The client knows nothing of rule state: shared.c is one user, and any
  * other module that talks to Redis (a target that XADDs to a stream, say)
- * opens a client of its own with the same configuration (its own
- * connection and thread, so neither waits behind the other's requests):
+ * opens a client of its own (its own connection and thread, so neither
+ * waits behind the other's requests), from its own URL or the state's:
  *
+ *     struct brm_redis_cfg cfg = { .timeout = 2 };
+ *     brm_redis_parse_url("redis://cache:6379/0", &cfg, &err);
  *     struct brm_redis *r = brm_redis_new(&cfg, NULL, 0, NULL, NULL);
  *     brm_redis_start(r, &err);
  *     struct brm_redis_req *q = brm_redis_req_new();
