@@ -498,6 +498,21 @@ class Deployment(unittest.TestCase):
         finally:
             conn.close()
 
+    def test_the_unit_is_one_systemd_takes(self):
+        if not shutil.which("systemd-analyze"):
+            self.skipTest("systemd-analyze is not installed")
+        d = tempfile.mkdtemp(prefix="brume-unit-")
+        self.addCleanup(shutil.rmtree, d, True)
+        with open(os.path.join(harness.SRC, "deploy", "brume@.service")) as f:
+            unit = f.read()
+        self.assertIn("ExecStart=/usr/bin/brume run -c /etc/brume/brume.lua", unit)
+        self.assertIn("EnvironmentFile=/etc/brume/%i.env", unit)
+        with open(os.path.join(d, "brume@.service"), "w") as f:
+            f.write(unit.replace("/usr/bin/brume", harness.BRUME))
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no", "brume@a.service"], cwd=d,
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual((r.returncode, r.stdout + r.stderr), (0, ""))
+
     def test_through_haproxy_once_each_and_one_instance_lost(self):
         a, b = self.brumes
         wait_for(lambda: self.post(alarm(plain="warm")) == 200, what="haproxy up")
