@@ -706,6 +706,13 @@ static void read_sentinels(struct walk *w, struct brm_config *c) {
     lua_pop(L, 1);
 }
 
+/* Whether the table on top of L's stack sets KEY. */
+static int has_field(lua_State *L, const char *key) {
+    int set = lua_getfield(L, -1, key) != LUA_TNIL;
+    lua_pop(L, 1);
+    return set;
+}
+
 static enum verdict convert_state(struct walk *w, const struct setting *st, char *obj) {
     static const char *const keys[] = { "url", "password", "ca",      "sentinels", "master", "db",
                                         "tls", "prefix",   "timeout", "lease",     NULL };
@@ -758,6 +765,10 @@ static enum verdict convert_state(struct walk *w, const struct setting *st, char
         report(w->ld, w->top, w->top, "state: needs url = \"redis://host:port/db\" (or sentinels)");
     } else if (rc.password && c->state.password) {
         report(w->ld, w->top, w->top, "state: a password in the URL and in password");
+    } else if (c->state.url && t == LUA_TTABLE && has_field(L, "db")) {
+        report(w->ld, w->top, w->top, "state.db: with url, the database is the URL's (\"/db\")");
+    } else if (c->state.url && t == LUA_TTABLE && has_field(L, "tls")) {
+        report(w->ld, w->top, w->top, "state.tls: with url, rediss:// is TLS");
     }
     brm_redis_cfg_reset(&rc);
     return TAKEN;

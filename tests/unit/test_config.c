@@ -585,6 +585,10 @@ static void check_state(void) {
           "brume.lua:2: state.prefix: a non-empty word\n"
           "brume.lua:2: state.timeout: expected a duration (\"2s\", \"30s\")\n"
           "brume.lua:2: state.lease: must be between 1 and 3600 seconds\n" },
+        { GOOD "state = { url = 'redis://h/1', db = 2 }\n",
+          "brume.lua:2: state.db: with url, the database is the URL's (\"/db\")\n" },
+        { GOOD "state = { url = 'redis://h/1', tls = true }\n",
+          "brume.lua:2: state.tls: with url, rediss:// is TLS\n" },
         { GOOD "state = { sentinels = { 'nohost' }, master = 'm' }\n",
           "brume.lua:2: state.sentinels[1]: expected an address \"host:port\"\n"
           "brume.lua:2: state: needs url = \"redis://host:port/db\" (or sentinels)\n" },
