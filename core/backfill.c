@@ -1209,7 +1209,9 @@ int brm_backfill_parse(const char *query, size_t len, struct brm_backfill_ask *a
             if (*tail || !isfinite(t) || t < 0) goto bad;
             *(p[0] == 's' ? &ask->since : &ask->until) = t;
         } else if (klen == 7 && memcmp(p, "dry_run", 7) == 0) {
-            ask->dry_run = strcmp(value, "1") == 0;
+            /* Anything but 0 or 1 is refused: "dry_run=true" must not run for real. */
+            if (strcmp(value, "0") != 0 && strcmp(value, "1") != 0) goto bad;
+            ask->dry_run = value[0] == '1';
         } else {
             goto bad;
         }
@@ -1218,7 +1220,7 @@ int brm_backfill_parse(const char *query, size_t len, struct brm_backfill_ask *a
     return 0;
 bad:
     brm_err_set(err, "bad parameters: source, topic, since and until (seconds since the epoch), "
-                     "dry_run=1");
+                     "dry_run (0 or 1)");
     return -1;
 }
 
