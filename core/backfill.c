@@ -1028,11 +1028,15 @@ static struct schedule *due_schedule(struct brm_backfill *bf, double now, double
 }
 
 /* Runs source NAME's schedule: since its last run's end, less a margin
- * (a post that fails is logged by Mist after its timeout). */
-static void run_schedule(struct brm_backfill *bf, const struct brm_config *cfg, const char *name,
-                         double last_end, double now) {
+ * (a post that fails is logged by Mist after its timeout). Returns 1 when
+ * it read its window through, 0 when not (the next run reads it again). */
+static int run_schedule(struct brm_backfill *bf, const struct brm_config *cfg, const char *name,
+                        double last_end, double now) {
     struct brm_backfill_ask ask = { .source = name, .since = last_end - MARGIN, .until = now };
-    brm_backfill_report_free(run_ask(bf, cfg, &ask, "schedule"));
+    struct brm_backfill_report *report = run_ask(bf, cfg, &ask, "schedule");
+    int ok = report->ok;
+    brm_backfill_report_free(report);
+    return ok;
 }
 
 static void *backfill_main(void *arg) {
@@ -1060,13 +1064,13 @@ static void *backfill_main(void *arg) {
             char *name = brm_xstrdup(due->source);
             double last_end = due->last_end;
             pthread_mutex_unlock(&bf->lock);
-            run_schedule(bf, cfg, name, last_end, now);
+            int read = run_schedule(bf, cfg, name, last_end, now);
             pthread_mutex_lock(&bf->lock);
             for (size_t i = 0; i < bf->nsched; i++) { /* a reload may have changed them */
                 struct schedule *x = &bf->sched[i];
                 const struct brm_source *s = brm_config_source(bf->cfg, x->source);
                 if (strcmp(x->source, name) != 0 || !s) continue;
-                x->last_end = now;
+                if (read) x->last_end = now; /* else what it did not read is read next time */
                 x->next_at = brm_time_now() + s->mist.every;
             }
             free(name);

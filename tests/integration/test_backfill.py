@@ -290,6 +290,17 @@ class Backfill(unittest.TestCase):
         b.wait_log(r'msg="backfill done" source=site run=schedule .*taken=1')
         time.sleep(2.5)  # later runs find it again, in the journal
         self.assertEqual(len(b.lines("out.jsonl")), 1)
+        # A run that Mist refuses leaves its window to the next one.
+        before = len(self.mist.searches())
+        self.mist.fault(401, at=lambda q: "/sites/" in q.path)
+        b.wait_log(r'msg="backfill stopped" source=site run=schedule .*answered 401')
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            site = [x for x in self.mist.searches()[before:] if "/sites/" in x.path]
+            if len(site) >= 2:
+                break
+            time.sleep(0.2)
+        self.assertEqual(site[1].params["start"], site[0].params["start"])  # read again
         # The admin endpoint `brume backfill` uses: a change, as the console's.
         r = b.request("POST", "/backfill?dry_run=1", admin=True)
         self.assertEqual(r.status, 403)
