@@ -2,6 +2,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -453,6 +454,7 @@ struct run {
     struct seen seen;
     long found, taken, skipped, failed, requests, messages;
     int crowded;
+    char *mark; /* a catch-up's mark (catch_up_mark), or NULL */
 };
 
 /* A result of the search. */
@@ -795,6 +797,65 @@ static void handle(struct run *r, const struct result *x) {
     note(r, x, o, events, reason);
 }
 
+/* ---- a catch-up's mark ----------------------------------------------------- */
+
+/*
+ * A catch-up that ends before its window does (brume stopped, or Mist
+ * refused or could not be reached) leaves a mark in the data folder: where
+ * the part it has not read starts. The journal cannot say it: the bodies
+ * the catch-up took, and the posts that came meanwhile, are newer than
+ * what is still missing. The next catch-up reads from the mark (at most
+ * catch_up back), and removes it once it reaches the end of its window.
+ */
+static char *catch_up_mark(const struct brm_config *cfg, const char *source) {
+    struct brm_buf name;
+    brm_buf_init(&name);
+    brm_buf_puts(&name, "catch-up.");
+    put_escaped(&name, source);
+    char *path = brm_path_join(cfg->data_dir, name.data);
+    brm_buf_reset(&name);
+    return path;
+}
+
+/* The second the mark at PATH holds: 1 with it in *AT, or 0 (none, or unreadable). */
+static int mark_read(const char *path, long *at) {
+    char text[32], *end;
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (end == text || (*end && *end != '\n') || errno || v <= 0) return 0;
+    *at = v;
+    return 1;
+}
+
+/* Puts AT in the mark at PATH (a whole file, synced, in place at once). */
+static void mark_write(const struct run *r, long at) {
+    size_t size = strlen(r->mark) + 5;
+    char text[32], *tmp = brm_xmalloc(size);
+    int n = snprintf(text, sizeof(text), "%ld\n", at);
+    snprintf(tmp, size, "%s.new", r->mark);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int ok = fd >= 0 && write(fd, text, (size_t)n) == n && fsync(fd) == 0;
+    if (fd >= 0 && close(fd) < 0) ok = 0;
+    if (!ok || rename(tmp, r->mark) < 0) {
+        brm_log_warn("backfill: cannot keep the catch-up's progress: a restart before it ends may "
+                     "miss what it has not read",
+                     "source", r->src->name, "path", r->mark, "error", strerror(errno));
+        unlink(tmp);
+    }
+    free(tmp);
+}
+
+static void mark_drop(const struct run *r) {
+    if (unlink(r->mark) < 0 && errno != ENOENT)
+        brm_log_warn("backfill: cannot remove the catch-up's mark", "source", r->src->name, "path",
+                     r->mark, "error", strerror(errno));
+}
+
 /* Reads [R->start, R->end) page by page. Returns 0, or -1 with ERR. */
 static int read_window(struct run *r, struct brm_err *err) {
     long start = r->start;
@@ -832,6 +893,7 @@ static int read_window(struct run *r, struct brm_err *err) {
             r->crowded++;
         }
         if (step == BRM_BACKFILL_DONE) return 0;
+        if (r->mark) mark_write(r, next); /* what is before NEXT is stored */
         start = next;
     }
 }
@@ -850,7 +912,7 @@ static double catch_up_since(const struct brm_source *s, struct brm_store *journ
 /* Runs S over [SINCE, UNTIL) for ASK, into REPORT. */
 static void run_source(struct brm_backfill *bf, const struct brm_source *s,
                        const struct brm_backfill_ask *ask, const char *kind, double since,
-                       double until, struct brm_store *journal,
+                       double until, struct brm_store *journal, char *mark,
                        struct brm_backfill_report *report) {
     struct run r = { .bf = bf,
                      .src = s,
@@ -860,12 +922,15 @@ static void run_source(struct brm_backfill *bf, const struct brm_source *s,
                      .topic = ask->topic,
                      .dry_run = ask->dry_run,
                      .start = (long)floor(since),
-                     .end = (long)ceil(until) };
+                     .end = (long)ceil(until),
+                     .mark = mark };
     if (r.end <= r.start) r.end = r.start + 1;
+    if (mark) mark_write(&r, r.start);
     if (ask->topic)
         brm_topic_normalize(ask->topic, strlen(ask->topic), r.topic_name, sizeof(r.topic_name));
     struct brm_err err;
     int rc = read_window(&r, &err);
+    if (mark && rc == 0) mark_drop(&r);
     char from[40], to[40], found[32], taken[32], skipped[32], failed[32], requests[32];
     brm_time_iso8601((double)r.start, from, sizeof(from));
     brm_time_iso8601((double)r.end, to, sizeof(to));
@@ -934,7 +999,12 @@ static struct brm_backfill_report *run_ask(struct brm_backfill *bf, const struct
         if (ask->catch_up && s->mist.catch_up <= 0) continue;
         double since = ask->catch_up ? catch_up_since(s, journal, now) : ask->since;
         double until = !ask->catch_up && ask->until > 0 ? ask->until : now;
-        run_source(bf, s, ask, kind, since, until, journal, report);
+        char *mark = ask->catch_up && !ask->dry_run ? catch_up_mark(cfg, s->name) : NULL;
+        long unread;
+        if (mark && mark_read(mark, &unread) && unread < since)
+            since = fmax((double)unread, now - s->mist.catch_up); /* an earlier one's rest */
+        run_source(bf, s, ask, kind, since, until, journal, mark, report);
+        free(mark);
         sources++;
     }
     if (sources > 1)
@@ -958,11 +1028,15 @@ static struct schedule *due_schedule(struct brm_backfill *bf, double now, double
 }
 
 /* Runs source NAME's schedule: since its last run's end, less a margin
- * (a post that fails is logged by Mist after its timeout). */
-static void run_schedule(struct brm_backfill *bf, const struct brm_config *cfg, const char *name,
-                         double last_end, double now) {
+ * (a post that fails is logged by Mist after its timeout). Returns 1 when
+ * it read its window through, 0 when not (the next run reads it again). */
+static int run_schedule(struct brm_backfill *bf, const struct brm_config *cfg, const char *name,
+                        double last_end, double now) {
     struct brm_backfill_ask ask = { .source = name, .since = last_end - MARGIN, .until = now };
-    brm_backfill_report_free(run_ask(bf, cfg, &ask, "schedule"));
+    struct brm_backfill_report *report = run_ask(bf, cfg, &ask, "schedule");
+    int ok = report->ok;
+    brm_backfill_report_free(report);
+    return ok;
 }
 
 static void *backfill_main(void *arg) {
@@ -990,13 +1064,13 @@ static void *backfill_main(void *arg) {
             char *name = brm_xstrdup(due->source);
             double last_end = due->last_end;
             pthread_mutex_unlock(&bf->lock);
-            run_schedule(bf, cfg, name, last_end, now);
+            int read = run_schedule(bf, cfg, name, last_end, now);
             pthread_mutex_lock(&bf->lock);
             for (size_t i = 0; i < bf->nsched; i++) { /* a reload may have changed them */
                 struct schedule *x = &bf->sched[i];
                 const struct brm_source *s = brm_config_source(bf->cfg, x->source);
                 if (strcmp(x->source, name) != 0 || !s) continue;
-                x->last_end = now;
+                if (read) x->last_end = now; /* else what it did not read is read next time */
                 x->next_at = brm_time_now() + s->mist.every;
             }
             free(name);
@@ -1139,7 +1213,9 @@ int brm_backfill_parse(const char *query, size_t len, struct brm_backfill_ask *a
             if (*tail || !isfinite(t) || t < 0) goto bad;
             *(p[0] == 's' ? &ask->since : &ask->until) = t;
         } else if (klen == 7 && memcmp(p, "dry_run", 7) == 0) {
-            ask->dry_run = strcmp(value, "1") == 0;
+            /* Anything but 0 or 1 is refused: "dry_run=true" must not run for real. */
+            if (strcmp(value, "0") != 0 && strcmp(value, "1") != 0) goto bad;
+            ask->dry_run = value[0] == '1';
         } else {
             goto bad;
         }
@@ -1148,7 +1224,7 @@ int brm_backfill_parse(const char *query, size_t len, struct brm_backfill_ask *a
     return 0;
 bad:
     brm_err_set(err, "bad parameters: source, topic, since and until (seconds since the epoch), "
-                     "dry_run=1");
+                     "dry_run (0 or 1)");
     return -1;
 }
 

@@ -26,6 +26,10 @@
  * connection to the store) is skipped without running rules. Bodies are
  * handed in one at a time, in Mist's order, each once the one before is
  * stored, so that rules see an AP go down before they see it come back.
+ * A catch-up keeps where its unread part starts in a file of the data
+ * folder (catch-up.<source>) until it reaches the end of its window, so a
+ * restart meanwhile reads on from there: the bodies it took, and posts
+ * since, are newer in the journal than what it had not read.
  *
  * Depends on store (reading), json, config, metrics, log, util; libcurl,
  * OpenSSL's libcrypto, and a private Lua VM that only decodes JSON.

@@ -1055,6 +1055,9 @@ static void release_targets(const struct setting *st, char *obj) {
 /* -- the types -- */
 
 static const struct type string_type = { "a string", convert_string, init_string, release_string };
+/* A string that is a secret (an API token): a placeholder in an offline load. */
+static const struct type secret_string_type = { "a string", convert_string, init_string,
+                                                release_string };
 static const struct type path_type = { "a string", convert_path, init_path, release_string };
 static const struct type long_type = { "an integer", convert_long, init_long, NULL };
 static const struct type int_type = { "an integer", convert_int, init_int, NULL };
@@ -1141,7 +1144,7 @@ static const struct setting store_settings[] = {
 /* A source's `mist`: where Mist keeps the webhook's delivery log. */
 static const struct setting mist_settings[] = {
     { "api", &string_type, .off = SRC(mist.api) },
-    { "token", &string_type, .off = SRC(mist.token) },
+    { "token", &secret_string_type, .off = SRC(mist.token) },
     { "org_id", &string_type, .off = SRC(mist.org_id) },
     { "site_id", &string_type, .off = SRC(mist.site_id) },
     { "webhook_id", &string_type, .off = SRC(mist.webhook_id) },
@@ -1191,7 +1194,7 @@ static const struct schema top_schema = SCHEMA(top_settings, 0);
 /* ---- walking what the file set ------------------------------------------ */
 
 /* In an offline load, a placeholder may stand for a secret: a source's
- * secret, the admin token, a target's option. In any other setting it is
+ * secret or its mist.token, the admin token, a target's option. In any other setting it is
  * reported as env() reports an unset variable, and 1 returned. Tables of
  * settings are walked one by one, so their settings answer for
  * themselves. */
@@ -1200,7 +1203,9 @@ static int unset_elsewhere(struct walk *w, const struct setting *st) {
     const struct type *t = st->type;
     char name[MAX_ENV_NAME + 1];
     enum found found;
-    if (t == &secrets_type || t == &targets_type || t == &table_type || t == &map_type) return 0;
+    if (t == &secrets_type || t == &secret_string_type || t == &targets_type || t == &table_type ||
+        t == &map_type)
+        return 0;
     if (t == &state_type && lua_type(L, -1) == LUA_TTABLE) { /* its password is a secret */
         lua_getfield(L, -1, "url");
         found = find_unset(L, -1, 1, name);

@@ -101,7 +101,8 @@ class MockMist:
 
     def fault(self, status, headers=None, body=None, at=None):
         """A search gets this answer instead: the one numbered AT (0 is the
-        first this mock gets), or the next that has no fault of its own."""
+        first this mock gets), the first that AT (a function of the Request)
+        is true of, or the next that has no fault of its own."""
         with self.lock:
             self.faults.append((at, (status, headers or {},
                                      body if body is not None else {"detail": "forced"}, 0)))
@@ -123,7 +124,7 @@ class MockMist:
                 return 401, {}, {"detail": "Invalid token."}, 0
             n = len(self.requests) - 1
             for i, (at, answer) in enumerate(self.faults):
-                if at is None or at == n:
+                if at is None or (at(req) if callable(at) else at == n):
                     del self.faults[i]
                     return answer
             delay = self.delays.pop(0) if self.delays else 0

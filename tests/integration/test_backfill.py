@@ -252,6 +252,33 @@ class Backfill(unittest.TestCase):
             'brume_backfill_bodies_total{source="org",outcome="taken"}'), 2)
         self.no_token_anywhere(b)
 
+    def test_a_restart_during_the_catch_up_reads_on_from_where_it_stopped(self):
+        b = self.brume()
+        base = int(time.time()) - 3000
+        for i in range(250):  # 3 pages, 10 s apart: nothing in the last 8 minutes
+            topic, body = sample(i, "gap-%d" % i)
+            self.mist.add(webhook=WH_ORG, org=ORG, topic=topic, ts=base + 10 * i + 0.5, body=body)
+        # The org's second page is refused for a long while: brume stops there.
+        self.mist.fault(429, {"Retry-After": "600"},
+                        at=lambda q: "/orgs/" in q.path and int(q.params["start"]) > base)
+        b.start()
+        b.wait_log("answered 429 \\(rate limit\\): waiting", timeout=30)
+        self.assertEqual(len(b.wait_lines("out.jsonl", 100)), 100)  # page 1, stored
+        self.assertTrue(os.path.exists(b.path("var", "catch-up.org")))
+        self.assertEqual(b.stop(), 0)
+        # What it took is newer in the journal than what it did not read:
+        # the next catch-up reads on from its mark, not from those.
+        b.start()
+        b.wait_log("caught up from Mist's delivery log", timeout=60)
+        got = b.wait_lines("out.jsonl", 250, timeout=30)
+        time.sleep(0.5)
+        ids = [x["message"]["id"] for x in b.lines("out.jsonl")]
+        self.assertEqual(sorted(ids), sorted("gap-%d" % i for i in range(250)))  # each once
+        self.assertEqual(len(got), 250)
+        self.assertFalse(os.path.exists(b.path("var", "catch-up.org")))  # done: no mark
+        self.assertRegex(b.log(), r'msg="backfill done" source=org run=catch-up .*taken=150')
+        self.no_token_anywhere(b)
+
     def test_a_schedule_picks_up_what_failed_while_brume_ran(self):
         b = self.brume(extra=', every = "1s"').start()
         b.wait_log("caught up from Mist's delivery log")
@@ -263,6 +290,17 @@ class Backfill(unittest.TestCase):
         b.wait_log(r'msg="backfill done" source=site run=schedule .*taken=1')
         time.sleep(2.5)  # later runs find it again, in the journal
         self.assertEqual(len(b.lines("out.jsonl")), 1)
+        # A run that Mist refuses leaves its window to the next one.
+        before = len(self.mist.searches())
+        self.mist.fault(401, at=lambda q: "/sites/" in q.path)
+        b.wait_log(r'msg="backfill stopped" source=site run=schedule .*answered 401')
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            site = [x for x in self.mist.searches()[before:] if "/sites/" in x.path]
+            if len(site) >= 2:
+                break
+            time.sleep(0.2)
+        self.assertEqual(site[1].params["start"], site[0].params["start"])  # read again
         # The admin endpoint `brume backfill` uses: a change, as the console's.
         r = b.request("POST", "/backfill?dry_run=1", admin=True)
         self.assertEqual(r.status, 403)

@@ -90,8 +90,8 @@ static void queries(void) {
     CHECK(!back.catch_up); /* not something a request can ask for */
     CHECK_INT(brm_backfill_parse(NULL, 0, &back, source, topic, 64, &err), 0);
     CHECK(!back.source && !back.topic && back.since == 0 && !back.dry_run);
-    const char *bad[] = { "since=soon", "until=-5",     "nope=1", "source=",
-                          "topic=%zz",  "source=a%00b", "since",  "catch_up=1" };
+    const char *bad[] = { "since=soon",   "until=-5", "nope=1",     "source=",      "topic=%zz",
+                          "source=a%00b", "since",    "catch_up=1", "dry_run=true", "dry_run=" };
     for (size_t i = 0; i < BRM_ARRAY_LEN(bad); i++) {
         CHECK_INT(brm_backfill_parse(bad[i], strlen(bad[i]), &back, source, topic, 64, &err), -1);
         CHECK_HAS(err.msg, "bad parameters");

@@ -824,7 +824,9 @@ static void check_offline(void) {
     brm_buf_init(&e);
     const char *text =
         "admin = { addr = '127.0.0.1:9090', token = env('BRUME_TEST_UNSET_TOKEN') }\n"
-        "sources = { mist = { path = '/m', secret = env('BRUME_TEST_UNSET_SECRET') },\n"
+        "sources = { mist = { path = '/m', secret = env('BRUME_TEST_UNSET_SECRET'),\n"
+        "                     mist = { api = 'https://api.mist.com', org_id = 'o',\n"
+        "                              webhook_id = 'w', token = env('BRUME_TEST_UNSET_API') } },\n"
         "            two = { path = '/t', secret = { env('BRUME_TEST_UNSET_A'), 'old' } } }\n"
         "targets = {\n"
         "  chat = { kind = 'slack', url = 'https://hooks.slack.com/services/' ..\n"
@@ -836,7 +838,7 @@ static void check_offline(void) {
     struct brm_errors errs = { 0 };
     struct brm_config *c = brm_config_load(path, brm_api_open_for_config, NULL, &errs);
     CHECK(c == NULL);
-    CHECK_INT(errs.n, 5); /* the daemon still wants every variable */
+    CHECK_INT(errs.n, 6); /* the daemon still wants every variable */
     brm_errors_reset(&errs);
     c = brm_config_load_offline(path, brm_api_open_for_config, NULL, &errs);
     CHECK_INT(errs.n, 0);
