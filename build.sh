@@ -15,7 +15,7 @@ set -eu
 cd "$(dirname "$0")"
 
 DEPS="cmake make gcc pkg-config python3 liblua5.4-dev libevent-dev libssl-dev
-      libsqlite3-dev libcurl4-openssl-dev openssl"
+      libsqlite3-dev libcurl4-openssl-dev librdkafka-dev openssl"
 BENCH_DEPS="wrk nginx libnginx-mod-http-lua lua-cjson" # wrk, and the nginx+Lua peer
 FUZZ_DEPS="clang libclang-rt-14-dev"
 FUZZ_TARGETS="wire verify json config pattern api" # tests/fuzz/fuzz_*.c
@@ -24,7 +24,7 @@ DEB_DEPS="dpkg-dev file" # cpack's DEB generator runs dpkg-shlibdeps and file
 # The package's test builds one and checks it; the console's browser test
 # (tests/integration/browser_console.py) drives headless Chromium through
 # chromedriver from Debian's python3.
-TEST_DEPS="$DEB_DEPS lintian chromium chromium-driver python3-selenium"
+TEST_DEPS="$DEB_DEPS lintian chromium chromium-driver python3-selenium redis-server"
 
 need() {
     missing=""

@@ -199,19 +199,22 @@ static void show_json_bodies(lua_State *L, int idx, int depth) {
         if (lua_type(L, -1) == LUA_TTABLE) show_json_bodies(L, lua_gettop(L), depth + 1);
         lua_pop(L, 1);
     }
-    lua_pushliteral(L, "body");
-    if (lua_rawget(L, idx) == LUA_TSTRING) {
-        struct brm_err err;
-        size_t n;
-        const char *s = lua_tolstring(L, -1, &n);
-        size_t blank = strspn(s, " \t\r\n");
-        if ((s[blank] == '{' || s[blank] == '[') && brm_json_decode(L, s, n, &err) == 0) {
-            lua_pushliteral(L, "body");
-            lua_insert(L, -2);
-            lua_rawset(L, idx);
+    static const char *const fields[] = { "body", "value" }; /* value: a kafka message's */
+    for (size_t i = 0; i < BRM_ARRAY_LEN(fields); i++) {
+        lua_pushstring(L, fields[i]);
+        if (lua_rawget(L, idx) == LUA_TSTRING) {
+            struct brm_err err;
+            size_t n;
+            const char *s = lua_tolstring(L, -1, &n);
+            size_t blank = strspn(s, " \t\r\n");
+            if ((s[blank] == '{' || s[blank] == '[') && brm_json_decode(L, s, n, &err) == 0) {
+                lua_pushstring(L, fields[i]);
+                lua_insert(L, -2);
+                lua_rawset(L, idx);
+            }
         }
+        lua_pop(L, 1);
     }
-    lua_pop(L, 1);
 }
 
 /*

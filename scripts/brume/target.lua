@@ -54,8 +54,8 @@ M.common = {
 }
 
 M.kinds = {
-  "discord", "file", "gchat", "jira", "mattermost", "opsgenie", "pagerduty", "servicenow",
-  "slack", "teams", "webex", "webhook", "zendesk",
+  "discord", "file", "gchat", "jira", "kafka", "mattermost", "opsgenie", "pagerduty",
+  "servicenow", "slack", "teams", "webex", "webhook", "zendesk",
 }
 
 local units = { [""] = 1, ms = 0.001, s = 1, m = 60, h = 3600, d = 86400 }
@@ -97,7 +97,7 @@ local checks = {
   end,
   integer = function(v) return math.type(v) == "integer" and v or nil end,
   number = function(v) return type(v) == "number" and v or nil end,
-  boolean = function(v) return type(v) == "boolean" and v or nil end,
+  boolean = function(v) if type(v) == "boolean" then return v end end,
   duration = M.duration,
   rate = M.rate,
   list = function(v)
