@@ -57,9 +57,8 @@ static int retriable(rd_kafka_resp_err_t e) {
     }
 }
 
-static void describe(char *out, size_t size, rd_kafka_resp_err_t e, const char *detail) {
-    snprintf(out, size, "%s: %s", rd_kafka_err2name(e),
-             detail && *detail ? detail : rd_kafka_err2str(e));
+static void describe(char *out, size_t size, rd_kafka_resp_err_t e) {
+    snprintf(out, size, "%s: %s", rd_kafka_err2name(e), rd_kafka_err2str(e));
 }
 
 static void on_report(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
@@ -71,7 +70,7 @@ static void on_report(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
         char why[512] = "";
         struct brm_kafka_result res = { .partition = m->partition, .offset = m->offset };
         if (m->err) {
-            describe(why, sizeof(why), m->err, NULL); /* its payload is the message, not a text */
+            describe(why, sizeof(why), m->err);
             res.failed = 1;
             res.retry = retriable(m->err);
             res.error = why;
@@ -280,7 +279,7 @@ struct brm_kafka_send *brm_kafka_send(struct brm_kafka *k, const struct brm_kafk
         if (h) rd_kafka_headers_destroy(h);
         free(s);
         char why[512];
-        describe(why, sizeof(why), e, NULL);
+        describe(why, sizeof(why), e);
         return refused(k, now, retriable(e), why);
     }
     k->inflight++;

@@ -173,8 +173,20 @@ targets = {
                               headers={"X-Brume-Console": "1"}).body
         self.assertIn('"url":"kafka:closed"', view)
         self.assertIn('"method":"PRODUCE"', view)
+        self.assertRegex(view, r'"order":"[0-9a-f]{32}"')  # the kafka key: the event's id
         for shown in (listing, view, self.b.log()):
             self.assertNotIn(PASSWORD, shown)
+
+    def test_a_property_librdkafka_refuses_stops_the_start(self):
+        b = Brume('sources = { mist = { path = "/mist", secret = "s" } }\n'
+                  'targets = { bad = { kind = "kafka", brokers = "127.0.0.1:1", topic = "t", '
+                  'properties = { ["no.such.property"] = "1" } } }')
+        try:
+            b.start(expect_ready=False)
+            self.assertNotEqual(b.wait_exit(30), 0)
+            self.assertIn("target bad: no.such.property: ", b.log())
+        finally:
+            b.cleanup()
 
     def test_bad_options_are_config_errors(self):
         cases = [

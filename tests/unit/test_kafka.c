@@ -1,11 +1,13 @@
 /* kafka: settings librdkafka refuses; a message to librdkafka's own mock
  * cluster reports on the base's thread; a refusal at once says whether a
  * retry could mend it; a cancelled send calls nothing; freeing purges what
- * is in flight, and its callbacks say "try again". */
+ * is in flight, and its callbacks say "try again"; after a fatal error the
+ * producer is made again. (It includes kafka.c for its statics.) */
+#include "kafka.c"
+
 #include <event2/event.h>
 #include <string.h>
 
-#include "kafka.h"
 #include "test.h"
 
 struct seen {
@@ -85,8 +87,33 @@ static void check_mock_cluster(void) {
     event_base_free(base);
 }
 
+static void check_fatal(void) {
+    struct brm_err err;
+    struct event_base *base = event_base_new();
+    const char *settings[] = { "test.mock.num.brokers", "1", "log_level", "0" };
+    struct brm_kafka *k = brm_kafka_new(base, "t", settings, 2, &err);
+    CHECK(k != NULL);
+    if (!k) {
+        event_base_free(base);
+        return;
+    }
+    rd_kafka_test_fatal_error(k->rk, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "a test");
+    run(base, 2); /* the error is served on the base's thread */
+    CHECK_HAS(k->fatal, "OUT_OF_ORDER_SEQUENCE_NUMBER: the producer hit a fatal error: ");
+    struct seen s = { .base = base };
+    struct brm_kafka_message m = { "t1", "k", "v", 1, NULL, 0 };
+    struct brm_kafka_result now;
+    CHECK(brm_kafka_send(k, &m, done, &s, &now) != NULL); /* a new producer */
+    CHECK_STR(k->fatal, "");
+    run(base, 20);
+    CHECK(s.calls == 1 && !s.failed);
+    brm_kafka_free(k);
+    event_base_free(base);
+}
+
 int main(void) {
     check_settings();
     check_mock_cluster();
+    check_fatal();
     return test_done();
 }
