@@ -11,6 +11,8 @@ local t = require "brume.target"
 local M = {
   max_age = "24h",
   options = {
+    -- Messages in flight at once (different keys: a key's go one at a time).
+    concurrency = { "integer", default = 64, min = 1, max = 1000 },
     brokers = { "list" }, -- "host:9092", or a list of them
     topic = { "string", required = true }, -- a name, or a template: "mist.{topic}"
     key = { "string" }, -- a field path ("fields.mac") or a template ("{fields.site}")
