@@ -4,6 +4,7 @@
 #   ./build.sh run    install what is missing, build, start brume on examples/brume.lua
 #   ./build.sh test   install what is missing, build with ASan+UBSan, run the whole suite
 #   ./build.sh bench  build Release and run the benchmark (tests/bench/run.sh [seconds])
+#   ./build.sh bench shared [S]  the cost of shared rule state in Redis (tests/bench/shared.py)
 #   ./build.sh fuzz [S] [--runs N] [TARGET...]  build the fuzz targets with clang and
 #                     libFuzzer, run each (default: all) for S seconds (default 60) or
 #                     for N inputs; new inputs go to build-fuzz/corpus/
@@ -15,8 +16,8 @@ set -eu
 cd "$(dirname "$0")"
 
 DEPS="cmake make gcc pkg-config python3 liblua5.4-dev libevent-dev libssl-dev
-      libsqlite3-dev libcurl4-openssl-dev librdkafka-dev openssl"
-BENCH_DEPS="wrk nginx libnginx-mod-http-lua lua-cjson" # wrk, and the nginx+Lua peer
+      libsqlite3-dev libcurl4-openssl-dev libhiredis-dev librdkafka-dev openssl"
+BENCH_DEPS="wrk nginx libnginx-mod-http-lua lua-cjson redis-server" # wrk, the nginx+Lua peer, Redis
 FUZZ_DEPS="clang libclang-rt-14-dev"
 FUZZ_TARGETS="wire verify json config pattern api" # tests/fuzz/fuzz_*.c
 RUN_DEPS="curl" # the README's quick start posts with it
@@ -24,7 +25,9 @@ DEB_DEPS="dpkg-dev file" # cpack's DEB generator runs dpkg-shlibdeps and file
 # The package's test builds one and checks it; the console's browser test
 # (tests/integration/browser_console.py) drives headless Chromium through
 # chromedriver from Debian's python3.
-TEST_DEPS="$DEB_DEPS lintian chromium chromium-driver python3-selenium redis-server"
+# The shared-state tests start Debian's redis-server (TLS and Sentinel
+# included) on 127.0.0.1, and haproxy in front of two instances (deploy/).
+TEST_DEPS="$DEB_DEPS lintian chromium chromium-driver python3-selenium redis-server haproxy"
 
 need() {
     missing=""

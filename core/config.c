@@ -8,6 +8,7 @@
 
 #include "json.h"
 #include "log.h"
+#include "redis.h"
 #include "sandbox.h"
 
 /* The config file itself runs under these limits. */
@@ -636,6 +637,143 @@ static void release_admin(const struct setting *st, char *obj) {
     free(FIELD(char *, obj, st->off2));
 }
 
+/* -- where rule state lives: "redis://...", or a table -- */
+
+#define MAX_SENTINELS 8
+
+static void release_state(const struct setting *st, char *obj) {
+    struct brm_config *c = (struct brm_config *)(void *)(obj + st->off);
+    free(c->state.url);
+    if (c->state.password) memset(c->state.password, 0, strlen(c->state.password));
+    free(c->state.password);
+    free(c->state.ca);
+    for (size_t i = 0; i < c->state.nsentinels; i++) free(c->state.sentinels[i]);
+    free(c->state.sentinels);
+    free(c->state.master);
+    free(c->state.prefix);
+    memset(&c->state, 0, sizeof(c->state));
+}
+
+static void init_state(const struct setting *st, char *obj, const char *dir) {
+    (void)dir;
+    struct brm_config *c = (struct brm_config *)(void *)(obj + st->off);
+    c->state.prefix = brm_xstrdup("brume:");
+    c->state.timeout = 2;
+    c->state.lease = 30;
+}
+
+/* A number of seconds in [MIN, MAX] at KEY of the table on top, or DEF. */
+static double seconds_field(struct walk *w, const char *key, double def, double min, double max) {
+    lua_State *L = w->ld->L;
+    double v = def;
+    int t = lua_getfield(L, -1, key);
+    if (t == LUA_TNUMBER) {
+        v = lua_tonumber(L, -1);
+    } else if (t == LUA_TSTRING && brm_parse_duration(lua_tostring(L, -1), &v) == 0) {
+    } else if (t != LUA_TNIL) {
+        report(w->ld, w->top, w->top, "state.%s: expected a duration (\"2s\", \"30s\")", key);
+        v = def;
+    }
+    if (!(v >= min && v <= max)) {
+        report(w->ld, w->top, w->top, "state.%s: must be between %g and %g seconds", key, min, max);
+        v = def;
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* The sentinels' list at the top of the table on top. */
+static void read_sentinels(struct walk *w, struct brm_config *c) {
+    lua_State *L = w->ld->L;
+    int t = lua_getfield(L, -1, "sentinels");
+    size_t n = t == LUA_TTABLE ? lua_rawlen(L, -1) : 0;
+    if (t != LUA_TNIL && (n == 0 || n > MAX_SENTINELS)) {
+        report(w->ld, w->top, w->top, "state.sentinels: expected a list of 1 to %d addresses",
+               MAX_SENTINELS);
+        n = 0;
+    }
+    c->state.sentinels = brm_xcalloc(n + 1, sizeof(char *));
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        const char *a = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        if (a && valid_addr(a))
+            c->state.sentinels[c->state.nsentinels++] = brm_xstrdup(a);
+        else
+            report(w->ld, w->top, w->top, "state.sentinels[%zu]: expected an address \"host:port\"",
+                   i);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* Whether the table on top of L's stack sets KEY. */
+static int has_field(lua_State *L, const char *key) {
+    int set = lua_getfield(L, -1, key) != LUA_TNIL;
+    lua_pop(L, 1);
+    return set;
+}
+
+static enum verdict convert_state(struct walk *w, const struct setting *st, char *obj) {
+    static const char *const keys[] = { "url", "password", "ca",      "sentinels", "master", "db",
+                                        "tls", "prefix",   "timeout", "lease",     NULL };
+    lua_State *L = w->ld->L;
+    struct brm_config *c = (struct brm_config *)(void *)(obj + st->off);
+    int t = lua_type(L, -1);
+    if (t != LUA_TSTRING && t != LUA_TTABLE) return WRONG;
+    release_state(st, obj);
+    init_state(st, obj, NULL);
+    if (t == LUA_TSTRING) {
+        c->state.url = brm_xstrdup(lua_tostring(L, -1));
+    } else {
+        only_keys(w, st->key, keys);
+        c->state.url = string_field(w, st->key, "url", 0);
+        c->state.password = string_field(w, st->key, "password", 0);
+        c->state.ca = string_field(w, st->key, "ca", 1);
+        c->state.master = string_field(w, st->key, "master", 0);
+        char *prefix = string_field(w, st->key, "prefix", 0);
+        if (prefix && (!*prefix || strcspn(prefix, " \t\r\n") != strlen(prefix))) {
+            report(w->ld, w->top, w->top, "state.prefix: a non-empty word");
+        } else if (prefix) {
+            free(c->state.prefix);
+            c->state.prefix = prefix;
+            prefix = NULL;
+        }
+        free(prefix);
+        read_sentinels(w, c);
+        c->state.timeout = seconds_field(w, "timeout", 2, 0.05, 60);
+        c->state.lease = seconds_field(w, "lease", 30, 1, 3600);
+        if (lua_getfield(L, -1, "db") != LUA_TNIL) {
+            if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 1000000)
+                report(w->ld, w->top, w->top, "state.db: expected a number, 0 to 1000000");
+            else
+                c->state.db = (int)lua_tointeger(L, -1);
+        }
+        lua_pop(L, 1);
+        c->state.tls = lua_getfield(L, -1, "tls") == LUA_TBOOLEAN && lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    struct brm_redis_cfg rc = { 0 };
+    struct brm_err err;
+    if (c->state.url && c->state.nsentinels) {
+        report(w->ld, w->top, w->top, "state: url or sentinels (with master), not both");
+    } else if (c->state.nsentinels && !c->state.master) {
+        report(w->ld, w->top, w->top,
+               "state.master: the Sentinel name of the master set is needed");
+    } else if (c->state.url && brm_redis_parse_url(c->state.url, &rc, &err) < 0) {
+        report(w->ld, w->top, w->top, "state: %s", err.msg);
+    } else if (!c->state.url && !c->state.nsentinels) {
+        report(w->ld, w->top, w->top, "state: needs url = \"redis://host:port/db\" (or sentinels)");
+    } else if (rc.password && c->state.password) {
+        report(w->ld, w->top, w->top, "state: a password in the URL and in password");
+    } else if (c->state.url && t == LUA_TTABLE && has_field(L, "db")) {
+        report(w->ld, w->top, w->top, "state.db: with url, the database is the URL's (\"/db\")");
+    } else if (c->state.url && t == LUA_TTABLE && has_field(L, "tls")) {
+        report(w->ld, w->top, w->top, "state.tls: with url, rediss:// is TLS");
+    }
+    brm_redis_cfg_reset(&rc);
+    return TAKEN;
+}
+
 /* -- a source's secrets: a string or a list of one or two -- */
 
 static enum verdict convert_secrets(struct walk *w, const struct setting *st, char *obj) {
@@ -942,6 +1080,9 @@ static const struct type dedupe_type = { "a duration (seconds, or \"10m\"), or {
 static const struct type secrets_type = { "a string or a list of one or two strings",
                                           convert_secrets, NULL, release_secrets };
 static const struct type table_type = { "a table", convert_table, init_table, release_table };
+static const struct type state_type = { "a Redis URL \"redis://host:port/db\", or { url = ..., "
+                                        "password = ..., ... }",
+                                        convert_state, init_state, release_state };
 static const struct type map_type = { "a table", convert_map, NULL, release_map };
 static const struct type targets_type = { "a table", convert_targets, NULL, release_targets };
 
@@ -1043,6 +1184,7 @@ static const struct setting top_settings[] = {
     { "log", &table_type, .off = 0, .sub = &log_schema },
     { "journal", &table_type, .off = 0, .sub = &journal_schema },
     { "store", &table_type, .off = 0, .sub = &store_schema },
+    { "state", &state_type, .off = 0 },
     { "sources", &map_type, .off = CFG(sources), .off2 = CFG(nsources), .sub = &source_schema },
     { "targets", &targets_type, .off = CFG(targets), .off2 = CFG(ntargets) },
 };
@@ -1061,7 +1203,11 @@ static int unset_elsewhere(struct walk *w, const struct setting *st) {
     char name[MAX_ENV_NAME + 1];
     enum found found;
     if (t == &secrets_type || t == &targets_type || t == &table_type || t == &map_type) return 0;
-    if (t == &admin_type && lua_type(L, -1) == LUA_TTABLE) { /* its token is a secret */
+    if (t == &state_type && lua_type(L, -1) == LUA_TTABLE) { /* its password is a secret */
+        lua_getfield(L, -1, "url");
+        found = find_unset(L, -1, 1, name);
+        lua_pop(L, 1);
+    } else if (t == &admin_type && lua_type(L, -1) == LUA_TTABLE) { /* its token is a secret */
         lua_getfield(L, -1, "addr");
         found = find_unset(L, -1, 1, name);
         lua_pop(L, 1);

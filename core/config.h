@@ -9,7 +9,7 @@
  * its own; the adapters may call the brume module, which the caller opens
  * there through a hook (the module reads the config, so config does not
  * depend on it). The result is immutable and shared by every thread.
- * Depends on sandbox, json, log, util.
+ * Depends on sandbox, json, log, util, redis (to check a Redis URL).
  */
 #ifndef BRM_CONFIG_H
 #define BRM_CONFIG_H
@@ -116,6 +116,20 @@ struct brm_config {
         uint64_t max_size; /* bytes of bodies kept at most; 0: no limit */
     } journal;
     uint64_t store_max; /* the database file's cap; 0: none */
+    /* Where rule state lives: the embedded store (url and sentinels NULL),
+     * or Redis, shared with the other brumes that name it. */
+    struct {
+        char *url;        /* redis://[[user:]password@]host:port/db, rediss:// for TLS */
+        char *password;   /* when not in the URL */
+        char *ca;         /* rediss://: the CA that signed the server's certificate */
+        char **sentinels; /* "host:port" of Redis Sentinels, with master (instead of url) */
+        size_t nsentinels;
+        char *master;
+        int db, tls;    /* with sentinels */
+        char *prefix;   /* of every key brume makes ("brume:") */
+        double timeout; /* seconds a Redis call may take */
+        double lease;   /* seconds a claimed timer is held before another instance may fire it */
+    } state;
     struct brm_source *sources;
     size_t nsources;
     struct brm_target *targets;

@@ -38,7 +38,12 @@ struct held {
     struct brm_actions actions;
     struct brm_run_log runs; /* what its rules did, stored with it */
     int fired;               /* not a body: what a timer's or digest's handler did */
-    int backfilled;
+    char *timer;             /* shared state: the key of the timer it fired (to fire it again) */
+    int stateful;            /* shared state: its rules read or changed state */
+    int held;                /* BRM_JOURNAL_HOLD: journaled without its rules' outcome, for later */
+    int was_held;            /* a held body run now (BRM_JOURNAL_RELEASE once it ran) */
+    _Atomic long *pending;   /* a held body's: the server counts it done here */
+    int backfilled;          /* from Mist's delivery log */
 };
 
 /* The bodies of one turn, handed to the journal together. */
@@ -49,7 +54,13 @@ struct group {
     struct brm_journal_entry *entries;
     int stored;
     char error[512];
-    struct group *next; /* on the intake's list of groups done */
+    enum brm_shared_outcome outcome; /* shared state: how its commit to Redis went */
+    int queued;                      /* on the intake's committed list */
+    int has_final;                   /* the final outcome came while a PENDING waited there */
+    enum brm_shared_outcome final;
+    int resolving;      /* its bodies were held when the answer was lost: it stores their outcome
+                           if the commit went through after all */
+    struct group *next; /* on the intake's list of groups done (or committed) */
 };
 
 /* A timer or digest the scheduler found due, for this worker to fire. */
@@ -72,6 +83,7 @@ struct parked {
     char *copy;
     double received;
     char *peer;
+    _Atomic long *pending; /* a held body run again (see struct held) */
     int backfilled;
     struct brm_intake_tally *tally;
 };
@@ -83,6 +95,7 @@ struct brm_intake {
     struct brm_outbox *outbox;
     struct brm_journal *journal;
     struct brm_state *state;   /* shared by the workers */
+    struct brm_shared *shared; /* the state's in Redis, or NULL (embedded) */
     struct brm_state_txn *txn; /* the open group's, or NULL */
     struct event *commit;      /* runs after this turn's requests */
     struct held *held;         /* the open group */
@@ -95,7 +108,9 @@ struct brm_intake {
     pthread_mutex_t lock;
     pthread_cond_t done_cond;
     struct group *done;
-    struct fire *fires, **fires_tail; /* timers and digests to fire, from the scheduler */
+    struct group *committed;              /* groups Redis answered, newest first */
+    struct fire *fires, **fires_tail;     /* timers and digests to fire, from the scheduler */
+    struct parked *reruns, **reruns_tail; /* held bodies to run, from the server */
     size_t inflight; /* groups handed over and not yet answered (worker's thread) */
     int donefd;      /* eventfd: the journal's thread, or a wake -> this worker */
     struct event *done_ev;
@@ -104,7 +119,7 @@ struct brm_intake {
     uint64_t failure_logged; /* when the last refused group was logged (ms) */
     size_t failed_bodies, failed_lost;
     struct source_keys *keys; /* parallel to cfg->sources */
-    struct brm_counter *unknown, *other_topic, *duplicates, *parked_count;
+    struct brm_counter *unknown, *other_topic, *duplicates, *parked_count, *conflicts, *holds;
     uint64_t drops_logged; /* when timer drops were last logged (ms) */
     unsigned drops_shown, drops_hidden;
     struct brm_histogram *lag;
@@ -168,6 +183,7 @@ struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *
     in->wake_arg = arg;
     in->parked_tail = &in->parked;
     in->fires_tail = &in->fires;
+    in->reruns_tail = &in->reruns;
     in->commit = event_new(base, -1, 0, on_commit, in);
     pthread_mutex_init(&in->lock, NULL);
     pthread_cond_init(&in->done_cond, NULL);
@@ -191,6 +207,14 @@ struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *
     in->parked_count = brm_metrics_counter(
         "brume_state_waits_total",
         "Bodies run again because their rules met state another group had not stored yet.", NULL);
+    in->conflicts = brm_metrics_counter(
+        "brume_state_conflicts_total",
+        "Groups whose commit to the shared state met a change made elsewhere: they ran again.",
+        NULL);
+    in->holds = brm_metrics_counter(
+        "brume_state_held_total",
+        "Bodies journaled with their rules held for the shared state (Redis away, or a backlog).",
+        NULL);
     return in;
 }
 
@@ -199,6 +223,7 @@ static void free_held(struct held *h, size_t n) {
         brm_actions_reset(&h[i].actions);
         brm_buf_reset(&h[i].runs.text);
         free(h[i].copy);
+        free(h[i].timer);
     }
     free(h);
 }
@@ -222,6 +247,10 @@ void brm_intake_free(struct brm_intake *in) {
     free_held(in->held, in->nheld);
     brm_state_release(in->txn, 0);
     for (struct parked *p = in->parked, *next; p; p = next) {
+        next = p->next;
+        free_parked(p);
+    }
+    for (struct parked *p = in->reruns, *next; p; p = next) { /* still held in the journal */
         next = p->next;
         free_parked(p);
     }
@@ -355,6 +384,7 @@ struct body {
     const char *peer;
     int backfilled; /* from Mist's delivery log: answered once stored, whatever the source says */
     struct brm_intake_tally *tally; /* or NULL */
+    _Atomic long *pending;          /* a held body run now (shared state): counted done there */
 };
 
 static void park(struct brm_intake *in, const struct body *b, brm_intake_done_fn *done, void *arg,
@@ -368,12 +398,44 @@ static void park(struct brm_intake *in, const struct body *b, brm_intake_done_fn
                           .len = b->len,
                           .copy = copy,
                           .received = b->received,
-                          .peer = brm_xstrdup(b->peer),
+                          .peer = brm_xstrdup(b->peer ? b->peer : ""),
                           .backfilled = b->backfilled,
-                          .tally = b->tally };
+                          .tally = b->tally,
+                          .pending = b->pending };
     *in->parked_tail = p;
     in->parked_tail = &p->next;
     brm_counter_add(in->parked_count, 1);
+}
+
+/* A held body is done with (stored with its outcome, or left held). */
+static void held_done(_Atomic long *pending) {
+    if (pending) atomic_fetch_sub(pending, 1);
+}
+
+/* A place for one more body in the open group; the commit event runs
+ * after this turn's requests when it is the first. */
+static struct held *hold_slot(struct brm_intake *in) {
+    if (in->nheld == in->capheld) {
+        in->capheld = in->capheld ? in->capheld * 2 : 16;
+        in->held = brm_xrealloc(in->held, in->capheld * sizeof(*in->held));
+    }
+    struct held *h = &in->held[in->nheld++];
+    memset(h, 0, sizeof(*h));
+    if (in->nheld == 1) event_active(in->commit, 0, 0);
+    return h;
+}
+
+/* Shared state: whether body B, whose rules used state (or met a key
+ * another group holds), is held for later instead: 1 when Redis is away
+ * or older bodies wait (a held body run now stays held only while Redis
+ * is away: then it is done with, left in the journal). */
+static int hold_instead(struct brm_intake *in, const struct body *b) {
+    if (b->pending) {
+        if (brm_shared_up(in->shared)) return 0;
+        held_done(b->pending);
+        return -1;
+    }
+    return brm_shared_hold_begin(in->shared, 0);
 }
 
 /*
@@ -398,13 +460,30 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
                                &src->dedupe, in->txn,         b->backfilled };
     enum brm_status st =
         brm_intake_run(in->engine, b->body, b->len, &batch, &actions, &env, &stats, &err);
+    int hold = 0;
+    if (in->shared && (st == BRM_BUSY || (st == BRM_OK && brm_state_touched(in->txn, mark)))) {
+        hold = hold_instead(in, b);
+        if (hold) { /* as if its rules had not run: they run when the state is back */
+            if (brm_state_rollback(in->txn, mark)) in->wake(in->wake_arg);
+            brm_actions_reset(&actions);
+            brm_buf_reset(&runs.text);
+            memset(&runs, 0, sizeof(runs));
+            if (hold < 0) { /* a held body: it stays so */
+                free(copy);
+                return;
+            }
+            brm_counter_add(in->holds, 1);
+            st = BRM_OK; /* it decoded (BUSY comes from its rules) */
+            stats.duplicates = 0;
+        }
+    }
     if (st == BRM_BUSY) {
         /* Undone, as if it never came; it runs again when the group that
          * holds the state is done. */
         if (brm_state_rollback(in->txn, mark)) in->wake(in->wake_arg);
         brm_actions_reset(&actions);
         brm_buf_reset(&runs.text);
-        if (!copy && !src->durable && !b->backfilled) {
+        if (!copy && !src->durable && done && !b->backfilled) {
             copy = brm_xstrndup(b->body, b->len);
             done(arg, BRM_OK, "ok"); /* answered at once, as the source chose */
             done = NULL;
@@ -416,12 +495,14 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
     }
     if (st != BRM_OK) {
         brm_state_rollback(in->txn, mark); /* nothing: a body that does not decode ran no rule */
+        if (hold) brm_shared_hold_end(in->shared, 0);
         brm_log_warn(st == BRM_TOO_LARGE ? "refused a post: too large once decoded"
                                          : "refused a post: not a Mist webhook body",
                      "request", rid, "source", src->name, "peer", b->peer, "reason", err.msg);
         brm_actions_reset(&actions);
         brm_buf_reset(&runs.text);
         free(copy);
+        held_done(b->pending);
         if (done) done(arg, st, err.msg);
         return;
     }
@@ -433,17 +514,13 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
         char n[32], sent[32];
         snprintf(n, sizeof(n), "%zu", env.nevents);
         snprintf(sent, sizeof(sent), "%zu", actions.n);
-        brm_log_debug("accepted", "request", rid, "source", src->name, "topic", env.topic, "events",
-                      n, "messages", sent);
+        brm_log_debug(hold ? "held for the shared state" : "accepted", "request", rid, "source",
+                      src->name, "topic", env.topic, "events", n, "messages", sent);
     }
     /* Held for the group. The commit event was made active by the first
      * body of this turn, so it runs after every request the loop read in
      * this turn: the group is handed over then, and answered when stored. */
-    if (in->nheld == in->capheld) {
-        in->capheld = in->capheld ? in->capheld * 2 : 16;
-        in->held = brm_xrealloc(in->held, in->capheld * sizeof(*in->held));
-    }
-    struct held *h = &in->held[in->nheld++];
+    struct held *h = hold_slot(in);
     brm_run_log_end(&runs);
     *h = (struct held){ .done = done,
                         .arg = arg,
@@ -456,6 +533,10 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
                         .copy = copy,
                         .actions = actions,
                         .runs = runs,
+                        .stateful = in->shared && brm_state_touched(in->txn, mark),
+                        .held = hold ? BRM_JOURNAL_HOLD : 0,
+                        .was_held = b->pending != NULL,
+                        .pending = b->pending,
                         .backfilled = b->backfilled };
     snprintf(h->topic, sizeof(h->topic), "%s", env.name);
     if (!src->durable && h->done && !b->backfilled) {
@@ -465,16 +546,18 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
         h->done = NULL;
         done(arg, BRM_OK, "ok");
     }
-    if (in->nheld == 1) event_active(in->commit, 0, 0);
 }
 
 void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
                        brm_intake_done_fn *done, void *arg) {
     const struct brm_source *src = r->source;
     /* The body's id is its request's in every log line about it. */
-    struct body b = {
-        src, brm_journal_next_id(), r->body, r->len, r->received_at, r->peer, 0, NULL
-    };
+    struct body b = { .source = src,
+                      .id = brm_journal_next_id(),
+                      .body = r->body,
+                      .len = r->len,
+                      .received = r->received_at,
+                      .peer = r->peer };
     if (!signature_ok(in, r)) {
         char rid[32];
         snprintf(rid, sizeof(rid), "%lld", (long long)b.id);
@@ -489,22 +572,28 @@ void brm_intake_submit(struct brm_intake *in, const struct brm_intake_req *r,
 void brm_intake_submit_backfilled(struct brm_intake *in, const struct brm_intake_req *r,
                                   struct brm_intake_tally *tally, brm_intake_done_fn *done,
                                   void *arg) {
-    struct body b = { r->source, brm_journal_next_id(), r->body, r->len, r->received_at, r->peer, 1,
-                      tally };
+    struct body b = { .source = r->source,
+                      .id = brm_journal_next_id(),
+                      .body = r->body,
+                      .len = r->len,
+                      .received = r->received_at,
+                      .peer = r->peer,
+                      .backfilled = 1,
+                      .tally = tally };
     take(in, &b, done, arg, NULL);
 }
 
 /* Holds what a fired timer's handler did (ACTIONS, taken) for the open
  * group: it is stored with the group, or the timer is back as it was. */
-static void hold_fired(struct brm_intake *in, int64_t id, struct brm_actions *actions) {
-    if (in->nheld == in->capheld) {
-        in->capheld = in->capheld ? in->capheld * 2 : 16;
-        in->held = brm_xrealloc(in->held, in->capheld * sizeof(*in->held));
-    }
-    struct held *h = &in->held[in->nheld++];
+static void hold_fired(struct brm_intake *in, int64_t id, const char *key,
+                       struct brm_actions *actions) {
+    struct held *h = hold_slot(in);
     *h = (struct held){ .id = id, .received = brm_time_now(), .actions = *actions, .fired = 1 };
+    if (in->shared) { /* fired again if its commit meets a change made elsewhere */
+        h->timer = brm_xstrdup(key);
+        h->stateful = 1;
+    }
     snprintf(h->topic, sizeof(h->topic), "timer");
-    if (in->nheld == 1) event_active(in->commit, 0, 0);
 }
 
 /* Says that a timer was dropped (rule gone, no handler, too late): ten
@@ -565,7 +654,7 @@ static void fire(struct brm_intake *in, const char *key) {
         if (out == BRM_FIRE_NO_HANDLER) log_drop(in, &f, "timer dropped: its rule has no handler");
         if (out == BRM_FIRE_DROPPED_LATE)
             log_drop(in, &f, "timer dropped: later than the rule's `late` allows");
-        hold_fired(in, id, &actions); /* the timer's deletion goes with the group */
+        hold_fired(in, id, key, &actions); /* the timer's deletion goes with the group */
     }
     brm_fired_reset(&f);
 }
@@ -610,6 +699,19 @@ static void run_parked(struct brm_intake *in) {
             continue;
         }
         const struct brm_source *src = brm_config_source(in->cfg, p->source);
+        if (!src && p->pending) { /* its rules never run: it is released with no outcome */
+            char rid[32];
+            snprintf(rid, sizeof(rid), "%lld", (long long)p->id);
+            brm_log_error("a reload removed the source of a held body: its rules do not run",
+                          "request", rid, "source", p->source);
+            struct held *h = hold_slot(in);
+            *h = (struct held){
+                .id = p->id, .received = p->received, .was_held = 1, .pending = p->pending
+            };
+            snprintf(h->topic, sizeof(h->topic), "held");
+            free_parked(p);
+            continue;
+        }
         if (!src) {
             char rid[32];
             snprintf(rid, sizeof(rid), "%lld", (long long)p->id);
@@ -620,9 +722,15 @@ static void run_parked(struct brm_intake *in) {
             free_parked(p);
             continue;
         }
-        struct body b = {
-            src, p->id, p->body, p->len, p->received, p->peer, p->backfilled, p->tally
-        };
+        struct body b = { .source = src,
+                          .id = p->id,
+                          .body = p->body,
+                          .len = p->len,
+                          .received = p->received,
+                          .peer = p->peer,
+                          .backfilled = p->backfilled,
+                          .tally = p->tally,
+                          .pending = p->pending };
         take(in, &b, p->done, p->arg, p->copy);
         p->copy = NULL; /* take owns it now */
         free_parked(p);
@@ -639,6 +747,43 @@ void brm_intake_wake(struct brm_intake *in) {
     }
 }
 
+void brm_intake_set_shared(struct brm_intake *in, struct brm_shared *shared) {
+    in->shared = shared;
+}
+
+void brm_intake_rerun(struct brm_intake *in, const struct brm_body *b, _Atomic long *pending) {
+    struct parked *p = brm_xcalloc(1, sizeof(*p));
+    p->id = b->id;
+    p->source = brm_xstrdup(b->source);
+    p->copy = brm_xstrndup(b->body ? b->body : "", b->len);
+    p->body = p->copy;
+    p->len = b->len;
+    p->received = b->received;
+    p->peer = brm_xstrdup("journal");
+    p->pending = pending;
+    uint64_t one = 1;
+    pthread_mutex_lock(&in->lock);
+    *in->reruns_tail = p;
+    in->reruns_tail = &p->next;
+    pthread_mutex_unlock(&in->lock);
+    if (write(in->donefd, &one, sizeof(one)) < 0) { /* saturated: the worker looks anyway */
+    }
+}
+
+/* Runs the held bodies the server handed over, in the order it did. */
+static void run_reruns(struct brm_intake *in) {
+    pthread_mutex_lock(&in->lock);
+    struct parked *list = in->reruns;
+    in->reruns = NULL;
+    in->reruns_tail = &in->reruns;
+    pthread_mutex_unlock(&in->lock);
+    if (!list) return;
+    /* Behind the bodies parked already, in order: run_parked takes them all. */
+    *in->parked_tail = list;
+    while (*in->parked_tail) in->parked_tail = &(*in->parked_tail)->next;
+    run_parked(in);
+}
+
 /* The journal is done with a group (on the writer's thread): free the state
  * it held, and hand the group back to its worker. */
 static void group_done(struct brm_journal_job *job, int stored, const struct brm_err *err) {
@@ -646,7 +791,10 @@ static void group_done(struct brm_journal_job *job, int stored, const struct brm
     struct brm_intake *in = g->in;
     g->stored = stored;
     if (!stored) snprintf(g->error, sizeof(g->error), "%s", err->msg);
-    if (brm_state_release(g->jg.txn, stored)) in->wake(in->wake_arg);
+    if (in->shared && !stored && g->jg.txn) /* what Redis applied goes too */
+        brm_shared_undo(in->shared, g->jg.txn, in->wake, in->wake_arg);
+    else if (brm_state_release(g->jg.txn, stored))
+        in->wake(in->wake_arg);
     g->jg.txn = NULL;
     if (stored && g->jg.messages && in->outbox) brm_outbox_wake(in->outbox);
     pthread_mutex_lock(&in->lock);
@@ -675,6 +823,14 @@ static void log_refused(struct brm_intake *in, const struct group *g, size_t los
     in->failed_bodies = in->failed_lost = 0;
 }
 
+static void free_group(struct brm_intake *in, struct group *g) {
+    free_held(g->held, g->jg.n);
+    free(g->entries);
+    brm_config_free(g->jg.cfg);
+    free(g);
+    in->inflight--;
+}
+
 /* Answers the bodies of a group the journal is done with, and frees it. */
 static void answer(struct brm_intake *in, struct group *g) {
     size_t lost = 0;
@@ -682,18 +838,18 @@ static void answer(struct brm_intake *in, struct group *g) {
     for (size_t i = 0; i < g->jg.n; i++) {
         struct held *h = &g->held[i];
         if (g->stored && !h->fired) brm_histogram_observe(in->lag, now - h->received);
+        if (h->held) brm_shared_hold_end(in->shared, g->stored);
+        if (h->was_held && g->stored) brm_shared_released(in->shared, 1);
+        held_done(h->pending); /* refused: still held, for a later drain */
         if (h->done)
             h->done(h->arg, g->stored ? BRM_OK : BRM_UNAVAILABLE,
                     g->stored ? "ok" : "cannot store the body now; try again");
-        else if (!g->stored && !h->fired) /* a timer's is undone: it fires again */
+        else if (!g->stored && !h->fired && !h->was_held) /* a timer's is undone: it fires again */
             lost++;
     }
     if (!g->stored) log_refused(in, g, lost);
-    free_held(g->held, g->jg.n);
-    free(g->entries);
-    brm_config_free(g->jg.cfg);
-    free(g);
-    in->inflight--;
+    if (g->resolving) brm_shared_unresolved_add(in->shared, -1);
+    free_group(in, g);
 }
 
 /* Takes the groups the journal handed back. */
@@ -713,37 +869,58 @@ static struct group *take_done(struct brm_intake *in) {
     return rev;
 }
 
-static void on_done(evutil_socket_t fd, short what, void *arg) {
-    struct brm_intake *in = arg;
-    uint64_t v;
-    (void)what;
-    if (read(fd, &v, sizeof(v)) < 0) { /* EAGAIN: drained already */
+/* Takes the groups Redis answered, oldest first. */
+static struct group *take_committed(struct brm_intake *in) {
+    pthread_mutex_lock(&in->lock);
+    struct group *list = in->committed;
+    in->committed = NULL;
+    for (struct group *g = list; g; g = g->next) g->queued = 0;
+    pthread_mutex_unlock(&in->lock);
+    struct group *rev = NULL;
+    while (list) {
+        struct group *next = list->next;
+        list->next = rev;
+        rev = list;
+        list = next;
     }
-    for (struct group *g = take_done(in), *next; g; g = next) {
-        next = g->next;
-        answer(in, g); /* may free requests and start others */
-    }
-    if (atomic_exchange(&in->retry, 0)) run_parked(in);
-    run_fires(in);
+    return rev;
 }
 
-/* Hands the open group to the journal (the end of a turn). */
-static void on_commit(evutil_socket_t fd, short what, void *arg) {
-    struct brm_intake *in = arg;
-    (void)fd, (void)what;
-    size_t n = in->nheld;
-    if (!n) return;
-    struct group *g = brm_xcalloc(1, sizeof(*g));
+/* Redis answered a group's commit (on the client's thread): hand it back. */
+static void committed(void *arg, enum brm_shared_outcome outcome, int wanted) {
+    struct group *g = arg;
+    struct brm_intake *in = g->in;
+    if (wanted) in->wake(in->wake_arg);
+    pthread_mutex_lock(&in->lock);
+    if (g->queued) { /* its PENDING is still there: this comes after it */
+        g->has_final = 1;
+        g->final = outcome;
+    } else {
+        g->outcome = outcome;
+        g->queued = 1;
+        g->next = in->committed;
+        in->committed = g;
+    }
+    pthread_cond_signal(&in->done_cond);
+    pthread_mutex_unlock(&in->lock);
+    uint64_t one = 1;
+    if (write(in->donefd, &one, sizeof(one)) < 0) { /* saturated: the worker looks anyway */
+    }
+}
+
+/* The entries the journal writes for G's bodies; G's job is set up. */
+static void fill_entries(struct group *g) {
     int durable = 0;
-    g->in = in;
-    g->held = in->held;
-    g->entries = brm_xmalloc(n * sizeof(*g->entries));
-    for (size_t i = 0; i < n; i++) {
+    free(g->entries);
+    g->entries = brm_xmalloc((g->jg.n ? g->jg.n : 1) * sizeof(*g->entries));
+    for (size_t i = 0; i < g->jg.n; i++) {
         struct held *h = &g->held[i];
         durable |= h->done != NULL;
         g->entries[i] = (struct brm_journal_entry){
             h->id,
-            h->source ? h->source->name : "timer",
+            h->source  ? h->source->name
+            : h->fired ? "timer"
+                       : "",
             h->topic,
             h->received,
             h->events,
@@ -754,21 +931,204 @@ static void on_commit(evutil_socket_t fd, short what, void *arg) {
             h->runs.text.len,
             h->body ? brm_hash64(h->body, h->len) : 0,
             h->backfilled,
+            h->held       ? BRM_JOURNAL_HOLD
+            : h->was_held ? BRM_JOURNAL_RELEASE
+                          : 0,
         };
     }
-    g->jg.cfg = brm_config_ref(in->cfg); /* source names and targets, while it is written */
     g->jg.entries = g->entries;
-    g->jg.n = n;
-    g->jg.txn = in->txn;
-    g->jg.job.done = group_done;
     /* A group of durability = "none" bodies alone, answered already, need
      * not wait for the disk: that is what the source chose. */
     brm_journal_group_init(&g->jg, durable);
+}
+
+/* A group whose commit Redis did not apply (its transaction is undone):
+ * bodies that used no state go to the journal as they are; the others run
+ * again (CONFLICT: the cache has what Redis holds now) or are held (DOWN);
+ * a timer fires again, now or when its claim runs out. Stopping (LOST),
+ * nothing is stored: what waits is answered 503. */
+static void not_applied(struct brm_intake *in, struct group *g) {
+    enum brm_shared_outcome out = g->outcome;
+    size_t kept = 0;
+    g->jg.txn = NULL;
+    if (out == BRM_SHARED_CONFLICT) brm_counter_add(in->conflicts, 1);
+    for (size_t i = 0; i < g->jg.n; i++) {
+        struct held h = g->held[i];
+        if (!h.stateful) {
+            g->held[kept++] = h;
+            continue;
+        }
+        brm_actions_reset(&h.actions);
+        brm_buf_reset(&h.runs.text);
+        if (h.fired && out == BRM_SHARED_CONFLICT) park_fire(in, h.timer);
+        if (h.fired) {
+            free(h.timer);
+            continue;
+        }
+        struct body b = { .source = h.source,
+                          .id = h.id,
+                          .body = h.body,
+                          .len = h.len,
+                          .received = h.received,
+                          .backfilled = h.backfilled,
+                          .pending = h.pending };
+        if (out == BRM_SHARED_CONFLICT) {
+            park(in, &b, h.done, h.arg, h.copy);
+        } else if (out == BRM_SHARED_LOST || h.was_held) {
+            if (h.done) h.done(h.arg, BRM_UNAVAILABLE, "cannot store the body now; try again");
+            held_done(h.pending); /* a held body stays held */
+            free(h.copy);
+        } else { /* DOWN */
+            brm_shared_hold_begin(in->shared, 1);
+            brm_counter_add(in->holds, 1);
+            h.held = BRM_JOURNAL_HOLD;
+            h.stateful = 0;
+            memset(&h.runs, 0, sizeof(h.runs));
+            memset(&h.actions, 0, sizeof(h.actions));
+            g->held[kept++] = h;
+        }
+    }
+    g->jg.n = kept;
+    if (out == BRM_SHARED_CONFLICT) atomic_store(&in->retry, 1);
+    if (!kept) {
+        free_group(in, g);
+        return;
+    }
+    fill_entries(g);
+    brm_journal_submit(in->journal, &g->jg.job);
+}
+
+/*
+ * The answer to G's commit was lost with the connection: it is sent again
+ * once Redis is back. Meanwhile nothing waits: what used no state is
+ * journaled now, and every body that used some is journaled held (and
+ * answered) in a group of its own. G keeps what their rules did: if the
+ * commit went through after all, G stores it (their deliveries and runs,
+ * as a held body's that ran); if not, they run again from the journal.
+ */
+static void resolve_later(struct brm_intake *in, struct group *g) {
+    struct group *now = brm_xcalloc(1, sizeof(*now));
+    now->in = in;
+    now->held = brm_xcalloc(g->jg.n + 1, sizeof(*now->held));
+    now->jg.cfg = brm_config_ref(g->jg.cfg);
+    now->jg.job.done = group_done;
+    size_t kept = 0;
+    for (size_t i = 0; i < g->jg.n; i++) {
+        struct held *h = &g->held[i];
+        if (!h->stateful) { /* it needs no answer from Redis */
+            now->held[now->jg.n++] = *h;
+            continue;
+        }
+        if (!h->fired && !h->was_held) {
+            struct held *c = &now->held[now->jg.n++];
+            *c = (struct held){ .done = h->done,
+                                .arg = h->arg,
+                                .id = h->id,
+                                .source = h->source,
+                                .received = h->received,
+                                .events = h->events,
+                                .body = h->body,
+                                .len = h->len,
+                                .copy = h->copy,
+                                .held = BRM_JOURNAL_HOLD };
+            snprintf(c->topic, sizeof(c->topic), "%s", h->topic);
+            brm_shared_hold_begin(in->shared, 1);
+            brm_counter_add(in->holds, 1);
+            h->done = NULL;
+            h->body = NULL;
+            h->copy = NULL;
+            h->was_held = 1; /* if the commit went through: its outcome, as a held body's */
+        }
+        held_done(h->pending); /* a held body run again: the drain waits for the outcome */
+        h->pending = NULL;
+        g->held[kept++] = *h;
+    }
+    g->jg.n = kept;
+    g->resolving = 1;
+    brm_shared_unresolved_add(in->shared, 1);
+    in->inflight++;
+    if (now->jg.n) {
+        fill_entries(now);
+        brm_journal_submit(in->journal, &now->jg.job);
+    } else {
+        free_group(in, now);
+    }
+}
+
+static void after_commit(struct brm_intake *in, struct group *g) {
+    if (g->outcome == BRM_SHARED_PENDING) {
+        resolve_later(in, g);
+    } else if (g->outcome == BRM_SHARED_OK) {
+        if (g->resolving) fill_entries(g); /* what the held bodies' rules did, at last */
+        brm_journal_submit(in->journal, &g->jg.job);
+    } else {
+        if (g->resolving) { /* its bodies run again from the journal */
+            brm_shared_unresolved_add(in->shared, -1);
+            g->jg.txn = NULL;
+            free_group(in, g);
+            return;
+        }
+        not_applied(in, g);
+    }
+}
+
+/* Runs after_commit for each of LIST, and for the final outcome that came
+ * while a group's PENDING waited. */
+static void after_commits(struct brm_intake *in, struct group *list) {
+    for (struct group *g = list, *next; g; g = next) {
+        next = g->next;
+        pthread_mutex_lock(&in->lock);
+        int final = g->has_final;
+        enum brm_shared_outcome outcome = g->final;
+        g->has_final = 0;
+        pthread_mutex_unlock(&in->lock);
+        after_commit(in, g);
+        if (final) {
+            g->outcome = outcome;
+            after_commit(in, g);
+        }
+    }
+}
+
+static void on_done(evutil_socket_t fd, short what, void *arg) {
+    struct brm_intake *in = arg;
+    uint64_t v;
+    (void)what;
+    if (read(fd, &v, sizeof(v)) < 0) { /* EAGAIN: drained already */
+    }
+    after_commits(in, take_committed(in));
+    for (struct group *g = take_done(in), *next; g; g = next) {
+        next = g->next;
+        answer(in, g); /* may free requests and start others */
+    }
+    if (atomic_exchange(&in->retry, 0)) run_parked(in);
+    run_fires(in);
+    run_reruns(in);
+}
+
+/* Hands the open group to the journal (the end of a turn): through Redis
+ * first when it used the shared state. */
+static void on_commit(evutil_socket_t fd, short what, void *arg) {
+    struct brm_intake *in = arg;
+    (void)fd, (void)what;
+    size_t n = in->nheld;
+    if (!n) return;
+    struct group *g = brm_xcalloc(1, sizeof(*g));
+    g->in = in;
+    g->held = in->held;
+    g->jg.cfg = brm_config_ref(in->cfg); /* source names and targets, while it is written */
+    g->jg.n = n;
+    g->jg.txn = in->txn;
+    g->jg.job.done = group_done;
+    fill_entries(g);
     in->txn = NULL;
     in->held = NULL;
     in->nheld = in->capheld = 0;
     in->inflight++;
-    brm_journal_submit(in->journal, &g->jg.job);
+    if (in->shared && g->jg.txn && !brm_state_txn_empty(g->jg.txn))
+        brm_shared_commit(in->shared, g->jg.txn, committed, g);
+    else
+        brm_journal_submit(in->journal, &g->jg.job);
     if (in->next) {
         struct brm_engine *e = in->next;
         in->next = NULL;
@@ -782,8 +1142,10 @@ void brm_intake_flush(struct brm_intake *in) {
         on_commit(-1, 0, in);
         if (!in->inflight && !in->parked) break;
         pthread_mutex_lock(&in->lock);
-        while (!in->done && !atomic_load(&in->retry)) pthread_cond_wait(&in->done_cond, &in->lock);
+        while (!in->done && !in->committed && !atomic_load(&in->retry))
+            pthread_cond_wait(&in->done_cond, &in->lock);
         pthread_mutex_unlock(&in->lock);
+        after_commits(in, take_committed(in));
         for (struct group *g = take_done(in), *next; g; g = next) {
             next = g->next;
             answer(in, g);

@@ -12,8 +12,10 @@
  * the store refused them. A body whose rules meet rule state that another
  * group has changed but not stored yet is undone and parked, and runs again
  * once that group is done: nothing is acted on before it is stored, and no
- * worker waits. Depends on verify, json, engine, journal, outbox, state,
- * metrics, log.
+ * worker waits. With the state shared through Redis, a group that used it
+ * is committed there first (shared.h), and bodies run again or are held
+ * for later when that does not go through. Depends on verify, json,
+ * engine, journal, outbox, state, shared, metrics, log.
  */
 #ifndef BRM_INTAKE_H
 #define BRM_INTAKE_H
@@ -22,7 +24,9 @@
 #include "engine.h"
 #include "journal.h"
 #include "outbox.h"
+#include "shared.h"
 #include "state.h"
+#include "store.h"
 
 struct event_base;
 
@@ -60,6 +64,17 @@ void brm_intake_free(struct brm_intake *in);
 
 /* Parked bodies should try again (any thread). */
 void brm_intake_wake(struct brm_intake *in);
+
+/* The state is shared through Redis (before the first body): a group that
+ * used state is committed there before it is journaled, and a body that
+ * uses state while Redis is away (or held bodies wait) is journaled held,
+ * its rules to run later. */
+void brm_intake_set_shared(struct brm_intake *in, struct brm_shared *shared);
+/* Runs held body B (from the journal; copied) through the rules in this
+ * worker's next turn, after the bodies handed over before it; its outcome
+ * is stored and its mark goes. PENDING is decremented when it is done with
+ * (stored, or left held). Any thread. */
+void brm_intake_rerun(struct brm_intake *in, const struct brm_body *b, _Atomic long *pending);
 
 /* Timer or digest KEY came due (brm_state_pop_due): this worker fires it
  * in its next group (any thread; the key is copied). */

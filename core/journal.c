@@ -98,7 +98,18 @@ static int write_group(struct brm_journal_job *job, struct brm_store *st, struct
         const struct brm_journal_entry *e = &g->entries[i];
         struct brm_body b = { e->id,  e->source, e->topic,    e->received, e->events,    e->body,
                               e->len, e->runs,   e->runs_len, e->digest,   e->backfilled };
-        if (e->body && brm_store_add_body(st, &b, err) < 0) return -1;
+        if (e->held == BRM_JOURNAL_HOLD) {
+            b.runs = NULL;
+            b.runs_len = 0;
+            if (brm_store_add_body(st, &b, err) < 0 || brm_store_hold(st, e->id, err) < 0)
+                return -1;
+            continue;
+        }
+        if (e->held == BRM_JOURNAL_RELEASE &&
+            brm_store_release_held(st, e->id, e->runs, e->runs_len, err) < 0)
+            return -1;
+        if (e->body && e->held != BRM_JOURNAL_RELEASE && brm_store_add_body(st, &b, err) < 0)
+            return -1;
         int added = brm_journal_add_deliveries(g->cfg, st, e->actions, now, err);
         if (added < 0) return -1;
         g->messages += (size_t)added;
@@ -116,8 +127,13 @@ void brm_journal_group_init(struct brm_journal_group *g, int durable) {
         /* A timer's firing has an id too (its messages' keys start with it):
          * ids must not start again below it after a restart. */
         if (g->entries[i].id > g->job.last_id) g->job.last_id = g->entries[i].id;
-        if (!g->entries[i].body) continue; /* a timer's: its deliveries only */
-        g->job.bytes += g->entries[i].len + g->entries[i].runs_len; /* as the ring counts */
+        const struct brm_journal_entry *e = &g->entries[i];
+        if (e->held == BRM_JOURNAL_RELEASE) { /* its row is there: its runs come now */
+            g->job.bytes += e->runs_len;
+            continue;
+        }
+        if (!e->body) continue;                               /* a timer's: its deliveries only */
+        g->job.bytes += e->len + (e->held ? 0 : e->runs_len); /* as the ring counts */
         g->job.rows++;
     }
 }

@@ -74,7 +74,13 @@ struct brm_journal_entry {
     size_t runs_len;
     uint64_t digest; /* brm_hash64 of BODY */
     int backfilled;  /* taken from Mist's delivery log (backfill), not posted */
+    int held;        /* BRM_JOURNAL_HOLD or _RELEASE (shared state), else 0 */
 };
+/* A body held for the shared state: stored with no outcome, marked held
+ * (its actions and runs are not written). A held body whose rules ran
+ * now: its row is there; its deliveries and runs are stored, the mark goes. */
+#define BRM_JOURNAL_HOLD    1
+#define BRM_JOURNAL_RELEASE 2
 
 /* A worker's group: bodies, the deliveries their rules made, the state
  * they changed. The caller sets CFG (its targets give deliveries their

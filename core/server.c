@@ -28,6 +28,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "outbox.h"
+#include "shared.h"
 #include "snapshot.h"
 #include "tls.h"
 #include "watch.h"
@@ -37,7 +38,14 @@
 #define DUE_KEY       1280 /* a timer's key in the state: namespace, rule, key */
 #define DUE_RETRY     0.02 /* seconds before looking again at a due timer a group holds */
 #define DEBOUNCE      0.3  /* seconds of quiet after a file change before reloading */
-#define MAX_REPORT    (64u << 10)
+/* Shared state: the scheduler asks Redis for due timers this often (and at
+ * the earliest due time it knows of), claiming at most CLAIM_LIMIT a time;
+ * held bodies are run again in batches of DRAIN_BATCH. */
+#define CLAIM_POLL  0.5
+#define CLAIM_LIMIT 256
+#define DRAIN_POLL  0.2
+#define DRAIN_BATCH 64
+#define MAX_REPORT  (64u << 10)
 /* Timers wait for the catch-up from Mist's delivery log at start (so that
  * a device that came back while brume was stopped cancels its hold-down),
  * at most this long. */
@@ -120,6 +128,14 @@ struct server {
     int lockfd;
     struct brm_counter *reloads, *reload_failures;
     struct brm_state *state;
+    struct brm_shared *shared;     /* the state in Redis, or NULL */
+    struct brm_store *held_reader; /* shared: reads the held bodies back */
+    struct event *drain_timer;
+    int64_t drain_after;        /* the last held body handed over */
+    _Atomic long drain_pending; /* held bodies handed over, not done with */
+    _Atomic int claiming, claim_more;
+    _Atomic long long claim_next_ms; /* the earliest due time Redis knows of (ms) */
+    _Atomic long timers_pending;
     struct brm_buf last_reload;  /* the last reload's outcome, a JSON object (/healthz) */
     struct brm_console *console; /* on the admin listener, or NULL */
     struct brm_backfill *backfill;
@@ -384,6 +400,7 @@ static int setup_worker(struct server *s, struct worker *w, int id, struct brm_e
     w->mail = event_new(w->base, w->mailfd, EV_READ | EV_PERSIST, on_worker_mail, w);
     event_add(w->mail, NULL);
     w->intake = brm_intake_new(e, s->outbox, s->journal, s->state, w->base, wake_workers, s);
+    if (s->shared) brm_intake_set_shared(w->intake, s->shared);
     struct brm_http_opts o = http_opts(s, s->cfg);
     w->http = brm_http_new(w->base, &o, NULL, 0);
     route_sources(w, s->cfg);
@@ -476,6 +493,14 @@ static void restart_only(const struct brm_config *old, const struct brm_config *
     if (old->workers != new->workers) brm_errors_addf(warnings, NULL, 0, "workers");
     if (strcmp(old->data_dir, new->data_dir) != 0) brm_errors_addf(warnings, NULL, 0, "data_dir");
     if (old->store_max != new->store_max) brm_errors_addf(warnings, NULL, 0, "store.max_size");
+    int same_state = same_string(old->state.url, new->state.url) &&
+                     old->state.nsentinels == new->state.nsentinels &&same_string(
+                                                  old->state.master, new->state.master) &&
+                     same_string(old->state.password, new->state.password) &&
+                     same_string(old->state.prefix, new->state.prefix);
+    for (size_t i = 0; same_state && i < old->state.nsentinels; i++)
+        same_state = strcmp(old->state.sentinels[i], new->state.sentinels[i]) == 0;
+    if (!same_state) brm_errors_addf(warnings, NULL, 0, "state");
 }
 
 /* Builds everything CFG needs to run, all or nothing: an engine per worker,
@@ -699,6 +724,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg) {
     /* First, while the workers still take what it hands them: a body it
      * handed in is waited for. */
     brm_backfill_stop(s->backfill);
+    if (s->shared) brm_shared_finish(s->shared); /* no waiting for a Redis that is away */
     uint64_t deadline = brm_time_mono_ms() + (uint64_t)(s->cfg->http.drain_timeout * 1000);
     for (int i = 0; i < s->nworkers; i++) {
         struct worker *w = &s->workers[i];
@@ -729,6 +755,37 @@ static struct worker *worker_for(struct server *s, const char *key) {
     return &s->workers[h % (uint64_t)s->nworkers];
 }
 
+/* Redis answered a claim (on its client's thread): the claimed timers go to
+ * their workers, and the scheduler looks again. */
+static void claimed(void *arg, const char *const *keys, size_t n, double next, long pending) {
+    struct server *s = arg;
+    for (size_t i = 0; i < n; i++) brm_intake_fire(worker_for(s, keys[i])->intake, keys[i]);
+    if (pending >= 0) atomic_store(&s->timers_pending, pending);
+    double now = brm_time_now();
+    double at = next > 0 ? next : now + CLAIM_POLL; /* no answer, or none pending */
+    atomic_store(&s->claim_next_ms, (long long)(at * 1000));
+    atomic_store(&s->claim_more, n == CLAIM_LIMIT);
+    atomic_store(&s->claiming, 0);
+    post(s->duefd);
+}
+
+/* Shared state: claims what is due in Redis, one claim at a time; then
+ * waits until the earliest due time Redis told of, or the poll, whichever
+ * comes first (other instances arm timers too). */
+static void schedule_shared(struct server *s, int now_please) {
+    if (atomic_load(&s->claiming)) return; /* its answer comes here again */
+    double now = brm_time_now(), next = (double)atomic_load(&s->claim_next_ms) / 1000;
+    evtimer_del(s->due_timer);
+    if (now_please || atomic_exchange(&s->claim_more, 0) || next <= now) {
+        atomic_store(&s->claiming, 1);
+        brm_shared_claim(s->shared, now, CLAIM_LIMIT, claimed, s);
+        return;
+    }
+    double wait = next - now < CLAIM_POLL ? next - now : CLAIM_POLL;
+    struct timeval tv = { (time_t)wait, (suseconds_t)((wait - (double)(time_t)wait) * 1e6) };
+    evtimer_add(s->due_timer, &tv);
+}
+
 /* Hands every timer and digest that is due to its worker, then waits for
  * the next (or for the hook to say one came earlier). */
 static void on_due(evutil_socket_t fd, short what, void *arg) {
@@ -736,6 +793,10 @@ static void on_due(evutil_socket_t fd, short what, void *arg) {
     (void)what;
     if (fd >= 0) drain_mail(fd);
     if (s->holding) return; /* until the catch-up is done: release_timers */
+    if (s->shared) {
+        schedule_shared(s, fd < 0);
+        return;
+    }
     double now = brm_time_now(), next;
     char key[DUE_KEY];
     while (brm_state_pop_due(s->state, now, key, sizeof(key), &next))
@@ -790,9 +851,11 @@ static void drop_rule_timers(struct server *s, const char *rule, const char *why
     brm_journal_submit(s->journal, &d->jg.job);
 }
 
-/* A reload that removes a rule drops its timers and digests, with a line. */
+/* A reload that removes a rule drops its timers and digests, with a line.
+ * (Shared: other instances may run the rule still, during an upgrade;
+ * when one comes due where its rule is gone, it is dropped then.) */
 static void drop_removed_timers(struct server *s, const struct brm_engine *e) {
-    for (size_t i = 0; i < s->nrule_names; i++)
+    for (size_t i = 0; i < s->nrule_names && !s->shared; i++)
         if (!brm_engine_has_rule(e, s->rule_names[i]))
             drop_rule_timers(s, s->rule_names[i],
                              "a reload removed a rule: its timers and digests are dropped");
@@ -820,8 +883,10 @@ static void note_gone(void *arg, int kind, const char *key, const char *rule, si
 }
 
 /* At start: the timers and digests of rules removed while brume was
- * stopped go, with a line each, as a reload would drop them. */
+ * stopped go, with a line each, as a reload would drop them. (Shared:
+ * they are in Redis, and go when one comes due where its rule is gone.) */
 static void drop_gone_timers(struct server *s) {
+    if (s->shared) return;
     struct gone g = { s, NULL, 0 };
     brm_state_each_due(s->state, brm_state_pending(s->state), note_gone, &g);
     for (size_t i = 0; i < g.n; i++) {
@@ -834,7 +899,9 @@ static void drop_gone_timers(struct server *s) {
 }
 
 static double gauge_timers(void *arg) {
-    return (double)brm_state_pending(((struct server *)arg)->state);
+    struct server *s = arg;
+    if (s->shared) return (double)atomic_load(&s->timers_pending);
+    return (double)brm_state_pending(s->state);
 }
 
 static void on_hup(evutil_socket_t sig, short what, void *arg) {
@@ -865,18 +932,150 @@ static int open_store(struct server *s) {
     struct brm_store *st = brm_store_open(path, &err);
     /* Ids must go on after the last: one handed out again would take the
      * keys of deliveries still in the store (and be dropped as queued). */
-    int64_t last = -1;
-    int ok = st && brm_store_prune_state(st, brm_time_now(), &err) == 0 &&
-             brm_state_load(s->state, st, brm_time_now(), &err) == 0 &&
-             (last = brm_store_last_body(st, &err)) >= 0;
+    int64_t last = -1, held = 0;
+    /* Shared, the rules' state is in Redis: the local store's is not read. */
+    int ok = st &&
+             (s->shared || (brm_store_prune_state(st, brm_time_now(), &err) == 0 &&
+                            brm_state_load(s->state, st, brm_time_now(), &err) == 0)) &&
+             (last = brm_store_last_body(st, &err)) >= 0 &&
+             (held = brm_store_held_count(st, &err)) >= 0;
     if (ok) brm_journal_start(last);
     brm_store_close(st);
     if (ok) s->journal = brm_journal_new(path, s->cfg, sweep_state, s, &err);
+    if (ok && s->journal && s->shared) s->held_reader = brm_store_open_reader(path, &err);
     free(path);
-    if (!ok || !s->journal || brm_journal_run(s->journal, &err) < 0) {
+    if (!ok || !s->journal || (s->shared && !s->held_reader) ||
+        brm_journal_run(s->journal, &err) < 0) {
         brm_log_error("cannot open the store", "error", err.msg);
         return -1;
     }
+    if (held && !s->shared) {
+        char n[32];
+        snprintf(n, sizeof(n), "%lld", (long long)held);
+        brm_log_warn("bodies held for a shared state are in the journal, and no state is set: "
+                     "their rules do not run (set state as it was to run them)",
+                     "bodies", n);
+    }
+    if (s->shared) brm_shared_set_draining(s->shared, (long)held);
+    return 0;
+}
+
+/* ---- shared state (Redis) --------------------------------------------------- */
+
+/* What CFG's state says, for the Redis client. */
+static void redis_cfg(const struct brm_config *cfg, struct brm_redis_cfg *rc) {
+    struct brm_err err;
+    memset(rc, 0, sizeof(*rc));
+    if (cfg->state.url) brm_redis_parse_url(cfg->state.url, rc, &err); /* checked at load */
+    rc->timeout = cfg->state.timeout;
+    if (cfg->state.password && !rc->password) rc->password = brm_xstrdup(cfg->state.password);
+    if (cfg->state.ca) rc->ca = brm_xstrdup(cfg->state.ca);
+    if (cfg->state.nsentinels) {
+        rc->tls = cfg->state.tls;
+        rc->db = cfg->state.db;
+        rc->master = brm_xstrdup(cfg->state.master);
+        for (size_t i = 0; i < cfg->state.nsentinels && i < BRM_REDIS_MAX_SENTINELS; i++)
+            rc->sentinels[rc->nsentinels++] = brm_xstrdup(cfg->state.sentinels[i]);
+    }
+}
+
+/* Redis came or went (on its client's thread): one line each time. */
+static void shared_state(void *arg, int up, const char *why) {
+    struct server *s = arg;
+    char n[32];
+    snprintf(n, sizeof(n), "%ld", brm_shared_held(s->shared));
+    if (up)
+        brm_log_info("shared state: Redis reachable: held bodies run now, in order", "held", n);
+    else
+        brm_log_warn("shared state: Redis unreachable: bodies whose rules use state are "
+                     "journaled, answered and held until it is back",
+                     "error", why);
+    post(s->duefd); /* claims go on */
+}
+
+struct drain_read {
+    struct server *s;
+    long handed;
+};
+
+static int drain_one(void *arg, const struct brm_body *b) {
+    struct drain_read *d = arg;
+    struct server *s = d->s;
+    atomic_fetch_add(&s->drain_pending, 1);
+    brm_intake_rerun(s->workers[0].intake, b, &s->drain_pending); /* one worker: in order */
+    s->drain_after = b->id;
+    d->handed++;
+    return 0;
+}
+
+/* Runs the held bodies again, a batch at a time, oldest first, while Redis
+ * is reachable; when none is left (and none was held meanwhile), bodies
+ * run as they come again. */
+static void on_drain(evutil_socket_t fd, short what, void *arg) {
+    struct server *s = arg;
+    (void)fd, (void)what;
+    if (!brm_shared_up(s->shared) || !brm_shared_draining(s->shared) ||
+        atomic_load(&s->drain_pending) > 0 || brm_shared_unresolved(s->shared) > 0)
+        return;
+    uint64_t mark = brm_shared_drain_mark(s->shared);
+    struct drain_read d = { s, 0 };
+    struct brm_err err;
+    if (brm_store_held(s->held_reader, s->drain_after, DRAIN_BATCH, drain_one, &d, &err) < 0) {
+        brm_log_warn("cannot read the held bodies", "error", err.msg);
+        return;
+    }
+    if (d.handed) return;
+    if (s->drain_after) { /* once more from the start: some may have been left held */
+        s->drain_after = 0;
+        return;
+    }
+    if (brm_shared_drain_end(s->shared, mark))
+        brm_log_info("shared state: every held body has run: bodies run as they come again");
+}
+
+static double gauge_redis_up(void *arg) {
+    return brm_shared_up(((struct server *)arg)->shared);
+}
+
+static double gauge_held(void *arg) {
+    return (double)brm_shared_held(((struct server *)arg)->shared);
+}
+
+/* Shares the rules' state through Redis when the config says so. */
+static int open_shared(struct server *s) {
+    const struct brm_config *cfg = s->cfg;
+    if (!cfg->state.url && !cfg->state.nsentinels) return 0;
+    struct brm_redis_cfg rc;
+    struct brm_err err;
+    char where[300];
+    redis_cfg(cfg, &rc);
+    brm_redis_cfg_display(&rc, where, sizeof(where));
+    brm_state_set_shared(s->state);
+    s->shared = brm_shared_new(s->state, &rc, cfg->state.prefix, cfg->state.lease, shared_state, s);
+    brm_redis_cfg_reset(&rc);
+    brm_log_info("rule state shared through Redis", "redis", where, "prefix", cfg->state.prefix);
+    brm_metrics_gauge("brume_state_redis_up", "1 while Redis, where rule state is shared, answers.",
+                      gauge_redis_up, s, NULL);
+    brm_metrics_gauge("brume_state_held_bodies",
+                      "Bodies journaled whose rules wait for the shared state.", gauge_held, s,
+                      NULL);
+    (void)err;
+    return 0;
+}
+
+/* Starts the Redis client, once the workers that hear from it are there. */
+static int start_shared(struct server *s) {
+    struct brm_err err;
+    if (!s->shared) return 0;
+    if (brm_shared_start(s->shared, &err) < 0) {
+        brm_log_error("cannot start the shared state", "error", err.msg);
+        return -1;
+    }
+    /* Bodies that come before Redis answers are held: give it a moment. */
+    brm_shared_wait(s->shared, s->cfg->state.timeout + 1);
+    s->drain_timer = event_new(s->base, -1, EV_PERSIST, on_drain, s);
+    struct timeval tv = { 0, (suseconds_t)(DRAIN_POLL * 1e6) };
+    event_add(s->drain_timer, &tv);
     return 0;
 }
 
@@ -1019,6 +1218,24 @@ static void admin_healthz(void *arg, struct brm_http_req *req) {
                    atomic_load(&s->generation), store_ok ? "ok" : "failing", pending, oldest,
                    atomic_load(&s->connections));
     if (s->last_reload.len) brm_buf_printf(&b, ",\"reload\":%s", s->last_reload.data);
+    if (s->shared) {
+        /* Redis away does not make this instance unhealthy: it still takes
+         * and journals what Mist sends (holding what needs the state), and
+         * a load balancer that took every instance out when Redis blinks
+         * would refuse Mist's posts, which Mist does not send again. */
+        char where[300];
+        struct brm_redis_cfg rc;
+        redis_cfg(s->cfg, &rc);
+        brm_redis_cfg_display(&rc, where, sizeof(where));
+        brm_redis_cfg_reset(&rc);
+        brm_buf_printf(&b, ",\"state\":{\"backend\":\"redis\",\"at\":");
+        brm_buf_json_string(&b, where, strlen(where));
+        brm_buf_printf(&b, ",\"redis\":\"%s\",\"held\":%ld,\"draining\":%s}",
+                       brm_shared_up(s->shared) ? "up" : "down", brm_shared_held(s->shared),
+                       brm_shared_draining(s->shared) ? "true" : "false");
+    } else {
+        brm_buf_puts(&b, ",\"state\":{\"backend\":\"embedded\"}");
+    }
     brm_buf_puts(&b, "}\n");
     brm_http_respond(req, store_ok ? 200 : 503, "application/json", b.data, b.len, NULL);
     brm_buf_reset(&b);
@@ -1240,6 +1457,10 @@ static void add_events(struct server *s) {
 static void free_server(struct server *s, struct rule_set *rs) {
     brm_backfill_free(s->backfill); /* first: it hands bodies to the workers */
     answer_backfills(s);            /* what it ended as it stopped: dropped with their requests */
+    brm_shared_free(s->shared);     /* what it hands back goes to workers still there */
+    s->shared = NULL;
+    if (s->drain_timer) event_free(s->drain_timer);
+    brm_store_close(s->held_reader);
     rule_set_reset(rs, s->nworkers, s->started->nlisten);
     for (int i = 0; s->workers && i < s->nworkers; i++) free_worker(&s->workers[i]);
     free(s->workers);
@@ -1296,7 +1517,7 @@ int brm_server_run(const struct brm_config *cfg) {
                          cfg->sources[i].name, "path", cfg->sources[i].path);
     if (lock_data_dir(&s) < 0) goto done;
     s.state = brm_state_new();
-    if (open_store(&s) < 0) goto done;
+    if (open_shared(&s) < 0 || open_store(&s) < 0) goto done;
     if (!(s.outbox = brm_outbox_new(cfg, s.journal, &err))) {
         brm_log_error("cannot open the outbox", "error", err.msg);
         goto done;
@@ -1325,6 +1546,7 @@ int brm_server_run(const struct brm_config *cfg) {
         goto done;
     }
     add_events(&s);
+    if (start_shared(&s) < 0) goto done;
     watch_files(&s);
     start_workers(&s);
     start_backfill(&s);

@@ -38,19 +38,35 @@ struct entry {
     size_t body;         /* the owner's body (mark) that last noted an undo for it */
     int wanted;          /* another transaction was told it is busy */
     uint64_t saved;      /* the save that last wrote it (each save writes a key once) */
+    /* Shared mode (the table caches what Redis holds): */
+    uint64_t version;  /* of the value as the shared store has it; 0: none there */
+    uint64_t read_txn; /* the last transaction that noted reading it */
+    unsigned pins;     /* read notes of live transactions: it stays in memory */
+    size_t change;     /* its place in the list brm_state_changes makes */
 };
 
 /* What an entry held before a body of the transaction first changed it.
  * An entry a transaction owns is never freed, so the pointer holds. */
 struct undo {
     struct entry *e;
+    size_t at; /* the transaction's body that made it */
     char *value;
     double expires, due;
+    uint64_t version;
     uint64_t owner;
     size_t body;
     struct group *group; /* and its size then: items added since are undone */
     size_t nitems;
     long count;
+};
+
+/* Shared mode: what a transaction saw of a key it did not own, so that
+ * the shared store can tell whether it still holds. */
+struct read {
+    struct entry *e; /* pinned */
+    size_t at;       /* the body that read it */
+    int live;        /* it saw a live value of VERSION, or none */
+    uint64_t version;
 };
 
 struct brm_state_txn {
@@ -59,6 +75,8 @@ struct brm_state_txn {
     size_t body; /* the current body */
     struct undo *undo;
     size_t nundo, capundo;
+    struct read *reads;
+    size_t nreads, capreads;
 };
 
 /* Timers and digests a rule holds, against BRM_STATE_MAX_TIMERS. */
@@ -79,6 +97,7 @@ struct brm_state {
     void (*on_earlier)(void *arg);
     void *on_earlier_arg;
     _Atomic uint64_t next_txn, next_save;
+    int shared; /* a cache of the shared store: no due heap, nothing saved, reads noted */
 };
 
 static uint64_t hash(const char *s) {
@@ -239,6 +258,10 @@ static long *rule_count(struct brm_state *s, const char *key) {
  * tells the hook when the earliest due time got earlier. Caller holds the
  * lock. */
 static void set_due(struct brm_state *s, struct entry *e, double due) {
+    if (s->shared) { /* the shared store keeps them by due time, and says when */
+        e->due = due;
+        return;
+    }
     double first = s->nheap ? s->heap[0]->due : 0;
     if (!e->due != !due) *rule_count(s, e->key) += due ? 1 : -1;
     e->due = due;
@@ -270,12 +293,16 @@ struct brm_state_txn *brm_state_begin(struct brm_state *s) {
 }
 
 int brm_state_txn_empty(const struct brm_state_txn *t) {
-    return !t || t->nundo == 0;
+    return !t || (t->nundo == 0 && t->nreads == 0);
 }
 
 size_t brm_state_mark(struct brm_state_txn *t) {
-    t->body++;
-    return t->nundo;
+    return ++t->body;
+}
+
+int brm_state_touched(const struct brm_state_txn *t, size_t mark) {
+    return (t->nundo && t->undo[t->nundo - 1].at >= mark) ||
+           (t->nreads && t->reads[t->nreads - 1].at >= mark);
 }
 
 /* Notes what E holds before T's current body first changes it, and makes T
@@ -288,9 +315,11 @@ static void take(struct brm_state_txn *t, struct entry *e) {
     }
     t->undo[t->nundo++] = (struct undo){
         e,
+        t->body,
         e->value ? brm_xstrdup(e->value) : NULL,
         e->expires,
         e->due,
+        e->version,
         e->owner,
         e->body,
         e->group,
@@ -309,6 +338,7 @@ static void restore(struct brm_state *s, struct undo *u) {
     u->value = NULL;
     e->expires = u->expires;
     set_due(s, e, u->due);
+    e->version = u->version;
     e->owner = u->owner;
     e->body = u->body;
     if (e->group != u->group) group_free(e->group); /* opened after U: undone */
@@ -319,10 +349,17 @@ static void restore(struct brm_state *s, struct undo *u) {
     }
 }
 
+/* Forgets read note R; caller holds the lock. */
+static void unread(struct brm_state_txn *t, struct read *r) {
+    r->e->pins--;
+    if (r->e->read_txn == t->id) r->e->read_txn = 0;
+}
+
 int brm_state_rollback(struct brm_state_txn *t, size_t mark) {
     int wanted = 0;
     pthread_mutex_lock(&t->s->lock);
-    while (t->nundo > mark) {
+    while (t->nreads && t->reads[t->nreads - 1].at >= mark) unread(t, &t->reads[--t->nreads]);
+    while (t->nundo && t->undo[t->nundo - 1].at >= mark) {
         struct undo *u = &t->undo[--t->nundo];
         restore(t->s, u);
         if (!u->e->owner && u->e->wanted) {
@@ -367,8 +404,10 @@ int brm_state_release(struct brm_state_txn *t, int keep) {
             restore(t->s, u); /* the first record of each key puts back owner 0 */
         }
     }
+    for (size_t i = 0; i < t->nreads; i++) unread(t, &t->reads[i]);
     pthread_mutex_unlock(&t->s->lock);
     free(t->undo);
+    free(t->reads);
     free(t);
     return wanted;
 }
@@ -381,22 +420,40 @@ static void set_value(struct entry *e, const char *value, double expires) {
     e->expires = expires;
 }
 
-/* Looks KEY up for T (creating it when CREATE), under the lock taken here.
- * Returns 0 with *E set (NULL: absent), BUSY, or -1 when full. The caller
- * unlocks. */
-static int lookup(struct brm_state *s, const char *key, int create, const struct brm_state_txn *t,
-                  struct entry **e) {
+/* Shared mode: notes that T read E at NOW, unless T changed it already or
+ * noted it before; caller holds the lock. */
+static void note_read(struct brm_state_txn *t, struct entry *e, double now) {
+    if (e->owner == t->id || e->read_txn == t->id) return;
+    if (t->nreads == t->capreads) {
+        t->capreads = t->capreads ? t->capreads * 2 : 16;
+        t->reads = brm_xrealloc(t->reads, t->capreads * sizeof(*t->reads));
+    }
+    int seen = live(e, now);
+    t->reads[t->nreads++] = (struct read){ e, t->body, seen, seen ? e->version : 0 };
+    e->read_txn = t->id;
+    e->pins++;
+}
+
+/* Looks KEY up for T at NOW (creating it when CREATE), under the lock
+ * taken here. Returns 0 with *E set (NULL: absent), BUSY, or -1 when full.
+ * In shared mode what T reads is noted (an absent key gets an empty entry
+ * to note it on). The caller unlocks. */
+static int lookup(struct brm_state *s, const char *key, int create, double now,
+                  struct brm_state_txn *t, struct entry **e) {
     pthread_mutex_lock(&s->lock);
+    if (s->shared && t) create = 1;
     *e = create ? upsert(s, key) : find(s, key);
     if (busy(*e, t)) return BRM_STATE_BUSY;
-    return create && !*e ? -1 : 0;
+    if (create && !*e) return -1;
+    if (s->shared && t) note_read(t, *e, now);
+    return 0;
 }
 
 /* 1 the first time, 0 after, for "once" and dedupe marks alike. */
 static int mark_once(struct brm_state *s, const char *k, double ttl, double now,
                      struct brm_state_txn *t) {
     struct entry *e;
-    int rc = lookup(s, k, 1, t, &e);
+    int rc = lookup(s, k, 1, now, t, &e);
     if (rc == 0 && live(e, now)) {
         rc = 0;
     } else if (rc == 0) {
@@ -428,7 +485,7 @@ int brm_state_throttle(struct brm_state *s, const char *key, long limit, double 
                        struct brm_state_txn *t) {
     char *k = brm_xasprintf("%s%s", THROTTLE, key);
     struct entry *e;
-    int rc = lookup(s, k, 1, t, &e);
+    int rc = lookup(s, k, 1, now, t, &e);
     if (rc == 0) {
         long count = 0;
         double start = now; /* a new window, unless the current one is live */
@@ -451,7 +508,7 @@ int brm_state_get(struct brm_state *s, const char *key, double now, struct brm_s
                   char **out) {
     char *k = brm_xasprintf("%s%s", STATE, key);
     struct entry *e;
-    int rc = lookup(s, k, 0, t, &e);
+    int rc = lookup(s, k, 0, now, t, &e);
     *out = rc == 0 && e && live(e, now) ? brm_xstrdup(e->value) : NULL;
     pthread_mutex_unlock(&s->lock);
     free(k);
@@ -462,7 +519,7 @@ int brm_state_set(struct brm_state *s, const char *key, const char *json, double
                   struct brm_state_txn *t) {
     char *k = brm_xasprintf("%s%s", STATE, key);
     struct entry *e;
-    int rc = lookup(s, k, json != NULL, t, &e);
+    int rc = lookup(s, k, json != NULL, now, t, &e);
     if (rc == 0 && e) {
         take(t, e);
         /* A deleted key keeps its entry (and owner) until the sweep. */
@@ -485,7 +542,7 @@ int brm_state_incr(struct brm_state *s, const char *key, double n, double ttl, d
                    struct brm_state_txn *t, double *out) {
     char *k = brm_xasprintf("%s%s", STATE, key);
     struct entry *e;
-    int rc = lookup(s, k, 1, t, &e);
+    int rc = lookup(s, k, 1, now, t, &e);
     if (rc == 0) {
         double v = 0, expires = ttl > 0 ? now + ttl : 0;
         if (live(e, now)) {
@@ -528,8 +585,10 @@ static char *due_key(const char *ns, const char *rule, const char *key) {
  * the rule holds BRM_STATE_MAX_TIMERS already. The caller unlocks. */
 static int lookup_due(struct brm_state *s, const char *k, struct brm_state_txn *t,
                       struct entry **e) {
-    int rc = lookup(s, k, 1, t, e);
-    if (rc == 0 && !(*e)->due && *rule_count(s, k) >= BRM_STATE_MAX_TIMERS) rc = -1;
+    int rc = lookup(s, k, 1, 0, t, e);
+    /* Shared: the limit would be this instance's view alone; the shared
+     * store has no count per rule. */
+    if (rc == 0 && !s->shared && !(*e)->due && *rule_count(s, k) >= BRM_STATE_MAX_TIMERS) rc = -1;
     return rc;
 }
 
@@ -552,7 +611,7 @@ int brm_state_timer_cancel(struct brm_state *s, const char *rule, const char *ke
                            struct brm_state_txn *t) {
     char *k = due_key(TIMER, rule, key);
     struct entry *e;
-    int rc = lookup(s, k, 0, t, &e);
+    int rc = lookup(s, k, 0, 0, t, &e);
     if (rc == 0 && e && e->due) {
         close_entry(s, t, e);
         rc = 1;
@@ -566,7 +625,7 @@ int brm_state_timer_get(struct brm_state *s, const char *rule, const char *key,
                         struct brm_state_txn *t, double *due, char **data) {
     char *k = due_key(TIMER, rule, key);
     struct entry *e;
-    int rc = lookup(s, k, 0, t, &e);
+    int rc = lookup(s, k, 0, 0, t, &e);
     *data = NULL;
     if (rc == 0 && e && e->due) {
         *due = e->due;
@@ -668,7 +727,7 @@ int brm_state_fire(struct brm_state *s, const char *fullkey, double now, struct 
                    struct brm_fired *out) {
     struct entry *e;
     memset(out, 0, sizeof(*out));
-    int rc = lookup(s, fullkey, 0, t, &e);
+    int rc = lookup(s, fullkey, 0, now, t, &e);
     if (rc == 0 && e && e->due && e->due <= now) { /* not cancelled, nor armed again later */
         split_key(fullkey, out);
         out->due = e->due;
@@ -722,7 +781,7 @@ long brm_state_drop_rule(struct brm_state *s, const char *rule, struct brm_state
 
 int brm_state_cancel_due(struct brm_state *s, const char *key, struct brm_state_txn *t) {
     struct entry *e;
-    int rc = lookup(s, key, 0, t, &e);
+    int rc = lookup(s, key, 0, 0, t, &e);
     if (rc == 0 && e && e->due) {
         close_entry(s, t, e);
         rc = 1;
@@ -733,7 +792,7 @@ int brm_state_cancel_due(struct brm_state *s, const char *key, struct brm_state_
 
 int brm_state_due_now(struct brm_state *s, const char *key, double now, struct brm_state_txn *t) {
     struct entry *e;
-    int rc = lookup(s, key, 0, t, &e);
+    int rc = lookup(s, key, 0, now, t, &e);
     if (rc == 0 && e && e->due) {
         take(t, e);
         set_due(s, e, now);
@@ -825,6 +884,7 @@ static int write_saving(struct brm_store *st, const char *key, const struct savi
 
 int brm_state_save(struct brm_state_txn *t, struct brm_store *st, struct brm_err *err) {
     struct brm_state *s = t->s;
+    if (s->shared) return 0; /* the shared store has it already */
     uint64_t save = atomic_fetch_add(&s->next_save, 1);
     for (size_t i = 0; i < t->nundo; i++) {
         struct entry *e = t->undo[i].e;
@@ -875,17 +935,27 @@ int brm_state_load(struct brm_state *s, struct brm_store *st, double now, struct
     return rc;
 }
 
+/* 1 when the sweep may drop E at NOW; caller holds the lock. Shared, the
+ * table is a cache: what no transaction holds may go (it is in the shared
+ * store), live or not once the cache is full. */
+static int sweepable(const struct brm_state *s, const struct entry *e, double now) {
+    if (e->owner || e->pins) return 0;
+    if (s->shared) return s->count > BRM_STATE_CACHE || !live(e, now);
+    return !e->due && !e->heap && !live(e, now);
+}
+
 long brm_state_sweep(struct brm_state *s, size_t buckets, double now, struct brm_store *st,
                      struct brm_err *err) {
     long gone = 0;
     int failed = 0;
     pthread_mutex_lock(&s->lock);
+    if (s->shared) st = NULL; /* nothing of it is in the local store */
     for (size_t n = 0; n < buckets && n < s->nbuckets; n++) {
         struct entry **p = &s->buckets[s->sweep_at];
         s->sweep_at = (s->sweep_at + 1) & (s->nbuckets - 1);
         while (*p) {
             struct entry *e = *p;
-            if (e->owner || e->due || e->heap || live(e, now)) {
+            if (!sweepable(s, e, now)) {
                 p = &e->next;
                 continue;
             }
@@ -908,4 +978,147 @@ size_t brm_state_count(struct brm_state *s) {
     size_t n = s->count;
     pthread_mutex_unlock(&s->lock);
     return n;
+}
+
+/* ---- shared mode ---------------------------------------------------------- */
+
+void brm_state_set_shared(struct brm_state *s) {
+    pthread_mutex_lock(&s->lock);
+    s->shared = 1;
+    pthread_mutex_unlock(&s->lock);
+}
+
+int brm_state_is_shared(struct brm_state *s) {
+    pthread_mutex_lock(&s->lock);
+    int shared = s->shared;
+    pthread_mutex_unlock(&s->lock);
+    return shared;
+}
+
+/* The change of E in the list being made (SAVE marks the entries in it),
+ * added when it is not there yet; caller holds the lock. */
+static struct brm_state_change *change_of(struct entry *e, uint64_t save,
+                                          struct brm_state_change **v, size_t *n, size_t *cap) {
+    if (e->saved == save) return &(*v)[e->change];
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 16;
+        *v = brm_xrealloc(*v, *cap * sizeof(**v));
+    }
+    e->saved = save;
+    e->change = *n;
+    struct brm_state_change *c = &(*v)[(*n)++];
+    memset(c, 0, sizeof(*c));
+    c->key = brm_xstrdup(e->key);
+    c->entry = e;
+    c->is_due =
+        strncmp(e->key, TIMER, strlen(TIMER)) == 0 || strncmp(e->key, GROUP, strlen(GROUP)) == 0;
+    c->is_group = strncmp(e->key, GROUP, strlen(GROUP)) == 0;
+    return c;
+}
+
+size_t brm_state_changes(struct brm_state_txn *t, struct brm_state_change **out) {
+    struct brm_state *s = t->s;
+    uint64_t save = atomic_fetch_add(&s->next_save, 1);
+    struct brm_state_change *v = NULL;
+    size_t n = 0, cap = 0;
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < t->nreads; i++) {
+        struct read *r = &t->reads[i];
+        struct brm_state_change *c = change_of(r->e, save, &v, &n, &cap);
+        if (c->read && (c->read_live != r->live || c->read_version != r->version)) {
+            /* Two bodies saw it change in between: no version matches both,
+             * and the shared store answers with what it holds now. */
+            c->read_live = 1;
+            c->read_version = UINT64_MAX;
+            continue;
+        }
+        c->read = 1;
+        c->read_live = r->live;
+        c->read_version = r->version;
+    }
+    for (size_t i = 0; i < t->nundo; i++) {
+        struct undo *u = &t->undo[i];
+        struct entry *e = u->e;
+        struct brm_state_change *c = change_of(e, save, &v, &n, &cap);
+        if (c->write) continue; /* the first record of a key says what it held before T */
+        c->write = 1;
+        c->old_value = u->value ? brm_xstrdup(u->value) : NULL;
+        c->old_expires = u->expires;
+        c->old_due = u->due;
+        c->old_version = u->version;
+        if (u->group) { /* what the digest held before T: items appended since, or gone */
+            c->old_group = 1;
+            c->old_same = u->group == e->group;
+            c->old_nitems = u->nitems;
+            c->old_items = brm_xcalloc(u->nitems + 1, sizeof(char *));
+            for (size_t k = 0; !c->old_same && k < u->nitems; k++)
+                c->old_items[k] = brm_xstrdup(u->group->items[k]);
+        }
+        c->value = e->value ? brm_xstrdup(e->value) : NULL;
+        c->expires = e->expires;
+        c->due = e->due;
+        c->version = e->version;
+        struct group *g = e->group;
+        if (g) {
+            c->group_fresh = g->fresh;
+            size_t from = g->fresh ? 0 : g->saved;
+            c->nitems = g->n - from;
+            c->items = brm_xcalloc(c->nitems + 1, sizeof(char *));
+            for (size_t k = 0; k < c->nitems; k++) c->items[k] = brm_xstrdup(g->items[from + k]);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    *out = v;
+    return n;
+}
+
+void brm_state_changes_free(struct brm_state_change *v, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].key);
+        free(v[i].value);
+        free(v[i].old_value);
+        for (size_t k = 0; k < v[i].nitems; k++) free(v[i].items[k]);
+        free(v[i].items);
+        for (size_t k = 0; v[i].old_items && k < v[i].old_nitems; k++) free(v[i].old_items[k]);
+        free(v[i].old_items);
+    }
+    free(v);
+}
+
+void brm_state_set_versions(struct brm_state_txn *t, const struct brm_state_change *v,
+                            const uint64_t *versions, size_t n) {
+    pthread_mutex_lock(&t->s->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct entry *e = v[i].entry;
+        if (v[i].write && e->owner == t->id) e->version = versions[i];
+    }
+    pthread_mutex_unlock(&t->s->lock);
+}
+
+void brm_state_cache_put(struct brm_state *s, const char *key, const char *value, double expires,
+                         double due, uint64_t version, const char *const *items, size_t nitems) {
+    pthread_mutex_lock(&s->lock);
+    struct entry *e = value ? upsert(s, key) : find(s, key);
+    if (e && !e->owner) {
+        group_free(e->group);
+        e->group = NULL;
+        set_value(e, value, expires);
+        e->version = value ? version : 0;
+        set_due(s, e, value ? due : 0);
+        if (value && due && strncmp(key, GROUP, strlen(GROUP)) == 0) {
+            struct brm_group_opts o;
+            struct group *g = brm_xcalloc(1, sizeof(*g));
+            read_group(value, &o, g);
+            g->cap = nitems;
+            g->items = brm_xcalloc(nitems + 1, sizeof(char *));
+            for (size_t i = 0; i < nitems; i++) g->items[i] = brm_xstrdup(items[i]);
+            g->n = g->saved = nitems;
+            e->group = g;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+void brm_state_cache_forget(struct brm_state *s, const char *key) {
+    brm_state_cache_put(s, key, NULL, 0, 0, 0, NULL, 0);
 }

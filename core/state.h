@@ -31,6 +31,7 @@
 #define BRM_STATE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "store.h"
 
@@ -177,6 +178,69 @@ typedef void brm_state_due_fn(void *arg, int kind, const char *key, const char *
                               size_t rule_len, const char *name, double due, const char *data,
                               long count);
 void brm_state_each_due(struct brm_state *s, size_t limit, brm_state_due_fn *fn, void *arg);
+
+/*
+ * Shared mode (state = "redis://..."): the table is this instance's cache
+ * of what the shared store (Redis, through shared.h) holds, and a
+ * transaction is checked against the shared store when its group is
+ * committed. Everything above works as before on what is cached, with
+ * these differences: every key a transaction looks at is noted with what
+ * it saw (a live value of some version, or none: a key not cached is taken
+ * to be absent, which the check then confirms or refutes); the due heap
+ * is not kept (the shared store says what is due), nor the limit of timers
+ * per rule; brm_state_save writes nothing; the sweep drops whatever no
+ * transaction holds once the cache is larger than BRM_STATE_CACHE.
+ */
+#define BRM_STATE_CACHE 100000
+
+/* Puts S in shared mode, before it holds anything. */
+void brm_state_set_shared(struct brm_state *s);
+int brm_state_is_shared(struct brm_state *s);
+/* 1 when T read or changed a key since MARK (noted reads count in shared
+ * mode only). */
+int brm_state_touched(const struct brm_state_txn *t, size_t mark);
+
+/* What a transaction did to one key, for the shared store: whether it
+ * read it first (and what it saw), and what it wrote, with what the key
+ * held before (to undo it). */
+struct brm_state_change {
+    char *key;
+    void *entry; /* the state's own */
+    int is_due;  /* a timer's or a digest's key */
+    int is_group;
+    int read;      /* T saw it before changing it (or only read it): */
+    int read_live; /* a live value of READ_VERSION, or (0) none */
+    uint64_t read_version;
+    int write; /* T changed it: VALUE (NULL: deleted), EXPIRES (0: never), DUE */
+    char *value;
+    double expires, due;
+    uint64_t version; /* the value's in the shared store, once committed (0: none) */
+    int group_fresh;  /* a digest T opened: its items replace any older ones */
+    char **items;     /* the items T added to the digest (after those stored) */
+    size_t nitems;
+    char *old_value; /* what it held before T */
+    double old_expires, old_due;
+    uint64_t old_version;
+    int old_group, old_same; /* it was a digest; the same one (items were appended) */
+    size_t old_nitems;       /* its items then ... */
+    char **old_items;        /* ... and, when it is not the same one, what they were */
+};
+/* T's changes, one per key it read or changed, in *OUT (free them with
+ * brm_state_changes_free); returns how many. */
+size_t brm_state_changes(struct brm_state_txn *t, struct brm_state_change **out);
+void brm_state_changes_free(struct brm_state_change *v, size_t n);
+/* T's changes V (N of them) are in the shared store now: VERSIONS[i] is
+ * the version change i has there (written ones; 0: deleted). */
+void brm_state_set_versions(struct brm_state_txn *t, const struct brm_state_change *v,
+                            const uint64_t *versions, size_t n);
+/* What the shared store holds at KEY, into the cache (unless a
+ * transaction holds the key): VALUE (NULL: nothing) of VERSION, EXPIRES,
+ * DUE, and a digest's NITEMS ITEMS. */
+void brm_state_cache_put(struct brm_state *s, const char *key, const char *value, double expires,
+                         double due, uint64_t version, const char *const *items, size_t nitems);
+/* The cache forgets KEY (unless a transaction holds it): its next read
+ * takes it to be absent, and the shared store says. */
+void brm_state_cache_forget(struct brm_state *s, const char *key);
 
 /* Writes the current value of every key T changed to the store, in the
  * caller's store transaction. */

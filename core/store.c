@@ -139,7 +139,11 @@ static const char *const migrations[] = {
     "ALTER TABLE bodies ADD COLUMN digest INTEGER;"
     "ALTER TABLE bodies ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;"
     "CREATE INDEX bodies_digest ON bodies(digest) WHERE digest IS NOT NULL;",
-    /* 8: a backlog costs what is read of it. The outbox's next wake-up (the
+    /* 8: bodies journaled while the shared state (Redis) was unreachable,
+     * their rules not run yet: they run, in id order, when it is back, and
+     * their outcome (deliveries, runs) is stored then. */
+    "CREATE TABLE held (id INTEGER PRIMARY KEY);",
+    /* 9: a backlog costs what is read of it. The outbox's next wake-up (the
      * soonest pending next_at after now) and its oldest-age gauge each read
      * one entry of an index of pending deliveries, not all of them: at 80k
      * pending, 42 and 400 ms became well under 1 ms. */
@@ -200,6 +204,12 @@ enum stmt {
     S_PROBE_DROP,
     S_HAS_BODY,
     S_SOURCE_LAST,
+    S_HOLD,
+    S_UNHOLD,
+    S_SET_RUNS,
+    S_HELD,
+    S_HELD_COUNT,
+    S_PRUNE_HELD,
     NSTMT
 };
 
@@ -323,6 +333,13 @@ static const char *const sql[NSTMT] = {
     [S_SOURCE_LAST] = "SELECT max(received) FROM (SELECT source, received FROM bodies"
                       " INDEXED BY bodies_received WHERE received >= ?2 ORDER BY received DESC"
                       " LIMIT ?3) WHERE source = ?1",
+    [S_HOLD] = "INSERT OR IGNORE INTO held (id) VALUES (?)",
+    [S_UNHOLD] = "DELETE FROM held WHERE id = ?",
+    [S_SET_RUNS] = "UPDATE bodies SET runs = ? WHERE id = ?",
+    [S_HELD] = "SELECT b.id, b.source, b.topic, b.received, b.events, b.body FROM held h"
+               " JOIN bodies b ON b.id = h.id WHERE h.id > ? ORDER BY h.id LIMIT ?",
+    [S_HELD_COUNT] = "SELECT count(*) FROM held h JOIN bodies b ON b.id = h.id",
+    [S_PRUNE_HELD] = "DELETE FROM held WHERE id > ? AND id <= ?",
 };
 
 struct brm_store {
@@ -786,6 +803,53 @@ int brm_store_bodies(struct brm_store *s, double since, double until,
     return rc == SQLITE_DONE ? 0 : fail(s, err, "reading the journal");
 }
 
+int brm_store_hold(struct brm_store *s, int64_t id, struct brm_err *err) {
+    sqlite3_bind_int64(s->stmt[S_HOLD], 1, (sqlite3_int64)id);
+    return run(s, S_HOLD, err, "holding a body");
+}
+
+int brm_store_release_held(struct brm_store *s, int64_t id, const char *runs, size_t runs_len,
+                           struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_SET_RUNS];
+    if (runs)
+        sqlite3_bind_blob(st, 1, runs, (int)runs_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 1);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)id);
+    if (run(s, S_SET_RUNS, err, "storing a held body's outcome") < 0) return -1;
+    sqlite3_bind_int64(s->stmt[S_UNHOLD], 1, (sqlite3_int64)id);
+    return run(s, S_UNHOLD, err, "storing a held body's outcome");
+}
+
+int brm_store_held(struct brm_store *s, int64_t after, int limit,
+                   int (*fn)(void *arg, const struct brm_body *b), void *arg, struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_HELD];
+    int rc;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)after);
+    sqlite3_bind_int(st, 2, limit);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct brm_body b = {
+            .id = sqlite3_column_int64(st, 0),
+            .source = (const char *)sqlite3_column_text(st, 1),
+            .topic = (const char *)sqlite3_column_text(st, 2),
+            .received = sqlite3_column_double(st, 3),
+            .events = (size_t)sqlite3_column_int64(st, 4),
+            .body = sqlite3_column_blob(st, 5),
+            .len = (size_t)sqlite3_column_bytes(st, 5),
+        };
+        if (fn(arg, &b)) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : fail(s, err, "reading the held bodies");
+}
+
+int64_t brm_store_held_count(struct brm_store *s, struct brm_err *err) {
+    return one_value(s, S_HELD_COUNT, err, "counting the held bodies");
+}
+
 int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_OLDEST_BODIES];
     int64_t upto = p->after;
@@ -820,6 +884,9 @@ int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_
     sqlite3_bind_int64(s->stmt[S_PRUNE_BODIES], 1, p->after);
     sqlite3_bind_int64(s->stmt[S_PRUNE_BODIES], 2, upto);
     if (run(s, S_PRUNE_BODIES, err, "pruning the journal") < 0) return -1;
+    sqlite3_bind_int64(s->stmt[S_PRUNE_HELD], 1, p->after);
+    sqlite3_bind_int64(s->stmt[S_PRUNE_HELD], 2, upto);
+    if (run(s, S_PRUNE_HELD, err, "pruning the journal") < 0) return -1;
     p->after = upto;
     return 0;
 }

@@ -13,7 +13,8 @@
  * attempt until it is done or dead), tickets (the ticket a target opened
  * for a dedup key, so later messages update it), rule state (brume.once,
  * throttle, state) and dedupe marks; for the console, what each body's
- * rules did (runs) and every attempt's outcome. A reader connection
+ * rules did (runs) and every attempt's outcome; the bodies held while the
+ * shared state was away. A reader connection
  * (brm_store_open_reader) serves the console's pages: by id, newest
  * first, through indexes, each looking at a bounded number of rows.
  * Depends on util.
@@ -174,6 +175,23 @@ struct brm_prune {
  * go, with their done deliveries, at most P->limit of them. Returns 0 with
  * P updated, or -1. */
 int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_err *err);
+
+/*
+ * Bodies held for the shared state (shared.h): journaled while Redis was
+ * unreachable, their rules to run when it is back. brm_store_hold marks
+ * body ID held (in the open transaction that adds it); release stores what
+ * its rules did (RUNS, as brm_body's; NULL: none) and unmarks it;
+ * brm_store_held hands FN, oldest first, up to LIMIT held bodies after id
+ * AFTER, whole (FN returning nonzero stops there); count says how many are
+ * held (-1 with ERR on failure). The ring removes a held body like any
+ * other.
+ */
+int brm_store_hold(struct brm_store *s, int64_t id, struct brm_err *err);
+int brm_store_release_held(struct brm_store *s, int64_t id, const char *runs, size_t runs_len,
+                           struct brm_err *err);
+int brm_store_held(struct brm_store *s, int64_t after, int limit,
+                   int (*fn)(void *arg, const struct brm_body *b), void *arg, struct brm_err *err);
+int64_t brm_store_held_count(struct brm_store *s, struct brm_err *err);
 
 /* Writes a body of BYTES (zeros) and deletes it again, in the open
  * transaction: it fails as journaling a body that size would, on a failing

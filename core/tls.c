@@ -1,8 +1,10 @@
 #include "tls.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <string.h>
 
 /* struct brm_tls is an SSL_CTX and struct brm_tls_conn an SSL: OpenSSL
@@ -79,6 +81,48 @@ fail:
     SSL_CTX_free(ctx);
     ERR_clear_error();
     return NULL;
+}
+
+struct brm_tls *brm_tls_client_new(const char *ca, struct brm_err *err) {
+    char why[256];
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        brm_err_set(err, "TLS: %s", brm_tls_error(why, sizeof(why)));
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    int ok = ca ? SSL_CTX_load_verify_locations(ctx, ca, NULL) == 1
+                : SSL_CTX_set_default_verify_paths(ctx) == 1;
+    if (!ok) {
+        brm_err_set(err, "TLS: cannot use the CA %s: %s", ca ? ca : "(the system's)",
+                    brm_tls_error(why, sizeof(why)));
+        SSL_CTX_free(ctx);
+        ERR_clear_error();
+        return NULL;
+    }
+    return (struct brm_tls *)ctx;
+}
+
+struct brm_tls_conn *brm_tls_connect(struct brm_tls *t, int fd, const char *host) {
+    SSL *ssl = SSL_new(CTX(t));
+    struct in6_addr a6;
+    struct in_addr a4;
+    int ip = inet_pton(AF_INET, host, &a4) == 1 || inet_pton(AF_INET6, host, &a6) == 1;
+    /* The certificate must name HOST (a name, or an address it lists). */
+    int ok = ssl && SSL_set_fd(ssl, fd) == 1 &&
+             (ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) == 1
+                 : SSL_set1_host(ssl, host) == 1 && SSL_set_tlsext_host_name(ssl, host) == 1);
+    if (!ok) {
+        SSL_free(ssl);
+        ERR_clear_error();
+        return NULL;
+    }
+    SSL_set_connect_state(ssl);
+    return (struct brm_tls_conn *)ssl;
 }
 
 struct brm_tls *brm_tls_ref(struct brm_tls *t) {

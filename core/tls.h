@@ -7,7 +7,10 @@
  * key: TLS 1.2 and 1.3, forward-secret AEAD ciphers only, no renegotiation,
  * no compression, ALPN http/1.1. Contexts are reference-counted and shared
  * by every worker; a reload makes new ones, and connections keep the one
- * they were accepted with. Depends on OpenSSL's libssl, util.
+ * they were accepted with. The client side (brm_tls_client_new,
+ * brm_tls_connect) serves connections brume makes itself (to Redis): the
+ * server's certificate must chain to the CA given (or the system's) and
+ * name the host. Depends on OpenSSL's libssl, util.
  */
 #ifndef BRM_TLS_H
 #define BRM_TLS_H
@@ -23,6 +26,10 @@ struct brm_tls_conn;
 /* A context for CERT (a PEM chain, the server's certificate first) and KEY
  * (PEM). NULL with ERR set when they cannot be read or do not match. */
 struct brm_tls *brm_tls_new(const char *cert, const char *key, struct brm_err *err);
+/* A client context: servers' certificates are checked against the CA in
+ * the PEM file CA (NULL: the system's). NULL with ERR set when CA cannot
+ * be read. */
+struct brm_tls *brm_tls_client_new(const char *ca, struct brm_err *err);
 /* Another reference to T. */
 struct brm_tls *brm_tls_ref(struct brm_tls *t);
 /* Drops a reference (NULL is fine). */
@@ -38,6 +45,10 @@ enum brm_tls_io {
 
 /* A server-side connection on FD under T (it takes a reference to T). */
 struct brm_tls_conn *brm_tls_accept(struct brm_tls *t, int fd);
+/* A client-side connection on FD under the client context T, to HOST (a
+ * name, sent as SNI, or an address): the handshake fails unless the
+ * server's certificate names it. NULL when OpenSSL refuses. */
+struct brm_tls_conn *brm_tls_connect(struct brm_tls *t, int fd, const char *host);
 /* Sends close_notify if the socket takes it now, and frees C; the caller
  * closes the socket. */
 void brm_tls_conn_free(struct brm_tls_conn *c);

@@ -273,3 +273,71 @@ def run_cli(*args, env=None, stdin=None, timeout=60):
 def stop_all():
     for b in list(_running):
         b.stop(signal.SIGKILL)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Redis:
+    """Debian's redis-server on 127.0.0.1 and a free port, in a folder of
+    its own (append-only file on, so that a restart keeps its data, as a
+    deployment would), stopped by its pid. extra: more "name value" lines
+    for its config (TLS, a password)."""
+
+    def __init__(self, extra="", port=None):
+        self.dir = tempfile.mkdtemp(prefix="brume-redis-")
+        self.port = port or free_port()
+        self.extra = extra
+        self.proc = None
+
+    def url(self, db=0):
+        return "redis://127.0.0.1:%d/%d" % (self.port, db)
+
+    def start(self):
+        conf = os.path.join(self.dir, "redis.conf")
+        with open(conf, "w") as f:
+            f.write("bind 127.0.0.1\nport %d\ndir %s\nappendonly yes\nappendfsync always\n"
+                    "save \"\"\nprotected-mode no\nloglevel warning\nlogfile %s\n%s\n"
+                    % (self.port, self.dir, os.path.join(self.dir, "redis.log"), self.extra))
+        self.proc = subprocess.Popen(["redis-server", conf], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if self.cli("PING").strip() in ("PONG", "NOAUTH Authentication required."):
+                    return self
+            except subprocess.CalledProcessError:
+                pass
+            if self.proc.poll() is not None:
+                raise AssertionError("redis-server exited %s" % self.proc.returncode)
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not answer within 20s")
+
+    def cli(self, *args, check=True):
+        r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port)] + list(args),
+                           capture_output=True, text=True, timeout=20)
+        if check and r.returncode != 0:
+            raise subprocess.CalledProcessError(r.returncode, args, r.stdout, r.stderr)
+        return r.stdout
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def have_redis():
+    return shutil.which("redis-server") is not None and shutil.which("redis-cli") is not None

@@ -90,7 +90,8 @@ class Package(unittest.TestCase):
             r = run("dpkg", "-S", path, check=False)
             r = r if r.returncode == 0 else run("dpkg", "-S", alt)
             self.assertIn(r.stdout.split(":")[0], depends, lib)
-        for pkg in ("liblua5.4-0", "libevent-core-2.1-7", "libssl3", "libsqlite3-0", "libcurl4"):
+        for pkg in ("liblua5.4-0", "libevent-core-2.1-7", "libssl3", "libsqlite3-0", "libcurl4",
+                    "libhiredis0.14"):
             self.assertIn(pkg, depends)
 
     def test_contents(self):

@@ -527,6 +527,76 @@ static void check_converters(void) {
     brm_buf_reset(&e);
 }
 
+/* state: the embedded store unless a Redis URL or Sentinels are given;
+ * every mistake in it reported at its line. */
+static void check_state(void) {
+    struct brm_buf e;
+    brm_buf_init(&e);
+    struct brm_config *c = try_load(GOOD, &e);
+    CHECK(c && !c->state.url && !c->state.nsentinels);
+    CHECK_STR(c ? c->state.prefix : NULL, "brume:");
+    CHECK(c && c->state.timeout == 2 && c->state.lease == 30);
+    brm_config_free(c);
+    c = try_load(GOOD "state = 'redis://127.0.0.1:6379/1'\n", &e);
+    CHECK_STR(e.data, "");
+    CHECK_STR(c ? c->state.url : NULL, "redis://127.0.0.1:6379/1");
+    brm_config_free(c);
+    setenv("BRUME_TEST_REDIS_PASSWORD", "from-env", 1);
+    c = try_load(GOOD "state = { url = 'rediss://cache:6380/0', password = "
+                      "env('BRUME_TEST_REDIS_PASSWORD'),\n"
+                      "  ca = 'ca.pem', prefix = 'site-a:', timeout = '500ms', lease = 60 }\n",
+                 &e);
+    CHECK_STR(e.data, "");
+    if (c) {
+        CHECK_STR(c->state.password, "from-env");
+        CHECK_STR(c->state.prefix, "site-a:");
+        char *ca = brm_xasprintf("%s/ca.pem", dir);
+        CHECK_STR(c->state.ca, ca);
+        free(ca);
+        CHECK(c->state.timeout == 0.5 && c->state.lease == 60);
+    }
+    brm_config_free(c);
+    c = try_load(GOOD "state = { sentinels = { '10.0.0.1:26379', '10.0.0.2:26379' },\n"
+                      "  master = 'brume', db = 3 }\n",
+                 &e);
+    CHECK_STR(e.data, "");
+    CHECK(c && c->state.nsentinels == 2 && c->state.db == 3);
+    CHECK_STR(c ? c->state.sentinels[1] : NULL, "10.0.0.2:26379");
+    brm_config_free(c);
+    static const struct error_case cases[] = {
+        { GOOD "state = 6379\n",
+          "brume.lua:2: state: expected a Redis URL \"redis://host:port/db\", or { url = ..., "
+          "password = ..., ... }, got number\n" },
+        { GOOD "state = 'http://cache:6379'\n",
+          "brume.lua:2: state: redis URL: expected redis://host:port/db or rediss://... (TLS)\n" },
+        { GOOD "state = 'redis://cache:70000/0'\n",
+          "brume.lua:2: state: redis URL: the port must be 1 to 65535\n" },
+        { GOOD "state = { url = 'redis://:a@h', password = 'b' }\n",
+          "brume.lua:2: state: a password in the URL and in password\n" },
+        { GOOD "state = { sentinels = { 'a:1' } }\n",
+          "brume.lua:2: state.master: the Sentinel name of the master set is needed\n" },
+        { GOOD "state = { url = 'redis://h', sentinels = { 'a:1' }, master = 'm' }\n",
+          "brume.lua:2: state: url or sentinels (with master), not both\n" },
+        { GOOD "state = { password = 'x' }\n",
+          "brume.lua:2: state: needs url = \"redis://host:port/db\" (or sentinels)\n" },
+        { GOOD "state = { url = 'redis://h', timeout = '2 weeks', lease = 0, prefix = 'a b',\n"
+               "  sentinel = {} }\n",
+          "brume.lua:2: state: unknown setting 'sentinel'\n"
+          "brume.lua:2: state.prefix: a non-empty word\n"
+          "brume.lua:2: state.timeout: expected a duration (\"2s\", \"30s\")\n"
+          "brume.lua:2: state.lease: must be between 1 and 3600 seconds\n" },
+        { GOOD "state = { url = 'redis://h/1', db = 2 }\n",
+          "brume.lua:2: state.db: with url, the database is the URL's (\"/db\")\n" },
+        { GOOD "state = { url = 'redis://h/1', tls = true }\n",
+          "brume.lua:2: state.tls: with url, rediss:// is TLS\n" },
+        { GOOD "state = { sentinels = { 'nohost' }, master = 'm' }\n",
+          "brume.lua:2: state.sentinels[1]: expected an address \"host:port\"\n"
+          "brume.lua:2: state: needs url = \"redis://host:port/db\" (or sentinels)\n" },
+    };
+    check_cases(cases, BRM_ARRAY_LEN(cases));
+    brm_buf_reset(&e);
+}
+
 /* What a config that sets nothing but a source gets. */
 static void check_defaults(void) {
     struct brm_buf e;
@@ -835,6 +905,7 @@ int main(void) {
     check_errors();
     check_converters();
     check_defaults();
+    check_state();
     check_dedupe();
     check_offline();
     check_rows(&top_schema, "");

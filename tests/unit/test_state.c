@@ -431,6 +431,157 @@ static void check_timer_store(void) {
     free(cmd);
 }
 
+/* Shared mode: what a transaction saw and changed, one change per key;
+ * versions from the shared store; the cache taking what it says; two
+ * bodies that saw a key change in between; no due heap; the sweep. */
+static struct brm_state_change *change(struct brm_state_change *v, size_t n, const char *key) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].key, key) == 0) return &v[i];
+    return NULL;
+}
+
+static void check_shared(void) {
+    struct brm_state *s = brm_state_new();
+    brm_state_set_shared(s);
+    CHECK(brm_state_is_shared(s));
+    struct brm_state_txn *t = brm_state_begin(s);
+    CHECK(brm_state_txn_empty(t));
+    size_t m1 = brm_state_mark(t);
+    char *got = get(s, "only-read", 100, t);
+    CHECK(got == NULL);
+    CHECK(!brm_state_txn_empty(t)); /* a read counts: it must be checked */
+    CHECK(brm_state_touched(t, m1));
+    CHECK_INT(brm_state_once(s, "k", 60, 100, t), 1); /* not cached: taken to be absent */
+    size_t m2 = brm_state_mark(t);
+    CHECK(!brm_state_touched(t, m2));
+    CHECK_INT(brm_state_set(s, "rolled", "1", 0, 100, t), 0);
+    CHECK(brm_state_touched(t, m2));
+    CHECK_INT(brm_state_rollback(t, m2), 0); /* that body is undone, and what it saw */
+    CHECK(!brm_state_touched(t, m2));
+    struct brm_state_change *v;
+    size_t n = brm_state_changes(t, &v);
+    CHECK_INT(n, 2);
+    struct brm_state_change *c = change(v, n, "state\x1fonly-read");
+    CHECK(c && c->read && !c->read_live && !c->write);
+    c = change(v, n, "once\x1fk");
+    CHECK(c && c->read && !c->read_live && c->write && c->expires == 160 && !c->is_due);
+    CHECK_STR(c ? c->value : NULL, "true");
+    CHECK(c && c->old_value == NULL);
+    CHECK(change(v, n, "state\x1frolled") == NULL);
+    uint64_t versions[2] = { 0, 0 };
+    versions[c - v] = 41;
+    brm_state_set_versions(t, v, versions, n);
+    brm_state_changes_free(v, n);
+    brm_state_release(t, 1);
+
+    /* A later transaction saw a live value of version 41. */
+    t = brm_state_begin(s);
+    brm_state_mark(t);
+    CHECK_INT(brm_state_once(s, "k", 60, 110, t), 0);
+    n = brm_state_changes(t, &v);
+    CHECK_INT(n, 1);
+    CHECK(v[0].read && v[0].read_live && v[0].read_version == 41 && !v[0].write);
+    brm_state_changes_free(v, n);
+    brm_state_release(t, 1);
+
+    /* What the shared store says goes into the cache (not over a key a
+     * transaction holds), and is read as it says. */
+    brm_state_cache_put(s, "state\x1fx", "[1]", 0, 0, 7, NULL, 0);
+    t = brm_state_begin(s);
+    struct brm_state_txn *other = brm_state_begin(s);
+    brm_state_mark(t);
+    got = get(s, "x", 100, t);
+    CHECK_STR(got, "[1]");
+    free(got);
+    CHECK_INT(brm_state_set(s, "held", "1", 0, 100, other), 0);
+    brm_state_cache_put(s, "state\x1fheld", "2", 0, 0, 9, NULL, 0); /* other holds it */
+    brm_state_release(other, 0);
+    got = get(s, "held", 100, t);
+    CHECK(got == NULL); /* undone, and never replaced */
+    /* Another body of T sees X anew after it changed: no version fits both. */
+    brm_state_mark(t);
+    brm_state_cache_put(s, "state\x1fx", "[2]", 0, 0, 8, NULL, 0);
+    got = get(s, "x", 100, t);
+    CHECK_STR(got, "[2]"); /* what is cached now; T's note stays the first: the check fails */
+    free(got);
+    n = brm_state_changes(t, &v);
+    c = change(v, n, "state\x1fx");
+    CHECK(c && c->read_live && c->read_version == 7);
+    brm_state_changes_free(v, n);
+    brm_state_release(t, 1);
+    struct brm_state_txn *t1 = brm_state_begin(s), *t2 = brm_state_begin(s);
+    brm_state_mark(t1);
+    got = get(s, "x", 100, t1); /* [2] of version 8 */
+    free(got);
+    got = get(s, "x", 100, t2); /* t2's note takes the key's last reader */
+    free(got);
+    brm_state_cache_put(s, "state\x1fx", "[3]", 0, 0, 10, NULL, 0);
+    brm_state_mark(t1);
+    got = get(s, "x", 100, t1); /* noted again: version 10 */
+    CHECK_STR(got, "[3]");
+    free(got);
+    n = brm_state_changes(t1, &v);
+    c = change(v, n, "state\x1fx");
+    CHECK(c && c->read_live && c->read_version == UINT64_MAX);
+    brm_state_changes_free(v, n);
+    brm_state_release(t1, 1);
+    brm_state_release(t2, 1);
+
+    /* Timers: no heap (the shared store says what is due); a digest from
+     * the store fires with its items; a change keeps what it held before. */
+    CHECK_INT(brm_state_timer_set(s, "r", "a", 50, "1", NULL), 0);
+    char key[256];
+    double next;
+    CHECK_INT(brm_state_pop_due(s, 1000, key, sizeof(key), &next), 0);
+    CHECK(next == 0);
+    CHECK_INT(brm_state_pending(s), 0);
+    const char *items[] = { "\"a\"", "\"b\"" };
+    brm_state_cache_put(s, "group\x1fr\x1fg",
+                        "{\"window\":60,\"debounce\":false,\"max_wait\":0,\"max_items\":100,"
+                        "\"opened\":10,\"count\":2}",
+                        0, 70, 12, items, 2);
+    t = brm_state_begin(s);
+    brm_state_mark(t);
+    long count;
+    struct brm_group_opts o = { 60, 0, 0, 100 };
+    CHECK_INT(brm_state_group_add(s, "r", "g", "\"c\"", &o, 20, t, &count), 0);
+    CHECK_INT(count, 3);
+    n = brm_state_changes(t, &v);
+    c = change(v, n, "group\x1fr\x1fg");
+    CHECK(c && c->is_due && c->is_group && c->read_live && c->read_version == 12);
+    CHECK(c && c->write && !c->group_fresh && c->nitems == 1 && c->due == 70);
+    CHECK_STR(c && c->nitems ? c->items[0] : NULL, "\"c\"");
+    CHECK(c && c->old_group && c->old_same && c->old_nitems == 2);
+    brm_state_changes_free(v, n);
+    struct brm_fired f;
+    CHECK_INT(brm_state_fire(s, "group\x1fr\x1fg", 100, t, &f), 1);
+    CHECK_INT(f.nitems, 3);
+    CHECK_STR(f.items[2], "\"c\"");
+    brm_fired_reset(&f);
+    n = brm_state_changes(t, &v);
+    c = change(v, n, "group\x1fr\x1fg");
+    CHECK(c && c->write && c->value == NULL); /* fired: deleted */
+    CHECK(c && c->old_group && !c->old_same && c->old_nitems == 2);
+    CHECK_STR(c && c->old_items ? c->old_items[1] : NULL, "\"b\"");
+    brm_state_changes_free(v, n);
+    brm_state_release(t, 0);
+
+    /* Nothing is saved to the local store; the sweep drops what no
+     * transaction holds or has read. */
+    t = brm_state_begin(s);
+    got = get(s, "x", 100, t); /* pinned by T's note */
+    free(got);
+    brm_state_cache_forget(s, "state\x1fk");
+    size_t before = brm_state_count(s);
+    long gone = brm_state_sweep(s, 1 << 20, 1e12, NULL, NULL);
+    CHECK(gone > 0);
+    CHECK_INT(brm_state_count(s), before - (size_t)gone);
+    CHECK(brm_state_count(s) >= 1);
+    brm_state_release(t, 0);
+    CHECK_INT(brm_state_sweep(s, 1 << 20, 1e12, NULL, NULL), 0); /* live, and few */
+    brm_state_free(s);
+}
+
 int main(void) {
     check_values();
     check_timers();
@@ -439,6 +590,7 @@ int main(void) {
     check_ownership();
     check_bodies();
     check_store();
+    check_shared();
     shared = brm_state_new();
     pthread_t th[4];
     for (int i = 0; i < 4; i++) pthread_create(&th[i], NULL, race, NULL);
