@@ -19,6 +19,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "plan.h"
+#include "stream.h"
 #include "transfer.h"
 #include "verify.h"
 
@@ -32,9 +33,10 @@ struct target_rt {
     const struct brm_config *cfg; /* T's (a reference) */
     int retired;                  /* a reload removed it: freed when its last attempt ends */
     int inflight;
-    double tokens, refilled; /* rate: a token bucket of one */
-    int fd;                  /* kind file */
-    struct brm_kafka *kafka; /* kind kafka */
+    double tokens, refilled;   /* rate: a token bucket of one */
+    int fd;                    /* kind file */
+    struct brm_kafka *kafka;   /* kind kafka */
+    struct brm_stream *stream; /* kind redis-stream */
     struct brm_counter *done, *retried, *dead;
 };
 
@@ -52,6 +54,7 @@ struct job {
     char ref[BRM_PLAN_MAX_REF];
     struct brm_transfer *x;
     struct brm_kafka_send *ks;      /* a kafka message on its way */
+    struct brm_stream_add *sa;      /* a stream entry on its way */
     char **sign;                    /* Standard Webhooks headers of the current step */
     char answer[ANSWER_LOGGED + 1]; /* the start of the last step's answer */
 };
@@ -332,6 +335,7 @@ static void free_sign(struct job *job) {
 static void job_free(struct job *job) {
     brm_transfer_cancel(job->x);
     brm_kafka_cancel(job->ks);
+    brm_stream_cancel(job->sa);
     brm_plan_reset(&job->plan);
     free_sign(job);
     free(job->key);
@@ -345,6 +349,7 @@ static void target_free(struct target_rt *tr) {
     if (!tr) return;
     if (tr->fd >= 0) close(tr->fd);
     brm_kafka_free(tr->kafka);
+    brm_stream_free(tr->stream);
     brm_config_free(tr->cfg);
     free(tr);
 }
@@ -581,6 +586,48 @@ static void produce(struct job *job) {
     if (!job->ks) job_finish(job, 0, now.retry, 0, now.error, 0);
 }
 
+/* A stream entry's reply came: the outcome of its attempt. */
+static void added(void *arg, const struct brm_stream_result *res) {
+    struct job *job = arg;
+    job->sa = NULL;
+    if (res->failed) {
+        job_finish(job, 0, res->retry, 0, res->error, 0);
+        return;
+    }
+    snprintf(job->answer, sizeof(job->answer), "id %s", res->id);
+    job_finish(job, 1, 0, 0, NULL, 0);
+}
+
+/* The value of setting NAME of target T (an adapter's settings), or NULL. */
+static const char *setting(const struct brm_target *t, const char *name) {
+    for (size_t i = 0; i < t->nsettings; i++)
+        if (strcmp(t->settings[2 * i], name) == 0) return t->settings[2 * i + 1];
+    return NULL;
+}
+
+/* Hands a redis-stream delivery's entry to the target's client: the stream
+ * is the request's URL after "redis-stream:", the fields its headers, the
+ * field "message" its body; the cap is the target's maxlen. */
+static void add_entry(struct job *job) {
+    const struct brm_request *r = &job->plan.req[BRM_STEP_PLAIN];
+    static const char scheme[] = "redis-stream:";
+    size_t n = sizeof(scheme) - 1;
+    if (job->plan.ticket || !r->url || strncmp(r->url, scheme, n) != 0 || !r->url[n]) {
+        job_finish(job, 0, 0, 0, "the stored request is not a stream entry (redis-stream:<key>)",
+                   0);
+        return;
+    }
+    const char *maxlen = setting(job->tr->t, "maxlen"), *exact = setting(job->tr->t, "exact");
+    struct brm_stream_entry e = { r->url + n,
+                                  maxlen ? atoll(maxlen) : 0,
+                                  exact && strcmp(exact, "true") == 0,
+                                  (const char *const *)r->headers,
+                                  r->nheaders,
+                                  r->body,
+                                  r->body_len };
+    job->sa = brm_stream_add(job->tr->stream, &e, added, job);
+}
+
 static void start_job(struct brm_outbox *ob, struct target_rt *tr, const struct brm_delivery *d) {
     struct brm_err err;
     struct job *job = brm_xcalloc(1, sizeof(*job));
@@ -613,6 +660,10 @@ static void start_job(struct brm_outbox *ob, struct target_rt *tr, const struct 
     }
     if (tr->kafka) {
         produce(job);
+        return;
+    }
+    if (tr->stream) {
+        add_entry(job);
         return;
     }
     int known = job->plan.ticket && job->ticket &&
@@ -836,6 +887,21 @@ static struct brm_kafka *start_kafka(struct brm_outbox *ob, const struct brm_tar
     return k;
 }
 
+static int is_stream(const struct brm_target *t) {
+    return strcmp(t->kind, "redis-stream") == 0;
+}
+
+/* T's Redis client, replying on the outbox's loop (kind redis-stream). */
+static struct brm_stream *start_stream(struct brm_outbox *ob, const struct brm_target *t,
+                                       struct brm_err *err) {
+    struct brm_err why;
+    const char *url = setting(t, "url");
+    struct brm_stream *s = url ? brm_stream_new(ob->base, t->name, url, t->timeout, &why) : NULL;
+    if (!url) brm_err_set(&why, "no url");
+    if (!s) brm_err_set(err, "target %s: %s", t->name, why.msg); /* redis.c shows no password */
+    return s;
+}
+
 static int same_settings(const struct brm_target *a, const struct brm_target *b) {
     if (a->nsettings != b->nsettings) return 0;
     for (size_t i = 0; i < 2 * a->nsettings; i++)
@@ -857,7 +923,8 @@ static struct target_rt *target_new(struct brm_outbox *ob, const struct brm_conf
                                       "target", t->name, "outcome", "retry", NULL);
     tr->dead = brm_metrics_counter("brume_deliveries_total", "Delivery attempts by outcome.",
                                    "target", t->name, "outcome", "dead", NULL);
-    if ((t->path && tr->fd < 0) || (is_kafka(t) && !(tr->kafka = start_kafka(ob, t, err)))) {
+    if ((t->path && tr->fd < 0) || (is_kafka(t) && !(tr->kafka = start_kafka(ob, t, err))) ||
+        (is_stream(t) && !(tr->stream = start_stream(ob, t, err)))) {
         target_free(tr);
         return NULL;
     }
@@ -875,6 +942,19 @@ static int move_kafka(struct brm_outbox *ob, struct target_rt *tr, const struct 
     struct brm_kafka *old = tr->kafka;
     tr->kafka = k;
     brm_kafka_free(old); /* its jobs finish, to be tried again */
+    return 0;
+}
+
+/* The same for a redis-stream target's client. */
+static int move_stream(struct brm_outbox *ob, struct target_rt *tr, const struct brm_target *t,
+                       struct brm_err *err) {
+    if (tr->stream && is_stream(t) && same_settings(tr->t, t) && tr->t->timeout == t->timeout)
+        return 0;
+    struct brm_stream *c = is_stream(t) ? start_stream(ob, t, err) : NULL;
+    if (is_stream(t) && !c) return -1;
+    struct brm_stream *old = tr->stream;
+    tr->stream = c;
+    brm_stream_free(old);
     return 0;
 }
 
@@ -911,7 +991,8 @@ static void take_config(struct brm_outbox *ob, const struct brm_config *cfg) {
                 if (tr->fd >= 0) close(tr->fd);
                 tr->fd = fd;
             }
-            if ((tr->kafka || is_kafka(t)) && move_kafka(ob, tr, t, &err) < 0) {
+            if (((tr->kafka || is_kafka(t)) && move_kafka(ob, tr, t, &err) < 0) ||
+                ((tr->stream || is_stream(t)) && move_stream(ob, tr, t, &err) < 0)) {
                 brm_log_error("outbox: target not moved", "target", t->name, "error", err.msg);
                 v[n++] = tr;
                 continue;
@@ -950,6 +1031,12 @@ void brm_outbox_check_files(const struct brm_config *cfg, struct brm_errors *err
             brm_outbox_mask(t, err.msg, &masked);
             brm_err_set(&err, "target %s: %s", t->name, masked.data);
             brm_buf_reset(&masked);
+            brm_errors_add(errs, &err);
+        }
+        if (is_stream(t) && brm_stream_check(setting(t, "url"), &err) < 0) {
+            char why[sizeof(err.msg)];
+            snprintf(why, sizeof(why), "%s", err.msg);
+            brm_err_set(&err, "target %s: %.400s", t->name, why);
             brm_errors_add(errs, &err);
         }
         if (!cfg->targets[i].path) continue;

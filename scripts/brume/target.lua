@@ -55,7 +55,7 @@ M.common = {
 
 M.kinds = {
   "discord", "file", "gchat", "jira", "kafka", "mattermost", "opsgenie", "pagerduty",
-  "servicenow", "slack", "teams", "webex", "webhook", "zendesk",
+  "redis-stream", "servicenow", "slack", "teams", "webex", "webhook", "zendesk",
 }
 
 local units = { [""] = 1, ms = 0.001, s = 1, m = 60, h = 3600, d = 86400 }
