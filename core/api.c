@@ -108,6 +108,14 @@ static void check_request(lua_State *L, int idx, const char *kind, int ticket) {
     if (t != LUA_TNIL && t != LUA_TSTRING)
         luaL_error(L, "brume.send: the %s adapter's request body must be a string", kind);
     lua_pop(L, 1);
+    /* The key the target's deliveries keep their order by: a store key. */
+    t = lua_getfield(L, idx, "order");
+    size_t olen;
+    const char *order = t == LUA_TSTRING ? lua_tolstring(L, -1, &olen) : NULL;
+    if (t != LUA_TNIL && (!order || olen == 0 || olen > BRM_MAX_ORDER_KEY || strlen(order) != olen))
+        luaL_error(L, "brume.send: the %s adapter's order key must be 1 to %d bytes without NUL",
+                   kind, BRM_MAX_ORDER_KEY);
+    lua_pop(L, 1);
     if (lua_getfield(L, idx, "headers") == LUA_TTABLE) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
@@ -191,19 +199,22 @@ static void show_json_bodies(lua_State *L, int idx, int depth) {
         if (lua_type(L, -1) == LUA_TTABLE) show_json_bodies(L, lua_gettop(L), depth + 1);
         lua_pop(L, 1);
     }
-    lua_pushliteral(L, "body");
-    if (lua_rawget(L, idx) == LUA_TSTRING) {
-        struct brm_err err;
-        size_t n;
-        const char *s = lua_tolstring(L, -1, &n);
-        size_t blank = strspn(s, " \t\r\n");
-        if ((s[blank] == '{' || s[blank] == '[') && brm_json_decode(L, s, n, &err) == 0) {
-            lua_pushliteral(L, "body");
-            lua_insert(L, -2);
-            lua_rawset(L, idx);
+    static const char *const fields[] = { "body", "value" }; /* value: a kafka message's */
+    for (size_t i = 0; i < BRM_ARRAY_LEN(fields); i++) {
+        lua_pushstring(L, fields[i]);
+        if (lua_rawget(L, idx) == LUA_TSTRING) {
+            struct brm_err err;
+            size_t n;
+            const char *s = lua_tolstring(L, -1, &n);
+            size_t blank = strspn(s, " \t\r\n");
+            if ((s[blank] == '{' || s[blank] == '[') && brm_json_decode(L, s, n, &err) == 0) {
+                lua_pushstring(L, fields[i]);
+                lua_insert(L, -2);
+                lua_rawset(L, idx);
+            }
         }
+        lua_pop(L, 1);
     }
-    lua_pop(L, 1);
 }
 
 /*
@@ -212,8 +223,9 @@ static void show_json_bodies(lua_State *L, int idx, int depth) {
  * the stack) happens first and leaves Lua strings on the stack; only then
  * is C memory taken, by steps that cannot raise: a longjmp cannot leak it.
  * A plain request is kept as its parts, as the outbox sends them; a ticket
- * plan as JSON. The message and a masked copy of the request are made for
- * dry runs only (`brume test` shows them).
+ * plan as JSON. Its ticket key, or a plain request's order key, is the key
+ * its target's deliveries keep their order by. The message and a masked copy of the request are
+ * made for dry runs only (`brume test` shows them).
  */
 static void add_action(lua_State *L, struct brm_api *api, const struct brm_target *target, int msg,
                        int req, const char *ticket, const char *key) {
@@ -223,12 +235,14 @@ static void add_action(lua_State *L, struct brm_api *api, const struct brm_targe
     if (ticket) {
         push_json(L, req, "brume.send: the request");
         lua_pushnil(L), lua_pushnil(L), lua_pushnil(L), lua_pushnil(L);
+        lua_pushstring(L, ticket);
     } else {
         lua_pushnil(L);
         lua_getfield(L, req, "method");
         lua_getfield(L, req, "url");
         push_headers(L, req);
         lua_getfield(L, req, "body");
+        lua_getfield(L, req, "order"); /* a string or nil (check_request) */
     }
     lua_getfield(L, req, "sign");
     int sign = lua_type(L, -1) == LUA_TSTRING;
@@ -279,7 +293,7 @@ static void add_action(lua_State *L, struct brm_api *api, const struct brm_targe
         .sign = sign,
         .message = message ? dup_field(L, message, NULL) : NULL,
         .display = display ? dup_field(L, display, NULL) : NULL,
-        .ticket = ticket ? brm_xstrdup(ticket) : NULL,
+        .ticket = dup_field(L, top + 6, NULL),
     };
     x->body = dup_field(L, top + 5, &x->body_len);
     lua_settop(L, top);

@@ -22,6 +22,8 @@
 /* Most messages one rule may send for one event, and the largest message. */
 #define BRM_MAX_ACTIONS_PER_EVENT 100
 #define BRM_MAX_MESSAGE           (1u << 20)
+/* The longest order key an adapter may give a plain request. */
+#define BRM_MAX_ORDER_KEY 1024
 /* How deep brume.emit may chain, and how many events one event may emit. */
 #define BRM_MAX_EMIT_DEPTH      8
 #define BRM_MAX_EMITS_PER_EVENT 100
@@ -45,7 +47,8 @@ struct brm_action {
     int sign;      /* to be signed as Standard Webhooks do */
     char *plan;    /* ...or a ticket plan as JSON */
     char *display; /* the request with secrets masked, as JSON (dry runs only), or NULL */
-    char *ticket;  /* the ticket plan's dedup key, or NULL */
+    char *ticket;  /* the key this target's deliveries go by one at a time, oldest first: the
+                      ticket plan's dedup key, or the plain request's `order`; or NULL */
 };
 /* What a body's rules did: the messages they sent. (What they changed in
  * the state is in the scope's transaction.) */

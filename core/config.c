@@ -1044,6 +1044,8 @@ static void free_target(struct brm_target *t) {
     free(t->unset);
     for (size_t j = 0; j < t->nsecrets; j++) free(t->secrets[j]);
     free(t->secrets);
+    for (size_t j = 0; j < 2 * t->nsettings; j++) free(t->settings[j]);
+    free(t->settings);
 }
 
 static void release_targets(const struct setting *st, char *obj) {
@@ -1410,6 +1412,18 @@ static void read_meta(lua_State *L, int idx, const char *dir, struct brm_target 
         if (lua_rawgeti(L, -1, (lua_Integer)i) == LUA_TSTRING)
             tg->secrets[tg->nsecrets++] = brm_xstrdup(lua_tostring(L, -1));
         lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (raw_field(L, idx, "settings") == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) { /* raw: no metamethod runs */
+            if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
+                tg->settings = brm_xrealloc(tg->settings, 2 * (tg->nsettings + 1) * sizeof(char *));
+                tg->settings[2 * tg->nsettings] = brm_xstrdup(lua_tostring(L, -2));
+                tg->settings[2 * tg->nsettings++ + 1] = brm_xstrdup(lua_tostring(L, -1));
+            }
+            lua_pop(L, 1);
+        }
     }
     lua_pop(L, 1);
 }

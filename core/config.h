@@ -74,6 +74,9 @@ struct brm_target {
     char *signing_secret; /* Standard Webhooks secret (kind webhook), or NULL */
     char **secrets;       /* option values never shown */
     size_t nsecrets;
+    char **settings; /* a kind with a transport of its own (kafka...): its adapter's settings,
+                        NSETTINGS name, value pairs (2 * NSETTINGS strings) */
+    size_t nsettings;
     int ticket;  /* the adapter makes ticket plans */
     int bad;     /* its options were refused (only in a config from brm_config_check) */
     char *unset; /* an offline load: the env() variable its options need that is not set */

@@ -861,6 +861,7 @@ static int show_delivery(void *arg, const struct brm_delivery *d) {
             h += n + (h[n] == '\n');
         }
         brm_buf_printf(b, "],\"signed\":%s", d->sign ? "true" : "false");
+        if (d->ticket) put_masked(b, "order", t, d->ticket); /* a kafka key, say */
         if (d->body) {
             char *body = brm_xstrndup(d->body, d->body_len);
             put_masked(b, "body", t, body);

@@ -15,9 +15,11 @@
 #include <unistd.h>
 
 #include "json.h"
+#include "kafka.h"
 #include "log.h"
 #include "metrics.h"
 #include "plan.h"
+#include "stream.h"
 #include "transfer.h"
 #include "verify.h"
 
@@ -31,8 +33,10 @@ struct target_rt {
     const struct brm_config *cfg; /* T's (a reference) */
     int retired;                  /* a reload removed it: freed when its last attempt ends */
     int inflight;
-    double tokens, refilled; /* rate: a token bucket of one */
-    int fd;                  /* kind file */
+    double tokens, refilled;   /* rate: a token bucket of one */
+    int fd;                    /* kind file */
+    struct brm_kafka *kafka;   /* kind kafka */
+    struct brm_stream *stream; /* kind redis-stream */
     struct brm_counter *done, *retried, *dead;
 };
 
@@ -49,6 +53,8 @@ struct job {
     enum brm_step step;
     char ref[BRM_PLAN_MAX_REF];
     struct brm_transfer *x;
+    struct brm_kafka_send *ks;      /* a kafka message on its way */
+    struct brm_stream_add *sa;      /* a stream entry on its way */
     char **sign;                    /* Standard Webhooks headers of the current step */
     char answer[ANSWER_LOGGED + 1]; /* the start of the last step's answer */
 };
@@ -328,6 +334,8 @@ static void free_sign(struct job *job) {
 
 static void job_free(struct job *job) {
     brm_transfer_cancel(job->x);
+    brm_kafka_cancel(job->ks);
+    brm_stream_cancel(job->sa);
     brm_plan_reset(&job->plan);
     free_sign(job);
     free(job->key);
@@ -340,6 +348,8 @@ static void job_free(struct job *job) {
 static void target_free(struct target_rt *tr) {
     if (!tr) return;
     if (tr->fd >= 0) close(tr->fd);
+    brm_kafka_free(tr->kafka);
+    brm_stream_free(tr->stream);
     brm_config_free(tr->cfg);
     free(tr);
 }
@@ -546,6 +556,78 @@ static void append_line(struct job *job) {
     job_finish(job, ok, 1, 0, why, 0);
 }
 
+/* A kafka message's delivery report came: the outcome of its attempt. */
+static void produced(void *arg, const struct brm_kafka_result *res) {
+    struct job *job = arg;
+    job->ks = NULL;
+    if (res->failed) {
+        job_finish(job, 0, res->retry, 0, res->error, 0);
+        return;
+    }
+    snprintf(job->answer, sizeof(job->answer), "partition %d offset %lld", (int)res->partition,
+             (long long)res->offset);
+    job_finish(job, 1, 0, 0, NULL, 0);
+}
+
+/* Hands a kafka delivery's message to the target's producer: the topic is
+ * the request's URL after "kafka:", the key its order key, the value its
+ * body. */
+static void produce(struct job *job) {
+    const struct brm_request *r = &job->plan.req[BRM_STEP_PLAIN];
+    if (job->plan.ticket || !r->url || strncmp(r->url, "kafka:", 6) != 0 || !r->url[6]) {
+        job_finish(job, 0, 0, 0, "the stored request is not a kafka message (kafka:<topic>)", 0);
+        return;
+    }
+    struct brm_kafka_message m = {
+        r->url + 6, job->ticket, r->body, r->body_len, (const char *const *)r->headers, r->nheaders
+    };
+    struct brm_kafka_result now;
+    job->ks = brm_kafka_send(job->tr->kafka, &m, produced, job, &now);
+    if (!job->ks) job_finish(job, 0, now.retry, 0, now.error, 0);
+}
+
+/* A stream entry's reply came: the outcome of its attempt. */
+static void added(void *arg, const struct brm_stream_result *res) {
+    struct job *job = arg;
+    job->sa = NULL;
+    if (res->failed) {
+        job_finish(job, 0, res->retry, 0, res->error, 0);
+        return;
+    }
+    snprintf(job->answer, sizeof(job->answer), "id %s", res->id);
+    job_finish(job, 1, 0, 0, NULL, 0);
+}
+
+/* The value of setting NAME of target T (an adapter's settings), or NULL. */
+static const char *setting(const struct brm_target *t, const char *name) {
+    for (size_t i = 0; i < t->nsettings; i++)
+        if (strcmp(t->settings[2 * i], name) == 0) return t->settings[2 * i + 1];
+    return NULL;
+}
+
+/* Hands a redis-stream delivery's entry to the target's client: the stream
+ * is the request's URL after "redis-stream:", the fields its headers, the
+ * field "message" its body; the cap is the target's maxlen. */
+static void add_entry(struct job *job) {
+    const struct brm_request *r = &job->plan.req[BRM_STEP_PLAIN];
+    static const char scheme[] = "redis-stream:";
+    size_t n = sizeof(scheme) - 1;
+    if (job->plan.ticket || !r->url || strncmp(r->url, scheme, n) != 0 || !r->url[n]) {
+        job_finish(job, 0, 0, 0, "the stored request is not a stream entry (redis-stream:<key>)",
+                   0);
+        return;
+    }
+    const char *maxlen = setting(job->tr->t, "maxlen"), *exact = setting(job->tr->t, "exact");
+    struct brm_stream_entry e = { r->url + n,
+                                  maxlen ? atoll(maxlen) : 0,
+                                  exact && strcmp(exact, "true") == 0,
+                                  (const char *const *)r->headers,
+                                  r->nheaders,
+                                  r->body,
+                                  r->body_len };
+    job->sa = brm_stream_add(job->tr->stream, &e, added, job);
+}
+
 static void start_job(struct brm_outbox *ob, struct target_rt *tr, const struct brm_delivery *d) {
     struct brm_err err;
     struct job *job = brm_xcalloc(1, sizeof(*job));
@@ -576,8 +658,16 @@ static void start_job(struct brm_outbox *ob, struct target_rt *tr, const struct 
         append_line(job);
         return;
     }
-    int known =
-        job->ticket && known_ticket(ob, tr->t->name, job->ticket, job->ref, sizeof(job->ref));
+    if (tr->kafka) {
+        produce(job);
+        return;
+    }
+    if (tr->stream) {
+        add_entry(job);
+        return;
+    }
+    int known = job->plan.ticket && job->ticket &&
+                known_ticket(ob, tr->t->name, job->ticket, job->ref, sizeof(job->ref));
     if (brm_plan_start(&job->plan, known, &job->step) == BRM_PLAN_DONE) {
         job_finish(job, 1, 0, 0, NULL, 0); /* a resolve with no ticket: nothing to do */
         return;
@@ -774,9 +864,54 @@ static int open_target_file(const struct brm_target *t, struct brm_err *err) {
     return fd;
 }
 
+static int is_kafka(const struct brm_target *t) {
+    return strcmp(t->kind, "kafka") == 0;
+}
+
+/* T's producer on the outbox's loop (kind kafka). */
+static struct brm_kafka *start_kafka(struct brm_outbox *ob, const struct brm_target *t,
+                                     struct brm_err *err) {
+    struct brm_err why;
+    struct brm_kafka *k =
+        brm_kafka_new(ob->base, t->name, (const char *const *)t->settings, t->nsettings, &why);
+    if (!k) {
+        struct brm_buf masked;
+        brm_buf_init(&masked);
+        brm_outbox_mask(t, why.msg, &masked);
+        brm_err_set(err, "target %s: %s", t->name, masked.data);
+        brm_buf_reset(&masked);
+        return NULL;
+    }
+    const char *mock = brm_kafka_mock_bootstraps(k);
+    if (mock) brm_log_info("kafka: a mock cluster", "target", t->name, "bootstraps", mock);
+    return k;
+}
+
+static int is_stream(const struct brm_target *t) {
+    return strcmp(t->kind, "redis-stream") == 0;
+}
+
+/* T's Redis client, replying on the outbox's loop (kind redis-stream). */
+static struct brm_stream *start_stream(struct brm_outbox *ob, const struct brm_target *t,
+                                       struct brm_err *err) {
+    struct brm_err why;
+    const char *url = setting(t, "url");
+    struct brm_stream *s = url ? brm_stream_new(ob->base, t->name, url, t->timeout, &why) : NULL;
+    if (!url) brm_err_set(&why, "no url");
+    if (!s) brm_err_set(err, "target %s: %s", t->name, why.msg); /* redis.c shows no password */
+    return s;
+}
+
+static int same_settings(const struct brm_target *a, const struct brm_target *b) {
+    if (a->nsettings != b->nsettings) return 0;
+    for (size_t i = 0; i < 2 * a->nsettings; i++)
+        if (strcmp(a->settings[i], b->settings[i]) != 0) return 0;
+    return 1;
+}
+
 /* The outbox's side of target T of CFG (of which it takes a reference). */
-static struct target_rt *target_new(const struct brm_config *cfg, const struct brm_target *t,
-                                    struct brm_err *err) {
+static struct target_rt *target_new(struct brm_outbox *ob, const struct brm_config *cfg,
+                                    const struct brm_target *t, struct brm_err *err) {
     struct target_rt *tr = brm_xcalloc(1, sizeof(*tr));
     tr->t = t;
     tr->cfg = brm_config_ref(cfg);
@@ -788,11 +923,39 @@ static struct target_rt *target_new(const struct brm_config *cfg, const struct b
                                       "target", t->name, "outcome", "retry", NULL);
     tr->dead = brm_metrics_counter("brume_deliveries_total", "Delivery attempts by outcome.",
                                    "target", t->name, "outcome", "dead", NULL);
-    if (t->path && tr->fd < 0) {
+    if ((t->path && tr->fd < 0) || (is_kafka(t) && !(tr->kafka = start_kafka(ob, t, err))) ||
+        (is_stream(t) && !(tr->stream = start_stream(ob, t, err)))) {
         target_free(tr);
         return NULL;
     }
     return tr;
+}
+
+/* A reload gave kafka target TR new settings T: a new producer (what the
+ * old one had in flight is purged and tried again). 0, or -1 when the new
+ * one cannot start (the old one goes on). */
+static int move_kafka(struct brm_outbox *ob, struct target_rt *tr, const struct brm_target *t,
+                      struct brm_err *err) {
+    if (tr->kafka && is_kafka(t) && same_settings(tr->t, t)) return 0;
+    struct brm_kafka *k = is_kafka(t) ? start_kafka(ob, t, err) : NULL;
+    if (is_kafka(t) && !k) return -1;
+    struct brm_kafka *old = tr->kafka;
+    tr->kafka = k;
+    brm_kafka_free(old); /* its jobs finish, to be tried again */
+    return 0;
+}
+
+/* The same for a redis-stream target's client. */
+static int move_stream(struct brm_outbox *ob, struct target_rt *tr, const struct brm_target *t,
+                       struct brm_err *err) {
+    if (tr->stream && is_stream(t) && same_settings(tr->t, t) && tr->t->timeout == t->timeout)
+        return 0;
+    struct brm_stream *c = is_stream(t) ? start_stream(ob, t, err) : NULL;
+    if (is_stream(t) && !c) return -1;
+    struct brm_stream *old = tr->stream;
+    tr->stream = c;
+    brm_stream_free(old);
+    return 0;
 }
 
 /* Moves the outbox onto CFG (a reload): a target of the same name keeps
@@ -807,7 +970,7 @@ static void take_config(struct brm_outbox *ob, const struct brm_config *cfg) {
         const struct brm_target *t = &cfg->targets[i];
         struct target_rt *tr = target_rt(ob, t->name);
         if (!tr) {
-            if (!(tr = target_new(cfg, t, &err))) {
+            if (!(tr = target_new(ob, cfg, t, &err))) {
                 brm_log_error("outbox: target not started", "target", t->name, "error", err.msg);
                 continue;
             }
@@ -827,6 +990,12 @@ static void take_config(struct brm_outbox *ob, const struct brm_config *cfg) {
                 }
                 if (tr->fd >= 0) close(tr->fd);
                 tr->fd = fd;
+            }
+            if (((tr->kafka || is_kafka(t)) && move_kafka(ob, tr, t, &err) < 0) ||
+                ((tr->stream || is_stream(t)) && move_stream(ob, tr, t, &err) < 0)) {
+                brm_log_error("outbox: target not moved", "target", t->name, "error", err.msg);
+                v[n++] = tr;
+                continue;
             }
             const struct brm_config *old = tr->cfg;
             tr->t = t;
@@ -854,6 +1023,22 @@ static void take_config(struct brm_outbox *ob, const struct brm_config *cfg) {
 void brm_outbox_check_files(const struct brm_config *cfg, struct brm_errors *errs) {
     struct brm_err err;
     for (size_t i = 0; i < cfg->ntargets; i++) {
+        const struct brm_target *t = &cfg->targets[i];
+        if (is_kafka(t) &&
+            brm_kafka_check((const char *const *)t->settings, t->nsettings, &err) < 0) {
+            struct brm_buf masked;
+            brm_buf_init(&masked);
+            brm_outbox_mask(t, err.msg, &masked);
+            brm_err_set(&err, "target %s: %s", t->name, masked.data);
+            brm_buf_reset(&masked);
+            brm_errors_add(errs, &err);
+        }
+        if (is_stream(t) && brm_stream_check(setting(t, "url"), &err) < 0) {
+            char why[sizeof(err.msg)];
+            snprintf(why, sizeof(why), "%s", err.msg);
+            brm_err_set(&err, "target %s: %.400s", t->name, why);
+            brm_errors_add(errs, &err);
+        }
         if (!cfg->targets[i].path) continue;
         int fd = open_target_file(&cfg->targets[i], &err);
         if (fd < 0)
@@ -896,11 +1081,6 @@ struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_journ
     ob->store = brm_store_open(path, err);
     free(path);
     if (!ob->store) goto fail;
-    ob->targets = brm_xcalloc(cfg->ntargets, sizeof(*ob->targets));
-    for (size_t i = 0; i < cfg->ntargets; i++) {
-        if (!(ob->targets[i] = target_new(cfg, &cfg->targets[i], err))) goto fail;
-        ob->ntargets++;
-    }
     ob->L = luaL_newstate();
     if (!ob->L) {
         brm_err_set(err, "outbox: cannot create a Lua state");
@@ -923,6 +1103,11 @@ struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_journ
     ob->stop_timer = evtimer_new(ob->base, on_stop_timer, ob);
     event_add(ob->mail, NULL);
     ob->transfers = brm_transfers_new(ob->base);
+    ob->targets = brm_xcalloc(cfg->ntargets, sizeof(*ob->targets));
+    for (size_t i = 0; i < cfg->ntargets; i++) { /* a kafka target's producer is on the base */
+        if (!(ob->targets[i] = target_new(ob, cfg, &cfg->targets[i], err))) goto fail;
+        ob->ntargets++;
+    }
     brm_metrics_gauge("brume_outbox_pending", "Deliveries not yet done or dead.", gauge_pending, ob,
                       NULL);
     brm_metrics_gauge("brume_outbox_oldest_seconds", "Age of the oldest pending delivery.",
@@ -971,6 +1156,8 @@ void brm_outbox_free(struct brm_outbox *ob) {
         free(ob->tickets[i].ref);
     }
     free(ob->tickets);
+    for (size_t i = 0; i < ob->ntargets; i++) target_free(ob->targets[i]); /* before the base */
+    free(ob->targets);
     brm_transfers_free(ob->transfers);
     if (ob->mail) event_free(ob->mail);
     if (ob->timer) event_free(ob->timer);
@@ -979,8 +1166,6 @@ void brm_outbox_free(struct brm_outbox *ob) {
     if (ob->base) event_base_free(ob->base);
     if (ob->mailfd >= 0) close(ob->mailfd);
     if (ob->L) lua_close(ob->L);
-    for (size_t i = 0; i < ob->ntargets; i++) target_free(ob->targets[i]);
-    free(ob->targets);
     brm_config_free(ob->next_cfg);
     brm_config_free(ob->cfg);
     pthread_cond_destroy(&ob->recorded_cond);

@@ -6,8 +6,10 @@
  * thread - its own event_base, with transfer.c driving libcurl on it: no
  * blocking call, no thread per request - reads due deliveries from the
  * store in batches and makes their requests (plan.c reads them back):
- * HTTP(S), appends for kind file, and for ticket kinds the adapter's plan
- * (find the ticket, create it once, update it after). What it learns -
+ * HTTP(S), appends for kind file, messages for kind kafka (kafka.c: the
+ * delivery report is the attempt's outcome), entries for kind redis-stream
+ * (stream.c: XADD's reply is), and for ticket kinds the
+ * adapter's plan (find the ticket, create it once, update it after). What it learns -
  * outcomes, ticket ids - goes to the journal's writer in batches, one
  * transaction for many: the outbox thread itself never writes the store.
  *
@@ -18,7 +20,7 @@
  * rate and concurrency, so a slow or dead target never holds up another.
  * The thread runs no user Lua: a private VM only decodes JSON.
  *
- * Depends on store (reading), journal (writing), plan, transfer, config, api
+ * Depends on store (reading), journal (writing), plan, transfer, kafka, stream, config, api
  * (the action list), json, verify, metrics, log, util; libevent.
  */
 #ifndef BRM_OUTBOX_H
@@ -37,8 +39,9 @@ struct brm_outbox;
 struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_journal *j,
                                   struct brm_err *err);
 /* Appends to ERRS a problem for each file target of CFG that cannot be
- * opened for appending (its folder is made): a reload checks before it
- * commits to a config. */
+ * opened for appending (its folder is made), each kafka target whose
+ * settings librdkafka refuses and each redis-stream target whose URL is
+ * bad: a reload checks before it commits to a config. */
 void brm_outbox_check_files(const struct brm_config *cfg, struct brm_errors *errs);
 /* Moves the outbox onto CFG, a reloaded config (any thread; the outbox
  * thread takes it at its next turn). */

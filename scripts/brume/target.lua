@@ -6,7 +6,9 @@
 --     options = { name = { "type", required = true, secret = true, default = v }, ... },
 --     max_age = "1h",           -- default give-up age for this kind
 --     ticket = true,            -- requests are ticket plans (see below)
---     check = function(options) return "problem" or nil end,   -- optional
+--     check = function(options) return "problem" [, option] or nil end,   -- optional;
+--                              -- the problem is shown at OPTION's line (default: kind's)
+--     settings = function(options) return { name = "value", ... } end,  -- optional
 --     request = function(target, message, ctx) return request end,
 --   }
 --
@@ -21,9 +23,22 @@
 -- the ticket: brume then forgets it, and the key's next message makes a new
 -- one. ctx is { key, rule, topic, event, target }.
 --
+-- A plain request may also carry `order = key`: a target's deliveries with
+-- the same order key go one at a time, oldest first (a later one waits
+-- while an earlier one is tried again), as a ticket's do; and `show`, a
+-- table `brume test` shows instead of the request (for kinds that are not
+-- HTTP: { kafka = { topic, key, value } }).
+--
+-- A kind the outbox does not send over HTTP (kafka, redis-stream) has a
+-- transport in brume's C core, which reads its settings from
+-- `settings(options)`: a table of string values the adapter makes once,
+-- when the config is checked.
+--
 -- Option types: string, url, integer, number, boolean, duration ("90s",
 -- "15m" or seconds), rate ("1/s", "20/m", "100/h"), list (of strings),
--- table (of strings), path.
+-- table (of strings), settings (true, false or a table of strings), path.
+-- `secret = true` makes every value of an option secret; `secret = { "pw" }`
+-- only those fields of a table.
 
 local M = {}
 
@@ -39,8 +54,8 @@ M.common = {
 }
 
 M.kinds = {
-  "discord", "file", "gchat", "jira", "mattermost", "opsgenie", "pagerduty", "servicenow",
-  "slack", "teams", "webex", "webhook", "zendesk",
+  "discord", "file", "gchat", "jira", "kafka", "mattermost", "opsgenie", "pagerduty",
+  "redis-stream", "servicenow", "slack", "teams", "webex", "webhook", "zendesk",
 }
 
 local units = { [""] = 1, ms = 0.001, s = 1, m = 60, h = 3600, d = 86400 }
@@ -82,7 +97,7 @@ local checks = {
   end,
   integer = function(v) return math.type(v) == "integer" and v or nil end,
   number = function(v) return type(v) == "number" and v or nil end,
-  boolean = function(v) return type(v) == "boolean" and v or nil end,
+  boolean = function(v) if type(v) == "boolean" then return v end end,
   duration = M.duration,
   rate = M.rate,
   list = function(v)
@@ -90,13 +105,17 @@ local checks = {
     return is_strings(v, false) and v or nil
   end,
   table = function(v) return is_strings(v, true) and v or nil end,
+  settings = function(v)
+    if type(v) == "boolean" then return v end
+    return is_strings(v, true) and v or nil
+  end,
 }
 
 local described = {
   string = "a string", path = "a path", url = "an http(s) URL", integer = "an integer",
   number = "a number", boolean = "true or false", duration = "a duration (seconds, \"90s\", \"15m\")",
   rate = "a rate (\"1/s\", \"20/m\", \"100/h\")", list = "a list of strings",
-  table = "a table of string values",
+  table = "a table of string values", settings = "true, false or a table of string values",
 }
 
 -- The adapter of KIND, or nil and why not.
@@ -145,7 +164,9 @@ function M.check(kind, options)
         problems[#problems + 1] = { k, ("must be between %s and %s"):format(s.min, s.max) }
       else
         out[k] = value
-        if s.secret then
+        if type(s.secret) == "table" and type(value) == "table" then
+          for _, field in ipairs(s.secret) do secrets[#secrets + 1] = value[field] end
+        elseif s.secret == true then
           if type(value) == "table" then
             for _, x in pairs(value) do secrets[#secrets + 1] = x end
           else
@@ -162,8 +183,8 @@ function M.check(kind, options)
     end
   end
   if #problems == 0 and adapter.check then
-    local problem = adapter.check(out)
-    if problem then problems[#problems + 1] = { "kind", problem } end
+    local problem, option = adapter.check(out)
+    if problem then problems[#problems + 1] = { option or "kind", problem } end
   end
   local meta = {
     secrets = secrets,
@@ -177,6 +198,7 @@ function M.check(kind, options)
     path = kind == "file" and out.path or nil,
     signing_secret = adapter.signs and out.secret or nil,
   }
+  if #problems == 0 and adapter.settings then meta.settings = adapter.settings(out) end
   return out, meta, problems
 end
 
@@ -317,6 +339,86 @@ function M.dedup_key(msg, ctx)
   return ctx.key
 end
 
+-- ---- templates -----------------------------------------------------------
+
+-- The value at dotted PATH ("fields.site", "raw.aps.1") of MSG, or nil.
+local function at_path(msg, path)
+  local v = msg
+  for part in path:gmatch("[^.]+") do
+    if type(v) ~= "table" then return nil end
+    local x = v[part]
+    if x == nil and part:match("^%d+$") then x = v[tonumber(part)] end
+    v = x
+  end
+  return v
+end
+
+-- What a template takes from the delivery rather than the message.
+local context_names = { topic = true, rule = true, event = true, target = true }
+
+local function scalar(v)
+  if math.type(v) == "integer" then return tostring(v) end
+  if type(v) == "number" then return ("%.17g"):format(v) end
+  if type(v) == "string" then return v end
+  if type(v) == "boolean" then return tostring(v) end
+  return nil
+end
+
+-- Nil when S is a good template: "{" and "}" only around a name (a dotted
+-- path, or one of topic, rule, event, target); else what is wrong.
+function M.template_problem(s)
+  local rest = s:gsub("{([%w_%.%-]+)}", "")
+  if rest:find("[{}]") then
+    return ("'%s' is not a template: {name} holds a field path (fields.site) or topic, rule, "
+            .. "event, target"):format(s)
+  end
+end
+
+-- Nil, or what is wrong with a key option K: a field path or a template.
+function M.key_problem(k)
+  if k:find("[{}]") then return M.template_problem(k) end
+  if not k:match("^[%w_%-]+[%w_%.%-]*$") then
+    return ("'%s' is neither a field path (fields.mac) nor a template"):format(k)
+  end
+end
+
+-- TEMPLATE with each "{path}" replaced by the message's value at that
+-- dotted path ("{fields.site}"), or by the delivery's for {topic}, {rule},
+-- {event} and {target}. Raises, naming WHAT, when the message has no
+-- string, number or boolean there.
+function M.expand(template, msg, ctx, what)
+  return (template:gsub("{([^{}]*)}", function(path)
+    local v = context_names[path] and ctx[path] or scalar(at_path(msg, path))
+    if v == nil then
+      error(("%s: the message has no %s (a string or a number)"):format(what, path), 0)
+    end
+    return v
+  end))
+end
+
+-- The key of a message: SPEC is a template ("{fields.site}:{fields.mac}")
+-- or a field path ("fields.mac"); without one, the message's dedup_key or
+-- else the event's id. At most 1024 bytes, no NUL. Raises naming WHAT.
+function M.message_key(spec, msg, ctx, what)
+  local key
+  if spec and spec:find("{", 1, true) then
+    key = M.expand(spec, msg, ctx, what)
+  elseif spec then
+    key = scalar(at_path(msg, spec))
+    if key == nil then
+      error(("%s: the message has no %s (a string or a number)"):format(what, spec), 0)
+    end
+  elseif msg.dedup_key ~= nil and scalar(msg.dedup_key) and scalar(msg.dedup_key) ~= "" then
+    key = scalar(msg.dedup_key)
+  else
+    key = ctx.event
+  end
+  if key == "" or #key > 1024 or key:find("\0", 1, true) then
+    error(("%s: the key must be 1 to 1024 bytes without NUL (got %d bytes)"):format(what, #key), 0)
+  end
+  return key
+end
+
 -- ---- masking -------------------------------------------------------------
 
 local secret_header = { "authorization", "token", "key", "secret", "signature", "password",
@@ -346,10 +448,7 @@ local function mask_string(s, secrets)
   return s
 end
 
--- A copy of request R fit to show: header values that carry credentials and
--- every secret of the target replaced by ****. A signed request (KEY is its
--- delivery's key) shows the Standard Webhooks headers each attempt adds.
-function M.mask(r, secrets, key)
+local function mask_request(r, secrets, key)
   if type(r) ~= "table" then return r end
   if r.sign == "standard-webhooks" and key and type(r.headers) == "table" then
     local h = {}
@@ -373,12 +472,21 @@ function M.mask(r, secrets, key)
     elseif type(v) == "string" then
       out[k] = mask_string(v, secrets)
     elseif type(v) == "table" then
-      out[k] = M.mask(v, secrets)
+      out[k] = mask_request(v, secrets)
     else
       out[k] = v
     end
   end
   return out
+end
+
+-- A copy of request R fit to show: header values that carry credentials and
+-- every secret of the target replaced by ****. A signed request (KEY is its
+-- delivery's key) shows the Standard Webhooks headers each attempt adds; a
+-- request with `show` shows that instead.
+function M.mask(r, secrets, key)
+  if type(r) == "table" and type(r.show) == "table" then return mask_request(r.show, secrets) end
+  return mask_request(r, secrets, key)
 end
 
 return M

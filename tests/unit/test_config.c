@@ -729,6 +729,29 @@ static void check_target_problems(void) {
     CHECK(c == NULL);
     CHECK_HAS(e.data, "brume.lua:2: targets.p: the options with the adapter's defaults are not "
                       "plain values (");
+    /* An adapter's settings (string values) reach the C side; a problem
+     * its check names an option for is shown at that option's line. */
+    free(write_config(
+        "scripts/brume/targets/dove.lua",
+        "return { options = { loft = { 'string', required = true },\n"
+        "                     keys = { 'table', secret = { 'pw' } } },\n"
+        "  settings = function(o) return { ['loft.name'] = o.loft, n = 3 } end,\n"
+        "  check = function(o) if o.loft == 'bad' then return 'no such loft', 'loft' end end,\n"
+        "  request = function() end }\n"));
+    c = try_load(GOOD "targets = { d = { kind = 'dove', loft = 'north',\n"
+                      "  keys = { user = 'bird', pw = 'P4SSWORD' } } }\n",
+                 &e);
+    CHECK_STR(e.data, "");
+    const struct brm_target *t = c ? brm_config_target(c, "d") : NULL;
+    CHECK(t && t->nsettings == 1 && t->nsecrets == 1);
+    if (t && t->nsettings == 1) {
+        CHECK_STR(t->settings[0], "loft.name");
+        CHECK_STR(t->settings[1], "north");
+    }
+    if (t && t->nsecrets == 1) CHECK_STR(t->secrets[0], "P4SSWORD");
+    brm_config_free(c);
+    c = try_load(GOOD "targets = {\n  d = { kind = 'dove',\n    loft = 'bad' } }\n", &e);
+    CHECK_STR(e.data, "brume.lua:4: targets.d.loft: no such loft\n");
     /* A scripts folder whose brume.target is not brume's. */
     make_dir("alt");
     make_dir("alt/brume");

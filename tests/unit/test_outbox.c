@@ -4,7 +4,8 @@
  * and deliveries run to their outcome: a 200 is done with one attempt, a
  * 503 is tried again until it is answered, a 400 is dead at once with its
  * answer kept, a refused connection is tried until max_age and then dead,
- * and a delivery whose target is gone from the config is buried. Includes
+ * a delivery whose target is gone from the config is buried, and a kafka
+ * delivery is done by its delivery report (librdkafka's mock cluster). Includes
  * outbox.c for its statics. */
 #include "../../core/outbox.c"
 
@@ -182,13 +183,17 @@ static void add(struct brm_store *st, const char *key, const char *target, const
 struct seen {
     int n, done, dead, pending;
     char dead_error[600], bad_status[16];
-    int64_t bad_id, gone_attempts;
+    int64_t bad_id, gone_attempts, kafka_id;
+    char kafka_error[600];
 };
 
 static int count(void *arg, const struct brm_delivery *d) {
     struct seen *s = arg;
     s->n++;
     if (d->state == BRM_DELIVERY_DONE) s->done++;
+    if (d->state == BRM_DELIVERY_DONE && strcmp(d->target, "k") == 0) s->kafka_id = d->id;
+    if (d->state == BRM_DELIVERY_DEAD && strcmp(d->target, "k") == 0)
+        snprintf(s->kafka_error, sizeof(s->kafka_error), "%s", d->last_error);
     if (d->state == BRM_DELIVERY_PENDING) s->pending++;
     if (d->state == BRM_DELIVERY_DEAD) {
         s->dead++;
@@ -232,6 +237,8 @@ static void test_deliveries(void) {
         "  busy = { kind = 'webhook', url = 'http://127.0.0.1:%d/busy', backoff = '0.1s' },\n"
         "  bad = { kind = 'webhook', url = 'http://127.0.0.1:%d/bad' },\n"
         "  gone = { kind = 'webhook', url = 'http://127.0.0.1:%d/', backoff = '0.1s' },\n"
+        "  k = { kind = 'kafka', topic = 't', properties = { ['test.mock.num.brokers'] = '1',\n"
+        "        log_level = '0' } },\n"
         "}\n",
         dir, srv.port, srv.port, srv.port, gone);
     char *path = brm_path_join(dir, "brume.lua");
@@ -266,6 +273,9 @@ static void test_deliveries(void) {
     add(st, "3:0:route:1", "bad", url, 3600);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/", gone);
     add(st, "4:0:route:1", "gone", url, 1);
+    /* To librdkafka's mock cluster; a request that is not a kafka one is dead. */
+    add(st, "6:0:route:1", "k", "kafka:t", 3600);
+    add(st, "7:0:route:1", "k", "http://127.0.0.1:1/", 3600);
     /* A delivery whose target a reload removed is buried, not tried. */
     add(st, "5:0:route:1", "removed", "http://127.0.0.1:1/", 3600);
     CHECK_INT(brm_store_commit(st, &err), 0);
@@ -282,10 +292,11 @@ static void test_deliveries(void) {
     struct seen s = settle(reader);
     brm_outbox_stop(ob, 1);
 
-    CHECK_INT(s.n, 7);
+    CHECK_INT(s.n, 9);
     CHECK_INT(s.pending, 0);
-    CHECK_INT(s.done, 4); /* three ok, busy after two 503s */
-    CHECK_INT(s.dead, 3); /* bad, gone, removed */
+    CHECK_INT(s.done, 5); /* three ok, busy after two 503s, kafka */
+    CHECK_INT(s.dead, 4); /* bad, gone, removed, the kafka one that is not */
+    CHECK_HAS(s.kafka_error, "the stored request is not a kafka message");
     CHECK_INT(srv.ok, 3);
     CHECK_INT(srv.busy, 3);
     CHECK_INT(srv.bad, 1); /* a 400 is not tried again */
@@ -295,6 +306,9 @@ static void test_deliveries(void) {
     char answer[64] = "";
     CHECK_INT(brm_store_attempts(reader, s.bad_id, 10, last_answer, answer, &err), 0);
     CHECK_STR(answer, "no such channel");
+    CHECK_INT(brm_store_attempts(reader, s.kafka_id, 10, last_answer, answer, &err), 0);
+    CHECK(strncmp(answer, "partition ", 10) == 0); /* no key: any partition */
+    CHECK_HAS(answer, " offset 0");
     long pending;
     double oldest;
     CHECK_INT(brm_store_pending(reader, brm_time_now(), &pending, &oldest), 0);
