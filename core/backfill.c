@@ -21,6 +21,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "store.h"
+#include "transfer.h"
 
 #define MAX_ANSWER      (64u << 20) /* bytes of one page's answer, at most */
 #define TIMEOUT         60          /* seconds one request may take */
@@ -354,22 +355,11 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg) {
     return len;
 }
 
-/* Retry-After in seconds (Mist's), or an HTTP date. */
 static size_t on_header(char *data, size_t size, size_t n, void *arg) {
     struct answer *a = arg;
     size_t len = size * n;
-    static const char name[] = "retry-after:";
-    if (len > sizeof(name) && strncasecmp(data, name, sizeof(name) - 1) == 0) {
-        char v[64];
-        snprintf(v, sizeof(v), "%.*s", (int)(len - sizeof(name) + 1), data + sizeof(name) - 1);
-        char *end;
-        double secs = strtod(v, &end);
-        if (end == v) {
-            time_t when = curl_getdate(v, NULL);
-            secs = when > 0 ? (double)when - brm_time_now() : 0;
-        }
-        if (isfinite(secs) && secs > 0) a->retry_after = fmin(secs, MAX_WAIT);
-    }
+    double secs = brm_transfer_retry_after(data, len);
+    if (isfinite(secs) && secs > 0) a->retry_after = fmin(secs, MAX_WAIT);
     return len;
 }
 

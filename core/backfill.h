@@ -31,8 +31,9 @@
  * restart meanwhile reads on from there: the bodies it took, and posts
  * since, are newer in the journal than what it had not read.
  *
- * Depends on store (reading), json, config, metrics, log, util; libcurl,
- * OpenSSL's libcrypto, and a private Lua VM that only decodes JSON.
+ * Depends on store (reading), transfer (its Retry-After reading), json,
+ * config, metrics, log, util; libcurl, OpenSSL's libcrypto, and a private
+ * Lua VM that only decodes JSON.
  */
 #ifndef BRM_BACKFILL_H
 #define BRM_BACKFILL_H

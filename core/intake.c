@@ -659,16 +659,22 @@ static void fire(struct brm_intake *in, const char *key) {
     brm_fired_reset(&f);
 }
 
+/* Wakes the worker's loop (any thread); a saturated eventfd means a wake
+ * is pending anyway. */
+static void poke(struct brm_intake *in) {
+    uint64_t one = 1;
+    if (write(in->donefd, &one, sizeof(one)) < 0) {
+    }
+}
+
 void brm_intake_fire(struct brm_intake *in, const char *key) {
     struct fire *f = brm_xcalloc(1, sizeof(*f));
     f->key = brm_xstrdup(key);
-    uint64_t one = 1;
     pthread_mutex_lock(&in->lock);
     *in->fires_tail = f;
     in->fires_tail = &f->next;
     pthread_mutex_unlock(&in->lock);
-    if (write(in->donefd, &one, sizeof(one)) < 0) { /* saturated: the worker looks anyway */
-    }
+    poke(in);
 }
 
 /* Fires what the scheduler handed over. */
@@ -738,13 +744,11 @@ static void run_parked(struct brm_intake *in) {
 }
 
 void brm_intake_wake(struct brm_intake *in) {
-    uint64_t one = 1;
     pthread_mutex_lock(&in->lock);
     atomic_store(&in->retry, 1);
     pthread_cond_signal(&in->done_cond); /* a worker in brm_intake_flush */
     pthread_mutex_unlock(&in->lock);
-    if (write(in->donefd, &one, sizeof(one)) < 0) { /* saturated: a wake is pending anyway */
-    }
+    poke(in);
 }
 
 void brm_intake_set_shared(struct brm_intake *in, struct brm_shared *shared) {
@@ -761,13 +765,11 @@ void brm_intake_rerun(struct brm_intake *in, const struct brm_body *b, _Atomic l
     p->received = b->received;
     p->peer = brm_xstrdup("journal");
     p->pending = pending;
-    uint64_t one = 1;
     pthread_mutex_lock(&in->lock);
     *in->reruns_tail = p;
     in->reruns_tail = &p->next;
     pthread_mutex_unlock(&in->lock);
-    if (write(in->donefd, &one, sizeof(one)) < 0) { /* saturated: the worker looks anyway */
-    }
+    poke(in);
 }
 
 /* Runs the held bodies the server handed over, in the order it did. */
@@ -802,9 +804,7 @@ static void group_done(struct brm_journal_job *job, int stored, const struct brm
     in->done = g;
     pthread_cond_signal(&in->done_cond);
     pthread_mutex_unlock(&in->lock);
-    uint64_t one = 1;
-    if (write(in->donefd, &one, sizeof(one)) < 0) { /* saturated: the worker looks anyway */
-    }
+    poke(in);
 }
 
 /* Logs a refused group: a full disk refuses every group, so a line a
@@ -903,9 +903,7 @@ static void committed(void *arg, enum brm_shared_outcome outcome, int wanted) {
     }
     pthread_cond_signal(&in->done_cond);
     pthread_mutex_unlock(&in->lock);
-    uint64_t one = 1;
-    if (write(in->donefd, &one, sizeof(one)) < 0) { /* saturated: the worker looks anyway */
-    }
+    poke(in);
 }
 
 /* The entries the journal writes for G's bodies; G's job is set up. */

@@ -138,22 +138,25 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg) {
     return len;
 }
 
-/* Retry-After: seconds, or an HTTP date. */
+double brm_transfer_retry_after(const char *line, size_t len) {
+    static const char name[] = "retry-after:";
+    if (len <= sizeof(name) || strncasecmp(line, name, sizeof(name) - 1) != 0) return 0;
+    char v[64];
+    snprintf(v, sizeof(v), "%.*s", (int)(len - sizeof(name) + 1), line + sizeof(name) - 1);
+    char *end;
+    double secs = strtod(v, &end);
+    if (end == v) {
+        time_t when = curl_getdate(v, NULL);
+        secs = when > 0 ? (double)when - brm_time_now() : 0;
+    }
+    return secs > 0 ? secs : 0;
+}
+
 static size_t on_header(char *data, size_t size, size_t n, void *arg) {
     struct brm_transfer *x = arg;
     size_t len = size * n;
-    static const char name[] = "retry-after:";
-    if (len > sizeof(name) && strncasecmp(data, name, sizeof(name) - 1) == 0) {
-        char v[64];
-        snprintf(v, sizeof(v), "%.*s", (int)(len - sizeof(name) + 1), data + sizeof(name) - 1);
-        char *end;
-        double secs = strtod(v, &end);
-        if (end == v) {
-            time_t when = curl_getdate(v, NULL);
-            secs = when > 0 ? (double)when - brm_time_now() : 0;
-        }
-        if (secs > 0) x->retry_after = fmin(secs, 86400);
-    }
+    double secs = brm_transfer_retry_after(data, len);
+    if (secs > 0) x->retry_after = fmin(secs, 86400);
     return len;
 }
 

@@ -57,4 +57,9 @@ struct brm_transfer *brm_transfer_start(struct brm_transfers *t,
 /* Stops a transfer in flight; DONE is not called. */
 void brm_transfer_cancel(struct brm_transfer *x);
 
+/* The wait a "Retry-After:" header line of LEN bytes asks for, in seconds
+ * (a number, or an HTTP date from now; it may be infinite), or 0 when
+ * LINE is another header or asks for none. */
+double brm_transfer_retry_after(const char *line, size_t len);
+
 #endif
