@@ -16,6 +16,9 @@
 #include "verify.h"
 
 #define MAX_TOPIC_SERIES 64 /* events_total series; later topics count as "other" */
+/* Bytes of a worker's bodies handed to the journal and not stored yet past
+ * which a durability = "none" body's answer waits for its commit too. */
+#define MAX_AHEAD (1u << 20)
 
 /* The prepared keys of one source: a secret (or two, during a rotation)
  * for each signature the source accepts. */
@@ -60,6 +63,7 @@ struct group {
     enum brm_shared_outcome final;
     int resolving;      /* its bodies were held when the answer was lost: it stores their outcome
                            if the commit went through after all */
+    uint64_t counted;   /* its bytes in the intake's unstored */
     struct group *next; /* on the intake's list of groups done (or committed) */
 };
 
@@ -111,8 +115,9 @@ struct brm_intake {
     struct group *committed;              /* groups Redis answered, newest first */
     struct fire *fires, **fires_tail;     /* timers and digests to fire, from the scheduler */
     struct parked *reruns, **reruns_tail; /* held bodies to run, from the server */
-    size_t inflight; /* groups handed over and not yet answered (worker's thread) */
-    int donefd;      /* eventfd: the journal's thread, or a wake -> this worker */
+    size_t inflight;   /* groups handed over and not yet answered (worker's thread) */
+    uint64_t unstored; /* their body bytes (worker's thread) */
+    int donefd;        /* eventfd: the journal's thread, or a wake -> this worker */
     struct event *done_ev;
     _Atomic int retry; /* parked bodies should run again */
 
@@ -120,6 +125,7 @@ struct brm_intake {
     size_t failed_bodies, failed_lost;
     struct source_keys *keys; /* parallel to cfg->sources */
     struct brm_counter *unknown, *other_topic, *duplicates, *parked_count, *conflicts, *holds;
+    struct brm_counter *behind;
     uint64_t drops_logged; /* when timer drops were last logged (ms) */
     unsigned drops_shown, drops_hidden;
     struct brm_histogram *lag;
@@ -214,6 +220,11 @@ struct brm_intake *brm_intake_new(struct brm_engine *engine, struct brm_outbox *
     in->holds = brm_metrics_counter(
         "brume_state_held_total",
         "Bodies journaled with their rules held for the shared state (Redis away, or a backlog).",
+        NULL);
+    in->behind = brm_metrics_counter(
+        "brume_journal_behind_total",
+        "Bodies of durability = \"none\" sources answered after their commit, not before: "
+        "the journal's writer was more than 1 MB behind their worker.",
         NULL);
     return in;
 }
@@ -439,6 +450,18 @@ static int hold_instead(struct brm_intake *in, const struct body *b) {
 }
 
 /*
+ * Whether body B, which DONE would answer, is answered now, before it is
+ * stored: a durability = "none" body is, while this worker's bodies handed
+ * to the journal and not stored stay under MAX_AHEAD. Past it the answer
+ * waits for the commit (still with no fsync), so a writer that falls
+ * behind slows the clients down instead of growing a queue in memory.
+ */
+static int answer_first(const struct brm_intake *in, const struct body *b,
+                        brm_intake_done_fn *done) {
+    return done && !b->source->durable && !b->backfilled && in->unstored < MAX_AHEAD;
+}
+
+/*
  * Runs body B (its signature checked) and holds it for the open group, or
  * refuses it, or parks it. DONE is called at once unless the answer waits
  * for the group; COPY is B's body when it was copied already (a parked body
@@ -483,7 +506,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
         if (brm_state_rollback(in->txn, mark)) in->wake(in->wake_arg);
         brm_actions_reset(&actions);
         brm_buf_reset(&runs.text);
-        if (!copy && !src->durable && done && !b->backfilled) {
+        if (!copy && answer_first(in, b, done)) {
             copy = brm_xstrndup(b->body, b->len);
             done(arg, BRM_OK, "ok"); /* answered at once, as the source chose */
             done = NULL;
@@ -539,12 +562,14 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
                         .pending = b->pending,
                         .backfilled = b->backfilled };
     snprintf(h->topic, sizeof(h->topic), "%s", env.name);
-    if (!src->durable && h->done && !b->backfilled) {
+    if (answer_first(in, b, h->done)) {
         /* Answered now: the request's buffer moves on, so keep a copy. */
         h->copy = brm_xstrndup(b->body, b->len);
         h->body = h->copy;
         h->done = NULL;
         done(arg, BRM_OK, "ok");
+    } else if (done && !src->durable && !b->backfilled) {
+        brm_counter_add(in->behind, 1);
     }
 }
 
@@ -827,6 +852,7 @@ static void free_group(struct brm_intake *in, struct group *g) {
     free_held(g->held, g->jg.n);
     free(g->entries);
     brm_config_free(g->jg.cfg);
+    in->unstored -= g->counted;
     free(g);
     in->inflight--;
 }
@@ -909,11 +935,13 @@ static void committed(void *arg, enum brm_shared_outcome outcome, int wanted) {
 /* The entries the journal writes for G's bodies; G's job is set up. */
 static void fill_entries(struct group *g) {
     int durable = 0;
+    struct brm_intake *in = g->in;
     free(g->entries);
     g->entries = brm_xmalloc((g->jg.n ? g->jg.n : 1) * sizeof(*g->entries));
     for (size_t i = 0; i < g->jg.n; i++) {
         struct held *h = &g->held[i];
-        durable |= h->done != NULL;
+        /* A durability = "none" body may wait for its commit, not its fsync. */
+        durable |= h->done && (h->backfilled || h->source->durable);
         g->entries[i] = (struct brm_journal_entry){
             h->id,
             h->source  ? h->source->name
@@ -935,9 +963,11 @@ static void fill_entries(struct group *g) {
         };
     }
     g->jg.entries = g->entries;
-    /* A group of durability = "none" bodies alone, answered already, need
-     * not wait for the disk: that is what the source chose. */
+    /* A group of durability = "none" bodies alone need not wait for the
+     * disk: that is what the source chose. */
     brm_journal_group_init(&g->jg, durable);
+    in->unstored = in->unstored - g->counted + g->jg.job.bytes;
+    g->counted = g->jg.job.bytes;
 }
 
 /* A group whose commit Redis did not apply (its transaction is undone):

@@ -7,7 +7,9 @@
  *   to the store fails with EROFS, as on a disk that went read-only; once it
  *   is removed, they work again.
  * - BRUME_FAULT_SYNC_MS=N makes every sync of the store take N ms longer,
- *   as on a slow disk, so that a test can kill brume in the middle of one.
+ *   as on a slow disk, so that a test can kill brume in the middle of one;
+ *   BRUME_FAULT_WRITE_MS=N does the same to every write, so that the
+ *   journal's writer falls behind what the workers take in.
  * - A countdown, as SQLite's own test_malloc.c and faultsim do it: the
  *   store's calls of the kinds in BRUME_FAULT_OPS (a comma-separated list
  *   of read, write, sync, open, truncate; all of them by default) are
@@ -71,7 +73,7 @@ static struct {
 /* The settings, read once. */
 static struct {
     const char *flag, *hold;
-    long sync_ms;
+    long sync_ms, write_ms;
     int counting; /* BRUME_FAULT_AT, _COUNT or _TRACE is set */
     long long at; /* 0: count, fail none */
     unsigned ops; /* 1 << enum op */
@@ -136,6 +138,8 @@ static void setup(void) {
     cfg.flag = getenv("BRUME_FAULT_FLAG");
     cfg.hold = getenv("BRUME_FAULT_HOLD");
     if ((v = getenv("BRUME_FAULT_SYNC_MS"))) cfg.sync_ms = (long)number("BRUME_FAULT_SYNC_MS", v);
+    if ((v = getenv("BRUME_FAULT_WRITE_MS")))
+        cfg.write_ms = (long)number("BRUME_FAULT_WRITE_MS", v);
     if ((v = getenv("BRUME_FAULT_AT"))) cfg.at = number("BRUME_FAULT_AT", v), cfg.counting = 1;
     cfg.ops = (1u << NOPS) - 1;
     if ((v = getenv("BRUME_FAULT_OPS"))) cfg.ops = parse_ops(v);
@@ -222,8 +226,9 @@ static int fault_fd(enum op op, const char *name, int fd) {
     char path[4096];
     const char *file = store_fd(fd, path, sizeof(path));
     if (!file) return 0;
-    if (op == OP_SYNC && cfg.sync_ms > 0) {
-        struct timespec ts = { cfg.sync_ms / 1000, (cfg.sync_ms % 1000) * 1000000L };
+    long slow = op == OP_SYNC ? cfg.sync_ms : op == OP_WRITE ? cfg.write_ms : 0;
+    if (slow > 0) {
+        struct timespec ts = { slow / 1000, (slow % 1000) * 1000000L };
         nanosleep(&ts, NULL);
     }
     if ((op == OP_WRITE || op == OP_SYNC) && cfg.flag && access(cfg.flag, F_OK) == 0) return EROFS;

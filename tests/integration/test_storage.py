@@ -1,6 +1,7 @@
 """The storage path: the journal is a bounded ring whose newest bodies are
 kept; a kill -9 in the middle of the writer's commit loses nothing that was
-answered 200; a stop is prompt while the writer has a long prune to do;
+answered 200; a durability = "none" source's answers wait for a writer
+that fell behind; a stop is prompt while the writer has a long prune to do;
 workers that need each other's rule state do not wait, and nothing runs on
 state that is not stored."""
 import json
@@ -197,6 +198,46 @@ end }"""}, workers=2).start()
             self.assertEqual(old, 0)
             self.assertEqual(b.stop(), 0)
             self.assertEqual(journal_ids(b), ["new"])
+        finally:
+            b.cleanup()
+
+
+class WriterBehind(unittest.TestCase):
+    def test_durability_none_waits_for_a_writer_that_fell_behind(self):
+        """Every write to the store takes 1 ms longer, so the writer stores
+        about 2 MB a second while the worker takes in far more: past 1 MB
+        behind, a durability = "none" body's answer waits for its commit
+        (instead of a queue of bodies growing in memory), and every body
+        answered is stored."""
+        env = dict(harness.fault_env("/nonexistent"), BRUME_FAULT_WRITE_MS="1")
+        b = Brume('sources = { mist = { path = "/mist", secret = "%s", durability = "none" } }\n'
+                  % harness.SECRET, rules={"n.lua": NOTHING}, workers=1, env=env).start()
+        try:
+            pad = "x" * 60000
+            answers, lock = [], threading.Lock()
+
+            def post(t):
+                conn = b.connection()
+                for i in range(12):
+                    eid = "t%d-%02d" % (t, i)
+                    r = b.post(json.dumps({"topic": "alarms", "events": [{"id": eid, "p": pad}]}),
+                               conn=conn)
+                    with lock:
+                        answers.append((eid, r.status))
+                conn.close()
+
+            threads = [threading.Thread(target=post, args=(t,)) for t in range(5)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            self.assertEqual(len(answers), 60)
+            self.assertEqual([a for a in answers if a[1] != 200], [])
+            waited = b.metrics().get("brume_journal_behind_total", 0)
+            self.assertGreater(waited, 0, "no answer waited for the writer")
+            self.assertLess(waited, 60, "every answer waited: none went ahead of its commit")
+            self.assertEqual(b.stop(), 0)
+            self.assertEqual(sorted(journal_ids(b)), sorted(e for e, _ in answers))
         finally:
             b.cleanup()
 
