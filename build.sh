@@ -5,9 +5,11 @@
 #   ./build.sh test   install what is missing, build with ASan+UBSan, run the whole suite
 #   ./build.sh bench  build Release and run the benchmark (tests/bench/run.sh [seconds])
 #   ./build.sh bench shared [S]  the cost of shared rule state in Redis (tests/bench/shared.py)
-#   ./build.sh fuzz [S] [--runs N] [TARGET...]  build the fuzz targets with clang and
-#                     libFuzzer, run each (default: all) for S seconds (default 60) or
-#                     for N inputs; new inputs go to build-fuzz/corpus/
+#   ./build.sh fuzz [S] [--runs N] [--jobs J] [--sanitize LIST] [TARGET...]  build the
+#                     fuzz targets with clang and libFuzzer, run each (default: all) for
+#                     S seconds (default 60) or N inputs, in J processes (default 1), under
+#                     LIST (default address,undefined); new inputs go to build-fuzz/corpus/
+#                     and crashes to build-fuzz/crashes/
 #   ./build.sh deb [DIR] build the Debian package DIR/brume_<version>_<arch>.deb (DIR:
 #                     build-deb); install it with: sudo apt install ./build-deb/brume_*.deb
 #
@@ -55,35 +57,46 @@ build() { # build DIR TYPE [cmake options...]
     cmake --build "$dir" -j "$jobs"
 }
 
-# Builds the fuzz targets with libFuzzer and runs each of $targets for
-# $seconds seconds or $runs inputs, one after the other, from its committed
-# corpus; says how many inputs each ran, in how long, and where the input of
-# any crash went. Fails when one crashed.
+# Builds the fuzz targets with libFuzzer under $sanitize and runs each of
+# $targets for $seconds seconds or $runs inputs, one after the other, from
+# its committed corpus, in $fuzz_jobs processes at once (each its share of
+# the runs, with its own seed and log, sharing the corpus); says how many
+# inputs each target ran, in how long, and where the input of any crash
+# went. Fails when one crashed.
 fuzz_campaigns() {
-    dir=build-fuzz crashed=""
+    dir=build-fuzz out=build-fuzz crashed=""
+    [ "$sanitize" = address,undefined ] || dir="build-fuzz-$(echo "$sanitize" | tr , -)"
     limit="-max_total_time=$seconds"
-    [ -z "$runs" ] || limit="-runs=$runs"
+    [ -z "$runs" ] || limit="-runs=$(((runs + fuzz_jobs - 1) / fuzz_jobs))"
     cmake -S . -B $dir -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
-        -DBRUME_SANITIZE=fuzzer-no-link,address,undefined -DBRUME_WERROR=OFF >/dev/null
+        -DBRUME_SANITIZE="fuzzer-no-link,$sanitize" -DBRUME_WERROR=OFF >/dev/null
     for t in $targets; do
         cmake --build $dir -j "$jobs" --target "fuzz_$t" >$dir/build.log 2>&1 ||
             { cat $dir/build.log >&2; exit 1; }
     done
-    mkdir -p $dir/crashes
+    mkdir -p $out/crashes
     for t in $targets; do
-        mkdir -p "$dir/corpus/$t"
-        log="$dir/fuzz_$t.log" rc=0 start=$(date +%s)
-        "$dir/tests/fuzz/fuzz_$t" "$limit" -timeout=10 -rss_limit_mb=2048 \
-            -print_final_stats=1 -artifact_prefix="$dir/crashes/$t-" \
-            "$dir/corpus/$t" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
-        ran=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+        mkdir -p "$out/corpus/$t"
+        log="$out/fuzz_$t.log" rc=0 start=$(date +%s) pids="" logs=""
+        for j in $(seq 1 "$fuzz_jobs"); do
+            [ "$fuzz_jobs" = 1 ] || log="$out/fuzz_$t.$j.log"
+            logs="$logs $log"
+            "$dir/tests/fuzz/fuzz_$t" "$limit" -seed="$j$start" -timeout=10 -rss_limit_mb=2048 \
+                -print_final_stats=1 -artifact_prefix="$out/crashes/$t-" \
+                "$out/corpus/$t" "tests/fuzz/corpus/$t" >"$log" 2>&1 &
+            pids="$pids $!"
+        done
+        for p in $pids; do wait "$p" || rc=$?; done
+        # shellcheck disable=SC2086
+        ran=$(sed -n 's/^stat::number_of_executed_units: *//p' $logs | awk '{ n += $1 } END { print n }')
         took=$(($(date +%s) - start))
         if [ $rc -eq 0 ]; then
-            echo "fuzz_$t: ${ran:-?} executions in ${took}s, no crash"
+            echo "fuzz_$t: ${ran:-?} executions in ${took}s (processes: $fuzz_jobs, sanitizers: $sanitize), no crash"
         else
             crashed="$crashed $t"
-            echo "fuzz_$t: CRASH after ${ran:-?} executions (log: $log)"
-            grep -E "^SUMMARY|^==[0-9]+==ERROR|property broken|Test unit written" "$log" | sed 's/^/    /'
+            echo "fuzz_$t: CRASH after ${ran:-?} executions (logs:$logs)"
+            # shellcheck disable=SC2086
+            grep -E "^SUMMARY|^==[0-9]+==ERROR|property broken|Test unit written" $logs | sed 's/^/    /'
         fi
     done
     [ -z "$crashed" ] || { echo "build.sh: crashes in:$crashed" >&2; exit 1; }
@@ -121,12 +134,17 @@ bench)
     ;;
 fuzz)
     need $DEPS $FUZZ_DEPS
-    seconds=60 runs="" targets=""
+    seconds=60 runs="" targets="" fuzz_jobs=1 sanitize=address,undefined
     case "${1:-}" in [0-9]*) seconds=$1 && shift ;; esac
-    if [ "${1:-}" = --runs ]; then
-        runs=${2:?"build.sh: --runs takes a count"}
+    while :; do
+        case "${1:-}" in
+        --runs) runs=${2:?"build.sh: --runs takes a count"} ;;
+        --jobs) fuzz_jobs=${2:?"build.sh: --jobs takes a count"} ;;
+        --sanitize) sanitize=${2:?"build.sh: --sanitize takes a list (address,undefined)"} ;;
+        *) break ;;
+        esac
         shift 2
-    fi
+    done
     for t in "$@"; do
         case " $FUZZ_TARGETS " in
         *" $t "*) targets="$targets $t" ;;
@@ -154,7 +172,7 @@ deb)
     ls "$dir"/brume_*.deb
     ;;
 *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

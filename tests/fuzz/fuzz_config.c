@@ -64,6 +64,9 @@ static void check_errors(const struct brm_errors *errs) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!path) setup();
+    /* A new file each time: ext4 writes a file truncated to nothing back to
+     * disk when it is closed, which cost a sixth of each run. */
+    unlink(path);
     FILE *f = fopen(path, "wb");
     MUST(f && fwrite(data, 1, size, f) == size && fclose(f) == 0);
     struct brm_errors errs = { 0 };
