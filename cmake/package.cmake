@@ -8,6 +8,8 @@
 #                                  (conffiles: edits survive upgrades)
 #   /usr/share/brume/rules/        the shipped rules as shipped, to compare
 #   /usr/share/brume/recipes/      examples/recipes/, whatever it holds
+#   /usr/share/brume/deploy/       deploy/: scale-out behind haproxy (brume@.service,
+#                                  haproxy.cfg, redis.conf, the instances' config)
 #   /lib/systemd/system/brume.service   examples/brume.service for /usr/bin;
 #                                  the postinst enables it, never starts it
 #   /usr/share/doc/brume/          README.md, the other example configs,
@@ -102,6 +104,7 @@ install(DIRECTORY ${CMAKE_SOURCE_DIR}/rules/ DESTINATION share/brume/rules)
 if(IS_DIRECTORY ${CMAKE_SOURCE_DIR}/examples/recipes)
   install(DIRECTORY ${CMAKE_SOURCE_DIR}/examples/recipes/ DESTINATION share/brume/recipes)
 endif()
+install(DIRECTORY ${CMAKE_SOURCE_DIR}/deploy/ DESTINATION share/brume/deploy)
 file(GLOB examples CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/examples/*.lua)
 list(REMOVE_ITEM examples ${CMAKE_SOURCE_DIR}/examples/brume.lua)
 install(FILES ${examples} DESTINATION share/doc/brume/examples)

@@ -108,6 +108,8 @@ class Package(unittest.TestCase):
         want |= {"/etc/brume/rules/" + r for r in rules}
         want |= {"/usr/share/brume/rules/" + r for r in rules}
         want |= {"/usr/share/brume/recipes/" + r for r in self.shipped("examples/recipes")}
+        want |= {"/usr/share/brume/deploy/" + r for r in self.shipped("deploy")}
+        self.assertIn("/usr/share/brume/deploy/brume@.service", want)
         want |= {"/usr/share/doc/brume/examples/" + os.path.basename(p)
                  for p in glob.glob(os.path.join(SRC, "examples", "*.lua"))
                  if not p.endswith("/brume.lua")}
