@@ -63,6 +63,8 @@ struct change {
     char *target;
     long changed;
     struct brm_state_txn *txn; /* a timer's or digest's change (then nothing below) */
+    int status;                /* shared state: the answer Redis's thread made, in ANSWER */
+    struct brm_buf answer;
     /* What the writer's last try of this step did (a failed batch is tried
      * again job by job, so a step counts only once it is stored). */
     long step_changed;
@@ -78,6 +80,7 @@ struct brm_console {
     struct brm_journal *journal;
     struct brm_outbox *outbox;
     struct brm_state *state;      /* rule state: timers and digests */
+    struct brm_shared *shared;    /* or in Redis */
     const struct brm_config *cfg; /* the running one (a reference) */
     struct brm_snapshot *files;   /* its rule set's files (a reference) */
     long generation;
@@ -967,14 +970,9 @@ static int write_change(struct brm_journal_job *job, struct brm_store *st, struc
     return rc;
 }
 
-/* On the writer's thread: back to the main thread's loop. */
-static void change_done(struct brm_journal_job *job, int stored, const struct brm_err *err) {
-    struct change *ch = (struct change *)job;
-    struct brm_console *c = ch->c;
-    ch->stored = stored;
-    if (ch->txn) brm_state_release(ch->txn, stored); /* refused: undone */
-    ch->txn = NULL;
-    if (!stored) snprintf(ch->error, sizeof(ch->error), "%s", err ? err->msg : "not stored");
+/* From another thread (the writer's, Redis's): back to the main thread's
+ * loop. */
+static void hand_back(struct brm_console *c, struct change *ch) {
     pthread_mutex_lock(&c->lock);
     ch->next = c->done;
     c->done = ch;
@@ -984,8 +982,20 @@ static void change_done(struct brm_journal_job *job, int stored, const struct br
     }
 }
 
+/* On the writer's thread. */
+static void change_done(struct brm_journal_job *job, int stored, const struct brm_err *err) {
+    struct change *ch = (struct change *)job;
+    struct brm_console *c = ch->c;
+    ch->stored = stored;
+    if (ch->txn) brm_state_release(ch->txn, stored); /* refused: undone */
+    ch->txn = NULL;
+    if (!stored) snprintf(ch->error, sizeof(ch->error), "%s", err ? err->msg : "not stored");
+    hand_back(c, ch);
+}
+
 static void free_change(struct change *ch) {
     free(ch->target);
+    brm_buf_reset(&ch->answer);
     free(ch);
 }
 
@@ -996,6 +1006,11 @@ static void submit_change(struct brm_console *c, struct change *ch) {
 
 /* A change's step came back: go on, or answer. */
 static void step_back(struct brm_console *c, struct change *ch) {
+    if (ch->status) { /* answered in Redis */
+        reply_json(ch->req, ch->status, &ch->answer);
+        free_change(ch);
+        return;
+    }
     if (!ch->stored) {
         char msg[700];
         snprintf(msg, sizeof(msg), "the store refused the change (%ld changed before): %s",
@@ -1132,16 +1147,74 @@ static void list_timer(void *arg, int kind, const char *fullkey, const char *rul
         brm_buf_printf(b, ",\"count\":%ld}", count);
 }
 
+/* Shared state, on Redis's thread: the listing, as list_timer writes it. */
+static void listed(void *arg, const struct brm_shared_due *v, size_t n, long total) {
+    struct change *ch = arg;
+    if (total < 0) {
+        ch->status = 503;
+        brm_buf_puts(&ch->answer, "{\"ok\":false,\"error\":\"Redis, where the timers are, did not "
+                                  "answer: try again\"}");
+    } else {
+        ch->status = 200;
+        brm_buf_printf(&ch->answer, "{\"store\":true,\"shared\":true,\"total\":%ld,\"timers\":[",
+                       total);
+        for (size_t i = 0; i < n; i++) {
+            const char *rule = strchr(v[i].key, '\x1f'),
+                       *key = rule ? strchr(rule + 1, '\x1f') : NULL;
+            if (!key) continue;
+            rule++;
+            int group = strncmp(v[i].key, "group\x1f", 6) == 0;
+            const char *count = group ? strstr(v[i].value, "\"count\":") : NULL;
+            list_timer(&ch->answer, group ? BRM_FIRED_GROUP : BRM_FIRED_TIMER, v[i].key, rule,
+                       (size_t)(key - rule), key + 1, v[i].due, group ? NULL : v[i].value,
+                       count ? strtol(count + 8, NULL, 10) : 0);
+        }
+        brm_buf_puts(&ch->answer, "]}");
+    }
+    hand_back(ch->c, ch);
+}
+
+/* Shared state, on Redis's thread: a cancel's or fire's outcome. */
+static void changed_due(void *arg, int result) {
+    struct change *ch = arg;
+    ch->status = result == 1 ? 200 : result == 0 ? 404 : 503;
+    brm_buf_puts(&ch->answer,
+                 result == 1   ? "{\"ok\":true}"
+                 : result == 0 ? "{\"ok\":false,\"error\":\"no such timer or digest\"}"
+                               : "{\"ok\":false,\"error\":\"Redis, where the timers are, did not "
+                                 "answer: try again\"}");
+    hand_back(ch->c, ch);
+}
+
 /*
  * The timers and digests rules armed: GET lists the soonest ({"timers":
  * [{"kind": "timer"|"digest", "rule", "key", "due", "data"|"count"}],
  * "store": true}), POST cancel and fire one ({"kind", "rule", "key"}: its
  * change goes through the writer like a rule's; {"ok": true} once stored, or
- * 404 when there is none). Returns the status, or 0 when the answer comes
- * once the change is stored.
+ * 404 when there is none). With shared state they are Redis's, every
+ * instance's ("shared": true, and "total"), and a cancel or fire is made
+ * there. Returns the status, or 0 when the answer comes later.
  */
 static int timers(struct brm_console *c, struct brm_http_req *req, const char *op, const char *kind,
                   const char *rule, const char *key, struct brm_buf *out) {
+    if (c->shared) {
+        struct change *ch = brm_xcalloc(1, sizeof(*ch));
+        ch->c = c;
+        ch->req = req;
+        if (strcmp(op, "list") == 0) {
+            brm_shared_list_due(c->shared, MAX_TIMERS_SHOWN, listed, ch);
+            return 0;
+        }
+        char *full = brm_xasprintf(
+            "%s\x1f%s\x1f%s", kind && strcmp(kind, "digest") == 0 ? "group" : "timer", rule, key);
+        brm_log_info(strcmp(op, "fire") == 0 ? "console: firing a timer now"
+                                             : "console: cancelling a timer",
+                     "rule", rule, "timer", key, "peer", req->peer, "in", "redis");
+        brm_shared_change_due(c->shared, full, strcmp(op, "fire") == 0, brm_time_now(), changed_due,
+                              ch);
+        free(full);
+        return 0;
+    }
     if (strcmp(op, "list") == 0) {
         brm_buf_puts(out, "{\"store\":true,\"timers\":[");
         brm_state_each_due(c->state, MAX_TIMERS_SHOWN, list_timer, out);
@@ -1542,8 +1615,10 @@ fail:
     return NULL;
 }
 
-void brm_console_set_state(struct brm_console *c, struct brm_state *state) {
+void brm_console_set_state(struct brm_console *c, struct brm_state *state,
+                           struct brm_shared *shared) {
     c->state = state;
+    c->shared = shared;
 }
 
 void brm_console_free(struct brm_console *c) {

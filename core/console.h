@@ -27,7 +27,7 @@
  * Content-Security-Policy, X-Frame-Options: DENY and Cache-Control: no-store.
  *
  * Depends on http, store, journal, outbox, engine, intake, snapshot, state,
- * json, metrics, config, log, util.
+ * shared, json, metrics, config, log, util.
  */
 #ifndef BRM_CONSOLE_H
 #define BRM_CONSOLE_H
@@ -38,6 +38,7 @@
 #include "http.h"
 #include "journal.h"
 #include "outbox.h"
+#include "shared.h"
 #include "snapshot.h"
 #include "state.h"
 
@@ -56,8 +57,12 @@ struct brm_console *brm_console_new(struct event_base *base, const char *path,
 /* Call once the journal has stopped: changes still waiting for their
  * answer are dropped with their requests. NULL is fine. */
 void brm_console_free(struct brm_console *c);
-/* The rule state whose timers and digests the console shows (borrowed). */
-void brm_console_set_state(struct brm_console *c, struct brm_state *state);
+/* The rule state whose timers and digests the console shows, and cancels
+ * or fires; in Redis when SHARED is not NULL (both borrowed; SHARED must
+ * outlive the console's requests: brm_shared_free before
+ * brm_console_free). */
+void brm_console_set_state(struct brm_console *c, struct brm_state *state,
+                           struct brm_shared *shared);
 
 /* The running config, the files its rule set was built from (references
  * are taken) and the set's version: at start and after each reload. */

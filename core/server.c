@@ -1341,7 +1341,7 @@ static int open_admin(struct server *s) {
         brm_log_error("cannot open the console", "error", err.msg);
         return -1;
     }
-    brm_console_set_state(s->console, s->state);
+    brm_console_set_state(s->console, s->state, s->shared);
     brm_console_configure(s->console, s->cfg, s->files, atomic_load(&s->generation));
     size_t n = BRM_ARRAY_LEN(proto) + brm_console_routes(s->console, routes + BRM_ARRAY_LEN(proto));
     struct brm_http_opts o = {

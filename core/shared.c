@@ -166,7 +166,41 @@ static const char claim_lua[] =
     "local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')\n"
     "return {out, first[2] or '0', redis.call('ZCARD', KEYS[1])}\n";
 
-enum { SCRIPT_COMMIT, SCRIPT_UNDO, SCRIPT_CLAIM, NSCRIPTS };
+/*
+ * The console's listing. KEYS: the due set. ARGV: the most to list, the
+ * prefix of hashes. Answers {member, due, value} of the soonest, and how
+ * many there are.
+ */
+static const char list_lua[] =
+    "local ks = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)\n"
+    "local out = {}\n"
+    "for _, k in ipairs(ks) do\n"
+    "  local f = redis.call('HMGET', ARGV[2] .. k, 'v', 'd')\n"
+    "  if f[1] then out[#out + 1] = {k, f[2] or '0', f[1]} end\n"
+    "end\n"
+    "return {out, redis.call('ZCARD', KEYS[1])}\n";
+
+/*
+ * The console's cancel or fire of one timer or digest. KEYS: the due set,
+ * the key's hash, its items' list. ARGV: the member, "fire" or "cancel",
+ * now. A cancel deletes the key (a group that read it live then conflicts,
+ * as with any change); a fire makes it due now, for the next claim.
+ * Answers 1, or 0 when there is no such key.
+ */
+static const char change_due_lua[] = "if not redis.call('HGET', KEYS[2], 'n') then\n"
+                                     "  redis.call('ZREM', KEYS[1], ARGV[1])\n"
+                                     "  return 0\n"
+                                     "end\n"
+                                     "if ARGV[2] == 'fire' then\n"
+                                     "  redis.call('HSET', KEYS[2], 'd', ARGV[3])\n"
+                                     "  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])\n"
+                                     "else\n"
+                                     "  redis.call('DEL', KEYS[2], KEYS[3])\n"
+                                     "  redis.call('ZREM', KEYS[1], ARGV[1])\n"
+                                     "end\n"
+                                     "return 1\n";
+
+enum { SCRIPT_COMMIT, SCRIPT_UNDO, SCRIPT_CLAIM, SCRIPT_LIST, SCRIPT_CHANGE_DUE, NSCRIPTS };
 
 struct brm_shared {
     struct brm_state *state;
@@ -225,6 +259,8 @@ struct brm_shared *brm_shared_new(struct brm_state *state, const struct brm_redi
     brm_redis_script_init(&sh->scripts[SCRIPT_COMMIT], commit_lua);
     brm_redis_script_init(&sh->scripts[SCRIPT_UNDO], undo_lua);
     brm_redis_script_init(&sh->scripts[SCRIPT_CLAIM], claim_lua);
+    brm_redis_script_init(&sh->scripts[SCRIPT_LIST], list_lua);
+    brm_redis_script_init(&sh->scripts[SCRIPT_CHANGE_DUE], change_due_lua);
     for (int i = 0; i < NSCRIPTS; i++) sh->script_list[i] = &sh->scripts[i];
     if (getrandom(&sh->instance, sizeof(sh->instance), 0) != (ssize_t)sizeof(sh->instance))
         sh->instance = brm_time_mono_ns() ^ (uint64_t)brm_time_now();
@@ -549,6 +585,96 @@ void brm_shared_claim(struct brm_shared *sh, double now, size_t limit, brm_share
     arg_key(q, sh->prefix, "s:", "");
     arg_key(q, sh->prefix, "i:", "");
     q->done = claim_done;
+    q->arg = c;
+    brm_redis_call(sh->redis, q);
+}
+
+/* ---- the console's view ------------------------------------------------------------ */
+
+struct console_call {
+    brm_shared_list_fn *list;
+    brm_shared_changed_fn *changed;
+    void *arg;
+};
+
+static void list_done(struct brm_redis_req *q) {
+    struct console_call *c = q->arg;
+    const redisReply *r = q->reply;
+    if (q->status != BRM_REDIS_REPLY || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_ARRAY) {
+        c->list(c->arg, NULL, 0, -1);
+    } else {
+        const redisReply *list = r->element[0];
+        struct brm_shared_due *v = brm_xcalloc(list->elements + 1, sizeof(*v));
+        size_t n = 0;
+        for (size_t i = 0; i < list->elements; i++) {
+            const redisReply *k = list->element[i];
+            if (k->type != REDIS_REPLY_ARRAY || k->elements != 3 || !reply_str(k->element[0]) ||
+                !reply_str(k->element[2]))
+                continue;
+            v[n++] = (struct brm_shared_due){ k->element[0]->str, reply_num(k->element[1]),
+                                              k->element[2]->str };
+        }
+        c->list(c->arg, v, n, (long)reply_num(r->element[1]));
+        free(v);
+    }
+    free(c);
+    brm_redis_req_free(q);
+}
+
+void brm_shared_list_due(struct brm_shared *sh, size_t limit, brm_shared_list_fn *fn, void *arg) {
+    struct console_call *c = brm_xcalloc(1, sizeof(*c));
+    c->list = fn;
+    c->arg = arg;
+    struct brm_redis_req *q = brm_redis_req_new();
+    brm_redis_eval(q, &sh->scripts[SCRIPT_LIST], 1);
+    arg_key(q, sh->prefix, "due", "");
+    brm_redis_arg_int(q, (long long)limit);
+    arg_key(q, sh->prefix, "s:", "");
+    q->done = list_done;
+    q->arg = c;
+    brm_redis_call(sh->redis, q);
+}
+
+struct change_due {
+    struct brm_shared *sh;
+    char *key;
+    int fire;
+    brm_shared_changed_fn *fn;
+    void *arg;
+};
+
+static void change_due_done(struct brm_redis_req *q) {
+    struct change_due *c = q->arg;
+    const redisReply *r = q->reply;
+    int result =
+        q->status == BRM_REDIS_REPLY && r->type == REDIS_REPLY_INTEGER ? r->integer == 1 : -1;
+    /* This instance's cache may hold it: its rules would take it for
+     * armed (and conflict on commit); forgotten, they read it again. */
+    if (result == 1 && !c->fire) brm_state_cache_forget(c->sh->state, c->key);
+    c->fn(c->arg, result);
+    free(c->key);
+    free(c);
+    brm_redis_req_free(q);
+}
+
+void brm_shared_change_due(struct brm_shared *sh, const char *key, int fire, double now,
+                           brm_shared_changed_fn *fn, void *arg) {
+    struct change_due *c = brm_xcalloc(1, sizeof(*c));
+    c->sh = sh;
+    c->key = brm_xstrdup(key);
+    c->fire = fire;
+    c->fn = fn;
+    c->arg = arg;
+    struct brm_redis_req *q = brm_redis_req_new();
+    brm_redis_eval(q, &sh->scripts[SCRIPT_CHANGE_DUE], 3);
+    arg_key(q, sh->prefix, "due", "");
+    arg_key(q, sh->prefix, "s:", key);
+    arg_key(q, sh->prefix, "i:", key);
+    brm_redis_arg_str(q, key);
+    brm_redis_arg_str(q, fire ? "fire" : "cancel");
+    brm_redis_arg_num(q, now);
+    q->done = change_due_done;
     q->arg = c;
     brm_redis_call(sh->redis, q);
 }

@@ -116,6 +116,25 @@ typedef void brm_shared_claim_fn(void *arg, const char *const *keys, size_t n, d
 void brm_shared_claim(struct brm_shared *sh, double now, size_t limit, brm_shared_claim_fn *fn,
                       void *arg);
 
+/* The console's view of the timers and digests in Redis, every
+ * instance's. KEY: the state's key ("timer\x1f<rule>\x1f<key>" or
+ * "group\x1f..."); VALUE: a timer's data, a digest's settings and count. */
+struct brm_shared_due {
+    const char *key;
+    double due;
+    const char *value;
+};
+/* V: the soonest (N of them, borrowed for the call) of TOTAL; TOTAL is -1
+ * when Redis did not answer. On the client's thread. */
+typedef void brm_shared_list_fn(void *arg, const struct brm_shared_due *v, size_t n, long total);
+void brm_shared_list_due(struct brm_shared *sh, size_t limit, brm_shared_list_fn *fn, void *arg);
+/* RESULT: 1 done, 0 no such timer or digest, -1 Redis did not answer. */
+typedef void brm_shared_changed_fn(void *arg, int result);
+/* Cancels the timer or digest KEY (FIRE 0), or makes it due at NOW (1), in
+ * Redis, whichever instance armed it; the next claim fires it. */
+void brm_shared_change_due(struct brm_shared *sh, const char *key, int fire, double now,
+                           brm_shared_changed_fn *fn, void *arg);
+
 /*
  * Bodies held while Redis is unreachable (and, after, until the backlog
  * is drained). brm_shared_holding: 1 when a body that uses state is to be

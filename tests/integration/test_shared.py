@@ -4,7 +4,8 @@ free port, stopped by its pid) act as one. brume.once and throttle hold
 across them, even when they race; the org and the site copy of an event
 posted to different instances run the rules once; a hold-down armed on one
 instance fires on the other after the first is killed with kill -9, and a
-digest gathers what both added; Redis stopped and started again under
+digest gathers what both added; either console lists, cancels and fires
+every instance's timers; Redis stopped and started again under
 load loses nothing acknowledged, holds what needs the state (and says so
 in /healthz, the metrics and the log) and runs it, in order, once Redis is
 back. deploy/ (haproxy in front of two instances) does what it says.
@@ -211,6 +212,53 @@ class Shared(unittest.TestCase):
         time.sleep(1.5)
         fired = sorted(m["down"] for m in messages(a, b) if "down" in m)
         self.assertEqual(fired, sorted("ap%d" % i for i in range(10)))
+
+    def test_the_console_shows_cancels_and_fires_every_instances_timers(self):
+        """Timers armed through A are listed, cancelled and fired from B's
+        console (they are in Redis): the cancelled one never fires, the fired
+        one fires at once, on one instance; with Redis away the console
+        says so (503)."""
+        a, b = self.pair({"h.lua": HOLDDOWN_RULE})
+        for ap in ("ap1", "ap2"):
+            self.assertEqual(a.post(updown(ap, "AP_DISCONNECTED", delay=60)).status, 200)
+
+        def console(x, op=None, **body):
+            if op is None:
+                r = x.request("GET", "/api/timers", admin=True)
+            else:
+                r = x.request("POST", "/api/timers/" + op, json.dumps(body), admin=True,
+                              headers={"Content-Type": "application/json",
+                                       "X-Brume-Console": "1"})
+            return r.status, json.loads(r.body)
+
+        status, listing = console(b)
+        self.assertEqual(status, 200)
+        self.assertTrue(listing["shared"])
+        timers = {t["key"]: t for t in listing["timers"] if t["kind"] == "timer"}
+        self.assertEqual(sorted(timers), ["ap1", "ap2"])
+        self.assertEqual(timers["ap1"]["rule"], "h")
+        self.assertEqual(timers["ap1"]["data"]["ap"], "ap1")
+        self.assertGreater(timers["ap1"]["due"], time.time() + 50)
+        digests = [t for t in listing["timers"] if t["kind"] == "digest"]
+        self.assertEqual([(d["key"], d["count"]) for d in digests], [("flaps", 2)])
+
+        self.assertEqual(console(b, "cancel", kind="timer", rule="h", key="ap1"),
+                         (200, {"ok": True}))
+        self.assertEqual(console(b, "cancel", kind="timer", rule="h", key="ap1")[0], 404)
+        self.assertEqual(console(a, "fire", kind="timer", rule="h", key="nope")[0], 404)
+        self.assertEqual(sorted(t["key"] for t in console(a)[1]["timers"]), ["ap2", "flaps"])
+        self.assertEqual(console(b, "fire", kind="timer", rule="h", key="ap2"),
+                         (200, {"ok": True}))
+        wait_for(lambda: [m for m in messages(a, b) if "down" in m], timeout=10,
+                 what="the fired timer")
+        time.sleep(1)
+        self.assertEqual([m["down"] for m in messages(a, b) if "down" in m], ["ap2"])
+        self.assertEqual([t["key"] for t in console(b)[1]["timers"]], ["flaps"])
+
+        self.redis.stop()
+        status, answer = console(b)
+        self.assertEqual(status, 503)
+        self.assertIn("Redis", answer["error"])
 
 
 class RedisAway(unittest.TestCase):
