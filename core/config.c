@@ -1585,6 +1585,49 @@ static int make_environment(struct loader *ld, struct brm_sandbox *sb, int chunk
     return env;
 }
 
+/*
+ * Refuses a NUL byte in any string the table at IDX holds, in its keys and
+ * its values, and in the tables below it (WHERE names it; TOP is its
+ * top-level setting, for the line): C takes names and values up to their
+ * first NUL, so sources "m\0a" and "m\0b" would be two sources named "m".
+ * A table met again (through a cycle, or shared) is looked at once, in
+ * the table at SEEN.
+ */
+static void refuse_nul(struct loader *ld, int idx, int seen, const char *top, const char *where,
+                       int depth) {
+    lua_State *L = ld->L;
+    if (depth > 32 || !lua_checkstack(L, 8)) return; /* deeper than any setting goes */
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, seen) != LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, idx);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, seen);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        char name[300];
+        size_t len = 0;
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &len) : NULL;
+        if (k)
+            snprintf(name, sizeof(name), "%s%s%s", where, *where ? "." : "", k);
+        else
+            snprintf(name, sizeof(name), "%s[%.14g]", where,
+                     lua_type(L, -2) == LUA_TNUMBER ? lua_tonumber(L, -2) : 0);
+        const char *t = depth ? top : k;
+        if (k && strlen(k) != len) report(ld, t, NULL, "%s: a name holds a NUL byte", name);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            const char *v = lua_tolstring(L, -1, &len);
+            if (strlen(v) != len) report(ld, t, NULL, "%s: holds a NUL byte", name);
+        } else if (lua_type(L, -1) == LUA_TTABLE) {
+            refuse_nul(ld, lua_gettop(L), seen, t, name, depth + 1);
+        }
+        lua_pop(L, 1);
+    }
+}
+
 /* Runs the config file in a sandbox and walks what it set. */
 static void evaluate(struct loader *ld, struct brm_config *c) {
     struct brm_sandbox_opts o = { .instructions = CONFIG_INSTRUCTIONS,
@@ -1622,6 +1665,9 @@ static void evaluate(struct loader *ld, struct brm_config *c) {
     lua_setfield(L, env, "env");
     lua_pushnil(L);
     lua_setfield(L, env, "file");
+    lua_newtable(L);
+    refuse_nul(ld, env, lua_gettop(L), NULL, "", 0);
+    lua_pop(L, 1);
     struct walk w = { .ld = ld, .top = NULL, .where = "" };
     walk_table(&w, &top_schema, env, (char *)c);
     /* Checks across settings need the line table, so they run in here.

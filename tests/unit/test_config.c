@@ -190,6 +190,23 @@ static void check_errors(void) {
     CHECK_HAS(e.data, "brume.lua:1: cannot read ");
     CHECK_HAS(e.data, "missing.txt: No such file or directory");
 
+    /* A NUL byte in a name or a value: C would read "m\0a" and "m\0b" as
+     * two sources named "m", a secret up to its NUL. */
+    c = try_load("sources = { ['m\\0a'] = { path = '/a', secret = 's' },\n"
+                 "            ['m\\0b'] = { path = '/b', secret = 's' } }\n",
+                 &e);
+    CHECK(c == NULL);
+    CHECK_HAS(e.data, "brume.lua:2: sources.m: a name holds a NUL byte\n");
+    c = try_load("sources = { mist = { path = '/mist', secret = 'a\\0b' } }\n", &e);
+    CHECK(c == NULL);
+    CHECK_STR(e.data, "brume.lua:1: sources.mist.secret: holds a NUL byte\n");
+    c = try_load(GOOD "targets = { t = { kind = 'webhook', url = 'https://h/\\0',\n"
+                 "  headers = { { 'x' } } } }\nt = {}\nt[1] = t\nt[2] = '\\0'\n",
+                 &e);
+    CHECK(c == NULL);
+    CHECK_HAS(e.data, "targets.t.url: holds a NUL byte\n");
+    CHECK_HAS(e.data, "t[2]: holds a NUL byte\n"); /* the cycle is walked once */
+
     /* Several mistakes: every one is reported. */
     c = try_load("listen = 8080\n"
                  "limits = { memory = 'lots', instructions = 10 }\n"
