@@ -1608,21 +1608,22 @@ static void refuse_nul(struct loader *ld, int idx, int seen, const char *top, co
     lua_rawset(L, seen);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        char name[300];
-        size_t len = 0;
-        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &len) : NULL;
-        if (k)
-            snprintf(name, sizeof(name), "%s%s%s", where, *where ? "." : "", k);
-        else
-            snprintf(name, sizeof(name), "%s[%.14g]", where,
-                     lua_type(L, -2) == LUA_TNUMBER ? lua_tonumber(L, -2) : 0);
-        const char *t = depth ? top : k;
-        if (k && strlen(k) != len) report(ld, t, NULL, "%s: a name holds a NUL byte", name);
-        if (lua_type(L, -1) == LUA_TSTRING) {
-            const char *v = lua_tolstring(L, -1, &len);
-            if (strlen(v) != len) report(ld, t, NULL, "%s: holds a NUL byte", name);
-        } else if (lua_type(L, -1) == LUA_TTABLE) {
-            refuse_nul(ld, lua_gettop(L), seen, t, name, depth + 1);
+        size_t klen = 0, vlen = 0;
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &klen) : NULL;
+        const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vlen) : NULL;
+        int bad_key = k && memchr(k, '\0', klen), bad_value = v && memchr(v, '\0', vlen);
+        if (bad_key || bad_value || lua_type(L, -1) == LUA_TTABLE) { /* named only then */
+            char name[300];
+            if (k)
+                snprintf(name, sizeof(name), "%s%s%s", where, *where ? "." : "", k);
+            else
+                snprintf(name, sizeof(name), "%s[%.14g]", where,
+                         lua_type(L, -2) == LUA_TNUMBER ? lua_tonumber(L, -2) : 0);
+            const char *t = depth ? top : k;
+            if (bad_key) report(ld, t, NULL, "%s: a name holds a NUL byte", name);
+            if (bad_value) report(ld, t, NULL, "%s: holds a NUL byte", name);
+            if (lua_type(L, -1) == LUA_TTABLE)
+                refuse_nul(ld, lua_gettop(L), seen, t, name, depth + 1);
         }
         lua_pop(L, 1);
     }
@@ -1673,7 +1674,7 @@ static void evaluate(struct loader *ld, struct brm_config *c) {
     /* Checks across settings need the line table, so they run in here.
      * Each target is checked whatever else is wrong: brume check reports
      * every problem. */
-    if (ld->errs->n == ld->errs_at_start) check_config(ld, c);
+    if (brm_errors_count(ld->errs) == ld->errs_at_start) check_config(ld, c);
     check_targets(ld, c);
 done:
     brm_sandbox_free(sb);
@@ -1696,9 +1697,11 @@ static void drop_bad_targets(struct brm_config *c) {
 static struct brm_config *load(const char *path, brm_config_open_fn *open, void *arg,
                                struct brm_errors *errs, int lenient, int offline) {
     struct brm_config *c = brm_xcalloc(1, sizeof(*c));
-    struct loader ld = {
-        .errs = errs, .errs_at_start = errs->n, .open = open, .open_arg = arg, .offline = offline
-    };
+    struct loader ld = { .errs = errs,
+                         .errs_at_start = brm_errors_count(errs),
+                         .open = open,
+                         .open_arg = arg,
+                         .offline = offline };
     c->refs = 1;
     c->file = brm_xstrdup(path);
     c->dir = brm_path_dir(path);
@@ -1713,7 +1716,7 @@ static struct brm_config *load(const char *path, brm_config_open_fn *open, void 
     if (c->workers > BRM_MAX_WORKERS) c->workers = BRM_MAX_WORKERS;
     brm_buf_reset(&ld.text);
     free(display);
-    if (errs->n > ld.errs_at_start) {
+    if (brm_errors_count(errs) > ld.errs_at_start) {
         if (lenient && !ld.fatal) {
             drop_bad_targets(c);
             return c;

@@ -442,7 +442,7 @@ struct brm_engine *brm_engine_new(const struct brm_config *cfg, struct brm_error
 static struct brm_engine *build(const struct brm_config *cfg, struct brm_snapshot *files,
                                 struct brm_errors *errs, int quiet) {
     struct brm_engine *e = brm_xcalloc(1, sizeof(*e));
-    size_t errs_before = errs->n;
+    size_t errs_before = brm_errors_count(errs);
     e->quiet = quiet;
     e->cfg = brm_config_ref(cfg);
     struct brm_sandbox_opts o = {
@@ -471,7 +471,7 @@ static struct brm_engine *build(const struct brm_config *cfg, struct brm_snapsho
         free(names[i]);
     }
     free(names);
-    if (errs->n > errs_before) {
+    if (brm_errors_count(errs) > errs_before) {
         brm_engine_free(e);
         return NULL;
     }

@@ -510,7 +510,7 @@ static void restart_only(const struct brm_config *old, const struct brm_config *
 static int prepare(struct server *s, const struct brm_config *cfg, struct rule_set *rs,
                    struct brm_errors *errs) {
     const struct brm_config *files = same_listeners(s->started, cfg) ? cfg : s->started;
-    size_t nlisten = s->started->nlisten, before = errs->n;
+    size_t nlisten = s->started->nlisten, before = brm_errors_count(errs);
     struct brm_err err;
     rs->cfg = brm_config_ref(cfg);
     rs->files = brm_snapshot_new();
@@ -525,9 +525,9 @@ static int prepare(struct server *s, const struct brm_config *cfg, struct rule_s
      * too; once per worker only when all went well. */
     rs->engines = brm_xcalloc((size_t)s->nworkers, sizeof(*rs->engines));
     rs->engines[0] = brm_engine_build(cfg, rs->files, errs);
-    for (int i = 1; i < s->nworkers && errs->n == before; i++)
+    for (int i = 1; i < s->nworkers && brm_errors_count(errs) == before; i++)
         rs->engines[i] = brm_engine_build(cfg, rs->files, errs);
-    if (errs->n == before) {
+    if (brm_errors_count(errs) == before) {
         struct brm_errors warnings = { 0 };
         brm_engine_lint(rs->engines[0], &warnings);
         for (size_t i = 0; i < warnings.n; i++) {

@@ -52,6 +52,13 @@ void brm_err_format(const struct brm_err *e, char *buf, size_t size) {
 }
 
 void brm_errors_add(struct brm_errors *l, const struct brm_err *e) {
+    if (l->n == BRM_MAX_ERRORS) {
+        struct brm_err *last = &l->v[l->n - 1];
+        l->more++;
+        brm_err_at(last, "", 0, "... and %zu more error%s", l->more + 1,
+                   l->more + 1 == 1 ? "" : "s");
+        return;
+    }
     if (l->n == l->cap) {
         l->cap = l->cap ? l->cap * 2 : 8;
         l->v = brm_xrealloc(l->v, l->cap * sizeof(*l->v));
@@ -71,7 +78,11 @@ void brm_errors_addf(struct brm_errors *l, const char *file, int line, const cha
 void brm_errors_reset(struct brm_errors *l) {
     free(l->v);
     l->v = NULL;
-    l->n = l->cap = 0;
+    l->n = l->cap = l->more = 0;
+}
+
+size_t brm_errors_count(const struct brm_errors *l) {
+    return l->n + l->more;
 }
 
 static void oom(size_t n) {

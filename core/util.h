@@ -40,16 +40,22 @@ void brm_err_at(struct brm_err *e, const char *file, int line, const char *fmt, 
 /* Writes "file:line: msg" (or the parts that are known) into BUF. */
 void brm_err_format(const struct brm_err *e, char *buf, size_t size);
 
-/* A list of errors, for commands that report every problem (brume check). */
+/* A list of errors, for commands that report every problem (brume check).
+ * It keeps BRM_MAX_ERRORS: past them its last entry says how many more
+ * there were (a config's loop can make a million mistakes, 768 bytes
+ * each). brm_errors_count tells whether any came since a count taken. */
+#define BRM_MAX_ERRORS 100
 struct brm_errors {
     struct brm_err *v;
     size_t n, cap;
+    size_t more; /* past BRM_MAX_ERRORS - 1: told of in v[n - 1] */
 };
 
 void brm_errors_add(struct brm_errors *l, const struct brm_err *e);
 void brm_errors_addf(struct brm_errors *l, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void brm_errors_reset(struct brm_errors *l);
+size_t brm_errors_count(const struct brm_errors *l); /* every one added */
 
 void *brm_xmalloc(size_t n);
 void *brm_xcalloc(size_t n, size_t size);

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import unittest
@@ -95,6 +96,29 @@ targets = {
         r = run_cli("check", "-c", os.path.join(self.tmp, "missing.lua"))
         self.assertEqual(r.returncode, 1)
         self.assertIn("cannot read the config", r.stderr)
+
+    def test_check_of_a_million_mistakes_shows_the_first_and_counts_the_rest(self):
+        """A loop in the config can make a mistake per entry: brume check
+        prints the first ones and how many more, in bounded memory (a
+        million kept errors took 780 MB), and a NUL byte in a name or a
+        value is one of them."""
+        cfg = self.write("brume.lua", "sources = {}\n"
+                                      "for i = 1, 1000000 do sources[i] = 1 end\n"
+                                      "targets = { ['a\\0b'] = { kind = 'file', path = 'x' } }\n")
+        # A Python of its own runs it, so that its peak RSS is brume's alone.
+        measure = ("import resource, subprocess, sys\n"
+                   "r = subprocess.run(sys.argv[1:])\n"
+                   "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+                   "sys.exit(r.returncode)\n")
+        r = harness.subprocess.run([sys.executable, "-c", measure, harness.BRUME, "check", "-c",
+                                    cfg], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1)
+        lines = r.stderr.splitlines()
+        self.assertTrue(lines[0].endswith("brume.lua:3: targets.a: a name holds a NUL byte"),
+                        lines[0])
+        self.assertEqual(lines[-1], "... and 999903 more errors")
+        self.assertEqual(len(lines), 100)
+        self.assertLess(int(r.stdout), 200 * 1024)  # KB
 
     def test_check_suggests_rule_keys_and_warns_of_sends_to_no_target(self):
         cfg = self.write("brume.lua", """sources = { mist = { path = '/m', secret = 's' } }

@@ -47,7 +47,23 @@ static const char *json(const char *s, size_t n) {
     return b.data;
 }
 
+/* An error list keeps BRM_MAX_ERRORS, the last saying how many more came. */
+static void check_errors_cap(void) {
+    struct brm_errors errs = { 0 };
+    for (int i = 0; i < 250; i++) brm_errors_addf(&errs, "brume.lua", i + 1, "error %d", i);
+    CHECK(errs.n == BRM_MAX_ERRORS);
+    CHECK(brm_errors_count(&errs) == 250);
+    CHECK_STR(errs.v[0].msg, "error 0");
+    CHECK_STR(errs.v[BRM_MAX_ERRORS - 2].msg, "error 98");
+    char msg[1024];
+    brm_err_format(&errs.v[BRM_MAX_ERRORS - 1], msg, sizeof(msg));
+    CHECK_STR(msg, "... and 151 more errors");
+    brm_errors_reset(&errs);
+    CHECK(errs.n == 0 && brm_errors_count(&errs) == 0);
+}
+
 int main(void) {
+    check_errors_cap();
     CHECK(duration("90s") == 90);
     CHECK(duration("15m") == 900);
     CHECK(duration("24h") == 86400);
