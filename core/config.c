@@ -16,6 +16,7 @@
 #define CONFIG_TIME         5.0
 #define CONFIG_MEMORY       (64u << 20)
 #define MAX_CONFIG_FILE     (1u << 20)
+#define MAX_ENTRIES         1000 /* sources, targets */
 
 /* ---- loading state ------------------------------------------------------ */
 
@@ -949,10 +950,30 @@ static void release_table(const struct setting *st, char *obj) {
     release(st->sub, obj);
 }
 
+/* 1 when the table on top holds at most MAX_ENTRIES entries, else 0 with
+ * ST's error: a loop can make a million sources, each of which costs a
+ * walk and its errors. */
+static int few_entries(struct walk *w, const struct setting *st) {
+    lua_State *L = w->ld->L;
+    int t = lua_gettop(L);
+    size_t n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        if (++n > MAX_ENTRIES) {
+            lua_pop(L, 1);
+            report(w->ld, w->top, NULL, "%s: more than %d entries", st->key, MAX_ENTRIES);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* name = { settings }: an array of structs at OFF, its count at OFF2. */
 static enum verdict convert_map(struct walk *w, const struct setting *st, char *obj) {
     lua_State *L = w->ld->L;
     if (lua_type(L, -1) != LUA_TTABLE) return WRONG;
+    if (!few_entries(w, st)) return TAKEN;
     char **arr = &FIELD(char *, obj, st->off);
     size_t *count = &FIELD(size_t, obj, st->off2), size = st->sub->elem_size;
     int map = lua_gettop(L);
@@ -996,6 +1017,7 @@ static void release_map(const struct setting *st, char *obj) {
 static enum verdict convert_targets(struct walk *w, const struct setting *st, char *obj) {
     lua_State *L = w->ld->L;
     if (lua_type(L, -1) != LUA_TTABLE) return WRONG;
+    if (!few_entries(w, st)) return TAKEN;
     struct brm_target **targets = &FIELD(struct brm_target *, obj, st->off);
     size_t *count = &FIELD(size_t, obj, st->off2);
     int map = lua_gettop(L);

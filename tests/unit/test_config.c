@@ -201,11 +201,19 @@ static void check_errors(void) {
     CHECK(c == NULL);
     CHECK_STR(e.data, "brume.lua:1: sources.mist.secret: holds a NUL byte\n");
     c = try_load(GOOD "targets = { t = { kind = 'webhook', url = 'https://h/\\0',\n"
-                 "  headers = { { 'x' } } } }\nt = {}\nt[1] = t\nt[2] = '\\0'\n",
+                      "  headers = { { 'x' } } } }\nt = {}\nt[1] = t\nt[2] = '\\0'\n",
                  &e);
     CHECK(c == NULL);
     CHECK_HAS(e.data, "targets.t.url: holds a NUL byte\n");
     CHECK_HAS(e.data, "t[2]: holds a NUL byte\n"); /* the cycle is walked once */
+
+    /* A loop's thousand and one sources. */
+    c = try_load("s = {}\nfor i = 1, 1001 do s['m' .. i] = { path = '/m' .. i, secret = 'x' } end\n"
+                 "sources = s\n",
+                 &e);
+    CHECK(c == NULL);
+    CHECK_STR(e.data,
+              "brume.lua:3: sources: more than 1000 entries\nbrume.lua:1: unknown setting 's'\n");
 
     /* Several mistakes: every one is reported. */
     c = try_load("listen = 8080\n"
