@@ -12,7 +12,8 @@
 #include "sandbox.h"
 
 /* The config file itself runs under these limits. */
-#define CONFIG_INSTRUCTIONS 10000000
+#define CONFIG_INSTRUCTIONS 1000000  /* the file's: a config is a few thousand */
+#define CHECK_INSTRUCTIONS  10000000 /* each target adapter's check */
 #define CONFIG_TIME         5.0
 #define CONFIG_MEMORY       (64u << 20)
 #define MAX_CONFIG_FILE     (1u << 20)
@@ -26,8 +27,10 @@ struct loader {
     size_t errs_at_start;
     const char *display; /* the config file as shown in errors */
     const char *dir;
-    struct brm_buf text;      /* the file, to find the line of a nested key */
-    int lines;                /* stack index: top-level key -> line it was set on */
+    struct brm_buf text; /* the file, to find the line of a nested key */
+    int lines;           /* stack index: top-level key -> line it was set on */
+    int *sorted;         /* those lines in order (made by locate, once the file ran) */
+    size_t nsorted;
     int fatal;                /* the file could not be read or run: nothing was set */
     brm_config_open_fn *open; /* readies the VM the adapters check targets in */
     void *open_arg;
@@ -63,6 +66,11 @@ static int find_word(struct loader *ld, const char *word, size_t len, int from, 
     return 0;
 }
 
+static int compare_ints(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
 /*
  * The line a nested setting was written on. Lua tables do not remember
  * where their fields came from, so: TOP's own assignment gives the end of
@@ -77,13 +85,27 @@ static int locate(struct loader *ld, const char *top, const char *path) {
     int end = (int)lua_tointeger(L, -1);
     lua_pop(L, 1);
     if (!path || end <= 0) return end;
-    int start = 1;
-    lua_pushnil(L);
-    while (lua_next(L, ld->lines)) {
-        int l = (int)lua_tointeger(L, -1);
-        if (l < end && l + 1 > start) start = l + 1;
-        lua_pop(L, 1);
+    if (!ld->sorted) { /* once: a config may set a hundred thousand names */
+        size_t cap = 16;
+        ld->sorted = brm_xmalloc(cap * sizeof(int));
+        lua_pushnil(L);
+        while (lua_next(L, ld->lines)) {
+            if (ld->nsorted == cap) ld->sorted = brm_xrealloc(ld->sorted, (cap *= 2) * sizeof(int));
+            ld->sorted[ld->nsorted++] = (int)lua_tointeger(L, -1);
+            lua_pop(L, 1);
+        }
+        qsort(ld->sorted, ld->nsorted, sizeof(int), compare_ints);
     }
+    /* The search starts after the setting before this one. */
+    size_t lo = 0, hi = ld->nsorted;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ld->sorted[mid] < end)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    int start = lo ? ld->sorted[lo - 1] + 1 : 1;
     int line = start;
     for (const char *part = path; *part;) {
         size_t len = strcspn(part, ".");
@@ -100,7 +122,11 @@ static void report(struct loader *ld, const char *top, const char *path, const c
     __attribute__((format(printf, 4, 5)));
 
 static void report(struct loader *ld, const char *top, const char *path, const char *fmt, ...) {
-    struct brm_err e;
+    struct brm_err e = { 0 };
+    if (brm_errors_full(ld->errs)) { /* only counted: not worth finding its line (a scan) */
+        brm_errors_add(ld->errs, &e);
+        return;
+    }
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(e.msg, sizeof(e.msg), fmt, ap);
@@ -1543,7 +1569,7 @@ fail:
  */
 static void check_targets(struct loader *ld, struct brm_config *c) {
     if (!c->ntargets) return;
-    struct brm_sandbox_opts o = { .instructions = CONFIG_INSTRUCTIONS,
+    struct brm_sandbox_opts o = { .instructions = CHECK_INSTRUCTIONS,
                                   .time_limit = CONFIG_TIME,
                                   .memory = CONFIG_MEMORY,
                                   .scripts_dir = c->scripts_dir };
@@ -1737,6 +1763,7 @@ static struct brm_config *load(const char *path, brm_config_open_fn *open, void 
     if (c->workers == 0) c->workers = brm_cpu_count();
     if (c->workers > BRM_MAX_WORKERS) c->workers = BRM_MAX_WORKERS;
     brm_buf_reset(&ld.text);
+    free(ld.sorted);
     free(display);
     if (brm_errors_count(errs) > ld.errs_at_start) {
         if (lenient && !ld.fatal) {

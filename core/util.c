@@ -85,6 +85,10 @@ size_t brm_errors_count(const struct brm_errors *l) {
     return l->n + l->more;
 }
 
+int brm_errors_full(const struct brm_errors *l) {
+    return l->n == BRM_MAX_ERRORS;
+}
+
 static void oom(size_t n) {
     fprintf(stderr, "brume: out of memory allocating %zu bytes\n", n);
     abort();

@@ -56,6 +56,8 @@ void brm_errors_addf(struct brm_errors *l, const char *file, int line, const cha
     __attribute__((format(printf, 4, 5)));
 void brm_errors_reset(struct brm_errors *l);
 size_t brm_errors_count(const struct brm_errors *l); /* every one added */
+/* 1 when L keeps no more: what is added now is only counted. */
+int brm_errors_full(const struct brm_errors *l);
 
 void *brm_xmalloc(size_t n);
 void *brm_xcalloc(size_t n, size_t size);
