@@ -591,18 +591,17 @@ void brm_shared_claim(struct brm_shared *sh, double now, size_t limit, brm_share
 
 /* ---- the console's view ------------------------------------------------------------ */
 
-struct console_call {
-    brm_shared_list_fn *list;
-    brm_shared_changed_fn *changed;
+struct listing {
+    brm_shared_list_fn *fn;
     void *arg;
 };
 
 static void list_done(struct brm_redis_req *q) {
-    struct console_call *c = q->arg;
+    struct listing *c = q->arg;
     const redisReply *r = q->reply;
     if (q->status != BRM_REDIS_REPLY || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_ARRAY) {
-        c->list(c->arg, NULL, 0, -1);
+        c->fn(c->arg, NULL, 0, -1);
     } else {
         const redisReply *list = r->element[0];
         struct brm_shared_due *v = brm_xcalloc(list->elements + 1, sizeof(*v));
@@ -615,7 +614,7 @@ static void list_done(struct brm_redis_req *q) {
             v[n++] = (struct brm_shared_due){ k->element[0]->str, reply_num(k->element[1]),
                                               k->element[2]->str };
         }
-        c->list(c->arg, v, n, (long)reply_num(r->element[1]));
+        c->fn(c->arg, v, n, (long)reply_num(r->element[1]));
         free(v);
     }
     free(c);
@@ -623,8 +622,8 @@ static void list_done(struct brm_redis_req *q) {
 }
 
 void brm_shared_list_due(struct brm_shared *sh, size_t limit, brm_shared_list_fn *fn, void *arg) {
-    struct console_call *c = brm_xcalloc(1, sizeof(*c));
-    c->list = fn;
+    struct listing *c = brm_xcalloc(1, sizeof(*c));
+    c->fn = fn;
     c->arg = arg;
     struct brm_redis_req *q = brm_redis_req_new();
     brm_redis_eval(q, &sh->scripts[SCRIPT_LIST], 1);
