@@ -161,8 +161,13 @@ def cpu_seconds(pid):
 
 
 def status_kb(pid, field):
+    """FIELD of /proc/PID/status in KB; OSError once the process has exited
+    (a zombie's status has no memory fields)."""
     with open("/proc/%d/status" % pid) as f:
-        return int(re.search(field + r":\s+(\d+)", f.read()).group(1))
+        m = re.search(field + r":\s+(\d+)", f.read())
+    if not m:
+        raise OSError("process %d has exited" % pid)
+    return int(m.group(1))
 
 
 # --------------------------------------------------------------------- load
