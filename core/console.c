@@ -1147,28 +1147,21 @@ static void list_timer(void *arg, int kind, const char *fullkey, const char *rul
         brm_buf_printf(b, ",\"count\":%ld}", count);
 }
 
+#define REDIS_AWAY                                                                                 \
+    "{\"ok\":false,\"error\":\"Redis, where the timers are, did not answer: try again\"}"
+
 /* Shared state, on Redis's thread: the listing, as list_timer writes it. */
 static void listed(void *arg, const struct brm_shared_due *v, size_t n, long total) {
     struct change *ch = arg;
     if (total < 0) {
         ch->status = 503;
-        brm_buf_puts(&ch->answer, "{\"ok\":false,\"error\":\"Redis, where the timers are, did not "
-                                  "answer: try again\"}");
+        brm_buf_puts(&ch->answer, REDIS_AWAY);
     } else {
         ch->status = 200;
         brm_buf_printf(&ch->answer, "{\"store\":true,\"shared\":true,\"total\":%ld,\"timers\":[",
                        total);
-        for (size_t i = 0; i < n; i++) {
-            const char *rule = strchr(v[i].key, '\x1f'),
-                       *key = rule ? strchr(rule + 1, '\x1f') : NULL;
-            if (!key) continue;
-            rule++;
-            int group = strncmp(v[i].key, "group\x1f", 6) == 0;
-            const char *count = group ? strstr(v[i].value, "\"count\":") : NULL;
-            list_timer(&ch->answer, group ? BRM_FIRED_GROUP : BRM_FIRED_TIMER, v[i].key, rule,
-                       (size_t)(key - rule), key + 1, v[i].due, group ? NULL : v[i].value,
-                       count ? strtol(count + 8, NULL, 10) : 0);
-        }
+        for (size_t i = 0; i < n; i++)
+            brm_state_due_entry(v[i].key, v[i].value, v[i].due, list_timer, &ch->answer);
         brm_buf_puts(&ch->answer, "]}");
     }
     hand_back(ch->c, ch);
@@ -1178,11 +1171,9 @@ static void listed(void *arg, const struct brm_shared_due *v, size_t n, long tot
 static void changed_due(void *arg, int result) {
     struct change *ch = arg;
     ch->status = result == 1 ? 200 : result == 0 ? 404 : 503;
-    brm_buf_puts(&ch->answer,
-                 result == 1   ? "{\"ok\":true}"
-                 : result == 0 ? "{\"ok\":false,\"error\":\"no such timer or digest\"}"
-                               : "{\"ok\":false,\"error\":\"Redis, where the timers are, did not "
-                                 "answer: try again\"}");
+    brm_buf_puts(&ch->answer, result == 1   ? "{\"ok\":true}"
+                              : result == 0 ? "{\"ok\":false,\"error\":\"no such timer or digest\"}"
+                                            : REDIS_AWAY);
     hand_back(ch->c, ch);
 }
 
@@ -1197,52 +1188,50 @@ static void changed_due(void *arg, int result) {
  */
 static int timers(struct brm_console *c, struct brm_http_req *req, const char *op, const char *kind,
                   const char *rule, const char *key, struct brm_buf *out) {
-    if (c->shared) {
-        struct change *ch = brm_xcalloc(1, sizeof(*ch));
+    struct change *ch;
+    if (strcmp(op, "list") == 0) {
+        if (!c->shared) {
+            brm_buf_puts(out, "{\"store\":true,\"timers\":[");
+            brm_state_each_due(c->state, MAX_TIMERS_SHOWN, list_timer, out);
+            brm_buf_puts(out, "]}");
+            return 200;
+        }
+        ch = brm_xcalloc(1, sizeof(*ch));
         ch->c = c;
         ch->req = req;
-        if (strcmp(op, "list") == 0) {
-            brm_shared_list_due(c->shared, MAX_TIMERS_SHOWN, listed, ch);
-            return 0;
-        }
-        char *full = brm_xasprintf(
-            "%s\x1f%s\x1f%s", kind && strcmp(kind, "digest") == 0 ? "group" : "timer", rule, key);
-        brm_log_info(strcmp(op, "fire") == 0 ? "console: firing a timer now"
-                                             : "console: cancelling a timer",
-                     "rule", rule, "timer", key, "peer", req->peer, "in", "redis");
-        brm_shared_change_due(c->shared, full, strcmp(op, "fire") == 0, brm_time_now(), changed_due,
-                              ch);
-        free(full);
+        brm_shared_list_due(c->shared, MAX_TIMERS_SHOWN, listed, ch);
         return 0;
     }
-    if (strcmp(op, "list") == 0) {
-        brm_buf_puts(out, "{\"store\":true,\"timers\":[");
-        brm_state_each_due(c->state, MAX_TIMERS_SHOWN, list_timer, out);
-        brm_buf_puts(out, "]}");
-        return 200;
-    }
+    int fire = strcmp(op, "fire") == 0;
     char *full = brm_xasprintf("%s\x1f%s\x1f%s",
                                kind && strcmp(kind, "digest") == 0 ? "group" : "timer", rule, key);
-    struct brm_state_txn *t = brm_state_begin(c->state);
-    int rc = strcmp(op, "fire") == 0 ? brm_state_due_now(c->state, full, brm_time_now(), t)
-                                     : brm_state_cancel_due(c->state, full, t);
-    free(full);
-    if (rc != 1) {
-        brm_state_release(t, 0);
-        brm_buf_puts(out, rc == BRM_STATE_BUSY
-                              ? "{\"ok\":false,\"error\":\"a rule is changing it: try again\"}"
-                              : "{\"ok\":false,\"error\":\"no such timer or digest\"}");
-        return rc == BRM_STATE_BUSY ? 409 : 404;
+    struct brm_state_txn *t = NULL;
+    if (!c->shared) {
+        t = brm_state_begin(c->state);
+        int rc = fire ? brm_state_due_now(c->state, full, brm_time_now(), t)
+                      : brm_state_cancel_due(c->state, full, t);
+        if (rc != 1) {
+            free(full);
+            brm_state_release(t, 0);
+            brm_buf_puts(out, rc == BRM_STATE_BUSY
+                                  ? "{\"ok\":false,\"error\":\"a rule is changing it: try again\"}"
+                                  : "{\"ok\":false,\"error\":\"no such timer or digest\"}");
+            return rc == BRM_STATE_BUSY ? 409 : 404;
+        }
     }
-    struct change *ch = brm_xcalloc(1, sizeof(*ch));
+    ch = brm_xcalloc(1, sizeof(*ch));
     ch->c = c;
     ch->req = req;
-    ch->txn = t;
-    ch->q.limit = -1; /* step_back: answers a timer's change */
-    brm_log_info(strcmp(op, "fire") == 0 ? "console: firing a timer now"
-                                         : "console: cancelling a timer",
-                 "rule", rule, "timer", key, "peer", req->peer);
-    submit_change(c, ch);
+    brm_log_info(fire ? "console: firing a timer now" : "console: cancelling a timer", "rule", rule,
+                 "timer", key, "peer", req->peer);
+    if (c->shared) {
+        brm_shared_change_due(c->shared, full, fire, brm_time_now(), changed_due, ch);
+    } else {
+        ch->txn = t;
+        ch->q.limit = -1; /* step_back: answers a timer's change */
+        submit_change(c, ch);
+    }
+    free(full);
     return 0;
 }
 

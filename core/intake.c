@@ -449,6 +449,12 @@ static int hold_instead(struct brm_intake *in, const struct body *b) {
     return brm_shared_hold_begin(in->shared, 0);
 }
 
+/* Whether body B, which DONE would answer, is one that need not wait for
+ * the disk: posted to a durability = "none" source. */
+static int not_durable(const struct body *b, brm_intake_done_fn *done) {
+    return done && !b->source->durable && !b->backfilled;
+}
+
 /*
  * Whether body B, which DONE would answer, is answered now, before it is
  * stored: a durability = "none" body is, while this worker's bodies handed
@@ -458,7 +464,7 @@ static int hold_instead(struct brm_intake *in, const struct body *b) {
  */
 static int answer_first(const struct brm_intake *in, const struct body *b,
                         brm_intake_done_fn *done) {
-    return done && !b->source->durable && !b->backfilled && in->unstored < MAX_AHEAD;
+    return not_durable(b, done) && in->unstored < MAX_AHEAD;
 }
 
 /*
@@ -568,7 +574,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
         h->body = h->copy;
         h->done = NULL;
         done(arg, BRM_OK, "ok");
-    } else if (done && !src->durable && !b->backfilled) {
+    } else if (not_durable(b, done)) {
         brm_counter_add(in->behind, 1);
     }
 }

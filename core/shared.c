@@ -540,6 +540,16 @@ void brm_shared_undo(struct brm_shared *sh, struct brm_state_txn *t, void (*wake
 
 /* ---- timers and digests due -------------------------------------------------- */
 
+/* Q's answer when it is an array of N whose first element is a list (as
+ * the claim's and the listing's scripts answer), else NULL. */
+static const redisReply *list_answer(const struct brm_redis_req *q, size_t n) {
+    const redisReply *r = q->reply;
+    return q->status == BRM_REDIS_REPLY && r->type == REDIS_REPLY_ARRAY && r->elements == n &&
+                   r->element[0]->type == REDIS_REPLY_ARRAY
+               ? r
+               : NULL;
+}
+
 struct claim {
     struct brm_shared *sh;
     brm_shared_claim_fn *fn;
@@ -548,9 +558,8 @@ struct claim {
 
 static void claim_done(struct brm_redis_req *q) {
     struct claim *c = q->arg;
-    const redisReply *r = q->reply;
-    if (q->status != BRM_REDIS_REPLY || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
-        r->element[0]->type != REDIS_REPLY_ARRAY) {
+    const redisReply *r = list_answer(q, 3);
+    if (!r) {
         c->fn(c->arg, NULL, 0, -1, -1);
     } else {
         const redisReply *list = r->element[0];
@@ -598,9 +607,8 @@ struct listing {
 
 static void list_done(struct brm_redis_req *q) {
     struct listing *c = q->arg;
-    const redisReply *r = q->reply;
-    if (q->status != BRM_REDIS_REPLY || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[0]->type != REDIS_REPLY_ARRAY) {
+    const redisReply *r = list_answer(q, 2);
+    if (!r) {
         c->fn(c->arg, NULL, 0, -1);
     } else {
         const redisReply *list = r->element[0];

@@ -827,6 +827,20 @@ void brm_state_each_due(struct brm_state *s, size_t limit, brm_state_due_fn *fn,
     pthread_mutex_unlock(&s->lock);
 }
 
+int brm_state_due_entry(const char *key, const char *value, double due, brm_state_due_fn *fn,
+                        void *arg) {
+    int group = strncmp(key, GROUP, strlen(GROUP)) == 0;
+    if (!group && strncmp(key, TIMER, strlen(TIMER)) != 0) return -1;
+    const char *rule = strchr(key, '\x1f') + 1, *name = strchr(rule, '\x1f');
+    if (!name) return -1;
+    struct brm_group_opts o;
+    struct group g = { 0 };
+    if (group) read_group(value, &o, &g);
+    fn(arg, group ? BRM_FIRED_GROUP : BRM_FIRED_TIMER, key, rule, (size_t)(name - rule), name + 1,
+       due, group ? NULL : value, g.count);
+    return 0;
+}
+
 size_t brm_state_pending(struct brm_state *s) {
     pthread_mutex_lock(&s->lock);
     size_t n = s->nheap;

@@ -178,6 +178,11 @@ typedef void brm_state_due_fn(void *arg, int kind, const char *key, const char *
                               size_t rule_len, const char *name, double due, const char *data,
                               long count);
 void brm_state_each_due(struct brm_state *s, size_t limit, brm_state_due_fn *fn, void *arg);
+/* Calls FN as brm_state_each_due would for the timer or digest KEY held
+ * elsewhere (shared state: Redis), its VALUE as stored, due at DUE.
+ * Returns 0, or -1 (FN not called) when KEY is not a timer's or digest's. */
+int brm_state_due_entry(const char *key, const char *value, double due, brm_state_due_fn *fn,
+                        void *arg);
 
 /*
  * Shared mode (state = "redis://..."): the table is this instance's cache
