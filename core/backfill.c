@@ -611,11 +611,13 @@ static char *string_field(lua_State *L, int idx, const char *name, size_t *len) 
  * Reads a page's answer: its results in order, those of this webhook that
  * failed (a result of another webhook or status is not ours, and is left
  * out). Returns 0 with *OUT (N of them; the caller frees), the results
- * listed in *LISTED and the last one's time in *LAST (NaN: none), or -1
- * with ERR set.
+ * listed in *LISTED, the last one's time in *LAST (NaN: none) and the page
+ * size in *PAGE, or -1 with ERR set. The page size is what was asked for,
+ * or the answer's "limit" when Mist gave fewer a page than that: a page of
+ * that many is full, and the window goes on after it.
  */
 static int read_page(struct run *r, const struct answer *a, struct result **out, size_t *n,
-                     size_t *listed, double *last, struct brm_err *err) {
+                     size_t *listed, double *last, size_t *page, struct brm_err *err) {
     lua_State *L = r->bf->L;
     struct brm_err why;
     *out = NULL;
@@ -630,6 +632,12 @@ static int read_page(struct run *r, const struct answer *a, struct result **out,
         lua_settop(L, 0);
         return -1;
     }
+    *page = BRM_BACKFILL_LIMIT;
+    lua_getfield(L, 1, "limit");
+    if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) >= 1 &&
+        lua_tonumber(L, -1) < BRM_BACKFILL_LIMIT)
+        *page = (size_t)lua_tonumber(L, -1);
+    lua_pop(L, 1);
     lua_getfield(L, 1, "results");
     if (!lua_istable(L, 2)) {
         int missing = lua_isnil(L, 2);
@@ -856,9 +864,9 @@ static int read_window(struct run *r, struct brm_err *err) {
         int rc = get_page(r, url, &a, err);
         free(url);
         struct result *v = NULL;
-        size_t n = 0, listed = 0;
+        size_t n = 0, listed = 0, page = BRM_BACKFILL_LIMIT;
         double last = NAN;
-        if (rc == 0) rc = read_page(r, &a, &v, &n, &listed, &last, err);
+        if (rc == 0) rc = read_page(r, &a, &v, &n, &listed, &last, &page, err);
         brm_buf_reset(&a.body);
         if (rc < 0) return -1;
         for (size_t i = 0; i < n && !atomic_load(&r->bf->stopping); i++) handle(r, &v[i]);
@@ -869,7 +877,7 @@ static int read_window(struct run *r, struct brm_err *err) {
         }
         long next;
         enum brm_backfill_step step =
-            brm_backfill_next_start(start, r->end, listed, BRM_BACKFILL_LIMIT, last, &next);
+            brm_backfill_next_start(start, r->end, listed, page, last, &next);
         if (step == BRM_BACKFILL_CROWDED) {
             char at[40];
             brm_time_iso8601((double)start, at, sizeof(at));
@@ -879,7 +887,7 @@ static int read_window(struct run *r, struct brm_err *err) {
             report_line(r->report,
                         "note: source %s: more than %d failures in the second of %s: some of "
                         "them may be missed",
-                        r->src->name, BRM_BACKFILL_LIMIT, at);
+                        r->src->name, (int)page, at);
             r->crowded++;
         }
         if (step == BRM_BACKFILL_DONE) return 0;

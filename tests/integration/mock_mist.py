@@ -3,8 +3,9 @@ GET /api/v1/{orgs/ORG|sites/SITE}/webhooks/WEBHOOK/events/search serves it.
 
 Deliveries are added with add(); a search answers those of the path's
 webhook (and org or site) whose time is in [start, end), of the status and
-topic asked for, oldest first with sort=timestamp, at most limit of them,
-as {"results": [...], "start", "end", "limit", "total"}. A request without
+topic asked for, oldest first with sort=timestamp, at most limit of them
+(and at most max_limit, when set: a Mist whose pages are smaller than
+asked), as {"results": [...], "start", "end", "limit", "total"}. A request without
 "Authorization: Token T" for a token T it knows gets 401. Answers can be
 forced: fault() queues responses that the next searches get instead
 (status, headers, body) in place of the answer of a given search, and
@@ -70,6 +71,7 @@ class MockMist:
         self.requests = []
         self.faults = []
         self.delays = []
+        self.max_limit = None  # a page's size at most, whatever was asked
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
@@ -137,6 +139,8 @@ class MockMist:
             q = req.params
             start, end = float(q.get("start", 0)), float(q.get("end", 1e12))
             limit = int(q.get("limit", 100))
+            if self.max_limit:
+                limit = min(limit, self.max_limit)
             found = [d for d in self.deliveries
                      if d["webhook_id"] == webhook
                      and (d["org_id"] if scope == "orgs" else d["site_id"]) == owner

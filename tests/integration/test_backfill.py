@@ -437,6 +437,21 @@ class Backfill(unittest.TestCase):
         starts = [int(x.params["start"]) for x in self.mist.searches()]
         self.assertEqual(starts[1:], [base, base + 1])
 
+    def test_pages_smaller_than_asked_for_are_read_to_the_end(self):
+        # A Mist that gives 40 a page, whatever the limit asked: a page of 40
+        # is full, and the window goes on after it.
+        self.mist.max_limit = 40
+        b = self.brume()
+        base = int(time.time()) - 900
+        for i in range(100):
+            self.mist.add(webhook=WH_ORG, org=ORG, topic="alarms", ts=base + i * 3 + 0.5,
+                          body=sample(0, "small-page-%d" % i)[1])
+        r = backfill(b, "--dry-run", "--source", "org", "--since", "20m")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"source org: .*: 100 found, 100 to take, 0 skipped, 0 failed")
+        self.assertNotIn("more than", r.stdout)
+        self.assertGreaterEqual(len(self.mist.searches()), 3)
+
     def test_usage_and_config_errors(self):
         b = self.brume()
         r = backfill(b, "--source", "nope")
