@@ -330,9 +330,9 @@ static const char *const sql[NSTMT] = {
     /* The newest of the last ?3 bodies (through bodies_received), not
      * every body of the window: a rare source among busy ones is looked
      * for that far back only. */
-    [S_SOURCE_LAST] = "SELECT max(received) FROM (SELECT source, received FROM bodies"
+    [S_SOURCE_LAST] = "SELECT max(received) FROM (SELECT source, received, backfilled FROM bodies"
                       " INDEXED BY bodies_received WHERE received >= ?2 ORDER BY received DESC"
-                      " LIMIT ?3) WHERE source = ?1",
+                      " LIMIT ?3) WHERE source = ?1 AND backfilled = 0",
     [S_HOLD] = "INSERT OR IGNORE INTO held (id) VALUES (?)",
     [S_UNHOLD] = "DELETE FROM held WHERE id = ?",
     [S_SET_RUNS] = "UPDATE bodies SET runs = ? WHERE id = ?",

@@ -141,9 +141,9 @@ int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm
  * not, -1 with ERR set. */
 int brm_store_has_body(struct brm_store *s, uint64_t digest, const void *body, size_t len,
                        struct brm_err *err);
-/* When the newest body of SOURCE received at AFTER or later was received,
- * looking at the newest SCAN bodies only: 1 with it in *RECEIVED, 0 when
- * none of them is of SOURCE, -1 with ERR set. */
+/* When the newest body SOURCE posted (a backfilled one is not) received at
+ * AFTER or later was received, looking at the newest SCAN bodies only: 1
+ * with it in *RECEIVED, 0 when none of them is, -1 with ERR set. */
 int brm_store_source_last(struct brm_store *s, const char *source, double after, long scan,
                           double *received, struct brm_err *err);
 /* The highest body id ever journaled, even if retention removed it since

@@ -418,6 +418,31 @@ class Backfill(unittest.TestCase):
         self.assertEqual({x["backfilled"] for x in replayed}, {True})
         self.no_token_anywhere(b, r.stdout, r.stderr)
 
+    def test_an_offline_backfill_of_the_last_hour_does_not_hide_the_outage_before_it(self):
+        b = self.brume().start()
+        self.assertEqual(b.post(sample(0, "live-before")[1]).status, 200)
+        self.assertEqual(b.stop(), 0)
+        # That post came two hours ago; brume has been down since.
+        db = sqlite3.connect(b.path("var", "brume.db"))
+        db.execute("UPDATE bodies SET received = received - 7200")
+        db.commit()
+        db.close()
+        now = time.time()
+        for ts, name in ((now - 5400, "in-the-outage"), (now - 600, "last-hour")):
+            topic, body = sample(0, name)
+            self.mist.add(webhook=WH_ORG, org=ORG, topic=topic, ts=ts, body=body)
+        r = backfill(b, "--since", "1h", "--source", "org")
+        self.assertRegex(r.stdout, r"source org: .*: 1 found, 1 taken, 0 skipped")
+        # The catch-up reads back from the last post, not from what the
+        # backfill took: the outage's failure is taken, the hour's skipped.
+        b.start()
+        b.wait_log("caught up from Mist's delivery log", timeout=60)
+        self.assertRegex(b.log(), r'msg="backfill done" source=org run=catch-up .*found=2 '
+                                  r'taken=1 skipped=1')
+        got = b.wait_lines("out.jsonl", 3)
+        self.assertEqual(sorted(x["message"]["id"] for x in got),
+                         ["in-the-outage", "last-hour", "live-before"])
+
     def test_a_second_with_more_than_a_page_moves_on_and_says_so(self):
         b = self.brume()
         base = int(time.time()) - 600
