@@ -34,6 +34,11 @@
 #define LAST_SCAN       100000     /* bodies looked at for a source's last one */
 #define MAX_TEXT        (1u << 20) /* bytes of a report's lines; past them, a count */
 #define KEY_BYTES       16
+/* A decode of N bytes (a page, a body) may grow the thread's VM by
+ * DECODED_BASE + DECODED_PER_BYTE * N at most: text of strings takes about
+ * its size, while 64 MB of "[]," would take 1.5 GB. */
+#define DECODED_BASE     (16u << 20)
+#define DECODED_PER_BYTE 8
 
 /* ---- pure parts ---------------------------------------------------------- */
 
@@ -238,7 +243,8 @@ struct brm_backfill {
     /* The thread's own. */
     CURL *easy;
     lua_State *L;
-    uint64_t next_request; /* monotonic ms */
+    size_t held, held_limit; /* bytes L holds, and may (counted_alloc) */
+    uint64_t next_request;   /* monotonic ms */
 };
 
 struct brm_backfill *brm_backfill_new(const struct brm_config *cfg, const char *store_path,
@@ -255,6 +261,30 @@ struct brm_backfill *brm_backfill_new(const struct brm_config *cfg, const char *
     pthread_mutex_init(&bf->taken_lock, NULL);
     pthread_cond_init(&bf->taken_cond, NULL);
     return bf;
+}
+
+/* L's allocator: what it holds is counted, and growing past held_limit
+ * fails as out of memory does (the decode then says so). */
+static void *counted_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    struct brm_backfill *bf = ud;
+    if (!ptr) osize = 0; /* then it says what kind of object is made */
+    if (nsize == 0) {
+        free(ptr);
+        bf->held -= osize;
+        return NULL;
+    }
+    if (nsize > osize && nsize - osize > bf->held_limit - bf->held) return NULL;
+    void *p = realloc(ptr, nsize);
+    if (p) bf->held = bf->held - osize + nsize;
+    return p;
+}
+
+/* Lets the next decode, of LEN bytes, grow L by so much at most. Returns
+ * that, in MB. */
+static size_t allow_decode(struct brm_backfill *bf, size_t len) {
+    size_t room = DECODED_BASE + len * DECODED_PER_BYTE; /* LEN is at most MAX_ANSWER */
+    bf->held_limit = bf->held + room;
+    return room >> 20;
 }
 
 /* Sources' schedules for CFG, keeping those of sources that had one
@@ -624,8 +654,16 @@ static int read_page(struct run *r, const struct answer *a, struct result **out,
     *n = *listed = 0;
     *last = NAN;
     lua_settop(L, 0);
-    brm_err_set(&why, "out of memory decoding it");
+    size_t room = allow_decode(r->bf, a->body.len);
     int rc = brm_json_decode(L, a->body.data ? a->body.data : "", a->body.len, &why);
+    if (rc == -2) {
+        brm_err_set(err,
+                    "source %s: Mist's API answered a page of %zu bytes that takes more than "
+                    "%zu MB decoded",
+                    r->src->name, a->body.len, room);
+        lua_settop(L, 0);
+        return -1;
+    }
     if (rc != 0 || !lua_istable(L, 1)) {
         brm_err_set(err, "source %s: Mist's API answered something that is not a search result%s%s",
                     r->src->name, rc ? ": " : "", rc ? why.msg : "");
@@ -760,7 +798,10 @@ static void handle(struct run *r, const struct result *x) {
     struct brm_envelope env;
     struct brm_err why;
     lua_State *L = r->bf->L;
-    if (brm_json_envelope(L, x->body, x->len, &env, &why) != 0) {
+    size_t room = allow_decode(r->bf, x->len);
+    int rc = brm_json_envelope(L, x->body, x->len, &env, &why);
+    if (rc == -2) brm_err_set(&why, "it takes more than %zu MB decoded", room);
+    if (rc != 0) {
         char reason[600];
         snprintf(reason, sizeof(reason), "not a Mist webhook body: %s", why.msg);
         note(r, x, FAILED, -1, reason);
@@ -1091,7 +1132,8 @@ static void *backfill_main(void *arg) {
 
 int brm_backfill_start(struct brm_backfill *bf, int schedule, struct brm_err *err) {
     bf->easy = curl_easy_init();
-    bf->L = luaL_newstate();
+    bf->held_limit = SIZE_MAX;
+    bf->L = lua_newstate(counted_alloc, bf);
     if (!bf->easy || !bf->L) {
         brm_err_set(err, "backfill: cannot set up libcurl or a Lua state");
         return -1;

@@ -357,6 +357,30 @@ class Backfill(unittest.TestCase):
         self.assertRegex(r.stderr, r"source org: cannot reach Mist's API \(127\.0\.0\.1:1\): ")
         self.assertNotIn(TOKEN, r.stdout + r.stderr)
 
+    def test_answers_that_decode_to_too_much_are_refused_within_a_bound(self):
+        b = self.brume()
+        # A page of 4 MB of empty lists: 100 MB as Lua tables.
+        flood = b'{"results":[' + b"[]," * ((4 << 20) // 3) + b'[]]}'
+        self.mist.fault(200, body=flood, at=0)
+        r = backfill(b, "--dry-run", "--source", "org", "--since", "1h")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertRegex(r.stderr, r"source org: Mist's API answered a page of 4194\d+ bytes that "
+                                   r"takes more than 48 MB decoded")
+        # A body of 2 MB of them fails alone; the one after it is taken.
+        now = time.time()
+        self.mist.add(webhook=WH_ORG, org=ORG, topic="alarms", ts=now - 60,
+                      body='{"topic":"alarms","events":[' + "[]," * ((2 << 20) // 3) + "[]]}")
+        self.mist.add(webhook=WH_ORG, org=ORG, topic="alarms", ts=now - 50,
+                      body=sample(0, "after-the-flood")[1])
+        r = backfill(b, "--source", "org", "--since", "1h")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"failed +org +alarms .*not a Mist webhook body: it takes more "
+                                   r"than 32 MB decoded")
+        self.assertRegex(r.stdout, r"source org: .*: 2 found, 1 taken, 0 skipped, 1 failed")
+        b.start()
+        got = b.wait_lines("out.jsonl", 1)
+        self.assertEqual(got[0]["message"]["id"], "after-the-flood")
+
     def test_a_dry_run_stores_nothing_and_says_why(self):
         b = self.brume().start()
         b.wait_log("caught up from Mist's delivery log")
