@@ -1080,6 +1080,7 @@ static int run_schedule(struct brm_backfill *bf, const struct brm_config *cfg, c
 
 static void *backfill_main(void *arg) {
     struct brm_backfill *bf = arg;
+    brm_thread_name("backfill");
     brm_metrics_set_slot(bf->slot);
     pthread_mutex_lock(&bf->lock);
     while (!atomic_load(&bf->stopping)) {

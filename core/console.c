@@ -1405,6 +1405,7 @@ static void play(struct play *p) {
 
 static void *play_main(void *arg) {
     struct play *p = arg;
+    brm_thread_name("playground");
     play(p);
     uint64_t one = 1;
     if (write(p->c->playfd, &one, sizeof(one)) < 0) { /* saturated: the loop looks anyway */

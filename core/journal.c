@@ -353,6 +353,7 @@ static void upkeep(struct brm_journal *j, int due, int idle) {
 
 static void *writer_main(void *arg) {
     struct brm_journal *j = arg;
+    brm_thread_name("writer");
     brm_metrics_set_slot(j->slot);
     pthread_mutex_lock(&j->lock);
     for (;;) {

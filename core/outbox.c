@@ -838,6 +838,7 @@ static void write_last(struct brm_outbox *ob) {
 
 static void *outbox_main(void *arg) {
     struct brm_outbox *ob = arg;
+    brm_thread_name("outbox");
     brm_metrics_set_slot(ob->cfg->workers + 1);
     srandom((unsigned)(brm_time_mono_ns() ^ (uint64_t)getpid())); /* jitter differs per run */
     schedule(ob);

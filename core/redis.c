@@ -744,6 +744,7 @@ static void ping_done(struct brm_redis_req *req) {
 
 static void *client_main(void *arg) {
     struct brm_redis *r = arg;
+    brm_thread_name("redis");
     struct conn c = { -1, NULL, NULL };
     double last = 0;
     char why[256];

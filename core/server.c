@@ -343,6 +343,9 @@ static void on_worker_mail(evutil_socket_t fd, short what, void *arg) {
 
 static void *worker_main(void *arg) {
     struct worker *w = arg;
+    char name[32];
+    snprintf(name, sizeof(name), "worker %d", w->id + 1);
+    brm_thread_name(name);
     brm_metrics_set_slot(w->id + 1);
     event_base_dispatch(w->base);
     brm_intake_flush(w->intake); /* the drain may end the loop before a commit */

@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -630,6 +631,12 @@ int brm_cpu_count(void) {
     if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+}
+
+void brm_thread_name(const char *name) {
+    char kept[16]; /* the kernel's limit, with the NUL: a longer name is refused */
+    snprintf(kept, sizeof(kept), "%s", name);
+    pthread_setname_np(pthread_self(), kept);
 }
 
 void brm_mkdirs(const char *path, int mode) {

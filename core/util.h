@@ -155,6 +155,10 @@ int brm_addr_loopback(const char *addr);
 /* Number of CPUs this process may run on. */
 int brm_cpu_count(void);
 
+/* Names the calling thread NAME (at most 15 bytes are kept): what top -H,
+ * ps -L, perf and gdb show of it. */
+void brm_thread_name(const char *name);
+
 /* Writes " (did you mean 'NAME'?)" into HINT for the one of the N NAMES
  * closest to WORD (Levenshtein distance), or "" when none is within two
  * edits (and fewer edits than WORD has bytes): what `brume check` says of

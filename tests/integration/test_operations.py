@@ -343,6 +343,14 @@ class Admin(unittest.TestCase):
         self.assertIn("pending", h["outbox"])
         self.assertIsInstance(h["rule_set"], int)
 
+    def test_threads_are_named_for_top_and_perf(self):
+        task = "/proc/%d/task" % self.b.proc.pid
+        names = set()
+        for tid in os.listdir(task):
+            with open(os.path.join(task, tid, "comm")) as f:
+                names.add(f.read().strip())
+        self.assertLessEqual({"worker 1", "worker 2", "writer", "outbox"}, names)
+
     def test_the_token(self):
         for path, method in (("/metrics", "GET"), ("/reload", "POST")):
             self.assertEqual(self.admin(method, path, token=None).status, 401)
