@@ -18,6 +18,12 @@
 #define CONFIG_MEMORY       (64u << 20)
 #define MAX_CONFIG_FILE     (1u << 20)
 #define MAX_ENTRIES         1000 /* sources, targets */
+/* Values the search for env() placeholders looks at in one load, at most:
+ * a table that holds itself a few times over is not walked for ever. */
+#define MAX_LOOKS 1000000
+/* Bytes of all targets' options together, as JSON (one shared table named
+ * by every target is as large as its copies). */
+#define MAX_OPTIONS_TEXT (16u << 20)
 
 /* ---- loading state ------------------------------------------------------ */
 
@@ -34,7 +40,9 @@ struct loader {
     int fatal;                /* the file could not be read or run: nothing was set */
     brm_config_open_fn *open; /* readies the VM the adapters check targets in */
     void *open_arg;
-    int offline; /* brm_config_load_offline: unset env() variables give placeholders */
+    int offline;         /* brm_config_load_offline: unset env() variables give placeholders */
+    long looks;          /* find_unset's, left of MAX_LOOKS */
+    size_t options_text; /* targets' options so far, as JSON */
 };
 
 /* Returned by env() and file() after they reported a problem: the walk
@@ -187,10 +195,18 @@ enum found { FOUND_NOTHING, FOUND_UNSET, FOUND_REPORTED };
 
 /* Looks through the value at IDX (tables raw, DEPTH levels at most) for a
  * placeholder (its variable goes to NAME) or a value env() or file()
- * already reported. */
-static enum found find_unset(lua_State *L, int idx, int depth, char name[MAX_ENV_NAME + 1]) {
+ * already reported. Past MAX_LOOKS values in the load, it says so once,
+ * and finds nothing more. */
+static enum found find_unset(struct loader *ld, int idx, int depth, char name[MAX_ENV_NAME + 1]) {
+    lua_State *L = ld->L;
     enum found f = FOUND_NOTHING;
     size_t n;
+    if (ld->looks <= 0) return FOUND_NOTHING;
+    if (--ld->looks == 0)
+        report(ld, NULL, NULL,
+               "the config's tables hold too much to look through: more than %d values are "
+               "reached from its settings (does a table hold itself?)",
+               MAX_LOOKS);
     if (is_reported(L, idx)) return FOUND_REPORTED;
     if (lua_type(L, idx) == LUA_TSTRING) {
         const char *s = lua_tolstring(L, idx, &n);
@@ -200,7 +216,7 @@ static enum found find_unset(lua_State *L, int idx, int depth, char name[MAX_ENV
     idx = lua_absindex(L, idx);
     lua_pushnil(L);
     while (f != FOUND_REPORTED && lua_next(L, idx)) {
-        enum found v = find_unset(L, -1, depth - 1, name);
+        enum found v = find_unset(ld, -1, depth - 1, name);
         if (v > f) f = v;
         lua_pop(L, 1);
     }
@@ -1061,7 +1077,7 @@ static enum verdict convert_targets(struct walk *w, const struct setting *st, ch
             *targets = brm_xrealloc(*targets, (*count + 1) * sizeof(**targets));
             struct brm_target *tg = memset(&(*targets)[(*count)++], 0, sizeof(**targets));
             char unset[MAX_ENV_NAME + 1];
-            enum found found = find_unset(L, -1, 8, unset);
+            enum found found = find_unset(w->ld, -1, 8, unset);
             tg->name = brm_xstrdup(name);
             if (lua_getfield(L, -1, "kind") == LUA_TSTRING)
                 tg->kind = brm_xstrdup(lua_tostring(L, -1));
@@ -1072,6 +1088,12 @@ static enum verdict convert_targets(struct walk *w, const struct setting *st, ch
             } else if (brm_json_encode(L, -1, &err) < 0) {
                 report(w->ld, w->top, name, "%s.%s: options must be plain values (%s)", st->key,
                        name, err.msg);
+            } else if ((w->ld->options_text += lua_rawlen(L, -1)) > MAX_OPTIONS_TEXT) {
+                report(w->ld, w->top, name,
+                       "%s: the options of its targets take more than %u MB as JSON (up to %s)",
+                       st->key, MAX_OPTIONS_TEXT >> 20, name);
+                lua_pop(L, 3); /* the text, the options, the key: no further targets */
+                return TAKEN;
             } else {
                 tg->options = brm_xstrdup(lua_tostring(L, -1));
                 lua_pop(L, 1);
@@ -1258,14 +1280,14 @@ static int unset_elsewhere(struct walk *w, const struct setting *st) {
         return 0;
     if (t == &state_type && lua_type(L, -1) == LUA_TTABLE) { /* its password is a secret */
         lua_getfield(L, -1, "url");
-        found = find_unset(L, -1, 1, name);
+        found = find_unset(w->ld, -1, 1, name);
         lua_pop(L, 1);
     } else if (t == &admin_type && lua_type(L, -1) == LUA_TTABLE) { /* its token is a secret */
         lua_getfield(L, -1, "addr");
-        found = find_unset(L, -1, 1, name);
+        found = find_unset(w->ld, -1, 1, name);
         lua_pop(L, 1);
     } else {
-        found = find_unset(L, -1, 8, name);
+        found = find_unset(w->ld, -1, 8, name);
     }
     if (found != FOUND_UNSET) return 0;
     report_setting(w, st->key, ": environment variable %s is not set", name);
@@ -1749,7 +1771,8 @@ static struct brm_config *load(const char *path, brm_config_open_fn *open, void 
                          .errs_at_start = brm_errors_count(errs),
                          .open = open,
                          .open_arg = arg,
-                         .offline = offline };
+                         .offline = offline,
+                         .looks = MAX_LOOKS };
     c->refs = 1;
     c->file = brm_xstrdup(path);
     c->dir = brm_path_dir(path);

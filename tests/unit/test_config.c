@@ -215,6 +215,31 @@ static void check_errors(void) {
     CHECK_HAS(e.data, "brume.lua:3: sources: more than 1000 entries\n"); /* in any order */
     CHECK_HAS(e.data, "brume.lua:1: unknown setting 's'\n");
 
+    /* Targets whose options each hold the table of all of them (found by
+     * fuzz_config): looking through 828 entries eight levels deep for env()
+     * placeholders would never end. */
+    c = try_load("local s = {}\n"
+                 "for i = 3, 830 do s['m' .. i] = { miqt = { path = '/m', s } } end\n"
+                 "targets = s\n",
+                 &e);
+    CHECK(c == NULL);
+    CHECK_HAS(e.data, "the config's tables hold too much to look through: more than 1000000 "
+                      "values are reached from its settings (does a table hold itself?)\n");
+    CHECK_HAS(e.data, "options must be plain values (tables nested deeper than 128 levels");
+
+    /* A thousand targets naming one table of 100,000 numbers: 700 MB as
+     * JSON, each target's copy checked by its adapter. */
+    c = try_load("local big = {}\n"
+                 "for i = 1, 100000 do big[i] = 1000000 end\n"
+                 "local t = {}\n"
+                 "for i = 1, 1000 do t['x' .. i] = { kind = 'webhook', url = 'https://h/', b = big }"
+                 " end\n"
+                 "targets = t\n",
+                 &e);
+    CHECK(c == NULL);
+    CHECK_HAS(e.data, "brume.lua:5: targets: the options of its targets take more than 16 MB as "
+                      "JSON (up to x");
+
     /* Several mistakes: every one is reported. */
     c = try_load("listen = 8080\n"
                  "limits = { memory = 'lots', instructions = 10 }\n"
