@@ -11,8 +11,8 @@
 #include "log.h"
 #include "metrics.h"
 
-#define PRUNE_STEP        256  /* bodies one step of the ring looks at */
-#define PRUNE_STEPS       8    /* steps one transaction may take past the cap */
+#define PRUNE_STEP        256 /* bodies one step of the ring looks at */
+#define PRUNE_STEPS       8   /* steps one transaction may take past the cap */
 #define CHECKPOINT_FRAMES 256 /* WAL pages (1 MB) that make the writer checkpoint, at most */
 #define WAL_LIMIT         (16u << 20) /* a WAL file left larger is cut back to this */
 #define UPKEEP_INTERVAL   1.0         /* seconds between two rounds of upkeep */

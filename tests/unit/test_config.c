@@ -229,13 +229,14 @@ static void check_errors(void) {
 
     /* A thousand targets naming one table of 100,000 numbers: 700 MB as
      * JSON, each target's copy checked by its adapter. */
-    c = try_load("local big = {}\n"
-                 "for i = 1, 100000 do big[i] = 1000000 end\n"
-                 "local t = {}\n"
-                 "for i = 1, 1000 do t['x' .. i] = { kind = 'webhook', url = 'https://h/', b = big }"
-                 " end\n"
-                 "targets = t\n",
-                 &e);
+    c = try_load(
+        "local big = {}\n"
+        "for i = 1, 100000 do big[i] = 1000000 end\n"
+        "local t = {}\n"
+        "for i = 1, 1000 do t['x' .. i] = { kind = 'webhook', url = 'https://h/', b = big }"
+        " end\n"
+        "targets = t\n",
+        &e);
     CHECK(c == NULL);
     CHECK_HAS(e.data, "brume.lua:5: targets: the options of its targets take more than 16 MB as "
                       "JSON (up to x");
