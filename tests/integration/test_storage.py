@@ -120,17 +120,17 @@ end }"""}, workers=2).start()
             b.start()
             self.assertEqual(b.stop(), 0)
             # 60 MB of journal, written behind brume's back, then a cap of
-            # 64 KB: the next start has 20 000 bodies to prune.
+            # 64 KB: the next start has 60 000 bodies to prune.
             db = sqlite3.connect(b.path("var", "brume.db"))
-            blob = json.dumps({"topic": "alarms", "events": [{"id": "old", "p": "y" * 3000}]})
-            now = time.time()
+            blob = json.dumps({"topic": "alarms", "events": [{"id": "old", "p": "y" * 1000}]})
+            now, rows = time.time(), 60000
             db.executemany("INSERT INTO bodies (id, source, topic, received, events, body)"
                            " VALUES (?, 'mist', 'alarms', ?, 1, ?)",
-                           ((i, now, blob) for i in range(1, 20001)))
+                           ((i, now, blob) for i in range(1, rows + 1)))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('journal_bytes', ?)",
-                       (20000 * len(blob),))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('journal_rows', 20000)")
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('last_body', 20000)")
+                       (rows * len(blob),))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('journal_rows', ?)", (rows,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('last_body', ?)", (rows,))
             db.commit()
             db.close()
             with open(b.config_path, "a") as f:
@@ -145,6 +145,11 @@ end }"""}, workers=2).start()
             took = time.monotonic() - t0
             self.assertEqual(code, 0, b.log()[-2000:])
             self.assertLess(took, 2.0 + 1.0, "stopped %.2fs after SIGTERM" % took)
+            # The prune was still going: the store holds more than the cap.
+            db = sqlite3.connect(b.path("var", "brume.db"))
+            left = db.execute("SELECT value FROM meta WHERE key = 'journal_bytes'").fetchone()[0]
+            db.close()
+            self.assertGreater(left, 64 * 1024)
             # The next start goes on where the prune stopped, and gets there.
             b.start()
             deadline = time.time() + 30
