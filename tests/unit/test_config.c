@@ -227,7 +227,7 @@ static void check_errors(void) {
                       "values are reached from its settings (does a table hold itself?)\n");
     CHECK_HAS(e.data, "options must be plain values (tables nested deeper than 128 levels");
 
-    /* A thousand targets naming one table of 100,000 numbers: 700 MB as
+    /* A thousand targets naming one table of 100,000 numbers: 800 MB as
      * JSON, each target's copy checked by its adapter. */
     c = try_load(
         "local big = {}\n"
