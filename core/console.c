@@ -1203,8 +1203,7 @@ static int timers(struct brm_console *c, struct brm_http_req *req, const char *o
         return 0;
     }
     int fire = strcmp(op, "fire") == 0;
-    char *full = brm_xasprintf("%s\x1f%s\x1f%s",
-                               kind && strcmp(kind, "digest") == 0 ? "group" : "timer", rule, key);
+    char *full = brm_state_due_key(kind && strcmp(kind, "digest") == 0, rule, key);
     struct brm_state_txn *t = NULL;
     if (!c->shared) {
         t = brm_state_begin(c->state);

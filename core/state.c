@@ -581,6 +581,10 @@ static char *due_key(const char *ns, const char *rule, const char *key) {
     return brm_xasprintf("%s%s\x1f%s", ns, rule, key);
 }
 
+char *brm_state_due_key(int group, const char *rule, const char *name) {
+    return due_key(group ? GROUP : TIMER, rule, name);
+}
+
 /* Looks up the timer or digest K for a change that may add it: -1 when
  * the rule holds BRM_STATE_MAX_TIMERS already. The caller unlocks. */
 static int lookup_due(struct brm_state *s, const char *k, struct brm_state_txn *t,

@@ -169,6 +169,9 @@ size_t brm_state_pending(struct brm_state *s);
  * gives it. Cancels it within T (1, 0 when there is none, or BUSY); makes
  * it due at NOW within T, so that it fires now (the same). */
 int brm_state_cancel_due(struct brm_state *s, const char *key, struct brm_state_txn *t);
+/* The key of RULE's timer (GROUP 0) or digest (1) named NAME, as the two
+ * above and the shared state take it. The caller frees it. */
+char *brm_state_due_key(int group, const char *rule, const char *name);
 int brm_state_due_now(struct brm_state *s, const char *key, double now, struct brm_state_txn *t);
 /* Calls FN (with the state's lock held: be quick) for the LIMIT soonest
  * timers and digests: KIND (BRM_FIRED_TIMER or _GROUP), their key, RULE
