@@ -896,6 +896,21 @@ static void print_version(void) {
            OPENSSL_VERSION_TEXT);
 }
 
+/*
+ * Debian's libcurl links libldap and librtmp, and they link GnuTLS, whose
+ * constructor initialises it (and p11-kit) as the process loads: 0.8 MB of
+ * the daemon's memory for a library brume never calls (its TLS is
+ * OpenSSL's, its transfers http and https only). GnuTLS skips that when
+ * GNUTLS_NO_IMPLICIT_INIT is set as it loads, so `brume run` sets it and
+ * starts itself again, once, keeping its pid; when that exec fails it goes
+ * on as it is.
+ */
+static void skip_gnutls_init(char **argv) {
+    if (getenv("GNUTLS_NO_IMPLICIT_INIT")) return;
+    setenv("GNUTLS_NO_IMPLICIT_INIT", "1", 1);
+    execv("/proc/self/exe", argv);
+}
+
 int main(int argc, char **argv) {
     static const struct {
         const char *name, *accepts, *usage;
@@ -909,6 +924,7 @@ int main(int argc, char **argv) {
         { "backfill", "cb", usage_backfill },
         { "version", "", usage_version },
     };
+    if (argc >= 2 && strcmp(argv[1], "run") == 0) skip_gnutls_init(argv);
     signal(SIGPIPE, SIG_IGN);
     if (argc < 2) {
         fputs(usage_main, stderr);
