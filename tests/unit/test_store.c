@@ -464,6 +464,29 @@ int main(void) {
         CHECK_INT(add(s, "1:1:2", "slack", NULL, 50), 0);
         brm_store_close(s);
     }
+    /* A store from before version 10, its meta a rowid table with an index
+     * of its keys, keeps its values in the table of one B-tree. */
+    char got[256];
+    static const char *const v9[] = {
+        "DROP TABLE meta",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "INSERT INTO meta VALUES ('last_body', 1234), ('journal_bytes', 99)",
+        "PRAGMA user_version = 9",
+    };
+    for (size_t i = 0; i < sizeof(v9) / sizeof(v9[0]); i++) query(path, v9[i], 0, got, sizeof(got));
+    s = brm_store_open(path, &err);
+    CHECK(s != NULL);
+    if (s) {
+        CHECK_INT(brm_store_meta(s, "last_body", &err), 1234);
+        CHECK_INT(brm_store_meta(s, "journal_bytes", &err), 99);
+        CHECK_INT(brm_store_set_meta(s, "journal_bytes", 100, &err), 0);
+        CHECK_INT(brm_store_meta(s, "journal_bytes", &err), 100);
+        brm_store_close(s);
+    }
+    query(path, "SELECT sql FROM sqlite_schema WHERE name = 'meta'", 0, got, sizeof(got));
+    CHECK_HAS(got, "WITHOUT ROWID");
+    query(path, "SELECT count(*) FROM sqlite_schema WHERE tbl_name = 'meta'", 0, got, sizeof(got));
+    CHECK_STR(got, "1");
     /* A database from a newer brume is refused, not damaged. */
     check_backlog_plans(path);
     char version[16];
