@@ -482,7 +482,6 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
     struct brm_actions actions = { 0 };
     const struct brm_source *src = b->source;
     char rid[32];
-    snprintf(rid, sizeof(rid), "%lld", (long long)b->id);
     if (!in->txn) in->txn = brm_state_begin(in->state);
     size_t mark = brm_state_mark(in->txn);
     struct brm_batch batch = { src->name,    (uint64_t)b->id, b->received,
@@ -525,6 +524,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
     if (st != BRM_OK) {
         brm_state_rollback(in->txn, mark); /* nothing: a body that does not decode ran no rule */
         if (hold) brm_shared_hold_end(in->shared, 0);
+        snprintf(rid, sizeof(rid), "%lld", (long long)b->id);
         brm_log_warn(st == BRM_TOO_LARGE ? "refused a post: too large once decoded"
                                          : "refused a post: not a Mist webhook body",
                      "request", rid, "source", src->name, "peer", b->peer, "reason", err.msg);
@@ -541,6 +541,7 @@ static void take(struct brm_intake *in, const struct body *b, brm_intake_done_fn
     if (!env.known) note_unknown_topic(&env, src->name);
     if (brm_log_enabled(BRM_LOG_DEBUG)) {
         char n[32], sent[32];
+        snprintf(rid, sizeof(rid), "%lld", (long long)b->id);
         snprintf(n, sizeof(n), "%zu", env.nevents);
         snprintf(sent, sizeof(sent), "%zu", actions.n);
         brm_log_debug(hold ? "held for the shared state" : "accepted", "request", rid, "source",
@@ -940,7 +941,7 @@ static void committed(void *arg, enum brm_shared_outcome outcome, int wanted) {
 
 /* The entries the journal writes for G's bodies; G's job is set up. */
 static void fill_entries(struct group *g) {
-    int durable = 0;
+    int durable = 0, waits = 0;
     struct brm_intake *in = g->in;
     free(g->entries);
     g->entries = brm_xmalloc((g->jg.n ? g->jg.n : 1) * sizeof(*g->entries));
@@ -948,6 +949,7 @@ static void fill_entries(struct group *g) {
         struct held *h = &g->held[i];
         /* A durability = "none" body may wait for its commit, not its fsync. */
         durable |= h->done && (h->backfilled || h->source->durable);
+        waits |= h->done != NULL;
         g->entries[i] = (struct brm_journal_entry){
             h->id,
             h->source  ? h->source->name
@@ -972,6 +974,7 @@ static void fill_entries(struct group *g) {
     /* A group of durability = "none" bodies alone need not wait for the
      * disk: that is what the source chose. */
     brm_journal_group_init(&g->jg, durable);
+    g->jg.job.lingers = !waits;
     in->unstored = in->unstored - g->counted + g->jg.job.bytes;
     g->counted = g->jg.job.bytes;
 }

@@ -16,6 +16,7 @@
 #define CHECKPOINT_FRAMES 256 /* WAL pages (1 MB) that make the writer checkpoint, at most */
 #define WAL_LIMIT         (16u << 20) /* a WAL file left larger is cut back to this */
 #define UPKEEP_INTERVAL   1.0         /* seconds between two rounds of upkeep */
+#define LINGER            0.005       /* seconds a job nobody waits for waits for company */
 #define PROBE_MIN         (64u << 10) /* bytes a probe of a failing store writes, at least */
 #define PROBE_MAX         (8u << 20)  /* and at most */
 
@@ -40,6 +41,8 @@ struct brm_journal {
     pthread_mutex_t lock; /* guards the fields below */
     pthread_cond_t wake;
     struct brm_journal_job *queue, **tail;
+    int urgent;    /* a job in the queue does not linger */
+    int lingering; /* the writer waits for more jobs that linger: they need not wake it */
     int stopping;
     double retention;   /* seconds */
     uint64_t max_bytes; /* of bodies; 0: no cap */
@@ -50,7 +53,8 @@ struct brm_journal {
     int64_t last_body;   /* as saved in meta */
     int64_t pruned_upto; /* the highest body id the ring removed */
     int aging;           /* the last step for retention was full: more may be old */
-    double next_upkeep;
+    double next_upkeep;  /* these two on the monotonic clock (mono_now) */
+    double written;      /* when the last batch was written */
     uint64_t failure_logged;
     uint64_t probe_bytes; /* what a probe of the store writes */
     long pruned;          /* bodies the ring removed since the last log line */
@@ -120,6 +124,7 @@ static int write_group(struct brm_journal_job *job, struct brm_store *st, struct
 void brm_journal_group_init(struct brm_journal_group *g, int durable) {
     g->job.write = write_group;
     g->job.durable = durable;
+    g->job.lingers = 0;
     g->job.bytes = 0;
     g->job.rows = 0;
     g->job.last_id = 0;
@@ -354,6 +359,25 @@ static void upkeep(struct brm_journal *j, int due, int idle) {
         brm_log_warn("cannot checkpoint the store", "error", err.msg);
 }
 
+/* The writer's schedule runs on the monotonic clock, in seconds: a wall
+ * clock set back would hold upkeep, and bodies lingering, for as long. */
+static double mono_now(void) {
+    return (double)brm_time_mono_ns() / 1e9;
+}
+
+/* Waits on the writer's condition (on the monotonic clock) until WHEN at
+ * most, or a signal. The caller holds the lock. */
+static void wait_until(struct brm_journal *j, double when) {
+    double wait = when - mono_now();
+    if (wait <= 0) return;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += (time_t)wait;
+    until.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
+    if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+    pthread_cond_timedwait(&j->wake, &j->lock, &until);
+}
+
 static void *writer_main(void *arg) {
     struct brm_journal *j = arg;
     brm_thread_name("writer");
@@ -361,25 +385,29 @@ static void *writer_main(void *arg) {
     pthread_mutex_lock(&j->lock);
     for (;;) {
         while (!j->queue && !j->stopping) {
-            double now = brm_time_now();
-            if (now >= j->next_upkeep || j->aging || over_locked(j)) break;
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            double wait = j->next_upkeep - now;
-            until.tv_sec += (time_t)wait;
-            until.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
-            if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
-            pthread_cond_timedwait(&j->wake, &j->lock, &until);
+            if (mono_now() >= j->next_upkeep || j->aging || over_locked(j)) break;
+            wait_until(j, j->next_upkeep);
         }
+        /* Jobs that nobody waits for (durability = "none" bodies, answered
+         * already) wait a little for others to share their transaction:
+         * a commit costs the same for one body or fifty. */
+        j->lingering = 1;
+        while (j->queue && !j->urgent && !j->stopping && mono_now() < j->written + LINGER)
+            wait_until(j, j->written + LINGER);
+        j->lingering = 0;
         struct brm_journal_job *jobs = j->queue;
         int stop = j->stopping;
         j->queue = NULL;
         j->tail = &j->queue;
+        j->urgent = 0;
         pthread_mutex_unlock(&j->lock);
-        double now = brm_time_now();
-        int due = now >= j->next_upkeep;
-        if (due) j->next_upkeep = now + UPKEEP_INTERVAL;
-        if (jobs) write_batch(j, jobs, 0);
+        double t = mono_now();
+        int due = t >= j->next_upkeep;
+        if (due) j->next_upkeep = t + UPKEEP_INTERVAL;
+        if (jobs) {
+            write_batch(j, jobs, 0);
+            j->written = mono_now();
+        }
         upkeep(j, due && !stop, !jobs);
         pthread_mutex_lock(&j->lock);
         if (stop && !j->queue) break;
@@ -395,7 +423,11 @@ struct brm_journal *brm_journal_new(const char *path, const struct brm_config *c
                                     brm_journal_upkeep_fn *fn, void *arg, struct brm_err *err) {
     struct brm_journal *j = brm_xcalloc(1, sizeof(*j));
     pthread_mutex_init(&j->lock, NULL);
-    pthread_cond_init(&j->wake, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&j->wake, &attr);
+    pthread_condattr_destroy(&attr);
     j->tail = &j->queue;
     j->upkeep = fn;
     j->upkeep_arg = arg;
@@ -417,7 +449,7 @@ struct brm_journal *brm_journal_new(const char *path, const struct brm_config *c
         return NULL;
     }
     j->stats.bytes = (uint64_t)bytes;
-    j->next_upkeep = brm_time_now(); /* prune what retention says at once */
+    j->next_upkeep = mono_now(); /* prune what retention says at once */
     return j;
 }
 
@@ -445,7 +477,8 @@ void brm_journal_submit(struct brm_journal *j, struct brm_journal_job *job) {
     }
     *j->tail = job;
     j->tail = &job->next;
-    pthread_cond_signal(&j->wake);
+    j->urgent |= !job->lingers;
+    if (!j->lingering || !job->lingers) pthread_cond_signal(&j->wake);
     pthread_mutex_unlock(&j->lock);
 }
 

@@ -55,6 +55,7 @@ struct brm_journal_job {
      * writer's thread: hand the job back to its owner and return. */
     void (*done)(struct brm_journal_job *job, int stored, const struct brm_err *err);
     int durable;     /* its owner waits for the fsync */
+    int lingers;     /* nobody waits for it: it may wait for others to share its commit */
     uint64_t bytes;  /* body bytes it adds to the journal */
     int64_t rows;    /* bodies it adds */
     int64_t last_id; /* the highest body id in it, or 0 */

@@ -1,0 +1,137 @@
+/*
+ * journal: jobs that nobody waits for (durability = "none" groups) share a
+ * transaction with what comes in the next few milliseconds; a job someone
+ * waits for is written at once, with any that lingered; a stop writes what
+ * lingers. The order of the writer's calls shows which jobs shared a
+ * transaction: every write of a transaction comes before its dones.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "api.h"
+#include "config.h"
+#include "journal.h"
+#include "test.h"
+#include "util.h"
+
+struct job {
+    struct brm_journal_job base; /* first */
+    char name;
+    int stored;
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static char order[64];
+static size_t norder;
+static int ndone;
+
+static void note(char c) {
+    if (norder + 1 < sizeof(order)) order[norder++] = c;
+    order[norder] = '\0';
+}
+
+static int job_write(struct brm_journal_job *job, struct brm_store *st, struct brm_err *err) {
+    (void)st, (void)err;
+    pthread_mutex_lock(&lock);
+    note(((struct job *)job)->name);
+    pthread_mutex_unlock(&lock);
+    return 0;
+}
+
+static void job_done(struct brm_journal_job *job, int stored, const struct brm_err *err) {
+    (void)err;
+    pthread_mutex_lock(&lock);
+    note('.');
+    ((struct job *)job)->stored = stored;
+    ndone++;
+    pthread_cond_signal(&cond);
+    pthread_mutex_unlock(&lock);
+}
+
+static struct job make(char name, int lingers) {
+    return (struct job){ .base = { .write = job_write, .done = job_done, .lingers = lingers },
+                         .name = name };
+}
+
+/* Waits until N jobs in all are done; then forgets the order so far. */
+static void wait_done(int n, char *out, size_t size) {
+    pthread_mutex_lock(&lock);
+    while (ndone < n) pthread_cond_wait(&cond, &lock);
+    snprintf(out, size, "%s", order);
+    norder = 0;
+    order[0] = '\0';
+    pthread_mutex_unlock(&lock);
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = { 0, ms * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+int main(void) {
+    char dir[] = "/tmp/brume-journal-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char *conf = brm_path_join(dir, "brume.lua");
+    FILE *f = fopen(conf, "w");
+    fprintf(f, "data_dir = '%s'\nsources = { mist = { path = '/mist', secret = 'x' } }\n", dir);
+    fclose(f);
+    struct brm_errors errs = { 0 };
+    struct brm_config *cfg = brm_config_load(conf, brm_api_open_for_config, NULL, &errs);
+    for (size_t i = 0; i < errs.n; i++) fprintf(stderr, "  %s\n", errs.v[i].msg);
+    brm_errors_reset(&errs);
+    CHECK(cfg != NULL);
+    if (!cfg) {
+        free(conf);
+        return test_done();
+    }
+    char *db = brm_path_join(dir, "brume.db");
+    struct brm_err err;
+    struct brm_journal *j = brm_journal_new(db, cfg, NULL, NULL, &err);
+    CHECK(j != NULL);
+    CHECK_INT(brm_journal_run(j, &err), 0);
+    char got[64];
+
+    /* A job someone waits for is written at once. */
+    struct job x = make('x', 0);
+    brm_journal_submit(j, &x.base);
+    wait_done(1, got, sizeof(got));
+    CHECK_STR(got, "x.");
+    CHECK(x.stored);
+
+    /* Right after a commit, a job that lingers waits for the next one to
+     * come (a millisecond later), and both go in one transaction. */
+    struct job a = make('a', 1), b = make('b', 1);
+    brm_journal_submit(j, &a.base);
+    sleep_ms(1);
+    brm_journal_submit(j, &b.base);
+    wait_done(3, got, sizeof(got));
+    CHECK_STR(got, "ab..");
+
+    /* One that someone waits for does not linger, and takes the lingering
+     * ones with it. */
+    struct job c = make('c', 1), u = make('u', 0);
+    brm_journal_submit(j, &c.base);
+    sleep_ms(1);
+    brm_journal_submit(j, &u.base);
+    wait_done(5, got, sizeof(got));
+    CHECK_STR(got, "cu..");
+
+    /* A stop writes what lingers before it returns. */
+    struct job d = make('d', 1);
+    brm_journal_submit(j, &d.base);
+    brm_journal_stop(j);
+    wait_done(6, got, sizeof(got));
+    CHECK_STR(got, "d.");
+    CHECK(d.stored);
+    brm_journal_free(j);
+    brm_config_free(cfg);
+    free(db);
+    free(conf);
+    char cmd[96];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    CHECK_INT(system(cmd), 0);
+    return test_done();
+}
