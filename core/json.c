@@ -490,16 +490,20 @@ int brm_json_decode(lua_State *L, const char *s, size_t len, struct brm_err *err
 
 /* ---- encode ------------------------------------------------------------- */
 
-/* The text grows in memory from the VM's own allocator, so a rule's encode
- * counts against its VM's cap; it is freed when the encode ends. */
+/* The text starts in the encoder's own room (most messages fit) and grows
+ * in memory from the VM's own allocator, so a rule's encode counts against
+ * its VM's cap; it is freed when the encode ends. */
+#define ENCODE_ROOM 512
+
 struct encoder {
     lua_State *L;
     lua_Alloc alloc;
     void *ud;
-    char *buf;
+    char *buf; /* room, or the allocator's */
     size_t len, cap;
     int depth;
     struct brm_err *err;
+    char room[ENCODE_ROOM];
 };
 
 static int encode_fail(struct encoder *e, const char *fmt, ...)
@@ -518,11 +522,13 @@ static int encode_fail(struct encoder *e, const char *fmt, ...) {
 static int grow(struct encoder *e, size_t n) {
     if (n > BRM_JSON_MAX_TEXT - e->len)
         return encode_fail(e, "the JSON text would be longer than %zu MB", BRM_JSON_MAX_TEXT >> 20);
-    size_t want = e->len + n, cap = e->cap ? e->cap : 256;
+    size_t want = e->len + n, cap = e->cap;
     while (cap < want) cap *= 2;
     if (cap > BRM_JSON_MAX_TEXT) cap = BRM_JSON_MAX_TEXT;
-    char *p = e->alloc(e->ud, e->buf, e->cap, cap);
+    int in_room = e->buf == e->room;
+    char *p = e->alloc(e->ud, in_room ? NULL : e->buf, in_room ? 0 : e->cap, cap);
     if (!p) return encode_fail(e, "not enough memory to encode");
+    if (in_room) memcpy(p, e->room, e->len);
     e->buf = p;
     e->cap = cap;
     return 0;
@@ -554,6 +560,17 @@ static int put_escape(struct encoder *e, unsigned char c) {
  * written as they are (a URL reads https://, and bytes stay bytes). */
 static int encode_string(struct encoder *e, const char *s, size_t n) {
     size_t i = 0;
+    while (i < n && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\') i++;
+    if (i == n) { /* nothing to escape: the usual case, in one piece */
+        if (n + 2 > e->cap - e->len && grow(e, n + 2) < 0) return -1;
+        char *out = e->buf + e->len;
+        out[0] = '"';
+        memcpy(out + 1, s, n);
+        out[n + 1] = '"';
+        e->len += n + 2;
+        return 0;
+    }
+    i = 0;
     if (put(e, "\"", 1) < 0) return -1;
     for (;;) {
         size_t run = i;
@@ -715,12 +732,13 @@ static int encode_value(struct encoder *e, int idx) {
 /* lua_pcall'd: makes the Lua string of the encoder at argument 1. */
 static int push_text(lua_State *L) {
     const struct encoder *e = lua_touserdata(L, 1);
-    lua_pushlstring(L, e->buf ? e->buf : "", e->len);
+    lua_pushlstring(L, e->buf, e->len);
     return 1;
 }
 
 int brm_json_encode(lua_State *L, int idx, struct brm_err *err) {
-    struct encoder e = { .L = L, .err = err };
+    struct encoder e = { .L = L, .err = err, .cap = ENCODE_ROOM };
+    e.buf = e.room;
     e.alloc = lua_getallocf(L, &e.ud);
     idx = lua_absindex(L, idx);
     int rc = encode_value(&e, idx);
@@ -737,7 +755,7 @@ int brm_json_encode(lua_State *L, int idx, struct brm_err *err) {
             }
         }
     }
-    if (e.buf) e.alloc(e.ud, e.buf, e.cap, 0);
+    if (e.buf != e.room) e.alloc(e.ud, e.buf, e.cap, 0);
     return rc;
 }
 
