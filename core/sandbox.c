@@ -292,11 +292,17 @@ static int ro_newindex(lua_State *L) {
                       lua_tostring(L, lua_upvalueindex(1)), luaL_tolstring(L, 2, NULL));
 }
 
-/* __index of a proxy over a table that holds tables: wraps what it returns. */
+/* __index of a proxy over a table that holds tables: wraps what it returns
+ * (the proxy made before, when there is one: `brume.json` in every call of
+ * a rule costs a lookup, not a name). */
 static int ro_index(lua_State *L) {
     lua_settop(L, 2);
     lua_pushvalue(L, 2);
     if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TTABLE) {
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &PROXY_OF_KEY);
+        lua_pushvalue(L, 3);
+        if (lua_rawget(L, -2) == LUA_TTABLE) return 1;
+        lua_settop(L, 3);
         const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "?";
         const char *name = lua_pushfstring(L, "%s.%s", lua_tostring(L, lua_upvalueindex(2)), key);
         brm_sandbox_push_readonly(L, 3, name);
