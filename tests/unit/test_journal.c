@@ -83,8 +83,11 @@ int main(void) {
     for (size_t i = 0; i < errs.n; i++) fprintf(stderr, "  %s\n", errs.v[i].msg);
     brm_errors_reset(&errs);
     CHECK(cfg != NULL);
+    char cmd[96];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     if (!cfg) {
         free(conf);
+        CHECK_INT(system(cmd), 0);
         return test_done();
     }
     char *db = brm_path_join(dir, "brume.db");
@@ -130,8 +133,6 @@ int main(void) {
     brm_config_free(cfg);
     free(db);
     free(conf);
-    char cmd[96];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     CHECK_INT(system(cmd), 0);
     return test_done();
 }
