@@ -7,8 +7,6 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "walbuf.h"
-
 /* Each entry moves the schema one version forward; never edit one that has
  * shipped, add the next. */
 static const char *const migrations[] = {
@@ -428,9 +426,8 @@ struct brm_store *brm_store_open(const char *path, struct brm_err *err) {
     struct brm_store *s = brm_xcalloc(1, sizeof(*s));
     /* Stored requests carry targets' credentials: the file is the owner's. */
     mode_t old = umask(077);
-    int rc = sqlite3_open_v2(path, &s->db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             brm_walbuf_vfs());
+    int rc = sqlite3_open_v2(
+        path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     umask(old);
     if (rc != SQLITE_OK) {
         brm_err_set(err, "store: cannot open %s: %s", path,
