@@ -7,6 +7,7 @@
  * backfill, verify.
  */
 #include <errno.h>
+#include <limits.h>
 #include <event2/event.h>
 #include <lua.h>
 #include <math.h>
@@ -902,13 +903,21 @@ static void print_version(void) {
  * the daemon's memory for a library brume never calls (its TLS is
  * OpenSSL's, its transfers http and https only). GnuTLS skips that when
  * GNUTLS_NO_IMPLICIT_INIT is set as it loads, so `brume run` sets it and
- * starts itself again, once, keeping its pid; when that exec fails it goes
- * on as it is.
+ * starts itself again, once, keeping its pid: by its own path, so that its
+ * name stays brume's for ps and pgrep (not "exe"), and not when it was
+ * started through the dynamic loader, which is then what the path names.
+ * When that exec fails it goes on as it is.
  */
 static void skip_gnutls_init(char **argv) {
+    char path[PATH_MAX];
     if (getenv("GNUTLS_NO_IMPLICIT_INIT")) return;
+    ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+    if (n <= 0) return;
+    path[n] = '\0';
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    if (strncmp(base, "ld-", 3) == 0 || strncmp(base, "ld.so", 5) == 0) return;
     setenv("GNUTLS_NO_IMPLICIT_INIT", "1", 1);
-    execv("/proc/self/exe", argv);
+    execv(path, argv);
 }
 
 int main(int argc, char **argv) {

@@ -360,6 +360,9 @@ class Admin(unittest.TestCase):
         self.assertIn(b"GNUTLS_NO_IMPLICIT_INIT=1", env)
         with open("/proc/%d/cmdline" % self.b.proc.pid, "rb") as f:
             self.assertEqual(f.read().split(b"\0")[1], b"run")
+        # By its own path: its name stays brume's for ps and pgrep.
+        with open("/proc/%d/comm" % self.b.proc.pid) as f:
+            self.assertEqual(f.read().strip(), os.path.basename(harness.BRUME)[:15])
 
     def test_the_token(self):
         for path, method in (("/metrics", "GET"), ("/reload", "POST")):
