@@ -292,17 +292,27 @@ static int ro_newindex(lua_State *L) {
                       lua_tostring(L, lua_upvalueindex(1)), luaL_tolstring(L, 2, NULL));
 }
 
+/* Pushes the proxy made before of the table at IDX (absolute) and returns
+ * 1, or pushes nothing and returns 0. One proxy per table, so proxies
+ * compare equal when their tables do. */
+static int proxy_made(lua_State *L, int idx) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &PROXY_OF_KEY);
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, -2) == LUA_TTABLE) {
+        lua_remove(L, -2);
+        return 1;
+    }
+    lua_pop(L, 2);
+    return 0;
+}
+
 /* __index of a proxy over a table that holds tables: wraps what it returns
  * (the proxy made before, when there is one: `brume.json` in every call of
  * a rule costs a lookup, not a name). */
 static int ro_index(lua_State *L) {
     lua_settop(L, 2);
     lua_pushvalue(L, 2);
-    if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TTABLE) {
-        lua_rawgetp(L, LUA_REGISTRYINDEX, &PROXY_OF_KEY);
-        lua_pushvalue(L, 3);
-        if (lua_rawget(L, -2) == LUA_TTABLE) return 1;
-        lua_settop(L, 3);
+    if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TTABLE && !proxy_made(L, 3)) {
         const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "?";
         const char *name = lua_pushfstring(L, "%s.%s", lua_tostring(L, lua_upvalueindex(2)), key);
         brm_sandbox_push_readonly(L, 3, name);
@@ -360,14 +370,8 @@ void brm_sandbox_push_readonly(lua_State *L, int idx, const char *name) {
 static void push_proxy(lua_State *L, int idx, const char *name, int shallow) {
     idx = lua_absindex(L, idx);
     luaL_checkstack(L, 8, NULL);
-    /* One proxy per table, so proxies compare equal when their tables do. */
+    if (proxy_made(L, idx)) return;
     lua_rawgetp(L, LUA_REGISTRYINDEX, &PROXY_OF_KEY);
-    lua_pushvalue(L, idx);
-    if (lua_rawget(L, -2) == LUA_TTABLE) {
-        lua_remove(L, -2);
-        return;
-    }
-    lua_pop(L, 1);
     lua_newtable(L); /* the proxy */
     lua_createtable(L, 0, 7);
     lua_pushstring(L, name);

@@ -66,9 +66,15 @@ static void wait_done(int n, char *out, size_t size) {
     pthread_mutex_unlock(&lock);
 }
 
-static void sleep_ms(long ms) {
-    struct timespec ts = { 0, ms * 1000000L };
-    nanosleep(&ts, NULL);
+/* Submits FIRST, then SECOND a millisecond later; waits until DONE jobs in
+ * all are done, and OUT says in what order the writer took them. */
+static void two_jobs(struct brm_journal *j, struct job *first, struct job *second, int done,
+                     char *out, size_t size) {
+    struct timespec ms = { 0, 1000000L };
+    brm_journal_submit(j, &first->base);
+    nanosleep(&ms, NULL);
+    brm_journal_submit(j, &second->base);
+    wait_done(done, out, size);
 }
 
 int main(void) {
@@ -107,19 +113,13 @@ int main(void) {
     /* Right after a commit, a job that lingers waits for the next one to
      * come (a millisecond later), and both go in one transaction. */
     struct job a = make('a', 1), b = make('b', 1);
-    brm_journal_submit(j, &a.base);
-    sleep_ms(1);
-    brm_journal_submit(j, &b.base);
-    wait_done(3, got, sizeof(got));
+    two_jobs(j, &a, &b, 3, got, sizeof(got));
     CHECK_STR(got, "ab..");
 
     /* One that someone waits for does not linger, and takes the lingering
      * ones with it. */
     struct job c = make('c', 1), u = make('u', 0);
-    brm_journal_submit(j, &c.base);
-    sleep_ms(1);
-    brm_journal_submit(j, &u.base);
-    wait_done(5, got, sizeof(got));
+    two_jobs(j, &c, &u, 5, got, sizeof(got));
     CHECK_STR(got, "cu..");
 
     /* A stop writes what lingers before it returns. */
