@@ -19,6 +19,7 @@
 #define LINGER            0.005       /* seconds a job nobody waits for waits for company */
 #define PROBE_MIN         (64u << 10) /* bytes a probe of a failing store writes, at least */
 #define PROBE_MAX         (8u << 20)  /* and at most */
+#define SLOW_WRITE        0.1         /* seconds: a transaction or checkpoint this long is logged */
 
 static _Atomic int64_t next_id = 1;
 
@@ -59,6 +60,8 @@ struct brm_journal {
     uint64_t probe_bytes; /* what a probe of the store writes */
     long pruned;          /* bodies the ring removed since the last log line */
     double pruned_logged; /* when that was */
+    struct brm_histogram *commit_seconds, *checkpoint_seconds;
+    double slow_logged; /* when a slow write was last logged (mono_now) */
 };
 
 /* ---- groups ------------------------------------------------------------- */
@@ -145,6 +148,28 @@ void brm_journal_group_init(struct brm_journal_group *g, int durable) {
 
 /* ---- transactions (the writer's thread) ----------------------------------- */
 
+/* The writer's schedule runs on the monotonic clock, in seconds: a wall
+ * clock set back would hold upkeep, and bodies lingering, for as long. */
+static double mono_now(void) {
+    return (double)brm_time_mono_ns() / 1e9;
+}
+
+/* Records how long a write the writer made took, since BEGAN: in H, and
+ * when it took SLOW_WRITE or more, in a line of the log (once a second at
+ * most), so that an operator sees a disk that holds every durable answer
+ * up. */
+static void took(struct brm_journal *j, struct brm_histogram *h, const char *what, double began,
+                 const char *unit, size_t count) {
+    double now = mono_now(), seconds = now - began;
+    brm_histogram_observe(h, seconds);
+    if (seconds < SLOW_WRITE || now - j->slow_logged < 1) return;
+    char ms[32], n[32];
+    snprintf(ms, sizeof(ms), "%.0f", seconds * 1000);
+    snprintf(n, sizeof(n), "%zu", count);
+    brm_log_warn("the store was slow", "write", what, "ms", ms, unit, n);
+    j->slow_logged = now;
+}
+
 /* Settings of the ring, read under the lock. */
 static void ring_settings(struct brm_journal *j, double *retention, uint64_t *max_bytes) {
     pthread_mutex_lock(&j->lock);
@@ -201,6 +226,7 @@ static int commit_jobs(struct brm_journal *j, struct brm_journal_job *jobs, size
     int probe = n == 0 && !before.ok;
     int durable = probe;
     uint64_t added = 0;
+    size_t bodies = 0;
     int64_t last = j->last_body;
     struct brm_journal_job *job = jobs;
     for (size_t i = 0; i < n; i++, job = job->next) {
@@ -208,8 +234,10 @@ static int commit_jobs(struct brm_journal *j, struct brm_journal_job *jobs, size
         added += job->bytes;
         p.bytes += job->bytes;
         p.rows += job->rows;
+        bodies += (size_t)job->rows;
         if (job->last_id > last) last = job->last_id;
     }
+    double began = mono_now();
     if (set_synced(j, durable, err) < 0 || brm_store_begin(j->store, err) < 0) return -1;
     job = jobs;
     for (size_t i = 0; i < n; i++, job = job->next)
@@ -225,6 +253,7 @@ static int commit_jobs(struct brm_journal *j, struct brm_journal_job *jobs, size
         brm_store_set_meta(j->store, "journal_rows", p.rows, err) < 0)
         goto fail;
     if (brm_store_commit(j->store, err) < 0) goto failed;
+    took(j, j->commit_seconds, "commit", began, "bodies", bodies);
     j->last_body = last;
     j->pruned_upto = p.after;
     j->pruned += removed;
@@ -354,15 +383,13 @@ static void upkeep(struct brm_journal *j, int due, int idle) {
     ring_settings(j, &retention, &cap);
     uint64_t frames = cap ? cap / 4 / 4096 : CHECKPOINT_FRAMES;
     frames = frames < 64 ? 64 : frames > CHECKPOINT_FRAMES ? CHECKPOINT_FRAMES : frames;
-    if ((uint64_t)brm_store_wal_frames(j->store) >= frames &&
-        brm_store_checkpoint(j->store, &err) < 0)
+    int pages = brm_store_wal_frames(j->store);
+    if ((uint64_t)pages < frames) return;
+    double began = mono_now();
+    if (brm_store_checkpoint(j->store, &err) < 0)
         brm_log_warn("cannot checkpoint the store", "error", err.msg);
-}
-
-/* The writer's schedule runs on the monotonic clock, in seconds: a wall
- * clock set back would hold upkeep, and bodies lingering, for as long. */
-static double mono_now(void) {
-    return (double)brm_time_mono_ns() / 1e9;
+    else
+        took(j, j->checkpoint_seconds, "checkpoint", began, "pages", (size_t)pages);
 }
 
 /* Waits on the writer's condition (on the monotonic clock) until WHEN at
@@ -435,6 +462,12 @@ struct brm_journal *brm_journal_new(const char *path, const struct brm_config *c
     j->stats.ok = 1;
     j->probe_bytes = PROBE_MIN;
     j->slot = cfg->workers + 2; /* after the main thread, the workers and the outbox */
+    j->commit_seconds = brm_metrics_histogram(
+        "brume_journal_commit_seconds",
+        "The journal writer's transactions, from BEGIN to the end of COMMIT (its fsync).", NULL);
+    j->checkpoint_seconds = brm_metrics_histogram(
+        "brume_journal_checkpoint_seconds",
+        "The journal writer's checkpoints: WAL pages copied back into the database.", NULL);
     brm_journal_configure(j, cfg);
     j->store = brm_store_open(path, err);
     /* A size read as 0 would be saved with the next body: the ring would

@@ -262,9 +262,7 @@ def preflight(server, body):
                                                                server.log_tail()))
 
 
-def metrics():
-    """brume_deliveries_total by outcome, summed over targets, and
-    brume_events_total, from the admin listener."""
+def metrics_text():
     c = http.client.HTTPConnection("127.0.0.1", ADMIN, timeout=10)
     try:
         c.request("GET", "/metrics")
@@ -274,6 +272,13 @@ def metrics():
             raise Failed("/metrics answered %d" % r.status)
     finally:
         c.close()
+    return text
+
+
+def metrics():
+    """brume_deliveries_total by outcome, summed over targets, and
+    brume_events_total, from the admin listener."""
+    text = metrics_text()
     out = {"done": 0.0, "retry": 0.0, "dead": 0.0, "events": 0.0}
     for m in re.finditer(r'^brume_deliveries_total\{[^}]*outcome="(\w+)"[^}]*\} (\S+)$', text,
                          re.M):
@@ -422,6 +427,19 @@ def profile(pid, script, tmp, what):
 # ----------------------------------------------------------------- long run
 
 
+def writer_times(text, name):
+    """The count, the mean (ms), how many took over 100 ms, and the upper
+    bound (s) of the highest bucket that holds one, of histogram NAME."""
+    buckets = [(float(le), float(n)) for le, n in
+               re.findall(r'^%s_bucket\{le="([^"]+)"\} (\S+)$' % name, text, re.M)]
+    count = float(re.search(r"^%s_count (\S+)$" % name, text, re.M).group(1))
+    total = float(re.search(r"^%s_sum (\S+)$" % name, text, re.M).group(1))
+    upto = dict(buckets)
+    top = next((le for le, n in buckets if n >= count), float("inf"))
+    return {"count": count, "mean_ms": total * 1000 / count if count else 0,
+            "over_100ms": count - upto.get(0.1, count), "top": top}
+
+
 def long_run(tmp, posts):
     """LONG_SECONDS at full speed on the durable light path with 10-event
     bodies and journal.max_size = JOURNAL_MAX_MB, then SIGTERM under load."""
@@ -456,6 +474,9 @@ def long_run(tmp, posts):
         res = wrk(script, LONG_SECONDS, "long run", strict=False)  # failed after the report
         res["load_end"] = time.monotonic() - t_start
         server.alive()
+        text = metrics_text()
+        res["writer"] = {w: writer_times(text, "brume_journal_%s_seconds" % w)
+                         for w in ("commit", "checkpoint")}
         # SIGTERM with requests in flight: a second load, whose answers are
         # not measured, keeps the connections busy through the drain.
         tail = subprocess.Popen(wrk_cmd(script, LONG_SECONDS, latency=False),
@@ -488,6 +509,8 @@ def long_run(tmp, posts):
             server.proc.wait()
         running.remove(server.proc)
         server.log.close()
+    with open(server.log_path) as f:
+        res["slow"] = [line.strip() for line in f if "the store was slow" in line]
     drained = tail.stdout.read() if tail else ""
     m = re.search(r"(\d+) requests in", drained)
     res["drain_requests"] = int(m.group(1)) if m else 0
@@ -605,6 +628,12 @@ def print_long(long):
                                           min(rss) / 1024, max(rss) / 1024))
     marks = [s for i, s in enumerate(samples) if i % 10 == 0]
     print("   " + " ".join("%.0f" % (s[1] / 2**20) for s in marks))
+    for what, w in sorted(long.get("writer", {}).items()):
+        print("  the writer's %ss: %d, mean %.2f ms, %d over 100 ms, the longest at most %s" % (
+            what, w["count"], w["mean_ms"], w["over_100ms"],
+            "%g s" % w["top"] if w["top"] != float("inf") else "over 10 s"))
+    for line in long["slow"][:10]:
+        print("  brume logged: %s" % line)
     rc = long["exit_rc"]
     if long["errors"]:
         print("  errors: %s" % long["errors"])

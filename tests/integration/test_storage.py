@@ -1,11 +1,13 @@
 """The storage path: the journal is a bounded ring whose newest bodies are
 kept; a kill -9 in the middle of the writer's commit loses nothing that was
 answered 200; a durability = "none" source's answers wait for a writer
-that fell behind; a stop is prompt while the writer has a long prune to do;
+that fell behind; a slow disk is logged; a stop is prompt while the writer
+has a long prune to do;
 workers that need each other's rule state do not wait, and nothing runs on
 state that is not stored."""
 import json
 import os
+import re
 import signal
 import sqlite3
 import threading
@@ -289,6 +291,42 @@ class KillDuringCommit(unittest.TestCase):
             missing = [e for e in acked if e not in stored]
             self.assertEqual(missing, [], "%d of %d acknowledged bodies lost" %
                              (len(missing), len(acked)))
+        finally:
+            b.cleanup()
+
+
+class SlowStore(unittest.TestCase):
+    def test_a_slow_sync_is_logged_and_counted(self):
+        """A disk whose syncs take 150 ms holds every durable answer up: the
+        writer says so in the log (once a second at most), and its commits'
+        histogram has them above 100 ms. A fast store logs nothing."""
+        env = dict(harness.fault_env("/nonexistent"), BRUME_FAULT_SYNC_MS="150")
+        b = Brume(SOURCE, rules={"n.lua": NOTHING}, workers=1, env=env).start()
+        try:
+            for i in range(3):
+                r = b.post(json.dumps({"topic": "alarms", "events": [{"id": "slow-%d" % i}]}))
+                self.assertEqual(r.status, 200, r.body)
+            b.wait_log("the store was slow")
+            line = [x for x in b.log().splitlines() if "the store was slow" in x][0]
+            self.assertIn("write=commit", line)
+            self.assertGreaterEqual(int(re.search(r"ms=(\d+)", line).group(1)), 150, line)
+            m = b.metrics()
+            count = m["brume_journal_commit_seconds_count"]
+            fast = m['brume_journal_commit_seconds_bucket{le="0.1"}']
+            self.assertGreaterEqual(count - fast, 3, "three durable commits over 100 ms")
+            self.assertLessEqual(b.log().count("the store was slow"), 2,
+                                 "more than a line a second")
+            self.assertEqual(b.stop(), 0)
+        finally:
+            b.cleanup()
+        b = Brume(SOURCE, rules={"n.lua": NOTHING}, workers=1).start()
+        try:
+            for i in range(3):
+                self.assertEqual(b.post(json.dumps({"topic": "alarms",
+                                                    "events": [{"id": "f-%d" % i}]})).status, 200)
+            self.assertGreaterEqual(b.metrics()["brume_journal_commit_seconds_count"], 3)
+            self.assertEqual(b.stop(), 0)
+            self.assertNotIn("the store was slow", b.log())
         finally:
             b.cleanup()
 
