@@ -7,6 +7,10 @@
  * tests/bench/run.sh.
  *
  *     bench_stages BODY.json RULES_DIR...
+ *
+ * BRUME_STAGES_ROUNDS=N runs each stage N times instead, whatever that
+ * takes: instruction counts that do not move with the machine's load, as
+ * in `valgrind --tool=callgrind --toggle-collect=run_rules bench_stages`.
  */
 #include <lua.h>
 #include <stdio.h>
@@ -37,18 +41,21 @@ static void run_rules(struct brm_engine *e, const struct brm_buf *body, struct b
     brm_actions_reset(&a);
 }
 
-/* Runs STMT in batches until STAGE_SECONDS have passed; sets PER to the
- * seconds of one round. */
+static long fixed_rounds; /* BRUME_STAGES_ROUNDS, or 0 */
+
+/* Runs STMT in batches until STAGE_SECONDS have passed (or fixed_rounds
+ * times); sets PER to the seconds of one round. */
 #define STAGE(per, stmt)                                                                           \
     do {                                                                                           \
         long rounds_ = 0;                                                                          \
         double t0_ = now(), t_;                                                                    \
         do {                                                                                       \
-            for (int i_ = 0; i_ < BATCH; i_++) {                                                   \
+            long batch_ = fixed_rounds ? fixed_rounds : BATCH;                                     \
+            for (long i_ = 0; i_ < batch_; i_++) {                                                 \
                 stmt;                                                                              \
             }                                                                                      \
-            rounds_ += BATCH;                                                                      \
-        } while ((t_ = now()) - t0_ < STAGE_SECONDS);                                              \
+            rounds_ += batch_;                                                                     \
+        } while ((t_ = now()) - t0_ < STAGE_SECONDS && !fixed_rounds);                             \
         (per) = (t_ - t0_) / (double)rounds_;                                                      \
     } while (0)
 
@@ -57,6 +64,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: bench_stages BODY.json RULES_DIR...\n");
         return 2;
     }
+    const char *rounds = getenv("BRUME_STAGES_ROUNDS");
+    fixed_rounds = rounds ? atol(rounds) : 0;
     struct brm_buf body;
     brm_buf_init(&body);
     if (brm_read_file(argv[1], 1 << 24, &body) < 0) return 1;
