@@ -558,9 +558,28 @@ static int put_escape(struct encoder *e, unsigned char c) {
 
 /* '"', '\\' and control bytes are escaped; '/' and bytes from 0x80 up are
  * written as they are (a URL reads https://, and bytes stay bytes). */
-static int encode_string(struct encoder *e, const char *s, size_t n) {
+/* The length of the run at S (of N bytes) that needs no escape: up to
+ * the first control byte, '"' or '\\'. Eight bytes at a time, with the
+ * bit tricks that tell whether a word holds a byte below 0x20 or a zero
+ * byte (after XOR with the quote or the backslash): exact as yes or no,
+ * so the word that says yes is searched byte by byte. */
+static size_t plain_run(const char *s, size_t n) {
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
     size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, s + i, 8);
+        uint64_t quote = x ^ (ones * '"'), slash = x ^ (ones * '\\');
+        if ((((x - ones * 0x20) & ~x) | ((quote - ones) & ~quote) | ((slash - ones) & ~slash)) &
+            highs)
+            break;
+    }
     while (i < n && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\') i++;
+    return i;
+}
+
+static int encode_string(struct encoder *e, const char *s, size_t n) {
+    size_t i = plain_run(s, n);
     if (i == n) { /* nothing to escape: the usual case, in one piece */
         if (n + 2 > e->cap - e->len && grow(e, n + 2) < 0) return -1;
         char *out = e->buf + e->len;
@@ -574,7 +593,7 @@ static int encode_string(struct encoder *e, const char *s, size_t n) {
     if (put(e, "\"", 1) < 0) return -1;
     for (;;) {
         size_t run = i;
-        while (i < n && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\') i++;
+        i += plain_run(s + i, n - i);
         if (put(e, s + run, i - run) < 0) return -1;
         if (i == n) break;
         if (put_escape(e, (unsigned char)s[i++]) < 0) return -1;

@@ -637,6 +637,52 @@ static void unencodable(const char *src, const char *want) {
     lua_pop(L, 1);
 }
 
+/* What the encoder writes for byte C inside a string, byte by byte: the
+ * reference the encoder's eight-at-a-time scan must agree with. */
+static void escaped(struct brm_buf *b, unsigned char c) {
+    static const char short_forms[] = "\b\t\n\f\r";
+    static const char letters[] = "btnfr";
+    const char *f = c ? strchr(short_forms, c) : NULL;
+    if (c == '"' || c == '\\')
+        brm_buf_printf(b, "\\%c", c);
+    else if (f)
+        brm_buf_printf(b, "\\%c", letters[f - short_forms]);
+    else if (c < 0x20)
+        brm_buf_printf(b, "\\u%04x", c);
+    else
+        brm_buf_append(b, (const char *)&c, 1);
+}
+
+/* Every byte at every position of strings of 1 to 20 bytes (either side
+ * of a word of eight), among plain bytes and bytes past 0x7f. */
+static void check_string_scan(void) {
+    struct brm_buf want;
+    brm_buf_init(&want);
+    int failed = 0;
+    for (size_t n = 1; n <= 20 && !failed; n++) {
+        for (size_t at = 0; at < n && !failed; at++) {
+            for (int c = 0; c < 256 && !failed; c++) {
+                char s[20];
+                for (size_t i = 0; i < n; i++) s[i] = i % 3 == 2 ? (char)0xc3 : 'a';
+                s[at] = (char)c;
+                want.len = 0;
+                brm_buf_puts(&want, "\"");
+                for (size_t i = 0; i < n; i++) escaped(&want, (unsigned char)s[i]);
+                brm_buf_puts(&want, "\"");
+                lua_pushlstring(L, s, n);
+                const char *got = encode_top();
+                if (strcmp(got, want.data) != 0) {
+                    CHECK_STR(got, want.data);
+                    failed = 1;
+                }
+                lua_pop(L, 1);
+            }
+        }
+    }
+    CHECK(!failed);
+    brm_buf_reset(&want);
+}
+
 static void check_encoding(void) {
     encodes("return {}", "{}");
     encodes("return {{}, {{}}}", "[{},[{}]]");
@@ -875,6 +921,7 @@ int main(void) {
     check_grammar();
     check_tables();
     check_encoding();
+    check_string_scan();
     check_huge_text();
     check_memory_cap();
     check_module();
