@@ -45,7 +45,7 @@ local M = {}
 -- Options every kind takes, besides its own.
 M.common = {
   kind = { "string", required = true },
-  timeout = { "duration", default = 10 },
+  timeout = { "duration", default = 10, min = 0.05, max = 3600 }, -- 0 would be no timeout at all
   rate = { "rate" },
   concurrency = { "integer", default = 4, min = 1, max = 1000 },
   proxy = { "string", secret = true }, -- may hold user:password

@@ -539,6 +539,10 @@ static void check_converters(void) {
         { GOOD "targets = 5\n", "brume.lua:2: targets: expected a table, got number\n" },
         { GOOD "targets = { 'x' }\n",
           "brume.lua:2: targets: each entry must be name = { kind = ..., ... }\n" },
+        /* A target's timeout of 0 would be none: a stuck target would hold
+         * its transfers for good. */
+        { GOOD "targets = { f = { kind = 'file', path = 'f.jsonl', timeout = 0 } }\n",
+          "brume.lua:2: targets.f.timeout: must be between 0.05 and 3600\n" },
     };
     check_cases(cases, BRM_ARRAY_LEN(cases));
 
