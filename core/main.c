@@ -251,6 +251,7 @@ static int cmd_run(struct args *a) {
 static int cmd_check(struct args *a) {
     struct brm_errors errs = { 0 };
     struct brm_config *cfg = brm_config_check(a->config, brm_api_open_for_config, NULL, &errs);
+    if (cfg) brm_outbox_check_targets(cfg, 0, &errs);
     struct brm_engine *e = cfg ? brm_engine_new(cfg, &errs) : NULL;
     int rc = EXIT_USER;
     print_errors(&errs);

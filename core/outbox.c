@@ -1021,7 +1021,7 @@ static void take_config(struct brm_outbox *ob, const struct brm_config *cfg) {
     brm_config_free(old);
 }
 
-void brm_outbox_check_files(const struct brm_config *cfg, struct brm_errors *errs) {
+void brm_outbox_check_targets(const struct brm_config *cfg, int files, struct brm_errors *errs) {
     struct brm_err err;
     for (size_t i = 0; i < cfg->ntargets; i++) {
         const struct brm_target *t = &cfg->targets[i];
@@ -1040,7 +1040,7 @@ void brm_outbox_check_files(const struct brm_config *cfg, struct brm_errors *err
             brm_err_set(&err, "target %s: %.400s", t->name, why);
             brm_errors_add(errs, &err);
         }
-        if (!cfg->targets[i].path) continue;
+        if (!files || !cfg->targets[i].path) continue;
         int fd = open_target_file(&cfg->targets[i], &err);
         if (fd < 0)
             brm_errors_add(errs, &err);

@@ -523,7 +523,7 @@ static int prepare(struct server *s, const struct brm_config *cfg, struct rule_s
         if (l->cert && !(rs->tls[i] = brm_tls_new(l->cert, l->key, &err)))
             brm_errors_add(errs, &err);
     }
-    brm_outbox_check_files(cfg, errs);
+    brm_outbox_check_targets(cfg, 1, errs);
     /* The rules are loaded whatever else failed, to report their problems
      * too; once per worker only when all went well. */
     rs->engines = brm_xcalloc((size_t)s->nworkers, sizeof(*rs->engines));

@@ -96,6 +96,21 @@ targets = {
         r = run_cli("check", "-c", os.path.join(self.tmp, "missing.lua"))
         self.assertEqual(r.returncode, 1)
         self.assertIn("cannot read the config", r.stderr)
+        # A check opens no file target (it may run where brume will not),
+        # but asks librdkafka about a kafka target's properties.
+        os.makedirs(os.path.join(self.tmp, "empty"))
+        head = "rules = 'empty'\nsources = { mist = { path = '/m', secret = 's' } }\n"
+        cfg = self.write("brume.lua", head +
+                                      "targets = { f = { kind = 'file', path = 'out/f.jsonl' } }\n")
+        r = run_cli("check", "-c", cfg)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "out")))
+        cfg = self.write("brume.lua", head +
+                                      "targets = { k = { kind = 'kafka', brokers = 'h:9092', "
+                                      "topic = 't', properties = { ['linger.ms'] = 'soon' } } }\n")
+        r = run_cli("check", "-c", cfg)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("target k: linger.ms: ", r.stderr)
 
     def test_check_of_many_mistakes_shows_the_first_and_counts_the_rest(self):
         """A loop in the config can make a mistake per name: brume check

@@ -196,6 +196,9 @@ targets = {
              '{ ["enable.idempotence"] = "false" } }', "enable.idempotence is always true"),
             ('{ kind = "kafka", brokers = "h:9092", topic = "t", sasl = { mechanism = "X" } }',
              "mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+            # What only librdkafka knows: brume check asks it too.
+            ('{ kind = "kafka", brokers = "h:9092", topic = "t", properties = '
+             '{ ["no.such.property"] = "1" } }', "target t: no.such.property: "),
         ]
         path = self.b.path("bad.lua")
         for target, want in cases:
