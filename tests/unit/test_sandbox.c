@@ -491,6 +491,18 @@ static const char *const lua_cases[] = {
     "os.date('%Ez')",
     "os.date('%', 0)",
     "os.date('%Y', 'x')",
+    /* os.date's own UTC digits (utc_numeric_date), and what it leaves to Lua. */
+    "local t = {} for i = -300, 1200 do t[#t + 1] = os.date('!%Y-%m-%dT%H:%M:%SZ', i * 8675309 + "
+    "i) "
+    "end return table.concat(t, ' ')",
+    "return os.date('!%Y%m%d%H%M%S%%', 951782400), os.date('!%d/%m/%Y', 951868799), os.date('!'), "
+    "os.date('!x%%y', 0), os.date('!a\0%Y', 0), os.date('!*t\0x', 0).year",
+    "return os.date('!%Y', 253402300799), os.date('!%Y', 253402300800), "
+    "os.date('!%Y-%m-%d', -30610224000), os.date('!%Y', -30610224001), os.date('!%Y', 86400.0), "
+    "os.date('!%Y', '86400'), os.date('!%e %j %a', 0)",
+    "os.date('!%Y', 0.5)",
+    "os.date('!%Y%', 0)",
+    "os.date('!%Y', 2^62)",
 };
 
 static void check_same_as_lua(void) {
