@@ -8,6 +8,10 @@
  *   is removed, they work again.
  * - BRUME_FAULT_SYNC_MS=N makes every sync of the store take N ms longer,
  *   as on a slow disk, so that a test can kill brume in the middle of one;
+ *   BRUME_FAULT_SYNCED=PATH appends a line to PATH for each sync of the
+ *   store that succeeded: "BEGAN ENDED FILE", CLOCK_MONOTONIC nanoseconds
+ *   when the call was made and when it returned, so that a test can tell
+ *   whether an answer waited for a sync made after its request was sent;
  *   BRUME_FAULT_WRITE_MS=N does the same to every write, so that the
  *   journal's writer falls behind what the workers take in.
  * - A countdown, as SQLite's own test_malloc.c and faultsim do it: the
@@ -83,7 +87,7 @@ static struct {
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static long long calls; /* counted so far, with those of earlier processes */
-static int count_fd = -1, trace_fd = -1;
+static int count_fd = -1, trace_fd = -1, synced_fd = -1;
 
 static void say(const char *text) {
     size_t n = strlen(text);
@@ -162,6 +166,10 @@ static void setup(void) {
             text[strcspn(text, "\n")] = '\0';
             calls = number("the count in BRUME_FAULT_COUNT", text);
         }
+    }
+    if ((v = getenv("BRUME_FAULT_SYNCED"))) {
+        synced_fd = real.open(v, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (synced_fd < 0) die("cannot open BRUME_FAULT_SYNCED", v);
     }
     if ((v = getenv("BRUME_FAULT_TRACE"))) {
         trace_fd = real.open(v, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -277,14 +285,35 @@ ssize_t pwrite64(int fd, const void *buf, size_t n, off64_t off) {
     return real.pwrite64(fd, buf, n, off);
 }
 
+static long long monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* A sync of FD, made at BEGAN, succeeded: a line in BRUME_FAULT_SYNCED. */
+static void note_synced(int fd, long long began) {
+    char path[4096], line[4200];
+    const char *file = synced_fd >= 0 ? store_fd(fd, path, sizeof(path)) : NULL;
+    if (!file) return;
+    int len = snprintf(line, sizeof(line), "%lld %lld %s\n", began, monotonic_ns(), file);
+    if (real.write(synced_fd, line, (size_t)len) != len) die("cannot write BRUME_FAULT_SYNCED", "");
+}
+
 int fsync(int fd) {
+    long long began = monotonic_ns();
     FAIL_FD(OP_SYNC, "fsync", fd);
-    return real.fsync(fd);
+    int rc = real.fsync(fd);
+    if (rc == 0) note_synced(fd, began);
+    return rc;
 }
 
 int fdatasync(int fd) {
+    long long began = monotonic_ns();
     FAIL_FD(OP_SYNC, "fdatasync", fd);
-    return real.fdatasync(fd);
+    int rc = real.fdatasync(fd);
+    if (rc == 0) note_synced(fd, began);
+    return rc;
 }
 
 int ftruncate(int fd, off_t len) {

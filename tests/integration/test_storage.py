@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sqlite3
+import tempfile
 import threading
 import time
 import unittest
@@ -253,25 +254,35 @@ class KillDuringCommit(unittest.TestCase):
     def test_kill_9_while_the_writer_syncs_loses_nothing_acknowledged(self):
         """Every sync of the store takes 150 ms longer, so the kill lands in
         the middle of one: every body answered 200 is there after a restart,
-        and none was answered before its sync."""
-        env = dict(harness.fault_env("/nonexistent"), BRUME_FAULT_SYNC_MS="150")
+        and none was answered before its sync: each 200 came after a sync of
+        the WAL that began after its request was sent and ended before the
+        answer (the fault shim logs each sync's start and end on the same
+        clock as time.monotonic_ns)."""
+        synced = tempfile.NamedTemporaryFile(prefix="brume-synced-", delete=False)
+        synced.close()
+        env = dict(harness.fault_env("/nonexistent"), BRUME_FAULT_SYNC_MS="150",
+                   BRUME_FAULT_SYNCED=synced.name)
         b = Brume(SOURCE, rules={"n.lua": NOTHING}, workers=2, env=env).start()
         try:
             acked, lock, stop = [], threading.Lock(), threading.Event()
+            windows = []  # (sent, answered) of each 200, in monotonic ns
 
             def post():
                 conn = b.connection()
                 while not stop.is_set():
                     eid = uuid.uuid4().hex
+                    sent = time.monotonic_ns()
                     try:
                         r = b.post(json.dumps({"topic": "alarms", "events": [{"id": eid}]}),
                                    conn=conn)
                     except OSError:
                         conn.close()
                         return
+                    answered = time.monotonic_ns()
                     if r.status == 200:
                         with lock:
                             acked.append(eid)
+                            windows.append((sent, answered))
                 conn.close()
 
             threads = [threading.Thread(target=post) for _ in range(6)]
@@ -284,6 +295,13 @@ class KillDuringCommit(unittest.TestCase):
             for t in threads:
                 t.join(10)
             self.assertTrue(acked, "nothing was answered before the kill")
+            with open(synced.name) as f:
+                syncs = [(int(began), int(ended)) for began, ended, name in
+                         (line.split() for line in f) if name.endswith("-wal")]
+            early = [w for w in windows
+                     if not any(w[0] <= began and ended <= w[1] for began, ended in syncs)]
+            self.assertEqual(early, [], "%d of %d answers came before a sync of their body" %
+                             (len(early), len(windows)))
             b.env = dict(os.environ)
             b.start()
             self.assertEqual(b.stop(), 0)
@@ -293,6 +311,7 @@ class KillDuringCommit(unittest.TestCase):
                              (len(missing), len(acked)))
         finally:
             b.cleanup()
+            os.unlink(synced.name)
 
 
 class SlowStore(unittest.TestCase):
