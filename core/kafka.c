@@ -101,11 +101,13 @@ static void on_log(const rd_kafka_t *rk, int level, const char *facility, const 
 
 /* ---- the producer ------------------------------------------------------- */
 
-static rd_kafka_conf_t *make_conf(const char *const *settings, size_t n, struct brm_err *err) {
+static rd_kafka_conf_t *make_conf(const char *const *settings, size_t n, int plugins,
+                                  struct brm_err *err) {
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char why[512];
     for (size_t i = 0; i < n; i++) {
         const char *name = settings[2 * i], *value = settings[2 * i + 1];
+        if (!plugins && strcmp(name, "plugin.library.paths") == 0) continue;
         if (rd_kafka_conf_set(conf, name, value, why, sizeof(why)) != RD_KAFKA_CONF_OK) {
             brm_err_set(err, "%s: %s", name, why);
             rd_kafka_conf_destroy(conf);
@@ -121,8 +123,8 @@ static rd_kafka_conf_t *make_conf(const char *const *settings, size_t n, struct 
     return conf;
 }
 
-int brm_kafka_check(const char *const *settings, size_t n, struct brm_err *err) {
-    rd_kafka_conf_t *conf = make_conf(settings, n, err);
+int brm_kafka_check(const char *const *settings, size_t n, int plugins, struct brm_err *err) {
+    rd_kafka_conf_t *conf = make_conf(settings, n, plugins, err);
     if (!conf) return -1;
     rd_kafka_conf_destroy(conf);
     return 0;
@@ -130,7 +132,7 @@ int brm_kafka_check(const char *const *settings, size_t n, struct brm_err *err) 
 
 static int start_producer(struct brm_kafka *k, struct brm_err *err) {
     char why[512];
-    rd_kafka_conf_t *conf = make_conf((const char *const *)k->settings, k->n, err);
+    rd_kafka_conf_t *conf = make_conf((const char *const *)k->settings, k->n, 1, err);
     if (!conf) return -1;
     rd_kafka_conf_set_dr_msg_cb(conf, on_report);
     rd_kafka_conf_set_error_cb(conf, on_error);

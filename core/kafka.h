@@ -37,8 +37,11 @@ struct brm_kafka;
 struct brm_kafka_send;
 
 /* Nothing, or ERR set ("<property>: <why>") when librdkafka refuses one
- * of SETTINGS, N name/value pairs of its properties (2 * N strings). */
-int brm_kafka_check(const char *const *settings, size_t n, struct brm_err *err);
+ * of SETTINGS, N name/value pairs of its properties (2 * N strings).
+ * Without PLUGINS, plugin.library.paths is passed over: librdkafka would
+ * load (and run) the plugins it names, which `brume check` must not, on a
+ * host that may not be brume's. */
+int brm_kafka_check(const char *const *settings, size_t n, int plugins, struct brm_err *err);
 /* A producer on BASE with SETTINGS (as above; enable.idempotence is
  * forced on); NAME is for its log lines (librdkafka's warnings and errors
  * are logged). NULL with ERR set when a setting is refused or librdkafka

@@ -1021,12 +1021,12 @@ static void take_config(struct brm_outbox *ob, const struct brm_config *cfg) {
     brm_config_free(old);
 }
 
-void brm_outbox_check_targets(const struct brm_config *cfg, int files, struct brm_errors *errs) {
+void brm_outbox_check_targets(const struct brm_config *cfg, int local, struct brm_errors *errs) {
     struct brm_err err;
     for (size_t i = 0; i < cfg->ntargets; i++) {
         const struct brm_target *t = &cfg->targets[i];
         if (is_kafka(t) &&
-            brm_kafka_check((const char *const *)t->settings, t->nsettings, &err) < 0) {
+            brm_kafka_check((const char *const *)t->settings, t->nsettings, local, &err) < 0) {
             struct brm_buf masked;
             brm_buf_init(&masked);
             brm_outbox_mask(t, err.msg, &masked);
@@ -1040,7 +1040,7 @@ void brm_outbox_check_targets(const struct brm_config *cfg, int files, struct br
             brm_err_set(&err, "target %s: %.400s", t->name, why);
             brm_errors_add(errs, &err);
         }
-        if (!files || !cfg->targets[i].path) continue;
+        if (!local || !cfg->targets[i].path) continue;
         int fd = open_target_file(&cfg->targets[i], &err);
         if (fd < 0)
             brm_errors_add(errs, &err);

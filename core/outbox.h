@@ -39,11 +39,12 @@ struct brm_outbox;
 struct brm_outbox *brm_outbox_new(const struct brm_config *cfg, struct brm_journal *j,
                                   struct brm_err *err);
 /* Appends to ERRS a problem for each kafka target of CFG whose settings
- * librdkafka refuses, each redis-stream target whose URL is bad and, with
- * FILES, each file target that cannot be opened for appending (its folder
- * is made): a start or reload checks before it commits to a config, and
- * `brume check`, which opens no file, too. */
-void brm_outbox_check_targets(const struct brm_config *cfg, int files, struct brm_errors *errs);
+ * librdkafka refuses, each redis-stream target whose URL is bad and, when
+ * LOCAL (the check runs where brume runs: a start, a reload), each file
+ * target that cannot be opened for appending (its folder is made) and
+ * each kafka target whose plugins do not load. `brume check`, which may
+ * run elsewhere, checks without LOCAL: it opens and loads nothing. */
+void brm_outbox_check_targets(const struct brm_config *cfg, int local, struct brm_errors *errs);
 /* Moves the outbox onto CFG, a reloaded config (any thread; the outbox
  * thread takes it at its next turn). */
 void brm_outbox_configure(struct brm_outbox *ob, const struct brm_config *cfg);

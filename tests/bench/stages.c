@@ -8,9 +8,10 @@
  *
  *     bench_stages BODY.json RULES_DIR...
  *
- * BRUME_STAGES_ROUNDS=N runs each stage N times instead, whatever that
- * takes: instruction counts that do not move with the machine's load, as
- * in `valgrind --tool=callgrind --toggle-collect=run_rules bench_stages`.
+ * BRUME_STAGES_ROUNDS=N (N > 0) runs each stage N times instead, whatever
+ * that takes: instruction counts that move far less with the machine's
+ * load, as in `valgrind --tool=callgrind --toggle-collect=brm_intake_run
+ * bench_stages BODY RULES_DIR` (N bodies' decode and rules).
  */
 #include <lua.h>
 #include <stdio.h>
@@ -65,7 +66,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *rounds = getenv("BRUME_STAGES_ROUNDS");
-    fixed_rounds = rounds ? atol(rounds) : 0;
+    fixed_rounds = rounds && atol(rounds) > 0 ? atol(rounds) : 0;
     struct brm_buf body;
     brm_buf_init(&body);
     if (brm_read_file(argv[1], 1 << 24, &body) < 0) return 1;

@@ -318,7 +318,8 @@ class SlowStore(unittest.TestCase):
     def test_a_slow_sync_is_logged_and_counted(self):
         """A disk whose syncs take 150 ms holds every durable answer up: the
         writer says so in the log (once a second at most), and its commits'
-        histogram has them above 100 ms. A fast store logs nothing."""
+        histogram has them above 100 ms. A store without the fault counts
+        its commits too (whether one of them is slow is the disk's call)."""
         env = dict(harness.fault_env("/nonexistent"), BRUME_FAULT_SYNC_MS="150")
         b = Brume(SOURCE, rules={"n.lua": NOTHING}, workers=1, env=env).start()
         try:
@@ -345,7 +346,6 @@ class SlowStore(unittest.TestCase):
                                                     "events": [{"id": "f-%d" % i}]})).status, 200)
             self.assertGreaterEqual(b.metrics()["brume_journal_commit_seconds_count"], 3)
             self.assertEqual(b.stop(), 0)
-            self.assertNotIn("the store was slow", b.log())
         finally:
             b.cleanup()
 

@@ -35,10 +35,15 @@ static void run(struct event_base *base, int seconds) {
 static void check_settings(void) {
     struct brm_err err;
     const char *bad[] = { "no.such.property", "1" };
-    CHECK(brm_kafka_check(bad, 1, &err) == -1);
+    CHECK(brm_kafka_check(bad, 1, 1, &err) == -1);
     CHECK_HAS(err.msg, "no.such.property: ");
     const char *good[] = { "bootstrap.servers", "127.0.0.1:9092", "linger.ms", "5" };
-    CHECK(brm_kafka_check(good, 2, &err) == 0);
+    CHECK(brm_kafka_check(good, 2, 1, &err) == 0);
+    /* A plugin is loaded at a start, not by `brume check`. */
+    const char *plugin[] = { "plugin.library.paths", "/nonexistent/plugin.so" };
+    CHECK(brm_kafka_check(plugin, 1, 1, &err) == -1);
+    CHECK_HAS(err.msg, "plugin.library.paths: ");
+    CHECK(brm_kafka_check(plugin, 1, 0, &err) == 0);
     struct event_base *base = event_base_new();
     CHECK(brm_kafka_new(base, "t", bad, 1, &err) == NULL);
     CHECK_HAS(err.msg, "no.such.property: ");

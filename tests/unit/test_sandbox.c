@@ -496,7 +496,7 @@ static const char *const lua_cases[] = {
     "i) "
     "end return table.concat(t, ' ')",
     "return os.date('!%Y%m%d%H%M%S%%', 951782400), os.date('!%d/%m/%Y', 951868799), os.date('!'), "
-    "os.date('!x%%y', 0), os.date('!a\0%Y', 0), os.date('!*t\0x', 0).year",
+    "os.date('!x%%y', 0), os.date('!a\\0%Y', 0), os.date('!*t\\0x', 0).year",
     "return os.date('!%Y', 253402300799), os.date('!%Y', 253402300800), "
     "os.date('!%Y-%m-%d', -30610224000), os.date('!%Y', -30610224001), os.date('!%Y', 86400.0), "
     "os.date('!%Y', '86400'), os.date('!%e %j %a', 0)",
