@@ -556,8 +556,6 @@ static int put_escape(struct encoder *e, unsigned char c) {
     }
 }
 
-/* '"', '\\' and control bytes are escaped; '/' and bytes from 0x80 up are
- * written as they are (a URL reads https://, and bytes stay bytes). */
 /* The length of the run at S (of N bytes) that needs no escape: up to
  * the first control byte, '"' or '\\'. Eight bytes at a time, with the
  * bit tricks that tell whether a word holds a byte below 0x20 or a zero
@@ -578,6 +576,8 @@ static size_t plain_run(const char *s, size_t n) {
     return i;
 }
 
+/* '"', '\\' and control bytes are escaped; '/' and bytes from 0x80 up are
+ * written as they are (a URL reads https://, and bytes stay bytes). */
 static int encode_string(struct encoder *e, const char *s, size_t n) {
     size_t i = plain_run(s, n);
     if (i == n) { /* nothing to escape: the usual case, in one piece */
