@@ -113,10 +113,6 @@ static void page(struct brm_store *s, struct brm_body_query *q) {
     CHECK_INT(brm_store_find_bodies(s, q, collect_body, NULL, &err), 0);
 }
 
-/* The console's reads: pages by id through the indexes, bounded scans with
- * a place to go on from, times through the received index, text and JSON
- * field matches; deliveries by state; the attempts log and its pruning; a
- * read-only connection. */
 /* The ring frees the pages of the bodies it removes without writing them:
  * Debian's SQLite is built with SECURE_DELETE, which zeroes every freed
  * page through the WAL, twice the pages a full ring writes per body. */
@@ -151,6 +147,10 @@ static void ring_frees_without_writing(const char *path) {
     brm_store_close(s);
 }
 
+/* The console's reads: pages by id through the indexes, bounded scans with
+ * a place to go on from, times through the received index, text and JSON
+ * field matches; deliveries by state; the attempts log and its pruning; a
+ * read-only connection. */
 static void console_reads(const char *path) {
     struct brm_err err;
     struct brm_store *s = brm_store_open(path, &err);
