@@ -395,13 +395,9 @@ static void upkeep(struct brm_journal *j, int due, int idle) {
 /* Waits on the writer's condition (on the monotonic clock) until WHEN at
  * most, or a signal. The caller holds the lock. */
 static void wait_until(struct brm_journal *j, double when) {
-    double wait = when - mono_now();
-    if (wait <= 0) return;
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += (time_t)wait;
-    until.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
-    if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+    if (when <= mono_now()) return;
+    time_t secs = (time_t)when; /* mono_now counts CLOCK_MONOTONIC's seconds */
+    struct timespec until = { secs, (long)((when - (double)secs) * 1e9) };
     pthread_cond_timedwait(&j->wake, &j->lock, &until);
 }
 

@@ -589,14 +589,13 @@ static int encode_string(struct encoder *e, const char *s, size_t n) {
         e->len += n + 2;
         return 0;
     }
-    i = 0;
     if (put(e, "\"", 1) < 0) return -1;
-    for (;;) {
-        size_t run = i;
-        i += plain_run(s + i, n - i);
+    for (size_t run = 0;;) { /* s[run..i) needs no escape */
         if (put(e, s + run, i - run) < 0) return -1;
         if (i == n) break;
         if (put_escape(e, (unsigned char)s[i++]) < 0) return -1;
+        run = i;
+        i += plain_run(s + i, n - i);
     }
     return put(e, "\"", 1);
 }
