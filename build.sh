@@ -18,7 +18,7 @@ set -eu
 cd "$(dirname "$0")"
 
 DEPS="cmake make gcc pkg-config python3 liblua5.4-dev libevent-dev libssl-dev
-      libsqlite3-dev libcurl4-openssl-dev libhiredis-dev librdkafka-dev openssl"
+      libsqlite3-dev libcurl4-openssl-dev libhiredis-dev librdkafka-dev liblz4-dev openssl"
 BENCH_DEPS="wrk nginx libnginx-mod-http-lua lua-cjson redis-server" # wrk, the nginx+Lua peer, Redis
 FUZZ_DEPS="clang libclang-rt-14-dev"
 FUZZ_TARGETS="wire verify json config pattern api" # tests/fuzz/fuzz_*.c

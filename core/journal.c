@@ -100,7 +100,9 @@ int brm_journal_add_deliveries(const struct brm_config *cfg, struct brm_store *s
 static int write_group(struct brm_journal_job *job, struct brm_store *st, struct brm_err *err) {
     struct brm_journal_group *g = (struct brm_journal_group *)job;
     double now = brm_time_now();
+    size_t stored;
     g->messages = 0;
+    g->job.saved = 0;
     for (size_t i = 0; i < g->n; i++) {
         const struct brm_journal_entry *e = &g->entries[i];
         struct brm_body b = { e->id,  e->source, e->topic,    e->received, e->events,    e->body,
@@ -108,15 +110,18 @@ static int write_group(struct brm_journal_job *job, struct brm_store *st, struct
         if (e->held == BRM_JOURNAL_HOLD) {
             b.runs = NULL;
             b.runs_len = 0;
-            if (brm_store_add_body(st, &b, err) < 0 || brm_store_hold(st, e->id, err) < 0)
+            if (brm_store_add_body(st, &b, &stored, err) < 0 || brm_store_hold(st, e->id, err) < 0)
                 return -1;
+            g->job.saved += e->len - stored;
             continue;
         }
         if (e->held == BRM_JOURNAL_RELEASE &&
             brm_store_release_held(st, e->id, e->runs, e->runs_len, err) < 0)
             return -1;
-        if (e->body && e->held != BRM_JOURNAL_RELEASE && brm_store_add_body(st, &b, err) < 0)
-            return -1;
+        if (e->body && e->held != BRM_JOURNAL_RELEASE) {
+            if (brm_store_add_body(st, &b, &stored, err) < 0) return -1;
+            g->job.saved += e->len - stored;
+        }
         int added = brm_journal_add_deliveries(g->cfg, st, e->actions, now, err);
         if (added < 0) return -1;
         g->messages += (size_t)added;
@@ -129,6 +134,7 @@ void brm_journal_group_init(struct brm_journal_group *g, int durable) {
     g->job.durable = durable;
     g->job.lingers = 0;
     g->job.bytes = 0;
+    g->job.saved = 0;
     g->job.rows = 0;
     g->job.last_id = 0;
     for (size_t i = 0; i < g->n; i++) {
@@ -240,8 +246,10 @@ static int commit_jobs(struct brm_journal *j, struct brm_journal_job *jobs, size
     double began = mono_now();
     if (set_synced(j, durable, err) < 0 || brm_store_begin(j->store, err) < 0) return -1;
     job = jobs;
-    for (size_t i = 0; i < n; i++, job = job->next)
+    for (size_t i = 0; i < n; i++, job = job->next) {
         if (job->write(job, j->store, err) < 0) goto fail;
+        p.bytes -= job->saved; /* the ring counts what is stored */
+    }
     long removed = prune(j, &p, aged, steps, err);
     if (removed < 0 || (probe && brm_store_probe(j->store, j->probe_bytes, err) < 0)) goto fail;
     if (n == 0 && removed == 0 && !probe) { /* upkeep that found nothing to do */

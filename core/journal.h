@@ -57,6 +57,7 @@ struct brm_journal_job {
     int durable;     /* its owner waits for the fsync */
     int lingers;     /* nobody waits for it: it may wait for others to share its commit */
     uint64_t bytes;  /* body bytes it adds to the journal */
+    uint64_t saved;  /* of those, what packing saved (set by write) */
     int64_t rows;    /* bodies it adds */
     int64_t last_id; /* the highest body id in it, or 0 */
 };

@@ -135,7 +135,10 @@ struct brm_body {
     int backfilled;  /* taken from Mist's delivery log, not posted (read by brm_store_bodies) */
 };
 
-int brm_store_add_body(struct brm_store *s, const struct brm_body *b, struct brm_err *err);
+/* Journals B, packed when that saves room (store.c); STORED, unless NULL,
+ * gets the bytes its body takes in the store, which the ring counts. */
+int brm_store_add_body(struct brm_store *s, const struct brm_body *b, size_t *stored,
+                       struct brm_err *err);
 /* 1 when the journal holds a body of exactly these LEN bytes, whose
  * brm_hash64 is DIGEST (found through its index, then compared), 0 when
  * not, -1 with ERR set. */

@@ -1,10 +1,10 @@
 /*
  * Where brume's time goes, stage by stage, on one core and without the
- * network: the signature, the decode, and the rule run with each folder of
- * rules given (tests/bench/run.sh gives a rule that does nothing, the light
- * path, one that sends a small message, and the shipped rules). Each stage
- * runs for about STAGE_SECONDS; reported per body, per 10-event body by
- * tests/bench/run.sh.
+ * network: the signature, the writer's packing of the body, the decode,
+ * and the rule run with each folder of rules given (tests/bench/run.sh
+ * gives a rule that does nothing, the light path, one that sends a small
+ * message, and the shipped rules). Each stage runs for about
+ * STAGE_SECONDS; reported per body, per 10-event body by tests/bench/run.sh.
  *
  *     bench_stages BODY.json RULES_DIR...
  *
@@ -14,6 +14,7 @@
  * bench_stages BODY RULES_DIR` (N bodies' decode and rules).
  */
 #include <lua.h>
+#include <lz4.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,16 @@ int main(int argc, char **argv) {
     STAGE(per, brm_verify_signature(k, sig, 64, body.data, body.len));
     printf("signature (HMAC-SHA256 of %zu bytes)  %7.2f us\n", body.len, per * 1e6);
     brm_verify_key_free(k);
+    /* What the writer does to the body before storing it (store.c packs a
+     * body when that saves a quarter of it). */
+    int room = (int)(body.len - body.len / 4), packed = 0;
+    char *out = brm_xmalloc((size_t)room + 1);
+    STAGE(per, packed = LZ4_compress_default(body.data, out, (int)body.len, room));
+    free(out);
+    if (packed > 0)
+        printf("journal packing (LZ4 to %d bytes)      %7.2f us\n", packed, per * 1e6);
+    else
+        printf("journal packing (does not pack: stored as it came)  %7.2f us\n", per * 1e6);
     for (int r = 2; r < argc; r++) {
         char cfgtext[512], path[] = "/tmp/brume-stages-XXXXXX";
         int fd = mkstemp(path);

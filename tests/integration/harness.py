@@ -4,6 +4,7 @@ Each Brume() gets its own folder with a config, rules and a data folder,
 binds port 0 (the port is read from brume's "listening" log line), and is
 stopped by its pid when the test is done. Only the Python standard library.
 """
+import base64
 import glob
 import hashlib
 import hmac
@@ -45,6 +46,65 @@ def sign(body, secret=SECRET, algo=hashlib.sha256):
     if isinstance(body, str):
         body = body.encode()
     return hmac.new(secret.encode(), body, algo).hexdigest()
+
+
+def _run_length(src, i, n):
+    """An LZ4 length's continuation bytes after N (15) at SRC[I]: (length, next I)."""
+    while True:
+        b = src[i]
+        i += 1
+        n += b
+        if b != 255:
+            return n, i
+
+
+def lz4_unpack(src, size):
+    """The SIZE bytes an LZ4 block SRC unpacks to: brume stores a body packed
+    when that saves a quarter of it (core/store.c). The tests read the store
+    with SQLite directly, and so check the format from its specification, not
+    through brume's own reading of it."""
+    out = bytearray()
+    i, n = 0, len(src)
+    while i < n:
+        token = src[i]
+        i += 1
+        literals = token >> 4
+        if literals == 15:
+            literals, i = _run_length(src, i, 15)
+        out += src[i:i + literals]
+        i += literals
+        if i >= n:  # the last sequence has literals only
+            break
+        offset = src[i] | src[i + 1] << 8
+        i += 2
+        match = token & 15
+        if match == 15:
+            match, i = _run_length(src, i, 15)
+        match += 4
+        if offset == 0 or offset > len(out):
+            raise ValueError("an LZ4 match before the start of its block")
+        start = len(out) - offset
+        if offset >= match:
+            out += out[start:start + match]
+        else:  # the match overlaps what it writes
+            for k in range(match):
+                out.append(out[start + k])
+    if len(out) != size:
+        raise ValueError("an LZ4 block of %d bytes, not %d" % (len(out), size))
+    return bytes(out)
+
+
+def noise(n):
+    """N characters that LZ4 cannot pack: a test that fills the store by the
+    byte gets the bytes it posts."""
+    return base64.b64encode(os.urandom(n))[:n].decode()
+
+
+def journal_bodies(db):
+    """(id, bytes as they came) of each body in the journal, by id, read
+    with SQLite connection DB."""
+    rows = db.execute("SELECT id, CAST(body AS BLOB), size FROM bodies ORDER BY id")
+    return [(i, body if size is None else lz4_unpack(body, size)) for i, body, size in rows]
 
 
 def fixtures():

@@ -228,7 +228,7 @@ class Run:
         db = sqlite3.connect(b.path("var", "brume.db"))
         try:
             check = db.execute("PRAGMA integrity_check").fetchall()
-            journal = {bytes(body) for (body,) in db.execute("SELECT body FROM bodies")}
+            journal = {body for _, body in harness.journal_bodies(db)}
         finally:
             db.close()
         if check != [("ok",)]:

@@ -32,6 +32,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+import harness  # noqa: E402  (its reading of the journal)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 import harness  # noqa: E402
@@ -229,7 +232,7 @@ def check_store(path, acked, mock):
     db = sqlite3.connect(path)
     try:
         journal = set()
-        for (body,) in db.execute("SELECT body FROM bodies"):
+        for _, body in harness.journal_bodies(db):
             for ev in json.loads(body)["events"]:
                 if isinstance(ev, dict) and "soak_id" in ev:
                     journal.add(ev["soak_id"])

@@ -106,6 +106,16 @@ static int add(struct brm_store *s, const char *key, const char *target, const c
     return rc;
 }
 
+/* Fills P with N bytes that do not pack: the ring's sums are then the
+ * bodies' own sizes. */
+static void scramble(char *p, size_t n) {
+    uint64_t x = 0x9E3779B97F4A7C15u;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        p[i] = (char)(x >> 56);
+    }
+}
+
 /* A page of bodies for Q: their ids in IDS, NIDS. */
 static void page(struct brm_store *s, struct brm_body_query *q) {
     struct brm_err err;
@@ -123,7 +133,7 @@ static void ring_frees_without_writing(const char *path) {
     if (!s) return;
     CHECK_INT(brm_store_own_checkpoints(s, 1 << 20, &err), 0);
     static char blob[8000]; /* two overflow pages a body */
-    memset(blob, 'x', sizeof(blob));
+    scramble(blob, sizeof(blob));
     CHECK_INT(brm_store_begin(s, &err), 0);
     for (int i = 1; i <= 40; i++) {
         struct brm_body b = { .id = i,
@@ -133,7 +143,7 @@ static void ring_frees_without_writing(const char *path) {
                               .events = 1,
                               .body = blob,
                               .len = sizeof(blob) };
-        CHECK_INT(brm_store_add_body(s, &b, &err), 0);
+        CHECK_INT(brm_store_add_body(s, &b, NULL, &err), 0);
     }
     CHECK_INT(brm_store_commit(s, &err), 0);
     CHECK(brm_store_wal_frames(s) >= 80);
@@ -171,7 +181,7 @@ static void console_reads(const char *path) {
                               .len = strlen(text),
                               .runs = "[[1,\"r\"]]",
                               .runs_len = 9 };
-        CHECK_INT(brm_store_add_body(s, &b, &err), 0);
+        CHECK_INT(brm_store_add_body(s, &b, NULL, &err), 0);
     }
     struct brm_store *r = brm_store_open_reader(path, &err);
     CHECK(r != NULL);
@@ -278,8 +288,119 @@ static void console_reads(const char *path) {
     struct brm_body b = {
         .id = 500, .source = "x", .topic = "y", .received = 1, .body = "{}", .len = 2
     };
-    CHECK_INT(brm_store_add_body(r, &b, &err), -1);
+    CHECK_INT(brm_store_add_body(r, &b, NULL, &err), -1);
     brm_store_close(r);
+    brm_store_close(s);
+}
+
+static char got_body[8192];
+static size_t got_len;
+
+static int copy_body(void *arg, const struct brm_body *b) {
+    (void)arg;
+    if (b->body) memcpy(got_body, b->body, b->len < sizeof(got_body) ? b->len : sizeof(got_body));
+    got_len = b->len; /* a listing's: the size alone */
+    return 0;
+}
+
+/* A body that packs is stored packed, and every read gives its bytes as
+ * they came: whole, in a listing's size, in the console's text and field
+ * matches, in backfill's exact match, held and released, and in the
+ * journal's own SQL. One that does not pack, or is small, is stored as it
+ * came; a packed row that does not unpack is an error, not a body. */
+static void packed_bodies(const char *path) {
+    struct brm_err err;
+    struct brm_store *s = brm_store_open(path, &err);
+    CHECK(s != NULL);
+    if (!s) return;
+    static char batch[4200], noise[4000];
+    size_t n = (size_t)snprintf(batch, sizeof(batch), "{\"topic\":\"alarms\",\"events\":[");
+    for (int i = 0; i < 30; i++)
+        n += (size_t)snprintf(batch + n, sizeof(batch) - n,
+                              "%s{\"type\":\"rogue_ap\",\"site_id\":\"f688779c\",\"n\":%d}",
+                              i ? "," : "", i);
+    n += (size_t)snprintf(batch + n, sizeof(batch) - n, ",{\"type\":\"Needle\",\"n\":99}]}");
+    scramble(noise, sizeof(noise));
+    static const char small[] = "{\"topic\":\"alarms\",\"events\":[{\"a\":\"aaaaaaaaaaaaaaaa\"}]}";
+    const struct {
+        const char *body;
+        size_t len;
+        int packs;
+    } cases[] = { { batch, n, 1 }, { noise, sizeof(noise), 0 }, { small, sizeof(small) - 1, 0 } };
+    for (size_t i = 0; i < BRM_ARRAY_LEN(cases); i++) {
+        struct brm_body b = { .id = (int64_t)i + 1,
+                              .source = "mist",
+                              .topic = "alarms",
+                              .received = 1000 + (double)i,
+                              .events = 1,
+                              .body = cases[i].body,
+                              .len = cases[i].len,
+                              .digest = brm_hash64(cases[i].body, cases[i].len) };
+        size_t stored = 0;
+        CHECK_INT(brm_store_add_body(s, &b, &stored, &err), 0);
+        if (cases[i].packs)
+            CHECK(stored < cases[i].len / 4); /* 30 events alike */
+        else
+            CHECK_INT((long)stored, (long)cases[i].len);
+        got_len = 0;
+        CHECK_INT(brm_store_body(s, b.id, copy_body, NULL, &err), 1);
+        CHECK_INT((long)got_len, (long)cases[i].len);
+        CHECK(memcmp(got_body, cases[i].body, cases[i].len) == 0);
+        CHECK_INT(brm_store_has_body(s, b.digest, cases[i].body, cases[i].len, &err), 1);
+    }
+    char got[256];
+    query(path, "SELECT group_concat(coalesce(size, 'as it came'), ',') FROM bodies", 0, got,
+          sizeof(got));
+    char want[64];
+    snprintf(want, sizeof(want), "%zu,as it came,as it came", n);
+    CHECK_STR(got, want);
+    /* The ring's count is what is stored. */
+    query(path, "SELECT length(body) < 1000 FROM bodies WHERE id = 1", 0, got, sizeof(got));
+    CHECK_STR(got, "1");
+    /* The console's reads see the bytes as they came. */
+    struct brm_body_query q = { .text = "needle", .limit = 10 };
+    page(s, &q);
+    CHECK(nids == 1 && ids[0] == 1);
+    q = (struct brm_body_query){ .field = "n", .value = "99", .limit = 10 };
+    page(s, &q);
+    CHECK(nids == 1 && ids[0] == 1);
+    q = (struct brm_body_query){ .limit = 10 };
+    got_len = 0;
+    CHECK_INT(brm_store_find_bodies(s, &q, copy_body, NULL, &err), 0);
+    CHECK_INT((long)got_len, (long)n); /* the oldest last: its size as it came */
+    /* Replay's and recovery's read. */
+    nids = 0;
+    CHECK_INT(brm_store_bodies(s, 0, 1e12, collect_body, NULL, &err), 0);
+    CHECK_INT(nids, 3);
+    /* Backfill's exact match compares the bytes as they came. */
+    batch[n - 4] = '8'; /* "n":98 */
+    CHECK_INT(brm_store_has_body(s, brm_hash64(batch, n), batch, n, &err), 0);
+    CHECK_INT(brm_store_has_body(s, brm_hash64(cases[0].body, n), batch, n, &err), 0);
+    batch[n - 4] = '9';
+    /* Held, then released: the bytes as they came. */
+    CHECK_INT(brm_store_hold(s, 1, &err), 0);
+    nids = 0;
+    CHECK_INT(brm_store_held(s, 0, 10, collect_body, NULL, &err), 0);
+    CHECK(nids == 1 && ids[0] == 1);
+    got_len = 0;
+    CHECK_INT(brm_store_held(s, 0, 10, copy_body, NULL, &err), 0);
+    CHECK(got_len == n && memcmp(got_body, batch, n) == 0);
+    CHECK_INT(brm_store_release_held(s, 1, NULL, 0, &err), 0);
+    brm_store_close(s);
+    /* A packed row that does not unpack (a damaged file), and one whose
+     * size is wrong. */
+    query(path, "UPDATE bodies SET body = x'00112233' WHERE id = 1", 0, got, sizeof(got));
+    query(path,
+          "UPDATE bodies SET body = (SELECT body FROM bodies WHERE id = 1), size = -1 WHERE id = 2",
+          0, got, sizeof(got));
+    s = brm_store_open_reader(path, &err);
+    CHECK(s != NULL);
+    if (!s) return;
+    CHECK_INT(brm_store_body(s, 1, copy_body, NULL, &err), -1);
+    CHECK_HAS(err.msg, "does not unpack");
+    CHECK_INT(brm_store_body(s, 2, copy_body, NULL, &err), -1);
+    CHECK_HAS(err.msg, "cannot have");
+    CHECK_INT(brm_store_body(s, 3, copy_body, NULL, &err), 1);
     brm_store_close(s);
 }
 
@@ -359,7 +480,7 @@ int main(void) {
                             .events = 1,
                             .body = small,
                             .len = 2 };
-    CHECK_INT(brm_store_add_body(s, &two, &err), 0);
+    CHECK_INT(brm_store_add_body(s, &two, NULL, &err), 0);
     struct brm_prune p = { .before = 600, .limit = 10, .bytes = 2, .rows = 1 };
     CHECK_INT(brm_store_prune_bodies(s, &p, &err), 0);
     CHECK_INT(p.removed, 1);
@@ -379,7 +500,7 @@ int main(void) {
     /* The journal: bodies by time, the last id, pruning by age and size. */
     CHECK_INT(brm_store_last_body(s, &err), 0);
     char blob[1000];
-    memset(blob, 'x', sizeof(blob));
+    scramble(blob, sizeof(blob));
     for (int i = 1; i <= 10; i++) {
         struct brm_body b = { .id = i * 10,
                               .source = "mist",
@@ -388,7 +509,7 @@ int main(void) {
                               .events = 1,
                               .body = blob,
                               .len = 1000 };
-        CHECK_INT(brm_store_add_body(s, &b, &err), 0);
+        CHECK_INT(brm_store_add_body(s, &b, NULL, &err), 0);
     }
     CHECK_INT(brm_store_last_body(s, &err), 100);
     nids = 0;
@@ -437,7 +558,7 @@ int main(void) {
                            .body = live,
                            .len = strlen(live),
                            .digest = d };
-    CHECK_INT(brm_store_add_body(s, &lb, &err), 0);
+    CHECK_INT(brm_store_add_body(s, &lb, NULL, &err), 0);
     struct brm_body ob = { .id = 201,
                            .source = "site",
                            .topic = "alarms",
@@ -447,7 +568,7 @@ int main(void) {
                            .len = strlen(other),
                            .digest = brm_hash64(other, strlen(other)),
                            .backfilled = 1 };
-    CHECK_INT(brm_store_add_body(s, &ob, &err), 0);
+    CHECK_INT(brm_store_add_body(s, &ob, NULL, &err), 0);
     CHECK_INT(brm_store_has_body(s, d, live, strlen(live), &err), 1);
     CHECK_INT(brm_store_has_body(s, d, live, strlen(live) - 1, &err), 0); /* not the same bytes */
     CHECK_INT(brm_store_has_body(s, d, other, strlen(other), &err), 0);   /* nor the same digest */
@@ -482,7 +603,7 @@ int main(void) {
                               .events = 1,
                               .body = blob,
                               .len = 1000 };
-        if (brm_store_add_body(s, &b, &err) < 0) full = 1;
+        if (brm_store_add_body(s, &b, NULL, &err) < 0) full = 1;
     }
     CHECK(full);
     CHECK_HAS(err.msg, "full");
@@ -505,6 +626,7 @@ int main(void) {
         "DROP TABLE meta",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "INSERT INTO meta VALUES ('last_body', 1234), ('journal_bytes', 99)",
+        "ALTER TABLE bodies DROP COLUMN size",
         "PRAGMA user_version = 9",
     };
     for (size_t i = 0; i < sizeof(v9) / sizeof(v9[0]); i++) query(path, v9[i], 0, got, sizeof(got));
@@ -531,6 +653,9 @@ int main(void) {
     free(path);
     path = brm_xasprintf("%s/console.db", dir);
     console_reads(path);
+    free(path);
+    path = brm_xasprintf("%s/packed.db", dir);
+    packed_bodies(path);
     free(path);
     path = brm_xasprintf("%s/ring.db", dir);
     ring_frees_without_writing(path);
