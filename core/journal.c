@@ -249,6 +249,7 @@ static int commit_jobs(struct brm_journal *j, struct brm_journal_job *jobs, size
     for (size_t i = 0; i < n; i++, job = job->next) {
         if (job->write(job, j->store, err) < 0) goto fail;
         p.bytes -= job->saved; /* the ring counts what is stored */
+        added -= job->saved;
     }
     long removed = prune(j, &p, aged, steps, err);
     if (removed < 0 || (probe && brm_store_probe(j->store, j->probe_bytes, err) < 0)) goto fail;
@@ -261,7 +262,7 @@ static int commit_jobs(struct brm_journal *j, struct brm_journal_job *jobs, size
         brm_store_set_meta(j->store, "journal_rows", p.rows, err) < 0)
         goto fail;
     if (brm_store_commit(j->store, err) < 0) goto failed;
-    took(j, j->commit_seconds, "commit", began, "bodies", bodies);
+    took(j, j->commit_seconds, probe ? "probe" : "commit", began, "bodies", bodies);
     j->last_body = last;
     j->pruned_upto = p.after;
     j->pruned += removed;

@@ -168,12 +168,14 @@ static int utc_numeric_date(lua_State *L, const char *f, size_t len) {
     size_t n = 0;
     if (len == 0 || f[0] != '!' || strcmp(f + 1, "*t") == 0 || len > sizeof(out) / 2) return 0;
     time_t t;
-    if (lua_isnoneornil(L, 2))
+    if (lua_isnoneornil(L, 2)) {
         t = time(NULL);
-    else if (lua_isinteger(L, 2))
-        t = (time_t)lua_tointeger(L, 2);
-    else
-        return 0;
+    } else {
+        if (!lua_isinteger(L, 2)) return 0;
+        lua_Integer i = lua_tointeger(L, 2);
+        t = (time_t)i;
+        if ((lua_Integer)t != i) return 0; /* more than time_t holds: Lua's os.date says so */
+    }
     struct tm tm;
     if (!gmtime_r(&t, &tm) || tm.tm_year < 1000 - 1900 || tm.tm_year > 9999 - 1900) return 0;
     for (size_t i = 1; i < len; i++) {

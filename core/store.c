@@ -345,7 +345,7 @@ static const char *const sql[NSTMT] = {
                     " VALUES (0, '', '', 0, 0, zeroblob(?))",
     [S_PROBE_DROP] = "DELETE FROM bodies WHERE id = 0",
     [S_HAS_BODY] = "SELECT 1 FROM bodies INDEXED BY bodies_digest WHERE digest = ?1"
-                   " AND brume_body(body, size) = ?2"
+                   " AND coalesce(size, length(body)) = length(?2) AND brume_body(body, size) = ?2"
                    " LIMIT 1",
     /* The newest of the last ?3 bodies (through bodies_received), not
      * every body of the window: a rare source among busy ones is looked
@@ -440,7 +440,9 @@ static void sql_body(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
     sqlite3_int64 size = sqlite3_value_int64(argv[1]);
     const char *packed = sqlite3_value_blob(argv[0]);
     int n = sqlite3_value_bytes(argv[0]);
-    if (size <= 0 || size > INT_MAX || !packed) {
+    /* LZ4 makes at most 255 bytes of one: a larger SIZE is damage, and
+     * must not become an allocation. */
+    if (size <= 0 || size > INT_MAX || !packed || size > (sqlite3_int64)n * 255 + 16) {
         sqlite3_result_error(ctx, "a packed body of a size it cannot have", -1);
         return;
     }
@@ -789,7 +791,7 @@ int brm_store_forget_ticket(struct brm_store *s, const char *target, const char 
  * is stored as it came. */
 static const char *pack(struct brm_store *s, const struct brm_body *b, int *n) {
     if (b->len < PACK_MIN || b->len > INT_MAX) return NULL;
-    size_t room = b->len - b->len / 4; /* LZ4 gives up past it */
+    size_t room = b->len - (b->len + 3) / 4; /* LZ4 gives up past it */
     if (s->pack_room < room) {
         s->pack = brm_xrealloc(s->pack, room);
         s->pack_room = room;

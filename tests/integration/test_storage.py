@@ -145,6 +145,42 @@ class Ring(unittest.TestCase):
         finally:
             b.cleanup()
 
+    def test_the_cap_counts_packed_bodies_as_stored(self):
+        """Batches that pack: the ring counts their packed bytes, so the cap
+        keeps several times more of them, the newest, and its count is what
+        the rows hold."""
+        cap = 64 * 1024
+        b = Brume(SOURCE + 'journal = { max_size = "64KB" }\n',
+                  rules={"n.lua": NOTHING}, workers=2).start()
+        try:
+            conn = b.connection()
+            raw = 0
+            for i in range(400):
+                body = json.dumps({"topic": "alarms", "events": [
+                    {"id": "p%04d-%d" % (i, k), "type": "rogue_ap", "site_id": "f688779c",
+                     "severity": "critical", "ssids": ["DIRECT-roku-371", "DIRECT-wa-BRAVIA"]}
+                    for k in range(10)]})
+                raw = len(body)
+                self.assertEqual(b.post(body, conn=conn).status, 200)
+            conn.close()
+            self.assertEqual(b.stop(), 0)
+            db = sqlite3.connect(b.path("var", "brume.db"))
+            kept = dict(db.execute("SELECT key, value FROM meta"))
+            rows, stored, packed = db.execute(
+                "SELECT count(*), sum(length(body) + coalesce(length(runs), 0)),"
+                " count(size) FROM bodies").fetchone()
+            db.close()
+            self.assertEqual(packed, rows)
+            self.assertEqual((kept["journal_rows"], kept["journal_bytes"]), (rows, stored))
+            self.assertLessEqual(stored, cap)
+            self.assertGreater(rows, 3 * cap // raw, "the cap counted the bodies unpacked")
+            ids = journal_ids(b)
+            self.assertEqual(ids[-1], "p0399-9")
+            self.assertEqual(len(ids), rows * 10)
+            self.assertIn("replayed %d bod" % rows, replayed_ids(b).stderr)
+        finally:
+            b.cleanup()
+
     def test_deliveries_and_their_attempts_go_with_their_bodies(self):
         b = Brume(SOURCE + 'journal = { max_size = "256KB" }\n'
                   'targets = { out = { kind = "file", path = "var/out.jsonl" } }\n',

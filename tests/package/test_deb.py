@@ -91,7 +91,7 @@ class Package(unittest.TestCase):
             r = r if r.returncode == 0 else run("dpkg", "-S", alt)
             self.assertIn(r.stdout.split(":")[0], depends, lib)
         for pkg in ("liblua5.4-0", "libevent-core-2.1-7", "libssl3", "libsqlite3-0", "libcurl4",
-                    "libhiredis0.14"):
+                    "libhiredis0.14", "liblz4-1"):
             self.assertIn(pkg, depends)
 
     def test_contents(self):
