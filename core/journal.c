@@ -115,9 +115,11 @@ static int write_group(struct brm_journal_job *job, struct brm_store *st, struct
             g->job.saved += e->len - stored;
             continue;
         }
-        if (e->held == BRM_JOURNAL_RELEASE &&
-            brm_store_release_held(st, e->id, e->runs, e->runs_len, err) < 0)
-            return -1;
+        if (e->held == BRM_JOURNAL_RELEASE) {
+            int kept = brm_store_release_held(st, e->id, e->runs, e->runs_len, err);
+            if (kept < 0) return -1;
+            if (!kept) g->job.saved += e->runs_len; /* the ring took its body meanwhile */
+        }
         if (e->body && e->held != BRM_JOURNAL_RELEASE) {
             if (brm_store_add_body(st, &b, &stored, err) < 0) return -1;
             g->job.saved += e->len - stored;

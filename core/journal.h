@@ -57,7 +57,8 @@ struct brm_journal_job {
     int durable;     /* its owner waits for the fsync */
     int lingers;     /* nobody waits for it: it may wait for others to share its commit */
     uint64_t bytes;  /* body bytes it adds to the journal */
-    uint64_t saved;  /* of those, what packing saved (set by write) */
+    uint64_t saved;  /* of those, what the store did not take (set by write): what packing
+                      * saved, the runs of a held body the ring removed meanwhile */
     int64_t rows;    /* bodies it adds */
     int64_t last_id; /* the highest body id in it, or 0 */
 };

@@ -929,8 +929,9 @@ int brm_store_release_held(struct brm_store *s, int64_t id, const char *runs, si
         sqlite3_bind_null(st, 1);
     sqlite3_bind_int64(st, 2, (sqlite3_int64)id);
     if (run(s, S_SET_RUNS, err, "storing a held body's outcome") < 0) return -1;
+    int kept = sqlite3_changes(s->db) > 0;
     sqlite3_bind_int64(s->stmt[S_UNHOLD], 1, (sqlite3_int64)id);
-    return run(s, S_UNHOLD, err, "storing a held body's outcome");
+    return run(s, S_UNHOLD, err, "storing a held body's outcome") < 0 ? -1 : kept;
 }
 
 int brm_store_held(struct brm_store *s, int64_t after, int limit,

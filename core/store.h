@@ -190,6 +190,8 @@ int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_
  * other.
  */
 int brm_store_hold(struct brm_store *s, int64_t id, struct brm_err *err);
+/* Stores held body ID's RUNS and lets it go: 1, or 0 when the ring removed
+ * the body meanwhile (its runs are not kept), or -1 with ERR set. */
 int brm_store_release_held(struct brm_store *s, int64_t id, const char *runs, size_t runs_len,
                            struct brm_err *err);
 int brm_store_held(struct brm_store *s, int64_t after, int limit,
