@@ -105,8 +105,17 @@ static int write_group(struct brm_journal_job *job, struct brm_store *st, struct
     g->job.saved = 0;
     for (size_t i = 0; i < g->n; i++) {
         const struct brm_journal_entry *e = &g->entries[i];
-        struct brm_body b = { e->id,  e->source, e->topic,    e->received, e->events,    e->body,
-                              e->len, e->runs,   e->runs_len, e->digest,   e->backfilled };
+        struct brm_body b = { .id = e->id,
+                              .source = e->source,
+                              .topic = e->topic,
+                              .received = e->received,
+                              .events = e->events,
+                              .body = e->body,
+                              .len = e->len,
+                              .runs = e->runs,
+                              .runs_len = e->runs_len,
+                              .digest = e->digest,
+                              .backfilled = e->backfilled };
         if (e->held == BRM_JOURNAL_HOLD) {
             b.runs = NULL;
             b.runs_len = 0;

@@ -436,6 +436,13 @@ static int replay_body(void *arg, const struct brm_body *b) {
         return 0;
     }
     r->of_topic++;
+    if (b->damage) { /* the others go on */
+        fprintf(stderr, "brume: body %lld cannot be read (%s): not replayed\n", (long long)b->id,
+                b->damage);
+        r->failed_bodies++;
+        r->rc = EXIT_USER;
+        return 0;
+    }
     const struct brm_source *src = brm_config_source(r->cfg, b->source);
     struct brm_batch batch = { b->source, (uint64_t)b->id, b->received, src ? &src->dedupe : NULL,
                                NULL,      b->backfilled };
@@ -526,7 +533,11 @@ static int cmd_replay(struct args *a) {
                 r.bodies == 1 ? "y" : "ies", r.events, r.messages, r.messages == 1 ? "" : "s");
         if (a->send)
             fprintf(stderr, ", %ld queued (%ld sent before)", r.stored, r.messages - r.stored);
-        fprintf(stderr, "%s\n", a->send ? "" : "; nothing sent (--send to queue them)");
+        fprintf(stderr, "%s", a->send ? "" : "; nothing sent (--send to queue them)");
+        if (r.failed_bodies)
+            fprintf(stderr, "; %ld bod%s not replayed (said above)", r.failed_bodies,
+                    r.failed_bodies == 1 ? "y" : "ies");
+        fputc('\n', stderr);
         if (r.topic && r.of_topic == 0 && r.rc == 0) {
             report_no_topic(&r, a->topic, a->since ? since : 0, a->until ? until : 0);
             r.rc = EXIT_USER;

@@ -1004,6 +1004,13 @@ struct drain_read {
 static int drain_one(void *arg, const struct brm_body *b) {
     struct drain_read *d = arg;
     struct server *s = d->s;
+    if (b->damage) { /* it cannot run; the others do, and the drain ends without it */
+        char id[32];
+        snprintf(id, sizeof(id), "%lld", (long long)b->id);
+        brm_log_error("a held body cannot be read: its rules do not run", "request", id, "error",
+                      b->damage);
+        return 0;
+    }
     atomic_fetch_add(&s->drain_pending, 1);
     brm_intake_rerun(s->workers[0].intake, b, &s->drain_pending); /* one worker: in order */
     s->drain_after = b->id;

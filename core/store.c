@@ -281,8 +281,7 @@ static const char *const sql[NSTMT] = {
     [S_META] = "SELECT value FROM meta WHERE key = ?",
     [S_MAX_BODY] = "SELECT max(coalesce((SELECT max(id) FROM bodies), 0),"
                    " coalesce((SELECT value FROM meta WHERE key = 'last_body'), 0))",
-    [S_BODIES] = "SELECT id, source, topic, received, events, brume_body(body, size), backfilled"
-                 " FROM bodies"
+    [S_BODIES] = "SELECT id, source, topic, received, events, body, backfilled, size FROM bodies"
                  " WHERE received >= ? AND received < ? ORDER BY id",
     /* length() of a blob reads its size from the record, not its pages. The
      * ring counts what is stored: a packed body's packed bytes. */
@@ -319,9 +318,11 @@ static const char *const sql[NSTMT] = {
                                       " AND id > ?2 ORDER BY id DESC",
     [S_C_ID_FROM] = "SELECT id FROM bodies WHERE received >= ? ORDER BY received LIMIT 1",
     [S_C_ID_BEFORE] = "SELECT id FROM bodies WHERE received < ? ORDER BY received DESC LIMIT 1",
+    /* The rows' readers unpack in C (row_body): a damaged row is then one
+     * body that cannot be read, not a read that fails, and a sort keeps the
+     * packed bytes. */
     [S_C_BODY] =
-        "SELECT id, source, topic, received, events, brume_body(body, size), runs FROM bodies"
-        " WHERE id = ?",
+        "SELECT id, source, topic, received, events, body, runs, size FROM bodies WHERE id = ?",
     /* SQLite's JSON functions; a body that is not JSON to them matches
      * nothing. */
     [S_C_FIELD] = "SELECT 1 FROM bodies, json_each(CAST(brume_body(bodies.body, bodies.size)"
@@ -356,9 +357,10 @@ static const char *const sql[NSTMT] = {
     [S_HOLD] = "INSERT OR IGNORE INTO held (id) VALUES (?)",
     [S_UNHOLD] = "DELETE FROM held WHERE id = ?",
     [S_SET_RUNS] = "UPDATE bodies SET runs = ? WHERE id = ?",
-    [S_HELD] = "SELECT b.id, b.source, b.topic, b.received, b.events, brume_body(b.body, b.size)"
-               " FROM held h"
-               " JOIN bodies b ON b.id = h.id WHERE h.id > ? ORDER BY h.id LIMIT ?",
+    /* Read until LIMIT readable ones (brm_store_held): a damaged one
+     * does not count. */
+    [S_HELD] = "SELECT b.id, b.source, b.topic, b.received, b.events, b.body, b.size FROM held h"
+               " JOIN bodies b ON b.id = h.id WHERE h.id > ? ORDER BY h.id",
     [S_HELD_COUNT] = "SELECT count(*) FROM held h JOIN bodies b ON b.id = h.id",
     [S_PRUNE_HELD] = "DELETE FROM held WHERE id > ? AND id <= ?",
 };
@@ -369,6 +371,8 @@ struct brm_store {
     int wal_frames; /* in the WAL after the last commit */
     char *pack;     /* room for a packed body (brm_store_add_body) */
     size_t pack_room;
+    char *unpacked; /* room for a body a reader unpacked (row_body) */
+    size_t unpacked_room;
 };
 
 static int fail(struct brm_store *s, struct brm_err *err, const char *what) {
@@ -428,9 +432,27 @@ static int busy(void *arg, int n) {
     return 1;
 }
 
-/* brume_body(BODY, SIZE): a body's bytes as they came. SIZE is NULL for a
- * body stored as it came, else the size its LZ4 block unpacks to; a block
- * that does not unpack to exactly that is an error, not a short body. */
+/* Whether SIZE can be what N packed bytes unpack to: LZ4 makes at most 255
+ * bytes of one, so a larger SIZE is damage, and must not become an
+ * allocation. */
+static int possible_size(sqlite3_int64 size, int n) {
+    return size > 0 && size <= INT_MAX && size <= (sqlite3_int64)n * 255 + 16;
+}
+
+/* Unpacks the N bytes at PACKED into the SIZE bytes at OUT: NULL, or why it
+ * could not (a block that does not make exactly SIZE bytes is damage, not a
+ * short body). */
+static const char *unpack(const char *packed, int n, sqlite3_int64 size, char *out) {
+    if (!packed || LZ4_decompress_safe(packed, out, n, (int)size) != (int)size)
+        return "a packed body that does not unpack";
+    return NULL;
+}
+
+#define IMPOSSIBLE_SIZE "a packed body of a size it cannot have"
+
+/* brume_body(BODY, SIZE): a body's bytes as they came (SIZE: NULL for one
+ * stored as it came), for SQL that reads them (the console's field match,
+ * backfill's). */
 static void sql_body(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
     (void)argc;
     if (sqlite3_value_type(argv[1]) == SQLITE_NULL) {
@@ -438,12 +460,9 @@ static void sql_body(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
         return;
     }
     sqlite3_int64 size = sqlite3_value_int64(argv[1]);
-    const char *packed = sqlite3_value_blob(argv[0]);
     int n = sqlite3_value_bytes(argv[0]);
-    /* LZ4 makes at most 255 bytes of one: a larger SIZE is damage, and
-     * must not become an allocation. */
-    if (size <= 0 || size > INT_MAX || !packed || size > (sqlite3_int64)n * 255 + 16) {
-        sqlite3_result_error(ctx, "a packed body of a size it cannot have", -1);
+    if (!possible_size(size, n)) {
+        sqlite3_result_error(ctx, IMPOSSIBLE_SIZE, -1);
         return;
     }
     char *out = sqlite3_malloc64((sqlite3_uint64)size);
@@ -451,9 +470,10 @@ static void sql_body(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
         sqlite3_result_error_nomem(ctx);
         return;
     }
-    if (LZ4_decompress_safe(packed, out, n, (int)size) != (int)size) {
+    const char *why = unpack(sqlite3_value_blob(argv[0]), n, size, out);
+    if (why) {
         sqlite3_free(out);
-        sqlite3_result_error(ctx, "a packed body that does not unpack", -1);
+        sqlite3_result_error(ctx, why, -1);
         return;
     }
     sqlite3_result_blob64(ctx, out, (sqlite3_uint64)size, sqlite3_free);
@@ -554,6 +574,7 @@ void brm_store_close(struct brm_store *s) {
     for (int i = 0; i < NSTMT; i++) sqlite3_finalize(s->stmt[i]);
     sqlite3_close(s->db);
     free(s->pack);
+    free(s->unpacked);
     free(s);
 }
 
@@ -800,6 +821,45 @@ static const char *pack(struct brm_store *s, const struct brm_body *b, int *n) {
     return *n > 0 ? s->pack : NULL;
 }
 
+/* B's body from columns BODY and SIZE of ST's row: the column's bytes, or
+ * unpacked into S's room; when it cannot be read, B->body is NULL and
+ * B->damage says why. */
+static void row_body(struct brm_store *s, sqlite3_stmt *st, int body, int size,
+                     struct brm_body *b) {
+    const char *bytes = sqlite3_column_blob(st, body);
+    int n = sqlite3_column_bytes(st, body);
+    b->damage = NULL;
+    if (sqlite3_column_type(st, size) == SQLITE_NULL) {
+        b->body = bytes ? bytes : "";
+        b->len = (size_t)n;
+        return;
+    }
+    sqlite3_int64 want = sqlite3_column_int64(st, size);
+    b->body = NULL;
+    b->len = 0;
+    if (!possible_size(want, n)) {
+        b->damage = IMPOSSIBLE_SIZE;
+        return;
+    }
+    if (s->unpacked_room < (size_t)want) {
+        s->unpacked = brm_xrealloc(s->unpacked, (size_t)want);
+        s->unpacked_room = (size_t)want;
+    }
+    b->damage = unpack(bytes, n, want, s->unpacked);
+    if (!b->damage) {
+        b->body = s->unpacked;
+        b->len = (size_t)want;
+    }
+}
+
+/* A reader gives back the room of a large body once it is done. */
+static void keep_room(struct brm_store *s) {
+    if (s->unpacked_room <= PACK_KEEP) return;
+    free(s->unpacked);
+    s->unpacked = NULL;
+    s->unpacked_room = 0;
+}
+
 int brm_store_add_body(struct brm_store *s, const struct brm_body *b, size_t *stored,
                        struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_ADD_BODY];
@@ -902,16 +962,16 @@ int brm_store_bodies(struct brm_store *s, double since, double until,
             .topic = (const char *)sqlite3_column_text(st, 2),
             .received = sqlite3_column_double(st, 3),
             .events = (size_t)sqlite3_column_int64(st, 4),
-            .body = sqlite3_column_blob(st, 5),
-            .len = (size_t)sqlite3_column_bytes(st, 5),
             .backfilled = sqlite3_column_int(st, 6),
         };
+        row_body(s, st, 5, 7, &b);
         if (fn(arg, &b)) {
             rc = SQLITE_DONE;
             break;
         }
     }
     sqlite3_reset(st);
+    keep_room(s);
     return rc == SQLITE_DONE ? 0 : fail(s, err, "reading the journal");
 }
 
@@ -937,25 +997,23 @@ int brm_store_release_held(struct brm_store *s, int64_t id, const char *runs, si
 int brm_store_held(struct brm_store *s, int64_t after, int limit,
                    int (*fn)(void *arg, const struct brm_body *b), void *arg, struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_HELD];
-    int rc;
+    int rc = SQLITE_DONE, readable = 0;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)after);
-    sqlite3_bind_int(st, 2, limit);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    while (readable < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct brm_body b = {
             .id = sqlite3_column_int64(st, 0),
             .source = (const char *)sqlite3_column_text(st, 1),
             .topic = (const char *)sqlite3_column_text(st, 2),
             .received = sqlite3_column_double(st, 3),
             .events = (size_t)sqlite3_column_int64(st, 4),
-            .body = sqlite3_column_blob(st, 5),
-            .len = (size_t)sqlite3_column_bytes(st, 5),
         };
-        if (fn(arg, &b)) {
-            rc = SQLITE_DONE;
-            break;
-        }
+        row_body(s, st, 5, 6, &b);
+        readable += !b.damage;
+        if (fn(arg, &b)) break;
     }
+    if (rc == SQLITE_ROW) rc = SQLITE_DONE; /* stopped before the end */
     sqlite3_reset(st);
+    keep_room(s);
     return rc == SQLITE_DONE ? 0 : fail(s, err, "reading the held bodies");
 }
 
@@ -1190,10 +1248,12 @@ static int body_matches(struct brm_store *s, int64_t id, const struct brm_body_q
     int hit = 1;
     if (q->text && q->text[0]) {
         sqlite3_stmt *st = s->stmt[S_C_BODY];
+        struct brm_body b = { 0 };
         sqlite3_bind_int64(st, 1, id);
-        hit = sqlite3_step(st) == SQLITE_ROW &&
-              contains(sqlite3_column_blob(st, 5), (size_t)sqlite3_column_bytes(st, 5), q->text);
+        if (sqlite3_step(st) == SQLITE_ROW) row_body(s, st, 5, 7, &b);
+        hit = b.body && contains(b.body, b.len, q->text); /* a damaged one matches nothing */
         sqlite3_reset(st);
+        keep_room(s);
     }
     if (hit && q->field && q->field[0]) {
         char path[300];
@@ -1284,15 +1344,19 @@ int brm_store_body(struct brm_store *s, int64_t id, int (*fn)(void *arg, const s
             .topic = column_text(st, 2),
             .received = sqlite3_column_double(st, 3),
             .events = (size_t)sqlite3_column_int64(st, 4),
-            .body = sqlite3_column_blob(st, 5),
-            .len = (size_t)sqlite3_column_bytes(st, 5),
             .runs = sqlite3_column_blob(st, 6),
             .runs_len = (size_t)sqlite3_column_bytes(st, 6),
         };
-        if (!b.body) b.body = "";
-        fn(arg, &b);
+        row_body(s, st, 5, 7, &b);
+        if (b.damage) {
+            brm_err_set(err, "store: body %lld cannot be read: %s", (long long)id, b.damage);
+            found = -1;
+        } else {
+            fn(arg, &b);
+        }
     }
     sqlite3_reset(st);
+    keep_room(s);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "reading a body");
     return found;
 }

@@ -133,6 +133,10 @@ struct brm_body {
     size_t runs_len;
     uint64_t digest; /* brm_hash64 of BODY (written; not read back) */
     int backfilled;  /* taken from Mist's delivery log, not posted (read by brm_store_bodies) */
+    /* Read: why BODY could not be read (a damaged packed row: BODY is NULL),
+     * or NULL. brm_store_bodies and brm_store_held hand such a body over
+     * and go on; brm_store_body fails with it. */
+    const char *damage;
 };
 
 /* Journals B, packed when that saves room (store.c); STORED, unless NULL,
@@ -157,8 +161,8 @@ int64_t brm_store_last_body(struct brm_store *s, struct brm_err *err);
  * value (0 when there is none), or -1 with ERR set. */
 int brm_store_set_meta(struct brm_store *s, const char *key, int64_t value, struct brm_err *err);
 int64_t brm_store_meta(struct brm_store *s, const char *key, struct brm_err *err);
-/* Calls FN for each body received in [SINCE, UNTIL), oldest first; stops
- * when FN returns nonzero. */
+/* Calls FN for each body received in [SINCE, UNTIL), oldest first (one
+ * that cannot be read with its DAMAGE); stops when FN returns nonzero. */
 int brm_store_bodies(struct brm_store *s, double since, double until,
                      int (*fn)(void *arg, const struct brm_body *b), void *arg,
                      struct brm_err *err);
@@ -194,6 +198,8 @@ int brm_store_hold(struct brm_store *s, int64_t id, struct brm_err *err);
  * the body meanwhile (its runs are not kept), or -1 with ERR set. */
 int brm_store_release_held(struct brm_store *s, int64_t id, const char *runs, size_t runs_len,
                            struct brm_err *err);
+/* (LIMIT counts the held bodies that can be read; FN also gets those that
+ * cannot, with their DAMAGE.) */
 int brm_store_held(struct brm_store *s, int64_t after, int limit,
                    int (*fn)(void *arg, const struct brm_body *b), void *arg, struct brm_err *err);
 int64_t brm_store_held_count(struct brm_store *s, struct brm_err *err);
@@ -284,7 +290,8 @@ struct brm_body_query {
 int brm_store_find_bodies(struct brm_store *s, struct brm_body_query *q,
                           int (*fn)(void *arg, const struct brm_body *b), void *arg,
                           struct brm_err *err);
-/* Hands FN body ID, whole. Returns 1, 0 when there is none, -1. */
+/* Hands FN body ID, whole. Returns 1, 0 when there is none, -1 (also when
+ * it cannot be read: ERR says why). */
 int brm_store_body(struct brm_store *s, int64_t id, int (*fn)(void *arg, const struct brm_body *b),
                    void *arg, struct brm_err *err);
 

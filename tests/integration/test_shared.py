@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -375,6 +376,35 @@ class RedisAway(unittest.TestCase):
         time.sleep(0.5)
         self.assertEqual(sorted(m["once"] for m in messages(b)), ["r%d" % i for i in range(5)])
         self.assertEqual(self.health()["state"]["held"], 0)
+
+    def test_a_held_body_that_cannot_be_read_holds_up_no_other(self):
+        """A held body's packed row damaged (by hand, as a bad disk might):
+        it cannot run, and says so; the others run, the drain ends, and
+        bodies run as they come again."""
+        b = self.b
+        self.redis.stop()
+        b.wait_log(r"shared state: Redis unreachable", 10)
+        pad = "rogue_ap f688779c " * 40  # so that the body is stored packed
+        for i in range(5):
+            self.assertEqual(b.post(alarm(once="d%d" % i, pad=pad)).status, 200)
+        wait_for(lambda: self.health()["state"]["held"] == 5, what="5 held")
+        self.assertEqual(b.stop(), 0)
+        db = sqlite3.connect(b.path("var", "brume.db"))
+        ids = [i for (i,) in db.execute("SELECT id FROM held ORDER BY id")]
+        self.assertEqual(db.execute("SELECT count(size) FROM bodies").fetchone()[0], 5)
+        db.execute("UPDATE bodies SET size = size + 7 WHERE id = ?", (ids[2],))
+        db.commit()
+        db.close()
+        self.redis.start()
+        b.start()
+        b.wait_log(r"a held body cannot be read: its rules do not run.*request=%d" % ids[2], 20)
+        wait_for(lambda: not self.health()["state"]["draining"], what="the drain's end")
+        self.assertEqual(b.post(alarm(once="after")).status, 200)
+        wait_for(lambda: len(messages(b)) >= 5, what="the other held bodies' messages and a new one")
+        time.sleep(0.5)
+        self.assertEqual(sorted(m["once"] for m in messages(b)),
+                         ["after", "d0", "d1", "d3", "d4"])
+        self.assertEqual(self.health()["state"]["held"], 1)  # still held: its bytes are gone
 
 
 class Connection(unittest.TestCase):

@@ -105,6 +105,26 @@ class Packed(unittest.TestCase):
                                         headers={"X-Brume-Console": "1"}).body)
             self.assertEqual(len(page["events"]), 1)
             self.assertEqual(b.stop(), 0)
+            # A damaged packed row is one body that cannot be read: replay
+            # says which and replays the others; the console says so.
+            db = sqlite3.connect(b.path("var", "brume.db"))
+            db.execute("UPDATE bodies SET size = size + 7 WHERE id = (SELECT min(id) FROM bodies)")
+            db.commit()
+            db.close()
+            r = run_cli("replay", "-c", b.config_path)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertRegex(r.stderr, r"body \d+ cannot be read \(a packed body that does not"
+                             r" unpack\): not replayed")
+            self.assertIn("replayed 2 bodies", r.stderr)
+            self.assertIn("1 body not replayed", r.stderr)
+            titles = [json.loads(line)["message"]["title"] for line in r.stdout.splitlines()]
+            self.assertEqual(titles, ["nz", "sm"])
+            b.start()
+            r = b.request("GET", "/api/event?id=%d" % one["id"], admin=True,
+                          headers={"X-Brume-Console": "1"})
+            self.assertEqual(r.status, 500)
+            self.assertIn("cannot be read", r.body)
+            self.assertEqual(b.stop(), 0)
         finally:
             b.cleanup()
 

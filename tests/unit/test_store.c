@@ -293,6 +293,15 @@ static void console_reads(const char *path) {
     brm_store_close(s);
 }
 
+static int damaged;
+
+static int collect_any(void *arg, const struct brm_body *b) {
+    (void)arg;
+    ids[nids++] = b->id;
+    damaged += b->damage != NULL && b->body == NULL;
+    return 0;
+}
+
 static char got_body[8192];
 static size_t got_len;
 
@@ -388,6 +397,7 @@ static void packed_bodies(const char *path) {
     CHECK(got_len == n && memcmp(got_body, batch, n) == 0);
     CHECK_INT(brm_store_release_held(s, 1, "[]", 2, &err), 1);
     CHECK_INT(brm_store_release_held(s, 99, "[]", 2, &err), 0); /* the ring took it */
+    for (int i = 1; i <= 3; i++) CHECK_INT(brm_store_hold(s, i, &err), 0);
     brm_store_close(s);
     /* A packed row that does not unpack (a damaged file), and one whose
      * size is wrong. */
@@ -403,6 +413,17 @@ static void packed_bodies(const char *path) {
     CHECK_INT(brm_store_body(s, 2, copy_body, NULL, &err), -1);
     CHECK_HAS(err.msg, "cannot have");
     CHECK_INT(brm_store_body(s, 3, copy_body, NULL, &err), 1);
+    /* Replay's read and the drain's go on past them, and say which. */
+    nids = damaged = 0;
+    CHECK_INT(brm_store_bodies(s, 0, 1e12, collect_any, NULL, &err), 0);
+    CHECK(nids == 3 && damaged == 2);
+    nids = damaged = 0;
+    CHECK_INT(brm_store_held(s, 0, 1, collect_any, NULL, &err), 0); /* one readable */
+    CHECK(nids == 3 && damaged == 2 && ids[2] == 3);
+    /* The console's text search: a damaged body matches nothing. */
+    struct brm_body_query dq = { .text = "rogue", .limit = 10 };
+    page(s, &dq);
+    CHECK_INT(nids, 0);
     brm_store_close(s);
 }
 
