@@ -1841,6 +1841,10 @@ const struct brm_dedupe_topic *brm_config_dedupe_fields(const struct brm_dedupe 
     return NULL;
 }
 
+double brm_config_id_skew(const struct brm_config *c) {
+    return c->http.header_timeout + c->http.body_timeout + 1;
+}
+
 const struct brm_source *brm_config_source(const struct brm_config *c, const char *name) {
     for (size_t i = 0; i < c->nsources; i++)
         if (strcmp(c->sources[i].name, name) == 0) return &c->sources[i];

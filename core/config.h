@@ -186,5 +186,9 @@ void brm_config_free(const struct brm_config *c);
 
 const struct brm_target *brm_config_target(const struct brm_config *c, const char *name);
 const struct brm_source *brm_config_source(const struct brm_config *c, const char *name);
+/* The most seconds after its first byte came (its received time) a body
+ * gets its journal id: the live path's header and body timeouts, and one
+ * more. Journal ids grow with received times within it. */
+double brm_config_id_skew(const struct brm_config *c);
 
 #endif

@@ -599,9 +599,7 @@ static void api_events(void *arg, struct brm_http_req *req) {
     if (!allowed(c, req, 0)) return;
     char topic[BRM_TOPIC_MAX], name[BRM_TOPIC_MAX], source[256], text[256], field[128], value[512];
     long long before, limit;
-    struct brm_body_query q = { .scan = SCAN_ROWS,
-                                .skew =
-                                    c->cfg->http.header_timeout + c->cfg->http.body_timeout + 1 };
+    struct brm_body_query q = { .scan = SCAN_ROWS, .skew = brm_config_id_skew(c->cfg) };
     int rt = param(req, "topic", topic, sizeof(topic)), rs = param(req, "source", source, 256);
     int rq = param(req, "q", text, sizeof(text)), rf = param(req, "field", field, sizeof(field));
     int rv = param(req, "value", value, sizeof(value));

@@ -525,7 +525,8 @@ static int cmd_replay(struct args *a) {
     } else {
         brm_engine_set_state(e, state);
         brm_engine_set_dry_run(e, !a->send);
-        if (brm_store_bodies(st, since, until, replay_body, &r, &err) < 0) {
+        if (brm_store_bodies(st, since, until, brm_config_id_skew(cfg), replay_body, &r, &err) <
+            0) {
             fprintf(stderr, "brume: %s\n", err.msg);
             r.rc = EXIT_USER;
         }

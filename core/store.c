@@ -281,8 +281,11 @@ static const char *const sql[NSTMT] = {
     [S_META] = "SELECT value FROM meta WHERE key = ?",
     [S_MAX_BODY] = "SELECT max(coalesce((SELECT max(id) FROM bodies), 0),"
                    " coalesce((SELECT value FROM meta WHERE key = 'last_body'), 0))",
-    [S_BODIES] = "SELECT id, source, topic, received, events, body, backfilled, size FROM bodies"
-                 " WHERE received >= ? AND received < ? ORDER BY id",
+    /* A range of the rowid (brm_store_bodies), in its order: through the
+     * received index, the rows would be sorted in a temporary table first. */
+    [S_BODIES] = "SELECT id, source, topic, received, events, body, backfilled, size"
+                 " FROM bodies NOT INDEXED WHERE id > ?1 AND id < ?2 AND received >= ?3"
+                 " AND received < ?4 ORDER BY id",
     /* length() of a blob reads its size from the record, not its pages. The
      * ring counts what is stored: a packed body's packed bytes. */
     [S_OLDEST_BODIES] = "SELECT id, received, length(body) + coalesce(length(runs), 0) FROM bodies"
@@ -948,13 +951,20 @@ int64_t brm_store_meta(struct brm_store *s, const char *key, struct brm_err *err
     return one_value(s, S_META, err, "reading the journal's size");
 }
 
-int brm_store_bodies(struct brm_store *s, double since, double until,
+static void id_range(struct brm_store *s, const struct brm_body_query *q, int64_t *lo, int64_t *hi);
+
+int brm_store_bodies(struct brm_store *s, double since, double until, double skew,
                      int (*fn)(void *arg, const struct brm_body *b), void *arg,
                      struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_BODIES];
+    struct brm_body_query q = { .since = since, .until = until, .skew = skew };
+    int64_t lo, hi;
     int rc;
-    sqlite3_bind_double(st, 1, since);
-    sqlite3_bind_double(st, 2, until);
+    id_range(s, &q, &lo, &hi);
+    sqlite3_bind_int64(st, 1, lo);
+    sqlite3_bind_int64(st, 2, hi);
+    sqlite3_bind_double(st, 3, since);
+    sqlite3_bind_double(st, 4, until);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct brm_body b = {
             .id = sqlite3_column_int64(st, 0),

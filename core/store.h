@@ -162,8 +162,10 @@ int64_t brm_store_last_body(struct brm_store *s, struct brm_err *err);
 int brm_store_set_meta(struct brm_store *s, const char *key, int64_t value, struct brm_err *err);
 int64_t brm_store_meta(struct brm_store *s, const char *key, struct brm_err *err);
 /* Calls FN for each body received in [SINCE, UNTIL), oldest first (one
- * that cannot be read with its DAMAGE); stops when FN returns nonzero. */
-int brm_store_bodies(struct brm_store *s, double since, double until,
+ * that cannot be read with its DAMAGE); stops when FN returns nonzero. The
+ * time range becomes a range of ids (SKEW as in struct brm_body_query), read
+ * in order as it is scanned, whatever its size. */
+int brm_store_bodies(struct brm_store *s, double since, double until, double skew,
                      int (*fn)(void *arg, const struct brm_body *b), void *arg,
                      struct brm_err *err);
 /* One step of the journal's ring: the caller keeps AFTER (the highest id

@@ -37,8 +37,9 @@ static void query(const char *path, const char *sql, int col, char *out, size_t 
 
 /* The outbox's reads of a backlog go through the indexes of pending
  * deliveries: one entry read for the next wake-up and the oldest age, and
- * a due batch found by next_at, whatever the backlog's size. */
-static void check_backlog_plans(const char *path) {
+ * a due batch found by next_at, whatever the backlog's size. Replay reads
+ * a range of the journal in id order as it scans it, without a sort. */
+static void check_plans(const char *path) {
     static const struct {
         const char *sql, *plan;
     } cases[] = {
@@ -48,6 +49,10 @@ static void check_backlog_plans(const char *path) {
           "SEARCH deliveries USING INDEX deliveries_age" },
         { "SELECT id FROM deliveries WHERE state = 0 AND next_at <= 1 ORDER BY next_at, id LIMIT 9",
           "SEARCH deliveries USING INDEX deliveries_due (next_at<?)" },
+        /* Replay's read: a range of the rowid in its order, no sort. */
+        { "SELECT id, body FROM bodies NOT INDEXED WHERE id > 1 AND id < 9 AND received >= 1"
+          " AND received < 2 ORDER BY id",
+          "SEARCH bodies USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)" },
     };
     char plan[512], sql[512];
     for (size_t i = 0; i < BRM_ARRAY_LEN(cases); i++) {
@@ -379,7 +384,7 @@ static void packed_bodies(const char *path) {
     CHECK_INT((long)got_len, (long)n); /* the oldest last: its size as it came */
     /* Replay's and recovery's read. */
     nids = 0;
-    CHECK_INT(brm_store_bodies(s, 0, 1e12, collect_body, NULL, &err), 0);
+    CHECK_INT(brm_store_bodies(s, 0, 1e12, 0, collect_body, NULL, &err), 0);
     CHECK_INT(nids, 3);
     /* Backfill's exact match compares the bytes as they came. */
     uint64_t digest = brm_hash64(batch, n);
@@ -415,7 +420,7 @@ static void packed_bodies(const char *path) {
     CHECK_INT(brm_store_body(s, 3, copy_body, NULL, &err), 1);
     /* Replay's read and the drain's go on past them, and say which. */
     nids = damaged = 0;
-    CHECK_INT(brm_store_bodies(s, 0, 1e12, collect_any, NULL, &err), 0);
+    CHECK_INT(brm_store_bodies(s, 0, 1e12, 0, collect_any, NULL, &err), 0);
     CHECK(nids == 3 && damaged == 2);
     nids = damaged = 0;
     CHECK_INT(brm_store_held(s, 0, 1, collect_any, NULL, &err), 0); /* one readable */
@@ -536,7 +541,7 @@ int main(void) {
     }
     CHECK_INT(brm_store_last_body(s, &err), 100);
     nids = 0;
-    CHECK_INT(brm_store_bodies(s, 1003, 1006, collect_body, NULL, &err), 0);
+    CHECK_INT(brm_store_bodies(s, 1003, 1006, 0, collect_body, NULL, &err), 0);
     CHECK_INT(nids, 3); /* received 1003, 1004, 1005 */
     CHECK(nids == 3 && ids[0] == 30 && ids[2] == 50);
     p = (struct brm_prune){ .before = 1003, .limit = 100, .bytes = 10000, .rows = 10 };
@@ -553,7 +558,7 @@ int main(void) {
     CHECK_INT(p.removed, 1); /* 8 000 bytes of bodies down to 5 000 */
     CHECK(p.bytes == 5000 && p.after == 50);
     nids = 0;
-    brm_store_bodies(s, 0, 1e12, collect_body, NULL, &err);
+    brm_store_bodies(s, 0, 1e12, 0, collect_body, NULL, &err);
     CHECK_INT(nids, 5);
     CHECK(nids && ids[0] == 60);
     /* Retention may empty the journal; its ids do not start again. */
@@ -612,7 +617,7 @@ int main(void) {
     /* A probe writes a body's worth and leaves no body behind. */
     CHECK_INT(brm_store_probe(s, 5000, &err), 0);
     nids = 0;
-    CHECK_INT(brm_store_bodies(s, 0, 1e12, collect_body, NULL, &err), 0);
+    CHECK_INT(brm_store_bodies(s, 0, 1e12, 0, collect_body, NULL, &err), 0);
     CHECK_INT(nids, 0);
 
     /* A cap on the file: writes past it fail as on a full disk. */
@@ -667,7 +672,7 @@ int main(void) {
     query(path, "SELECT count(*) FROM sqlite_schema WHERE tbl_name = 'meta'", 0, got, sizeof(got));
     CHECK_STR(got, "1");
     /* A database from a newer brume is refused, not damaged. */
-    check_backlog_plans(path);
+    check_plans(path);
     char version[16];
     query(path, "PRAGMA user_version = 99", 0, version, sizeof(version));
     s = brm_store_open(path, &err);
