@@ -368,14 +368,36 @@ static const char *const sql[NSTMT] = {
     [S_PRUNE_HELD] = "DELETE FROM held WHERE id > ? AND id <= ?",
 };
 
+/* Bytes a store reuses from one body to the next; one larger than
+ * ROOM_KEEP goes back once it is done with (room_done). */
+struct room {
+    char *bytes;
+    size_t size;
+};
+
+#define ROOM_KEEP (256 * 1024)
+
+static char *room_for(struct room *r, size_t n) {
+    if (r->size < n) {
+        r->bytes = brm_xrealloc(r->bytes, n);
+        r->size = n;
+    }
+    return r->bytes;
+}
+
+static void room_done(struct room *r) {
+    if (r->size <= ROOM_KEEP) return;
+    free(r->bytes);
+    r->bytes = NULL;
+    r->size = 0;
+}
+
 struct brm_store {
     sqlite3 *db;
     sqlite3_stmt *stmt[NSTMT];
-    int wal_frames; /* in the WAL after the last commit */
-    char *pack;     /* room for a packed body (brm_store_add_body) */
-    size_t pack_room;
-    char *unpacked; /* room for a body a reader unpacked (row_body) */
-    size_t unpacked_room;
+    int wal_frames;       /* in the WAL after the last commit */
+    struct room pack;     /* for a body packed (brm_store_add_body) */
+    struct room unpacked; /* for a body a reader unpacked (row_body) */
 };
 
 static int fail(struct brm_store *s, struct brm_err *err, const char *what) {
@@ -576,8 +598,8 @@ void brm_store_close(struct brm_store *s) {
     if (!s) return;
     for (int i = 0; i < NSTMT; i++) sqlite3_finalize(s->stmt[i]);
     sqlite3_close(s->db);
-    free(s->pack);
-    free(s->unpacked);
+    free(s->pack.bytes);
+    free(s->unpacked.bytes);
     free(s);
 }
 
@@ -805,23 +827,18 @@ int brm_store_forget_ticket(struct brm_store *s, const char *target, const char 
  * after event: a 10-event alarm body of 4,009 bytes packs to 464 in about
  * 1.5 us, and the writer then writes, checkpoints and frees one page for
  * several bodies instead of one or two pages for each. Smaller bodies gain
- * too little to pay for the unpacking of every read. PACK_KEEP: room kept
- * for the next body; a larger one's is given back.
+ * too little to pay for the unpacking of every read.
  */
-#define PACK_MIN  512
-#define PACK_KEEP (256 * 1024)
+#define PACK_MIN 512
 
 /* The body's bytes packed in S's room, with their count in N; NULL when it
  * is stored as it came. */
 static const char *pack(struct brm_store *s, const struct brm_body *b, int *n) {
     if (b->len < PACK_MIN || b->len > INT_MAX) return NULL;
     size_t room = b->len - (b->len + 3) / 4; /* LZ4 gives up past it */
-    if (s->pack_room < room) {
-        s->pack = brm_xrealloc(s->pack, room);
-        s->pack_room = room;
-    }
-    *n = LZ4_compress_default(b->body, s->pack, (int)b->len, (int)room);
-    return *n > 0 ? s->pack : NULL;
+    char *out = room_for(&s->pack, room);
+    *n = LZ4_compress_default(b->body, out, (int)b->len, (int)room);
+    return *n > 0 ? out : NULL;
 }
 
 /* B's body from columns BODY and SIZE of ST's row: the column's bytes, or
@@ -844,23 +861,12 @@ static void row_body(struct brm_store *s, sqlite3_stmt *st, int body, int size,
         b->damage = IMPOSSIBLE_SIZE;
         return;
     }
-    if (s->unpacked_room < (size_t)want) {
-        s->unpacked = brm_xrealloc(s->unpacked, (size_t)want);
-        s->unpacked_room = (size_t)want;
-    }
-    b->damage = unpack(bytes, n, want, s->unpacked);
+    char *out = room_for(&s->unpacked, (size_t)want);
+    b->damage = unpack(bytes, n, want, out);
     if (!b->damage) {
-        b->body = s->unpacked;
+        b->body = out;
         b->len = (size_t)want;
     }
-}
-
-/* A reader gives back the room of a large body once it is done. */
-static void keep_room(struct brm_store *s) {
-    if (s->unpacked_room <= PACK_KEEP) return;
-    free(s->unpacked);
-    s->unpacked = NULL;
-    s->unpacked_room = 0;
 }
 
 int brm_store_add_body(struct brm_store *s, const struct brm_body *b, size_t *stored,
@@ -887,11 +893,7 @@ int brm_store_add_body(struct brm_store *s, const struct brm_body *b, size_t *st
     sqlite3_bind_int64(st, 8, (sqlite3_int64)b->digest);
     sqlite3_bind_int(st, 9, b->backfilled != 0);
     int rc = run(s, S_ADD_BODY, err, "journaling a body");
-    if (s->pack_room > PACK_KEEP) {
-        free(s->pack);
-        s->pack = NULL;
-        s->pack_room = 0;
-    }
+    room_done(&s->pack);
     if (stored) *stored = packed ? (size_t)packed_len : b->len;
     return rc;
 }
@@ -981,7 +983,7 @@ int brm_store_bodies(struct brm_store *s, double since, double until, double ske
         }
     }
     sqlite3_reset(st);
-    keep_room(s);
+    room_done(&s->unpacked);
     return rc == SQLITE_DONE ? 0 : fail(s, err, "reading the journal");
 }
 
@@ -1023,7 +1025,7 @@ int brm_store_held(struct brm_store *s, int64_t after, int limit,
     }
     if (rc == SQLITE_ROW) rc = SQLITE_DONE; /* stopped before the end */
     sqlite3_reset(st);
-    keep_room(s);
+    room_done(&s->unpacked);
     return rc == SQLITE_DONE ? 0 : fail(s, err, "reading the held bodies");
 }
 
@@ -1263,7 +1265,7 @@ static int body_matches(struct brm_store *s, int64_t id, const struct brm_body_q
         if (sqlite3_step(st) == SQLITE_ROW) row_body(s, st, 5, 7, &b);
         hit = b.body && contains(b.body, b.len, q->text); /* a damaged one matches nothing */
         sqlite3_reset(st);
-        keep_room(s);
+        room_done(&s->unpacked);
     }
     if (hit && q->field && q->field[0]) {
         char path[300];
@@ -1366,7 +1368,7 @@ int brm_store_body(struct brm_store *s, int64_t id, int (*fn)(void *arg, const s
         }
     }
     sqlite3_reset(st);
-    keep_room(s);
+    room_done(&s->unpacked);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "reading a body");
     return found;
 }

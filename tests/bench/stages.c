@@ -79,7 +79,7 @@ int main(int argc, char **argv) {
     brm_verify_key_free(k);
     /* What the writer does to the body before storing it (store.c packs a
      * body when that saves a quarter of it). */
-    int room = (int)(body.len - body.len / 4), packed = 0;
+    int room = (int)(body.len - (body.len + 3) / 4), packed = 0;
     char *out = brm_xmalloc((size_t)room + 1);
     STAGE(per, packed = LZ4_compress_default(body.data, out, (int)body.len, room));
     free(out);
