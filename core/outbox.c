@@ -62,6 +62,7 @@ struct job {
 /* The outcome of an attempt, on its way to the store (and its log). */
 struct result {
     int64_t id;
+    int tried; /* attempts before this one */
     enum brm_delivery_state state;
     double next_at;
     int status;
@@ -172,20 +173,18 @@ char *brm_outbox_store_path(const struct brm_config *cfg) {
 
 /* ---- what is learnt: outcomes and tickets ----------------------------------- */
 
-static void add_result(struct brm_outbox *ob, int64_t id, enum brm_delivery_state state,
+static void add_result(struct brm_outbox *ob, int64_t id, int tried, enum brm_delivery_state state,
                        double next_at, int status, const char *error, double at,
                        const char *answer) {
     if (ob->nresults == ob->cap_results) {
         ob->cap_results = ob->cap_results ? ob->cap_results * 2 : 16;
         ob->results = brm_xrealloc(ob->results, ob->cap_results * sizeof(*ob->results));
     }
-    ob->results[ob->nresults++] = (struct result){ id,
-                                                   state,
-                                                   next_at,
-                                                   status,
-                                                   error ? brm_xstrdup(error) : NULL,
-                                                   at,
-                                                   answer && *answer ? brm_xstrdup(answer) : NULL };
+    ob->results[ob->nresults++] =
+        (struct result){ id,     tried,
+                         state,  next_at,
+                         status, error ? brm_xstrdup(error) : NULL,
+                         at,     answer && *answer ? brm_xstrdup(answer) : NULL };
     event_active(ob->work, 0, 0);
 }
 
@@ -253,7 +252,8 @@ static int write_record(struct brm_journal_job *job, struct brm_store *st, struc
     for (size_t i = 0; i < r->n; i++) {
         struct result *x = &r->results[i];
         struct brm_attempt a = { x->at, x->status, x->answer, x->error };
-        if (brm_store_finish(st, x->id, x->state, x->next_at, x->status, x->error, err) < 0 ||
+        if (brm_store_finish(st, x->id, x->tried, x->state, x->next_at, x->status, x->error, err) <
+                0 ||
             brm_store_add_attempt(st, x->id, &a, err) < 0)
             return -1;
     }
@@ -316,7 +316,8 @@ static void take_recorded(struct brm_outbox *ob) {
         ob->paused_until = brm_time_now() + POLL_INTERVAL;
         for (size_t i = 0; i < r->n; i++) {
             struct result *x = &r->results[i];
-            add_result(ob, x->id, x->state, x->next_at, x->status, x->error, x->at, x->answer);
+            add_result(ob, x->id, x->tried, x->state, x->next_at, x->status, x->error, x->at,
+                       x->answer);
         }
         for (size_t i = 0; i < r->ntickets; i++)
             add_ticket(ob, r->tickets[i].target, r->tickets[i].key, r->tickets[i].ref);
@@ -393,13 +394,14 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
     brm_outbox_mask(tr->t, job->answer, &answer);
     double delay = done ? 0 : backoff(tr->t, job->attempts, retry_after);
     if (done) {
-        add_result(ob, job->id, BRM_DELIVERY_DONE, now, status, NULL, now, answer.data);
+        add_result(ob, job->id, job->attempts, BRM_DELIVERY_DONE, now, status, NULL, now,
+                   answer.data);
         brm_counter_add(tr->done, 1);
         brm_log_debug("delivered", "target", tr->t->name, "delivery", id, "request", request,
                       "event", job->event, "status", st);
     } else if (retry && now + delay <= job->expires) {
-        add_result(ob, job->id, BRM_DELIVERY_PENDING, now + delay, status, masked.data, now,
-                   answer.data);
+        add_result(ob, job->id, job->attempts, BRM_DELIVERY_PENDING, now + delay, status,
+                   masked.data, now, answer.data);
         brm_counter_add(tr->retried, 1);
         char in[32];
         snprintf(in, sizeof(in), "%.0fs", delay);
@@ -412,7 +414,8 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
             snprintf(why, sizeof(why), "gave up after %.0fs: %s", now - job->created, masked.data);
         else
             snprintf(why, sizeof(why), "%s", masked.data);
-        add_result(ob, job->id, BRM_DELIVERY_DEAD, now, status, why, now, answer.data);
+        add_result(ob, job->id, job->attempts, BRM_DELIVERY_DEAD, now, status, why, now,
+                   answer.data);
         brm_counter_add(tr->dead, 1);
         brm_log_error("delivery dead", "target", tr->t->name, "delivery", id, "request", request,
                       "rule", job->rule, "event", job->event, "attempts", attempt, "status", st,
@@ -723,7 +726,8 @@ static int bury_orphan(void *arg, const struct brm_delivery *d) {
     if (target_rt(ob, d->target) || is_busy(ob, d->id)) return 0;
     char why[300];
     snprintf(why, sizeof(why), "no target named %s in the config", d->target);
-    add_result(ob, d->id, BRM_DELIVERY_DEAD, brm_time_now(), 0, why, brm_time_now(), NULL);
+    add_result(ob, d->id, d->attempts, BRM_DELIVERY_DEAD, brm_time_now(), 0, why, brm_time_now(),
+               NULL);
     return 0;
 }
 

@@ -43,12 +43,13 @@ static void check_plans(const char *path) {
     static const struct {
         const char *sql, *plan;
     } cases[] = {
-        { "SELECT min(next_at) FROM deliveries WHERE state = 0 AND next_at > 1",
-          "SEARCH deliveries USING INDEX deliveries_due (next_at>?)" },
-        { "SELECT min(created) FROM deliveries WHERE state = 0",
-          "SEARCH deliveries USING INDEX deliveries_age" },
-        { "SELECT id FROM deliveries WHERE state = 0 AND next_at <= 1 ORDER BY next_at, id LIMIT 9",
-          "SEARCH deliveries USING INDEX deliveries_due (next_at<?)" },
+        { "SELECT min(next_at) FROM queue WHERE next_at > 1",
+          "SEARCH queue USING COVERING INDEX queue_due (next_at>?)" },
+        { "SELECT created FROM deliveries WHERE id = (SELECT min(id) FROM queue)",
+          "SEARCH deliveries USING INTEGER PRIMARY KEY (rowid=?) / SCALAR SUBQUERY 1 / SEARCH "
+          "queue" },
+        { "SELECT id FROM queue WHERE target = 'x' AND next_at <= 1 ORDER BY next_at, id LIMIT 9",
+          "SEARCH queue USING COVERING INDEX queue_target (target=? AND next_at<?)" },
         /* Replay's read: a range of the rowid in its order, no sort. */
         { "SELECT id, body FROM bodies NOT INDEXED WHERE id > 1 AND id < 9 AND received >= 1"
           " AND received < 2 ORDER BY id",
@@ -62,9 +63,18 @@ static void check_plans(const char *path) {
     }
 }
 
+static struct brm_delivery seen; /* the last delivery collect() saw: its numbers */
+static int seen_request;         /* and whether it had its request */
+
 static int collect(void *arg, const struct brm_delivery *d) {
     (void)arg;
     ids[nids++] = d->id;
+    seen = (struct brm_delivery){ .id = d->id,
+                                  .state = d->state,
+                                  .attempts = d->attempts,
+                                  .last_status = d->last_status,
+                                  .last_attempt = d->last_attempt };
+    seen_request = d->method && d->url;
     if (d->id == 1) {
         last_retried.id = d->id;
         last_retried.attempts = d->attempts;
@@ -250,11 +260,21 @@ static void console_reads(const char *path) {
     CHECK_INT(brm_store_find_deliveries(r, &dq, collect, NULL, &err), 0);
     CHECK_INT(nids, 3);
     if (nids == 3) first = ids[2];
-    CHECK_INT(brm_store_finish(s, first, BRM_DELIVERY_DEAD, 200, 400, "HTTP 400", &err), 0);
+    CHECK_INT(brm_store_finish(s, first, 0, BRM_DELIVERY_DEAD, 200, 400, "HTTP 400", &err), 0);
     struct brm_attempt at = { 150, 503, "busy", "HTTP 503" }, at2 = { 200, 400, NULL, "HTTP 400" };
     CHECK_INT(brm_store_add_attempt(s, first, &at, &err), 0);
     CHECK_INT(brm_store_add_attempt(s, first, &at2, &err), 0);
-    CHECK_INT(brm_store_finish(s, first + 2, BRM_DELIVERY_DONE, 200, 200, NULL, &err), 0);
+    /* Done at its first attempt: it only leaves the queue, and reads as
+     * done with that attempt's status and time, its request kept. */
+    struct brm_attempt ok = { 210, 204, NULL, NULL };
+    CHECK_INT(brm_store_finish(s, first + 2, 0, BRM_DELIVERY_DONE, 200, 204, NULL, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, first + 2, &ok, &err), 0);
+    CHECK_INT(brm_store_delivery(r, first + 2, collect, NULL, &err), 1);
+    CHECK(seen.state == BRM_DELIVERY_DONE && seen.attempts == 1 && seen.last_status == 204 &&
+          seen.last_attempt == 210 && seen_request);
+    CHECK_INT(brm_store_delivery(r, first, collect, NULL, &err), 1);
+    CHECK(seen.state == BRM_DELIVERY_DEAD && seen.attempts == 1 && seen.last_status == 400 &&
+          seen_request);
     dq = (struct brm_delivery_query){ .state = BRM_DELIVERY_DEAD, .limit = 10 };
     nids = 0;
     brm_store_find_deliveries(r, &dq, collect, NULL, &err);
@@ -281,7 +301,7 @@ static void console_reads(const char *path) {
     CHECK(nids == 2 && ids[0] == 400 && ids[1] == 503);
     CHECK_INT(brm_store_prune_attempts(s, 160, 100, 10, &err), 1); /* the one before 160 */
     CHECK_INT(brm_store_add_attempt(s, first + 1, &at2, &err), 0);
-    CHECK_INT(brm_store_prune_attempts(s, 0, 1, 10, &err), 1); /* all but the newest */
+    CHECK_INT(brm_store_prune_attempts(s, 0, 1, 10, &err), 2); /* all but the newest */
     nids = 0;
     brm_store_attempts(r, first + 1, 10, collect_attempt, NULL, &err);
     CHECK_INT(nids, 1);
@@ -464,9 +484,9 @@ int main(void) {
 
     /* Outcomes: done, pending again later, dead. */
     CHECK_INT(brm_store_begin(s, &err), 0);
-    CHECK_INT(brm_store_finish(s, 4, BRM_DELIVERY_DONE, 200, 201, NULL, &err), 0);
-    CHECK_INT(brm_store_finish(s, 2, BRM_DELIVERY_PENDING, 300, 429, "slow down", &err), 0);
-    CHECK_INT(brm_store_finish(s, 1, BRM_DELIVERY_DEAD, 200, 400, "bad", &err), 0);
+    CHECK_INT(brm_store_finish(s, 4, 0, BRM_DELIVERY_DONE, 200, 201, NULL, &err), 0);
+    CHECK_INT(brm_store_finish(s, 2, 0, BRM_DELIVERY_PENDING, 300, 429, "slow down", &err), 0);
+    CHECK_INT(brm_store_finish(s, 1, 0, BRM_DELIVERY_DEAD, 200, 400, "bad", &err), 0);
     CHECK_INT(brm_store_commit(s, &err), 0);
     due_for(s, "snow", 200);
     CHECK(nids == 2 && ids[0] == 5 && ids[1] == 6); /* the next of ticket K may go now */
@@ -499,6 +519,13 @@ int main(void) {
           last_retried.expires - brm_time_now() < 901);
     CHECK_INT(brm_store_drop(s, 3, &err), 1);
     CHECK_INT(brm_store_drop(s, 3, &err), 0);
+    /* Done after a failed attempt: its row says so, with both attempts. */
+    CHECK_INT(brm_store_finish(s, 2, 1, BRM_DELIVERY_DONE, 400, 200, NULL, &err), 0);
+    CHECK_INT(brm_store_delivery(s, 2, collect, NULL, &err), 1);
+    CHECK(seen.state == BRM_DELIVERY_DONE && seen.attempts == 2 && seen.last_status == 200);
+    CHECK_INT(brm_store_retry(s, 2, &err), 0); /* done stays done */
+    CHECK_INT(brm_store_pending(s, 200, &count, &oldest), 0);
+    CHECK_INT(count, 3); /* 1 (retried), 5 and 6 */
     /* Done deliveries go with their body, keys and all; pending ones stay. */
     char small[] = "{}";
     struct brm_body two = { .id = 2,
@@ -650,7 +677,24 @@ int main(void) {
     /* A store from before version 10, its meta a rowid table with an index
      * of its keys, keeps its values in the table of one B-tree. */
     char got[256];
+    long before_count;
+    double before_oldest;
+    s = brm_store_open(path, &err);
+    CHECK(s != NULL);
+    if (!s) return test_done();
+    CHECK_INT(brm_store_pending(s, 1000, &before_count, &before_oldest), 0);
+    CHECK(before_count > 0);
+    brm_store_close(s);
     static const char *const v9[] = {
+        /* Before version 12, what was pending said so in its row, with
+         * four partial indexes of them. */
+        "UPDATE deliveries SET state = 1 WHERE state = 0 AND id NOT IN (SELECT id FROM queue)",
+        "DROP TABLE queue",
+        "CREATE INDEX deliveries_target ON deliveries(target, next_at) WHERE state = 0",
+        "CREATE INDEX deliveries_ticket ON deliveries(target, ticket, id)"
+        " WHERE state = 0 AND ticket IS NOT NULL",
+        "CREATE INDEX deliveries_due ON deliveries(next_at) WHERE state = 0",
+        "CREATE INDEX deliveries_age ON deliveries(created) WHERE state = 0",
         "DROP TABLE meta",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "INSERT INTO meta VALUES ('last_body', 1234), ('journal_bytes', 99)",
@@ -665,6 +709,12 @@ int main(void) {
         CHECK_INT(brm_store_meta(s, "journal_bytes", &err), 99);
         CHECK_INT(brm_store_set_meta(s, "journal_bytes", 100, &err), 0);
         CHECK_INT(brm_store_meta(s, "journal_bytes", &err), 100);
+        /* Version 12 queued what was pending, and only that. */
+        CHECK_INT(brm_store_pending(s, 1000, &count, &oldest), 0);
+        CHECK(count == before_count && oldest == before_oldest);
+        nids = 0;
+        CHECK_INT(brm_store_list(s, 0, 100, collect, NULL, &err), 0);
+        CHECK(nids >= count); /* pending (and dead) ones */
         brm_store_close(s);
     }
     query(path, "SELECT sql FROM sqlite_schema WHERE name = 'meta'", 0, got, sizeof(got));
