@@ -1,6 +1,7 @@
 #include "store.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <lz4.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -574,7 +575,17 @@ static int prepare(struct brm_store *s, struct brm_err *err) {
     return 0;
 }
 
+/* Before SQLite's first use: no count of its memory, which it would keep
+ * under a global mutex on every allocation of every connection (brume
+ * never asks for it). */
+static void configure_sqlite(void) {
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
+static pthread_once_t configured = PTHREAD_ONCE_INIT;
+
 struct brm_store *brm_store_open(const char *path, struct brm_err *err) {
+    pthread_once(&configured, configure_sqlite);
     struct brm_store *s = brm_xcalloc(1, sizeof(*s));
     /* Stored requests carry targets' credentials: the file is the owner's. */
     mode_t old = umask(077);
@@ -619,6 +630,7 @@ fail:
 }
 
 struct brm_store *brm_store_open_reader(const char *path, struct brm_err *err) {
+    pthread_once(&configured, configure_sqlite);
     struct brm_store *s = brm_xcalloc(1, sizeof(*s));
     sqlite3_stmt *st = NULL;
     int version = -1;
