@@ -703,10 +703,13 @@ static int take_token(struct target_rt *tr, double now) {
     return 1;
 }
 
+static int busy_due(void *arg, int64_t id) {
+    return is_busy(((struct pass *)arg)->ob, id);
+}
+
 static int start_due(void *arg, const struct brm_delivery *d) {
     struct pass *p = arg;
     if (p->room <= 0) return 1;
-    if (is_busy(p->ob, d->id)) return 0;
     if (d->ticket && ticket_busy(p->ob, p->tr, d->ticket)) return 0;
     if (!take_token(p->tr, p->now)) return 1;
     start_job(p->ob, p->tr, d);
@@ -767,8 +770,8 @@ static void schedule(struct brm_outbox *ob) {
             int room = tr->fd >= 0 ? FILE_BATCH : (int)tr->t->concurrency - tr->inflight;
             struct pass p = { ob, tr, now, room };
             if (p.room <= 0) continue;
-            if (brm_store_due_for(ob->store, tr->t->name, now, p.room + tr->inflight, start_due, &p,
-                                  &err) < 0) {
+            if (brm_store_due_for(ob->store, tr->t->name, now, p.room + tr->inflight, busy_due,
+                                  start_due, &p, &err) < 0) {
                 brm_log_error("outbox: cannot read due deliveries", "error", err.msg);
                 break;
             }

@@ -762,12 +762,15 @@ static void read_delivery(sqlite3_stmt *st, struct brm_delivery *d) {
     d->last_attempt = sqlite3_column_double(st, 20); /* NULL reads as 0 */
 }
 
-/* Steps a query of deliveries, handing each to FN. */
-static int each(struct brm_store *s, enum stmt i, int (*fn)(void *, const struct brm_delivery *),
-                void *arg, struct brm_err *err, const char *what) {
+/* Steps a query of deliveries, handing each to FN but those SKIP (if
+ * any) says to pass over, known by their id before the rest is read. */
+static int each(struct brm_store *s, enum stmt i, int (*skip)(void *, int64_t),
+                int (*fn)(void *, const struct brm_delivery *), void *arg, struct brm_err *err,
+                const char *what) {
     sqlite3_stmt *st = s->stmt[i];
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (skip && skip(arg, sqlite3_column_int64(st, 0))) continue;
         struct brm_delivery d = { 0 };
         read_delivery(st, &d);
         if (fn(arg, &d)) {
@@ -785,17 +788,18 @@ int brm_store_due(struct brm_store *s, double now, int limit,
                   struct brm_err *err) {
     sqlite3_bind_double(s->stmt[S_DUE], 1, now);
     sqlite3_bind_int(s->stmt[S_DUE], 2, limit);
-    return each(s, S_DUE, fn, arg, err, "reading due deliveries");
+    return each(s, S_DUE, NULL, fn, arg, err, "reading due deliveries");
 }
 
 int brm_store_due_for(struct brm_store *s, const char *target, double now, int limit,
+                      int (*skip)(void *arg, int64_t id),
                       int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
                       struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_DUE_TARGET];
     bind_text(st, 1, target);
     sqlite3_bind_double(st, 2, now);
     sqlite3_bind_int(st, 3, limit);
-    return each(s, S_DUE_TARGET, fn, arg, err, "reading due deliveries");
+    return each(s, S_DUE_TARGET, skip, fn, arg, err, "reading due deliveries");
 }
 
 double brm_store_next_due(struct brm_store *s, double after) {
@@ -834,7 +838,7 @@ int brm_store_list(struct brm_store *s, int all, int limit,
                    struct brm_err *err) {
     enum stmt i = all ? S_LIST_ALL : S_LIST;
     sqlite3_bind_int(s->stmt[i], 1, limit);
-    return each(s, i, fn, arg, err, "listing deliveries");
+    return each(s, i, NULL, fn, arg, err, "listing deliveries");
 }
 
 int brm_store_retry(struct brm_store *s, int64_t id, struct brm_err *err) {

@@ -83,8 +83,11 @@ int brm_store_due(struct brm_store *s, double now, int limit,
                   int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
                   struct brm_err *err);
 /* The same for one target; a ticket's deliveries come only when no older
- * one of the same ticket is pending. */
+ * one of the same ticket is pending. Those SKIP (if not NULL) says are
+ * passed over (they count in LIMIT) before their columns are read: the
+ * outbox's own, in flight. */
 int brm_store_due_for(struct brm_store *s, const char *target, double now, int limit,
+                      int (*skip)(void *arg, int64_t id),
                       int (*fn)(void *arg, const struct brm_delivery *d), void *arg,
                       struct brm_err *err);
 /* The earliest next_at after AFTER among pending deliveries, or 0 when

@@ -98,7 +98,7 @@ static int collect_attempt(void *arg, const struct brm_attempt *a) {
 static void due_for(struct brm_store *s, const char *target, double now) {
     struct brm_err err;
     nids = 0;
-    CHECK_INT(brm_store_due_for(s, target, now, 16, collect, NULL, &err), 0);
+    CHECK_INT(brm_store_due_for(s, target, now, 16, NULL, collect, NULL, &err), 0);
 }
 
 static int add(struct brm_store *s, const char *key, const char *target, const char *ticket,
