@@ -263,20 +263,19 @@ enum stmt {
  * state 0): done at its first attempt, whose row has its status and time.
  */
 #define FIRST_TRY "(q.id IS NULL AND d.state = 0)"
+#define ON_FIRST_TRY(then, otherwise)                                                              \
+    " CASE WHEN " FIRST_TRY " THEN " then " ELSE " otherwise " END"
 #define LAST_ATTEMPT(col)                                                                          \
     "(SELECT " col " FROM attempts a WHERE a.delivery = d.id ORDER BY a.id DESC LIMIT 1)"
+#define STATE_COLUMN    " CASE WHEN q.id IS NOT NULL THEN 0 WHEN d.state = 2 THEN 2 ELSE 1 END"
+#define ATTEMPTS_COLUMN ON_FIRST_TRY("1", "attempts")
+#define STATUS_COLUMN   ON_FIRST_TRY("coalesce(" LAST_ATTEMPT("status") ", 0)", "last_status")
+#define ERROR_COLUMN    ON_FIRST_TRY("NULL", "last_error")
+#define FINISHED_COLUMN ON_FIRST_TRY(LAST_ATTEMPT("at"), "finished")
 #define DELIVERY_COLUMNS                                                                           \
-    "d.id, key, d.target, rule, topic, event, d.ticket,"                                           \
-    " CASE WHEN q.id IS NOT NULL THEN 0 WHEN d.state = 2 THEN 2 ELSE 1 END,"                       \
-    " CASE WHEN " FIRST_TRY " THEN 1 ELSE attempts END, created,"                                  \
-    " coalesce(q.next_at, d.next_at), expires,"                                                    \
-    " CASE WHEN " FIRST_TRY                                                                        \
-    " THEN coalesce(" LAST_ATTEMPT("status") ", 0) ELSE last_status END,"                          \
-                                             " CASE WHEN " FIRST_TRY                               \
-                                             " THEN NULL ELSE last_error END,"                     \
-                                             " method, url, headers, body, sign, plan,"            \
-                                             " CASE WHEN " FIRST_TRY                               \
-                                             " THEN " LAST_ATTEMPT("at") " ELSE finished END"
+    "d.id, key, d.target, rule, topic, event, d.ticket," STATE_COLUMN "," ATTEMPTS_COLUMN          \
+    ", created, coalesce(q.next_at, d.next_at), expires," STATUS_COLUMN "," ERROR_COLUMN           \
+    ", method, url, headers, body, sign, plan," FINISHED_COLUMN
 /* Done: neither pending (in queue) nor dead. */
 #define DONE          "d.state <> 2 AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.id = d.id)"
 #define WITH_QUEUE    " LEFT JOIN queue q ON q.id = d.id"
