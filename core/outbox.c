@@ -62,7 +62,8 @@ struct job {
 /* The outcome of an attempt, on its way to the store (and its log). */
 struct result {
     int64_t id;
-    int tried; /* attempts before this one */
+    int tried;  /* attempts before this one */
+    int secret; /* its target has secrets (brm_store_finish) */
     enum brm_delivery_state state;
     double next_at;
     int status;
@@ -173,18 +174,23 @@ char *brm_outbox_store_path(const struct brm_config *cfg) {
 
 /* ---- what is learnt: outcomes and tickets ----------------------------------- */
 
-static void add_result(struct brm_outbox *ob, int64_t id, int tried, enum brm_delivery_state state,
-                       double next_at, int status, const char *error, double at,
-                       const char *answer) {
+static void add_result(struct brm_outbox *ob, int64_t id, int tried, int secret,
+                       enum brm_delivery_state state, double next_at, int status, const char *error,
+                       double at, const char *answer) {
     if (ob->nresults == ob->cap_results) {
         ob->cap_results = ob->cap_results ? ob->cap_results * 2 : 16;
         ob->results = brm_xrealloc(ob->results, ob->cap_results * sizeof(*ob->results));
     }
     ob->results[ob->nresults++] =
-        (struct result){ id,     tried,
-                         state,  next_at,
-                         status, error ? brm_xstrdup(error) : NULL,
-                         at,     answer && *answer ? brm_xstrdup(answer) : NULL };
+        (struct result){ .id = id,
+                         .tried = tried,
+                         .secret = secret,
+                         .state = state,
+                         .next_at = next_at,
+                         .status = status,
+                         .error = error ? brm_xstrdup(error) : NULL,
+                         .at = at,
+                         .answer = answer && *answer ? brm_xstrdup(answer) : NULL };
     event_active(ob->work, 0, 0);
 }
 
@@ -252,8 +258,8 @@ static int write_record(struct brm_journal_job *job, struct brm_store *st, struc
     for (size_t i = 0; i < r->n; i++) {
         struct result *x = &r->results[i];
         struct brm_attempt a = { x->at, x->status, x->answer, x->error };
-        if (brm_store_finish(st, x->id, x->tried, x->state, x->next_at, x->status, x->error, err) <
-                0 ||
+        if (brm_store_finish(st, x->id, x->tried, x->secret, x->state, x->next_at, x->status,
+                             x->error, err) < 0 ||
             brm_store_add_attempt(st, x->id, &a, err) < 0)
             return -1;
     }
@@ -316,8 +322,8 @@ static void take_recorded(struct brm_outbox *ob) {
         ob->paused_until = brm_time_now() + POLL_INTERVAL;
         for (size_t i = 0; i < r->n; i++) {
             struct result *x = &r->results[i];
-            add_result(ob, x->id, x->tried, x->state, x->next_at, x->status, x->error, x->at,
-                       x->answer);
+            add_result(ob, x->id, x->tried, x->secret, x->state, x->next_at, x->status, x->error,
+                       x->at, x->answer);
         }
         for (size_t i = 0; i < r->ntickets; i++)
             add_ticket(ob, r->tickets[i].target, r->tickets[i].key, r->tickets[i].ref);
@@ -393,14 +399,15 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
     brm_outbox_mask(tr->t, reason ? reason : "", &masked);
     brm_outbox_mask(tr->t, job->answer, &answer);
     double delay = done ? 0 : backoff(tr->t, job->attempts, retry_after);
+    int secret = tr->t->nsecrets > 0;
     if (done) {
-        add_result(ob, job->id, job->attempts, BRM_DELIVERY_DONE, now, status, NULL, now,
+        add_result(ob, job->id, job->attempts, secret, BRM_DELIVERY_DONE, now, status, NULL, now,
                    answer.data);
         brm_counter_add(tr->done, 1);
         brm_log_debug("delivered", "target", tr->t->name, "delivery", id, "request", request,
                       "event", job->event, "status", st);
     } else if (retry && now + delay <= job->expires) {
-        add_result(ob, job->id, job->attempts, BRM_DELIVERY_PENDING, now + delay, status,
+        add_result(ob, job->id, job->attempts, secret, BRM_DELIVERY_PENDING, now + delay, status,
                    masked.data, now, answer.data);
         brm_counter_add(tr->retried, 1);
         char in[32];
@@ -414,7 +421,7 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
             snprintf(why, sizeof(why), "gave up after %.0fs: %s", now - job->created, masked.data);
         else
             snprintf(why, sizeof(why), "%s", masked.data);
-        add_result(ob, job->id, job->attempts, BRM_DELIVERY_DEAD, now, status, why, now,
+        add_result(ob, job->id, job->attempts, secret, BRM_DELIVERY_DEAD, now, status, why, now,
                    answer.data);
         brm_counter_add(tr->dead, 1);
         brm_log_error("delivery dead", "target", tr->t->name, "delivery", id, "request", request,
@@ -729,7 +736,7 @@ static int bury_orphan(void *arg, const struct brm_delivery *d) {
     if (target_rt(ob, d->target) || is_busy(ob, d->id)) return 0;
     char why[300];
     snprintf(why, sizeof(why), "no target named %s in the config", d->target);
-    add_result(ob, d->id, d->attempts, BRM_DELIVERY_DEAD, brm_time_now(), 0, why, brm_time_now(),
+    add_result(ob, d->id, d->attempts, 0, BRM_DELIVERY_DEAD, brm_time_now(), 0, why, brm_time_now(),
                NULL);
     return 0;
 }

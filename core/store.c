@@ -173,9 +173,11 @@ static const char *const migrations[] = {
      * row. One that failed first (the rare path) has its row updated as
      * before: state 1 or 2, its attempts, last status and error. The
      * request stays with the delivery, for the console to show, until the
-     * ring removes its body: the space a done request left was never used
-     * again anyway (rows go at the end of the table). At 10 messages a
-     * request, the writer wrote 44 KB a request, now 29. */
+     * ring removes its body (the space a done request left was never used
+     * again anyway: rows go at the end of the table), unless its target
+     * has secrets, which it may hold: it goes when the delivery is done, as
+     * before. At 10 messages a request, the writer wrote 44 KB a request,
+     * now 29. */
     "CREATE TABLE queue ("
     "  id INTEGER PRIMARY KEY," /* the delivery's */
     "  target TEXT NOT NULL,"
@@ -305,11 +307,15 @@ static const char *const sql[NSTMT] = {
                      " ORDER BY q.next_at, q.id LIMIT ?",
     [S_NEXT_DUE] = "SELECT min(next_at) FROM queue WHERE next_at > ?",
     /* A delivery done at its first attempt only leaves queue (migration
-     * 12); one that failed has its row say so. A done delivery keeps its
-     * key (a re-run must not queue it again). FINISHED is when the last
-     * attempt ended, whatever its outcome. */
+     * 12); one that failed has its row say so, and one whose request may
+     * hold a secret loses its request (?7). A done delivery keeps its key
+     * (a re-run must not queue it again). FINISHED is when the last attempt
+     * ended, whatever its outcome. */
     [S_FINISH] = "UPDATE deliveries SET state = ?1, next_at = ?2, attempts = attempts + 1,"
-                 " last_status = ?3, last_error = ?4, finished = ?5 WHERE id = ?6",
+                 " last_status = ?3, last_error = ?4, finished = ?5,"
+                 " headers = CASE WHEN ?7 THEN NULL ELSE headers END,"
+                 " body = CASE WHEN ?7 THEN NULL ELSE body END,"
+                 " plan = CASE WHEN ?7 THEN NULL ELSE plan END WHERE id = ?6",
     [S_REQUEUE] = "UPDATE queue SET next_at = ? WHERE id = ?",
     [S_DEQUEUE] = "DELETE FROM queue WHERE id = ?",
     [S_LIST] = "SELECT " DELIVERY_COLUMNS DELIVERY_JOIN " WHERE q.id IS NOT NULL OR d.state = 2"
@@ -811,8 +817,9 @@ double brm_store_next_due(struct brm_store *s, double after) {
     return t;
 }
 
-int brm_store_finish(struct brm_store *s, int64_t id, int tried, enum brm_delivery_state state,
-                     double next_at, int status, const char *error, struct brm_err *err) {
+int brm_store_finish(struct brm_store *s, int64_t id, int tried, int secret,
+                     enum brm_delivery_state state, double next_at, int status, const char *error,
+                     struct brm_err *err) {
     if (state == BRM_DELIVERY_PENDING) {
         sqlite3_bind_double(s->stmt[S_REQUEUE], 1, next_at);
         sqlite3_bind_int64(s->stmt[S_REQUEUE], 2, id);
@@ -820,7 +827,8 @@ int brm_store_finish(struct brm_store *s, int64_t id, int tried, enum brm_delive
     } else {
         sqlite3_bind_int64(s->stmt[S_DEQUEUE], 1, id);
         if (run(s, S_DEQUEUE, err, "recording an attempt") < 0) return -1;
-        if (state == BRM_DELIVERY_DONE && !tried) return 0; /* its attempt's row says the rest */
+        if (state == BRM_DELIVERY_DONE && !tried && !secret)
+            return 0; /* its attempt's row says the rest */
     }
     sqlite3_stmt *st = s->stmt[S_FINISH];
     sqlite3_bind_int(st, 1, (int)state);
@@ -829,6 +837,7 @@ int brm_store_finish(struct brm_store *s, int64_t id, int tried, enum brm_delive
     bind_text(st, 4, error);
     sqlite3_bind_double(st, 5, brm_time_now());
     sqlite3_bind_int64(st, 6, id);
+    sqlite3_bind_int(st, 7, state == BRM_DELIVERY_DONE && secret);
     return run(s, S_FINISH, err, "recording an attempt");
 }
 

@@ -65,6 +65,7 @@ static void check_plans(const char *path) {
 
 static struct brm_delivery seen; /* the last delivery collect() saw: its numbers */
 static int seen_request;         /* and whether it had its request */
+static int seen_body;            /* and a body in it */
 
 static int collect(void *arg, const struct brm_delivery *d) {
     (void)arg;
@@ -75,6 +76,7 @@ static int collect(void *arg, const struct brm_delivery *d) {
                                   .last_status = d->last_status,
                                   .last_attempt = d->last_attempt };
     seen_request = d->method && d->url;
+    seen_body = d->body != NULL;
     if (d->id == 1) {
         last_retried.id = d->id;
         last_retried.attempts = d->attempts;
@@ -260,14 +262,14 @@ static void console_reads(const char *path) {
     CHECK_INT(brm_store_find_deliveries(r, &dq, collect, NULL, &err), 0);
     CHECK_INT(nids, 3);
     if (nids == 3) first = ids[2];
-    CHECK_INT(brm_store_finish(s, first, 0, BRM_DELIVERY_DEAD, 200, 400, "HTTP 400", &err), 0);
+    CHECK_INT(brm_store_finish(s, first, 0, 0, BRM_DELIVERY_DEAD, 200, 400, "HTTP 400", &err), 0);
     struct brm_attempt at = { 150, 503, "busy", "HTTP 503" }, at2 = { 200, 400, NULL, "HTTP 400" };
     CHECK_INT(brm_store_add_attempt(s, first, &at, &err), 0);
     CHECK_INT(brm_store_add_attempt(s, first, &at2, &err), 0);
     /* Done at its first attempt: it only leaves the queue, and reads as
      * done with that attempt's status and time, its request kept. */
     struct brm_attempt ok = { 210, 204, NULL, NULL };
-    CHECK_INT(brm_store_finish(s, first + 2, 0, BRM_DELIVERY_DONE, 200, 204, NULL, &err), 0);
+    CHECK_INT(brm_store_finish(s, first + 2, 0, 0, BRM_DELIVERY_DONE, 200, 204, NULL, &err), 0);
     CHECK_INT(brm_store_add_attempt(s, first + 2, &ok, &err), 0);
     CHECK_INT(brm_store_delivery(r, first + 2, collect, NULL, &err), 1);
     CHECK(seen.state == BRM_DELIVERY_DONE && seen.attempts == 1 && seen.last_status == 204 &&
@@ -484,9 +486,9 @@ int main(void) {
 
     /* Outcomes: done, pending again later, dead. */
     CHECK_INT(brm_store_begin(s, &err), 0);
-    CHECK_INT(brm_store_finish(s, 4, 0, BRM_DELIVERY_DONE, 200, 201, NULL, &err), 0);
-    CHECK_INT(brm_store_finish(s, 2, 0, BRM_DELIVERY_PENDING, 300, 429, "slow down", &err), 0);
-    CHECK_INT(brm_store_finish(s, 1, 0, BRM_DELIVERY_DEAD, 200, 400, "bad", &err), 0);
+    CHECK_INT(brm_store_finish(s, 4, 0, 0, BRM_DELIVERY_DONE, 200, 201, NULL, &err), 0);
+    CHECK_INT(brm_store_finish(s, 2, 0, 0, BRM_DELIVERY_PENDING, 300, 429, "slow down", &err), 0);
+    CHECK_INT(brm_store_finish(s, 1, 0, 0, BRM_DELIVERY_DEAD, 200, 400, "bad", &err), 0);
     CHECK_INT(brm_store_commit(s, &err), 0);
     due_for(s, "snow", 200);
     CHECK(nids == 2 && ids[0] == 5 && ids[1] == 6); /* the next of ticket K may go now */
@@ -520,12 +522,35 @@ int main(void) {
     CHECK_INT(brm_store_drop(s, 3, &err), 1);
     CHECK_INT(brm_store_drop(s, 3, &err), 0);
     /* Done after a failed attempt: its row says so, with both attempts. */
-    CHECK_INT(brm_store_finish(s, 2, 1, BRM_DELIVERY_DONE, 400, 200, NULL, &err), 0);
+    CHECK_INT(brm_store_finish(s, 2, 1, 0, BRM_DELIVERY_DONE, 400, 200, NULL, &err), 0);
     CHECK_INT(brm_store_delivery(s, 2, collect, NULL, &err), 1);
     CHECK(seen.state == BRM_DELIVERY_DONE && seen.attempts == 2 && seen.last_status == 200);
     CHECK_INT(brm_store_retry(s, 2, &err), 0); /* done stays done */
     CHECK_INT(brm_store_pending(s, 200, &count, &oldest), 0);
     CHECK_INT(count, 3); /* 1 (retried), 5 and 6 */
+    /* Done at its first attempt to a target with secrets: its request,
+     * which may hold them, goes; its row says done. */
+    char body[] = "{\"routing_key\":\"R0UT1NGK3Y\"}";
+    struct brm_delivery secret = { .key = "9:1:1",
+                                   .target = "pd",
+                                   .rule = "r",
+                                   .topic = "alarms",
+                                   .event = "e1",
+                                   .method = "POST",
+                                   .url = "https://events.pagerduty.com/v2/enqueue",
+                                   .body = body,
+                                   .body_len = strlen(body),
+                                   .created = 100,
+                                   .next_at = 100,
+                                   .expires = 1000 };
+    CHECK_INT(brm_store_add_delivery(s, &secret, &err), 1);
+    nids = 0;
+    CHECK_INT(brm_store_list(s, 0, 1, collect, NULL, &err), 0); /* the newest: it */
+    int64_t pd = nids == 1 ? ids[0] : 0;
+    CHECK_INT(brm_store_finish(s, pd, 0, 1, BRM_DELIVERY_DONE, 200, 202, NULL, &err), 0);
+    CHECK_INT(brm_store_delivery(s, pd, collect, NULL, &err), 1);
+    CHECK(seen.state == BRM_DELIVERY_DONE && seen.attempts == 1 && seen.last_status == 202 &&
+          !seen_body);
     /* Done deliveries go with their body, keys and all; pending ones stay. */
     char small[] = "{}";
     struct brm_body two = { .id = 2,
