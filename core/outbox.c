@@ -48,6 +48,7 @@ struct job {
     int64_t id;
     char *key, *ticket, *rule, *event;
     int attempts;
+    int secret; /* its stored request holds one of its target's secrets */
     double created, expires;
     struct brm_plan plan;
     enum brm_step step;
@@ -63,7 +64,7 @@ struct job {
 struct result {
     int64_t id;
     int tried;  /* attempts before this one */
-    int secret; /* its target has secrets (brm_store_finish) */
+    int secret; /* its request holds a secret (brm_store_finish) */
     enum brm_delivery_state state;
     double next_at;
     int status;
@@ -399,7 +400,7 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
     brm_outbox_mask(tr->t, reason ? reason : "", &masked);
     brm_outbox_mask(tr->t, job->answer, &answer);
     double delay = done ? 0 : backoff(tr->t, job->attempts, retry_after);
-    int secret = tr->t->nsecrets > 0;
+    int secret = job->secret;
     if (done) {
         add_result(ob, job->id, job->attempts, secret, BRM_DELIVERY_DONE, now, status, NULL, now,
                    answer.data);
@@ -638,6 +639,23 @@ static void add_entry(struct job *job) {
     job->sa = brm_stream_add(job->tr->stream, &e, added, job);
 }
 
+/* 1 when D's stored request may hold one of T's secrets other than in its
+ * URL (which a done delivery keeps): a ticket's plan (its credentials go
+ * in as Basic authorisation, encoded), or headers or a body that hold one
+ * as it is (an API key, a routing key). */
+static int holds_secret(const struct brm_target *t, const struct brm_delivery *d) {
+    if (d->plan) return 1;
+    for (size_t i = 0; i < t->nsecrets; i++) {
+        const char *v = t->secrets[i];
+        size_t n = strlen(v);
+        if (n == 0) continue;
+        if ((d->headers && strstr(d->headers, v)) ||
+            (d->body && memmem(d->body, d->body_len, v, n)))
+            return 1;
+    }
+    return 0;
+}
+
 static void start_job(struct brm_outbox *ob, struct target_rt *tr, const struct brm_delivery *d) {
     struct brm_err err;
     struct job *job = brm_xcalloc(1, sizeof(*job));
@@ -649,6 +667,7 @@ static void start_job(struct brm_outbox *ob, struct target_rt *tr, const struct 
     job->rule = brm_xstrdup(d->rule);
     job->event = brm_xstrdup(d->event);
     job->attempts = d->attempts;
+    job->secret = holds_secret(tr->t, d);
     job->created = d->created;
     job->expires = d->expires;
     job->next = ob->jobs;

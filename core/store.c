@@ -174,9 +174,9 @@ static const char *const migrations[] = {
      * before: state 1 or 2, its attempts, last status and error. The
      * request stays with the delivery, for the console to show, until the
      * ring removes its body (the space a done request left was never used
-     * again anyway: rows go at the end of the table), unless its target
-     * has secrets, which it may hold: it goes when the delivery is done, as
-     * before. At 10 messages a request, the writer wrote 44 KB a request,
+     * again anyway: rows go at the end of the table), unless it may hold
+     * a secret other than in its URL (the outbox says): it goes when the
+     * delivery is done, as before. At 10 messages a request, the writer wrote 44 KB a request,
      * now 29. */
     "CREATE TABLE queue ("
     "  id INTEGER PRIMARY KEY," /* the delivery's */

@@ -153,6 +153,33 @@ static void test_mask(void) {
     check_mask(NULL, "tok-1234", "tok-1234");
 }
 
+/* A done delivery's request goes when it may hold a secret, not for one
+ * in its URL alone (which stays anyway). */
+static void test_holds_secret(void) {
+    char url[] = "https://hooks.slack.com/services/T0/B0/XYZ", key[] = "R0UT1NGK3Y";
+    char *secrets[] = { url, key };
+    struct brm_target t = { .secrets = secrets, .nsecrets = 2 };
+    struct brm_delivery d = { .url = url,
+                              .headers = "Content-Type: application/json",
+                              .body = "{\"text\":\"ap-1 down\"}",
+                              .body_len = 20 };
+    CHECK_INT(holds_secret(&t, &d), 0);
+    d.body = "{\"routing_key\":\"R0UT1NGK3Y\"}"; /* a routing key, in the body */
+    d.body_len = strlen(d.body);
+    CHECK_INT(holds_secret(&t, &d), 1);
+    d.body_len = 10; /* the body is its length, not up to a NUL */
+    CHECK_INT(holds_secret(&t, &d), 0);
+    d.headers = "Authorization: GenieKey R0UT1NGK3Y";
+    CHECK_INT(holds_secret(&t, &d), 1);
+    d.headers = NULL;
+    d.plan = "{\"create\":{}}"; /* a ticket's plan: its credentials are encoded */
+    CHECK_INT(holds_secret(&t, &d), 1);
+    struct brm_target none = { 0 };
+    d.plan = NULL;
+    d.body_len = strlen(d.body);
+    CHECK_INT(holds_secret(&none, &d), 0);
+}
+
 /* ---- deliveries run to their outcome --------------------------------------- */
 
 static char dir[] = "/tmp/brume-outbox-XXXXXX";
@@ -329,6 +356,7 @@ static void test_deliveries(void) {
 int main(void) {
     test_backoff();
     test_mask();
+    test_holds_secret();
     test_deliveries();
     return test_done();
 }
