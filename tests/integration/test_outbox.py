@@ -3,7 +3,8 @@ target in its format; 429, 500, timeouts and dropped connections are
 retried (Retry-After is a floor); a 400 is a dead letter that `brume outbox`
 lists and can re-queue; max_age gives up; rate and concurrency pace each
 target without holding up the others; tickets open once per dedup key and
-are updated after; Standard Webhooks signatures; secrets never shown."""
+are updated after; Standard Webhooks signatures; secrets never shown, nor
+kept in a done delivery's request."""
 import base64
 import email.utils
 import hashlib
@@ -14,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import time
 import unittest
 import uuid
@@ -73,13 +75,17 @@ targets = {
   hang = { kind = "webhook", url = "http://127.0.0.1:%d/hang", timeout = "60s" },
   quick = { kind = "webhook", url = "%s" },
   bigsig = { kind = "webhook", url = "%s", secret = "whsec_%s" },
+  kept = { kind = "webhook", url = "%s" },
+  keyed = { kind = "webhook", url = "%s", headers = { ["X-Api-Key"] = "HOOK-KEY-55" } },
+  paged = { kind = "pagerduty", url = "%s", routing_key = "PD-ROUTING-KEY-44" },
 }
 """ % (harness.SECRET, m.url("/secops"), m.url("/retry"), m.url("/dead"), m.url("/down"),
        m.url("/paced"), m.url("/slow"), m.url("/fast"), m.url("/flaky"), m.url("/dropper"),
        m.url(""), m.url(""), m.url("/signed"), base64.b64encode(b"sign-me").decode(),
        m.url("/pd"), m.url(""), m.url(""), m.url("/dated"), m.url("/backoff"),
        cls.hang.getsockname()[1], m.url("/quick"), m.url("/bigsig"),
-       base64.b64encode(cls.big_key).decode()),
+       base64.b64encode(cls.big_key).decode(), m.url("/kept"), m.url("/keyed"),
+       m.url("/paged")),
             rules={"route.lua": RULE}, workers=2)
         shutil.copy(os.path.join(SRC, "rules", "rogue_ap.lua"), cls.b.path("rules"))
         cls.b.start()
@@ -365,6 +371,35 @@ targets = {
         for secret in ("PD-ROUTING-KEY-99", "SNOW-PASSWORD-77", "JIRA-TOKEN-88"):
             self.assertNotIn(secret, listing)
             self.assertNotIn(secret, self.b.log())
+
+    def test_a_done_delivery_keeps_its_request_unless_it_holds_a_secret(self):
+        # A secret URL stays with a done delivery anyway: its message stays
+        # too, for the console. A secret header or body goes once it is done.
+        ids = {t: self.post(target=t, title="kept or not") for t in ("kept", "keyed", "paged")}
+        for path in ("/kept", "/keyed", "/paged"):
+            self.m.wait_for(lambda r: len(r) >= 1, path=path)
+        deadline = time.time() + 15
+        while True:
+            db = sqlite3.connect(self.b.path("var", "brume.db"))
+            try:
+                rows = {target: (headers, body) for target, headers, body in db.execute(
+                    "SELECT d.target, d.headers, d.body FROM deliveries d"
+                    " LEFT JOIN queue q ON q.id = d.id WHERE q.id IS NULL AND d.event IN (?, ?, ?)",
+                    tuple(ids.values()))}
+            finally:
+                db.close()
+            if len(rows) == 3:
+                break
+            self.assertLess(time.time(), deadline, rows)
+            time.sleep(0.1)
+        self.assertIn(b"kept or not", bytes(rows["kept"][1]))
+        self.assertEqual(rows["keyed"], (None, None))
+        self.assertEqual(rows["paged"], (None, None))
+        listing = self.outbox("list", "--all").stdout
+        done = [l.split() for l in listing.splitlines()[1:]]
+        for target in ("kept", "keyed", "paged"):
+            row = [c for c in done if c[2] == target]
+            self.assertEqual((row[0][1], row[0][3]), ("done", "1"), listing)
 
     def test_brume_http_and_proxies(self):
         self.post(raw_url=self.m.url("/raw"))
