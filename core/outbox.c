@@ -48,7 +48,7 @@ struct job {
     int64_t id;
     char *key, *ticket, *rule, *event;
     int attempts;
-    int secret; /* its stored request holds one of its target's secrets */
+    int secret; /* its stored request may hold a secret (holds_secret) */
     double created, expires;
     struct brm_plan plan;
     enum brm_step step;
@@ -400,16 +400,15 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
     brm_outbox_mask(tr->t, reason ? reason : "", &masked);
     brm_outbox_mask(tr->t, job->answer, &answer);
     double delay = done ? 0 : backoff(tr->t, job->attempts, retry_after);
-    int secret = job->secret;
     if (done) {
-        add_result(ob, job->id, job->attempts, secret, BRM_DELIVERY_DONE, now, status, NULL, now,
-                   answer.data);
+        add_result(ob, job->id, job->attempts, job->secret, BRM_DELIVERY_DONE, now, status, NULL,
+                   now, answer.data);
         brm_counter_add(tr->done, 1);
         brm_log_debug("delivered", "target", tr->t->name, "delivery", id, "request", request,
                       "event", job->event, "status", st);
     } else if (retry && now + delay <= job->expires) {
-        add_result(ob, job->id, job->attempts, secret, BRM_DELIVERY_PENDING, now + delay, status,
-                   masked.data, now, answer.data);
+        add_result(ob, job->id, job->attempts, job->secret, BRM_DELIVERY_PENDING, now + delay,
+                   status, masked.data, now, answer.data);
         brm_counter_add(tr->retried, 1);
         char in[32];
         snprintf(in, sizeof(in), "%.0fs", delay);
@@ -422,8 +421,8 @@ static void job_finish(struct job *job, int done, int retry, int status, const c
             snprintf(why, sizeof(why), "gave up after %.0fs: %s", now - job->created, masked.data);
         else
             snprintf(why, sizeof(why), "%s", masked.data);
-        add_result(ob, job->id, job->attempts, secret, BRM_DELIVERY_DEAD, now, status, why, now,
-                   answer.data);
+        add_result(ob, job->id, job->attempts, job->secret, BRM_DELIVERY_DEAD, now, status, why,
+                   now, answer.data);
         brm_counter_add(tr->dead, 1);
         brm_log_error("delivery dead", "target", tr->t->name, "delivery", id, "request", request,
                       "rule", job->rule, "event", job->event, "attempts", attempt, "status", st,

@@ -176,8 +176,8 @@ static const char *const migrations[] = {
      * ring removes its body (the space a done request left was never used
      * again anyway: rows go at the end of the table), unless it may hold
      * a secret other than in its URL (the outbox says): it goes when the
-     * delivery is done, as before. At 10 messages a request, the writer wrote 44 KB a request,
-     * now 29. */
+     * delivery is done, as before. At 10 messages a request, the writer
+     * wrote 44 KB a request, now 29. */
     "CREATE TABLE queue ("
     "  id INTEGER PRIMARY KEY," /* the delivery's */
     "  target TEXT NOT NULL,"

@@ -99,8 +99,9 @@ double brm_store_next_due(struct brm_store *s, double after);
  * came before (since it was queued or last retried): done, pending again at
  * NEXT_AT, or dead. One done at its first attempt only leaves the queue:
  * its attempt's row (brm_store_add_attempt) is its outcome, and its request
- * stays, unless SECRET (one of its target's secrets is in its headers, body
- * or plan): a done delivery's request then goes, but for its URL. */
+ * stays, unless SECRET (the outbox found that its headers, body or plan may
+ * hold one of its target's secrets): a done delivery's request then goes,
+ * but for its URL. */
 int brm_store_finish(struct brm_store *s, int64_t id, int tried, int secret,
                      enum brm_delivery_state state, double next_at, int status, const char *error,
                      struct brm_err *err);
