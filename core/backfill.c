@@ -776,8 +776,9 @@ void brm_backfill_taken(const struct brm_backfill_body *b, const struct brm_back
 }
 
 /* One result of the search: passed over (seen in this run), skipped,
- * handed in, or said what would become of it. */
-static void handle(struct run *r, const struct result *x) {
+ * handed in, or said what would become of it. HAVE: the journal holds its
+ * bytes (in_journal). */
+static void handle(struct run *r, const struct result *x, int have) {
     unsigned char key[KEY_BYTES];
     if (x->id)
         key_of("id", x->id, strlen(x->id), key);
@@ -814,15 +815,6 @@ static void handle(struct run *r, const struct result *x) {
         note(r, x, SKIPPED, events, "the same body as another in this run");
         return;
     }
-    struct brm_err err;
-    int have = 0;
-    if (r->journal)
-        have = brm_store_has_body(r->journal, brm_hash64(x->body, x->len), x->body, x->len, &err);
-    if (have < 0) {
-        brm_log_warn("backfill: cannot look in the journal", "source", r->src->name, "error",
-                     err.msg);
-        have = 0; /* then dedupe is what keeps it from running twice */
-    }
     if (have) {
         note(r, x, SKIPPED, events, "in the journal already");
         return;
@@ -834,6 +826,37 @@ static void handle(struct run *r, const struct result *x) {
     const char *reason = NULL;
     enum outcome o = hand_in(r, x, &reason);
     note(r, x, o, events, reason);
+}
+
+/*
+ * Which of a page's N results the journal holds already, in FOUND (zeroed
+ * by the caller): bodies
+ * brume stored but whose answer Mist did not get in time, or that an
+ * earlier run took in. Mist's log says when it posted each body, brume
+ * received it then: the look is one pass over the bodies received from
+ * POSTED_SKEW before the page's first post to POSTED_SKEW after its last,
+ * whatever the journal's size. A result without a time looks through it all.
+ */
+#define POSTED_SKEW 600.0 /* seconds brume's clock and Mist's may disagree by */
+
+static void in_journal(struct run *r, const struct result *v, size_t n, int *found) {
+    if (!r->journal || n == 0) return;
+    struct brm_store_probe *p = brm_xcalloc(n, sizeof(*p));
+    double from = INFINITY, to = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        const char *body = v[i].body ? v[i].body : "";
+        p[i] = (struct brm_store_probe){ brm_hash64(body, v[i].len), body, v[i].len, 0 };
+        double at = v[i].timestamp;
+        from = isfinite(at) ? fmin(from, at - POSTED_SKEW) : -HUGE_VAL;
+        to = isfinite(at) ? fmax(to, at + POSTED_SKEW) : HUGE_VAL;
+    }
+    struct brm_err err;
+    if (brm_store_has_bodies(r->journal, p, n, from, to, &err) < 0)
+        brm_log_warn("backfill: cannot look in the journal", "source", r->src->name, "error",
+                     err.msg); /* then dedupe is what keeps them from running twice */
+    else
+        for (size_t i = 0; i < n; i++) found[i] = v[i].body && p[i].found;
+    free(p);
 }
 
 /* ---- a catch-up's mark ----------------------------------------------------- */
@@ -910,7 +933,10 @@ static int read_window(struct run *r, struct brm_err *err) {
         if (rc == 0) rc = read_page(r, &a, &v, &n, &listed, &last, &page, err);
         brm_buf_reset(&a.body);
         if (rc < 0) return -1;
-        for (size_t i = 0; i < n && !atomic_load(&r->bf->stopping); i++) handle(r, &v[i]);
+        int *found = brm_xcalloc(n ? n : 1, sizeof(*found));
+        in_journal(r, v, n, found);
+        for (size_t i = 0; i < n && !atomic_load(&r->bf->stopping); i++) handle(r, &v[i], found[i]);
+        free(found);
         free_results(v, n);
         if (atomic_load(&r->bf->stopping)) {
             brm_err_set(err, "source %s: brume is stopping", r->src->name);

@@ -191,6 +191,17 @@ static const char *const migrations[] = {
     "CREATE INDEX queue_target ON queue(target, next_at);"
     "CREATE INDEX queue_due ON queue(next_at);"
     "CREATE INDEX queue_ticket ON queue(target, ticket, id) WHERE ticket IS NOT NULL;",
+    /* 13: backfill finds a body Mist logged as failed by when Mist posted
+     * it (brm_store_has_bodies), not by an index of every digest: those
+     * come in no order, and the writer put each in its own page of the
+     * index (a WAL frame a body, of about sixteen a commit at one event a
+     * body). The digest goes beside the time in the received index, which
+     * grows at its end; the bodies backfill took in, whose received time
+     * is when they were taken, keep an index of their digests. */
+    "DROP INDEX bodies_digest;"
+    "DROP INDEX bodies_received;"
+    "CREATE INDEX bodies_received ON bodies(received, digest);"
+    "CREATE INDEX bodies_digest ON bodies(digest) WHERE backfilled = 1;",
 };
 
 enum stmt {
@@ -248,7 +259,9 @@ enum stmt {
     S_C_ATTEMPTS,
     S_PROBE_ADD,
     S_PROBE_DROP,
-    S_HAS_BODY,
+    S_HAS_TAKEN,
+    S_RECEIVED_DIGESTS,
+    S_SAME_BYTES,
     S_SOURCE_LAST,
     S_HOLD,
     S_UNHOLD,
@@ -283,6 +296,8 @@ enum stmt {
 #define WITH_QUEUE    " LEFT JOIN queue q ON q.id = d.id"
 #define DELIVERY_JOIN " FROM deliveries d" WITH_QUEUE
 #define QUEUE_JOIN    " FROM queue q JOIN deliveries d ON d.id = q.id"
+/* A body row holds the bytes ?2 (as they came, packed or not). */
+#define SAME_BYTES "coalesce(size, length(body)) = length(?2) AND brume_body(body, size) = ?2"
 /* The console's listings. */
 #define CONSOLE_DELIVERY "SELECT " DELIVERY_COLUMNS " FROM deliveries d"
 #define CONSOLE_BODY                                                                               \
@@ -409,9 +424,14 @@ static const char *const sql[NSTMT] = {
     [S_PROBE_ADD] = "INSERT INTO bodies (id, source, topic, received, events, body)"
                     " VALUES (0, '', '', 0, 0, zeroblob(?))",
     [S_PROBE_DROP] = "DELETE FROM bodies WHERE id = 0",
-    [S_HAS_BODY] = "SELECT 1 FROM bodies INDEXED BY bodies_digest WHERE digest = ?1"
-                   " AND coalesce(size, length(body)) = length(?2) AND brume_body(body, size) = ?2"
-                   " LIMIT 1",
+    /* Backfill's look (brm_store_has_bodies): the bodies it took in, by
+     * digest; the others received in a window, from the received index
+     * alone; a row of the same digest has the same bytes when SAME_BYTES. */
+    [S_HAS_TAKEN] = "SELECT 1 FROM bodies INDEXED BY bodies_digest WHERE digest = ?1"
+                    " AND backfilled = 1 AND " SAME_BYTES " LIMIT 1",
+    [S_RECEIVED_DIGESTS] = "SELECT id, digest FROM bodies INDEXED BY bodies_received"
+                           " WHERE received >= ?1 AND received <= ?2 AND digest IS NOT NULL",
+    [S_SAME_BYTES] = "SELECT 1 FROM bodies WHERE id = ?1 AND " SAME_BYTES,
     /* The newest of the last ?3 bodies (through bodies_received), not
      * every body of the window: a rare source among busy ones is looked
      * for that far back only. */
@@ -997,16 +1017,67 @@ int brm_store_add_body(struct brm_store *s, const struct brm_body *b, size_t *st
     return rc;
 }
 
-int brm_store_has_body(struct brm_store *s, uint64_t digest, const void *body, size_t len,
-                       struct brm_err *err) {
-    sqlite3_stmt *st = s->stmt[S_HAS_BODY];
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)digest);
-    sqlite3_bind_blob(st, 2, body ? body : "", (int)len, SQLITE_STATIC);
+/* 1 when statement WHICH, with KEY for ?1 and P's bytes for ?2, finds a
+ * row, 0 when not, -1 with ERR set. */
+static int holds(struct brm_store *s, enum stmt which, sqlite3_int64 key,
+                 const struct brm_store_probe *p, struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[which];
+    sqlite3_bind_int64(st, 1, key);
+    sqlite3_bind_blob(st, 2, p->body ? p->body : "", (int)p->len, SQLITE_STATIC);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "looking for a body");
     return rc == SQLITE_ROW;
+}
+
+struct by_digest {
+    uint64_t digest;
+    struct brm_store_probe *probe;
+};
+
+static int cmp_digest(const void *a, const void *b) {
+    uint64_t x = ((const struct by_digest *)a)->digest, y = ((const struct by_digest *)b)->digest;
+    return (x > y) - (x < y);
+}
+
+int brm_store_has_bodies(struct brm_store *s, struct brm_store_probe *p, size_t n, double from,
+                         double to, struct brm_err *err) {
+    struct by_digest *left = brm_xcalloc(n ? n : 1, sizeof(*left));
+    size_t nleft = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc >= 0; i++) {
+        rc = holds(s, S_HAS_TAKEN, (sqlite3_int64)p[i].digest, &p[i], err);
+        p[i].found = rc == 1;
+        if (rc == 0) left[nleft++] = (struct by_digest){ p[i].digest, &p[i] };
+    }
+    qsort(left, nleft, sizeof(*left), cmp_digest);
+    /* One pass over the window's entries of the received index, each
+     * looked for among the probes left: the look costs what the window
+     * holds, once a page of Mist's results. */
+    sqlite3_stmt *st = s->stmt[S_RECEIVED_DIGESTS];
+    sqlite3_bind_double(st, 1, from);
+    sqlite3_bind_double(st, 2, to);
+    size_t unfound = nleft;
+    int step = SQLITE_DONE;
+    while (rc >= 0 && unfound && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        struct by_digest key = { (uint64_t)sqlite3_column_int64(st, 1), NULL };
+        struct by_digest *hit = bsearch(&key, left, nleft, sizeof(*left), cmp_digest);
+        while (hit && hit > left && hit[-1].digest == key.digest) hit--;
+        for (; hit && hit < left + nleft && hit->digest == key.digest && rc >= 0; hit++) {
+            if (hit->probe->found) continue;
+            rc = holds(s, S_SAME_BYTES, sqlite3_column_int64(st, 0), hit->probe, err);
+            if (rc == 1) {
+                hit->probe->found = 1;
+                unfound--;
+            }
+        }
+    }
+    if (rc >= 0 && step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = fail(s, err, "looking for bodies");
+    sqlite3_reset(st);
+    free(left);
+    return rc < 0 ? -1 : 0;
 }
 
 int brm_store_source_last(struct brm_store *s, const char *source, double after, long scan,

@@ -153,11 +153,21 @@ struct brm_body {
  * gets the bytes its body takes in the store, which the ring counts. */
 int brm_store_add_body(struct brm_store *s, const struct brm_body *b, size_t *stored,
                        struct brm_err *err);
-/* 1 when the journal holds a body of exactly these LEN bytes, whose
- * brm_hash64 is DIGEST (found through its index, then compared), 0 when
- * not, -1 with ERR set. */
-int brm_store_has_body(struct brm_store *s, uint64_t digest, const void *body, size_t len,
-                       struct brm_err *err);
+/* What backfill asks the journal of a body Mist logged: does it hold
+ * these bytes? */
+struct brm_store_probe {
+    uint64_t digest; /* brm_hash64 of BODY */
+    const void *body;
+    size_t len;
+    int found; /* set by brm_store_has_bodies */
+};
+/* Sets FOUND in each of the N PROBES: 1 when the journal holds a body of
+ * exactly its bytes that backfill took in (at any time), or that was
+ * received in [FROM, TO] (Mist's log says when it posted a body, and
+ * brume received it then: the look is bounded by the window, not the
+ * journal's size). Returns 0, or -1 with ERR set. */
+int brm_store_has_bodies(struct brm_store *s, struct brm_store_probe *p, size_t n, double from,
+                         double to, struct brm_err *err);
 /* When the newest body SOURCE posted (a backfilled one is not) received at
  * AFTER or later was received, looking at the newest SCAN bodies only: 1
  * with it in *RECEIVED, 0 when none of them is, -1 with ERR set. */

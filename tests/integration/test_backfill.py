@@ -125,6 +125,7 @@ class Backfill(unittest.TestCase):
         # One event came live, and Mist logged its post as failed anyway
         # (brume stored it, the answer was late): its bytes are in the journal.
         _, live = sample(0, "live-1")
+        posted = time.time()
         self.assertEqual(b.post(live).status, 200)
         base = int(time.time()) - 1800
         m = self.mist
@@ -138,7 +139,7 @@ class Backfill(unittest.TestCase):
                       body=sample(i, "ok-%d" % i)[1], status="success")
         m.add(webhook=str(uuid.uuid4()), org=ORG, topic="alarms", ts=base + 5,
               body=sample(0, "other-webhook")[1])
-        m.add(webhook=WH_ORG, org=ORG, topic="alarms", ts=base + 90, body=live)
+        m.add(webhook=WH_ORG, org=ORG, topic="alarms", ts=posted, body=live)
         # One event, at organisation and at site level: two webhooks, two
         # bodies (written differently), one event.
         event = json.loads(sample(0, "both-1")[1])
@@ -206,6 +207,11 @@ class Backfill(unittest.TestCase):
         self.assertEqual(r2.returncode, 0, r2.stderr)
         self.assertRegex(r2.stdout, r"source org: .*: 252 found, 0 taken, 252 skipped")
         self.assertRegex(r2.stdout, r"source site: .*: 1 found, 0 taken, 1 skipped")
+        # Every body is journaled: the live one near when Mist logged its
+        # post, those backfill handed in (the copy dedupe skipped too) when
+        # taken, long after: found by their digest.
+        self.assertEqual(len(re.findall(r"skipped +\w+ +\S+ .* in the journal already", r2.stdout)),
+                         253, r2.stdout)
         time.sleep(0.5)
         self.assertEqual(len(b.lines("out.jsonl")), 252)
         self.no_token_anywhere(b, r.stdout, r.stderr, r2.stdout, r2.stderr)

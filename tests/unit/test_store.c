@@ -134,6 +134,14 @@ static void scramble(char *p, size_t n) {
 }
 
 /* A page of bodies for Q: their ids in IDS, NIDS. */
+/* Backfill's look for one body Mist logged as posted in [FROM, TO]: 1 or 0. */
+static int has_body(struct brm_store *s, const void *body, size_t len, double from, double to) {
+    struct brm_store_probe p = { brm_hash64(body, len), body, len, -1 };
+    struct brm_err err;
+    CHECK_INT(brm_store_has_bodies(s, &p, 1, from, to, &err), 0);
+    return p.found;
+}
+
 static void page(struct brm_store *s, struct brm_body_query *q) {
     struct brm_err err;
     nids = 0;
@@ -382,7 +390,7 @@ static void packed_bodies(const char *path) {
         CHECK_INT(brm_store_body(s, b.id, copy_body, NULL, &err), 1);
         CHECK_INT((long)got_len, (long)cases[i].len);
         CHECK(memcmp(got_body, cases[i].body, cases[i].len) == 0);
-        CHECK_INT(brm_store_has_body(s, b.digest, cases[i].body, cases[i].len, &err), 1);
+        CHECK_INT(has_body(s, cases[i].body, cases[i].len, b.received, b.received), 1);
     }
     char got[256];
     query(path, "SELECT group_concat(coalesce(size, 'as it came'), ',') FROM bodies", 0, got,
@@ -409,10 +417,8 @@ static void packed_bodies(const char *path) {
     CHECK_INT(brm_store_bodies(s, 0, 1e12, 0, collect_body, NULL, &err), 0);
     CHECK_INT(nids, 3);
     /* Backfill's exact match compares the bytes as they came. */
-    uint64_t digest = brm_hash64(batch, n);
     batch[n - 4] = '8'; /* "n":98 */
-    CHECK_INT(brm_store_has_body(s, brm_hash64(batch, n), batch, n, &err), 0);
-    CHECK_INT(brm_store_has_body(s, digest, batch, n, &err), 0); /* its digest, not its bytes */
+    CHECK_INT(has_body(s, batch, n, 0, 1e12), 0);
     batch[n - 4] = '9';
     /* Held, then released: the bytes as they came. */
     CHECK_INT(brm_store_hold(s, 1, &err), 0);
@@ -629,7 +635,7 @@ int main(void) {
     const char *live = "{\"topic\":\"alarms\",\"events\":[{\"id\":\"a\"}]}";
     const char *other = "{\"topic\":\"alarms\",\"events\":[{\"id\":\"b\"}]}";
     uint64_t d = brm_hash64(live, strlen(live));
-    CHECK_INT(brm_store_has_body(s, d, live, strlen(live), &err), 0);
+    CHECK_INT(has_body(s, live, strlen(live), 0, 1e12), 0);
     struct brm_body lb = { .id = 200,
                            .source = "org",
                            .topic = "alarms",
@@ -649,9 +655,32 @@ int main(void) {
                            .digest = brm_hash64(other, strlen(other)),
                            .backfilled = 1 };
     CHECK_INT(brm_store_add_body(s, &ob, NULL, &err), 0);
-    CHECK_INT(brm_store_has_body(s, d, live, strlen(live), &err), 1);
-    CHECK_INT(brm_store_has_body(s, d, live, strlen(live) - 1, &err), 0); /* not the same bytes */
-    CHECK_INT(brm_store_has_body(s, d, other, strlen(other), &err), 0);   /* nor the same digest */
+    CHECK_INT(has_body(s, live, strlen(live), 2990, 3010), 1);
+    CHECK_INT(has_body(s, live, strlen(live) - 1, 2990, 3010), 0); /* not the same bytes */
+    /* Received outside the window Mist's log gives: not looked at. */
+    CHECK_INT(has_body(s, live, strlen(live), 3001, 4000), 0);
+    CHECK_INT(has_body(s, live, strlen(live), 0, 2999), 0);
+    /* A body backfill took in was received when it was taken: found by its
+     * digest, whatever the window. */
+    CHECK_INT(has_body(s, other, strlen(other), 0, 10), 1);
+    {
+        /* A page at once: each probe says for itself; the same bytes twice
+         * are found twice; one of the same digest but other bytes is not. */
+        char twisted[64];
+        snprintf(twisted, sizeof(twisted), "%s", live);
+        twisted[strlen(twisted) - 4] = 'z';
+        struct brm_store_probe pr[] = {
+            { brm_hash64(other, strlen(other)), other, strlen(other), -1 },
+            { d, live, strlen(live), -1 },
+            { d, twisted, strlen(twisted), -1 }, /* a digest that lies */
+            { brm_hash64("{}", 2), "{}", 2, -1 },
+            { d, live, strlen(live), -1 },
+        };
+        CHECK_INT(brm_store_has_bodies(s, pr, 5, 2000, 3500, &err), 0);
+        CHECK(pr[0].found == 1 && pr[1].found == 1 && pr[2].found == 0 && pr[3].found == 0 &&
+              pr[4].found == 1);
+        CHECK_INT(brm_store_has_bodies(s, pr, 0, 0, 1e12, &err), 0);
+    }
     double last = -1;
     CHECK_INT(brm_store_source_last(s, "org", 0, 100, &last, &err), 1);
     CHECK(last == 3000);
@@ -746,6 +775,13 @@ int main(void) {
     CHECK_HAS(got, "WITHOUT ROWID");
     query(path, "SELECT count(*) FROM sqlite_schema WHERE tbl_name = 'meta'", 0, got, sizeof(got));
     CHECK_STR(got, "1");
+    /* Version 13: the received index carries the digest; only backfilled
+     * bodies' digests have an index of their own. */
+    query(path, "SELECT group_concat(name) FROM pragma_index_info('bodies_received')", 0, got,
+          sizeof(got));
+    CHECK_STR(got, "received,digest");
+    query(path, "SELECT sql FROM sqlite_schema WHERE name = 'bodies_digest'", 0, got, sizeof(got));
+    CHECK_HAS(got, "WHERE backfilled = 1");
     /* A database from a newer brume is refused, not damaged. */
     check_plans(path);
     char version[16];
