@@ -34,11 +34,24 @@ static int needs_sig(void *arg, const struct brm_http_req *req, const char **rea
     return 401;
 }
 
+/* The clients of check_one_wake_a_pass, and how many of them had an answer
+ * to read while a handler ran. */
+static int probes[3], answered_meanwhile;
+
+static void probe(void *arg, struct brm_http_req *req) {
+    for (size_t i = 0; i < BRM_ARRAY_LEN(probes); i++) {
+        struct pollfd p = { .fd = probes[i], .events = POLLIN };
+        answered_meanwhile += poll(&p, 1, 0) == 1;
+    }
+    echo(arg, req);
+}
+
 static const struct brm_http_route routes[] = {
     { "/mist", "mist", BRM_HTTP_POST, 1000, needs_sig, echo, NULL },
     { "/open", "open", BRM_HTTP_POST, 100000, NULL, echo, NULL },
     { "/get", "get", BRM_HTTP_GET, 0, NULL, echo, NULL },
     { "/async", "async", BRM_HTTP_POST, 1000, NULL, park, NULL },
+    { "/probe", "probe", BRM_HTTP_POST, 1000, NULL, probe, NULL },
 };
 
 /* Runs the loop briefly: enough for a round trip over a socketpair. */
@@ -388,6 +401,29 @@ static void check_deferred(void) {
     pump(5);
 }
 
+/* Requests ready in one pass of the event loop are all handled before any
+ * answer is written: a client is woken once for them. A client that shuts
+ * its side after asking still gets its answer. */
+static void check_one_wake_a_pass(void) {
+    static const char ask[] = "POST /probe HTTP/1.1\r\nContent-Length: 1\r\n\r\np";
+    for (size_t i = 0; i < BRM_ARRAY_LEN(probes); i++) {
+        probes[i] = client();
+        send_all(probes[i], ask, sizeof(ask) - 1);
+    }
+    shutdown(probes[1], SHUT_WR);
+    answered_meanwhile = 0;
+    for (size_t i = 0; i < BRM_ARRAY_LEN(probes); i++) {
+        int closed;
+        const char *r = receive(probes[i], &closed);
+        CHECK_HAS(r, "HTTP/1.1 200 OK\r\n");
+        CHECK_HAS(r, "/probe p");
+        CHECK(closed == (i == 1)); /* the one that shut its side is closed after its answer */
+    }
+    CHECK_INT(answered_meanwhile, 0);
+    for (size_t i = 0; i < BRM_ARRAY_LEN(probes); i++) close(probes[i]);
+    pump(5);
+}
+
 static void check_timeouts(void) {
     int closed, fd = client();
     send_all(fd, "POST /open HTTP/1.1\r\nContent-", 29);
@@ -462,6 +498,7 @@ int main(void) {
     check_unverified_cap();
     check_versions();
     check_deferred();
+    check_one_wake_a_pass();
     check_timeouts();
     check_listener();
     CHECK_STR(brm_http_reason(413), "Content Too Large");
