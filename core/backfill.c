@@ -830,12 +830,12 @@ static void handle(struct run *r, const struct result *x, int have) {
 
 /*
  * Which of a page's N results the journal holds already, in FOUND (zeroed
- * by the caller): bodies
- * brume stored but whose answer Mist did not get in time, or that an
- * earlier run took in. Mist's log says when it posted each body, brume
- * received it then: the look is one pass over the bodies received from
- * POSTED_SKEW before the page's first post to POSTED_SKEW after its last,
- * whatever the journal's size. A result without a time looks through it all.
+ * by the caller): bodies brume stored but whose answer Mist did not get in
+ * time, or that an earlier run took in. Mist's log says when it posted
+ * each body, brume received it then: the look is one pass over the bodies
+ * received from POSTED_SKEW before the page's first post to POSTED_SKEW
+ * after its last, whatever the journal's size. A result without a time
+ * looks through it all.
  */
 #define POSTED_SKEW 600.0 /* seconds brume's clock and Mist's may disagree by */
 
