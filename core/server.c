@@ -50,14 +50,6 @@
  * a device that came back while brume was stopped cancels its hold-down),
  * at most this long. */
 #define CATCH_UP_HOLD 120
-/* The attempts log keeps a week (as long as done deliveries, by default)
- * and at most this many rows. The upkeep looks at the oldest in steps, up
- * to 8 a second while steps find a full one to remove: it keeps up with
- * 4,000 attempts a second, and costs one short look when nothing is due. */
-#define ATTEMPTS_KEEP  (7 * 86400.0)
-#define ATTEMPTS_MAX   200000
-#define ATTEMPTS_STEP  512
-#define ATTEMPTS_STEPS 8
 
 struct server;
 
@@ -913,18 +905,10 @@ static void on_hup(evutil_socket_t sig, short what, void *arg) {
 }
 
 /* The journal writer's upkeep hook: expired rule state goes, a slice of the
- * table at a time, so that no step holds the state's lock for long; and a
- * step of the attempts log, by age and count. */
+ * table at a time, so that no step holds the state's lock for long. */
 static int sweep_state(void *arg, struct brm_store *st, double now, struct brm_err *err) {
     struct server *s = arg;
-    if (brm_state_sweep(s->state, SWEEP_BUCKETS, now, st, err) < 0) return -1;
-    for (int i = 0; i < ATTEMPTS_STEPS; i++) {
-        long removed =
-            brm_store_prune_attempts(st, now - ATTEMPTS_KEEP, ATTEMPTS_MAX, ATTEMPTS_STEP, err);
-        if (removed < 0) return -1;
-        if (removed < ATTEMPTS_STEP) break;
-    }
-    return 0;
+    return brm_state_sweep(s->state, SWEEP_BUCKETS, now, st, err);
 }
 
 /* Opens the store: loads the rules' state, continues the journal's ids

@@ -202,6 +202,14 @@ static const char *const migrations[] = {
     "DROP INDEX bodies_received;"
     "CREATE INDEX bodies_received ON bodies(received, digest);"
     "CREATE INDEX bodies_digest ON bodies(digest) WHERE backfilled = 1;",
+    /* 14: a delivery's attempts live as long as it does, its newest 16 at
+     * most (brm_store_add_attempt); they were pruned by age (7 days) and
+     * count (200,000), which at 40,000 messages a second took a done
+     * delivery's one attempt, so its status and time, within seconds.
+     * Attempts whose delivery is gone (none should be) go now: nothing
+     * would remove them later. */
+    "DELETE FROM attempts WHERE NOT EXISTS"
+    "  (SELECT 1 FROM deliveries d WHERE d.id = attempts.delivery);",
 };
 
 enum stmt {
@@ -243,7 +251,7 @@ enum stmt {
     S_DROP_ITEMS,
     S_ITEMS,
     S_ADD_ATTEMPT,
-    S_PRUNE_ATTEMPTS,
+    S_TRIM_ATTEMPTS,
     S_DROP_ATTEMPTS,
     S_C_BODIES,
     S_C_BODIES_TOPIC,
@@ -385,10 +393,9 @@ static const char *const sql[NSTMT] = {
     [S_ITEMS] = "SELECT key, seq, item FROM group_items ORDER BY key, seq",
     [S_ADD_ATTEMPT] = "INSERT INTO attempts (delivery, at, status, answer, error)"
                       " VALUES (?, ?, ?, ?, ?)",
-    /* A step looks at the oldest rows only: ids grow with time, so what is
-     * too old or past the count is at the front. */
-    [S_PRUNE_ATTEMPTS] = "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts ORDER BY id"
-                         " LIMIT ?3) AND (at < ?1 OR id <= (SELECT max(id) FROM attempts) - ?2)",
+    /* All but the delivery's newest ?2 (through attempts_delivery). */
+    [S_TRIM_ATTEMPTS] = "DELETE FROM attempts WHERE delivery = ?1 AND id <= (SELECT id FROM"
+                        " attempts WHERE delivery = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
     [S_DROP_ATTEMPTS] = "DELETE FROM attempts WHERE delivery = ?",
     /* The console reads pages by id, newest first: a range of the rowid or
      * of bodies_topic, stepped row by row so that a page looks at a bounded
@@ -1352,25 +1359,21 @@ int brm_store_limit(struct brm_store *s, uint64_t max_bytes, struct brm_err *err
 
 /* ---- attempts ----------------------------------------------------------- */
 
-int brm_store_add_attempt(struct brm_store *s, int64_t delivery, const struct brm_attempt *a,
-                          struct brm_err *err) {
+int brm_store_add_attempt(struct brm_store *s, int64_t delivery, int tried,
+                          const struct brm_attempt *a, struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_ADD_ATTEMPT];
     sqlite3_bind_int64(st, 1, delivery);
     sqlite3_bind_double(st, 2, a->at);
     sqlite3_bind_int(st, 3, a->status);
     bind_text(st, 4, a->answer);
     bind_text(st, 5, a->error);
-    return run(s, S_ADD_ATTEMPT, err, "recording an attempt");
-}
-
-long brm_store_prune_attempts(struct brm_store *s, double before, int64_t keep, int limit,
-                              struct brm_err *err) {
-    sqlite3_stmt *st = s->stmt[S_PRUNE_ATTEMPTS];
-    sqlite3_bind_double(st, 1, before);
-    sqlite3_bind_int64(st, 2, keep);
-    sqlite3_bind_int(st, 3, limit);
-    if (run(s, S_PRUNE_ATTEMPTS, err, "pruning attempts") < 0) return -1;
-    return (long)sqlite3_changes(s->db);
+    if (run(s, S_ADD_ATTEMPT, err, "recording an attempt") < 0) return -1;
+    if (!tried) return 0; /* the common case: its first */
+    /* Retried (or retried by hand, which starts TRIED again): look. */
+    st = s->stmt[S_TRIM_ATTEMPTS];
+    sqlite3_bind_int64(st, 1, delivery);
+    sqlite3_bind_int(st, 2, BRM_STORE_ATTEMPTS_KEPT);
+    return run(s, S_TRIM_ATTEMPTS, err, "trimming a delivery's attempts");
 }
 
 int brm_store_attempts(struct brm_store *s, int64_t delivery, int limit,

@@ -273,13 +273,15 @@ struct brm_attempt {
     const char *answer; /* the start of the answer, masked, or NULL */
     const char *error;  /* why it failed, or NULL */
 };
-/* Logs an attempt of DELIVERY (the outbox's outcomes, in their batch). */
-int brm_store_add_attempt(struct brm_store *s, int64_t delivery, const struct brm_attempt *a,
-                          struct brm_err *err);
-/* Deletes, among the oldest LIMIT attempts, those made before BEFORE or
- * past the newest KEEP. Returns how many went, or -1. */
-long brm_store_prune_attempts(struct brm_store *s, double before, int64_t keep, int limit,
-                              struct brm_err *err);
+/* A delivery's attempts log keeps its newest this many: it lives as long
+ * as the delivery (with its body, when done), so the log is bounded by the
+ * deliveries the store holds, and each shows how its last tries went. */
+#define BRM_STORE_ATTEMPTS_KEPT 16
+/* Logs an attempt of DELIVERY (the outbox's outcomes, in their batch),
+ * which TRIED attempts came before: past the first, the delivery's oldest
+ * beyond BRM_STORE_ATTEMPTS_KEPT go. */
+int brm_store_add_attempt(struct brm_store *s, int64_t delivery, int tried,
+                          const struct brm_attempt *a, struct brm_err *err);
 /* Hands FN the attempts of DELIVERY, newest first, at most LIMIT. */
 int brm_store_attempts(struct brm_store *s, int64_t delivery, int limit,
                        int (*fn)(void *arg, const struct brm_attempt *a), void *arg,

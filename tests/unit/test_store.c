@@ -10,7 +10,7 @@
 
 static char dir[64];
 
-static int64_t ids[16];
+static int64_t ids[64];
 static int nids;
 
 static struct {
@@ -93,7 +93,8 @@ static int collect_body(void *arg, const struct brm_body *b) {
 
 static int collect_attempt(void *arg, const struct brm_attempt *a) {
     (void)arg;
-    ids[nids++] = a->status;
+    if (nids < (int)BRM_ARRAY_LEN(ids)) ids[nids] = a->status;
+    nids++;
     return 0;
 }
 
@@ -272,13 +273,13 @@ static void console_reads(const char *path) {
     if (nids == 3) first = ids[2];
     CHECK_INT(brm_store_finish(s, first, 0, 0, BRM_DELIVERY_DEAD, 200, 400, "HTTP 400", &err), 0);
     struct brm_attempt at = { 150, 503, "busy", "HTTP 503" }, at2 = { 200, 400, NULL, "HTTP 400" };
-    CHECK_INT(brm_store_add_attempt(s, first, &at, &err), 0);
-    CHECK_INT(brm_store_add_attempt(s, first, &at2, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, first, 0, &at, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, first, 1, &at2, &err), 0);
     /* Done at its first attempt: it only leaves the queue, and reads as
      * done with that attempt's status and time, its request kept. */
     struct brm_attempt ok = { 210, 204, NULL, NULL };
     CHECK_INT(brm_store_finish(s, first + 2, 0, 0, BRM_DELIVERY_DONE, 200, 204, NULL, &err), 0);
-    CHECK_INT(brm_store_add_attempt(s, first + 2, &ok, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, first + 2, 0, &ok, &err), 0);
     CHECK_INT(brm_store_delivery(r, first + 2, collect, NULL, &err), 1);
     CHECK(seen.state == BRM_DELIVERY_DONE && seen.attempts == 1 && seen.last_status == 204 &&
           seen.last_attempt == 210 && seen_request);
@@ -305,16 +306,38 @@ static void console_reads(const char *path) {
     CHECK_INT(brm_store_body_deliveries(r, 17, 10, collect, NULL, &err), 0);
     CHECK(nids == 2 && ids[0] == first && ids[1] == first + 1);
     CHECK_INT(brm_store_delivery(r, first, collect, NULL, &err), 1);
-    /* Attempts, newest first; pruned by age and count; dropped with theirs. */
+    /* Attempts, newest first; a delivery keeps its newest
+     * BRM_STORE_ATTEMPTS_KEPT, whatever others do; dropped with theirs. */
     nids = 0;
     CHECK_INT(brm_store_attempts(r, first, 10, collect_attempt, NULL, &err), 0);
     CHECK(nids == 2 && ids[0] == 400 && ids[1] == 503);
-    CHECK_INT(brm_store_prune_attempts(s, 160, 100, 10, &err), 1); /* the one before 160 */
-    CHECK_INT(brm_store_add_attempt(s, first + 1, &at2, &err), 0);
-    CHECK_INT(brm_store_prune_attempts(s, 0, 1, 10, &err), 2); /* all but the newest */
+    for (int i = 0; i < BRM_STORE_ATTEMPTS_KEPT + 5; i++) {
+        struct brm_attempt again = { 300 + i, 500 + i % 2, NULL, "HTTP 5xx" };
+        /* A retry by hand starts its count again (TRIED 0 at 7 and 14). */
+        CHECK_INT(brm_store_add_attempt(s, first + 1, i % 7, &again, &err), 0);
+    }
     nids = 0;
-    brm_store_attempts(r, first + 1, 10, collect_attempt, NULL, &err);
-    CHECK_INT(nids, 1);
+    brm_store_attempts(r, first + 1, 100, collect_attempt, NULL, &err);
+    CHECK_INT(nids, BRM_STORE_ATTEMPTS_KEPT);
+    /* A first attempt does not look (the common case costs one insert)... */
+    struct brm_attempt first_again = { 390, 503, NULL, "HTTP 503" };
+    CHECK_INT(brm_store_add_attempt(s, first + 1, 0, &first_again, &err), 0);
+    nids = 0;
+    brm_store_attempts(r, first + 1, 100, collect_attempt, NULL, &err);
+    CHECK_INT(nids, BRM_STORE_ATTEMPTS_KEPT + 1);
+    /* ...the next one does. */
+    struct brm_attempt last = { 400, 502, NULL, "HTTP 502" };
+    CHECK_INT(brm_store_add_attempt(s, first + 1, 1, &last, &err), 0);
+    nids = 0;
+    brm_store_attempts(r, first + 1, 100, collect_attempt, NULL, &err);
+    CHECK_INT(nids, BRM_STORE_ATTEMPTS_KEPT);
+    CHECK(ids[0] == 502); /* the newest kept */
+    nids = 0;
+    brm_store_attempts(r, first + 2, 100, collect_attempt, NULL, &err);
+    CHECK(nids == 1 && ids[0] == 204); /* another delivery's one attempt stays */
+    nids = 0;
+    brm_store_attempts(r, first, 100, collect_attempt, NULL, &err);
+    CHECK_INT(nids, 2);
     CHECK_INT(brm_store_drop(s, first + 1, &err), 1);
     nids = 0;
     brm_store_attempts(r, first + 1, 10, collect_attempt, NULL, &err);
@@ -753,6 +776,9 @@ int main(void) {
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "INSERT INTO meta VALUES ('last_body', 1234), ('journal_bytes', 99)",
         "ALTER TABLE bodies DROP COLUMN size",
+        /* Attempts of a delivery that is gone, and of one that is not. */
+        "INSERT INTO attempts (delivery, at, status) VALUES (987654, 1, 500),"
+        " ((SELECT min(id) FROM deliveries), 2, 503)",
         "PRAGMA user_version = 9",
     };
     for (size_t i = 0; i < sizeof(v9) / sizeof(v9[0]); i++) query(path, v9[i], 0, got, sizeof(got));
@@ -782,6 +808,11 @@ int main(void) {
     CHECK_STR(got, "received,digest");
     query(path, "SELECT sql FROM sqlite_schema WHERE name = 'bodies_digest'", 0, got, sizeof(got));
     CHECK_HAS(got, "WHERE backfilled = 1");
+    /* Version 14: attempts live with their delivery; an orphan went. */
+    query(path, "SELECT count(*) FROM attempts WHERE delivery = 987654", 0, got, sizeof(got));
+    CHECK_STR(got, "0");
+    query(path, "SELECT count(*) FROM attempts WHERE at = 2 AND status = 503", 0, got, sizeof(got));
+    CHECK_STR(got, "1");
     /* A database from a newer brume is refused, not damaged. */
     check_plans(path);
     char version[16];
