@@ -20,6 +20,9 @@
 #define PROBE_MIN         (64u << 10) /* bytes a probe of a failing store writes, at least */
 #define PROBE_MAX         (8u << 20)  /* and at most */
 #define SLOW_WRITE        0.1         /* seconds: a transaction or checkpoint this long is logged */
+#define SWEEP_STEP        512         /* deliveries a step of the sweep of done ones looks at */
+#define SWEEP_STEPS       8           /* steps a second, at most, while each is full */
+#define SWEEP_AGAIN       3600.0      /* seconds: the sweep starts again from the oldest */
 
 static _Atomic int64_t next_id = 1;
 
@@ -54,6 +57,8 @@ struct brm_journal {
     int64_t last_body;   /* as saved in meta */
     int64_t pruned_upto; /* the highest body id the ring removed */
     int aging;           /* the last step for retention was full: more may be old */
+    int64_t swept;       /* the sweep of done deliveries looked up to this id */
+    double swept_from;   /* when it last started from the oldest (wall clock) */
     double next_upkeep;  /* these two on the monotonic clock (mono_now) */
     double written;      /* when the last batch was written */
     uint64_t failure_logged;
@@ -364,9 +369,32 @@ static int over_cap(struct brm_journal *j) {
     return over;
 }
 
+/*
+ * Done deliveries older than the journal's retention that the ring did not
+ * remove with a body: a timer's firing has none, and one done after its
+ * body went was not done when the ring looked. A few steps a second go on
+ * from where the last stopped; the pending and dead ones it passes over
+ * stay behind, so once an hour it starts again from the oldest.
+ */
+static int sweep_done(struct brm_journal *j, double now, struct brm_err *err) {
+    double retention;
+    uint64_t cap;
+    ring_settings(j, &retention, &cap);
+    if (now - j->swept_from >= SWEEP_AGAIN || now < j->swept_from) {
+        j->swept = 0;
+        j->swept_from = now;
+    }
+    for (int i = 0; i < SWEEP_STEPS; i++) {
+        long passed = brm_store_sweep_done(j->store, &j->swept, now - retention, SWEEP_STEP, err);
+        if (passed < 0) return -1;
+        if (passed < SWEEP_STEP) break;
+    }
+    return 0;
+}
+
 /* Upkeep: a step of the ring when it is over its cap; when DUE (about once
- * a second) its retention and the caller's hook; a checkpoint when the WAL
- * has grown. */
+ * a second) its retention, the sweep of old done deliveries and the
+ * caller's hook; a checkpoint when the WAL has grown. */
 static void upkeep(struct brm_journal *j, int due, int idle) {
     struct brm_err err;
     if (due || j->aging || over_cap(j)) {
@@ -383,13 +411,12 @@ static void upkeep(struct brm_journal *j, int due, int idle) {
     }
     if (due) {
         log_pruned(j, idle);
-        if (j->upkeep) {
-            if (brm_store_begin(j->store, &err) < 0 ||
-                j->upkeep(j->upkeep_arg, j->store, brm_time_now(), &err) < 0 ||
-                brm_store_commit(j->store, &err) < 0) {
-                brm_store_rollback(j->store);
-                brm_log_warn("store upkeep failed", "error", err.msg);
-            }
+        double now = brm_time_now();
+        if (brm_store_begin(j->store, &err) < 0 || sweep_done(j, now, &err) < 0 ||
+            (j->upkeep && j->upkeep(j->upkeep_arg, j->store, now, &err) < 0) ||
+            brm_store_commit(j->store, &err) < 0) {
+            brm_store_rollback(j->store);
+            brm_log_warn("store upkeep failed", "error", err.msg);
         }
     }
     /* A WAL of a quarter of the journal's cap (64 pages at least, 1 MB at

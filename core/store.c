@@ -243,6 +243,9 @@ enum stmt {
     S_PRUNE_BODIES,
     S_PRUNE_DONE_ATTEMPTS,
     S_PRUNE_DONE,
+    S_DELIVERIES_FROM,
+    S_SWEEP_DONE_ATTEMPTS,
+    S_SWEEP_DONE,
     S_PUT_STATE,
     S_DEL_STATE,
     S_STATE,
@@ -382,6 +385,12 @@ static const char *const sql[NSTMT] = {
                               " WHERE key >= ?1 || ':' AND key < ?1 || ';' AND " DONE ")",
     [S_PRUNE_DONE] = "DELETE FROM deliveries AS d WHERE key >= ?1 || ':' AND key < ?1 || ';'"
                      " AND " DONE,
+    /* The sweep of old done deliveries (brm_store_sweep_done): a step's
+     * rows in id order, then those of them that are done, by id range. */
+    [S_DELIVERIES_FROM] = "SELECT id, created FROM deliveries WHERE id > ? ORDER BY id LIMIT ?",
+    [S_SWEEP_DONE_ATTEMPTS] = "DELETE FROM attempts WHERE delivery IN (SELECT id FROM deliveries d"
+                              " WHERE d.id > ?1 AND d.id <= ?2 AND " DONE ")",
+    [S_SWEEP_DONE] = "DELETE FROM deliveries AS d WHERE d.id > ?1 AND d.id <= ?2 AND " DONE,
     [S_PUT_STATE] = "INSERT INTO state (key, value, expires, due) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
                     " expires = excluded.expires, due = excluded.due",
@@ -1249,6 +1258,33 @@ int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_
     if (run(s, S_PRUNE_HELD, err, "pruning the journal") < 0) return -1;
     p->after = upto;
     return 0;
+}
+
+long brm_store_sweep_done(struct brm_store *s, int64_t *cursor, double before, int limit,
+                          struct brm_err *err) {
+    sqlite3_stmt *st = s->stmt[S_DELIVERIES_FROM];
+    sqlite3_bind_int64(st, 1, *cursor);
+    sqlite3_bind_int(st, 2, limit);
+    int64_t upto = *cursor;
+    long old = 0;
+    int rc;
+    /* Ids grow with time: the step ends at the first made since BEFORE. */
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && sqlite3_column_double(st, 1) < before) {
+        upto = sqlite3_column_int64(st, 0);
+        old++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "sweeping deliveries");
+    if (upto == *cursor) return 0;
+    static const enum stmt attempts_then_deliveries[] = { S_SWEEP_DONE_ATTEMPTS, S_SWEEP_DONE };
+    for (size_t i = 0; i < BRM_ARRAY_LEN(attempts_then_deliveries); i++) {
+        enum stmt which = attempts_then_deliveries[i];
+        sqlite3_bind_int64(s->stmt[which], 1, *cursor);
+        sqlite3_bind_int64(s->stmt[which], 2, upto);
+        if (run(s, which, err, "sweeping deliveries") < 0) return -1;
+    }
+    *cursor = upto;
+    return old;
 }
 
 int brm_store_probe(struct brm_store *s, size_t bytes, struct brm_err *err) {

@@ -204,6 +204,15 @@ struct brm_prune {
  * go, with their done deliveries, at most P->limit of them. Returns 0 with
  * P updated, or -1. */
 int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_err *err);
+/* One step of the sweep of done deliveries made before BEFORE: looks at
+ * the deliveries after *CURSOR in id order, LIMIT at most, deletes those
+ * of them that are done, with their attempts, and moves *CURSOR past the
+ * ones made before BEFORE. The ring removes a body's done deliveries with
+ * it; this removes those that have no body (a timer's firing's) or that
+ * were done after their body went. Returns how many it passed (LIMIT: more
+ * may be due), or -1 with ERR set. */
+long brm_store_sweep_done(struct brm_store *s, int64_t *cursor, double before, int limit,
+                          struct brm_err *err);
 
 /*
  * Bodies held for the shared state (shared.h): journaled while Redis was

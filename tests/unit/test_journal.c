@@ -3,7 +3,9 @@
  * transaction with what comes in the next few milliseconds; a job someone
  * waits for is written at once, with any that lingered; a stop writes what
  * lingers. The order of the writer's calls shows which jobs shared a
- * transaction: every write of a transaction comes before its dones.
+ * transaction: every write of a transaction comes before its dones. Its
+ * upkeep sweeps done deliveries older than the retention that no body
+ * takes with it (a timer's firing's).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -13,6 +15,7 @@
 #include "api.h"
 #include "config.h"
 #include "journal.h"
+#include "store.h"
 #include "test.h"
 #include "util.h"
 
@@ -77,12 +80,27 @@ static void two_jobs(struct brm_journal *j, struct job *first, struct job *secon
     wait_done(done, out, size);
 }
 
+/* Keeps the smallest id of the deliveries listed (newest first). */
+static int first_id(void *arg, const struct brm_delivery *d) {
+    *(int64_t *)arg = d->id;
+    return 0;
+}
+
+static int count_delivery(void *arg, const struct brm_delivery *d) {
+    (void)d;
+    ++*(int *)arg;
+    return 0;
+}
+
 int main(void) {
     char dir[] = "/tmp/brume-journal-XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
     char *conf = brm_path_join(dir, "brume.lua");
     FILE *f = fopen(conf, "w");
-    fprintf(f, "data_dir = '%s'\nsources = { mist = { path = '/mist', secret = 'x' } }\n", dir);
+    fprintf(f,
+            "data_dir = '%s'\nsources = { mist = { path = '/mist', secret = 'x' } }\n"
+            "journal = { retention = '60s' }\n",
+            dir);
     fclose(f);
     struct brm_errors errs = { 0 };
     struct brm_config *cfg = brm_config_load(conf, brm_api_open_for_config, NULL, &errs);
@@ -98,6 +116,30 @@ int main(void) {
     }
     char *db = brm_path_join(dir, "brume.db");
     struct brm_err err;
+    /* A timer's firing's delivery, done an hour ago, and one still pending. */
+    struct brm_store *st = brm_store_open(db, &err);
+    CHECK(st != NULL);
+    int64_t done_id = 0;
+    if (st) {
+        char rule[] = "r", topic[] = "timer", event[] = "e", url[] = "http://x/";
+        const char *keys[] = { "9:hold:fire:1", "10:hold:fire:1" };
+        for (int i = 0; i < 2; i++) {
+            struct brm_delivery d = { .key = keys[i],
+                                      .target = "slack",
+                                      .rule = rule,
+                                      .topic = topic,
+                                      .event = event,
+                                      .url = url,
+                                      .created = brm_time_now() - 3600,
+                                      .expires = 1e12 };
+            CHECK_INT(brm_store_add_delivery(st, &d, &err), 1);
+        }
+        struct brm_delivery_query q = { .state = -1, .limit = 10 };
+        CHECK_INT(brm_store_find_deliveries(st, &q, first_id, &done_id, &err), 0);
+        CHECK(done_id > 0);
+        CHECK_INT(brm_store_finish(st, done_id, 0, 0, BRM_DELIVERY_DONE, 0, 200, NULL, &err), 0);
+        brm_store_close(st);
+    }
     struct brm_journal *j = brm_journal_new(db, cfg, NULL, NULL, &err);
     CHECK(j != NULL);
     CHECK_INT(brm_journal_run(j, &err), 0);
@@ -130,6 +172,17 @@ int main(void) {
     CHECK_STR(got, "d.");
     CHECK(d.stored);
     brm_journal_free(j);
+    /* The upkeep at start swept the old done one; the pending one stays. */
+    st = brm_store_open(db, &err);
+    CHECK(st != NULL);
+    if (st) {
+        int left = 0;
+        struct brm_delivery_query q = { .state = -1, .limit = 10 };
+        CHECK_INT(brm_store_find_deliveries(st, &q, count_delivery, &left, &err), 0);
+        CHECK_INT(left, 1);
+        CHECK_INT(brm_store_delivery(st, done_id, count_delivery, &left, &err), 0);
+        brm_store_close(st);
+    }
     brm_config_free(cfg);
     free(db);
     free(conf);

@@ -152,6 +152,68 @@ static void page(struct brm_store *s, struct brm_body_query *q) {
 /* The ring frees the pages of the bodies it removes without writing them:
  * Debian's SQLite is built with SECURE_DELETE, which zeroes every freed
  * page through the WAL, twice the pages a full ring writes per body. */
+/* Old done deliveries the ring has no body for (a timer's firing's) go by
+ * the sweep, with their attempts; pending and dead ones stay. */
+static void sweep_takes_old_done_deliveries(const char *path) {
+    struct brm_err err;
+    struct brm_store *s = brm_store_open(path, &err);
+    CHECK(s != NULL);
+    if (!s) return;
+    char rule[] = "r", topic[] = "alarms", event[] = "e", url[] = "http://x/";
+    int64_t id[6] = { 0 };
+    for (int i = 0; i < 6; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "%d:t:hold:1", 500 + i); /* firing ids: no body rows */
+        struct brm_delivery d = { .key = key,
+                                  .target = "slack",
+                                  .rule = rule,
+                                  .topic = topic,
+                                  .event = event,
+                                  .url = url,
+                                  .created = 100 + i * 100, /* 100 ... 600 */
+                                  .next_at = 0,
+                                  .expires = 1e9 };
+        CHECK_INT(brm_store_add_delivery(s, &d, &err), 1);
+    }
+    struct brm_delivery_query q = { .state = -1, .limit = 10 };
+    nids = 0;
+    CHECK_INT(brm_store_find_deliveries(s, &q, collect, NULL, &err), 0);
+    CHECK_INT(nids, 6);
+    for (int i = 0; i < 6 && i < nids; i++) id[i] = ids[5 - i]; /* newest first */
+    struct brm_attempt a = { 1, 200, NULL, NULL };
+    /* 0, 1, 4, 5 done at their first try; 2 dead; 3 pending. */
+    for (int i = 0; i < 6; i++) {
+        if (i == 3) continue;
+        enum brm_delivery_state st = i == 2 ? BRM_DELIVERY_DEAD : BRM_DELIVERY_DONE;
+        CHECK_INT(brm_store_finish(s, id[i], 0, 0, st, 0, 200, NULL, &err), 0);
+        CHECK_INT(brm_store_add_attempt(s, id[i], 0, &a, &err), 0);
+    }
+    int64_t cursor = 0;
+    /* A step of two looks at two; then the sweep stops at the first made
+     * since BEFORE (450): 0, 1 go; 2 (dead) and 3 (pending) stay. */
+    CHECK_INT(brm_store_sweep_done(s, &cursor, 450, 2, &err), 2);
+    CHECK(cursor == id[1]);
+    CHECK_INT(brm_store_sweep_done(s, &cursor, 450, 10, &err), 2);
+    CHECK(cursor == id[3]);
+    CHECK_INT(brm_store_sweep_done(s, &cursor, 450, 10, &err), 0);
+    nids = 0;
+    CHECK_INT(brm_store_find_deliveries(s, &q, collect, NULL, &err), 0);
+    CHECK(nids == 4 && ids[0] == id[5] && ids[1] == id[4] && ids[2] == id[3] && ids[3] == id[2]);
+    nids = 0;
+    CHECK_INT(brm_store_attempts(s, id[0], 10, collect_attempt, NULL, &err), 0);
+    CHECK_INT(nids, 0); /* its attempt went with it */
+    nids = 0;
+    CHECK_INT(brm_store_attempts(s, id[2], 10, collect_attempt, NULL, &err), 0);
+    CHECK_INT(nids, 1);
+    /* From the oldest again, later: the dead and pending are passed over. */
+    cursor = 0;
+    CHECK_INT(brm_store_sweep_done(s, &cursor, 1000, 10, &err), 4);
+    nids = 0;
+    CHECK_INT(brm_store_find_deliveries(s, &q, collect, NULL, &err), 0);
+    CHECK(nids == 2 && ids[0] == id[3] && ids[1] == id[2]);
+    brm_store_close(s);
+}
+
 static void ring_frees_without_writing(const char *path) {
     struct brm_err err;
     struct brm_store *s = brm_store_open(path, &err);
@@ -829,6 +891,9 @@ int main(void) {
     free(path);
     path = brm_xasprintf("%s/ring.db", dir);
     ring_frees_without_writing(path);
+    free(path);
+    path = brm_xasprintf("%s/sweep.db", dir);
+    sweep_takes_old_done_deliveries(path);
     free(path);
     char *cmd = brm_xasprintf("rm -rf %s", dir);
     CHECK_INT(system(cmd), 0);
