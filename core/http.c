@@ -937,11 +937,24 @@ size_t brm_http_connections(const struct brm_http *h) {
     return h->nconns;
 }
 
+/* The loop is over: what a plain connection still holds to write (an
+ * answer made in its last pass, or after it, for bodies committed as the
+ * drain ended) goes now, as far as the socket takes it. */
+static void write_what_is_left(struct conn *c) {
+    while (c->fd >= 0 && !c->tls && c->out_off < c->out.len) {
+        ssize_t r = write(c->fd, c->out.data + c->out_off, c->out.len - c->out_off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        c->out_off += (size_t)r;
+    }
+}
+
 void brm_http_free(struct brm_http *h) {
     if (!h) return;
     close_listeners(h);
     while (h->conns) {
         struct conn *c = h->conns;
+        write_what_is_left(c);
         c->state = C_IDLE; /* the server is going: no handler will answer */
         conn_close(c);
     }
