@@ -372,9 +372,11 @@ static int over_cap(struct brm_journal *j) {
 /*
  * Done deliveries older than the journal's retention that the ring did not
  * remove with a body: a timer's firing has none, and one done after its
- * body went was not done when the ring looked. A few steps a second go on
- * from where the last stopped; the pending and dead ones it passes over
- * stay behind, so once an hour it starts again from the oldest.
+ * body went was not done when the ring looked. One retried counts from
+ * when it was done. A few steps a second go on from where the last
+ * stopped; the pending and dead ones it passes over (and one retried and
+ * done lately) stay behind, so once an hour it starts again from the
+ * oldest.
  */
 static int sweep_done(struct brm_journal *j, double now, struct brm_err *err) {
     double retention;
@@ -412,9 +414,16 @@ static void upkeep(struct brm_journal *j, int due, int idle) {
     if (due) {
         log_pruned(j, idle);
         double now = brm_time_now();
+        int64_t swept = j->swept;
         if (brm_store_begin(j->store, &err) < 0 || sweep_done(j, now, &err) < 0 ||
-            (j->upkeep && j->upkeep(j->upkeep_arg, j->store, now, &err) < 0) ||
             brm_store_commit(j->store, &err) < 0) {
+            brm_store_rollback(j->store);
+            j->swept = swept; /* what it removed is there again */
+            brm_log_warn("cannot sweep done deliveries", "error", err.msg);
+        }
+        if (j->upkeep && (brm_store_begin(j->store, &err) < 0 ||
+                          j->upkeep(j->upkeep_arg, j->store, now, &err) < 0 ||
+                          brm_store_commit(j->store, &err) < 0)) {
             brm_store_rollback(j->store);
             brm_log_warn("store upkeep failed", "error", err.msg);
         }

@@ -246,6 +246,7 @@ enum stmt {
     S_DELIVERIES_FROM,
     S_SWEEP_DONE_ATTEMPTS,
     S_SWEEP_DONE,
+    S_MAX_DELIVERY,
     S_PUT_STATE,
     S_DEL_STATE,
     S_STATE,
@@ -307,6 +308,9 @@ enum stmt {
 #define WITH_QUEUE    " LEFT JOIN queue q ON q.id = d.id"
 #define DELIVERY_JOIN " FROM deliveries d" WITH_QUEUE
 #define QUEUE_JOIN    " FROM queue q JOIN deliveries d ON d.id = q.id"
+/* Done before ?3: when it was finished, if it was retried (a first try's
+ * row is never written again: made then, or near). */
+#define SWEPT "coalesce(d.finished, d.created) < ?3"
 /* A body row holds the bytes ?2 (as they came, packed or not). */
 #define SAME_BYTES "coalesce(size, length(body)) = length(?2) AND brume_body(body, size) = ?2"
 /* The console's listings. */
@@ -389,8 +393,10 @@ static const char *const sql[NSTMT] = {
      * rows in id order, then those of them that are done, by id range. */
     [S_DELIVERIES_FROM] = "SELECT id, created FROM deliveries WHERE id > ? ORDER BY id LIMIT ?",
     [S_SWEEP_DONE_ATTEMPTS] = "DELETE FROM attempts WHERE delivery IN (SELECT id FROM deliveries d"
-                              " WHERE d.id > ?1 AND d.id <= ?2 AND " DONE ")",
-    [S_SWEEP_DONE] = "DELETE FROM deliveries AS d WHERE d.id > ?1 AND d.id <= ?2 AND " DONE,
+                              " WHERE d.id > ?1 AND d.id <= ?2 AND " DONE " AND " SWEPT ")",
+    [S_SWEEP_DONE] =
+        "DELETE FROM deliveries AS d WHERE d.id > ?1 AND d.id <= ?2 AND " DONE " AND " SWEPT,
+    [S_MAX_DELIVERY] = "SELECT coalesce(max(id), 0) FROM deliveries",
     [S_PUT_STATE] = "INSERT INTO state (key, value, expires, due) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
                     " expires = excluded.expires, due = excluded.due",
@@ -1267,20 +1273,31 @@ long brm_store_sweep_done(struct brm_store *s, int64_t *cursor, double before, i
     sqlite3_bind_int(st, 2, limit);
     int64_t upto = *cursor;
     long old = 0;
-    int rc;
+    int rc, rows = 0;
     /* Ids grow with time: the step ends at the first made since BEFORE. */
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW && sqlite3_column_double(st, 1) < before) {
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        rows++;
+        if (sqlite3_column_double(st, 1) >= before) break;
         upto = sqlite3_column_int64(st, 0);
         old++;
     }
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "sweeping deliveries");
+    if (rows == 0) {
+        /* Nothing after the cursor: the newest may have gone (by this sweep,
+         * the ring or a drop), and their ids come again. */
+        int64_t max = one_value(s, S_MAX_DELIVERY, err, "sweeping deliveries");
+        if (max < 0) return -1;
+        if (max < *cursor) *cursor = max;
+        return 0;
+    }
     if (upto == *cursor) return 0;
     static const enum stmt attempts_then_deliveries[] = { S_SWEEP_DONE_ATTEMPTS, S_SWEEP_DONE };
     for (size_t i = 0; i < BRM_ARRAY_LEN(attempts_then_deliveries); i++) {
         enum stmt which = attempts_then_deliveries[i];
         sqlite3_bind_int64(s->stmt[which], 1, *cursor);
         sqlite3_bind_int64(s->stmt[which], 2, upto);
+        sqlite3_bind_double(s->stmt[which], 3, before);
         if (run(s, which, err, "sweeping deliveries") < 0) return -1;
     }
     *cursor = upto;
@@ -1395,7 +1412,7 @@ int brm_store_limit(struct brm_store *s, uint64_t max_bytes, struct brm_err *err
 
 /* ---- attempts ----------------------------------------------------------- */
 
-int brm_store_add_attempt(struct brm_store *s, int64_t delivery, int tried,
+int brm_store_add_attempt(struct brm_store *s, int64_t delivery, int trim,
                           const struct brm_attempt *a, struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_ADD_ATTEMPT];
     sqlite3_bind_int64(st, 1, delivery);
@@ -1404,8 +1421,7 @@ int brm_store_add_attempt(struct brm_store *s, int64_t delivery, int tried,
     bind_text(st, 4, a->answer);
     bind_text(st, 5, a->error);
     if (run(s, S_ADD_ATTEMPT, err, "recording an attempt") < 0) return -1;
-    if (!tried) return 0; /* the common case: its first */
-    /* Retried (or retried by hand, which starts TRIED again): look. */
+    if (!trim) return 0; /* the common case: done at its first */
     st = s->stmt[S_TRIM_ATTEMPTS];
     sqlite3_bind_int64(st, 1, delivery);
     sqlite3_bind_int(st, 2, BRM_STORE_ATTEMPTS_KEPT);

@@ -204,13 +204,15 @@ struct brm_prune {
  * go, with their done deliveries, at most P->limit of them. Returns 0 with
  * P updated, or -1. */
 int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_err *err);
-/* One step of the sweep of done deliveries made before BEFORE: looks at
- * the deliveries after *CURSOR in id order, LIMIT at most, deletes those
- * of them that are done, with their attempts, and moves *CURSOR past the
- * ones made before BEFORE. The ring removes a body's done deliveries with
- * it; this removes those that have no body (a timer's firing's) or that
- * were done after their body went. Returns how many it passed (LIMIT: more
- * may be due), or -1 with ERR set. */
+/* One step of the sweep of old done deliveries: looks at the deliveries
+ * after *CURSOR in id order, LIMIT at most, deletes those of them made
+ * and done before BEFORE (one retried: finished before), with their
+ * attempts, and moves *CURSOR past the ones made before BEFORE (back to
+ * the newest id when none is left after it: ids come again after the
+ * newest go). The ring removes a body's done deliveries with it; this
+ * removes those that have no body (a timer's firing's) or that were done
+ * after their body went. Returns how many it passed (LIMIT: more may be
+ * due), or -1 with ERR set. */
 long brm_store_sweep_done(struct brm_store *s, int64_t *cursor, double before, int limit,
                           struct brm_err *err);
 
@@ -286,10 +288,11 @@ struct brm_attempt {
  * as the delivery (with its body, when done), so the log is bounded by the
  * deliveries the store holds, and each shows how its last tries went. */
 #define BRM_STORE_ATTEMPTS_KEPT 16
-/* Logs an attempt of DELIVERY (the outbox's outcomes, in their batch),
- * which TRIED attempts came before: past the first, the delivery's oldest
- * beyond BRM_STORE_ATTEMPTS_KEPT go. */
-int brm_store_add_attempt(struct brm_store *s, int64_t delivery, int tried,
+/* Logs an attempt of DELIVERY (the outbox's outcomes, in their batch).
+ * TRIM: it may have others (anything but a first attempt that succeeded,
+ * since a retry by hand counts from zero again): its oldest beyond
+ * BRM_STORE_ATTEMPTS_KEPT go. */
+int brm_store_add_attempt(struct brm_store *s, int64_t delivery, int trim,
                           const struct brm_attempt *a, struct brm_err *err);
 /* Hands FN the attempts of DELIVERY, newest first, at most LIMIT. */
 int brm_store_attempts(struct brm_store *s, int64_t delivery, int limit,

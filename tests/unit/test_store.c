@@ -160,8 +160,8 @@ static void sweep_takes_old_done_deliveries(const char *path) {
     CHECK(s != NULL);
     if (!s) return;
     char rule[] = "r", topic[] = "alarms", event[] = "e", url[] = "http://x/";
-    int64_t id[6] = { 0 };
-    for (int i = 0; i < 6; i++) {
+    int64_t id[7] = { 0 };
+    for (int i = 0; i < 7; i++) {
         char key[32];
         snprintf(key, sizeof(key), "%d:t:hold:1", 500 + i); /* firing ids: no body rows */
         struct brm_delivery d = { .key = key,
@@ -170,7 +170,7 @@ static void sweep_takes_old_done_deliveries(const char *path) {
                                   .topic = topic,
                                   .event = event,
                                   .url = url,
-                                  .created = 100 + i * 100, /* 100 ... 600 */
+                                  .created = 100 + i * 100, /* 100 ... 700 */
                                   .next_at = 0,
                                   .expires = 1e9 };
         CHECK_INT(brm_store_add_delivery(s, &d, &err), 1);
@@ -178,14 +178,15 @@ static void sweep_takes_old_done_deliveries(const char *path) {
     struct brm_delivery_query q = { .state = -1, .limit = 10 };
     nids = 0;
     CHECK_INT(brm_store_find_deliveries(s, &q, collect, NULL, &err), 0);
-    CHECK_INT(nids, 6);
-    for (int i = 0; i < 6 && i < nids; i++) id[i] = ids[5 - i]; /* newest first */
+    CHECK_INT(nids, 7);
+    for (int i = 0; i < 7 && i < nids; i++) id[i] = ids[6 - i]; /* newest first */
     struct brm_attempt a = { 1, 200, NULL, NULL };
-    /* 0, 1, 4, 5 done at their first try; 2 dead; 3 pending. */
-    for (int i = 0; i < 6; i++) {
+    /* 0, 1, 4, 5 done at their first try; 2 dead; 3 pending; 6 done after
+     * retries, just now. */
+    for (int i = 0; i < 7; i++) {
         if (i == 3) continue;
         enum brm_delivery_state st = i == 2 ? BRM_DELIVERY_DEAD : BRM_DELIVERY_DONE;
-        CHECK_INT(brm_store_finish(s, id[i], 0, 0, st, 0, 200, NULL, &err), 0);
+        CHECK_INT(brm_store_finish(s, id[i], i == 6 ? 3 : 0, 0, st, 0, 200, NULL, &err), 0);
         CHECK_INT(brm_store_add_attempt(s, id[i], 0, &a, &err), 0);
     }
     int64_t cursor = 0;
@@ -198,19 +199,25 @@ static void sweep_takes_old_done_deliveries(const char *path) {
     CHECK_INT(brm_store_sweep_done(s, &cursor, 450, 10, &err), 0);
     nids = 0;
     CHECK_INT(brm_store_find_deliveries(s, &q, collect, NULL, &err), 0);
-    CHECK(nids == 4 && ids[0] == id[5] && ids[1] == id[4] && ids[2] == id[3] && ids[3] == id[2]);
+    CHECK(nids == 5 && ids[0] == id[6] && ids[1] == id[5] && ids[2] == id[4] && ids[3] == id[3] &&
+          ids[4] == id[2]);
     nids = 0;
     CHECK_INT(brm_store_attempts(s, id[0], 10, collect_attempt, NULL, &err), 0);
     CHECK_INT(nids, 0); /* its attempt went with it */
     nids = 0;
     CHECK_INT(brm_store_attempts(s, id[2], 10, collect_attempt, NULL, &err), 0);
     CHECK_INT(nids, 1);
-    /* From the oldest again, later: the dead and pending are passed over. */
+    /* From the oldest again, later: the dead and pending are passed over,
+     * and one done just now after retries, made long ago, stays. */
     cursor = 0;
-    CHECK_INT(brm_store_sweep_done(s, &cursor, 1000, 10, &err), 4);
+    CHECK_INT(brm_store_sweep_done(s, &cursor, 1000, 10, &err), 5);
     nids = 0;
     CHECK_INT(brm_store_find_deliveries(s, &q, collect, NULL, &err), 0);
-    CHECK(nids == 2 && ids[0] == id[3] && ids[1] == id[2]);
+    CHECK(nids == 3 && ids[0] == id[6] && ids[1] == id[3] && ids[2] == id[2]);
+    /* The newest gone, their ids come again: a cursor past them comes back. */
+    CHECK_INT(brm_store_drop(s, id[6], &err), 1);
+    CHECK_INT(brm_store_sweep_done(s, &cursor, 1000, 10, &err), 0);
+    CHECK(cursor == id[3]);
     brm_store_close(s);
 }
 
@@ -375,13 +382,13 @@ static void console_reads(const char *path) {
     CHECK(nids == 2 && ids[0] == 400 && ids[1] == 503);
     for (int i = 0; i < BRM_STORE_ATTEMPTS_KEPT + 5; i++) {
         struct brm_attempt again = { 300 + i, 500 + i % 2, NULL, "HTTP 5xx" };
-        /* A retry by hand starts its count again (TRIED 0 at 7 and 14). */
-        CHECK_INT(brm_store_add_attempt(s, first + 1, i % 7, &again, &err), 0);
+        CHECK_INT(brm_store_add_attempt(s, first + 1, 1, &again, &err), 0);
     }
     nids = 0;
     brm_store_attempts(r, first + 1, 100, collect_attempt, NULL, &err);
     CHECK_INT(nids, BRM_STORE_ATTEMPTS_KEPT);
-    /* A first attempt does not look (the common case costs one insert)... */
+    /* A first attempt that succeeded does not look (the common case costs
+     * one insert)... */
     struct brm_attempt first_again = { 390, 503, NULL, "HTTP 503" };
     CHECK_INT(brm_store_add_attempt(s, first + 1, 0, &first_again, &err), 0);
     nids = 0;
