@@ -832,26 +832,21 @@ static void handle(struct run *r, const struct result *x, int have) {
  * Which of a page's N results the journal holds already, in FOUND (zeroed
  * by the caller): bodies brume stored but whose answer Mist did not get in
  * time, or that an earlier run took in. Mist's log says when it posted
- * each body, brume received it then: the look is one pass over the bodies
- * received from POSTED_SKEW before the page's first post to POSTED_SKEW
- * after its last, whatever the journal's size. A result without a time
- * looks through it all.
+ * each body, brume received it then: the look goes through the bodies
+ * received within POSTED_SKEW of each post, whatever the journal's size.
  */
 #define POSTED_SKEW 600.0 /* seconds brume's clock and Mist's may disagree by */
 
 static void in_journal(struct run *r, const struct result *v, size_t n, int *found) {
     if (!r->journal || n == 0) return;
     struct brm_store_probe *p = brm_xcalloc(n, sizeof(*p));
-    double from = INFINITY, to = -INFINITY;
     for (size_t i = 0; i < n; i++) {
         const char *body = v[i].body ? v[i].body : "";
-        p[i] = (struct brm_store_probe){ brm_hash64(body, v[i].len), body, v[i].len, 0 };
-        double at = v[i].timestamp;
-        from = isfinite(at) ? fmin(from, at - POSTED_SKEW) : -HUGE_VAL;
-        to = isfinite(at) ? fmax(to, at + POSTED_SKEW) : HUGE_VAL;
+        p[i] = (struct brm_store_probe){ brm_hash64(body, v[i].len), body, v[i].len, v[i].timestamp,
+                                         0 };
     }
     struct brm_err err;
-    if (brm_store_has_bodies(r->journal, p, n, from, to, &err) < 0)
+    if (brm_store_has_bodies(r->journal, p, n, POSTED_SKEW, &err) < 0)
         brm_log_warn("backfill: cannot look in the journal", "source", r->src->name, "error",
                      err.msg); /* then dedupe is what keeps them from running twice */
     else

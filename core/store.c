@@ -3,6 +3,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <lz4.h>
+#include <math.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1063,26 +1064,21 @@ static int cmp_digest(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-int brm_store_has_bodies(struct brm_store *s, struct brm_store_probe *p, size_t n, double from,
-                         double to, struct brm_err *err) {
-    struct by_digest *left = brm_xcalloc(n ? n : 1, sizeof(*left));
-    size_t nleft = 0;
-    int rc = 0;
-    for (size_t i = 0; i < n && rc >= 0; i++) {
-        rc = holds(s, S_HAS_TAKEN, (sqlite3_int64)p[i].digest, &p[i], err);
-        p[i].found = rc == 1;
-        if (rc == 0) left[nleft++] = (struct by_digest){ p[i].digest, &p[i] };
-    }
-    qsort(left, nleft, sizeof(*left), cmp_digest);
-    /* One pass over the window's entries of the received index, each
-     * looked for among the probes left: the look costs what the window
-     * holds, once a page of Mist's results. */
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* One pass over the received index's entries in [FROM, TO], each looked
+ * for among the NLEFT probes LEFT (sorted by digest), *UNFOUND of them not
+ * found yet. 0, or -1 with ERR set. */
+static int scan_received(struct brm_store *s, struct by_digest *left, size_t nleft, size_t *unfound,
+                         double from, double to, struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_RECEIVED_DIGESTS];
     sqlite3_bind_double(st, 1, from);
     sqlite3_bind_double(st, 2, to);
-    size_t unfound = nleft;
-    int step = SQLITE_DONE;
-    while (rc >= 0 && unfound && (step = sqlite3_step(st)) == SQLITE_ROW) {
+    int rc = 0, step = SQLITE_DONE;
+    while (rc >= 0 && *unfound && (step = sqlite3_step(st)) == SQLITE_ROW) {
         struct by_digest key = { (uint64_t)sqlite3_column_int64(st, 1), NULL };
         struct by_digest *hit = bsearch(&key, left, nleft, sizeof(*left), cmp_digest);
         while (hit && hit > left && hit[-1].digest == key.digest) hit--;
@@ -1091,13 +1087,41 @@ int brm_store_has_bodies(struct brm_store *s, struct brm_store_probe *p, size_t 
             rc = holds(s, S_SAME_BYTES, sqlite3_column_int64(st, 0), hit->probe, err);
             if (rc == 1) {
                 hit->probe->found = 1;
-                unfound--;
+                --*unfound;
             }
         }
     }
     if (rc >= 0 && step != SQLITE_ROW && step != SQLITE_DONE)
         rc = fail(s, err, "looking for bodies");
     sqlite3_reset(st);
+    return rc < 0 ? -1 : 0;
+}
+
+int brm_store_has_bodies(struct brm_store *s, struct brm_store_probe *p, size_t n, double skew,
+                         struct brm_err *err) {
+    struct by_digest *left = brm_xcalloc(n ? n : 1, sizeof(*left));
+    double *at = brm_xcalloc(n ? n : 1, sizeof(*at));
+    size_t nleft = 0, nat = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc >= 0; i++) {
+        rc = holds(s, S_HAS_TAKEN, (sqlite3_int64)p[i].digest, &p[i], err);
+        p[i].found = rc == 1;
+        if (rc != 0) continue;
+        left[nleft++] = (struct by_digest){ p[i].digest, &p[i] };
+        if (isfinite(p[i].at)) at[nat++] = p[i].at;
+    }
+    qsort(left, nleft, sizeof(*left), cmp_digest);
+    qsort(at, nat, sizeof(*at), cmp_double);
+    /* The windows around the probes' times, merged where they meet: a
+     * page of failures a week apart looks at two short spans, not the
+     * week between. */
+    size_t unfound = nleft;
+    for (size_t i = 0; rc >= 0 && unfound && i < nat;) {
+        double from = at[i] - skew, to = at[i] + skew;
+        while (++i < nat && at[i] - skew <= to) to = at[i] + skew;
+        rc = scan_received(s, left, nleft, &unfound, from, to, err);
+    }
+    free(at);
     free(left);
     return rc < 0 ? -1 : 0;
 }

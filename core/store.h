@@ -159,15 +159,17 @@ struct brm_store_probe {
     uint64_t digest; /* brm_hash64 of BODY */
     const void *body;
     size_t len;
+    double at; /* when Mist's log says it posted it; NAN: it does not say */
     int found; /* set by brm_store_has_bodies */
 };
 /* Sets FOUND in each of the N PROBES: 1 when the journal holds a body of
  * exactly its bytes that backfill took in (at any time), or that was
- * received in [FROM, TO] (Mist's log says when it posted a body, and
- * brume received it then: the look is bounded by the window, not the
- * journal's size). Returns 0, or -1 with ERR set. */
-int brm_store_has_bodies(struct brm_store *s, struct brm_store_probe *p, size_t n, double from,
-                         double to, struct brm_err *err);
+ * received within SKEW seconds of a probe's AT (brume received it when
+ * Mist posted it: the look costs what those windows hold, not the
+ * journal's size; a probe without a time is found in the others' windows
+ * only). Returns 0, or -1 with ERR set. */
+int brm_store_has_bodies(struct brm_store *s, struct brm_store_probe *p, size_t n, double skew,
+                         struct brm_err *err);
 /* When the newest body SOURCE posted (a backfilled one is not) received at
  * AFTER or later was received, looking at the newest SCAN bodies only: 1
  * with it in *RECEIVED, 0 when none of them is, -1 with ERR set. */

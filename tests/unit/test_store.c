@@ -1,5 +1,6 @@
 /* store: schema, idempotent inserts, due order (and a ticket's deliveries
  * one at a time, oldest first), outcomes, list/retry/drop, prune, tickets. */
+#include <math.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -135,11 +136,12 @@ static void scramble(char *p, size_t n) {
 }
 
 /* A page of bodies for Q: their ids in IDS, NIDS. */
-/* Backfill's look for one body Mist logged as posted in [FROM, TO]: 1 or 0. */
-static int has_body(struct brm_store *s, const void *body, size_t len, double from, double to) {
-    struct brm_store_probe p = { brm_hash64(body, len), body, len, -1 };
+/* Backfill's look for one body Mist logged as posted at AT, give or take
+ * SKEW seconds: 1 or 0. */
+static int has_body(struct brm_store *s, const void *body, size_t len, double at, double skew) {
+    struct brm_store_probe p = { brm_hash64(body, len), body, len, at, -1 };
     struct brm_err err;
-    CHECK_INT(brm_store_has_bodies(s, &p, 1, from, to, &err), 0);
+    CHECK_INT(brm_store_has_bodies(s, &p, 1, skew, &err), 0);
     return p.found;
 }
 
@@ -482,7 +484,7 @@ static void packed_bodies(const char *path) {
         CHECK_INT(brm_store_body(s, b.id, copy_body, NULL, &err), 1);
         CHECK_INT((long)got_len, (long)cases[i].len);
         CHECK(memcmp(got_body, cases[i].body, cases[i].len) == 0);
-        CHECK_INT(has_body(s, cases[i].body, cases[i].len, b.received, b.received), 1);
+        CHECK_INT(has_body(s, cases[i].body, cases[i].len, b.received, 0), 1);
     }
     char got[256];
     query(path, "SELECT group_concat(coalesce(size, 'as it came'), ',') FROM bodies", 0, got,
@@ -747,14 +749,16 @@ int main(void) {
                            .digest = brm_hash64(other, strlen(other)),
                            .backfilled = 1 };
     CHECK_INT(brm_store_add_body(s, &ob, NULL, &err), 0);
-    CHECK_INT(has_body(s, live, strlen(live), 2990, 3010), 1);
-    CHECK_INT(has_body(s, live, strlen(live) - 1, 2990, 3010), 0); /* not the same bytes */
+    CHECK_INT(has_body(s, live, strlen(live), 3005, 10), 1);
+    CHECK_INT(has_body(s, live, strlen(live) - 1, 3005, 10), 0); /* not the same bytes */
     /* Received outside the window Mist's log gives: not looked at. */
-    CHECK_INT(has_body(s, live, strlen(live), 3001, 4000), 0);
-    CHECK_INT(has_body(s, live, strlen(live), 0, 2999), 0);
+    CHECK_INT(has_body(s, live, strlen(live), 3500, 499), 0);
+    CHECK_INT(has_body(s, live, strlen(live), 1500, 1499), 0);
     /* A body backfill took in was received when it was taken: found by its
      * digest, whatever the window. */
-    CHECK_INT(has_body(s, other, strlen(other), 0, 10), 1);
+    CHECK_INT(has_body(s, other, strlen(other), 5, 5), 1);
+    CHECK_INT(has_body(s, other, strlen(other), NAN, 5), 1);
+    CHECK_INT(has_body(s, live, strlen(live), NAN, 1e12), 0); /* no time: no window */
     {
         /* A page at once: each probe says for itself; the same bytes twice
          * are found twice; one of the same digest but other bytes is not. */
@@ -762,16 +766,34 @@ int main(void) {
         snprintf(twisted, sizeof(twisted), "%s", live);
         twisted[strlen(twisted) - 4] = 'z';
         struct brm_store_probe pr[] = {
-            { brm_hash64(other, strlen(other)), other, strlen(other), -1 },
-            { d, live, strlen(live), -1 },
-            { d, twisted, strlen(twisted), -1 }, /* a digest that lies */
-            { brm_hash64("{}", 2), "{}", 2, -1 },
-            { d, live, strlen(live), -1 },
+            { brm_hash64(other, strlen(other)), other, strlen(other), 3000, -1 },
+            { d, live, strlen(live), 3000, -1 },
+            { d, twisted, strlen(twisted), 3000, -1 }, /* a digest that lies */
+            { brm_hash64("{}", 2), "{}", 2, 3000, -1 },
+            { d, live, strlen(live), NAN, -1 }, /* no time: found in another's window */
         };
-        CHECK_INT(brm_store_has_bodies(s, pr, 5, 2000, 3500, &err), 0);
+        CHECK_INT(brm_store_has_bodies(s, pr, 5, 60, &err), 0);
         CHECK(pr[0].found == 1 && pr[1].found == 1 && pr[2].found == 0 && pr[3].found == 0 &&
               pr[4].found == 1);
-        CHECK_INT(brm_store_has_bodies(s, pr, 0, 0, 1e12, &err), 0);
+        /* Windows apart: the body received at 1000 and the one at 3000
+         * are found, each in its own short window. */
+        const char *far = "{\"topic\":\"alarms\",\"events\":[{\"id\":\"far\"}]}";
+        struct brm_body fb = { .id = 202,
+                               .source = "org",
+                               .topic = "alarms",
+                               .received = 1000,
+                               .events = 1,
+                               .body = far,
+                               .len = strlen(far),
+                               .digest = brm_hash64(far, strlen(far)) };
+        CHECK_INT(brm_store_add_body(s, &fb, NULL, &err), 0);
+        struct brm_store_probe apart[] = {
+            { d, live, strlen(live), 3001, -1 },
+            { fb.digest, far, strlen(far), 999, -1 },
+        };
+        CHECK_INT(brm_store_has_bodies(s, apart, 2, 2, &err), 0);
+        CHECK(apart[0].found == 1 && apart[1].found == 1);
+        CHECK_INT(brm_store_has_bodies(s, pr, 0, 60, &err), 0);
     }
     double last = -1;
     CHECK_INT(brm_store_source_last(s, "org", 0, 100, &last, &err), 1);
@@ -783,9 +805,9 @@ int main(void) {
     CHECK_INT(brm_store_source_last(s, "org", 0, 1, &last, &err), 0);      /* past the look */
     CHECK(last == 0);
     CHECK_INT(brm_store_source_last(s, "nobody", 0, 100, &last, &err), 0);
-    p = (struct brm_prune){ .before = 1e12, .limit = 100, .after = 100, .bytes = 1000, .rows = 2 };
+    p = (struct brm_prune){ .before = 1e12, .limit = 100, .after = 100, .bytes = 1000, .rows = 3 };
     CHECK_INT(brm_store_prune_bodies(s, &p, &err), 0);
-    CHECK_INT(p.removed, 2);
+    CHECK_INT(p.removed, 3);
 
     /* A probe writes a body's worth and leaves no body behind. */
     CHECK_INT(brm_store_probe(s, 5000, &err), 0);
