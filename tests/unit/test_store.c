@@ -136,6 +136,22 @@ static void scramble(char *p, size_t n) {
 }
 
 /* A page of bodies for Q: their ids in IDS, NIDS. */
+/* Journals the one-event BODY as body ID of SOURCE, received at RECEIVED. */
+static void add_small_body(struct brm_store *s, int64_t id, const char *source, double received,
+                           const char *body, int backfilled) {
+    struct brm_err err;
+    struct brm_body b = { .id = id,
+                          .source = source,
+                          .topic = "alarms",
+                          .received = received,
+                          .events = 1,
+                          .body = body,
+                          .len = strlen(body),
+                          .digest = brm_hash64(body, strlen(body)),
+                          .backfilled = backfilled };
+    CHECK_INT(brm_store_add_body(s, &b, NULL, &err), 0);
+}
+
 /* Backfill's look for one body Mist logged as posted at AT, give or take
  * SKEW seconds: 1 or 0. */
 static int has_body(struct brm_store *s, const void *body, size_t len, double at, double skew) {
@@ -730,25 +746,8 @@ int main(void) {
     const char *other = "{\"topic\":\"alarms\",\"events\":[{\"id\":\"b\"}]}";
     uint64_t d = brm_hash64(live, strlen(live));
     CHECK_INT(has_body(s, live, strlen(live), 0, 1e12), 0);
-    struct brm_body lb = { .id = 200,
-                           .source = "org",
-                           .topic = "alarms",
-                           .received = 3000,
-                           .events = 1,
-                           .body = live,
-                           .len = strlen(live),
-                           .digest = d };
-    CHECK_INT(brm_store_add_body(s, &lb, NULL, &err), 0);
-    struct brm_body ob = { .id = 201,
-                           .source = "site",
-                           .topic = "alarms",
-                           .received = 3100,
-                           .events = 1,
-                           .body = other,
-                           .len = strlen(other),
-                           .digest = brm_hash64(other, strlen(other)),
-                           .backfilled = 1 };
-    CHECK_INT(brm_store_add_body(s, &ob, NULL, &err), 0);
+    add_small_body(s, 200, "org", 3000, live, 0);
+    add_small_body(s, 201, "site", 3100, other, 1);
     CHECK_INT(has_body(s, live, strlen(live), 3005, 10), 1);
     CHECK_INT(has_body(s, live, strlen(live) - 1, 3005, 10), 0); /* not the same bytes */
     /* Received outside the window Mist's log gives: not looked at. */
@@ -778,18 +777,10 @@ int main(void) {
         /* Windows apart: the body received at 1000 and the one at 3000
          * are found, each in its own short window. */
         const char *far = "{\"topic\":\"alarms\",\"events\":[{\"id\":\"far\"}]}";
-        struct brm_body fb = { .id = 202,
-                               .source = "org",
-                               .topic = "alarms",
-                               .received = 1000,
-                               .events = 1,
-                               .body = far,
-                               .len = strlen(far),
-                               .digest = brm_hash64(far, strlen(far)) };
-        CHECK_INT(brm_store_add_body(s, &fb, NULL, &err), 0);
+        add_small_body(s, 202, "org", 1000, far, 0);
         struct brm_store_probe apart[] = {
             { d, live, strlen(live), 3001, -1 },
-            { fb.digest, far, strlen(far), 999, -1 },
+            { brm_hash64(far, strlen(far)), far, strlen(far), 999, -1 },
         };
         CHECK_INT(brm_store_has_bodies(s, apart, 2, 2, &err), 0);
         CHECK(apart[0].found == 1 && apart[1].found == 1);
