@@ -216,6 +216,23 @@ class Backfill(unittest.TestCase):
         self.assertEqual(len(b.lines("out.jsonl")), 252)
         self.no_token_anywhere(b, r.stdout, r.stderr, r2.stdout, r2.stderr)
 
+    def test_a_body_logged_far_from_when_it_came_is_stopped_by_dedupe(self):
+        # brume's clock and Mist's 25 minutes apart: the live body is not
+        # looked for that far from when Mist says it posted it (the look is
+        # bounded), and the source's dedupe keeps its event from running twice.
+        b = self.brume().start()
+        b.wait_log("caught up from Mist's delivery log")
+        _, live = sample(0, "skewed-1")
+        self.assertEqual(b.post(live).status, 200)
+        b.wait_lines("out.jsonl", 1)
+        self.mist.add(webhook=WH_ORG, org=ORG, topic="alarms", ts=time.time() - 1500, body=live)
+        r = backfill(b, "--source", "org", "--since", "1h")
+        self.assertEqual(r.returncode, 0, r.stderr + r.stdout)
+        self.assertRegex(r.stdout, r"skipped +org +alarms .* its events were run already \(dedupe\)")
+        self.assertNotIn("in the journal already", r.stdout)
+        time.sleep(0.5)
+        self.assertEqual([x["message"]["id"] for x in b.lines("out.jsonl")], ["skewed-1"])
+
     def test_catch_up_at_start_cancels_the_hold_down_of_an_ap_that_came_back(self):
         b = self.brume(rules={"echo.lua": ECHO, "hold.lua": HOLDDOWN})
         b.start()
