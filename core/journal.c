@@ -387,7 +387,8 @@ static int sweep_done(struct brm_journal *j, double now, struct brm_err *err) {
         j->swept_from = now;
     }
     for (int i = 0; i < SWEEP_STEPS; i++) {
-        long passed = brm_store_sweep_done(j->store, &j->swept, now - retention, SWEEP_STEP, err);
+        long passed =
+            brm_store_sweep_done(j->store, &j->swept, now - retention, now, SWEEP_STEP, err);
         if (passed < 0) return -1;
         if (passed < SWEEP_STEP) break;
     }
@@ -415,10 +416,14 @@ static void upkeep(struct brm_journal *j, int due, int idle) {
         log_pruned(j, idle);
         double now = brm_time_now();
         int64_t swept = j->swept;
-        if (brm_store_begin(j->store, &err) < 0 || sweep_done(j, now, &err) < 0 ||
-            brm_store_commit(j->store, &err) < 0) {
+        double swept_from = j->swept_from;
+        struct brm_journal_stats st;
+        brm_journal_stats(j, &st); /* a failing store says so once a second already */
+        if (st.ok && (brm_store_begin(j->store, &err) < 0 || sweep_done(j, now, &err) < 0 ||
+                      brm_store_commit(j->store, &err) < 0)) {
             brm_store_rollback(j->store);
             j->swept = swept; /* what it removed is there again */
+            j->swept_from = swept_from;
             brm_log_warn("cannot sweep done deliveries", "error", err.msg);
         }
         if (j->upkeep && (brm_store_begin(j->store, &err) < 0 ||

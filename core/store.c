@@ -309,9 +309,10 @@ enum stmt {
 #define WITH_QUEUE    " LEFT JOIN queue q ON q.id = d.id"
 #define DELIVERY_JOIN " FROM deliveries d" WITH_QUEUE
 #define QUEUE_JOIN    " FROM queue q JOIN deliveries d ON d.id = q.id"
-/* Done before ?3: when it was finished, if it was retried (a first try's
- * row is never written again: made then, or near). */
-#define SWEPT "coalesce(d.finished, d.created) < ?3"
+/* Done before ?3: at its last attempt (as FINISHED_COLUMN says; one retried
+ * by hand and done at its next try has the time it died as finished). */
+#define SWEPT        "coalesce(" LAST_ATTEMPT("at") ", d.finished, d.created) < ?3"
+#define FUTURE_SLACK 60.0 /* seconds: a delivery made later than now + this says a clock lied */
 /* A body row holds the bytes ?2 (as they came, packed or not). */
 #define SAME_BYTES "coalesce(size, length(body)) = length(?2) AND brume_body(body, size) = ?2"
 /* The console's listings. */
@@ -1290,42 +1291,42 @@ int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_
     return 0;
 }
 
-long brm_store_sweep_done(struct brm_store *s, int64_t *cursor, double before, int limit,
-                          struct brm_err *err) {
+long brm_store_sweep_done(struct brm_store *s, int64_t *cursor, double before, double now,
+                          int limit, struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_DELIVERIES_FROM];
     sqlite3_bind_int64(st, 1, *cursor);
     sqlite3_bind_int(st, 2, limit);
     int64_t upto = *cursor;
-    long old = 0;
+    long passed = 0;
     int rc, rows = 0;
-    /* Ids grow with time: the step ends at the first made since BEFORE. */
+    /* Ids grow with time: the step ends at the first made since BEFORE,
+     * unless it says it was made in the future (a clock set back since):
+     * it is passed over, not waited for. */
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         rows++;
-        if (sqlite3_column_double(st, 1) >= before) break;
+        double created = sqlite3_column_double(st, 1);
+        if (created >= before && created <= now + FUTURE_SLACK) break;
         upto = sqlite3_column_int64(st, 0);
-        old++;
+        passed++;
     }
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "sweeping deliveries");
-    if (rows == 0) {
-        /* Nothing after the cursor: the newest may have gone (by this sweep,
-         * the ring or a drop), and their ids come again. */
-        int64_t max = one_value(s, S_MAX_DELIVERY, err, "sweeping deliveries");
-        if (max < 0) return -1;
-        if (max < *cursor) *cursor = max;
-        return 0;
+    if (rows > 0 && upto > *cursor) {
+        static const enum stmt attempts_then_deliveries[] = { S_SWEEP_DONE_ATTEMPTS, S_SWEEP_DONE };
+        for (size_t i = 0; i < BRM_ARRAY_LEN(attempts_then_deliveries); i++) {
+            enum stmt which = attempts_then_deliveries[i];
+            sqlite3_bind_int64(s->stmt[which], 1, *cursor);
+            sqlite3_bind_int64(s->stmt[which], 2, upto);
+            sqlite3_bind_double(s->stmt[which], 3, before);
+            if (run(s, which, err, "sweeping deliveries") < 0) return -1;
+        }
     }
-    if (upto == *cursor) return 0;
-    static const enum stmt attempts_then_deliveries[] = { S_SWEEP_DONE_ATTEMPTS, S_SWEEP_DONE };
-    for (size_t i = 0; i < BRM_ARRAY_LEN(attempts_then_deliveries); i++) {
-        enum stmt which = attempts_then_deliveries[i];
-        sqlite3_bind_int64(s->stmt[which], 1, *cursor);
-        sqlite3_bind_int64(s->stmt[which], 2, upto);
-        sqlite3_bind_double(s->stmt[which], 3, before);
-        if (run(s, which, err, "sweeping deliveries") < 0) return -1;
-    }
-    *cursor = upto;
-    return old;
+    /* The newest gone (by this step, the ring or a drop), their ids come
+     * again: the cursor must not be past them. */
+    int64_t max = one_value(s, S_MAX_DELIVERY, err, "sweeping deliveries");
+    if (max < 0) return -1;
+    *cursor = upto < max ? upto : max;
+    return passed;
 }
 
 int brm_store_probe(struct brm_store *s, size_t bytes, struct brm_err *err) {

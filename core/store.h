@@ -208,15 +208,15 @@ struct brm_prune {
 int brm_store_prune_bodies(struct brm_store *s, struct brm_prune *p, struct brm_err *err);
 /* One step of the sweep of old done deliveries: looks at the deliveries
  * after *CURSOR in id order, LIMIT at most, deletes those of them made
- * and done before BEFORE (one retried: finished before), with their
- * attempts, and moves *CURSOR past the ones made before BEFORE (back to
- * the newest id when none is left after it: ids come again after the
- * newest go). The ring removes a body's done deliveries with it; this
- * removes those that have no body (a timer's firing's) or that were done
- * after their body went. Returns how many it passed (LIMIT: more may be
- * due), or -1 with ERR set. */
-long brm_store_sweep_done(struct brm_store *s, int64_t *cursor, double before, int limit,
-                          struct brm_err *err);
+ * and last tried before BEFORE, with their attempts, and moves *CURSOR
+ * past the ones made before BEFORE (and those made after NOW, whose clock
+ * lied), never past the newest id (ids come again after the newest go).
+ * The ring removes a body's done deliveries with it; this removes those
+ * that have no body (a timer's firing's) or that were done after their
+ * body went. Returns how many it passed (LIMIT: more may be due), or -1
+ * with ERR set. */
+long brm_store_sweep_done(struct brm_store *s, int64_t *cursor, double before, double now,
+                          int limit, struct brm_err *err);
 
 /*
  * Bodies held for the shared state (shared.h): journaled while Redis was

@@ -198,23 +198,23 @@ static void sweep_takes_old_done_deliveries(const char *path) {
     CHECK_INT(brm_store_find_deliveries(s, &q, collect, NULL, &err), 0);
     CHECK_INT(nids, 7);
     for (int i = 0; i < 7 && i < nids; i++) id[i] = ids[6 - i]; /* newest first */
-    struct brm_attempt a = { 1, 200, NULL, NULL };
     /* 0, 1, 4, 5 done at their first try; 2 dead; 3 pending; 6 done after
      * retries, just now. */
     for (int i = 0; i < 7; i++) {
         if (i == 3) continue;
         enum brm_delivery_state st = i == 2 ? BRM_DELIVERY_DEAD : BRM_DELIVERY_DONE;
+        struct brm_attempt a = { i == 6 ? brm_time_now() : 1, 200, NULL, NULL };
         CHECK_INT(brm_store_finish(s, id[i], i == 6 ? 3 : 0, 0, st, 0, 200, NULL, &err), 0);
         CHECK_INT(brm_store_add_attempt(s, id[i], 0, &a, &err), 0);
     }
     int64_t cursor = 0;
     /* A step of two looks at two; then the sweep stops at the first made
      * since BEFORE (450): 0, 1 go; 2 (dead) and 3 (pending) stay. */
-    CHECK_INT(brm_store_sweep_done(s, &cursor, 450, 2, &err), 2);
+    CHECK_INT(brm_store_sweep_done(s, &cursor, 450, 2000, 2, &err), 2);
     CHECK(cursor == id[1]);
-    CHECK_INT(brm_store_sweep_done(s, &cursor, 450, 10, &err), 2);
+    CHECK_INT(brm_store_sweep_done(s, &cursor, 450, 2000, 10, &err), 2);
     CHECK(cursor == id[3]);
-    CHECK_INT(brm_store_sweep_done(s, &cursor, 450, 10, &err), 0);
+    CHECK_INT(brm_store_sweep_done(s, &cursor, 450, 2000, 10, &err), 0);
     nids = 0;
     CHECK_INT(brm_store_find_deliveries(s, &q, collect, NULL, &err), 0);
     CHECK(nids == 5 && ids[0] == id[6] && ids[1] == id[5] && ids[2] == id[4] && ids[3] == id[3] &&
@@ -228,14 +228,46 @@ static void sweep_takes_old_done_deliveries(const char *path) {
     /* From the oldest again, later: the dead and pending are passed over,
      * and one done just now after retries, made long ago, stays. */
     cursor = 0;
-    CHECK_INT(brm_store_sweep_done(s, &cursor, 1000, 10, &err), 5);
+    CHECK_INT(brm_store_sweep_done(s, &cursor, 1000, 2000, 10, &err), 5);
     nids = 0;
     CHECK_INT(brm_store_find_deliveries(s, &q, collect, NULL, &err), 0);
     CHECK(nids == 3 && ids[0] == id[6] && ids[1] == id[3] && ids[2] == id[2]);
     /* The newest gone, their ids come again: a cursor past them comes back. */
     CHECK_INT(brm_store_drop(s, id[6], &err), 1);
-    CHECK_INT(brm_store_sweep_done(s, &cursor, 1000, 10, &err), 0);
+    CHECK_INT(brm_store_sweep_done(s, &cursor, 1000, 2000, 10, &err), 0);
     CHECK(cursor == id[3]);
+    /* The dead one retried by hand and done at its next try (its row keeps
+     * the time it died): aged by that try, it stays. */
+    CHECK_INT(brm_store_retry(s, id[2], &err), 1);
+    struct brm_attempt now_ok = { brm_time_now(), 200, NULL, NULL };
+    CHECK_INT(brm_store_finish(s, id[2], 0, 0, BRM_DELIVERY_DONE, 0, 200, NULL, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, id[2], 0, &now_ok, &err), 0);
+    cursor = 0;
+    CHECK_INT(brm_store_sweep_done(s, &cursor, 1000, 2000, 10, &err), 2);
+    CHECK_INT(brm_store_delivery(s, id[2], collect, NULL, &err), 1);
+    /* One that says it was made in the future (a clock set back since) is
+     * passed over, not waited for: the old done one behind it goes. */
+    const char *later[] = { "900:t:hold:1", "901:t:hold:1" };
+    double made[] = { 1e7, 100 };
+    for (int i = 0; i < 2; i++) {
+        struct brm_delivery d = { .key = later[i],
+                                  .target = "slack",
+                                  .rule = rule,
+                                  .topic = topic,
+                                  .event = event,
+                                  .url = url,
+                                  .created = made[i],
+                                  .expires = 1e9 };
+        CHECK_INT(brm_store_add_delivery(s, &d, &err), 1);
+    }
+    nids = 0;
+    CHECK_INT(brm_store_find_deliveries(s, &q, collect, NULL, &err), 0);
+    int64_t behind = nids ? ids[0] : 0; /* the newest: made at 100 */
+    struct brm_attempt old_ok = { 100, 200, NULL, NULL };
+    CHECK_INT(brm_store_finish(s, behind, 0, 0, BRM_DELIVERY_DONE, 0, 200, NULL, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, behind, 0, &old_ok, &err), 0);
+    CHECK_INT(brm_store_sweep_done(s, &cursor, 1000, 2000, 10, &err), 2);
+    CHECK_INT(brm_store_delivery(s, behind, collect, NULL, &err), 0);
     brm_store_close(s);
 }
 
@@ -784,6 +816,15 @@ int main(void) {
         };
         CHECK_INT(brm_store_has_bodies(s, apart, 2, 2, &err), 0);
         CHECK(apart[0].found == 1 && apart[1].found == 1);
+        /* Between the two windows is not looked at: a probe without a time
+         * for the body received at 3000, with windows at 1000 and 5000. */
+        struct brm_store_probe between[] = {
+            { brm_hash64(far, strlen(far)), far, strlen(far), 999, -1 },
+            { brm_hash64("{}", 2), "{}", 2, 5000, -1 },
+            { d, live, strlen(live), NAN, -1 },
+        };
+        CHECK_INT(brm_store_has_bodies(s, between, 3, 2, &err), 0);
+        CHECK(between[0].found == 1 && between[1].found == 0 && between[2].found == 0);
         CHECK_INT(brm_store_has_bodies(s, pr, 0, 60, &err), 0);
     }
     double last = -1;
