@@ -1298,12 +1298,11 @@ long brm_store_sweep_done(struct brm_store *s, int64_t *cursor, double before, d
     sqlite3_bind_int(st, 2, limit);
     int64_t upto = *cursor;
     long passed = 0;
-    int rc, rows = 0;
+    int rc;
     /* Ids grow with time: the step ends at the first made since BEFORE,
      * unless it says it was made in the future (a clock set back since):
      * it is passed over, not waited for. */
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        rows++;
         double created = sqlite3_column_double(st, 1);
         if (created >= before && created <= now + FUTURE_SLACK) break;
         upto = sqlite3_column_int64(st, 0);
@@ -1311,7 +1310,7 @@ long brm_store_sweep_done(struct brm_store *s, int64_t *cursor, double before, d
     }
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(s, err, "sweeping deliveries");
-    if (rows > 0 && upto > *cursor) {
+    if (upto > *cursor) {
         static const enum stmt attempts_then_deliveries[] = { S_SWEEP_DONE_ATTEMPTS, S_SWEEP_DONE };
         for (size_t i = 0; i < BRM_ARRAY_LEN(attempts_then_deliveries); i++) {
             enum stmt which = attempts_then_deliveries[i];
