@@ -372,11 +372,10 @@ static int over_cap(struct brm_journal *j) {
 /*
  * Done deliveries older than the journal's retention that the ring did not
  * remove with a body: a timer's firing has none, and one done after its
- * body went was not done when the ring looked. One retried counts from
- * when it was done. A few steps a second go on from where the last
- * stopped; the pending and dead ones it passes over (and one retried and
- * done lately) stay behind, so once an hour it starts again from the
- * oldest.
+ * body went was not done when the ring looked. A done one counts from its
+ * last attempt. A few steps a second go on from where the last stopped;
+ * the pending and dead ones it passes over (and one retried and done
+ * lately) stay behind, so once an hour it starts again from the oldest.
  */
 static int sweep_done(struct brm_journal *j, double now, struct brm_err *err) {
     double retention;
