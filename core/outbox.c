@@ -259,10 +259,9 @@ static int write_record(struct brm_journal_job *job, struct brm_store *st, struc
     for (size_t i = 0; i < r->n; i++) {
         struct result *x = &r->results[i];
         struct brm_attempt a = { x->at, x->status, x->answer, x->error };
-        int trim = x->tried || x->state != BRM_DELIVERY_DONE; /* it may have others */
         if (brm_store_finish(st, x->id, x->tried, x->secret, x->state, x->next_at, x->status,
                              x->error, err) < 0 ||
-            brm_store_add_attempt(st, x->id, trim, &a, err) < 0)
+            brm_store_add_attempt(st, x->id, x->tried, x->state, &a, err) < 0)
             return -1;
     }
     for (size_t i = 0; i < r->ntickets; i++) {

@@ -861,6 +861,12 @@ double brm_store_next_due(struct brm_store *s, double after) {
     return t;
 }
 
+/* Done at its first attempt: its attempt's row is its outcome, and it has
+ * no other attempt to trim (but after a retry by hand). */
+static int done_at_first(int tried, enum brm_delivery_state state) {
+    return state == BRM_DELIVERY_DONE && !tried;
+}
+
 int brm_store_finish(struct brm_store *s, int64_t id, int tried, int secret,
                      enum brm_delivery_state state, double next_at, int status, const char *error,
                      struct brm_err *err) {
@@ -871,8 +877,7 @@ int brm_store_finish(struct brm_store *s, int64_t id, int tried, int secret,
     } else {
         sqlite3_bind_int64(s->stmt[S_DEQUEUE], 1, id);
         if (run(s, S_DEQUEUE, err, "recording an attempt") < 0) return -1;
-        if (state == BRM_DELIVERY_DONE && !tried && !secret)
-            return 0; /* its attempt's row says the rest */
+        if (done_at_first(tried, state) && !secret) return 0; /* its attempt's row says the rest */
     }
     sqlite3_stmt *st = s->stmt[S_FINISH];
     sqlite3_bind_int(st, 1, (int)state);
@@ -1436,8 +1441,9 @@ int brm_store_limit(struct brm_store *s, uint64_t max_bytes, struct brm_err *err
 
 /* ---- attempts ----------------------------------------------------------- */
 
-int brm_store_add_attempt(struct brm_store *s, int64_t delivery, int trim,
-                          const struct brm_attempt *a, struct brm_err *err) {
+int brm_store_add_attempt(struct brm_store *s, int64_t delivery, int tried,
+                          enum brm_delivery_state state, const struct brm_attempt *a,
+                          struct brm_err *err) {
     sqlite3_stmt *st = s->stmt[S_ADD_ATTEMPT];
     sqlite3_bind_int64(st, 1, delivery);
     sqlite3_bind_double(st, 2, a->at);
@@ -1445,7 +1451,7 @@ int brm_store_add_attempt(struct brm_store *s, int64_t delivery, int trim,
     bind_text(st, 4, a->answer);
     bind_text(st, 5, a->error);
     if (run(s, S_ADD_ATTEMPT, err, "recording an attempt") < 0) return -1;
-    if (!trim) return 0; /* the common case: done at its first */
+    if (done_at_first(tried, state)) return 0;
     st = s->stmt[S_TRIM_ATTEMPTS];
     sqlite3_bind_int64(st, 1, delivery);
     sqlite3_bind_int(st, 2, BRM_STORE_ATTEMPTS_KEPT);

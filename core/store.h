@@ -290,12 +290,14 @@ struct brm_attempt {
  * as the delivery (with its body, when done), so the log is bounded by the
  * deliveries the store holds, and each shows how its last tries went. */
 #define BRM_STORE_ATTEMPTS_KEPT 16
-/* Logs an attempt of DELIVERY (the outbox's outcomes, in their batch).
- * TRIM: it may have others (anything but a first attempt that succeeded,
- * since a retry by hand counts from zero again): its oldest beyond
- * BRM_STORE_ATTEMPTS_KEPT go. */
-int brm_store_add_attempt(struct brm_store *s, int64_t delivery, int trim,
-                          const struct brm_attempt *a, struct brm_err *err);
+/* Logs an attempt of DELIVERY (the outbox's outcomes, in their batch),
+ * which TRIED attempts came before and which left it in STATE (as
+ * brm_store_finish is told). Unless it was done at its first (the common
+ * case: one insert), the delivery's oldest beyond BRM_STORE_ATTEMPTS_KEPT
+ * go: it may have others, a retry by hand counting from zero again. */
+int brm_store_add_attempt(struct brm_store *s, int64_t delivery, int tried,
+                          enum brm_delivery_state state, const struct brm_attempt *a,
+                          struct brm_err *err);
 /* Hands FN the attempts of DELIVERY, newest first, at most LIMIT. */
 int brm_store_attempts(struct brm_store *s, int64_t delivery, int limit,
                        int (*fn)(void *arg, const struct brm_attempt *a), void *arg,

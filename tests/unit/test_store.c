@@ -205,7 +205,7 @@ static void sweep_takes_old_done_deliveries(const char *path) {
         enum brm_delivery_state st = i == 2 ? BRM_DELIVERY_DEAD : BRM_DELIVERY_DONE;
         struct brm_attempt a = { i == 6 ? brm_time_now() : 1, 200, NULL, NULL };
         CHECK_INT(brm_store_finish(s, id[i], i == 6 ? 3 : 0, 0, st, 0, 200, NULL, &err), 0);
-        CHECK_INT(brm_store_add_attempt(s, id[i], 0, &a, &err), 0);
+        CHECK_INT(brm_store_add_attempt(s, id[i], 0, BRM_DELIVERY_DONE, &a, &err), 0);
     }
     int64_t cursor = 0;
     /* A step of two looks at two; then the sweep stops at the first made
@@ -241,7 +241,7 @@ static void sweep_takes_old_done_deliveries(const char *path) {
     CHECK_INT(brm_store_retry(s, id[2], &err), 1);
     struct brm_attempt now_ok = { brm_time_now(), 200, NULL, NULL };
     CHECK_INT(brm_store_finish(s, id[2], 0, 0, BRM_DELIVERY_DONE, 0, 200, NULL, &err), 0);
-    CHECK_INT(brm_store_add_attempt(s, id[2], 0, &now_ok, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, id[2], 0, BRM_DELIVERY_DONE, &now_ok, &err), 0);
     cursor = 0;
     CHECK_INT(brm_store_sweep_done(s, &cursor, 1000, 2000, 10, &err), 2);
     CHECK_INT(brm_store_delivery(s, id[2], collect, NULL, &err), 1);
@@ -265,7 +265,7 @@ static void sweep_takes_old_done_deliveries(const char *path) {
     int64_t behind = nids ? ids[0] : 0; /* the newest: made at 100 */
     struct brm_attempt old_ok = { 100, 200, NULL, NULL };
     CHECK_INT(brm_store_finish(s, behind, 0, 0, BRM_DELIVERY_DONE, 0, 200, NULL, &err), 0);
-    CHECK_INT(brm_store_add_attempt(s, behind, 0, &old_ok, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, behind, 0, BRM_DELIVERY_DONE, &old_ok, &err), 0);
     CHECK_INT(brm_store_sweep_done(s, &cursor, 1000, 2000, 10, &err), 2);
     CHECK_INT(brm_store_delivery(s, behind, collect, NULL, &err), 0);
     brm_store_close(s);
@@ -392,13 +392,13 @@ static void console_reads(const char *path) {
     if (nids == 3) first = ids[2];
     CHECK_INT(brm_store_finish(s, first, 0, 0, BRM_DELIVERY_DEAD, 200, 400, "HTTP 400", &err), 0);
     struct brm_attempt at = { 150, 503, "busy", "HTTP 503" }, at2 = { 200, 400, NULL, "HTTP 400" };
-    CHECK_INT(brm_store_add_attempt(s, first, 0, &at, &err), 0);
-    CHECK_INT(brm_store_add_attempt(s, first, 1, &at2, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, first, 0, BRM_DELIVERY_PENDING, &at, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, first, 1, BRM_DELIVERY_DEAD, &at2, &err), 0);
     /* Done at its first attempt: it only leaves the queue, and reads as
      * done with that attempt's status and time, its request kept. */
     struct brm_attempt ok = { 210, 204, NULL, NULL };
     CHECK_INT(brm_store_finish(s, first + 2, 0, 0, BRM_DELIVERY_DONE, 200, 204, NULL, &err), 0);
-    CHECK_INT(brm_store_add_attempt(s, first + 2, 0, &ok, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, first + 2, 0, BRM_DELIVERY_DONE, &ok, &err), 0);
     CHECK_INT(brm_store_delivery(r, first + 2, collect, NULL, &err), 1);
     CHECK(seen.state == BRM_DELIVERY_DONE && seen.attempts == 1 && seen.last_status == 204 &&
           seen.last_attempt == 210 && seen_request);
@@ -432,7 +432,7 @@ static void console_reads(const char *path) {
     CHECK(nids == 2 && ids[0] == 400 && ids[1] == 503);
     for (int i = 0; i < BRM_STORE_ATTEMPTS_KEPT + 5; i++) {
         struct brm_attempt again = { 300 + i, 500 + i % 2, NULL, "HTTP 5xx" };
-        CHECK_INT(brm_store_add_attempt(s, first + 1, 1, &again, &err), 0);
+        CHECK_INT(brm_store_add_attempt(s, first + 1, 1, BRM_DELIVERY_PENDING, &again, &err), 0);
     }
     nids = 0;
     brm_store_attempts(r, first + 1, 100, collect_attempt, NULL, &err);
@@ -440,13 +440,13 @@ static void console_reads(const char *path) {
     /* A first attempt that succeeded does not look (the common case costs
      * one insert)... */
     struct brm_attempt first_again = { 390, 503, NULL, "HTTP 503" };
-    CHECK_INT(brm_store_add_attempt(s, first + 1, 0, &first_again, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, first + 1, 0, BRM_DELIVERY_DONE, &first_again, &err), 0);
     nids = 0;
     brm_store_attempts(r, first + 1, 100, collect_attempt, NULL, &err);
     CHECK_INT(nids, BRM_STORE_ATTEMPTS_KEPT + 1);
     /* ...the next one does. */
     struct brm_attempt last = { 400, 502, NULL, "HTTP 502" };
-    CHECK_INT(brm_store_add_attempt(s, first + 1, 1, &last, &err), 0);
+    CHECK_INT(brm_store_add_attempt(s, first + 1, 1, BRM_DELIVERY_PENDING, &last, &err), 0);
     nids = 0;
     brm_store_attempts(r, first + 1, 100, collect_attempt, NULL, &err);
     CHECK_INT(nids, BRM_STORE_ATTEMPTS_KEPT);
